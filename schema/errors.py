@@ -1,0 +1,148 @@
+"""The error taxonomy: one exception per stored error string (DESIGN.md), rooted in `VlmbatchError`.
+
+A job that fails stores `error_type` (the stable string) and the exception's message on its attempt.
+Permanent errors never retry; transient ones retry with backoff up to the run's cap.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+
+class ErrorType(StrEnum):
+    """Stable error strings stored on attempts and jobs. Never rename one: stored rows refer to them."""
+
+    INPUT_NOT_FOUND = "input.not_found"
+    INPUT_UNREADABLE = "input.unreadable"
+    INPUT_UNSUPPORTED = "input.unsupported"
+    INPUT_TOO_LARGE = "input.too_large"
+    PROMPT_TOO_LONG = "prompt.too_long"
+    ENGINE_OOM = "engine.oom"
+    ENGINE_DEAD = "engine.dead"
+    STORAGE_TRANSIENT = "storage.transient"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+class VlmbatchError(Exception):
+    """Something went wrong in vlmbatch."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigurationError(VlmbatchError):
+    """The settings are invalid or incomplete."""
+
+
+class SourceError(VlmbatchError):
+    """The job source (S3 prefix, folder or manifest) cannot be read or holds malformed rows."""
+
+
+class RunNotFound(VlmbatchError):
+    """No run has that id or name."""
+
+
+class RunConflict(VlmbatchError):
+    """A run of that name exists with different settings."""
+
+
+class JobError(VlmbatchError):
+    """A job failed; its `error_type` is stored with the attempt."""
+
+    error_type: ClassVar[ErrorType] = ErrorType.INTERNAL
+    # Permanent errors fail the job at once; transient ones are retried with backoff.
+    transient: ClassVar[bool] = False
+
+
+class InputNotFound(JobError):
+    """The input object does not exist."""
+
+    error_type = ErrorType.INPUT_NOT_FOUND
+
+
+class InputUnreadable(JobError):
+    """The input is corrupt or truncated and cannot be decoded."""
+
+    error_type = ErrorType.INPUT_UNREADABLE
+
+
+class InputUnsupported(JobError):
+    """The input's format or mode is not supported."""
+
+    error_type = ErrorType.INPUT_UNSUPPORTED
+
+
+class InputTooLarge(JobError):
+    """The input exceeds the byte or pixel bound (a decompression bomb, or simply too big)."""
+
+    error_type = ErrorType.INPUT_TOO_LARGE
+
+
+class PromptTooLong(JobError):
+    """The prompt (text plus image tokens) does not fit the model's context."""
+
+    error_type = ErrorType.PROMPT_TOO_LONG
+
+
+class EngineOutOfMemory(JobError):
+    """The engine ran out of accelerator memory."""
+
+    error_type = ErrorType.ENGINE_OOM
+    transient = True
+
+
+class EngineDead(JobError):
+    """The engine died; the worker hands its jobs back and exits for restart."""
+
+    error_type = ErrorType.ENGINE_DEAD
+    transient = True
+
+
+class StorageTransient(JobError):
+    """The object store failed in a way that may pass (throttling, timeout, 5xx)."""
+
+    error_type = ErrorType.STORAGE_TRANSIENT
+    transient = True
+
+
+class JobTimeout(JobError):
+    """The job ran past its time limit."""
+
+    error_type = ErrorType.TIMEOUT
+
+
+class JobCancelled(JobError):
+    """The job was cancelled."""
+
+    error_type = ErrorType.CANCELLED
+
+
+class InternalError(JobError):
+    """An unexpected error inside vlmbatch."""
+
+    error_type = ErrorType.INTERNAL
+
+
+ERROR_CLASSES: dict[ErrorType, type[JobError]] = {
+    cls.error_type: cls
+    for cls in (
+        InputNotFound,
+        InputUnreadable,
+        InputUnsupported,
+        InputTooLarge,
+        PromptTooLong,
+        EngineOutOfMemory,
+        EngineDead,
+        StorageTransient,
+        JobTimeout,
+        JobCancelled,
+        InternalError,
+    )
+}

@@ -1,0 +1,106 @@
+"""Pydantic models for what crosses a boundary: run settings, job specs, status reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schema.states import JobState
+
+# Skywork-R1V3's own recommendation (model card): sample, don't decode greedily.
+DEFAULT_TEMPERATURE = 0.6
+DEFAULT_TOP_P = 0.95
+DEFAULT_REPETITION_PENALTY = 1.05
+# Long enough for most R1V3 traces while leaving room for the prompt in a 32k context.
+DEFAULT_MAX_TOKENS = 16384
+DEFAULT_MODEL = "Skywork/Skywork-R1V3-38B"
+
+GraderName = Literal["choice", "numeric", "exact", "boxed"]
+
+
+class SamplingSettings(BaseModel):
+    """How each job of a run is sampled (passed to vLLM's SamplingParams)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=5.0)
+    top_p: float = Field(DEFAULT_TOP_P, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(DEFAULT_REPETITION_PENALTY, gt=0.0, le=5.0)
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, le=1_000_000)
+    # Samples per job, generated as one request with vLLM's `n` (the prompt is prefilled once).
+    samples: int = Field(1, ge=1, le=256)
+    # Benchmarks only: generate exactly max_tokens tokens.
+    ignore_eos: bool = False
+
+
+class RunSettings(BaseModel):
+    """Everything a run fixes for all its jobs. Stored as JSON on the run row."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = DEFAULT_MODEL
+    sampling: SamplingSettings = SamplingSettings()
+    max_images_per_prompt: int = Field(4, ge=1, le=64)
+    # InternVL dynamic tiling: at most this many 448 px tiles per image (plus the thumbnail).
+    max_tiles: int = Field(12, ge=1, le=40)
+    # Attempts a job may use before it is failed for good (a poison job that keeps killing workers).
+    max_attempts: int = Field(3, ge=1, le=100)
+    # Retries of transient errors (S3 throttling, database disconnects) before the job fails.
+    max_transient_retries: int = Field(5, ge=0, le=100)
+    grader: GraderName | None = None
+    # Keep sampling a job until this many graded-correct samples exist (None: one attempt).
+    accept: int | None = Field(None, ge=1, le=1000)
+    choices: tuple[str, ...] | None = None
+    json_schema: dict[str, Any] | None = None
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the settings, used to name runs and detect conflicting reuse."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+class JobSpec(BaseModel):
+    """One unit of work as a source yields it: image URI(s), a question, optional reference and metadata."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    images: tuple[str, ...] = Field(min_length=1)
+    question: str = Field(min_length=1)
+    reference: str | None = None
+    meta: dict[str, Any] | None = None
+
+    @field_validator("images")
+    @classmethod
+    def _images_not_blank(cls, images: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not uri.strip() for uri in images):
+            raise ValueError("an image URI is empty")
+        return images
+
+    def input_key(self) -> str:
+        """The job's identity within a run: a hash of its image URIs and question (DESIGN.md, job row
+        unique per run + images + question). Hashed so that the unique index stays small whatever the
+        length of the question."""
+        payload = json.dumps([list(self.images), self.question], ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class SubmitReport(BaseModel):
+    run: int
+    submitted: int
+    skipped: int
+
+
+class StatusReport(BaseModel):
+    """`vlmbatch status --json`: exactly these keys."""
+
+    run: int
+    total: int
+    counts: dict[str, int]
+    errors: dict[str, int]
+
+    @classmethod
+    def empty_counts(cls) -> dict[str, int]:
+        return {state.value: 0 for state in JobState}

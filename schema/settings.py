@@ -1,0 +1,91 @@
+"""One settings class for every process (env prefix `VLMBATCH_`, `.env` supported).
+
+Embedded defaults need no server: a SQLite ledger and a SQLite-backed broker under `VLMBATCH_HOME`, and
+the local filesystem as object store. Redis, PostgreSQL and S3 are only other values of the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schema.models import DEFAULT_MODEL
+
+EngineKind = Literal["vllm", "fake", "openai"]
+
+
+class Settings(BaseSettings):
+    """Every setting is documented in README.md (section "Settings")."""
+
+    model_config = SettingsConfigDict(env_prefix="VLMBATCH_", env_file=".env", extra="ignore")
+
+    # Where the embedded defaults keep their files.
+    home: Path = Path(".vlmbatch")
+    database_url: str | None = None
+    broker_url: str | None = None
+    # Celery queue the producer publishes to and workers consume (use one queue per model).
+    queue: str = "vlmbatch"
+    s3_endpoint_url: str | None = None
+    # Create or upgrade the database schema on first use (an advisory lock serialises it on PostgreSQL).
+    auto_migrate: bool = True
+
+    # Engine.
+    engine: EngineKind = "vllm"
+    model: str = DEFAULT_MODEL
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int = Field(256, ge=1)
+    max_model_len: int | None = Field(None, ge=16)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    max_tiles: int = Field(12, ge=1)
+    max_images_per_prompt: int = Field(4, ge=1)
+    trust_remote_code: bool = False
+    enforce_eager: bool = False
+    # Engine-level seed (per-request seeds break vLLM's CPU build).
+    seed: int = 0
+    # KV cache size in bytes; None lets vLLM size it from gpu_memory_utilization.
+    kv_cache_bytes: int | None = Field(None, ge=1)
+
+    # Worker.
+    # Jobs the worker keeps claimed at once: in the engine plus being fetched and decoded.
+    # None: twice max_num_seqs, so the engine's queue never runs dry while images load.
+    inflight_jobs: int | None = Field(None, ge=1)
+    jobs_per_message: int = Field(16, ge=1, le=1000)
+    fetch_threads: int = Field(16, ge=1)
+    lease_seconds: float = Field(120.0, gt=1.0)
+    heartbeat_seconds: float = Field(30.0, gt=0.1)
+    # Long enough for the longest allowed generation (a 64k-token trace at ~44 tok/s is ~25 minutes).
+    visibility_timeout_seconds: int = Field(4 * 3600, ge=60)
+    worker_id: str | None = None
+
+    # Inputs.
+    max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+
+    @field_validator("database_url", "broker_url", "s3_endpoint_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'vlmbatch.db').resolve()}"
+
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    def resolved_inflight_jobs(self) -> int:
+        return self.inflight_jobs or 2 * self.max_num_seqs
+
+    def resolved_worker_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+    def uses_embedded_files(self) -> bool:
+        return not self.database_url or not self.broker_url

@@ -1,0 +1,152 @@
+"""SQLAlchemy 2.0 tables: the ledger (runs, jobs, attempts, results). The database is the source of truth.
+
+- A job is unique per (run, input_key); input_key hashes its image URIs and question.
+- `jobs.current_attempt_id` is the fence: only that attempt may write the job's outcome, and only while
+  the job is `running`. A lease (`lease_owner`, `lease_expires_at`) says who runs it and until when.
+- Every attempt is a row; results are one row per sample of the attempt whose write was accepted.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from schema.states import AttemptOutcome, JobState
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """Naive UTC, the one time representation stored (SQLite keeps no time zone)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _in(values: list[str]) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime()}
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    model: Mapped[str] = mapped_column(String(500))
+    queue: Mapped[str] = mapped_column(String(200))
+    # schema.models.RunSettings as JSON.
+    settings: Mapped[dict[str, Any]]
+    source: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cancelled_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("run_id", "input_key", name="uq_jobs_run_input"),
+        Index("ix_jobs_run_state", "run_id", "state"),
+        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+        CheckConstraint(f"state IN {_in([s.value for s in JobState])}", name="ck_jobs_state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    input_key: Mapped[str] = mapped_column(String(64))
+    images: Mapped[list[str]]
+    question: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Consecutive transient failures (reset by any other outcome); capped by the run's retry limit.
+    transient_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The fence: the attempt allowed to write this job's outcome (and, once terminal, whose result stands).
+    current_attempt_id: Mapped[int | None] = mapped_column(BigInteger)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    # Not before this time (backoff of transient retries).
+    not_before: Mapped[datetime | None]
+    error_type: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # Overrides for the next attempt (e.g. a larger max_tokens from `resubmit`), copied onto it.
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),
+        CheckConstraint(
+            f"outcome IN {_in([o.value for o in AttemptOutcome])}", name="ck_attempts_outcome"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16), default=AttemptOutcome.RUNNING.value)
+    error_type: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    answer_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Seconds: queued → claimed, object fetch, image decode, engine submit → last token.
+    queue_wait_s: Mapped[float | None] = mapped_column(Float)
+    fetch_s: Mapped[float | None] = mapped_column(Float)
+    decode_s: Mapped[float | None] = mapped_column(Float)
+    generation_s: Mapped[float | None] = mapped_column(Float)
+    first_token_s: Mapped[float | None] = mapped_column(Float)
+
+
+class Result(Base):
+    __tablename__ = "results"
+    __table_args__ = (
+        # A second result for the same attempt and sample is refused by the database itself.
+        UniqueConstraint("attempt_id", "sample_index", name="uq_results_attempt_sample"),
+        UniqueConstraint("job_id", "sample_index", name="uq_results_job_sample"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("attempts.id", ondelete="CASCADE"))
+    sample_index: Mapped[int] = mapped_column(Integer)
+    answer: Mapped[str] = mapped_column(Text)
+    reasoning: Mapped[str | None] = mapped_column(Text)
+    raw_text: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    # The trace ended (a `</think>` was produced) before the length limit.
+    trace_closed: Mapped[bool] = mapped_column(Boolean)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    answer_tokens: Mapped[int | None] = mapped_column(Integer)
+    extracted_answer: Mapped[str | None] = mapped_column(Text)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
