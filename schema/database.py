@@ -100,3 +100,11 @@ def ensure_schema(engine: Engine) -> None:
     """Upgrade when behind; a no-op costing one query when at head."""
     if current_revision(engine) != head_revision(engine):
         upgrade(engine)
+
+
+def open_ledger(url: str, *, auto_migrate: bool = True) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine and session factory for the ledger at `url`, its schema brought to head if asked."""
+    engine = make_engine(url)
+    if auto_migrate:
+        ensure_schema(engine)
+    return engine, make_session_factory(engine)

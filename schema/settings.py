@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(4 * 3600, ge=60)
     worker_id: str | None = None
 
+    # Seconds a stopping worker lets in-flight jobs finish before handing the rest back.
+    shutdown_grace_seconds: float = Field(20.0, ge=0.0)
+    # How often each worker takes back expired leases and republishes queued jobs the broker lost.
+    reconcile_seconds: float = Field(60.0, gt=0.0)
+
+    # The fake engine (tests and control-plane benchmarks only).
+    fake_latency_s: float = Field(0.0, ge=0.0)
+    fake_tokens_per_second: float = Field(0.0, ge=0.0)
+    fake_trace_tokens: int = Field(24, ge=1)
+
     # Inputs.
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)

@@ -1,0 +1,80 @@
+"""Flags shared by `submit` and `run`: the question and the run's model and sampling settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from schema.models import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_REPETITION_PENALTY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    RunSettings,
+    SamplingSettings,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def run_options(fn: F) -> F:
+    options = [
+        click.option("--question", "-q", help="The question asked about every image."),
+        click.option(
+            "--question-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Read the question from a file (for long prompts).",
+        ),
+        click.option("--run", "run_name", help="Run name (default: derived from source, question and settings)."),
+        click.option("--model", help="Model id or local folder [env VLMBATCH_MODEL]."),
+        click.option("--max-tokens", type=click.IntRange(1), default=DEFAULT_MAX_TOKENS, show_default=True),
+        click.option("--temperature", type=click.FloatRange(0), default=DEFAULT_TEMPERATURE, show_default=True),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=DEFAULT_TOP_P, show_default=True),
+        click.option(
+            "--repetition-penalty", type=click.FloatRange(0), default=DEFAULT_REPETITION_PENALTY, show_default=True
+        ),
+        click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="Samples per job."),
+        click.option("--max-tiles", type=click.IntRange(1), default=12, show_default=True, help="Tiles per image."),
+        click.option(
+            "--max-images", type=click.IntRange(1), default=4, show_default=True, help="Images per job at most."
+        ),
+        click.option("--max-attempts", type=click.IntRange(1), default=3, show_default=True),
+        click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: always generate max tokens."),
+        click.option("--queue", help="Broker queue [env VLMBATCH_QUEUE]."),
+        click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def resolve_question(question: str | None, question_file: Path | None) -> str | None:
+    if question and question_file:
+        raise click.UsageError("give --question or --question-file, not both")
+    if question_file is not None:
+        text = question_file.read_text(encoding="utf-8").strip()
+        if not text:
+            raise click.UsageError(f"{question_file} is empty")
+        return text
+    return question
+
+
+def build_run_settings(default_model: str, **flags: Any) -> RunSettings:
+    sampling = SamplingSettings(
+        temperature=flags["temperature"],
+        top_p=flags["top_p"],
+        repetition_penalty=flags["repetition_penalty"],
+        max_tokens=flags["max_tokens"],
+        samples=flags["samples"],
+        ignore_eos=flags["ignore_eos"],
+    )
+    return RunSettings(
+        model=flags["model"] or default_model,
+        sampling=sampling,
+        max_images_per_prompt=flags["max_images"],
+        max_tiles=flags["max_tiles"],
+        max_attempts=flags["max_attempts"],
+    )

@@ -1,0 +1,61 @@
+"""Plain-text rendering for the terminal: tables, a progress bar, durations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from schema.states import JobState
+from schema.status import Progress
+
+BAR_WIDTH = 30
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def progress_line(name: str, progress: Progress) -> str:
+    report = progress.report
+    total = max(report.total, 1)
+    filled = int(BAR_WIDTH * progress.done / total)
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    c = report.counts
+    return (
+        f"{name} [{bar}] {100 * progress.done / total:5.1f}% {progress.done}/{report.total} "
+        f"ok {c[JobState.SUCCEEDED.value]} fail {c[JobState.FAILED.value]} "
+        f"trunc {c[JobState.TRUNCATED.value]} run {c[JobState.RUNNING.value]} | "
+        f"{progress.jobs_per_second:.1f} jobs/s | ETA {duration(progress.eta_seconds)}"
+    )
+
+
+def status_block(name: str, progress: Progress) -> str:
+    report = progress.report
+    lines = [f"run {report.run} ({name}): {report.total} jobs"]
+    lines.append(table(["state", "jobs"], [(s.value, report.counts[s.value]) for s in JobState]))
+    if report.errors:
+        lines.append("")
+        lines.append(table(["error type", "jobs"], sorted(report.errors.items(), key=lambda kv: -kv[1])))
+    lines.append("")
+    lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""`vlmbatch status`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from sqlalchemy import select
+
+from producer.cli import cli
+from producer.cli.context import load_context
+from producer.cli.render import progress_line, status_block, table
+from schema.runs import get_run
+from schema.status import run_progress, run_status
+from schema.tables import Run
+
+
+@cli.command("status")
+@click.argument("run", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--watch", is_flag=True, help="Redraw a progress bar until the run is done.")
+@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True, help="Watch refresh, s.")
+def status_command(run: str | None, as_json: bool, watch: bool, interval: float) -> None:
+    """Counts per state and per error type, rate and ETA, for RUN (an id or a name) or for every run."""
+    ctx = load_context()
+    with ctx.sessions() as session:
+        if run is None:
+            runs = list(session.scalars(select(Run).order_by(Run.id)))
+            reports = [run_status(session, r.id) for r in runs]
+            if as_json:
+                click.echo(json.dumps([r.model_dump() for r in reports]))
+                return
+            rows = [
+                (r.id, r.name, rep.total, *(rep.counts[s] for s in rep.counts))
+                for r, rep in zip(runs, reports, strict=True)
+            ]
+            headers = ["id", "name", "total", *(reports[0].counts if reports else [])]
+            click.echo(table(headers, rows) if rows else "no runs yet")
+            return
+        target = get_run(session, run)
+    if as_json and not watch:
+        with ctx.sessions() as session:
+            click.echo(run_status(session, target.id).model_dump_json())
+        return
+    if not watch:
+        with ctx.sessions() as session:
+            click.echo(status_block(target.name, run_progress(session, target.id)))
+        return
+    while True:
+        with ctx.sessions() as session:
+            progress = run_progress(session, target.id)
+        if as_json:
+            click.echo(progress.report.model_dump_json())
+        else:
+            end = "\n" if progress.finished or not sys.stdout.isatty() else ""
+            click.echo("\r" + progress_line(target.name, progress), nl=bool(end))
+        if progress.finished:
+            return
+        time.sleep(interval)

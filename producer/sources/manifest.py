@@ -1,0 +1,239 @@
+"""A manifest file (.jsonl, .csv or .parquet), local or on S3, one job per row.
+
+Columns: `image` (a URI or path; several as a list in JSONL/Parquet or `;`-separated in CSV), optional
+`question` (overrides the CLI question), optional `reference` (the ground-truth answer), and any other
+columns, kept as the job's metadata. Relative paths are resolved against the manifest's own folder and
+may not leave it.
+
+Malformed rows refuse the whole submit: `validate` reads the manifest once and reports every bad row
+with its line number, before a single job is written. A half-submitted manifest is worse than none.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from schema.errors import SourceError
+from schema.models import JobSpec
+from worker.storage import local_path, make_s3_client, split_s3_uri
+
+# Errors listed in full before the rest are only counted.
+MAX_REPORTED_ERRORS = 20
+CSV_IMAGE_SEPARATOR = ";"
+PARQUET_BATCH_ROWS = 8192
+_RESERVED = ("image", "question", "reference")
+
+
+class RowError(ValueError):
+    pass
+
+
+class ManifestSource:
+    def __init__(self, uri: str, *, question: str | None, s3_endpoint_url: str | None) -> None:
+        self._uri = uri
+        self._question = question
+        self._endpoint = s3_endpoint_url
+        self._local: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        suffix = PurePosixPath(uri.split("?", 1)[0]).suffix.lower()
+        if suffix not in (".jsonl", ".csv", ".parquet"):
+            raise SourceError(f"{uri}: a manifest must end in .jsonl, .csv or .parquet")
+        self._format = suffix
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def validate(self) -> None:
+        errors: list[str] = []
+        total = 0
+        for where, record in self._records():
+            try:
+                self._spec(record)
+            except RowError as exc:
+                total += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append(f"{where}: {exc}")
+        if total:
+            more = f"\n  … and {total - len(errors)} more" if total > len(errors) else ""
+            raise SourceError(
+                f"{self._uri}: {total} malformed row(s); nothing was submitted:\n  "
+                + "\n  ".join(errors)
+                + more
+            )
+
+    def specs(self) -> Iterator[JobSpec]:
+        for where, record in self._records():
+            try:
+                yield self._spec(record)
+            except RowError as exc:  # validate() runs first; this only guards a file changed meanwhile
+                raise SourceError(f"{self._uri}: {where}: {exc}") from exc
+
+    # -- rows ------------------------------------------------------------------------------------------
+
+    def _spec(self, record: Any) -> JobSpec:
+        if isinstance(record, RowError):
+            raise record
+        if not isinstance(record, dict):
+            raise RowError("not an object")
+        images = record.get("image")
+        if images is None or images == "" or images == []:
+            raise RowError("missing `image`")
+        if isinstance(images, str):
+            uris = [images]
+        elif isinstance(images, list) and all(isinstance(u, str) for u in images):
+            uris = list(images)
+        else:
+            raise RowError("`image` must be a string or a list of strings")
+        question = record.get("question")
+        if question in (None, ""):
+            question = self._question
+        if not isinstance(question, str) or not question.strip():
+            raise RowError("no question (no `question` column value and no --question)")
+        reference = record.get("reference")
+        if reference is not None and not isinstance(reference, str | int | float):
+            raise RowError("`reference` must be text or a number")
+        meta = {k: _jsonable(v) for k, v in record.items() if k not in _RESERVED}
+        try:
+            return JobSpec(
+                images=tuple(self._resolve(u) for u in uris),
+                question=question,
+                reference=None if reference in (None, "") else str(reference),
+                meta=meta or None,
+            )
+        except ValidationError as exc:
+            raise RowError(exc.errors()[0]["msg"]) from exc
+
+    def _resolve(self, uri: str) -> str:
+        uri = uri.strip()
+        if not uri:
+            raise RowError("an image URI is empty")
+        if uri.startswith("s3://"):
+            return uri
+        if "://" in uri and not uri.startswith("file://"):
+            raise RowError(f"unsupported URI scheme in {uri!r} (use s3://, file:// or a path)")
+        if self._uri.startswith("s3://") and not uri.startswith("file://") and not uri.startswith("/"):
+            base = PurePosixPath(split_s3_uri(self._uri)[1]).parent
+            key = _normalise_relative(base, uri)
+            return f"s3://{split_s3_uri(self._uri)[0]}/{key}"
+        path = local_path(uri)
+        if path.is_absolute():
+            return path.as_uri()
+        root = local_path(self._uri).resolve().parent
+        resolved = (root / path).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise RowError(f"{uri!r} leads outside the manifest's folder")
+        return resolved.as_uri()
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def _records(self) -> Iterator[tuple[str, Any]]:
+        path = self._path()
+        if self._format == ".jsonl":
+            yield from _jsonl_records(path)
+        elif self._format == ".csv":
+            yield from _csv_records(path)
+        else:
+            yield from _parquet_records(path)
+
+    def _path(self) -> Path:
+        if self._local is not None:
+            return self._local
+        if not self._uri.startswith("s3://"):
+            path = local_path(self._uri)
+            if not path.is_file():
+                raise SourceError(f"{self._uri}: no such manifest file")
+            self._local = path
+            return path
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3_uri(self._uri)
+        self._tmp = tempfile.TemporaryDirectory(prefix="vlmbatch-manifest-")
+        target = Path(self._tmp.name) / PurePosixPath(key).name
+        try:
+            make_s3_client(self._endpoint).download_file(bucket, key, str(target))
+        except (ClientError, BotoCoreError) as exc:
+            raise SourceError(f"{self._uri}: cannot download the manifest ({type(exc).__name__})") from exc
+        self._local = target
+        return target
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("r", encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"line {number}", RowError(f"invalid JSON ({exc.msg})")
+
+
+def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("r", encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "image" not in reader.fieldnames:
+            raise SourceError(f"{path}: the CSV header has no `image` column")
+        for row in reader:
+            where = f"line {reader.line_num}"
+            if None in row:
+                yield where, RowError("more cells than header columns")
+                continue
+            record: dict[str, Any] = dict(row)
+            cell = record.get("image") or ""
+            record["image"] = [p.strip() for p in cell.split(CSV_IMAGE_SEPARATOR) if p.strip()]
+            yield where, record
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:
+        raise SourceError(f"{path}: not a readable Parquet file ({exc})") from exc
+    if "image" not in parquet.schema_arrow.names:
+        raise SourceError(f"{path}: the Parquet schema has no `image` column")
+    row = 0
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for record in batch.to_pylist():
+            row += 1
+            yield f"row {row}", record
+
+
+def _normalise_relative(base: PurePosixPath, relative: str) -> str:
+    parts: list[str] = list(base.parts)
+    for part in PurePosixPath(relative).parts:
+        if part == "..":
+            if not parts:
+                raise RowError(f"{relative!r} leads outside the manifest's prefix")
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    return "/".join(parts)
+
+
+def _jsonable(value: Any) -> Any:
+    """Metadata values as JSON (Parquet may hold dates, decimals, bytes)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dt.date | dt.datetime | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)

@@ -1,0 +1,162 @@
+"""Claiming jobs: each claim opens a new attempt, fences the job to it and gives the worker a lease.
+
+A job is claimable when it is `queued` (and past any retry backoff). Expired leases are not taken over
+here: the reconciler turns them back into `queued` first, so lease expiry has one owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from schema.states import AttemptOutcome, JobState
+from schema.tables import Attempt, Job, Run, utcnow
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs to run one attempt of a job."""
+
+    job_id: int
+    attempt_id: int
+    attempt_number: int
+    run_id: int
+    images: tuple[str, ...]
+    question: str
+    reference: str | None
+    overrides: dict[str, Any] | None
+    queued_at: datetime
+    claimed_at: datetime
+    # Transient failures in a row before this attempt (drives the retry backoff and cap).
+    transient_failures: int = 0
+
+
+def _claimable(now: datetime) -> Any:
+    return and_(
+        Job.state == JobState.QUEUED.value,
+        or_(Job.not_before.is_(None), Job.not_before <= now),
+    )
+
+
+def _lock(stmt: Select[Any], session: Session) -> Select[Any]:
+    # PostgreSQL: concurrent claimers skip each other's rows instead of queueing behind them.
+    # SQLite: the BEGIN IMMEDIATE transaction already serialises writers.
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update(of=Job, skip_locked=True)
+    return stmt
+
+
+def claim_jobs(
+    session: Session,
+    *,
+    job_ids: Sequence[int],
+    worker: str,
+    lease_seconds: float,
+    model: str | None = None,
+) -> list[ClaimedJob]:
+    """Claim those of `job_ids` that are claimable (and whose run serves `model`, when given)."""
+    if not job_ids:
+        return []
+    now = utcnow()
+    stmt = select(Job).join(Run, Run.id == Job.run_id).where(Job.id.in_(list(job_ids)), _claimable(now))
+    if model is not None:
+        stmt = stmt.where(Run.model == model)
+    jobs = list(session.scalars(_lock(stmt.order_by(Job.id), session)))
+    return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
+
+
+def claim_next(
+    session: Session,
+    *,
+    limit: int,
+    worker: str,
+    lease_seconds: float,
+    run_id: int | None = None,
+    model: str | None = None,
+) -> list[ClaimedJob]:
+    """Claim up to `limit` claimable jobs, oldest first (the embedded worker's feed)."""
+    if limit <= 0:
+        return []
+    now = utcnow()
+    stmt = select(Job).join(Run, Run.id == Job.run_id).where(_claimable(now))
+    if run_id is not None:
+        stmt = stmt.where(Job.run_id == run_id)
+    if model is not None:
+        stmt = stmt.where(Run.model == model)
+    jobs = list(session.scalars(_lock(stmt.order_by(Job.id).limit(limit), session)))
+    return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
+
+
+def _open_attempts(
+    session: Session, jobs: list[Job], *, worker: str, lease_seconds: float, now: datetime
+) -> list[ClaimedJob]:
+    if not jobs:
+        return []
+    attempts = [
+        Attempt(
+            job_id=job.id,
+            number=job.attempt_count + 1,
+            worker=worker,
+            outcome=AttemptOutcome.RUNNING.value,
+            overrides=job.overrides,
+            started_at=now,
+        )
+        for job in jobs
+    ]
+    session.add_all(attempts)
+    session.flush()
+    expires = now + timedelta(seconds=lease_seconds)
+    claimed = []
+    for job, attempt in zip(jobs, attempts, strict=True):
+        claimed.append(
+            ClaimedJob(
+                job_id=job.id,
+                attempt_id=attempt.id,
+                attempt_number=attempt.number,
+                run_id=job.run_id,
+                images=tuple(job.images),
+                question=job.question,
+                reference=job.reference,
+                overrides=job.overrides,
+                queued_at=job.queued_at,
+                claimed_at=now,
+                transient_failures=job.transient_failures,
+            )
+        )
+        job.state = JobState.RUNNING.value
+        job.current_attempt_id = attempt.id
+        job.attempt_count = attempt.number
+        job.lease_owner = worker
+        job.lease_expires_at = expires
+        job.overrides = None
+    session.flush()
+    return claimed
+
+
+def renew_leases(
+    session: Session, *, worker: str, attempt_ids: Sequence[int], lease_seconds: float
+) -> set[int]:
+    """Extend the leases of the worker's running attempts; return the attempt ids it no longer holds
+    (lease taken back by the reconciler, job cancelled or finished elsewhere)."""
+    if not attempt_ids:
+        return set()
+    now = utcnow()
+    held = set(
+        session.scalars(
+            update(Job)
+            .where(
+                Job.current_attempt_id.in_(list(attempt_ids)),
+                Job.state == JobState.RUNNING.value,
+                Job.lease_owner == worker,
+            )
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .returning(Job.current_attempt_id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    return {a for a in attempt_ids if a not in held}

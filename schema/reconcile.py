@@ -1,0 +1,69 @@
+"""Taking back jobs whose lease expired: their worker died, froze or lost the database.
+
+Each such job's attempt is marked `abandoned` and the job returns to `queued`, or fails for good once it
+has used the run's attempts (a poison job that keeps killing workers). A live lease is never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from schema.errors import ErrorType
+from schema.models import RunSettings
+from schema.states import AttemptOutcome, JobState
+from schema.tables import Attempt, Job, Run, utcnow
+
+
+@dataclass
+class Requeued:
+    """Jobs returned to the queue, by queue name (to republish), and jobs failed for good."""
+
+    by_queue: dict[str, list[int]] = field(default_factory=dict)
+    failed: list[int] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(len(ids) for ids in self.by_queue.values())
+
+
+def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit: int = 10_000) -> Requeued:
+    now = utcnow()
+    stmt = (
+        select(Job, Run.queue, Run.settings)
+        .join(Run, Run.id == Job.run_id)
+        .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    if run_id is not None:
+        stmt = stmt.where(Job.run_id == run_id)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=Job, skip_locked=True)
+    outcome = Requeued()
+    for job, queue, settings in session.execute(stmt):
+        max_attempts = RunSettings.model_validate(settings).max_attempts
+        message = f"lease held by {job.lease_owner} expired (worker died, froze or lost the database)"
+        if job.current_attempt_id is not None:
+            session.execute(
+                update(Attempt)
+                .where(Attempt.id == job.current_attempt_id, Attempt.outcome == AttemptOutcome.RUNNING.value)
+                .values(outcome=AttemptOutcome.ABANDONED.value, finished_at=now, error_message=message)
+                .execution_options(synchronize_session=False)
+            )
+        job.lease_owner = None
+        job.lease_expires_at = None
+        if job.attempt_count >= max_attempts:
+            job.state = JobState.FAILED.value
+            job.error_type = ErrorType.INTERNAL.value
+            job.error_message = f"gave up after {job.attempt_count} attempts; last: {message}"
+            job.finished_at = now
+            outcome.failed.append(job.id)
+        else:
+            job.state = JobState.QUEUED.value
+            job.queued_at = now
+            outcome.by_queue.setdefault(queue, []).append(job.id)
+    session.flush()
+    return outcome

@@ -1,0 +1,62 @@
+"""Runs: create or reuse by name, look up by id or name."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from schema.errors import RunConflict, RunNotFound
+from schema.models import RunSettings
+from schema.tables import Run
+
+
+def get_run(session: Session, ref: str | int) -> Run:
+    """The run whose id or name is `ref`. Raises RunNotFound."""
+    text = str(ref)
+    run = session.scalar(select(Run).where(Run.name == text))
+    if run is None and text.isdigit():
+        run = session.get(Run, int(text))
+    if run is None:
+        raise RunNotFound(f"no run has the id or name {text!r}")
+    return run
+
+
+def run_settings(run: Run) -> RunSettings:
+    return RunSettings.model_validate(run.settings)
+
+
+def create_or_reuse_run(
+    sessions: sessionmaker[Session],
+    *,
+    name: str,
+    settings: RunSettings,
+    queue: str,
+    source: str | None,
+) -> Run:
+    """The run called `name`, created with `settings` if new.
+
+    Raises RunConflict when a run of that name exists with other settings: mixing two sampling set-ups
+    in one run would make its results incomparable.
+    """
+    wanted = settings.model_dump(mode="json")
+    for _ in range(2):  # a concurrent submit may create the same run between our read and our insert
+        with sessions() as session, session.begin():
+            run = session.scalar(select(Run).where(Run.name == name))
+            if run is not None:
+                if run.settings != wanted:
+                    raise RunConflict(
+                        f"run {name!r} exists with other settings (fingerprint "
+                        f"{RunSettings.model_validate(run.settings).fingerprint()} vs {settings.fingerprint()}); "
+                        "choose another --run name"
+                    )
+                return run
+            run = Run(name=name, model=settings.model, queue=queue, settings=wanted, source=source)
+            session.add(run)
+            try:
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                continue
+            return run
+    raise RunConflict(f"run {name!r} could not be created")

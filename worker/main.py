@@ -1,0 +1,87 @@
+"""Entry points of a worker process: the Celery worker (`vlmbatch worker`) and the embedded run
+(`vlmbatch run`), both around one pipeline and one engine built before any job is taken."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from schema.database import open_ledger
+from schema.settings import Settings
+from worker.celery_app import make_celery, task_concurrency
+from worker.pipeline import Pipeline
+from worker.publisher import CeleryPublisher, NullPublisher
+from worker.runtime import build_pipeline
+from worker.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+# Exit status of a worker whose engine died: its supervisor restarts it (DESIGN.md, worker engine).
+EXIT_ENGINE_DEAD = 3
+
+
+def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
+    """Consume the broker queue until told to stop; return the process exit status."""
+    _, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
+    app = make_celery(settings)
+    pipeline = build_pipeline(
+        settings, sessions=sessions, publisher=CeleryPublisher(app, jobs_per_message=settings.jobs_per_message)
+    )
+    pipeline.start()
+    register_tasks(app, pipeline)
+    worker = app.Worker(
+        pool="threads",
+        concurrency=task_concurrency(settings),
+        queues=[settings.queue],
+        loglevel=loglevel,
+        hostname=f"vlmbatch@{pipeline.worker_id}",
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+        optimization="fair",
+    )
+    threading.Thread(target=_stop_on_engine_death, args=(pipeline,), daemon=True, name="engine-watch").start()
+    try:
+        worker.start()
+    finally:
+        pipeline.stop(grace_s=0.0 if pipeline.fatal else settings.shutdown_grace_seconds)
+    if pipeline.fatal is not None:
+        log.error("exiting with status %d after engine death: %s", EXIT_ENGINE_DEAD, pipeline.fatal)
+        return EXIT_ENGINE_DEAD
+    return 0
+
+
+def _stop_on_engine_death(pipeline: Pipeline) -> None:
+    pipeline.fatal_event.wait()
+    # Celery's warm shutdown: stop consuming, let the (short) claim tasks finish.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_embedded(
+    settings: Settings,
+    *,
+    run_id: int,
+    on_tick: Callable[[], None] | None = None,
+    tick_s: float = 1.0,
+    pipeline: Pipeline | None = None,
+) -> Pipeline:
+    """Work one run's queue in this process until none of its jobs is queued or running."""
+    if pipeline is None:
+        _, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
+        pipeline = build_pipeline(settings, sessions=sessions, publisher=NullPublisher())
+        pipeline.start()
+    done = pipeline.feed_run(run_id)
+    try:
+        while True:
+            try:
+                done.result(timeout=tick_s)
+                break
+            except TimeoutError:
+                if on_tick is not None:
+                    on_tick()
+    finally:
+        pipeline.stop(grace_s=0.0)
+    return pipeline

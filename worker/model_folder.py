@@ -1,0 +1,406 @@
+"""Build a local model folder of R1V3's architecture (`SkyworkR1VChatModel`), offline, in seconds.
+
+The folder holds what vLLM loads with `trust_remote_code=True`: `config.json`, our own configuration module,
+`generation_config.json`, a locally trained byte-level BPE tokenizer with the model's special tokens and an
+R1V3-style ChatML chat template, and (optionally) random weights in `model.safetensors`. Its answers are
+noise; the code path through vLLM is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_MODULE = "configuration_skywork_chat"
+CONFIG_CLASS = "SkyworkChatConfig"
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+IMG_START = "<img>"
+IMG_END = "</img>"
+IMG_CONTEXT = "<IMG_CONTEXT>"
+THINK_START = "<think>"
+THINK_END = "</think>"
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT)
+# Ordinary added tokens: kept whole by the tokenizer, yet not dropped by `skip_special_tokens`, so the
+# reasoning trace stays splittable in decoded text.
+THINK_TOKENS = (THINK_START, THINK_END)
+
+# R1V3-style ChatML with string content (vLLM then inserts its `<image>` placeholder into the user text);
+# the generation prompt opens the reasoning trace as R1V3's own template does.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
+)
+
+# Written into the folder and imported by transformers through `auto_map`; vLLM maps `llm_config` to
+# `text_config` itself.
+CONFIG_SOURCE = '''\
+"""SkyworkR1VChatModel configuration (InternViT vision tower + Qwen2 LLM), written by vlmbatch."""
+
+from typing import Any
+
+from transformers import PretrainedConfig, Qwen2Config
+
+
+class SkyworkVisionConfig(PretrainedConfig):
+    model_type = "intern_vit_6b"
+
+    def __init__(
+        self,
+        hidden_size: int = 3200,
+        image_size: int = 448,
+        patch_size: int = 14,
+        num_channels: int = 3,
+        num_attention_heads: int = 25,
+        num_hidden_layers: int = 45,
+        intermediate_size: int = 12800,
+        qkv_bias: bool = False,
+        qk_normalization: bool = True,
+        norm_type: str = "rms_norm",
+        layer_norm_eps: float = 1e-6,
+        hidden_act: str = "gelu",
+        initializer_factor: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.num_attention_heads = num_attention_heads
+        self.num_hidden_layers = num_hidden_layers
+        self.intermediate_size = intermediate_size
+        self.qkv_bias = qkv_bias
+        self.qk_normalization = qk_normalization
+        self.norm_type = norm_type
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_act = hidden_act
+        self.initializer_factor = initializer_factor
+
+
+class SkyworkChatConfig(PretrainedConfig):
+    model_type = "skywork_chat"
+    sub_configs = {"vision_config": SkyworkVisionConfig, "llm_config": Qwen2Config}
+
+    def __init__(
+        self,
+        vision_config: dict[str, Any] | None = None,
+        llm_config: dict[str, Any] | None = None,
+        select_layer: int = -1,
+        force_image_size: int | None = None,
+        downsample_ratio: float = 0.5,
+        ps_version: str = "v2",
+        min_dynamic_patch: int = 1,
+        max_dynamic_patch: int = 12,
+        dynamic_image_size: bool = True,
+        use_thumbnail: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.vision_config = SkyworkVisionConfig(**(vision_config or {}))
+        self.llm_config = Qwen2Config(**(llm_config or {}))
+        self.select_layer = select_layer
+        self.force_image_size = force_image_size
+        self.downsample_ratio = downsample_ratio
+        self.ps_version = ps_version
+        self.min_dynamic_patch = min_dynamic_patch
+        self.max_dynamic_patch = max_dynamic_patch
+        self.dynamic_image_size = dynamic_image_size
+        self.use_thumbnail = use_thumbnail
+'''
+
+# A small built-in corpus: enough merges for readable noise; the rest of the vocabulary is filler.
+_CORPUS = (
+    "The image shows a red car parked next to a tall building on a sunny day.",
+    "Let me think step by step about what is in the picture before I answer.",
+    "There are three people, two dogs and a bicycle in the photo.",
+    "First, count the objects. Then compare their sizes. Finally, give the answer.",
+    "The chart has an x axis for time and a y axis for the number of sales.",
+    "Question: what color is the sky? Answer: the sky is blue with white clouds.",
+    "Wait, I should check the left side of the image again to be sure.",
+    "So the area of the triangle is one half times the base times the height.",
+    "The text in the sign reads: open from nine in the morning until six in the evening.",
+    "Therefore, the correct option is B, because the angle is larger than ninety degrees.",
+    "A cat is sleeping on a blue sofa while a child reads a book by the window.",
+    "The table lists the price, the quantity and the total for each item.",
+)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Sizes of a `SkyworkR1VChatModel`: an InternViT vision tower, an MLP projector and a Qwen2 LLM."""
+
+    vision_hidden_size: int
+    vision_layers: int
+    vision_heads: int
+    vision_intermediate_size: int
+    vision_norm: Literal["rms_norm", "layer_norm"]
+    image_size: int
+    patch_size: int
+    llm_hidden_size: int
+    llm_layers: int
+    llm_heads: int
+    llm_kv_heads: int
+    llm_intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    rope_theta: float
+    rms_norm_eps: float
+    dtype: Literal["bfloat16", "float16", "float32"]
+
+    def __post_init__(self) -> None:
+        for name, size, heads in (
+            ("vision", self.vision_hidden_size, self.vision_heads),
+            ("llm", self.llm_hidden_size, self.llm_heads),
+        ):
+            if size % heads:
+                raise ValueError(f"{name} hidden size {size} is not divisible by {heads} heads")
+        if self.llm_heads % self.llm_kv_heads:
+            raise ValueError(f"{self.llm_heads} heads do not split into {self.llm_kv_heads} KV groups")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image size {self.image_size} is not a multiple of patch {self.patch_size}")
+
+    @property
+    def llm_head_dim(self) -> int:
+        return self.llm_hidden_size // self.llm_heads
+
+
+# Smallest shape the vLLM CPU build runs: its attention backend needs head_dim >= 32 (vision 64/2, LLM
+# 128/4). float32 because bf16 kernels need AVX-512 on CPU.
+TINY = ModelShape(
+    vision_hidden_size=64,
+    vision_layers=2,
+    vision_heads=2,
+    vision_intermediate_size=128,
+    vision_norm="rms_norm",
+    image_size=448,
+    patch_size=14,
+    llm_hidden_size=128,
+    llm_layers=2,
+    llm_heads=4,
+    llm_kv_heads=2,
+    llm_intermediate_size=256,
+    vocab_size=1024,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    dtype="float32",
+)
+
+# Skywork-R1V3-38B: InternViT-6B (448 px, patch 14) + Qwen2.5-32B, as in its published config.
+R1V3_38B = ModelShape(
+    vision_hidden_size=3200,
+    vision_layers=45,
+    vision_heads=25,
+    vision_intermediate_size=12800,
+    vision_norm="rms_norm",
+    image_size=448,
+    patch_size=14,
+    llm_hidden_size=5120,
+    llm_layers=64,
+    llm_heads=40,
+    llm_kv_heads=8,
+    llm_intermediate_size=27648,
+    vocab_size=151674,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-5,
+    dtype="bfloat16",
+)
+
+
+def build_model_folder(path: Path, shape: ModelShape = TINY, *, weights: bool = True, seed: int = 0) -> Path:
+    """Write a loadable `SkyworkR1VChatModel` folder of `shape` into `path` (created if missing) and return it.
+
+    With `weights=False` no `model.safetensors` is written: load it with vLLM's `load_format="dummy"` (the
+    only sane choice for R1V3_38B, whose weights would be ~77 GB). The same `seed` gives the same bytes.
+    Raises ValueError if the shape's vocabulary is too small for the tokenizer's base alphabet.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(shape.vocab_size)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (*SPECIAL_TOKENS, *THINK_TOKENS)}
+    tokenizer.save_pretrained(path)
+    (path / f"{CONFIG_MODULE}.py").write_text(CONFIG_SOURCE)
+    _write_json(path / "config.json", _config(shape, bos_id=ids[ENDOFTEXT], eos_id=ids[IM_END]))
+    _write_json(
+        path / "generation_config.json",
+        {"bos_token_id": ids[ENDOFTEXT], "eos_token_id": [ids[IM_END], ids[ENDOFTEXT]], "pad_token_id": ids[ENDOFTEXT]},
+    )
+    if weights:
+        _write_weights(path / "model.safetensors", shape, seed=seed)
+    return path
+
+
+def _train_tokenizer(vocab_size: int) -> Any:
+    """A byte-level BPE trained on the built-in corpus, padded with filler ids to exactly `vocab_size`."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    added = len(SPECIAL_TOKENS) + len(THINK_TOKENS)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + added:
+        raise ValueError(f"vocab_size {vocab_size} < {len(alphabet) + added} (byte alphabet + added tokens)")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size - added, 2048), initial_alphabet=alphabet, show_progress=False
+    )
+    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+
+    # Fillers go into the BPE vocabulary (not 150k added tokens, which make loading slow); no merge reaches
+    # them, and their ASCII names decode to plain text when a random-weight model samples them.
+    spec = json.loads(bpe.to_str())
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    for index in range(vocab_size - added - len(vocab)):
+        vocab[f"<|filler_{index}|>"] = len(vocab)
+    padded = Tokenizer.from_str(json.dumps(spec))
+    padded.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
+    padded.add_tokens([AddedToken(token, special=False, normalized=False) for token in THINK_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=padded,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        model_max_length=32768,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _config(shape: ModelShape, *, bos_id: int, eos_id: int) -> dict[str, Any]:
+    vision = {
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "hidden_size": shape.vision_hidden_size,
+        "image_size": shape.image_size,
+        "patch_size": shape.patch_size,
+        "num_channels": 3,
+        "num_attention_heads": shape.vision_heads,
+        "num_hidden_layers": shape.vision_layers,
+        "intermediate_size": shape.vision_intermediate_size,
+        "qkv_bias": False,
+        "qk_normalization": True,
+        "norm_type": shape.vision_norm,
+        "layer_norm_eps": 1e-6,
+        "hidden_act": "gelu",
+        "initializer_factor": 0.1,
+        "torch_dtype": shape.dtype,
+    }
+    llm = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": shape.llm_hidden_size,
+        "intermediate_size": shape.llm_intermediate_size,
+        "num_hidden_layers": shape.llm_layers,
+        "num_attention_heads": shape.llm_heads,
+        "num_key_value_heads": shape.llm_kv_heads,
+        "hidden_act": "silu",
+        "vocab_size": shape.vocab_size,
+        "max_position_embeddings": shape.max_position_embeddings,
+        "rope_theta": shape.rope_theta,
+        "rms_norm_eps": shape.rms_norm_eps,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": shape.dtype,
+    }
+    return {
+        "architectures": ["SkyworkR1VChatModel"],
+        "model_type": "skywork_chat",
+        "auto_map": {"AutoConfig": f"{CONFIG_MODULE}.{CONFIG_CLASS}"},
+        "select_layer": -1,
+        "force_image_size": shape.image_size,
+        "downsample_ratio": 0.5,
+        "ps_version": "v2",
+        "min_dynamic_patch": 1,
+        "max_dynamic_patch": 12,
+        "dynamic_image_size": True,
+        "use_thumbnail": True,
+        "torch_dtype": shape.dtype,
+        "vision_config": vision,
+        "llm_config": llm,
+    }
+
+
+def _weight_shapes(shape: ModelShape) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """Every tensor of the HF checkpoint layout, by name; vLLM's loader rejects unknown or missing names."""
+    vh, vi, lh, li = (
+        shape.vision_hidden_size,
+        shape.vision_intermediate_size,
+        shape.llm_hidden_size,
+        shape.llm_intermediate_size,
+    )
+    patches = (shape.image_size // shape.patch_size) ** 2
+    yield "vision_model.embeddings.class_embedding", (1, 1, vh)
+    yield "vision_model.embeddings.patch_embedding.weight", (vh, 3, shape.patch_size, shape.patch_size)
+    yield "vision_model.embeddings.patch_embedding.bias", (vh,)
+    yield "vision_model.embeddings.position_embedding", (1, patches + 1, vh)
+    for n in range(shape.vision_layers):
+        layer = f"vision_model.encoder.layers.{n}"
+        yield f"{layer}.attn.qkv.weight", (3 * vh, vh)
+        yield f"{layer}.attn.q_norm.weight", (vh,)
+        yield f"{layer}.attn.k_norm.weight", (vh,)
+        yield f"{layer}.attn.proj.weight", (vh, vh)
+        yield f"{layer}.attn.proj.bias", (vh,)
+        yield f"{layer}.mlp.fc1.weight", (vi, vh)
+        yield f"{layer}.mlp.fc1.bias", (vi,)
+        yield f"{layer}.mlp.fc2.weight", (vh, vi)
+        yield f"{layer}.mlp.fc2.bias", (vh,)
+        for norm in ("norm1", "norm2"):
+            yield f"{layer}.{norm}.weight", (vh,)
+            if shape.vision_norm == "layer_norm":
+                yield f"{layer}.{norm}.bias", (vh,)
+        yield f"{layer}.ls1", (vh,)
+        yield f"{layer}.ls2", (vh,)
+    # Pixel shuffle (downsample 0.5) stacks 4 vision tokens into one before the projector.
+    yield "mlp1.0.weight", (4 * vh,)
+    yield "mlp1.0.bias", (4 * vh,)
+    yield "mlp1.1.weight", (lh, 4 * vh)
+    yield "mlp1.1.bias", (lh,)
+    yield "mlp1.3.weight", (lh, lh)
+    yield "mlp1.3.bias", (lh,)
+    q_dim, kv_dim = shape.llm_heads * shape.llm_head_dim, shape.llm_kv_heads * shape.llm_head_dim
+    yield "language_model.model.embed_tokens.weight", (shape.vocab_size, lh)
+    for n in range(shape.llm_layers):
+        layer = f"language_model.model.layers.{n}"
+        for proj, rows in (("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)):
+            yield f"{layer}.self_attn.{proj}.weight", (rows, lh)
+            yield f"{layer}.self_attn.{proj}.bias", (rows,)
+        yield f"{layer}.self_attn.o_proj.weight", (lh, q_dim)
+        yield f"{layer}.mlp.gate_proj.weight", (li, lh)
+        yield f"{layer}.mlp.up_proj.weight", (li, lh)
+        yield f"{layer}.mlp.down_proj.weight", (lh, li)
+        yield f"{layer}.input_layernorm.weight", (lh,)
+        yield f"{layer}.post_attention_layernorm.weight", (lh,)
+    yield "language_model.model.norm.weight", (lh,)
+    yield "language_model.lm_head.weight", (shape.vocab_size, lh)
+
+
+def _write_weights(path: Path, shape: ModelShape, *, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, size in _weight_shapes(shape):
+        # Norms start as identity and layer scales at InternViT's initializer_factor, as a fresh model does.
+        is_norm = "norm" in name or name.startswith("mlp1.0.")
+        if name.endswith((".ls1", ".ls2")):
+            tensor = torch.full(size, 0.1)
+        elif is_norm:
+            tensor = torch.ones(size) if name.endswith(".weight") else torch.zeros(size)
+        else:
+            tensor = torch.randn(size, generator=generator) * 0.02
+        tensors[name] = tensor.to(getattr(torch, shape.dtype)).contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")

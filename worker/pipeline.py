@@ -1,0 +1,512 @@
+"""The worker's pipeline: claimed jobs go fetch → decode → engine → fenced write, many at once.
+
+Everything runs on one asyncio loop in a background thread. Blocking work never runs on it: object
+fetches and image decodes go to an I/O thread pool, database calls to a small DB pool. The engine sees up
+to `inflight_jobs` requests and a finished job frees its slot as soon as its outcome is committed, so no
+job waits for the slowest trace of a batch (continuous batching end to end).
+
+Feeds: `admit(job_ids)` from Celery tasks (the distributed path) or `feed_run(run_id)`, which claims
+straight from the database (the embedded path of `vlmbatch run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from PIL.Image import Image
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from schema.claims import ClaimedJob, claim_jobs, claim_next, renew_leases
+from schema.errors import EngineDead, ErrorType, InternalError, JobCancelled, JobError
+from schema.models import RunSettings
+from schema.outcomes import AttemptReport, Timings, record_outcomes, retry_delay
+from schema.reconcile import requeue_expired_leases
+from schema.settings import Settings
+from schema.states import AttemptOutcome, JobState
+from schema.tables import Job, Run
+from worker.capacity import Capacity
+from worker.engine import AnswerConstraint, Engine, GenerationRequest
+from worker.images import decode_image
+from worker.output import attempt_outcome, to_sample
+from worker.publisher import Publisher
+from worker.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Outcomes committed per database transaction, and how long the writer waits to fill a batch.
+WRITE_BATCH = 256
+WRITE_LINGER_S = 0.02
+# The embedded feed polls the database this often when it has nothing to claim.
+FEED_POLL_S = 0.25
+
+
+class WorkerStopping(Exception):
+    """The pipeline no longer takes work (shutting down, or its engine died)."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    settings: RunSettings
+    queue: str
+
+
+@dataclass
+class Counters:
+    claimed: int = 0
+    written: int = 0
+    fenced_off: int = 0
+    handed_back: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _InFlight:
+    job: ClaimedJob
+    request_id: str
+    task: asyncio.Task[None] | None = None
+    reported: bool = False
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        store: ObjectStore,
+        publisher: Publisher,
+        worker_id: str,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._sessions = sessions
+        self._store = store
+        self._publisher = publisher
+        self.worker_id = worker_id
+        self.counters = Counters()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vlmbatch-pipeline", daemon=True)
+        self._io = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="vlmbatch-io")
+        self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="vlmbatch-db")
+        self._inflight: dict[int, _InFlight] = {}
+        self._runs: dict[int, RunContext] = {}
+        self._closing = False
+        self._fatal: BaseException | None = None
+        self.fatal_event = threading.Event()
+        self._background: list[asyncio.Task[None]] = []
+
+    # -- called from other threads -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread and the engine (once per process, never per task)."""
+        self._thread.start()
+        self._call(self._start())
+
+    def admit(self, job_ids: Sequence[int]) -> int:
+        """Claim `job_ids` into this worker once there is room; return how many were claimed.
+        Raises WorkerStopping when the pipeline is shutting down."""
+        return self._call(self._admit(list(job_ids)))
+
+    def feed_run(self, run_id: int) -> Future[None]:
+        """Work a run's queue straight from the database until none of its jobs is queued or running."""
+        return asyncio.run_coroutine_threadsafe(self._feed_run(run_id), self._loop)
+
+    def stop(self, *, grace_s: float = 0.0) -> None:
+        """Stop taking work, let in-flight jobs finish for up to `grace_s`, hand the rest back."""
+        if self._thread.is_alive():
+            self._call(self._stop(grace_s))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        self._io.shutdown(wait=False, cancel_futures=True)
+        self._db_pool.shutdown(wait=True)
+
+    @property
+    def fatal(self) -> BaseException | None:
+        return self._fatal
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._capacity = Capacity(self._settings.resolved_inflight_jobs())
+        self._reports: asyncio.Queue[AttemptReport] = asyncio.Queue()
+        await self._engine.start()
+        self._background = [
+            asyncio.create_task(self._write_loop(), name="writer"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
+
+    async def _stop(self, grace_s: float) -> None:
+        self._closing = True
+        deadline = time.monotonic() + grace_s
+        while self._inflight and time.monotonic() < deadline and self._fatal is None:
+            await asyncio.sleep(0.1)
+        await self._hand_back_all(reason="worker stopped")
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._engine.shutdown()
+
+    def _declare_fatal(self, exc: BaseException) -> None:
+        if self._fatal is not None:
+            return
+        log.error("engine died (%s); handing jobs back and stopping", exc)
+        self._fatal = exc
+        self._closing = True
+        task = asyncio.create_task(self._hand_back_all(reason=f"engine died: {exc}"))
+        task.add_done_callback(lambda _t: self.fatal_event.set())
+
+    # -- admission -----------------------------------------------------------------------------------
+
+    async def _admit(self, job_ids: list[int]) -> int:
+        if self._closing:
+            raise WorkerStopping("worker is stopping")
+        claimed = 0
+        # A message may carry more ids than the whole capacity: claim it in capacity-sized parts.
+        step = self._capacity.total
+        for start in range(0, len(job_ids), step):
+            part = job_ids[start : start + step]
+            await self._capacity.take(len(part))
+            if self._closing:
+                await self._capacity.give(len(part))
+                raise WorkerStopping("worker is stopping")
+            jobs = await self._db(
+                partial(
+                    claim_jobs,
+                    job_ids=part,
+                    worker=self.worker_id,
+                    lease_seconds=self._settings.lease_seconds,
+                    model=self._engine.model,
+                )
+            )
+            await self._capacity.give(len(part) - len(jobs))
+            for job in jobs:
+                await self._launch(job)
+            claimed += len(jobs)
+        return claimed
+
+    async def _feed_run(self, run_id: int) -> None:
+        batch = max(1, min(self._settings.jobs_per_message, self._capacity.total))
+        while True:
+            if self._fatal is not None:
+                raise WorkerStopping(f"engine died: {self._fatal}")
+            if self._closing:
+                raise WorkerStopping("worker is stopping")
+            taken = self._capacity.take_free(self._capacity.free)
+            jobs: list[ClaimedJob] = []
+            if taken:
+                jobs = await self._db(
+                    partial(
+                        claim_next,
+                        limit=taken,
+                        worker=self.worker_id,
+                        lease_seconds=self._settings.lease_seconds,
+                        run_id=run_id,
+                    )
+                )
+                await self._capacity.give(taken - len(jobs))
+                for job in jobs:
+                    await self._launch(job)
+            if jobs:
+                await self._capacity.wait_for_free(batch, timeout=FEED_POLL_S)
+                continue
+            if not self._inflight and await self._db(partial(_run_drained, run_id=run_id)):
+                return
+            await self._capacity.wait_for_free(self._capacity.total, timeout=FEED_POLL_S)
+
+    async def _launch(self, job: ClaimedJob) -> None:
+        self.counters.claimed += 1
+        entry = _InFlight(job=job, request_id=f"job-{job.job_id}-attempt-{job.attempt_id}")
+        self._inflight[job.attempt_id] = entry
+        entry.task = asyncio.create_task(self._run_job(entry))
+
+    # -- one job -------------------------------------------------------------------------------------
+
+    async def _run_job(self, entry: _InFlight) -> None:
+        job = entry.job
+        queue_wait = (job.claimed_at - job.queued_at).total_seconds()
+        fetch_s = decode_s = generation_s = first_token_s = None
+        try:
+            run = await self._run_context(job.run_id)
+            images, fetch_s, decode_s = await self._load_images(job)
+            request = self._request(entry, run, images)
+            started = time.perf_counter()
+            generation = await self._engine.generate(request)
+            generation_s = time.perf_counter() - started
+            first_token_s = generation.first_token_s
+            samples = [
+                to_sample(i, c, opened_by_prompt=generation.trace_opened_by_prompt)
+                for i, c in enumerate(generation.completions)
+            ]
+            report = AttemptReport(
+                job_id=job.job_id,
+                attempt_id=job.attempt_id,
+                outcome=attempt_outcome(samples),
+                samples=samples,
+                prompt_tokens=generation.prompt_tokens,
+                timings=Timings(queue_wait, fetch_s, decode_s, generation_s, first_token_s),
+            )
+        except asyncio.CancelledError:
+            raise
+        except EngineDead as exc:
+            self._declare_fatal(exc)
+            return  # handed back by _hand_back_all
+        except Exception as exc:
+            if self._fatal is not None:
+                return  # the engine's death surfaced as another error: handed back
+            error = exc if isinstance(exc, JobError) else InternalError(f"{type(exc).__name__}: {exc}")
+            if not isinstance(exc, JobError):
+                log.exception("job %s attempt %s failed unexpectedly", job.job_id, job.attempt_id)
+            run_ctx = self._runs.get(job.run_id)
+            report = self._failure(
+                job, error, run_ctx, Timings(queue_wait, fetch_s, decode_s, generation_s, first_token_s)
+            )
+        entry.reported = True
+        await self._reports.put(report)
+
+    def _failure(
+        self, job: ClaimedJob, error: JobError, run: RunContext | None, timings: Timings
+    ) -> AttemptReport:
+        outcome = AttemptOutcome.CANCELLED if isinstance(error, JobCancelled) else AttemptOutcome.FAILED
+        retry_after = None
+        if error.transient and run is not None and job.transient_failures < run.settings.max_transient_retries:
+            retry_after = retry_delay(job.transient_failures + 1)
+        return AttemptReport(
+            job_id=job.job_id,
+            attempt_id=job.attempt_id,
+            outcome=outcome,
+            error_type=error.error_type,
+            error_message=error.message,
+            timings=timings,
+            retry_after_s=retry_after,
+        )
+
+    async def _run_context(self, run_id: int) -> RunContext:
+        run = self._runs.get(run_id)
+        if run is None:
+            run = await self._db(partial(_load_run, run_id=run_id))
+            self._runs[run_id] = run
+        return run
+
+    async def _load_images(self, job: ClaimedJob) -> tuple[list[Image], float, float]:
+        loop = asyncio.get_running_loop()
+        loaded = await asyncio.gather(
+            *(loop.run_in_executor(self._io, self._fetch_and_decode, uri) for uri in job.images)
+        )
+        images = [image for image, _, _ in loaded]
+        return images, sum(f for _, f, _ in loaded), sum(d for _, _, d in loaded)
+
+    def _fetch_and_decode(self, uri: str) -> tuple[Image, float, float]:
+        started = time.perf_counter()
+        data = self._store.fetch(uri, max_bytes=self._settings.max_image_bytes)
+        fetched = time.perf_counter()
+        image = decode_image(
+            data,
+            max_bytes=self._settings.max_image_bytes,
+            max_pixels=self._settings.max_image_pixels,
+            source=uri,
+        )
+        return image, fetched - started, time.perf_counter() - fetched
+
+    def _request(self, entry: _InFlight, run: RunContext, images: list[Image]) -> GenerationRequest:
+        job = entry.job
+        settings = run.settings
+        sampling = settings.sampling
+        if job.overrides and "max_tokens" in job.overrides:
+            sampling = sampling.model_copy(update={"max_tokens": int(job.overrides["max_tokens"])})
+        if len(images) > settings.max_images_per_prompt:
+            from schema.errors import InputUnsupported
+
+            raise InputUnsupported(
+                f"{len(images)} images in one job, over the run's limit of {settings.max_images_per_prompt}"
+            )
+        constraint = None
+        if settings.choices or settings.json_schema:
+            constraint = AnswerConstraint(choices=settings.choices, json_schema=settings.json_schema)
+        return GenerationRequest(
+            request_id=entry.request_id,
+            images=images,
+            question=job.question,
+            sampling=sampling,
+            max_tiles=min(settings.max_tiles, self._settings.max_tiles),
+            constraint=constraint,
+        )
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._reports.get()]
+            deadline = time.monotonic() + WRITE_LINGER_S
+            while len(batch) < WRITE_BATCH:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._reports.get(), timeout))
+                except TimeoutError:
+                    break
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[AttemptReport]) -> None:
+        written = await self._blocking(partial(_write_reports, self._sessions, batch), retry=True)
+        written_ids = {r.attempt_id for r in written}
+        retries: dict[tuple[str, float], list[int]] = {}
+        for report in batch:
+            entry = self._inflight.pop(report.attempt_id, None)
+            if report.attempt_id not in written_ids:
+                self.counters.fenced_off += 1
+                continue
+            self._count(report)
+            run = self._runs.get(entry.job.run_id) if entry is not None else None
+            if report.retry_after_s is not None and run is not None:
+                retries.setdefault((run.queue, report.retry_after_s), []).append(report.job_id)
+        await self._capacity.give(len(batch))
+        for (queue, delay), job_ids in retries.items():
+            await self._publish(queue, job_ids, countdown=delay)
+
+    def _count(self, report: AttemptReport) -> None:
+        c = self.counters
+        c.written += 1
+        c.outcomes[report.outcome.value] += 1
+        if report.error_type is not None:
+            c.errors[report.error_type.value] += 1
+        c.prompt_tokens += report.prompt_tokens or 0
+        c.completion_tokens += sum(s.completion_tokens for s in report.samples)
+
+    async def _publish(self, queue: str, job_ids: list[int], *, countdown: float | None = None) -> None:
+        try:
+            await self._blocking(partial(self._publisher.publish, queue, job_ids, countdown=countdown))
+        except Exception:  # the reconciler republishes queued jobs whose message was lost
+            log.exception("could not publish %d requeued jobs; the reconciler will", len(job_ids))
+
+    # -- leases --------------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_seconds)
+            attempt_ids = [a for a, e in self._inflight.items() if not e.reported]
+            if not attempt_ids:
+                continue
+            try:
+                lost = await self._db(
+                    partial(
+                        renew_leases,
+                        worker=self.worker_id,
+                        attempt_ids=attempt_ids,
+                        lease_seconds=self._settings.lease_seconds,
+                    )
+                )
+            except DBAPIError:
+                log.warning("lease renewal failed; retrying at the next heartbeat", exc_info=True)
+                continue
+            for attempt_id in lost:
+                entry = self._inflight.get(attempt_id)
+                if entry is not None:  # cancelled, or taken back: free the engine's slot now
+                    await self._engine.abort(entry.request_id)
+
+    async def _hand_back_all(self, *, reason: str) -> None:
+        """Return every unfinished job to the queue (or fail it once its attempts are used up)."""
+        pending = [e for e in self._inflight.values() if not e.reported]
+        for entry in pending:
+            entry.reported = True
+            if entry.task is not None and not entry.task.done():
+                entry.task.cancel()
+                await self._engine.abort(entry.request_id)
+        if not pending:
+            return
+        reports = []
+        for entry in pending:
+            job = entry.job
+            run = self._runs.get(job.run_id) or await self._run_context(job.run_id)
+            exhausted = job.attempt_number >= run.settings.max_attempts
+            error = ErrorType.ENGINE_DEAD if self._fatal is not None else None
+            reports.append(
+                AttemptReport(
+                    job_id=job.job_id,
+                    attempt_id=job.attempt_id,
+                    outcome=AttemptOutcome.FAILED if exhausted else AttemptOutcome.ABANDONED,
+                    error_type=error or (ErrorType.INTERNAL if exhausted else None),
+                    error_message=reason,
+                )
+            )
+        written = await self._blocking(partial(_write_reports, self._sessions, reports), retry=True)
+        self.counters.handed_back += len(written)
+        by_queue: dict[str, list[int]] = {}
+        for report in written:
+            entry = self._inflight.pop(report.attempt_id, None)
+            if report.outcome is AttemptOutcome.ABANDONED and entry is not None:
+                by_queue.setdefault(self._runs[entry.job.run_id].queue, []).append(report.job_id)
+        for queue, job_ids in by_queue.items():
+            await self._publish(queue, job_ids)
+
+    # -- blocking helpers ----------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn(session)` in one transaction on the DB pool."""
+        return await self._blocking(partial(_in_transaction, self._sessions, fn))
+
+    async def _blocking(self, fn: Callable[[], T], *, retry: bool = False) -> T:
+        """Run `fn()` on the DB pool; with `retry`, retry database errors with backoff until it works
+        (an outcome must not be dropped because the database restarted)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            try:
+                return await loop.run_in_executor(self._db_pool, fn)
+            except DBAPIError as exc:
+                if not retry:
+                    raise
+                log.warning("database call failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def _in_transaction(sessions: sessionmaker[Session], fn: Callable[[Session], T]) -> T:
+    with sessions() as session, session.begin():
+        return fn(session)
+
+
+def _write_reports(sessions: sessionmaker[Session], reports: Sequence[AttemptReport]) -> list[AttemptReport]:
+    with sessions() as session, session.begin():
+        return record_outcomes(session, reports)
+
+
+def _load_run(session: Session, *, run_id: int) -> RunContext:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise InternalError(f"run {run_id} does not exist")
+    return RunContext(settings=RunSettings.model_validate(run.settings), queue=run.queue)
+
+
+def _run_drained(session: Session, *, run_id: int) -> bool:
+    """True when none of the run's jobs is queued or running (after taking back expired leases)."""
+    requeue_expired_leases(session, run_id=run_id)
+    pending = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.run_id == run_id, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+    )
+    return not pending

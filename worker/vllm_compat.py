@@ -1,0 +1,84 @@
+"""Let vLLM's CPU build import beside PyPI's CUDA builds of torchvision, torchaudio and torchcodec.
+
+Next to a `+cpu` torch their native libraries fail to load (they need libc10_cuda.so / libnvrtc.so):
+`import torchvision` dies with `operator torchvision::nms does not exist`, and transformers / vLLM die
+importing torchaudio / torchcodec. vLLM's InternVL/Skywork image processor needs only the pure-Python
+`torchvision.transforms`, and audio is never used here. Inactive with a CUDA or ROCm torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import cast
+
+# The native library each package loads at import: if it cannot load, neither can the package.
+_NATIVE_LIBRARIES = {
+    "torchvision": "_C*.so",
+    "torchaudio": "lib/_torchaudio*.so",
+    "torchcodec": "libtorchcodec_image*.so",
+}
+# Schemas of the ops torchvision registers fake kernels for at import (torchvision/_meta_registrations.py).
+_TORCHVISION_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+# vLLM always runs its engine core in a spawned interpreter, which inherits the environment but not our
+# imports: a `sitecustomize` in this folder, put on PYTHONPATH, calls install() there before any import.
+HOOK_DIR = Path(__file__).with_name("vllm_compat_site")
+
+_installed = False
+_keep_alive: list[object] = []  # a torch.library.Library drops its definitions when garbage-collected
+
+
+def install() -> None:
+    """Make the CUDA-only torchvision/torchaudio/torchcodec builds importable or absent, here and in children.
+
+    Call it before importing vllm or transformers. Idempotent; does nothing unless torch is a CPU build.
+    A package whose native library does load is left untouched.
+    """
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    import torch
+
+    if torch.version.cuda is not None or torch.version.hip is not None:
+        return
+    _expose_to_children()
+    for name, pattern in _NATIVE_LIBRARIES.items():
+        if name in sys.modules or _native_library_loads(name, pattern):
+            continue
+        if name == "torchvision":
+            library = torch.library.Library("torchvision", "FRAGMENT")
+            for schema in _TORCHVISION_SCHEMAS:
+                library.define(schema)
+            _keep_alive.append(library)
+        else:
+            # None in sys.modules: find_spec() says "not installed" and `import` raises ImportError, which
+            # is how transformers and vLLM probe for optional audio backends.
+            cast(dict[str, ModuleType | None], sys.modules)[name] = None
+
+
+def _native_library_loads(package: str, pattern: str) -> bool:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return True  # not installed: nothing to fix
+    libraries = sorted(Path(next(iter(spec.submodule_search_locations))).glob(pattern))
+    if not libraries:
+        return True
+    try:
+        ctypes.CDLL(str(libraries[0]))  # torch is loaded, so only a missing CUDA library can fail here
+    except OSError:
+        return False
+    return True
+
+
+def _expose_to_children() -> None:
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(HOOK_DIR) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(HOOK_DIR), *paths])
