@@ -138,9 +138,7 @@ def _open_attempts(
     return claimed
 
 
-def renew_leases(
-    session: Session, *, worker: str, attempt_ids: Sequence[int], lease_seconds: float
-) -> set[int]:
+def renew_leases(session: Session, *, worker: str, attempt_ids: Sequence[int], lease_seconds: float) -> set[int]:
     """Extend the leases of the worker's running attempts; return the attempt ids it no longer holds
     (lease taken back by the reconciler, job cancelled or finished elsewhere)."""
     if not attempt_ids:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Insert, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -42,17 +42,16 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
         )
     dialect = session.get_bind().dialect.name
     table = Job.__table__
+    stmt: Insert
     if dialect == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing(constraint="uq_jobs_run_input")
+        stmt = postgresql.insert(Job).on_conflict_do_nothing(constraint="uq_jobs_run_input")
     elif dialect == "sqlite":
-        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["run_id", "input_key"])
-    else:  # pragma: no cover - other databases: check first, then insert
+        stmt = sqlite.insert(Job).on_conflict_do_nothing(index_elements=["run_id", "input_key"])
+    else:  # other databases: check first, then insert
         existing = set(
-            session.scalars(
-                select(Job.input_key).where(Job.run_id == run_id, Job.input_key.in_(list(rows)))
-            )
+            session.scalars(select(Job.input_key).where(Job.run_id == run_id, Job.input_key.in_(list(rows))))
         )
-        stmt = table.insert()
+        stmt = insert(Job)
         rows = {k: v for k, v in rows.items() if k not in existing}
         if not rows:
             return []

@@ -34,9 +34,7 @@ class Progress:
 
 def run_status(session: Session, run_id: int) -> StatusReport:
     counts = StatusReport.empty_counts()
-    for state, n in session.execute(
-        select(Job.state, func.count()).where(Job.run_id == run_id).group_by(Job.state)
-    ):
+    for state, n in session.execute(select(Job.state, func.count()).where(Job.run_id == run_id).group_by(Job.state)):
         counts[state] = n
     errors = {
         error_type: n
@@ -56,9 +54,7 @@ def run_progress(session: Session, run_id: int) -> Progress:
     now = utcnow()
     since = now - RATE_WINDOW
     recent, first = session.execute(
-        select(func.count(), func.min(Job.finished_at)).where(
-            Job.run_id == run_id, Job.finished_at >= since
-        )
+        select(func.count(), func.min(Job.finished_at)).where(Job.run_id == run_id, Job.finished_at >= since)
     ).one()
     rate = 0.0
     if recent and first is not None:

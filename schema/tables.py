@@ -99,9 +99,7 @@ class Attempt(Base):
     __tablename__ = "attempts"
     __table_args__ = (
         UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),
-        CheckConstraint(
-            f"outcome IN {_in([o.value for o in AttemptOutcome])}", name="ck_attempts_outcome"
-        ),
+        CheckConstraint(f"outcome IN {_in([o.value for o in AttemptOutcome])}", name="ck_attempts_outcome"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -106,9 +106,7 @@ class FakeEngine:
         else:
             answer = f"answer-{digest[:8]}"
         text = " ".join(words) + "</think>" + answer
-        return Completion(
-            text=text, num_tokens=len(words) + 2, finish_reason="stop", reasoning_tokens=len(words) + 1
-        )
+        return Completion(text=text, num_tokens=len(words) + 2, finish_reason="stop", reasoning_tokens=len(words) + 1)
 
 
 def _tiles(pixels: int, max_tiles: int) -> int:

@@ -286,9 +286,7 @@ class Pipeline:
         entry.reported = True
         await self._reports.put(report)
 
-    def _failure(
-        self, job: ClaimedJob, error: JobError, run: RunContext | None, timings: Timings
-    ) -> AttemptReport:
+    def _failure(self, job: ClaimedJob, error: JobError, run: RunContext | None, timings: Timings) -> AttemptReport:
         outcome = AttemptOutcome.CANCELLED if isinstance(error, JobCancelled) else AttemptOutcome.FAILED
         retry_after = None
         if error.transient and run is not None and job.transient_failures < run.settings.max_transient_retries:
@@ -456,9 +454,9 @@ class Pipeline:
         self.counters.handed_back += len(written)
         by_queue: dict[str, list[int]] = {}
         for report in written:
-            entry = self._inflight.pop(report.attempt_id, None)
-            if report.outcome is AttemptOutcome.ABANDONED and entry is not None:
-                by_queue.setdefault(self._runs[entry.job.run_id].queue, []).append(report.job_id)
+            handed = self._inflight.pop(report.attempt_id, None)
+            if report.outcome is AttemptOutcome.ABANDONED and handed is not None:
+                by_queue.setdefault(self._runs[handed.job.run_id].queue, []).append(report.job_id)
         for queue, job_ids in by_queue.items():
             await self._publish(queue, job_ids)
 

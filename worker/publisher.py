@@ -28,9 +28,7 @@ class CeleryPublisher:
         with self._app.producer_or_acquire() as producer:
             for start in range(0, len(job_ids), self._per_message):
                 chunk = [int(i) for i in job_ids[start : start + self._per_message]]
-                self._app.send_task(
-                    RUN_JOBS_TASK, args=[chunk], queue=queue, producer=producer, countdown=countdown
-                )
+                self._app.send_task(RUN_JOBS_TASK, args=[chunk], queue=queue, producer=producer, countdown=countdown)
                 messages += 1
         return messages
 

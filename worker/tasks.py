@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def register_tasks(app: Celery, pipeline: Pipeline) -> None:
-    @app.task(name=RUN_JOBS_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=RUN_JOBS_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_jobs(job_ids: object) -> int:
         if not isinstance(job_ids, list) or not all(type(i) is int for i in job_ids):
             # A malformed message can never succeed: drop it rather than redeliver it forever.

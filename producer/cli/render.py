@@ -29,7 +29,7 @@ def _cell(value: object) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
@@ -55,7 +55,12 @@ def status_block(name: str, progress: Progress) -> str:
     lines.append(table(["state", "jobs"], [(s.value, report.counts[s.value]) for s in JobState]))
     if report.errors:
         lines.append("")
-        lines.append(table(["error type", "jobs"], sorted(report.errors.items(), key=lambda kv: -kv[1])))
+        errors = sorted(report.errors.items(), key=_most_first)
+        lines.append(table(["error type", "jobs"], errors))
     lines.append("")
     lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
     return "\n".join(lines)
+
+
+def _most_first(item: tuple[str, int]) -> tuple[int, str]:
+    return -item[1], item[0]

@@ -45,4 +45,3 @@ def _required(question: str | None, uri: str) -> str:
     if not question:
         raise SourceError(f"{uri}: a question is required (--question or --question-file)")
     return question
-

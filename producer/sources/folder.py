@@ -28,9 +28,7 @@ class FolderSource:
         escaping = [str(link) for link, _ in self._walk() if link is not None]
         if escaping:
             shown = ", ".join(escaping[:10])
-            raise SourceError(
-                f"{self._given}: {len(escaping)} path(s) lead outside the folder, refused: {shown}"
-            )
+            raise SourceError(f"{self._given}: {len(escaping)} path(s) lead outside the folder, refused: {shown}")
 
     def specs(self) -> Iterator[JobSpec]:
         for escaping, path in self._walk():

@@ -66,9 +66,7 @@ class ManifestSource:
         if total:
             more = f"\n  … and {total - len(errors)} more" if total > len(errors) else ""
             raise SourceError(
-                f"{self._uri}: {total} malformed row(s); nothing was submitted:\n  "
-                + "\n  ".join(errors)
-                + more
+                f"{self._uri}: {total} malformed row(s); nothing was submitted:\n  " + "\n  ".join(errors) + more
             )
 
     def specs(self) -> Iterator[JobSpec]:

@@ -41,9 +41,7 @@ class S3PrefixSource:
 
     def keys(self) -> Iterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=self._bucket, Prefix=self._prefix, PaginationConfig={"PageSize": PAGE_SIZE}
-        )
+        pages = paginator.paginate(Bucket=self._bucket, Prefix=self._prefix, PaginationConfig={"PageSize": PAGE_SIZE})
         for page in pages:
             for entry in page.get("Contents", []):
                 key = entry["Key"]

@@ -1,0 +1,41 @@
+# One command per task. `make install` once, then `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_EXTRAS ?= cpu,dev
+
+.PHONY: install services lint typecheck test test-fast demo bench bench-quick chaos clean
+
+install:  ## virtualenv with the CPU vLLM build and the dev tools
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(PIP_EXTRAS)]'
+
+services:  ## start local PostgreSQL and Redis if they are not running (Debian packages)
+	bash scripts/services.sh
+
+lint:  ## ruff and mypy --strict
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+typecheck:
+	$(PY) -m mypy
+
+test:  ## the whole suite: unit, integration (real Redis/PostgreSQL/S3), engine (real vLLM CPU), chaos (short)
+	$(PY) -m pytest
+
+test-fast:  ## everything but the real-vLLM engine tests
+	$(PY) -m pytest -m "not vllm"
+
+demo:
+	$(VENV)/bin/vlmbatch demo
+
+bench-quick:
+	$(PY) bench/control_plane.py --quick
+	$(PY) bench/pipeline_vs_raw.py --quick
+
+chaos:  ## the full chaos suite (see README)
+	$(PY) tests/chaos/run_chaos.py --jobs 2000 --workers 3
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

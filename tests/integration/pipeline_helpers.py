@@ -1,0 +1,82 @@
+"""Building a pipeline around the fake engine for control-plane tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.sources import open_source
+from producer.submit import submit
+from schema.database import open_ledger
+from schema.models import RunSettings, SamplingSettings
+from schema.settings import Settings
+from schema.tables import Job
+from worker.engine import Engine
+from worker.fake_engine import FakeBehaviour, FakeEngine
+from worker.pipeline import Pipeline
+from worker.publisher import NullPublisher, Publisher
+from worker.storage import ObjectStore, ObjectStores
+
+
+def settings_for(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "engine": "fake",
+        "model": "fake-model",
+        "max_num_seqs": 8,
+        "heartbeat_seconds": 0.5,
+        "lease_seconds": 30,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextmanager
+def running_pipeline(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    store: ObjectStore | None = None,
+    publisher: Publisher | None = None,
+    behaviour: FakeBehaviour | None = None,
+) -> Iterator[tuple[Pipeline, sessionmaker[Session]]]:
+    _, sessions = open_ledger(settings.resolved_database_url())
+    pipeline = Pipeline(
+        settings=settings,
+        engine=engine or FakeEngine(settings.model, behaviour),
+        sessions=sessions,
+        store=store or ObjectStores(s3_endpoint_url=settings.s3_endpoint_url),
+        publisher=publisher or NullPublisher(),
+        worker_id="test-worker",
+    )
+    pipeline.start()
+    try:
+        yield pipeline, sessions
+    finally:
+        pipeline.stop()
+
+
+def submit_folder(
+    sessions: sessionmaker[Session], folder: Path, *, question: str = "What is shown?", **run: object
+) -> int:
+    sampling = {k: run.pop(k) for k in list(run) if k in SamplingSettings.model_fields}
+    settings = RunSettings(model="fake-model", sampling=SamplingSettings(**sampling), **run)  # type: ignore[arg-type]
+    report = submit(
+        sessions=sessions,
+        publisher=NullPublisher(),
+        source=open_source(str(folder), question=question, s3_endpoint_url=None),
+        settings=settings,
+        queue="q",
+        question=question,
+    )
+    return report.run
+
+
+def jobs_by_name(sessions: sessionmaker[Session], run_id: int) -> dict[str, Job]:
+    with sessions() as session:
+        jobs = session.scalars(select(Job).where(Job.run_id == run_id)).all()
+    return {job.images[0].rsplit("/", 1)[-1]: job for job in jobs}

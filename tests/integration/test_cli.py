@@ -1,0 +1,74 @@
+"""The commands a newcomer types, as subprocesses: embedded default and Redis + PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.bad_images import good_jpeg, write_mixed_folder
+from tests.processes import service_env, vlmbatch, vlmbatch_json
+
+
+def _folder(path: Path, count: int) -> Path:
+    path.mkdir()
+    for i in range(count):
+        (path / f"{i:02d}.jpg").write_bytes(good_jpeg(40, 30, seed=i))
+    return path
+
+
+def _embedded_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMBATCH_")}
+    env["VLMBATCH_ENGINE"] = "fake"
+    return env
+
+
+def _submit_twice_then_status(env: dict[str, str], folder: Path) -> None:
+    first = vlmbatch_json(["submit", str(folder), "--question", "What is shown?", "--json"], env)
+    assert isinstance(first, dict)
+    assert (first["submitted"], first["skipped"]) == (20, 0)
+    again = vlmbatch_json(["submit", str(folder), "--question", "What is shown?", "--json"], env)
+    assert again == {"run": first["run"], "submitted": 0, "skipped": 20}
+    status = vlmbatch_json(["status", str(first["run"]), "--json"], env)
+    assert isinstance(status, dict)
+    assert (status["total"], status["counts"]["queued"]) == (20, 20)
+
+
+def test_embedded_default_submit_is_idempotent_and_needs_no_setup(tmp_path: Path) -> None:
+    _submit_twice_then_status(_embedded_env(), _folder(tmp_path / "imgs", 20))
+    assert (tmp_path / ".vlmbatch" / "vlmbatch.db").exists()
+
+
+def test_redis_and_postgres_are_only_settings(
+    tmp_path: Path, postgres_url: str, redis_url: str, queue_name: str
+) -> None:
+    env = service_env(database_url=postgres_url, broker_url=redis_url, queue=queue_name)
+    _submit_twice_then_status(env, _folder(tmp_path / "imgs", 20))
+    assert not (tmp_path / ".vlmbatch").exists()
+
+
+def test_a_run_of_good_and_bad_images_reports_each_bad_one_by_type(tmp_path: Path) -> None:
+    expected = write_mixed_folder(tmp_path / "mixed", good=5)
+    env = _embedded_env()
+    status = vlmbatch_json(["run", str(tmp_path / "mixed"), "--question", "What is shown?", "--json"], env)
+    assert isinstance(status, dict)
+    bad = [e for e in expected.values() if e is not None]
+    assert status["counts"]["succeeded"] == len(expected) - len(bad)
+    assert status["counts"]["failed"] == len(bad)
+    assert status["errors"] == {str(e): bad.count(e) for e in set(bad)}
+
+
+def test_a_run_prints_a_summary_table(tmp_path: Path) -> None:
+    done = vlmbatch(["run", str(_folder(tmp_path / "imgs", 3)), "--question", "Describe."], _embedded_env())
+    assert done.returncode == 0, done.stderr
+    assert "succeeded 3" in done.stdout
+    assert done.stdout.count("answer-") == 3
+
+
+@pytest.mark.parametrize("args", [["--question", "a", "--question-file", "q.txt"], []])
+def test_a_submit_without_exactly_one_question_is_refused(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "q.txt").write_text("question")
+    done = vlmbatch(["submit", str(_folder(tmp_path / "imgs", 1)), *args], _embedded_env())
+    assert done.returncode == 2
+    assert "question" in done.stderr
