@@ -34,6 +34,8 @@ class ClaimedJob:
     claimed_at: datetime
     # Transient failures in a row before this attempt (drives the retry backoff and cap).
     transient_failures: int = 0
+    # Attempts since the job was last (re)submitted, this one included (the run's attempt cap).
+    attempts_used: int = 1
 
 
 def _claimable(now: datetime) -> Any:
@@ -126,6 +128,7 @@ def _open_attempts(
                 queued_at=job.queued_at,
                 claimed_at=now,
                 transient_failures=job.transient_failures,
+                attempts_used=attempt.number - job.attempt_base,
             )
         )
         job.state = JobState.RUNNING.value

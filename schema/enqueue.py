@@ -35,6 +35,7 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
                 "metadata": spec.meta,
                 "state": "queued",
                 "attempt_count": 0,
+                "attempt_base": 0,
                 "transient_failures": 0,
                 "created_at": now,
                 "queued_at": now,

@@ -55,7 +55,7 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
             )
         job.lease_owner = None
         job.lease_expires_at = None
-        if job.attempt_count >= max_attempts:
+        if job.attempt_count - job.attempt_base >= max_attempts:
             job.state = JobState.FAILED.value
             job.error_type = ErrorType.INTERNAL.value
             job.error_message = f"gave up after {job.attempt_count} attempts; last: {message}"

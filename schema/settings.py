@@ -64,6 +64,9 @@ class Settings(BaseSettings):
 
     # Seconds a stopping worker lets in-flight jobs finish before handing the rest back.
     shutdown_grace_seconds: float = Field(20.0, ge=0.0)
+    # An engine that generates no token for this long while requests are in flight is declared hung:
+    # the worker hands its jobs back and exits for restart.
+    engine_hang_seconds: float = Field(300.0, gt=0.0)
     # How often each worker takes back expired leases and republishes queued jobs the broker lost.
     reconcile_seconds: float = Field(60.0, gt=0.0)
 

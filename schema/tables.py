@@ -78,6 +78,8 @@ class Job(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # attempt_count when the job was last (re)submitted: the run's attempt cap counts from here.
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0)
     # Consecutive transient failures (reset by any other outcome); capped by the run's retry limit.
     transient_failures: Mapped[int] = mapped_column(Integer, default=0)
     # The fence: the attempt allowed to write this job's outcome (and, once terminal, whose result stands).
@@ -128,8 +130,8 @@ class Result(Base):
     __tablename__ = "results"
     __table_args__ = (
         # A second result for the same attempt and sample is refused by the database itself.
+        # (Not unique per job: a resubmitted job keeps its earlier attempts' results as history.)
         UniqueConstraint("attempt_id", "sample_index", name="uq_results_attempt_sample"),
-        UniqueConstraint("job_id", "sample_index", name="uq_results_job_sample"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

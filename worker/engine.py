@@ -78,4 +78,9 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats: ...
 
+    def progress(self) -> int:
+        """A counter that grows whenever the engine makes progress (tokens generated). The worker's
+        watchdog declares the engine hung when it stops growing while requests are in flight."""
+        ...
+
     async def shutdown(self) -> None: ...

@@ -38,6 +38,7 @@ class FakeEngine:
         self._in_flight: dict[str, asyncio.Event] = {}
         self.max_in_flight = 0
         self.requests_seen = 0
+        self._tokens = 0
 
     @property
     def model(self) -> str:
@@ -48,6 +49,9 @@ class FakeEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self._in_flight), waiting=0, kv_cache_usage=None)
+
+    def progress(self) -> int:
+        return self._tokens
 
     async def abort(self, request_id: str) -> None:
         event = self._in_flight.get(request_id)
@@ -85,6 +89,7 @@ class FakeEngine:
                 raise JobCancelled(f"request {request.request_id} was aborted")
         finally:
             self._in_flight.pop(request.request_id, None)
+        self._tokens += sum(c.num_tokens for c in completions)
         return Generation(
             prompt_tokens=prompt_tokens,
             completions=completions,

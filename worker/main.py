@@ -12,6 +12,7 @@ from collections.abc import Callable
 from schema.database import open_ledger
 from schema.settings import Settings
 from worker.celery_app import make_celery, task_concurrency
+from worker.maintenance import Maintenance
 from worker.pipeline import Pipeline
 from worker.publisher import CeleryPublisher, NullPublisher
 from worker.runtime import build_pipeline
@@ -19,19 +20,22 @@ from worker.tasks import register_tasks
 
 log = logging.getLogger(__name__)
 
-# Exit status of a worker whose engine died: its supervisor restarts it (DESIGN.md, worker engine).
+# Exit statuses that ask the supervisor for a restart (DESIGN.md, worker engine).
 EXIT_ENGINE_DEAD = 3
+EXIT_CONSUMER_STALLED = 4
 
 
 def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     """Consume the broker queue until told to stop; return the process exit status."""
-    _, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
+    db_engine, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
     app = make_celery(settings)
-    pipeline = build_pipeline(
-        settings, sessions=sessions, publisher=CeleryPublisher(app, jobs_per_message=settings.jobs_per_message)
-    )
+    publisher = CeleryPublisher(app, jobs_per_message=settings.jobs_per_message)
+    pipeline = build_pipeline(settings, sessions=sessions, publisher=publisher)
     pipeline.start()
     register_tasks(app, pipeline)
+    maintenance = Maintenance(
+        settings=settings, sessions=sessions, db_engine=db_engine, publisher=publisher, pipeline=pipeline
+    )
     worker = app.Worker(
         pool="threads",
         concurrency=task_concurrency(settings),
@@ -43,19 +47,24 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
         without_heartbeat=True,
         optimization="fair",
     )
-    threading.Thread(target=_stop_on_engine_death, args=(pipeline,), daemon=True, name="engine-watch").start()
+    for event in (pipeline.fatal_event, maintenance.stalled):
+        threading.Thread(target=_stop_when_set, args=(event,), daemon=True, name="stop-watch").start()
+    maintenance.start()
     try:
         worker.start()
     finally:
+        maintenance.stop()
         pipeline.stop(grace_s=0.0 if pipeline.fatal else settings.shutdown_grace_seconds)
     if pipeline.fatal is not None:
         log.error("exiting with status %d after engine death: %s", EXIT_ENGINE_DEAD, pipeline.fatal)
         return EXIT_ENGINE_DEAD
+    if maintenance.stalled.is_set():
+        return EXIT_CONSUMER_STALLED
     return 0
 
 
-def _stop_on_engine_death(pipeline: Pipeline) -> None:
-    pipeline.fatal_event.wait()
+def _stop_when_set(event: threading.Event) -> None:
+    event.wait()
     # Celery's warm shutdown: stop consuming, let the (short) claim tasks finish.
     os.kill(os.getpid(), signal.SIGTERM)
 

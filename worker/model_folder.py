@@ -173,7 +173,7 @@ class ModelShape:
 
 
 # Smallest shape the vLLM CPU build runs: its attention backend needs head_dim >= 32 (vision 64/2, LLM
-# 128/4). float32 because bf16 kernels need AVX-512 on CPU.
+# 128/4). bfloat16 like the real model: vLLM downcasts float32 checkpoints to bfloat16 on CPU anyway.
 TINY = ModelShape(
     vision_hidden_size=64,
     vision_layers=2,
@@ -191,7 +191,7 @@ TINY = ModelShape(
     max_position_embeddings=32768,
     rope_theta=1_000_000.0,
     rms_norm_eps=1e-6,
-    dtype="float32",
+    dtype="bfloat16",
 )
 
 # Skywork-R1V3-38B: InternViT-6B (448 px, patch 14) + Qwen2.5-32B, as in its published config.
@@ -274,6 +274,8 @@ def _train_tokenizer(vocab_size: int) -> Any:
 
 
 def _config(shape: ModelShape, *, bos_id: int, eos_id: int) -> dict[str, Any]:
+    import transformers
+
     vision = {
         "architectures": ["InternVisionModel"],
         "model_type": "intern_vit_6b",
@@ -324,6 +326,8 @@ def _config(shape: ModelShape, *, bos_id: int, eos_id: int) -> dict[str, Any]:
         "dynamic_image_size": True,
         "use_thumbnail": True,
         "torch_dtype": shape.dtype,
+        # Without it transformers 5 suspects an old Mistral tokenizer and warns about its regex.
+        "transformers_version": transformers.__version__,
         "vision_config": vision,
         "llm_config": llm,
     }

@@ -52,6 +52,25 @@ WRITE_LINGER_S = 0.02
 FEED_POLL_S = 0.25
 
 
+class HangWatchdog:
+    """Tells when an engine with requests in flight has made no progress for `limit_s` seconds."""
+
+    def __init__(self, limit_s: float) -> None:
+        self._limit = limit_s
+        self._last_value: int | None = None
+        self._since = time.monotonic()
+
+    def observe(self, value: int, *, busy: bool) -> float | None:
+        """Record the engine's progress counter; return how long it has been stuck, once over the limit."""
+        now = time.monotonic()
+        if value != self._last_value or not busy:
+            self._last_value = value
+            self._since = now
+            return None
+        stuck = now - self._since
+        return stuck if stuck >= self._limit else None
+
+
 class WorkerStopping(Exception):
     """The pipeline no longer takes work (shutting down, or its engine died)."""
 
@@ -110,6 +129,7 @@ class Pipeline:
         self._fatal: BaseException | None = None
         self.fatal_event = threading.Event()
         self._background: list[asyncio.Task[None]] = []
+        self.last_admitted_at = time.monotonic()
 
     # -- called from other threads -------------------------------------------------------------------
 
@@ -143,6 +163,10 @@ class Pipeline:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+    def has_room(self) -> bool:
+        """Whether a whole message's worth of jobs could be claimed now."""
+        return self._capacity.free >= min(self._settings.jobs_per_message, self._capacity.total)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -183,6 +207,7 @@ class Pipeline:
     async def _admit(self, job_ids: list[int]) -> int:
         if self._closing:
             raise WorkerStopping("worker is stopping")
+        self.last_admitted_at = time.monotonic()
         claimed = 0
         # A message may carry more ids than the whole capacity: claim it in capacity-sized parts.
         step = self._capacity.total
@@ -403,8 +428,16 @@ class Pipeline:
     # -- leases --------------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        watchdog = HangWatchdog(self._settings.engine_hang_seconds)
         while True:
             await asyncio.sleep(self._settings.heartbeat_seconds)
+            stats = self._engine.stats()
+            hung_for = watchdog.observe(self._engine.progress(), busy=stats.running + stats.waiting > 0)
+            if hung_for is not None:
+                self._declare_fatal(
+                    EngineDead(f"engine hung: no token for {hung_for:.0f}s with {stats.running} requests running")
+                )
+                return
             attempt_ids = [a for a, e in self._inflight.items() if not e.reported]
             if not attempt_ids:
                 continue
@@ -439,7 +472,7 @@ class Pipeline:
         for entry in pending:
             job = entry.job
             run = self._runs.get(job.run_id) or await self._run_context(job.run_id)
-            exhausted = job.attempt_number >= run.settings.max_attempts
+            exhausted = job.attempts_used >= run.settings.max_attempts
             error = ErrorType.ENGINE_DEAD if self._fatal is not None else None
             reports.append(
                 AttemptReport(

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-29 02:57:11.360865
+Create Date: 2026-11-29 03:10:28.460398
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("metadata", sa.JSON(), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempt_count", sa.Integer(), nullable=False),
+        sa.Column("attempt_base", sa.Integer(), nullable=False),
         sa.Column("transient_failures", sa.Integer(), nullable=False),
         sa.Column("current_attempt_id", sa.BigInteger(), nullable=True),
         sa.Column("lease_owner", sa.String(length=200), nullable=True),
@@ -117,7 +118,6 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("attempt_id", "sample_index", name="uq_results_attempt_sample"),
-        sa.UniqueConstraint("job_id", "sample_index", name="uq_results_job_sample"),
     )
     with op.batch_alter_table("results", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_results_job_id"), ["job_id"], unique=False)

@@ -1,0 +1,120 @@
+"""`vlmbatch resubmit`, `cancel` and `reconcile`: steering work after the fact."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from producer.cli import cli
+from producer.cli.context import load_context
+from producer.cli.render import table
+from schema.errors import ErrorType
+from schema.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
+from schema.runs import get_run
+from schema.states import JobState
+
+
+def _states(value: str) -> list[JobState]:
+    try:
+        return [JobState(part.strip()) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@cli.command("resubmit")
+@click.argument("run")
+@click.option("--status", "statuses", default="failed,truncated", show_default=True, help="States to resubmit.")
+@click.option(
+    "--error-type",
+    "error_types",
+    multiple=True,
+    type=click.Choice([e.value for e in ErrorType]),
+    help="Only failed jobs with this error type (repeatable).",
+)
+@click.option("--max-tokens", type=click.IntRange(1), help="A new max_tokens for the new attempts.")
+@click.option("--dry-run", is_flag=True, help="Show what would be resubmitted, change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+def resubmit_command(
+    run: str, statuses: str, error_types: tuple[str, ...], max_tokens: int | None, dry_run: bool, as_json: bool
+) -> None:
+    """Queue new attempts for RUN's jobs in the given states (and error types), keeping all history."""
+    ctx = load_context()
+    states = _states(statuses)
+    if JobState.QUEUED in states or JobState.RUNNING in states:
+        raise click.BadParameter("only finished jobs can be resubmitted", param_hint="--status")
+    with ctx.sessions() as session:
+        target = get_run(session, run)
+        selection = select_for_resubmit(session, run_id=target.id, states=states, error_types=error_types)
+    queued: list[int] = []
+    if not dry_run and selection.job_ids:
+        with ctx.sessions() as session, session.begin():
+            queued = resubmit_jobs(session, job_ids=selection.job_ids, max_tokens=max_tokens)
+        ctx.publisher().publish(target.queue, queued)
+    groups = [
+        {"status": state, "error_type": error_type, "jobs": n}
+        for (state, error_type), n in sorted(selection.groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+    ]
+    if as_json:
+        payload = {
+            "run": target.id,
+            "dry_run": dry_run,
+            "selected": len(selection.job_ids),
+            "resubmitted": len(queued),
+            "groups": groups,
+            "job_ids": selection.job_ids,
+        }
+        click.echo(json.dumps(payload))
+        return
+    click.echo(table(["status", "error type", "jobs"], [(g["status"], g["error_type"], g["jobs"]) for g in groups]))
+    verb = "would resubmit" if dry_run else "resubmitted"
+    click.echo(f"\nrun {target.id}: {verb} {len(selection.job_ids) if dry_run else len(queued)} jobs")
+
+
+@cli.command("cancel")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True)
+def cancel_command(run: str, as_json: bool) -> None:
+    """Cancel RUN's queued and running jobs (running ones end `cancelled` within a heartbeat)."""
+    ctx = load_context()
+    with ctx.sessions() as session, session.begin():
+        target = get_run(session, run)
+        cancelled = cancel_run(session, run_id=target.id)
+    if as_json:
+        click.echo(json.dumps({"run": target.id, "queued": cancelled.queued, "running": cancelled.running}))
+    else:
+        click.echo(f"run {target.id}: cancelled {cancelled.queued} queued and {cancelled.running} running jobs")
+
+
+@cli.command("reconcile")
+@click.argument("run", required=False)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a queued job may wait for its message before it counts as lost.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def reconcile_command(run: str | None, grace: float, as_json: bool) -> None:
+    """Requeue jobs whose lease expired and republish queued jobs the broker lost (for RUN or all runs)."""
+    from worker.reconciler import reconcile
+
+    ctx = load_context()
+    run_id = None
+    if run is not None:
+        with ctx.sessions() as session:
+            run_id = get_run(session, run).id
+    report = reconcile(
+        sessions=ctx.sessions,
+        publisher=ctx.publisher(),
+        broker_url=ctx.settings.resolved_broker_url(),
+        run_id=run_id,
+        grace_seconds=grace,
+    )
+    payload = {
+        "leases_requeued": report.leases_requeued,
+        "leases_failed": report.leases_failed,
+        "republished": report.republished,
+    }
+    click.echo(json.dumps(payload) if as_json else " ".join(f"{k}={v}" for k, v in payload.items()))

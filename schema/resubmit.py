@@ -1,0 +1,118 @@
+"""Selective resubmission and cancellation. Both only change job rows; attempts and results stay as
+history, and a new attempt is opened when a worker claims the job again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from schema.states import AttemptOutcome, JobState
+from schema.tables import Attempt, Job, Run, utcnow
+
+RESUBMITTABLE = (JobState.FAILED, JobState.TRUNCATED, JobState.CANCELLED, JobState.SUCCEEDED)
+# Rows changed per statement, so that a million-job resubmit never builds one giant IN list.
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Jobs a resubmit would take, grouped by (state, error type)."""
+
+    job_ids: list[int]
+    groups: dict[tuple[str, str | None], int]
+
+
+def _filter(run_id: int, states: Sequence[JobState], error_types: Sequence[str]) -> ColumnElement[bool]:
+    condition = and_(Job.run_id == run_id, Job.state.in_([s.value for s in states]))
+    if error_types:
+        # Error types narrow the failed jobs; jobs in other selected states (e.g. truncated) stay selected.
+        condition = and_(condition, or_(Job.state != JobState.FAILED.value, Job.error_type.in_(list(error_types))))
+    return condition
+
+
+def select_for_resubmit(
+    session: Session, *, run_id: int, states: Sequence[JobState], error_types: Sequence[str] = ()
+) -> Selection:
+    where = _filter(run_id, states, error_types)
+    job_ids = list(session.scalars(select(Job.id).where(where).order_by(Job.id)))
+    groups = {
+        (state, error_type): n
+        for state, error_type, n in session.execute(
+            select(Job.state, Job.error_type, func.count()).where(where).group_by(Job.state, Job.error_type)
+        )
+    }
+    return Selection(job_ids=job_ids, groups=groups)
+
+
+def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int | None = None) -> list[int]:
+    """Queue the given jobs again (those still in a terminal state); return the ids queued. A new
+    `max_tokens` is recorded on the job and copied onto its next attempt."""
+    now = utcnow()
+    overrides = {"max_tokens": max_tokens} if max_tokens is not None else None
+    queued: list[int] = []
+    terminal = [s.value for s in RESUBMITTABLE]
+    for start in range(0, len(job_ids), _CHUNK):
+        chunk = list(job_ids[start : start + _CHUNK])
+        queued.extend(
+            session.scalars(
+                update(Job)
+                .where(Job.id.in_(chunk), Job.state.in_(terminal))
+                .values(
+                    state=JobState.QUEUED.value,
+                    queued_at=now,
+                    not_before=None,
+                    finished_at=None,
+                    error_type=None,
+                    error_message=None,
+                    transient_failures=0,
+                    attempt_base=Job.attempt_count,
+                    overrides=overrides,
+                )
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    return sorted(queued)
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    queued: int
+    running: int
+
+
+def cancel_run(session: Session, *, run_id: int) -> Cancelled:
+    """Cancel every queued and running job of the run. Running jobs end `cancelled` at once: their
+    workers see the lost lease at the next heartbeat, abort the engine request, and their late write is
+    fenced off."""
+    now = utcnow()
+    run = session.get(Run, run_id)
+    if run is not None and run.cancelled_at is None:
+        run.cancelled_at = now
+    running_attempts = select(Job.current_attempt_id).where(Job.run_id == run_id, Job.state == JobState.RUNNING.value)
+    session.execute(
+        update(Attempt)
+        .where(Attempt.id.in_(running_attempts), Attempt.outcome == AttemptOutcome.RUNNING.value)
+        .values(outcome=AttemptOutcome.CANCELLED.value, error_type="cancelled", finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    counts = {}
+    for state in (JobState.QUEUED, JobState.RUNNING):
+        result = session.execute(
+            update(Job)
+            .where(Job.run_id == run_id, Job.state == state.value)
+            .values(
+                state=JobState.CANCELLED.value,
+                error_type="cancelled",
+                error_message="cancelled by the operator",
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        counts[state] = result.rowcount  # type: ignore[attr-defined]
+    return Cancelled(queued=counts[JobState.QUEUED], running=counts[JobState.RUNNING])

@@ -1,0 +1,122 @@
+"""Reading which job ids the broker still holds messages for, so that the reconciler can republish the
+queued jobs whose messages were lost (Redis restarted without its data, a publish that never happened).
+
+Supported: Redis (queue lists plus the unacknowledged-message hash) and kombu's SQLAlchemy transport
+(visible messages). For other brokers the scan returns None and only expired leases are reconciled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+# kombu's Redis transport: priority queues live in lists named queue + separator + step.
+_PRIORITY_SEPARATOR = "\x06\x16"
+_PRIORITY_STEPS = (3, 6, 9)
+_UNACKED_HASH = "unacked"
+_PAGE = 5000
+
+
+def job_ids_in_broker(broker_url: str, queues: Iterable[str]) -> set[int] | None:
+    """Job ids carried by messages waiting in `queues` or delivered but not yet acknowledged."""
+    queues = list(queues)
+    if broker_url.startswith(("redis://", "rediss://")):
+        return set(_ids(_redis_payloads(broker_url, queues)))
+    if broker_url.startswith("sqla+"):
+        return set(_ids(_sqla_payloads(broker_url.removeprefix("sqla+"), queues)))
+    return None
+
+
+def _redis_payloads(url: str, queues: list[str]) -> Iterator[str | bytes]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for queue in queues:
+            for key in [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]:
+                start = 0
+                while page := client.lrange(key, start, start + _PAGE - 1):
+                    yield from page
+                    start += _PAGE
+        for _, value in client.hscan_iter(_UNACKED_HASH, count=_PAGE):
+            try:
+                message, _exchange, routing_key = json.loads(value)
+            except (ValueError, TypeError):
+                continue
+            if routing_key in queues:
+                yield json.dumps(message)
+    finally:
+        client.close()
+
+
+def _sqla_payloads(url: str, queues: list[str]) -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            tables = set(engine.dialect.get_table_names(connection))
+            if "kombu_message" not in tables:
+                return
+            rows = connection.execute(
+                text(
+                    "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                    f"WHERE m.visible AND q.name IN ({', '.join(f':q{i}' for i in range(len(queues)))})"
+                ),
+                {f"q{i}": name for i, name in enumerate(queues)},
+            )
+            for (payload,) in rows:
+                yield payload
+    finally:
+        engine.dispose()
+
+
+def _ids(payloads: Iterable[str | bytes]) -> Iterator[int]:
+    for payload in payloads:
+        try:
+            yield from _job_ids_of(json.loads(payload))
+        except (ValueError, TypeError, KeyError):
+            continue  # not one of our messages
+
+
+def _job_ids_of(message: dict[str, Any]) -> list[int]:
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = json.loads(body)[0]
+    ids = args[0] if args else []
+    return [i for i in ids if isinstance(i, int)]
+
+
+def queue_depth(broker_url: str, queue: str) -> int | None:
+    """Messages waiting in `queue` (not yet delivered), or None for a broker we cannot inspect."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(broker_url)
+        try:
+            keys = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
+            return sum(int(client.llen(key)) for key in keys)
+        finally:
+            client.close()
+    if broker_url.startswith("sqla+"):
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(broker_url.removeprefix("sqla+"))
+        try:
+            with engine.connect() as connection:
+                if "kombu_message" not in set(engine.dialect.get_table_names(connection)):
+                    return 0
+                count = connection.execute(
+                    text(
+                        "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                        "WHERE m.visible AND q.name = :queue"
+                    ),
+                    {"queue": queue},
+                ).scalar()
+                return int(count or 0)
+        finally:
+            engine.dispose()
+    return None
