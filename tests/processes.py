@@ -41,7 +41,10 @@ def service_env(
 
 
 def vlmbatch(args: list[str], env: Mapping[str, str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VLMBATCH, *args], env=dict(env), capture_output=True, text=True, timeout=timeout)
+    """Run a vlmbatch command with `env`'s settings on top of this process's non-vlmbatch environment."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("VLMBATCH_") or k.startswith("VLMBATCH_TEST_")}
+    full.update(env)
+    return subprocess.run([*VLMBATCH, *args], env=full, capture_output=True, text=True, timeout=timeout)
 
 
 def vlmbatch_json(args: list[str], env: Mapping[str, str], *, timeout: float = 120) -> object:

@@ -8,6 +8,7 @@ the reconciler republishes queued jobs and claims are fenced.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from celery import Celery
 
@@ -18,7 +19,10 @@ RUN_JOBS_TASK = "vlmbatch.run_jobs"
 
 def make_celery(settings: Settings, *, name: str = "vlmbatch") -> Celery:
     """A Celery app configured from `settings`; tasks are registered by the worker (worker.tasks)."""
-    app = Celery(name, broker=settings.resolved_broker_url(), set_as_current=False)
+    broker_url = settings.resolved_broker_url()
+    if broker_url.startswith("sqla+sqlite:///"):  # the embedded broker: a SQLite file next to the ledger
+        Path(broker_url.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    app = Celery(name, broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],  # pickle refused: a message can never run code

@@ -8,11 +8,15 @@ noise; the code path through vLLM is the real one.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 CONFIG_MODULE = "configuration_skywork_chat"
 CONFIG_CLASS = "SkyworkChatConfig"
@@ -38,6 +42,18 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
 )
+
+# Written by hand rather than by transformers' save_pretrained, so that transformers 4.x and 5.x both load a
+# PreTrainedTokenizerFast from it, with the chat template inline.
+_TOKENIZER_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "bos_token": None,
+    "eos_token": IM_END,
+    "pad_token": ENDOFTEXT,
+    "model_max_length": 32768,
+    "clean_up_tokenization_spaces": False,
+    "chat_template": CHAT_TEMPLATE,
+}
 
 # Written into the folder and imported by transformers through `auto_map`; vLLM maps `llm_config` to
 # `text_config` itself.
@@ -225,8 +241,9 @@ def build_model_folder(path: Path, shape: ModelShape = TINY, *, weights: bool = 
     """
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(shape.vocab_size)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (*SPECIAL_TOKENS, *THINK_TOKENS)}
-    tokenizer.save_pretrained(path)
+    ids = {token: _token_id(tokenizer, token) for token in (ENDOFTEXT, IM_END)}
+    tokenizer.save(str(path / "tokenizer.json"))
+    _write_json(path / "tokenizer_config.json", _TOKENIZER_CONFIG)
     (path / f"{CONFIG_MODULE}.py").write_text(CONFIG_SOURCE)
     _write_json(path / "config.json", _config(shape, bos_id=ids[ENDOFTEXT], eos_id=ids[IM_END]))
     _write_json(
@@ -238,10 +255,9 @@ def build_model_folder(path: Path, shape: ModelShape = TINY, *, weights: bool = 
     return path
 
 
-def _train_tokenizer(vocab_size: int) -> Any:
+def _train_tokenizer(vocab_size: int) -> Tokenizer:
     """A byte-level BPE trained on the built-in corpus, padded with filler ids to exactly `vocab_size`."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     added = len(SPECIAL_TOKENS) + len(THINK_TOKENS)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -255,8 +271,8 @@ def _train_tokenizer(vocab_size: int) -> Any:
     )
     bpe.train_from_iterator(_CORPUS, trainer=trainer)
 
-    # Fillers go into the BPE vocabulary (not 150k added tokens, which make loading slow); no merge reaches
-    # them, and their ASCII names decode to plain text when a random-weight model samples them.
+    # Fillers go into the BPE vocabulary rather than being ~150k added tokens (which every encode matches
+    # against); no merge reaches them, and their ASCII names decode as plain text when sampled.
     spec = json.loads(bpe.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
     for index in range(vocab_size - added - len(vocab)):
@@ -264,18 +280,17 @@ def _train_tokenizer(vocab_size: int) -> Any:
     padded = Tokenizer.from_str(json.dumps(spec))
     padded.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
     padded.add_tokens([AddedToken(token, special=False, normalized=False) for token in THINK_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=padded,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        model_max_length=32768,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return padded
+
+
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:
+        raise AssertionError(f"{token} missing from the tokenizer just built")
+    return token_id
 
 
 def _config(shape: ModelShape, *, bos_id: int, eos_id: int) -> dict[str, Any]:
-    import transformers
-
     vision = {
         "architectures": ["InternVisionModel"],
         "model_type": "intern_vit_6b",
@@ -327,7 +342,7 @@ def _config(shape: ModelShape, *, bos_id: int, eos_id: int) -> dict[str, Any]:
         "use_thumbnail": True,
         "torch_dtype": shape.dtype,
         # Without it transformers 5 suspects an old Mistral tokenizer and warns about its regex.
-        "transformers_version": transformers.__version__,
+        "transformers_version": importlib.metadata.version("transformers"),
         "vision_config": vision,
         "llm_config": llm,
     }

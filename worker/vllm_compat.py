@@ -22,24 +22,22 @@ _NATIVE_LIBRARIES = {
     "torchaudio": "lib/_torchaudio*.so",
     "torchcodec": "libtorchcodec_image*.so",
 }
-# Schemas of the ops torchvision registers fake kernels for at import (torchvision/_meta_registrations.py).
-_TORCHVISION_SCHEMAS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-)
+# The ops torchvision registers fake kernels for at import (torchvision/_meta_registrations.py), which fails
+# unless they exist. Defined without kernels: calling them still fails, as it would without the library.
+_TORCHVISION_OPS = ("torchvision::nms", "torchvision::qnms")
+_NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 # vLLM always runs its engine core in a spawned interpreter, which inherits the environment but not our
 # imports: a `sitecustomize` in this folder, put on PYTHONPATH, calls install() there before any import.
 HOOK_DIR = Path(__file__).with_name("vllm_compat_site")
 
 _installed = False
-_keep_alive: list[object] = []  # a torch.library.Library drops its definitions when garbage-collected
 
 
 def install() -> None:
     """Make the CUDA-only torchvision/torchaudio/torchcodec builds importable or absent, here and in children.
 
-    Call it before importing vllm or transformers. Idempotent; does nothing unless torch is a CPU build.
-    A package whose native library does load is left untouched.
+    Call it before importing torchvision, transformers or vllm. Idempotent; does nothing unless torch is a
+    CPU build, and leaves alone any package whose native library loads.
     """
     global _installed
     if _installed:
@@ -49,15 +47,17 @@ def install() -> None:
 
     if torch.version.cuda is not None or torch.version.hip is not None:
         return
-    _expose_to_children()
-    for name, pattern in _NATIVE_LIBRARIES.items():
-        if name in sys.modules or _native_library_loads(name, pattern):
-            continue
+    broken = [
+        name
+        for name, pattern in _NATIVE_LIBRARIES.items()
+        if name not in sys.modules and not _native_library_loads(name, pattern)
+    ]
+    if broken:
+        _expose_to_children()
+    for name in broken:
         if name == "torchvision":
-            library = torch.library.Library("torchvision", "FRAGMENT")
-            for schema in _TORCHVISION_SCHEMAS:
-                library.define(schema)
-            _keep_alive.append(library)
+            for op in _TORCHVISION_OPS:
+                torch.library.define(op, _NMS_SCHEMA)  # torch keeps the defining library alive
         else:
             # None in sys.modules: find_spec() says "not installed" and `import` raises ImportError, which
             # is how transformers and vLLM probe for optional audio backends.
@@ -72,7 +72,7 @@ def _native_library_loads(package: str, pattern: str) -> bool:
     if not libraries:
         return True
     try:
-        ctypes.CDLL(str(libraries[0]))  # torch is loaded, so only a missing CUDA library can fail here
+        ctypes.CDLL(str(libraries[0]))  # the same dlopen the package would do, torch's libraries already loaded
     except OSError:
         return False
     return True

@@ -87,18 +87,20 @@ def test_a_prompt_over_the_context_fails_that_job_and_its_neighbours_succeed(sql
 
 
 class FlakyStore:
-    """Fails the first `failures` fetches of every object with a transient error."""
+    """Fails the first `failures` fetches of every object (whose URI contains `only`) with a transient
+    error."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, *, only: str = "") -> None:
         self._inner = ObjectStores(s3_endpoint_url=None)
         self._failures = failures
+        self._only = only
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
         with self._lock:
             self._seen[uri] = self._seen.get(uri, 0) + 1
-            if self._seen[uri] <= self._failures:
+            if self._only in uri and self._seen[uri] <= self._failures:
                 raise StorageTransient(f"{uri}: SlowDown")
         return self._inner.fetch(uri, max_bytes=max_bytes)
 
