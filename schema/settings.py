@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     enforce_eager: bool = False
     # Engine-level seed (per-request seeds break vLLM's CPU build).
     seed: int = 0
+    # vLLM's load_format; "dummy" fills random weights (benchmarks of a model's shape without its weights).
+    load_format: str | None = None
     # KV cache size in bytes; None lets vLLM size it from gpu_memory_utilization.
     kv_cache_bytes: int | None = Field(None, ge=1)
 

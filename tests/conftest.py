@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,14 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+
+# transformers fixes its remote-code cache folder at first import: point it (and vLLM's cache) at a
+# temporary folder before anything imports them, so tests never write into the developer's home.
+_CACHE = Path(tempfile.mkdtemp(prefix="vlmbatch-test-cache-"))
+os.environ.setdefault("HF_MODULES_CACHE", str(_CACHE / "hf_modules"))
+os.environ.setdefault("VLLM_CACHE_ROOT", str(_CACHE / "vllm"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 POSTGRES_URL = os.environ.get("VLMBATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VLMBATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379")

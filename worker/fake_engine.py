@@ -98,8 +98,8 @@ class FakeEngine:
         )
 
     def _complete(self, request: GenerationRequest, sample: int) -> Completion:
-        digest = hashlib.sha256(f"{request.question}|{sample}|{len(request.images)}".encode()).hexdigest()
         size = "x".join(f"{im.width}x{im.height}" for im in request.images)
+        digest = hashlib.sha256(f"{request.question}|{sample}|{size}".encode()).hexdigest()
         words = [f"w{digest[i % 32]}" for i in range(self._behaviour.trace_tokens)]
         words[:3] = ["looking", "at", size]
         max_tokens = request.sampling.max_tokens

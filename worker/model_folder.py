@@ -43,8 +43,9 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
 )
 
-# Written by hand rather than by transformers' save_pretrained, so that transformers 4.x and 5.x both load a
-# PreTrainedTokenizerFast from it, with the chat template inline.
+# Written by hand rather than by save_pretrained, whose output depends on the transformers version (5.x names
+# a `TokenizersBackend` class and moves the template to chat_template.jinja); this loads as a
+# PreTrainedTokenizerFast with the chat template inline.
 _TOKENIZER_CONFIG = {
     "tokenizer_class": "PreTrainedTokenizerFast",
     "bos_token": None,
@@ -188,7 +189,7 @@ class ModelShape:
         return self.llm_hidden_size // self.llm_heads
 
 
-# Smallest shape the vLLM CPU build runs: its attention backend needs head_dim >= 32 (vision 64/2, LLM
+# A shape the vLLM CPU build loads in seconds: its attention backend needs head_dim >= 32 (vision 64/2, LLM
 # 128/4). bfloat16 like the real model: vLLM downcasts float32 checkpoints to bfloat16 on CPU anyway.
 TINY = ModelShape(
     vision_hidden_size=64,
@@ -210,7 +211,8 @@ TINY = ModelShape(
     dtype="bfloat16",
 )
 
-# Skywork-R1V3-38B: InternViT-6B (448 px, patch 14) + Qwen2.5-32B, as in its published config.
+# Skywork-R1V3-38B's shape (GPU.md): InternViT-6B (448 px, patch 14) + Qwen2.5-32B. Only the sizes matter:
+# vLLM's load_format="dummy" fills the weights.
 R1V3_38B = ModelShape(
     vision_hidden_size=3200,
     vision_layers=45,
@@ -241,7 +243,7 @@ def build_model_folder(path: Path, shape: ModelShape = TINY, *, weights: bool = 
     """
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(shape.vocab_size)
-    ids = {token: _token_id(tokenizer, token) for token in (ENDOFTEXT, IM_END)}
+    ids = {token: _token_id(tokenizer, token) for token in (ENDOFTEXT, IM_END, THINK_END)}
     tokenizer.save(str(path / "tokenizer.json"))
     _write_json(path / "tokenizer_config.json", _TOKENIZER_CONFIG)
     (path / f"{CONFIG_MODULE}.py").write_text(CONFIG_SOURCE)
@@ -250,8 +252,18 @@ def build_model_folder(path: Path, shape: ModelShape = TINY, *, weights: bool = 
         path / "generation_config.json",
         {"bos_token_id": ids[ENDOFTEXT], "eos_token_id": [ids[IM_END], ids[ENDOFTEXT]], "pad_token_id": ids[ENDOFTEXT]},
     )
+    weights_file = path / "model.safetensors"
     if weights:
-        _write_weights(path / "model.safetensors", shape, seed=seed)
+        _write_weights(
+            weights_file,
+            shape,
+            seed=seed,
+            think_end_id=ids[THINK_END],
+            eos_id=ids[IM_END],
+            other_eos_ids=(ids[ENDOFTEXT],),
+        )
+    else:
+        weights_file.unlink(missing_ok=True)  # stale weights of another shape would fail the load
     return path
 
 
@@ -266,9 +278,7 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab_size - added, 2048), initial_alphabet=alphabet, show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - added, initial_alphabet=alphabet, show_progress=False)
     bpe.train_from_iterator(_CORPUS, trainer=trainer)
 
     # Fillers go into the BPE vocabulary rather than being ~150k added tokens (which every encode matches
@@ -402,7 +412,9 @@ def _weight_shapes(shape: ModelShape) -> Iterator[tuple[str, tuple[int, ...]]]:
     yield "language_model.lm_head.weight", (shape.vocab_size, lh)
 
 
-def _write_weights(path: Path, shape: ModelShape, *, seed: int) -> None:
+def _write_weights(
+    path: Path, shape: ModelShape, *, seed: int, think_end_id: int, eos_id: int, other_eos_ids: tuple[int, ...]
+) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -417,8 +429,64 @@ def _write_weights(path: Path, shape: ModelShape, *, seed: int) -> None:
             tensor = torch.ones(size) if name.endswith(".weight") else torch.zeros(size)
         else:
             tensor = torch.randn(size, generator=generator) * 0.02
-        tensors[name] = tensor.to(getattr(torch, shape.dtype)).contiguous()
-    save_file(tensors, str(path), metadata={"format": "pt"})
+        tensors[name] = tensor
+    _steer_endings(tensors, shape, think_end_id=think_end_id, eos_id=eos_id, other_eos_ids=other_eos_ids)
+    dtype = getattr(torch, shape.dtype)
+    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+# Residual-stream dimensions the hand-set weights use (the others stay random).
+_CONSTANT_DIM, _FLAG_IN_DIM, _FLAG_OUT_DIM = 0, 1, 2
+# At temperature 0.6: about 1 step in 10 closes the trace; after it, about 1 in 6 ends the answer.
+_THINK_END_LOGIT_WEIGHT = 0.25
+_EOS_AFTER_TRACE_WEIGHT = 0.27
+_FLAG_EMBEDDING = 10.0
+_FLAG_GAIN = 2000.0
+
+
+def _steer_endings(
+    tensors: dict[str, Any], shape: ModelShape, *, think_end_id: int, eos_id: int, other_eos_ids: tuple[int, ...]
+) -> None:
+    """Hand-set a few weights so that the random model ends its outputs the way R1V3 does: a short trace
+    closed by `</think>`, a short answer, then `<|im_end|>`. Without this, random weights almost never
+    emit either token and every job would end `truncated`; the text itself stays noise.
+
+    How: every token embedding carries a constant in one residual dimension, which makes `</think>` likely
+    at every step. `</think>`'s own embedding also carries a flag; in layer 0 one attention head with zero
+    queries (uniform attention over the past) reads only that flag, so once `</think>` was generated a
+    second residual dimension lights up, which suppresses `</think>` and makes `<|im_end|>` likely.
+    Nothing else writes into those dimensions."""
+    lm = "language_model.model"
+    head_dim = shape.llm_head_dim
+    embed = tensors[f"{lm}.embed_tokens.weight"]
+    embed[:, _CONSTANT_DIM] = 1.0
+    embed[:, _FLAG_IN_DIM] = 0.0
+    embed[think_end_id, _FLAG_IN_DIM] = _FLAG_EMBEDDING
+    # Image features replace token embeddings: keep the flag dimension exactly zero there as well.
+    tensors["mlp1.3.weight"][_FLAG_IN_DIM, :] = 0.0
+    tensors["mlp1.3.bias"][_FLAG_IN_DIM] = 0.0
+    heads_per_kv = shape.llm_heads // shape.llm_kv_heads
+    for n in range(shape.llm_layers):
+        layer = f"{lm}.layers.{n}"
+        for name in (f"{layer}.self_attn.o_proj.weight", f"{layer}.mlp.down_proj.weight"):
+            tensors[name][[_CONSTANT_DIM, _FLAG_OUT_DIM], :] = 0.0
+    layer0 = f"{lm}.layers.0.self_attn"
+    tensors[f"{layer0}.q_proj.weight"][:head_dim, :] = 0.0  # head 0: zero queries, uniform attention
+    tensors[f"{layer0}.q_proj.bias"][:head_dim] = 0.0
+    tensors[f"{layer0}.v_proj.weight"][:head_dim, :] = 0.0  # KV head 0 carries only the flag
+    tensors[f"{layer0}.v_proj.bias"][:head_dim] = 0.0
+    tensors[f"{layer0}.v_proj.weight"][0, _FLAG_IN_DIM] = 1.0
+    for head in range(heads_per_kv):  # the query heads sharing KV head 0 write the flag nowhere else
+        tensors[f"{layer0}.o_proj.weight"][:, head * head_dim] = 0.0
+    tensors[f"{layer0}.o_proj.weight"][_FLAG_OUT_DIM, 0] = _FLAG_GAIN
+    lm_head = tensors["language_model.lm_head.weight"]
+    lm_head[:, [_CONSTANT_DIM, _FLAG_OUT_DIM]] = 0.0
+    lm_head[think_end_id, _CONSTANT_DIM] = _THINK_END_LOGIT_WEIGHT
+    lm_head[think_end_id, _FLAG_OUT_DIM] = -1.0
+    lm_head[eos_id, _FLAG_OUT_DIM] = _EOS_AFTER_TRACE_WEIGHT
+    lm_head[eos_id, _CONSTANT_DIM] = -_EOS_AFTER_TRACE_WEIGHT  # and rarely before the trace ended
+    for other in other_eos_ids:  # generation_config's other end-of-sequence ids never end it early
+        lm_head[other, _CONSTANT_DIM] = -_EOS_AFTER_TRACE_WEIGHT
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:

@@ -24,9 +24,10 @@ def build_engine(settings: Settings) -> Engine:
         )
         return FakeEngine(settings.model, behaviour)
     if settings.engine == "vllm":
+        from worker.engine_thread import EngineThread
         from worker.vllm_engine import VllmEngine
 
-        return VllmEngine(settings)
+        return EngineThread(VllmEngine(settings))
     raise NotImplementedError(f"engine {settings.engine!r} is not available in this build")
 
 

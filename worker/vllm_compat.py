@@ -26,7 +26,7 @@ _NATIVE_LIBRARIES = {
 # unless they exist. Defined without kernels: calling them still fails, as it would without the library.
 _TORCHVISION_OPS = ("torchvision::nms", "torchvision::qnms")
 _NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
-# vLLM always runs its engine core in a spawned interpreter, which inherits the environment but not our
+# vLLM runs its engine core (and workers) in spawned interpreters, which inherit the environment but not our
 # imports: a `sitecustomize` in this folder, put on PYTHONPATH, calls install() there before any import.
 HOOK_DIR = Path(__file__).with_name("vllm_compat_site")
 
@@ -62,6 +62,10 @@ def install() -> None:
             # None in sys.modules: find_spec() says "not installed" and `import` raises ImportError, which
             # is how transformers and vLLM probe for optional audio backends.
             cast(dict[str, ModuleType | None], sys.modules)[name] = None
+    # transformers caches its "is X available" answers: any given before install() would now be stale.
+    if broken and (import_utils := sys.modules.get("transformers.utils.import_utils")) is not None:
+        for probe in ("is_torchaudio_available", "is_speech_available", "is_torchcodec_available"):
+            getattr(getattr(import_utils, probe, None), "cache_clear", lambda: None)()
 
 
 def _native_library_loads(package: str, pattern: str) -> bool:

@@ -64,7 +64,8 @@ def submit_folder(
     sessions: sessionmaker[Session], folder: Path, *, question: str = "What is shown?", **run: object
 ) -> int:
     sampling = {k: run.pop(k) for k in list(run) if k in SamplingSettings.model_fields}
-    settings = RunSettings(model="fake-model", sampling=SamplingSettings(**sampling), **run)  # type: ignore[arg-type]
+    run.setdefault("model", "fake-model")
+    settings = RunSettings(sampling=SamplingSettings(**sampling), **run)  # type: ignore[arg-type]
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
