@@ -27,7 +27,7 @@ from worker.engine_thread import EngineThread
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
-# (width, height) → InternVL tiles: 1 tile up to 12 tiles + thumbnail (13 × 256 image tokens).
+# (width, height) → InternVL tiles: 1 tile up to 12 tiles + thumbnail (13 x 256 image tokens).
 MIXED_SIZES = [(448, 448), (200, 150), (896, 448), (1344, 896), (1600, 1200), (640, 480), (1000, 600), (300, 900)]
 
 
