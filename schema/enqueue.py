@@ -36,6 +36,7 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
                 "state": "queued",
                 "attempt_count": 0,
                 "attempt_base": 0,
+                "accepted_samples": 0,
                 "transient_failures": 0,
                 "created_at": now,
                 "queued_at": now,

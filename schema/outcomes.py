@@ -44,6 +44,7 @@ class Timings:
     decode_s: float | None = None
     generation_s: float | None = None
     first_token_s: float | None = None
+    gpu_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ def _finish_attempt(session: Session, report: AttemptReport, now: datetime) -> N
             decode_s=t.decode_s,
             generation_s=t.generation_s,
             first_token_s=t.first_token_s,
+            gpu_seconds=t.gpu_seconds,
         )
         .execution_options(synchronize_session=False)
     )

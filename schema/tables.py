@@ -90,6 +90,8 @@ class Job(Base):
     not_before: Mapped[datetime | None]
     error_type: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Graded-correct samples so far (runs with a grader; `accept` stops sampling once it is reached).
+    accepted_samples: Mapped[int] = mapped_column(Integer, default=0)
     # Overrides for the next attempt (e.g. a larger max_tokens from `resubmit`), copied onto it.
     overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -124,6 +126,9 @@ class Attempt(Base):
     decode_s: Mapped[float | None] = mapped_column(Float)
     generation_s: Mapped[float | None] = mapped_column(Float)
     first_token_s: Mapped[float | None] = mapped_column(Float)
+    # This attempt's share of engine time, in GPU-seconds: while N requests share the engine, each is
+    # charged 1/N of its time, times the GPUs the engine holds.
+    gpu_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class Result(Base):

@@ -8,6 +8,7 @@ outcome is committed, so a slow database pushes back on claiming instead of pili
 from __future__ import annotations
 
 import asyncio
+import time
 
 
 class Capacity:
@@ -55,3 +56,31 @@ class Capacity:
             except TimeoutError:
                 return False
         return True
+
+
+class TimeShare:
+    """Splits engine time between the requests sharing it: while N requests are in the engine, each is
+    charged 1/N of the elapsed time. A running clock of the integral of 1/N(t) makes every enter and
+    leave O(1): a request's share is the clock's advance between the two."""
+
+    def __init__(self) -> None:
+        self._inside = 0
+        self._clock = 0.0
+        self._last = time.monotonic()
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        if self._inside:
+            self._clock += (now - self._last) / self._inside
+        self._last = now
+
+    def enter(self) -> float:
+        self._advance()
+        self._inside += 1
+        return self._clock
+
+    def leave(self, entered_at: float) -> float:
+        """Seconds of engine time charged to the request that entered at clock `entered_at`."""
+        self._advance()
+        self._inside -= 1
+        return self._clock - entered_at

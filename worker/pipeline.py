@@ -35,7 +35,7 @@ from schema.reconcile import requeue_expired_leases
 from schema.settings import Settings
 from schema.states import AttemptOutcome, JobState
 from schema.tables import Job, Run
-from worker.capacity import Capacity
+from worker.capacity import Capacity, TimeShare
 from worker.engine import AnswerConstraint, Engine, GenerationRequest
 from worker.images import decode_image
 from worker.output import attempt_outcome, to_sample
@@ -130,6 +130,7 @@ class Pipeline:
         self.fatal_event = threading.Event()
         self._background: list[asyncio.Task[None]] = []
         self.last_admitted_at = time.monotonic()
+        self._time_share = TimeShare()
 
     # -- called from other threads -------------------------------------------------------------------
 
@@ -272,13 +273,17 @@ class Pipeline:
     async def _run_job(self, entry: _InFlight) -> None:
         job = entry.job
         queue_wait = (job.claimed_at - job.queued_at).total_seconds()
-        fetch_s = decode_s = generation_s = first_token_s = None
+        fetch_s = decode_s = generation_s = first_token_s = gpu_seconds = None
         try:
             run = await self._run_context(job.run_id)
             images, fetch_s, decode_s = await self._load_images(job)
             request = self._request(entry, run, images)
             started = time.perf_counter()
-            generation = await self._engine.generate(request)
+            share = self._time_share.enter()
+            try:
+                generation = await self._engine.generate(request)
+            finally:
+                gpu_seconds = self._time_share.leave(share) * self._settings.tensor_parallel_size
             generation_s = time.perf_counter() - started
             first_token_s = generation.first_token_s
             samples = [
@@ -291,7 +296,7 @@ class Pipeline:
                 outcome=attempt_outcome(samples),
                 samples=samples,
                 prompt_tokens=generation.prompt_tokens,
-                timings=Timings(queue_wait, fetch_s, decode_s, generation_s, first_token_s),
+                timings=Timings(queue_wait, fetch_s, decode_s, generation_s, first_token_s, gpu_seconds),
             )
         except asyncio.CancelledError:
             raise
@@ -306,7 +311,7 @@ class Pipeline:
                 log.exception("job %s attempt %s failed unexpectedly", job.job_id, job.attempt_id)
             run_ctx = self._runs.get(job.run_id)
             report = self._failure(
-                job, error, run_ctx, Timings(queue_wait, fetch_s, decode_s, generation_s, first_token_s)
+                job, error, run_ctx, Timings(queue_wait, fetch_s, decode_s, generation_s, first_token_s, gpu_seconds)
             )
         entry.reported = True
         await self._reports.put(report)

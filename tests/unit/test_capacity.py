@@ -41,3 +41,18 @@ def test_a_request_larger_than_the_capacity_takes_all_of_it() -> None:
         return capacity.free
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_time_share_charges_each_request_its_share_of_the_engine(monkeypatch: object) -> None:
+    import worker.capacity as capacity_module
+
+    clock = iter([0.0, 0.0, 2.0, 6.0, 8.0])  # init, a enters, b enters, a leaves, b leaves
+    monkeypatch.setattr(capacity_module.time, "monotonic", lambda: next(clock))  # type: ignore[attr-defined]
+    share = capacity_module.TimeShare()
+    a = share.enter()
+    b = share.enter()
+    a_seconds = share.leave(a)
+    b_seconds = share.leave(b)
+    # a: alone for 2 s, then shares 4 s with b; b: 4 s shared, then alone for 2 s.
+    assert (a_seconds, b_seconds) == (4.0, 4.0)
+    assert a_seconds + b_seconds == 8.0  # the engine's whole busy time, no more

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-29 03:10:28.460398
+Create Date: 2026-11-29 03:47:17.249645
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column("not_before", sa.DateTime(), nullable=True),
         sa.Column("error_type", sa.String(length=32), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
+        sa.Column("accepted_samples", sa.Integer(), nullable=False),
         sa.Column("overrides", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("queued_at", sa.DateTime(), nullable=False),
@@ -86,6 +87,7 @@ def upgrade() -> None:
         sa.Column("decode_s", sa.Float(), nullable=True),
         sa.Column("generation_s", sa.Float(), nullable=True),
         sa.Column("first_token_s", sa.Float(), nullable=True),
+        sa.Column("gpu_seconds", sa.Float(), nullable=True),
         sa.CheckConstraint(
             "outcome IN ('running', 'succeeded', 'failed', 'truncated', 'cancelled', 'abandoned')",
             name="ck_attempts_outcome",
