@@ -11,10 +11,11 @@ from itertools import islice
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.sources import Source
+from producer.sources import Source, SpecCheck
 from schema.enqueue import insert_jobs
 from schema.models import JobSpec, RunSettings, SubmitReport
 from schema.runs import create_or_reuse_run
+from worker.grading import normalize_reference
 from worker.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
@@ -40,7 +41,7 @@ def submit(
 ) -> SubmitReport:
     """Submit every job of `source` to the run. Raises SourceError (nothing written) for a bad source,
     RunConflict when the named run exists with other settings."""
-    source.validate()
+    source.validate(_reference_check(settings))
     name = run_name or default_run_name(source.uri, question, settings)
     run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri)
     submitted = skipped = 0
@@ -56,3 +57,17 @@ def submit(
 def _chunks(specs: Iterator[JobSpec], size: int) -> Iterator[list[JobSpec]]:
     while chunk := list(islice(specs, size)):
         yield chunk
+
+
+def _reference_check(settings: RunSettings) -> SpecCheck | None:
+    """With a grader, every reference must be one the grader can read (a letter for `choice`, a number for
+    `numeric`...): refusing the submit beats spending a run on answers that cannot be graded."""
+    grader = settings.grader
+    if grader is None:
+        return None
+
+    def check(spec: JobSpec) -> None:
+        if spec.reference is not None:
+            normalize_reference(grader, spec.reference)
+
+    return check

@@ -36,6 +36,8 @@ class ClaimedJob:
     transient_failures: int = 0
     # Attempts since the job was last (re)submitted, this one included (the run's attempt cap).
     attempts_used: int = 1
+    # Graded-correct samples the job already has (accept-until-M runs).
+    accepted_samples: int = 0
 
 
 def _claimable(now: datetime) -> Any:
@@ -129,6 +131,7 @@ def _open_attempts(
                 claimed_at=now,
                 transient_failures=job.transient_failures,
                 attempts_used=attempt.number - job.attempt_base,
+                accepted_samples=job.accepted_samples,
             )
         )
         job.state = JobState.RUNNING.value

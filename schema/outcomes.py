@@ -35,6 +35,7 @@ class SampleRecord:
     answer_tokens: int | None
     extracted_answer: str | None = None
     correct: bool | None = None
+    valid: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class AttemptReport:
     timings: Timings = field(default_factory=Timings)
     # A transient failure the job may retry: it goes back to `queued`, claimable after this delay.
     retry_after_s: float | None = None
+    # Graded-correct samples in this attempt (added to the job's count).
+    accepted: int = 0
+    # Accept-until-M: the attempt succeeded but the job needs more correct samples, so it is queued again.
+    resample: bool = False
 
 
 def retry_delay(failures: int, *, rng: random.Random | None = None) -> float:
@@ -95,6 +100,8 @@ def _apply(session: Session, report: AttemptReport, now: datetime) -> bool:
         "not_before": not_before,
         "transient_failures": Job.transient_failures + 1 if counts_as_transient else 0,
     }
+    if report.accepted:
+        values["accepted_samples"] = Job.accepted_samples + report.accepted
     if state.terminal:
         values["finished_at"] = now
     else:
@@ -128,6 +135,7 @@ def _apply(session: Session, report: AttemptReport, now: datetime) -> bool:
                 answer_tokens=s.answer_tokens,
                 extracted_answer=s.extracted_answer,
                 correct=s.correct,
+                valid=s.valid,
                 created_at=now,
             )
             for s in report.samples
@@ -139,6 +147,8 @@ def _apply(session: Session, report: AttemptReport, now: datetime) -> bool:
 def _next_state(report: AttemptReport, now: datetime) -> tuple[JobState, datetime | None, bool]:
     if report.retry_after_s is not None:
         return JobState.QUEUED, now + timedelta(seconds=report.retry_after_s), True
+    if report.resample:
+        return JobState.QUEUED, None, False
     mapping = {
         AttemptOutcome.SUCCEEDED: JobState.SUCCEEDED,
         AttemptOutcome.TRUNCATED: JobState.TRUNCATED,

@@ -69,6 +69,7 @@ def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int |
                     error_message=None,
                     transient_failures=0,
                     attempt_base=Job.attempt_count,
+                    accepted_samples=0,
                     overrides=overrides,
                 )
                 .returning(Job.id)

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_images_per_prompt: int = Field(4, ge=1)
     trust_remote_code: bool = False
     enforce_eager: bool = False
+    # vLLM reasoning parser, so that a constrained answer (--choices, --json-schema) is enforced only after
+    # the trace: "auto" picks deepseek_r1 when the tokenizer has `</think>` as one token; "none" turns it off.
+    reasoning_parser: str = "auto"
     # Engine-level seed (per-request seeds break vLLM's CPU build).
     seed: int = 0
     # vLLM's load_format; "dummy" fills random weights (benchmarks of a model's shape without its weights).

@@ -154,4 +154,7 @@ class Result(Base):
     answer_tokens: Mapped[int | None] = mapped_column(Integer)
     extracted_answer: Mapped[str | None] = mapped_column(Text)
     correct: Mapped[bool | None] = mapped_column(Boolean)
+    # Whether the answer obeys the run's constraint (one of --choices, or JSON matching --json-schema);
+    # None when the run has no constraint.
+    valid: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -29,6 +29,9 @@ class FakeBehaviour:
     latency_s: float = 0.0
     tokens_per_second: float = 0.0
     max_model_len: int = 32768
+    # Answers handed out in turn, one per sample across all requests (tests of grading); None: derived
+    # from the question and image sizes.
+    answer_cycle: tuple[str, ...] | None = None
 
 
 class FakeEngine:
@@ -39,6 +42,7 @@ class FakeEngine:
         self.max_in_flight = 0
         self.requests_seen = 0
         self._tokens = 0
+        self._answers_given = 0
 
     @property
     def model(self) -> str:
@@ -106,7 +110,11 @@ class FakeEngine:
         if request.sampling.ignore_eos or len(words) + 2 > max_tokens:
             trace = (words * (max_tokens // max(1, len(words)) + 1))[:max_tokens]
             return Completion(text=" ".join(trace), num_tokens=max_tokens, finish_reason="length")
-        if request.constraint and request.constraint.choices:
+        if self._behaviour.answer_cycle:
+            cycle = self._behaviour.answer_cycle
+            answer = cycle[self._answers_given % len(cycle)]
+            self._answers_given += 1
+        elif request.constraint and request.constraint.choices:
             answer = request.constraint.choices[int(digest, 16) % len(request.constraint.choices)]
         else:
             answer = f"answer-{digest[:8]}"

@@ -36,7 +36,8 @@ from schema.settings import Settings
 from schema.states import AttemptOutcome, JobState
 from schema.tables import Job, Run
 from worker.capacity import Capacity, TimeShare
-from worker.engine import AnswerConstraint, Engine, GenerationRequest
+from worker.answers import constraint_of, needs_more_samples, review
+from worker.engine import Engine, GenerationRequest
 from worker.images import decode_image
 from worker.output import attempt_outcome, to_sample
 from worker.publisher import Publisher
@@ -286,15 +287,29 @@ class Pipeline:
                 gpu_seconds = self._time_share.leave(share) * self._settings.tensor_parallel_size
             generation_s = time.perf_counter() - started
             first_token_s = generation.first_token_s
-            samples = [
-                to_sample(i, c, opened_by_prompt=generation.trace_opened_by_prompt)
-                for i, c in enumerate(generation.completions)
-            ]
+            samples = review(
+                [
+                    to_sample(i, c, opened_by_prompt=generation.trace_opened_by_prompt)
+                    for i, c in enumerate(generation.completions)
+                ],
+                run.settings,
+                job.reference,
+            )
+            accepted = sum(1 for s in samples if s.correct)
+            outcome = attempt_outcome(samples)
             report = AttemptReport(
                 job_id=job.job_id,
                 attempt_id=job.attempt_id,
-                outcome=attempt_outcome(samples),
+                outcome=outcome,
                 samples=samples,
+                accepted=accepted,
+                resample=outcome is AttemptOutcome.SUCCEEDED
+                and needs_more_samples(
+                    run.settings,
+                    accepted_before=job.accepted_samples,
+                    accepted_now=accepted,
+                    attempts_used=job.attempts_used,
+                ),
                 prompt_tokens=generation.prompt_tokens,
                 timings=Timings(queue_wait, fetch_s, decode_s, generation_s, first_token_s, gpu_seconds),
             )
@@ -370,16 +385,13 @@ class Pipeline:
             raise InputUnsupported(
                 f"{len(images)} images in one job, over the run's limit of {settings.max_images_per_prompt}"
             )
-        constraint = None
-        if settings.choices or settings.json_schema:
-            constraint = AnswerConstraint(choices=settings.choices, json_schema=settings.json_schema)
         return GenerationRequest(
             request_id=entry.request_id,
             images=images,
             question=job.question,
             sampling=sampling,
             max_tiles=min(settings.max_tiles, self._settings.max_tiles),
-            constraint=constraint,
+            constraint=constraint_of(settings),
         )
 
     # -- writing -------------------------------------------------------------------------------------
@@ -401,7 +413,7 @@ class Pipeline:
     async def _commit(self, batch: list[AttemptReport]) -> None:
         written = await self._blocking(partial(_write_reports, self._sessions, batch), retry=True)
         written_ids = {r.attempt_id for r in written}
-        retries: dict[tuple[str, float], list[int]] = {}
+        requeued: dict[tuple[str, float | None], list[int]] = {}
         for report in batch:
             entry = self._inflight.pop(report.attempt_id, None)
             if report.attempt_id not in written_ids:
@@ -409,10 +421,11 @@ class Pipeline:
                 continue
             self._count(report)
             run = self._runs.get(entry.job.run_id) if entry is not None else None
-            if report.retry_after_s is not None and run is not None:
-                retries.setdefault((run.queue, report.retry_after_s), []).append(report.job_id)
+            if run is not None and (report.retry_after_s is not None or report.resample):
+                # Back in the queue: a transient retry after its backoff, another sampling round at once.
+                requeued.setdefault((run.queue, report.retry_after_s), []).append(report.job_id)
         await self._capacity.give(len(batch))
-        for (queue, delay), job_ids in retries.items():
+        for (queue, delay), job_ids in requeued.items():
             await self._publish(queue, job_ids, countdown=delay)
 
     def _count(self, report: AttemptReport) -> None:

@@ -75,6 +75,9 @@ class VllmEngine:
         )
         if s.load_format:
             engine_args["load_format"] = s.load_format
+        parser = self._reasoning_parser()
+        if parser:
+            engine_args["reasoning_parser"] = parser
         if s.tensor_parallel_size == 1:
             # The model runs inside the engine-core process: one spawned interpreter fewer at start-up.
             engine_args["distributed_executor_backend"] = "uni"
@@ -84,6 +87,20 @@ class VllmEngine:
         )
         self._inspect_tokenizer()
         log.info("vLLM engine for %s ready in %.1fs", s.model, time.perf_counter() - started)
+
+    def _reasoning_parser(self) -> str | None:
+        choice = self._settings.reasoning_parser
+        if choice == "none":
+            return None
+        if choice != "auto":
+            return choice
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            self._settings.model, trust_remote_code=self._settings.trust_remote_code
+        )
+        vocab = tokenizer.get_vocab()
+        return "deepseek_r1" if THINK_OPEN in vocab and THINK_CLOSE in vocab else None
 
     def _inspect_tokenizer(self) -> None:
         tokenizer = self._llm.tokenizer

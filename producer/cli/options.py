@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +43,22 @@ def run_options(fn: F) -> F:
             "--max-images", type=click.IntRange(1), default=4, show_default=True, help="Images per job at most."
         ),
         click.option("--max-attempts", type=click.IntRange(1), default=3, show_default=True),
+        click.option(
+            "--grader",
+            type=click.Choice(["choice", "numeric", "exact", "boxed"]),
+            help="Grade each answer against the job's `reference`.",
+        ),
+        click.option(
+            "--accept",
+            type=click.IntRange(1),
+            help="Keep sampling a job (up to --max-attempts rounds) until this many correct samples exist.",
+        ),
+        click.option("--choices", help='Constrain the answer to one of these, e.g. "cat,dog,other".'),
+        click.option(
+            "--json-schema",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Constrain the answer to JSON matching this schema file.",
+        ),
         click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: always generate max tokens."),
         click.option("--queue", help="Broker queue [env VLMBATCH_QUEUE]."),
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
@@ -71,10 +88,29 @@ def build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         samples=flags["samples"],
         ignore_eos=flags["ignore_eos"],
     )
+    if flags["accept"] and not flags["grader"]:
+        raise click.UsageError("--accept needs a --grader to tell correct samples")
+    if flags["choices"] and flags["json_schema"]:
+        raise click.UsageError("give --choices or --json-schema, not both")
+    choices = None
+    if flags["choices"]:
+        choices = tuple(c.strip() for c in flags["choices"].split(",") if c.strip())
+        if not choices:
+            raise click.UsageError("--choices is empty")
+    json_schema = None
+    if flags["json_schema"]:
+        try:
+            json_schema = json.loads(flags["json_schema"].read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise click.UsageError(f"{flags['json_schema']} is not valid JSON: {exc}") from exc
     return RunSettings(
         model=flags["model"] or default_model,
         sampling=sampling,
         max_images_per_prompt=flags["max_images"],
         max_tiles=flags["max_tiles"],
         max_attempts=flags["max_attempts"],
+        grader=flags["grader"],
+        accept=flags["accept"],
+        choices=choices,
+        json_schema=json_schema,
     )

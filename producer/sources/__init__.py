@@ -3,7 +3,7 @@ listing in memory) and validates itself before anything is written, so a bad sou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -13,13 +13,17 @@ from schema.models import JobSpec
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 
+# A check applied to every spec while validating; it raises ValueError for a spec that must be refused.
+SpecCheck = Callable[[JobSpec], None]
+
+
 class Source(Protocol):
     """A stream of job specs. `validate` raises SourceError naming every problem it finds."""
 
     @property
     def uri(self) -> str: ...
 
-    def validate(self) -> None: ...
+    def validate(self, check: SpecCheck | None = None) -> None: ...
 
     def specs(self) -> Iterator[JobSpec]: ...
 

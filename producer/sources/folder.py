@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from producer.sources import SpecCheck
 from producer.sources.images import looks_like_image
 from schema.errors import SourceError
 from schema.models import JobSpec
@@ -22,7 +23,8 @@ class FolderSource:
     def uri(self) -> str:
         return self._root.as_uri()
 
-    def validate(self) -> None:
+    def validate(self, check: SpecCheck | None = None) -> None:
+        """`check` is unused: listed images carry no reference or metadata to check."""
         if not self._root.is_dir():
             raise SourceError(f"{self._given}: not a folder")
         escaping = [str(link) for link, _ in self._walk() if link is not None]

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from producer.sources import SpecCheck
 from schema.errors import SourceError
 from schema.models import JobSpec
 from worker.storage import local_path, make_s3_client, split_s3_uri
@@ -53,12 +54,17 @@ class ManifestSource:
     def uri(self) -> str:
         return self._uri
 
-    def validate(self) -> None:
+    def validate(self, check: SpecCheck | None = None) -> None:
         errors: list[str] = []
         total = 0
         for where, record in self._records():
             try:
-                self._spec(record)
+                spec = self._spec(record)
+                if check is not None:
+                    try:
+                        check(spec)
+                    except ValueError as exc:
+                        raise RowError(str(exc)) from exc
             except RowError as exc:
                 total += 1
                 if len(errors) < MAX_REPORTED_ERRORS:

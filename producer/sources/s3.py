@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from producer.sources import SpecCheck
 from producer.sources.images import looks_like_image
 from schema.errors import SourceError
 from schema.models import JobSpec
@@ -24,7 +25,8 @@ class S3PrefixSource:
     def uri(self) -> str:
         return self._uri
 
-    def validate(self) -> None:
+    def validate(self, check: SpecCheck | None = None) -> None:
+        """`check` is unused: listed images carry no reference or metadata to check."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:

@@ -213,3 +213,22 @@ def _wait_for_states(sessions: object, job_ids: set[int], timeout: float = 120) 
             return
         time.sleep(0.2)
     raise TimeoutError(f"jobs {job_ids} not finished")
+
+
+def test_constrained_choices_make_every_answer_one_of_them_while_the_trace_stays_free(
+    sqlite_url: str, tiny_model: Path, shared_engine: EngineThread, tmp_path: Path
+) -> None:
+    folder = _write(tmp_path / "imgs", {f"{i}.jpg": good_jpeg(448, 448, seed=i) for i in range(6)})
+    settings = engine_settings(tiny_model, database_url=sqlite_url)
+    with running_pipeline(settings, engine=shared_engine) as (pipeline, sessions):
+        run_id = submit_folder(
+            sessions, folder, model=str(tiny_model), max_tokens=512, samples=2, choices=("yes", "no")
+        )
+        pipeline.feed_run(run_id).result(timeout=300)
+    with sessions() as session:
+        results = session.scalars(select(Result)).all()
+    assert len(results) == 12
+    assert {r.answer for r in results} <= {"yes", "no"}
+    assert all(r.valid and r.trace_closed for r in results)
+    # The grammar applies after `</think>` only: the traces are the model's own (noise) tokens.
+    assert any(len(r.reasoning or "") > 3 for r in results)

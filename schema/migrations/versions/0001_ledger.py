@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-29 03:47:17.249645
+Create Date: 2026-11-29 03:49:13.094890
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def upgrade() -> None:
         sa.Column("answer_tokens", sa.Integer(), nullable=True),
         sa.Column("extracted_answer", sa.Text(), nullable=True),
         sa.Column("correct", sa.Boolean(), nullable=True),
+        sa.Column("valid", sa.Boolean(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(["attempt_id"], ["attempts.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),

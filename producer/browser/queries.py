@@ -1,0 +1,270 @@
+"""The browser's read queries. Every list is keyset-paged on a primary key (`WHERE id > :after ORDER BY id
+LIMIT n`), never OFFSET, so that page 20,000 of a run costs what page 1 does.
+
+Correctness is a job's, judged on its standing samples (the results rows of `jobs.current_attempt_id`):
+`correct` when any of them is graded correct, `incorrect` when some are graded and none is correct,
+`ungraded` when it has samples and none is graded (no grader, or no reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+from sqlalchemy import ColumnElement, Select, and_, case, func, select
+from sqlalchemy.orm import Session
+
+from schema.states import JobState
+from schema.status import Progress, run_progress
+from schema.tables import Attempt, Job, Result, Run
+
+Correctness = Literal["correct", "incorrect", "ungraded"]
+CORRECTNESS: tuple[Correctness, ...] = get_args(Correctness)
+# Characters of an answer or an error message shown in a list row (the job page shows them whole).
+PREVIEW_CHARS = 160
+# Example jobs shown per error type on a run's page.
+EXAMPLES_PER_ERROR = 3
+
+
+class NotFound(LookupError):
+    """No run or job has that id."""
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    """What the results list of a run shows; None means any."""
+
+    state: JobState | None = None
+    error_type: str | None = None
+    correctness: Correctness | None = None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job in a list: its outcome and a preview of its first standing sample."""
+
+    id: int
+    images: list[str]
+    state: str
+    error_type: str | None
+    error_preview: str | None
+    attempts: int
+    finished_at: datetime | None
+    completion_tokens: int | None
+    answer_preview: str | None
+    samples: int
+    graded: int
+    correct: int
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """A page of a run's results; `next_after` / `prev_before` are the keys of the pages around it."""
+
+    rows: list[JobRow]
+    next_after: int | None
+    prev_before: int | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run: Run
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class ErrorGroup:
+    error_type: str
+    jobs: int
+    examples: list[JobRow]
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    """A job with its run, every attempt (oldest first) and every result row, grouped by attempt."""
+
+    job: Job
+    run: Run
+    attempts: list[Attempt]
+    results: dict[int, list[Result]]
+
+    @property
+    def standing(self) -> list[Result]:
+        """The samples of the attempt whose result stands."""
+        current = self.job.current_attempt_id
+        return self.results.get(current, []) if current is not None else []
+
+
+def list_runs(session: Session, *, before: int | None, limit: int) -> tuple[list[RunSummary], int | None]:
+    """The newest runs (ids below `before`, when given) with their progress, and the key of the next page."""
+    stmt = select(Run).order_by(Run.id.desc()).limit(limit + 1)
+    if before is not None:
+        stmt = stmt.where(Run.id < before)
+    runs = list(session.scalars(stmt))
+    more = len(runs) > limit
+    runs = runs[:limit]
+    summaries = [RunSummary(run, run_progress(session, run.id)) for run in runs]
+    return summaries, (runs[-1].id if more else None)
+
+
+def get_run(session: Session, run_id: int) -> RunSummary:
+    """The run and its progress. Raises NotFound."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run has the id {run_id}")
+    return RunSummary(run, run_progress(session, run_id))
+
+
+def error_groups(session: Session, run_id: int, errors: dict[str, int]) -> list[ErrorGroup]:
+    """One group per error type of the run's failed jobs (`errors`: type → count, most first), each with
+    its first few jobs as examples."""
+    groups = []
+    for error_type, count in errors.items():
+        examples = job_page(
+            session,
+            run_id,
+            ResultFilter(state=JobState.FAILED, error_type=error_type),
+            limit=EXAMPLES_PER_ERROR,
+        )
+        groups.append(ErrorGroup(error_type, count, examples.rows))
+    return groups
+
+
+def job_page(
+    session: Session,
+    run_id: int,
+    where: ResultFilter,
+    *,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+) -> JobPage:
+    """The run's jobs that pass `where`, `limit` at a time in id order: those after the key `after`, or
+    (paging back) the last ones before the key `before`."""
+    stmt = _job_rows(run_id, where).limit(limit + 1)
+    if before is not None:
+        stmt = stmt.where(Job.id < before).order_by(Job.id.desc())
+    else:
+        stmt = stmt.where(Job.id > (after or 0)).order_by(Job.id)
+    fetched = session.execute(stmt).all()
+    more = len(fetched) > limit
+    fetched = fetched[:limit]
+    if before is not None:
+        fetched.reverse()
+    rows = _with_samples(session, fetched)
+    if not rows:
+        return JobPage(rows, next_after=None, prev_before=None)
+    if before is not None:
+        return JobPage(rows, next_after=rows[-1].id, prev_before=rows[0].id if more else None)
+    return JobPage(rows, next_after=rows[-1].id if more else None, prev_before=rows[0].id if after else None)
+
+
+def get_job(session: Session, job_id: int) -> JobDetail:
+    """Everything the ledger holds about a job. Raises NotFound."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job has the id {job_id}")
+    run = session.get(Run, job.run_id)
+    assert run is not None  # a foreign key
+    attempts = list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
+    results: dict[int, list[Result]] = {}
+    stmt = select(Result).where(Result.job_id == job_id).order_by(Result.attempt_id, Result.sample_index)
+    for result in session.scalars(stmt):
+        results.setdefault(result.attempt_id, []).append(result)
+    return JobDetail(job=job, run=run, attempts=attempts, results=results)
+
+
+def job_image(session: Session, job_id: int, index: int) -> str:
+    """The URI of the job's `index`-th image. Raises NotFound."""
+    images = session.scalar(select(Job.images).where(Job.id == job_id))
+    if images is None or not 0 <= index < len(images):
+        raise NotFound(f"job {job_id} has no image {index}")
+    return str(images[index])
+
+
+def _job_rows(run_id: int, where: ResultFilter) -> Select[Any]:
+    stmt = (
+        select(
+            Job.id,
+            Job.images,
+            Job.state,
+            Job.error_type,
+            func.substr(Job.error_message, 1, PREVIEW_CHARS + 1),
+            Job.attempt_count,
+            Job.finished_at,
+            Job.current_attempt_id,
+            Attempt.completion_tokens,
+        )
+        .outerjoin(Attempt, Attempt.id == Job.current_attempt_id)
+        .where(Job.run_id == run_id)
+    )
+    if where.state is not None:
+        stmt = stmt.where(Job.state == where.state.value)
+    if where.error_type is not None:
+        stmt = stmt.where(Job.error_type == where.error_type)
+    if where.correctness is not None:
+        stmt = stmt.where(_correctness(where.correctness))
+    return stmt
+
+
+def _standing_sample(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """EXISTS a standing sample of the outer job meeting `conditions` (probes uq_results_attempt_sample)."""
+    return select(Result.id).where(Result.attempt_id == Job.current_attempt_id, *conditions).exists()
+
+
+def _correctness(wanted: Correctness) -> ColumnElement[bool]:
+    if wanted == "correct":
+        return _standing_sample(Result.correct.is_(True))
+    if wanted == "incorrect":
+        return and_(_standing_sample(Result.correct.is_(False)), ~_standing_sample(Result.correct.is_(True)))
+    return and_(_standing_sample(), ~_standing_sample(Result.correct.is_not(None)))
+
+
+def _with_samples(session: Session, fetched: Sequence[Any]) -> list[JobRow]:
+    """Rows with their standing samples counted and graded, and the first sample's answer previewed."""
+    attempt_ids = [row.current_attempt_id for row in fetched if row.current_attempt_id is not None]
+    tallies: dict[int, tuple[int, int, int]] = {}
+    previews: dict[int, str] = {}
+    if attempt_ids:
+        graded = func.sum(case((Result.correct.is_not(None), 1), else_=0))
+        correct = func.sum(case((Result.correct.is_(True), 1), else_=0))
+        tally = (
+            select(Result.attempt_id, func.count(), graded, correct)
+            .where(Result.attempt_id.in_(attempt_ids))
+            .group_by(Result.attempt_id)
+        )
+        tallies = {a: (int(n), int(g or 0), int(c or 0)) for a, n, g, c in session.execute(tally)}
+        first = select(Result.attempt_id, func.substr(Result.answer, 1, PREVIEW_CHARS + 1)).where(
+            Result.attempt_id.in_(attempt_ids), Result.sample_index == 0
+        )
+        previews = {a: text for a, text in session.execute(first)}
+    rows = []
+    for row in fetched:
+        samples, graded_n, correct_n = tallies.get(row.current_attempt_id, (0, 0, 0))
+        answer = previews.get(row.current_attempt_id)
+        rows.append(
+            JobRow(
+                id=row.id,
+                images=list(row.images),
+                state=row.state,
+                error_type=row.error_type,
+                error_preview=_preview(row[4]),
+                attempts=row.attempt_count,
+                finished_at=row.finished_at,
+                completion_tokens=row.completion_tokens,
+                answer_preview=_preview(answer),
+                samples=samples,
+                graded=graded_n,
+                correct=correct_n,
+            )
+        )
+    return rows
+
+
+def _preview(text: str | None) -> str | None:
+    if text is None:
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"

@@ -1,0 +1,381 @@
+"""Exporting a run's standing results: JSONL, Parquet, and SFT chat records, streamed in flat memory.
+
+What is exported: the *standing* results of a run, i.e. the result rows (one per sample) of each job's
+current attempt (`jobs.current_attempt_id`), for jobs in the selected finished states (default
+`succeeded`). Earlier attempts of a resubmitted job are history and never exported. Filters:
+`only_correct` keeps samples graded correct (`correct IS TRUE`); `max_trace_tokens` drops samples whose
+`reasoning_tokens` exceed it (samples with unknown reasoning tokens are kept).
+
+Rows are read by keyset paging on `results.id`, one short transaction per page: memory stays flat for
+millions of rows, and no long transaction holds SQLite's write lock or PostgreSQL's snapshot while the
+file is written. The file appears under its name only once complete (written to `<out>.partial` first).
+
+Formats
+-------
+`jsonl`: one JSON object per sample::
+
+    {"run": "name", "run_id": 1, "job_id": 7, "attempt_id": 9, "sample_index": 0,
+     "images": ["s3://bucket/a.jpg"], "question": "...", "reference": "B" | null,
+     "metadata": {...} | null, "state": "succeeded",
+     "answer": "...", "reasoning": "..." | null, "raw_text": "...", "finish_reason": "stop" | "length" | null,
+     "trace_closed": true, "prompt_tokens": 1234 | null, "completion_tokens": 456,
+     "reasoning_tokens": 400 | null, "answer_tokens": 56 | null, "extracted_answer": "B" | null,
+     "correct": true | null, "gpu_seconds": 0.8 | null,
+     "timings": {"queue_wait_s": ..., "fetch_s": ..., "decode_s": ..., "generation_s": ..., "first_token_s": ...}}
+
+    `prompt_tokens`, `gpu_seconds` and `timings` belong to the attempt (shared by its samples); the other
+    token counts are the sample's own. `metadata` is the manifest's extra columns as an object (Arrow
+    readers infer it as a struct, so its keys should keep one type across rows; Parquet stores it as text).
+
+`parquet`: the same fields as typed columns (`PARQUET_SCHEMA`): int64 ids and token counts, string texts,
+bool flags, float64 seconds, `images` as list<string>, `timings` as a struct of float64, and `metadata` as a
+JSON string (free-form, so no struct type could fit every run). Written in row groups as it streams.
+
+`sft`: one chat record per sample that LLaMA-Factory (ShareGPT style with `messages` and `images`) and
+similar fine-tuning frameworks read directly::
+
+    {"messages": [
+        {"role": "user", "content": "<image><image>question", "reasoning_content": ""},
+        {"role": "assistant", "content": "<think>\\ntrace\\n</think>\\n\\nanswer", "reasoning_content": "trace"}],
+     "images": ["s3://bucket/a.jpg", "s3://bucket/b.jpg"], "job_id": 7, "sample_index": 0, "correct": true}
+
+    The user turn holds one `<image>` placeholder per image, in order, before the question. Both turns
+    carry the same keys and every value is a string (empty when there is nothing), so Arrow infers one
+    struct type for `messages` (with mismatched keys, `datasets` falls back to an untyped Json feature). A trace that never closed (a truncated sample, exported only when asked for
+    with `states`) is written as it was produced: `<think>\\ntrace` with no `</think>` and no answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol, TypedDict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import ColumnElement, Row, and_, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from schema.states import JobState
+from schema.tables import Attempt, Job, Result, Run
+
+ExportFormat = Literal["jsonl", "parquet", "sft"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft")
+# Rows per keyset page: large enough that round trips don't dominate, small enough that a page of
+# 16k-token traces (~64 KB each) stays well under 100 MB.
+PAGE_ROWS = 1000
+# A Parquet row group is flushed at this many rows or this many bytes of text, whichever comes first:
+# long traces would otherwise make a 10k-row group weigh gigabytes in memory.
+ROW_GROUP_ROWS = 10_000
+ROW_GROUP_BYTES = 64 << 20
+IMAGE_PLACEHOLDER = "<image>"
+
+TIMING_FIELDS = ("queue_wait_s", "fetch_s", "decode_s", "generation_s", "first_token_s")
+
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()),
+        ("run_id", pa.int64()),
+        ("job_id", pa.int64()),
+        ("attempt_id", pa.int64()),
+        ("sample_index", pa.int64()),
+        ("images", pa.list_(pa.string())),
+        ("question", pa.string()),
+        ("reference", pa.string()),
+        ("metadata", pa.string()),
+        ("state", pa.string()),
+        ("answer", pa.string()),
+        ("reasoning", pa.string()),
+        ("raw_text", pa.string()),
+        ("finish_reason", pa.string()),
+        ("trace_closed", pa.bool_()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("reasoning_tokens", pa.int64()),
+        ("answer_tokens", pa.int64()),
+        ("extracted_answer", pa.string()),
+        ("correct", pa.bool_()),
+        ("gpu_seconds", pa.float64()),
+        ("timings", pa.struct([(name, pa.float64()) for name in TIMING_FIELDS])),
+    ]
+)
+
+
+class Timings(TypedDict):
+    queue_wait_s: float | None
+    fetch_s: float | None
+    decode_s: float | None
+    generation_s: float | None
+    first_token_s: float | None
+
+
+class ExportRecord(TypedDict):
+    """One standing sample with its job and attempt: a `jsonl` line (see the module docstring)."""
+
+    run: str
+    run_id: int
+    job_id: int
+    attempt_id: int
+    sample_index: int
+    images: list[str]
+    question: str
+    reference: str | None
+    metadata: dict[str, Any] | None
+    state: str
+    answer: str
+    reasoning: str | None
+    raw_text: str
+    finish_reason: str | None
+    trace_closed: bool
+    prompt_tokens: int | None
+    completion_tokens: int
+    reasoning_tokens: int | None
+    answer_tokens: int | None
+    extracted_answer: str | None
+    correct: bool | None
+    gpu_seconds: float | None
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which standing samples to export."""
+
+    states: tuple[JobState, ...] = (JobState.SUCCEEDED,)
+    only_correct: bool = False
+    max_trace_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        unfinished = [s.value for s in self.states if not s.terminal]
+        if unfinished:
+            # A queued or running job's current attempt has no result that stands (yet).
+            raise ValueError(f"only finished jobs have standing results, not {', '.join(unfinished)}")
+        if not self.states:
+            raise ValueError("no job state selected")
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    run_id: int
+    format: ExportFormat
+    path: Path
+    rows: int
+
+
+def standing_results(run_id: int, states: Sequence[JobState]) -> ColumnElement[bool]:
+    """Join-and-filter condition for the standing results of `run_id`'s jobs in `states`: the results of
+    each job's current attempt. Use with `select(...).select_from(Result).join(Job, Job.id == Result.job_id)`."""
+    return and_(
+        Job.run_id == run_id,
+        Job.state.in_([s.value for s in states]),
+        Result.attempt_id == Job.current_attempt_id,
+    )
+
+
+_COLUMNS = (
+    Result.id,
+    Result.job_id,
+    Result.attempt_id,
+    Result.sample_index,
+    Job.images,
+    Job.question,
+    Job.reference,
+    Job.meta,
+    Job.state,
+    Result.answer,
+    Result.reasoning,
+    Result.raw_text,
+    Result.finish_reason,
+    Result.trace_closed,
+    Attempt.prompt_tokens,
+    Result.completion_tokens,
+    Result.reasoning_tokens,
+    Result.answer_tokens,
+    Result.extracted_answer,
+    Result.correct,
+    Attempt.gpu_seconds,
+    *(getattr(Attempt, name) for name in TIMING_FIELDS),
+)
+
+
+def iter_records(
+    sessions: sessionmaker[Session], run: Run, selection: ExportFilter, *, page_rows: int = PAGE_ROWS
+) -> Iterator[ExportRecord]:
+    """The standing samples of `run` that pass `selection`, in `results.id` order, one page per transaction."""
+    where = standing_results(run.id, selection.states)
+    if selection.only_correct:
+        where = and_(where, Result.correct.is_(True))
+    if selection.max_trace_tokens is not None:
+        where = and_(
+            where, or_(Result.reasoning_tokens.is_(None), Result.reasoning_tokens <= selection.max_trace_tokens)
+        )
+    query = (
+        select(*_COLUMNS)
+        .select_from(Result)
+        .join(Job, Job.id == Result.job_id)
+        .join(Attempt, Attempt.id == Result.attempt_id)
+        .where(where)
+        .order_by(Result.id)
+        .limit(page_rows)
+    )
+    after = 0
+    while True:
+        with sessions() as session:
+            page = session.execute(query.where(Result.id > after)).all()
+        for row in page:
+            yield _record(run, row)
+        if len(page) < page_rows:
+            return
+        after = page[-1].id
+
+
+def _record(run: Run, row: Row[Any]) -> ExportRecord:
+    timings: Timings = {
+        "queue_wait_s": row.queue_wait_s,
+        "fetch_s": row.fetch_s,
+        "decode_s": row.decode_s,
+        "generation_s": row.generation_s,
+        "first_token_s": row.first_token_s,
+    }
+    return {
+        "run": run.name,
+        "run_id": run.id,
+        "job_id": row.job_id,
+        "attempt_id": row.attempt_id,
+        "sample_index": row.sample_index,
+        "images": list(row.images),
+        "question": row.question,
+        "reference": row.reference,
+        "metadata": row.meta,
+        "state": row.state,
+        "answer": row.answer,
+        "reasoning": row.reasoning,
+        "raw_text": row.raw_text,
+        "finish_reason": row.finish_reason,
+        "trace_closed": bool(row.trace_closed),
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "reasoning_tokens": row.reasoning_tokens,
+        "answer_tokens": row.answer_tokens,
+        "extracted_answer": row.extracted_answer,
+        "correct": row.correct,
+        "gpu_seconds": row.gpu_seconds,
+        "timings": timings,
+    }
+
+
+def sft_record(record: ExportRecord) -> dict[str, Any]:
+    """The `sft` chat record of one exported sample (format in the module docstring)."""
+    trace = (record["reasoning"] or "").strip()
+    if record["trace_closed"]:
+        reply = f"<think>\n{trace}\n</think>\n\n{record['answer'].strip()}"
+    else:
+        reply = f"<think>\n{trace}"
+    prompt = IMAGE_PLACEHOLDER * len(record["images"]) + record["question"]
+    return {
+        "messages": [
+            {"role": "user", "content": prompt, "reasoning_content": ""},
+            {"role": "assistant", "content": reply, "reasoning_content": trace},
+        ],
+        "images": record["images"],
+        "job_id": record["job_id"],
+        "sample_index": record["sample_index"],
+        "correct": record["correct"],
+    }
+
+
+class RecordWriter(Protocol):
+    def write(self, record: ExportRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _JsonLinesWriter:
+    def __init__(self, path: Path, shape: Callable[[ExportRecord], Any]) -> None:
+        self._file: IO[str] = path.open("w", encoding="utf-8", newline="\n")
+        self._shape = shape
+
+    def write(self, record: ExportRecord) -> None:
+        self._file.write(json.dumps(self._shape(record), ensure_ascii=False, separators=(",", ":")))
+        self._file.write("\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _ParquetWriter:
+    def __init__(self, path: Path, *, row_group_rows: int, row_group_bytes: int) -> None:
+        self._writer = pq.ParquetWriter(str(path), PARQUET_SCHEMA, compression="zstd")
+        self._row_group_rows = row_group_rows
+        self._row_group_bytes = row_group_bytes
+        self._buffer: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
+
+    def write(self, record: ExportRecord) -> None:
+        row: dict[str, Any] = dict(record)
+        row["metadata"] = None if record["metadata"] is None else json.dumps(record["metadata"], ensure_ascii=False)
+        self._buffer.append(row)
+        self._buffered_bytes += sum(len(record[k] or "") for k in ("question", "answer", "reasoning", "raw_text"))
+        if len(self._buffer) >= self._row_group_rows or self._buffered_bytes >= self._row_group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            table = pa.Table.from_pylist(self._buffer, schema=PARQUET_SCHEMA)
+            self._writer.write_table(table, row_group_size=len(self._buffer))
+        self._buffer = []
+        self._buffered_bytes = 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+def open_writer(
+    fmt: ExportFormat, path: Path, *, row_group_rows: int = ROW_GROUP_ROWS, row_group_bytes: int = ROW_GROUP_BYTES
+) -> RecordWriter:
+    """A writer of `fmt` records into `path`. Raises ValueError for an unknown format."""
+    if fmt == "jsonl":
+        return _JsonLinesWriter(path, lambda record: record)
+    if fmt == "sft":
+        return _JsonLinesWriter(path, sft_record)
+    if fmt == "parquet":
+        return _ParquetWriter(path, row_group_rows=row_group_rows, row_group_bytes=row_group_bytes)
+    raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+
+
+def export_run(
+    sessions: sessionmaker[Session],
+    *,
+    run: Run,
+    fmt: ExportFormat,
+    out: Path,
+    selection: ExportFilter | None = None,
+    page_rows: int = PAGE_ROWS,
+    row_group_rows: int = ROW_GROUP_ROWS,
+) -> ExportReport:
+    """Write `run`'s standing samples that pass `selection` to `out` in `fmt`; return how many were written.
+
+    `out` is replaced only once the export is complete; on any error the partial file is removed and the
+    error propagates (database errors, OSError when `out` cannot be written).
+    """
+    selection = selection or ExportFilter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    rows = 0
+    try:
+        writer = open_writer(fmt, partial, row_group_rows=row_group_rows)
+        try:
+            for record in iter_records(sessions, run, selection, page_rows=page_rows):
+                writer.write(record)
+                rows += 1
+        finally:
+            writer.close()
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return ExportReport(run_id=run.id, format=fmt, path=out, rows=rows)

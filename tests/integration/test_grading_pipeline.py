@@ -1,0 +1,96 @@
+"""Graded sampling through the pipeline (fake engine): references, graders, accept-until-M, constraints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from schema.errors import SourceError
+from schema.states import AttemptOutcome, JobState
+from schema.tables import Attempt, Job, Result
+from tests.fixtures.bad_images import good_jpeg
+from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
+from worker.fake_engine import FakeBehaviour
+
+
+def _manifest(tmp_path: Path, rows: list[dict[str, object]]) -> Path:
+    for row in rows:
+        (tmp_path / str(row["image"])).write_bytes(good_jpeg(32, 32))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    return manifest
+
+
+def test_samples_are_graded_against_the_reference(sqlite_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "Which?", "reference": "(A)"}])
+    behaviour = FakeBehaviour(answer_cycle=("The answer is A.", "B", "I choose C"))
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, grader="choice", samples=3)
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        graded = session.execute(
+            select(Result.sample_index, Result.extracted_answer, Result.correct).order_by(Result.sample_index)
+        ).all()
+        job = session.scalars(select(Job)).one()
+    assert graded == [(0, "A", True), (1, "B", False), (2, "C", False)]
+    assert (job.state, job.accepted_samples) == (JobState.SUCCEEDED, 1)
+
+
+def test_accept_keeps_sampling_until_enough_correct_samples(sqlite_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "How many?", "reference": "12"}])
+    behaviour = FakeBehaviour(answer_cycle=("12", "13"))  # one correct sample per round of two
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, grader="numeric", samples=2, accept=3, max_attempts=10)
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+        attempts = session.scalars(select(Attempt.outcome)).all()
+        correct = session.scalars(select(Result.correct)).all()
+    assert (job.state, job.accepted_samples) == (JobState.SUCCEEDED, 3)
+    assert attempts == [AttemptOutcome.SUCCEEDED] * 3  # three rounds, then enough
+    assert correct == [True, False] * 3
+
+
+def test_accept_stops_at_the_attempt_cap_and_still_succeeds(sqlite_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "How many?", "reference": "12"}])
+    behaviour = FakeBehaviour(answer_cycle=("7",))  # never right
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, grader="numeric", accept=1, max_attempts=4)
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+    assert (job.state, job.accepted_samples, job.attempt_count) == (JobState.SUCCEEDED, 0, 4)
+
+
+def test_answers_outside_the_choices_are_recorded_invalid_and_never_correct(sqlite_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "Animal?", "reference": "cat"}])
+    behaviour = FakeBehaviour(answer_cycle=("cat", "tiger"))
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, grader="exact", samples=2, choices=("cat", "dog"))
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        rows = session.execute(select(Result.answer, Result.valid, Result.correct).order_by(Result.id)).all()
+    assert rows == [("cat", True, True), ("tiger", False, False)]
+
+
+def test_json_schema_answers_are_checked(sqlite_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "Count?"}])
+    schema = {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}
+    behaviour = FakeBehaviour(answer_cycle=('{"count": 3}', '{"count": "three"}', "not json"))
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, samples=3, json_schema=schema)
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        assert session.scalars(select(Result.valid).order_by(Result.id)).all() == [True, False, False]
+
+
+def test_a_reference_the_grader_cannot_read_refuses_the_submit(sqlite_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(
+        tmp_path, [{"image": "a.jpg", "question": "Q?", "reference": "B"}, {"image": "b.jpg", "reference": "cat"}]
+    )
+    with running_pipeline(settings_for(sqlite_url)) as (_, sessions), pytest.raises(SourceError) as raised:
+        submit_folder(sessions, manifest, question="Q?", grader="choice")
+    assert "line 2" in raised.value.message and "1 malformed" in raised.value.message
