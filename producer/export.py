@@ -41,8 +41,9 @@ similar fine-tuning frameworks read directly::
 
     The user turn holds one `<image>` placeholder per image, in order, before the question. Both turns
     carry the same keys and every value is a string (empty when there is nothing), so Arrow infers one
-    struct type for `messages` (with mismatched keys, `datasets` falls back to an untyped Json feature). A trace that never closed (a truncated sample, exported only when asked for
-    with `states`) is written as it was produced: `<think>\\ntrace` with no `</think>` and no answer.
+    struct type for `messages` (with mismatched keys, `datasets` falls back to an untyped Json feature).
+    A trace that never closed (a truncated sample, exported only when asked for with `states`) is written
+    as it was produced: `<think>\\ntrace` with no `</think>` and no answer.
 """
 
 from __future__ import annotations

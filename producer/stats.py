@@ -230,27 +230,27 @@ def _attempt_errors(session: Session, run_id: int) -> dict[str, int]:
 
 
 def _totals(session: Session, where: ColumnElement[bool]) -> Totals:
-    row = session.execute(
+    attempts, prompt, completion, reasoning, answer, gpu = session.execute(
         select(
             func.count(Attempt.id),
-            func.coalesce(func.sum(Attempt.prompt_tokens), 0),
-            func.coalesce(func.sum(Attempt.completion_tokens), 0),
-            func.coalesce(func.sum(Attempt.reasoning_tokens), 0),
-            func.coalesce(func.sum(Attempt.answer_tokens), 0),
-            func.coalesce(func.sum(Attempt.gpu_seconds), 0.0),
+            func.sum(Attempt.prompt_tokens),
+            func.sum(Attempt.completion_tokens),
+            func.sum(Attempt.reasoning_tokens),
+            func.sum(Attempt.answer_tokens),
+            func.sum(Attempt.gpu_seconds),
         )
         .select_from(Attempt)
         .join(Job, Job.id == Attempt.job_id)
         .where(where)
     ).one()
-    attempts, prompt, completion, reasoning, answer, gpu = row
+    # SUM over no rows (or only nulls) is NULL: nothing spent.
     return Totals(
         attempts=int(attempts),
-        prompt_tokens=int(prompt),
-        completion_tokens=int(completion),
-        reasoning_tokens=int(reasoning),
-        answer_tokens=int(answer),
-        gpu_seconds=float(gpu),
+        prompt_tokens=int(prompt or 0),
+        completion_tokens=int(completion or 0),
+        reasoning_tokens=int(reasoning or 0),
+        answer_tokens=int(answer or 0),
+        gpu_seconds=float(gpu or 0.0),
     )
 
 

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schema.models import DEFAULT_MODEL
@@ -24,6 +24,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VLMBATCH_", env_file=".env", extra="ignore")
 
+    # "production" refuses to start on the embedded defaults: a fleet must name its database and broker.
+    environment: Literal["development", "production"] = "development"
     # Where the embedded defaults keep their files.
     home: Path = Path(".vlmbatch")
     database_url: str | None = None
@@ -88,6 +90,15 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @model_validator(mode="after")
+    def _production_names_its_services(self) -> Settings:
+        if self.environment == "production":
+            missing = [name for name in ("database_url", "broker_url") if not getattr(self, name)]
+            if missing:
+                names = ", ".join(f"VLMBATCH_{m.upper()}" for m in missing)
+                raise ValueError(f"VLMBATCH_ENVIRONMENT=production needs {names} (no embedded defaults)")
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:
