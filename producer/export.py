@@ -27,7 +27,7 @@ Formats
     token counts are the sample's own. `metadata` is the manifest's extra columns as an object (Arrow
     readers infer it as a struct, so its keys should keep one type across rows; Parquet stores it as text).
 
-`parquet`: the same fields as typed columns (`PARQUET_SCHEMA`): int64 ids and token counts, string texts,
+`parquet`: the same fields as typed columns (`parquet_schema()`): int64 ids and token counts, string texts,
 bool flags, float64 seconds, `images` as list<string>, `timings` as a struct of float64, and `metadata` as a
 JSON string (free-form, so no struct type could fit every run). Written in row groups as it streams.
 
@@ -48,6 +48,7 @@ similar fine-tuning frameworks read directly::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -55,8 +56,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, TypedDict
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import ColumnElement, Row, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,33 +75,41 @@ IMAGE_PLACEHOLDER = "<image>"
 
 TIMING_FIELDS = ("queue_wait_s", "fetch_s", "decode_s", "generation_s", "first_token_s")
 
-PARQUET_SCHEMA = pa.schema(
-    [
-        ("run", pa.string()),
-        ("run_id", pa.int64()),
-        ("job_id", pa.int64()),
-        ("attempt_id", pa.int64()),
-        ("sample_index", pa.int64()),
-        ("images", pa.list_(pa.string())),
-        ("question", pa.string()),
-        ("reference", pa.string()),
-        ("metadata", pa.string()),
-        ("state", pa.string()),
-        ("answer", pa.string()),
-        ("reasoning", pa.string()),
-        ("raw_text", pa.string()),
-        ("finish_reason", pa.string()),
-        ("trace_closed", pa.bool_()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("reasoning_tokens", pa.int64()),
-        ("answer_tokens", pa.int64()),
-        ("extracted_answer", pa.string()),
-        ("correct", pa.bool_()),
-        ("gpu_seconds", pa.float64()),
-        ("timings", pa.struct([(name, pa.float64()) for name in TIMING_FIELDS])),
-    ]
-)
+
+@functools.cache
+def parquet_schema() -> Any:
+    """The `parquet` format's Arrow schema (a `pyarrow.Schema`), declared column by column."""
+    # pyarrow is imported here, not at module level: every `vlmbatch` command imports this module's
+    # CLI, and pyarrow would add a quarter of a second to each start.
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("run", pa.string()),
+            ("run_id", pa.int64()),
+            ("job_id", pa.int64()),
+            ("attempt_id", pa.int64()),
+            ("sample_index", pa.int64()),
+            ("images", pa.list_(pa.string())),
+            ("question", pa.string()),
+            ("reference", pa.string()),
+            ("metadata", pa.string()),
+            ("state", pa.string()),
+            ("answer", pa.string()),
+            ("reasoning", pa.string()),
+            ("raw_text", pa.string()),
+            ("finish_reason", pa.string()),
+            ("trace_closed", pa.bool_()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("reasoning_tokens", pa.int64()),
+            ("answer_tokens", pa.int64()),
+            ("extracted_answer", pa.string()),
+            ("correct", pa.bool_()),
+            ("gpu_seconds", pa.float64()),
+            ("timings", pa.struct([(name, pa.float64()) for name in TIMING_FIELDS])),
+        ]
+    )
 
 
 class Timings(TypedDict):
@@ -309,7 +316,9 @@ class _JsonLinesWriter:
 
 class _ParquetWriter:
     def __init__(self, path: Path, *, row_group_rows: int, row_group_bytes: int) -> None:
-        self._writer = pq.ParquetWriter(str(path), PARQUET_SCHEMA, compression="zstd")
+        import pyarrow.parquet as pq
+
+        self._writer = pq.ParquetWriter(str(path), parquet_schema(), compression="zstd")
         self._row_group_rows = row_group_rows
         self._row_group_bytes = row_group_bytes
         self._buffer: list[dict[str, Any]] = []
@@ -325,7 +334,9 @@ class _ParquetWriter:
 
     def _flush(self) -> None:
         if self._buffer:
-            table = pa.Table.from_pylist(self._buffer, schema=PARQUET_SCHEMA)
+            import pyarrow as pa
+
+            table = pa.Table.from_pylist(self._buffer, schema=parquet_schema())
             self._writer.write_table(table, row_group_size=len(self._buffer))
         self._buffer = []
         self._buffered_bytes = 0

@@ -171,9 +171,8 @@ def trace_tokens(session: Session, run_id: int) -> TraceTokens:
         .where(where)
         .subquery()
     )
-    at_rank = dict(
-        session.execute(select(ranked.c.rank, ranked.c.tokens).where(ranked.c.rank.in_(set(ranks.values())))).tuples()
-    )
+    rows = session.execute(select(ranked.c.rank, ranked.c.tokens).where(ranked.c.rank.in_(set(ranks.values()))))
+    at_rank = {int(rank): int(value) for rank, value in rows.tuples()}
     return TraceTokens(
         samples=count,
         p50=at_rank[ranks[50]],

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     fake_tokens_per_second: float = Field(0.0, ge=0.0)
     fake_trace_tokens: int = Field(24, ge=1)
 
+    # Port of this process's Prometheus /metrics (worker and `vlmbatch run`); None: not served.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    # "json" logs one JSON object per line with run/job/attempt ids (for log pipelines); "text" for people.
+    log_format: Literal["text", "json"] = "text"
+
     # Inputs.
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)

@@ -32,6 +32,8 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     publisher = CeleryPublisher(app, jobs_per_message=settings.jobs_per_message)
     pipeline = build_pipeline(settings, sessions=sessions, publisher=publisher)
     pipeline.start()
+    if settings.metrics_port:
+        pipeline.metrics.serve(settings.metrics_port)
     register_tasks(app, pipeline)
     maintenance = Maintenance(
         settings=settings, sessions=sessions, db_engine=db_engine, publisher=publisher, pipeline=pipeline
@@ -82,6 +84,8 @@ def run_embedded(
         _, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
         pipeline = build_pipeline(settings, sessions=sessions, publisher=NullPublisher())
         pipeline.start()
+        if settings.metrics_port:
+            pipeline.metrics.serve(settings.metrics_port, host="127.0.0.1")
     done = pipeline.feed_run(run_id)
     try:
         while True:

@@ -86,12 +86,14 @@ class Maintenance:
             )
 
     def check_consumer(self) -> None:
+        depth = queue_depth(self._settings.resolved_broker_url(), self._settings.queue)
+        if depth is not None:
+            self._pipeline.metrics.queue_depth.set(depth)
         quiet_for = time.monotonic() - self._pipeline.last_admitted_at
         window = max(120.0, 2 * self._settings.reconcile_seconds)
         if quiet_for < window or not self._pipeline.has_room():
             self._stall_checks = 0
             return
-        depth = queue_depth(self._settings.resolved_broker_url(), self._settings.queue)
         if not depth:
             self._stall_checks = 0
             return

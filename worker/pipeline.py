@@ -39,6 +39,7 @@ from worker.capacity import Capacity, TimeShare
 from worker.answers import constraint_of, needs_more_samples, review
 from worker.engine import Engine, GenerationRequest
 from worker.images import decode_image
+from worker.metrics import WorkerMetrics
 from worker.output import attempt_outcome, to_sample
 from worker.publisher import Publisher
 from worker.storage import ObjectStore
@@ -132,6 +133,13 @@ class Pipeline:
         self._background: list[asyncio.Task[None]] = []
         self.last_admitted_at = time.monotonic()
         self._time_share = TimeShare()
+        self.metrics = WorkerMetrics()
+        self.metrics.watch(
+            in_flight=lambda: len(self._inflight),
+            running=lambda: self._engine.stats().running,
+            waiting=lambda: self._engine.stats().waiting,
+            kv_cache_usage=lambda: self._engine.stats().kv_cache_usage or 0.0,
+        )
 
     # -- called from other threads -------------------------------------------------------------------
 
@@ -323,7 +331,12 @@ class Pipeline:
                 return  # the engine's death surfaced as another error: handed back
             error = exc if isinstance(exc, JobError) else InternalError(f"{type(exc).__name__}: {exc}")
             if not isinstance(exc, JobError):
-                log.exception("job %s attempt %s failed unexpectedly", job.job_id, job.attempt_id)
+                log.exception(
+                    "job %s attempt %s failed unexpectedly",
+                    job.job_id,
+                    job.attempt_id,
+                    extra={"run_id": job.run_id, "job_id": job.job_id, "attempt_id": job.attempt_id},
+                )
             run_ctx = self._runs.get(job.run_id)
             report = self._failure(
                 job, error, run_ctx, Timings(queue_wait, fetch_s, decode_s, generation_s, first_token_s, gpu_seconds)
@@ -365,13 +378,16 @@ class Pipeline:
         started = time.perf_counter()
         data = self._store.fetch(uri, max_bytes=self._settings.max_image_bytes)
         fetched = time.perf_counter()
+        self.metrics.fetch_seconds.observe(fetched - started)
         image = decode_image(
             data,
             max_bytes=self._settings.max_image_bytes,
             max_pixels=self._settings.max_image_pixels,
             source=uri,
         )
-        return image, fetched - started, time.perf_counter() - fetched
+        decoded = time.perf_counter()
+        self.metrics.decode_seconds.observe(decoded - fetched)
+        return image, fetched - started, decoded - fetched
 
     def _request(self, entry: _InFlight, run: RunContext, images: list[Image]) -> GenerationRequest:
         job = entry.job
@@ -418,6 +434,7 @@ class Pipeline:
             entry = self._inflight.pop(report.attempt_id, None)
             if report.attempt_id not in written_ids:
                 self.counters.fenced_off += 1
+                self.metrics.fenced_writes.inc()
                 continue
             self._count(report)
             run = self._runs.get(entry.job.run_id) if entry is not None else None
@@ -434,8 +451,13 @@ class Pipeline:
         c.outcomes[report.outcome.value] += 1
         if report.error_type is not None:
             c.errors[report.error_type.value] += 1
+        generated = sum(s.completion_tokens for s in report.samples)
         c.prompt_tokens += report.prompt_tokens or 0
-        c.completion_tokens += sum(s.completion_tokens for s in report.samples)
+        c.completion_tokens += generated
+        m = self.metrics
+        m.jobs.labels(report.outcome.value, report.error_type.value if report.error_type else "").inc()
+        m.prompt_tokens.inc(report.prompt_tokens or 0)
+        m.generated_tokens.inc(generated)
 
     async def _publish(self, queue: str, job_ids: list[int], *, countdown: float | None = None) -> None:
         try:
@@ -471,6 +493,8 @@ class Pipeline:
             except DBAPIError:
                 log.warning("lease renewal failed; retrying at the next heartbeat", exc_info=True)
                 continue
+            self.metrics.lease_renewals.inc(len(attempt_ids) - len(lost))
+            self.metrics.leases_lost.inc(len(lost))
             for attempt_id in lost:
                 entry = self._inflight.get(attempt_id)
                 if entry is not None:  # cancelled, or taken back: free the engine's slot now

@@ -82,7 +82,15 @@ def stats_block(stats: RunStats) -> str:
         f"run {stats.run} ({stats.name}): {stats.jobs.total} jobs",
         table(list(by_state), [list(by_state.values())]),
         table(
-            ["samples", "graded", "correct", "accept rate", "jobs graded", "jobs with a correct sample", "job rate"],
+            [
+                "samples",
+                "graded",
+                "correct",
+                "accept rate",
+                "jobs graded",
+                "jobs with a correct sample",
+                "job accept rate",
+            ],
             [
                 (
                     s.standing,

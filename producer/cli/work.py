@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -27,10 +26,11 @@ from producer.cli.context import load_context
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker_command(loglevel: str, **flags: object) -> None:
     """Run a worker: one engine, consuming the broker queue until stopped (SIGTERM: graceful)."""
+    from worker.log_format import configure_logging
     from worker.main import run_celery_worker
 
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = load_context(**flags)
+    configure_logging(loglevel, fmt=ctx.settings.log_format)
     sys.exit(run_celery_worker(ctx.settings, loglevel=loglevel))
 
 
