@@ -35,8 +35,8 @@ from schema.reconcile import requeue_expired_leases
 from schema.settings import Settings
 from schema.states import AttemptOutcome, JobState
 from schema.tables import Job, Run
-from worker.capacity import Capacity, TimeShare
 from worker.answers import constraint_of, needs_more_samples, review
+from worker.capacity import Capacity, TimeShare
 from worker.engine import Engine, GenerationRequest
 from worker.images import decode_image
 from worker.metrics import WorkerMetrics
