@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,10 +53,8 @@ def test_metrics_rise_during_a_run(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 60
         while process.poll() is None and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(OSError):  # not listening yet
                 samples.append(_scrape(port))
-            except OSError:
-                pass  # not listening yet
             time.sleep(0.5)
         out, err = process.communicate(timeout=60)
     finally:
