@@ -6,9 +6,10 @@ current attempt (`jobs.current_attempt_id`), for jobs in the selected finished s
 `only_correct` keeps samples graded correct (`correct IS TRUE`); `max_trace_tokens` drops samples whose
 `reasoning_tokens` exceed it (samples with unknown reasoning tokens are kept).
 
-Rows are read by keyset paging on `results.id`, one short transaction per page: memory stays flat for
-millions of rows, and no long transaction holds SQLite's write lock or PostgreSQL's snapshot while the
-file is written. The file appears under its name only once complete (written to `<out>.partial` first).
+Rows are read in pages (windows of job ids, ordered by job then sample), one short transaction per page:
+memory stays flat for millions of rows, and no long transaction holds SQLite's write lock (every ledger
+transaction is `BEGIN IMMEDIATE`) or PostgreSQL's snapshot while the file is written. The file appears
+under its name only once complete (written to `<out>.partial` first).
 
 Formats
 -------
@@ -56,15 +57,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, TypedDict
 
-from sqlalchemy import ColumnElement, Row, and_, or_, select
+from sqlalchemy import ColumnElement, Row, and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from schema.runs import run_settings
 from schema.states import JobState
 from schema.tables import Attempt, Job, Result, Run
 
 ExportFormat = Literal["jsonl", "parquet", "sft"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft")
-# Rows per keyset page: large enough that round trips don't dominate, small enough that a page of
+# Samples per page (about): large enough that round trips don't dominate, small enough that a page of
 # 16k-token traces (~64 KB each) stays well under 100 MB.
 PAGE_ROWS = 1000
 # A Parquet row group is flushed at this many rows or this many bytes of text, whichever comes first:
@@ -184,7 +186,6 @@ def standing_results(run_id: int, states: Sequence[JobState]) -> ColumnElement[b
 
 
 _COLUMNS = (
-    Result.id,
     Result.job_id,
     Result.attempt_id,
     Result.sample_index,
@@ -212,32 +213,42 @@ _COLUMNS = (
 def iter_records(
     sessions: sessionmaker[Session], run: Run, selection: ExportFilter, *, page_rows: int = PAGE_ROWS
 ) -> Iterator[ExportRecord]:
-    """The standing samples of `run` that pass `selection`, in `results.id` order, one page per transaction."""
-    where = standing_results(run.id, selection.states)
+    """The standing samples of `run` that pass `selection`, by job id then sample index.
+
+    Pages are windows of job ids, one short transaction each, sized so that a page holds about
+    `page_rows` samples. (Keyset paging by `results.id` with LIMIT looked simpler, but neither SQLite
+    nor PostgreSQL can tell how few rows the join keeps, so both sorted the whole run for every page:
+    quadratic. A window of job ids is a primary-key range that every planner takes.)
+    """
+    with sessions() as session:
+        first, last = session.execute(select(func.min(Job.id), func.max(Job.id)).where(Job.run_id == run.id)).one()
+    if first is None:
+        return
+    window = max(1, page_rows // run_settings(run).sampling.samples)
+    query = (
+        select(*_COLUMNS)
+        .select_from(Job)
+        .join(Result, Result.job_id == Job.id)
+        .join(Attempt, Attempt.id == Result.attempt_id)
+        .where(_sample_filter(run.id, selection))
+        .order_by(Job.id, Result.sample_index)
+    )
+    for low in range(first, last + 1, window):
+        with sessions() as session:
+            page = session.execute(query.where(Job.id >= low, Job.id < low + window)).all()
+        for row in page:
+            yield _record(run, row)
+
+
+def _sample_filter(run_id: int, selection: ExportFilter) -> ColumnElement[bool]:
+    where = standing_results(run_id, selection.states)
     if selection.only_correct:
         where = and_(where, Result.correct.is_(True))
     if selection.max_trace_tokens is not None:
-        where = and_(
-            where, or_(Result.reasoning_tokens.is_(None), Result.reasoning_tokens <= selection.max_trace_tokens)
-        )
-    query = (
-        select(*_COLUMNS)
-        .select_from(Result)
-        .join(Job, Job.id == Result.job_id)
-        .join(Attempt, Attempt.id == Result.attempt_id)
-        .where(where)
-        .order_by(Result.id)
-        .limit(page_rows)
-    )
-    after = 0
-    while True:
-        with sessions() as session:
-            page = session.execute(query.where(Result.id > after)).all()
-        for row in page:
-            yield _record(run, row)
-        if len(page) < page_rows:
-            return
-        after = page[-1].id
+        # A sample without a reasoning count has no known length to hold against the limit: kept.
+        short_enough = Result.reasoning_tokens <= selection.max_trace_tokens
+        where = and_(where, or_(Result.reasoning_tokens.is_(None), short_enough))
+    return where
 
 
 def _record(run: Run, row: Row[Any]) -> ExportRecord:

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schema.models import DEFAULT_MODEL
@@ -57,6 +57,22 @@ class Settings(BaseSettings):
     # KV cache size in bytes; None lets vLLM size it from gpu_memory_utilization.
     kv_cache_bytes: int | None = Field(None, ge=1)
 
+    # The `openai` engine: jobs go to a running OpenAI-compatible vLLM server (worker/openai_engine.py).
+    # Its API root, e.g. http://host:8000/v1.
+    openai_base_url: str | None = None
+    # The server's --api-key, sent as a bearer token (never logged).
+    openai_api_key: SecretStr | None = None
+    # Seconds a request may go without a byte from the server (it may queue there that long) before the
+    # server counts as hung.
+    openai_timeout_seconds: float = Field(1800.0, gt=0.0)
+    # How long an unreachable or overloaded server (refused, dropped, 502/503/504) is retried before the
+    # worker gives up on it: engine.dead, it hands its jobs back and exits for restart.
+    openai_retry_seconds: float = Field(120.0, ge=0.0)
+    # How long a starting worker waits for the server to answer (a 38B model loads for minutes).
+    openai_start_timeout_seconds: float = Field(600.0, ge=0.0)
+    # Whether the chat template opens the `<think>` trace in the prompt; None: ask the server (/tokenize).
+    trace_opened_by_prompt: bool | None = None
+
     # Worker.
     # Jobs the worker keeps claimed at once: in the engine plus being fetched and decoded.
     # None: twice max_num_seqs, so the engine's queue never runs dry while images load.
@@ -76,6 +92,11 @@ class Settings(BaseSettings):
     engine_hang_seconds: float = Field(300.0, gt=0.0)
     # How often each worker takes back expired leases and republishes queued jobs the broker lost.
     reconcile_seconds: float = Field(60.0, gt=0.0)
+    # A job queued this long without a message in the broker counts as lost (the message may still be
+    # on its way between the producer's commit and its publish).
+    republish_grace_seconds: float = Field(30.0, ge=0.0)
+    # A message delivered but unacknowledged this long counts as lost with the worker that took it.
+    unacked_stale_seconds: float = Field(300.0, gt=0.0)
 
     # The fake engine (tests and control-plane benchmarks only).
     fake_latency_s: float = Field(0.0, ge=0.0)
@@ -91,7 +112,17 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
 
-    @field_validator("database_url", "broker_url", "s3_endpoint_url")
+    # Result browser (`vlmbatch serve`): read-only pages over the ledger.
+    browser_host: str = "127.0.0.1"
+    browser_port: int = Field(8800, ge=0, le=65535)
+    # Required on every request when set; without one, `serve` binds loopback addresses only.
+    browser_token: SecretStr | None = None
+    # Results per page of a run (keyset-paged: any page costs the same).
+    browser_page_size: int = Field(50, ge=1, le=500)
+    # Longer side of job image thumbnails, in pixels.
+    browser_thumbnail_px: int = Field(512, ge=16, le=4096)
+
+    @field_validator("database_url", "broker_url", "s3_endpoint_url", "openai_base_url")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None

@@ -16,20 +16,25 @@ from typing import Any
 _PRIORITY_SEPARATOR = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
 _UNACKED_HASH = "unacked"
+_UNACKED_INDEX = "unacked_index"  # delivery tag → delivery time
 _PAGE = 5000
 
 
-def job_ids_in_broker(broker_url: str, queues: Iterable[str]) -> set[int] | None:
-    """Job ids carried by messages waiting in `queues` or delivered but not yet acknowledged."""
+def job_ids_in_broker(broker_url: str, queues: Iterable[str], *, unacked_stale_s: float) -> set[int] | None:
+    """Job ids carried by messages waiting in `queues`, or delivered but not acknowledged for less than
+    `unacked_stale_s` (an older delivery most likely belongs to a worker that died holding it; Redis would
+    only redeliver it after the visibility timeout, hours later)."""
     queues = list(queues)
     if broker_url.startswith(("redis://", "rediss://")):
-        return set(_ids(_redis_payloads(broker_url, queues)))
+        return set(_ids(_redis_payloads(broker_url, queues, unacked_stale_s)))
     if broker_url.startswith("sqla+"):
         return set(_ids(_sqla_payloads(broker_url.removeprefix("sqla+"), queues)))
     return None
 
 
-def _redis_payloads(url: str, queues: list[str]) -> Iterator[str | bytes]:
+def _redis_payloads(url: str, queues: list[str], unacked_stale_s: float) -> Iterator[str | bytes]:
+    import time
+
     import redis
 
     client = redis.Redis.from_url(url)
@@ -40,7 +45,13 @@ def _redis_payloads(url: str, queues: list[str]) -> Iterator[str | bytes]:
                 while page := client.lrange(key, start, start + _PAGE - 1):
                     yield from page
                     start += _PAGE
-        for _, value in client.hscan_iter(_UNACKED_HASH, count=_PAGE):
+        fresh = {
+            tag.decode() if isinstance(tag, bytes) else str(tag)
+            for tag in client.zrangebyscore(_UNACKED_INDEX, time.time() - unacked_stale_s, "+inf")
+        }
+        for tag, value in client.hscan_iter(_UNACKED_HASH, count=_PAGE):
+            if (tag.decode() if isinstance(tag, bytes) else str(tag)) not in fresh:
+                continue
             try:
                 message, _exchange, routing_key = json.loads(value)
             except (ValueError, TypeError):

@@ -62,7 +62,9 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
         return EXIT_ENGINE_DEAD
     if maintenance.stalled.is_set():
         return EXIT_CONSUMER_STALLED
-    return 0
+    # Celery sets a non-zero exit code when its consumer hit an unrecoverable error (e.g. a broker that
+    # went away mid-reconnect): the supervisor must restart this worker.
+    return int(getattr(worker, "exitcode", 0) or 0)
 
 
 def _stop_when_set(event: threading.Event) -> None:

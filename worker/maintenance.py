@@ -76,6 +76,8 @@ class Maintenance:
                 sessions=self._sessions,
                 publisher=self._publisher,
                 broker_url=self._settings.resolved_broker_url(),
+                grace_seconds=self._settings.republish_grace_seconds,
+                unacked_stale_seconds=self._settings.unacked_stale_seconds,
             )
         if report.leases_requeued or report.leases_failed or report.republished:
             log.warning(

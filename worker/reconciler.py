@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import distinct, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from schema.reconcile import requeue_expired_leases
@@ -23,6 +23,8 @@ from worker.publisher import Publisher
 
 # A job queued more recently than this may have its message in flight between commit and publish.
 DEFAULT_GRACE_SECONDS = 30.0
+# A message delivered but unacknowledged for longer than this counts as lost with its dead worker.
+DEFAULT_UNACKED_STALE_SECONDS = 300.0
 _PAGE = 10_000
 
 
@@ -41,19 +43,31 @@ def reconcile(
     broker_url: str,
     run_id: int | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    unacked_stale_seconds: float = DEFAULT_UNACKED_STALE_SECONDS,
 ) -> ReconcileReport:
     with sessions() as session, session.begin():
         expired = requeue_expired_leases(session, run_id=run_id)
     for queue, job_ids in expired.by_queue.items():
         publisher.publish(queue, job_ids)
     republished = _republish_lost(
-        sessions=sessions, publisher=publisher, broker_url=broker_url, run_id=run_id, grace_seconds=grace_seconds
+        sessions=sessions,
+        publisher=publisher,
+        broker_url=broker_url,
+        run_id=run_id,
+        grace_seconds=grace_seconds,
+        unacked_stale_seconds=unacked_stale_seconds,
     )
     return ReconcileReport(expired.count, len(expired.failed), republished)
 
 
 def _republish_lost(
-    *, sessions: sessionmaker[Session], publisher: Publisher, broker_url: str, run_id: int | None, grace_seconds: float
+    *,
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    broker_url: str,
+    run_id: int | None,
+    grace_seconds: float,
+    unacked_stale_seconds: float,
 ) -> int | None:
     cutoff = utcnow() - timedelta(seconds=grace_seconds)
     now = utcnow()
@@ -65,11 +79,11 @@ def _republish_lost(
     scope = (Job.run_id == run_id,) if run_id is not None else ()
     with sessions() as session:
         queues = list(
-            session.scalars(select(distinct(Run.queue)).join(Job, Job.run_id == Run.id).where(*waiting, *scope))
+            session.scalars(select(Run.queue).distinct().join(Job, Job.run_id == Run.id).where(*waiting, *scope))
         )
     if not queues:
         return 0
-    in_broker = job_ids_in_broker(broker_url, queues)
+    in_broker = job_ids_in_broker(broker_url, queues, unacked_stale_s=unacked_stale_seconds)
     if in_broker is None:
         return None
     republished = 0

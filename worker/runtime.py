@@ -28,6 +28,11 @@ def build_engine(settings: Settings) -> Engine:
         from worker.vllm_engine import VllmEngine
 
         return EngineThread(VllmEngine(settings))
+    if settings.engine == "openai":
+        # No engine thread: the HTTP streams are light work for the pipeline's loop.
+        from worker.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(settings)
     raise NotImplementedError(f"engine {settings.engine!r} is not available in this build")
 
 

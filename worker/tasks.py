@@ -6,14 +6,18 @@ protected by its lease in the database, not by the message (DESIGN.md: Redis is 
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery
 from celery.exceptions import Reject
+from sqlalchemy.exc import DBAPIError
 
 from worker.celery_app import RUN_JOBS_TASK
 from worker.pipeline import Pipeline, WorkerStopping
 
 log = logging.getLogger(__name__)
+# How long a task waits before handing back a message it could not claim because the database failed.
+CLAIM_RETRY_PAUSE_S = 1.0
 
 
 def register_tasks(app: Celery, pipeline: Pipeline) -> None:
@@ -25,4 +29,10 @@ def register_tasks(app: Celery, pipeline: Pipeline) -> None:
         try:
             return pipeline.admit(job_ids)
         except WorkerStopping as exc:
+            raise Reject(str(exc), requeue=True) from exc
+        except DBAPIError as exc:
+            # The ledger is unreachable (restarting, failing over): put the message back and slow down,
+            # rather than acknowledging a claim that never happened.
+            log.warning("could not claim %d jobs (%s); message requeued", len(job_ids), type(exc).__name__)
+            time.sleep(CLAIM_RETRY_PAUSE_S)
             raise Reject(str(exc), requeue=True) from exc

@@ -148,7 +148,7 @@ def job_page(
         stmt = stmt.where(Job.id < before).order_by(Job.id.desc())
     else:
         stmt = stmt.where(Job.id > (after or 0)).order_by(Job.id)
-    fetched = session.execute(stmt).all()
+    fetched = list(session.execute(stmt).all())
     more = len(fetched) > limit
     fetched = fetched[:limit]
     if before is not None:

@@ -16,7 +16,7 @@ def cli() -> None:
 
 
 def main() -> None:
-    from producer.cli import db, demo, ops, outputs, runs, submit, work  # noqa: F401  (registers the commands)
+    from producer.cli import db, demo, ops, outputs, runs, serve, submit, work  # noqa: F401  (registers the commands)
 
     try:
         cli.main(standalone_mode=False)

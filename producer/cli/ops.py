@@ -111,6 +111,7 @@ def reconcile_command(run: str | None, grace: float, as_json: bool) -> None:
         broker_url=ctx.settings.resolved_broker_url(),
         run_id=run_id,
         grace_seconds=grace,
+        unacked_stale_seconds=ctx.settings.unacked_stale_seconds,
     )
     payload = {
         "leases_requeued": report.leases_requeued,

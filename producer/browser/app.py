@@ -1,0 +1,260 @@
+"""Routing and the HTTP server of the result browser.
+
+`BrowserApp.respond` maps a request (method, target, headers) to a `Response` and never raises: a missing
+run or job is a 404, a malformed parameter a 400, anything else a 500 whose details go to the log only.
+`make_server` puts it behind the standard library's threading HTTP server.
+
+Routes (GET and HEAD):
+    /                           runs, newest first (`?before=RUN_ID` pages back)
+    /runs/RUN_ID                a run: `?status=&error=&correct=` filter its results, `after`/`before` page
+    /jobs/JOB_ID                a job
+    /jobs/JOB_ID/images/INDEX   that job image's thumbnail (JPEG; a placeholder when it cannot be shown)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
+from urllib.parse import parse_qs, urlsplit
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.browser import queries
+from producer.browser.auth import Access
+from producer.browser.job_page import job_page
+from producer.browser.layout import style_source
+from producer.browser.ledger import open_readonly_ledger
+from producer.browser.markup import Safe
+from producer.browser.pages import message_page, run_page, runs_page
+from producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
+from producer.browser.thumbnails import Thumbnailer
+from schema.settings import Settings
+from schema.states import JobState
+from worker.storage import ObjectStores
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 500
+RUNS_PER_PAGE = 20
+# Longer than any stored error type (the column is 32 characters).
+_MAX_ERROR_TYPE_CHARS = 32
+_MAX_ID_DIGITS = 18
+_CSP = (
+    "default-src 'none'; img-src 'self'; style-src {style}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+_TOKEN_IN_LOGS = re.compile(r"(token=)[^&\s\"]*")
+
+
+class BadRequest(ValueError):
+    """A request parameter is malformed."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/html; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def html_response(status: int, document: Safe, *headers: tuple[str, str]) -> Response:
+    return Response(status, document.encode("utf-8", "replace"), headers=(("Cache-Control", "no-store"), *headers))
+
+
+class BrowserApp:
+    """The browser's pages over one read-only ledger."""
+
+    def __init__(
+        self, *, sessions: sessionmaker[Session], thumbnails: Thumbnailer, access: Access, page_size: int
+    ) -> None:
+        self._sessions = sessions
+        self._thumbnails = thumbnails
+        self._access = access
+        self._page_size = page_size
+        self._routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
+            (re.compile(r"/"), self._runs),
+            (re.compile(r"/runs/(\d{1,18})"), self._run),
+            (re.compile(r"/jobs/(\d{1,18})"), self._job),
+            (re.compile(r"/jobs/(\d{1,18})/images/(\d{1,4})"), self._image),
+        ]
+
+    def respond(self, target: str, headers: Mapping[str, str]) -> Response:
+        """The response to a GET of `target` (path and query) with `headers`. Never raises."""
+        split = urlsplit(target)
+        params = {name: values[-1] for name, values in parse_qs(split.query).items()}
+        by_name = {name.lower(): value for name, value in headers.items()}
+        verdict = self._access.check(
+            query_token=params.pop("token", None),
+            authorization=by_name.get("authorization"),
+            cookie=by_name.get("cookie"),
+            host=by_name.get("host"),
+        )
+        if not verdict.allowed:
+            challenge = (("WWW-Authenticate", 'Bearer realm="vlmbatch"'),) if verdict.status == 401 else ()
+            title = "Token required" if verdict.status == 401 else "Forbidden"
+            return html_response(verdict.status, message_page(title, verdict.reason), *challenge)
+        response = self._route(split.path, params)
+        if verdict.set_cookie is not None:
+            response = Response(
+                response.status,
+                response.body,
+                response.content_type,
+                (*response.headers, ("Set-Cookie", verdict.set_cookie)),
+            )
+        return response
+
+    def _route(self, path: str, params: dict[str, str]) -> Response:
+        try:
+            for pattern, handler in self._routes:
+                match = pattern.fullmatch(path)
+                if match:
+                    return handler(params, *(int(group) for group in match.groups()))
+            return html_response(404, message_page("Not found", "No page has this address."))
+        except NotFound as exc:
+            return html_response(404, message_page("Not found", str(exc)))
+        except BadRequest as exc:
+            return html_response(400, message_page("Bad request", str(exc)))
+        except Exception:
+            log.exception("browser: %s failed", path)
+            return html_response(500, message_page("Internal error", "This page failed; the server log says why."))
+
+    def _runs(self, params: dict[str, str]) -> Response:
+        before = _int_param(params, "before")
+        with self._sessions() as session:
+            summaries, next_before = queries.list_runs(session, before=before, limit=RUNS_PER_PAGE)
+            document = runs_page(summaries, next_before=next_before)
+        return html_response(200, document)
+
+    def _run(self, params: dict[str, str], run_id: int) -> Response:
+        where = _result_filter(params)
+        limit = min(_int_param(params, "limit") or self._page_size, MAX_PAGE_SIZE)
+        after, before = _int_param(params, "after"), _int_param(params, "before")
+        if after is not None and before is not None:
+            raise BadRequest("give after or before, not both")
+        with self._sessions() as session:
+            summary = queries.get_run(session, run_id)
+            groups = queries.error_groups(session, run_id, summary.progress.report.errors)
+            results = queries.job_page(session, run_id, where, limit=limit, after=after, before=before)
+            document = run_page(summary, groups, results, where=where, limit=limit)
+        return html_response(200, document)
+
+    def _job(self, params: dict[str, str], job_id: int) -> Response:
+        with self._sessions() as session:
+            document = job_page(queries.get_job(session, job_id))
+        return html_response(200, document)
+
+    def _image(self, params: dict[str, str], job_id: int, index: int) -> Response:
+        # Only a URI the ledger holds is ever fetched: the request names a job, never a location.
+        with self._sessions() as session:
+            uri = queries.job_image(session, job_id, index)
+        thumbnail = self._thumbnails.thumbnail(uri)
+        headers: tuple[tuple[str, str], ...]
+        if thumbnail.error is not None:
+            headers = (("Cache-Control", "no-store"), ("X-Vlmbatch-Thumbnail", f"placeholder; error={thumbnail.error}"))
+        else:
+            headers = (("Cache-Control", "private, max-age=86400"),)
+        return Response(200, thumbnail.jpeg, "image/jpeg", headers)
+
+
+def _int_param(params: dict[str, str], name: str) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > _MAX_ID_DIGITS or int(value) < 1:
+        raise BadRequest(f"{name} must be a positive whole number")
+    return int(value)
+
+
+def _result_filter(params: dict[str, str]) -> ResultFilter:
+    state = params.get("status") or None
+    if state is not None and state not in {s.value for s in JobState}:
+        raise BadRequest(f"status must be one of {', '.join(s.value for s in JobState)}")
+    error_type = params.get("error") or None
+    if error_type is not None and len(error_type) > _MAX_ERROR_TYPE_CHARS:
+        raise BadRequest("error is not an error type")
+    correctness: Correctness | None = None
+    wanted = params.get("correct") or None
+    if wanted is not None:
+        if wanted not in CORRECTNESS:
+            raise BadRequest(f"correct must be one of {', '.join(CORRECTNESS)}")
+        correctness = CORRECTNESS[CORRECTNESS.index(wanted)]
+    return ResultFilter(
+        state=JobState(state) if state else None,
+        error_type=error_type,
+        correctness=correctness,
+    )
+
+
+def build_app(settings: Settings, *, token: str | None) -> BrowserApp:
+    """The browser over the ledger and object stores that `settings` name."""
+    _, sessions = open_readonly_ledger(settings.resolved_database_url())
+    thumbnails = Thumbnailer(
+        ObjectStores(s3_endpoint_url=settings.s3_endpoint_url),
+        max_px=settings.browser_thumbnail_px,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+    )
+    access = Access(token, bound_host=settings.browser_host)
+    return BrowserApp(sessions=sessions, thumbnails=thumbnails, access=access, page_size=settings.browser_page_size)
+
+
+class BrowserServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: BrowserApp) -> None:
+        self.app = app
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+
+
+def make_server(app: BrowserApp, host: str, port: int) -> BrowserServer:
+    """A server for `app` bound to (host, port) (port 0: any free one; see `server_address`)."""
+    return BrowserServer((host, port), app)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "vlmbatch"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def _answer(self, *, send_body: bool) -> None:
+        app = cast(BrowserServer, self.server).app
+        response = app.respond(self.path, dict(self.headers.items()))
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.send_header("Content-Security-Policy", _CSP.format(style=style_source()))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.send_header("X-Frame-Options", "DENY")
+            self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+            for name, value in response.headers:
+                self.send_header(name, value)
+            self.end_headers()
+            if send_body:
+                self.wfile.write(response.body)
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("browser: client went away during %s", _redacted(self.path))
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.info('%s "%s" %s', self.address_string(), _redacted(self.requestline), code)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.info("%s %s", self.address_string(), _redacted(format % args))
+
+
+def _redacted(text: str) -> str:
+    """`text` with any `token=` value masked: request lines must not put the token in logs."""
+    return _TOKEN_IN_LOGS.sub(r"\1***", text)
