@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_EXTRAS ?= cpu,dev
 
-.PHONY: install services lint typecheck test test-fast demo bench bench-quick chaos clean
+.PHONY: install services lint typecheck test test-fast deploy-check demo bench bench-quick chaos clean
 
 install:  ## virtualenv with the CPU vLLM build and the dev tools
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,9 @@ test:  ## the whole suite: unit, integration (real Redis/PostgreSQL/S3), engine 
 
 test-fast:  ## everything but the real-vLLM engine tests
 	$(PY) -m pytest -m "not vllm"
+
+deploy-check:  ## validate docker-compose.yml and infra/k8s offline (schemas; no Docker engine, no cluster)
+	$(PY) -m pytest tests/integration/test_deploy_config.py
 
 demo:
 	$(VENV)/bin/vlmbatch demo

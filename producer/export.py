@@ -1,8 +1,9 @@
 """Exporting a run's standing results: JSONL, Parquet, and SFT chat records, streamed in flat memory.
 
-What is exported: the *standing* results of a run, i.e. the result rows (one per sample) of each job's
-current attempt (`jobs.current_attempt_id`), for jobs in the selected finished states (default
-`succeeded`). Earlier attempts of a resubmitted job are history and never exported. Filters:
+What is exported: the *standing* results of a run, i.e. the result rows (one per sample) of the attempts
+made since each job's last (re)submission (`schema.standing`: the current attempt, or every sampling
+round of an accept-until-M job), for jobs in the selected finished states (default `succeeded`).
+Attempts before a resubmission are history and never exported. Filters:
 `only_correct` keeps samples graded correct (`correct IS TRUE`); `max_trace_tokens` drops samples whose
 `reasoning_tokens` exceed it (samples with unknown reasoning tokens are kept).
 
@@ -55,12 +56,13 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, TypedDict
+from typing import IO, Any, Literal, Protocol, TypedDict, cast
 
-from sqlalchemy import ColumnElement, Row, and_, func, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from schema.runs import run_settings
+from schema.standing import result_stands
 from schema.states import JobState
 from schema.tables import Attempt, Job, Result, Run
 
@@ -177,37 +179,39 @@ class ExportReport:
 
 def standing_results(run_id: int, states: Sequence[JobState]) -> ColumnElement[bool]:
     """Join-and-filter condition for the standing results of `run_id`'s jobs in `states`: the results of
-    each job's current attempt. Use with `select(...).select_from(Result).join(Job, Job.id == Result.job_id)`."""
+    the attempts made since each job's last (re)submission (schema.standing). Use with
+    `select(...).select_from(Result).join(Job, Job.id == Result.job_id)`."""
     return and_(
         Job.run_id == run_id,
         Job.state.in_([s.value for s in states]),
-        Result.attempt_id == Job.current_attempt_id,
+        result_stands(),
     )
 
 
-_COLUMNS = (
-    Result.job_id,
-    Result.attempt_id,
-    Result.sample_index,
-    Job.images,
-    Job.question,
-    Job.reference,
-    Job.meta,
-    Job.state,
-    Result.answer,
-    Result.reasoning,
-    Result.raw_text,
-    Result.finish_reason,
-    Result.trace_closed,
-    Attempt.prompt_tokens,
-    Result.completion_tokens,
-    Result.reasoning_tokens,
-    Result.answer_tokens,
-    Result.extracted_answer,
-    Result.correct,
-    Attempt.gpu_seconds,
-    *(getattr(Attempt, name) for name in TIMING_FIELDS),
-)
+# What each record is read from, under the record's own key (the timings are nested afterwards).
+_SOURCES: dict[str, InstrumentedAttribute[Any]] = {
+    "job_id": Result.job_id,
+    "attempt_id": Result.attempt_id,
+    "sample_index": Result.sample_index,
+    "images": Job.images,
+    "question": Job.question,
+    "reference": Job.reference,
+    "metadata": Job.meta,
+    "state": Job.state,
+    "answer": Result.answer,
+    "reasoning": Result.reasoning,
+    "raw_text": Result.raw_text,
+    "finish_reason": Result.finish_reason,
+    "trace_closed": Result.trace_closed,
+    "prompt_tokens": Attempt.prompt_tokens,
+    "completion_tokens": Result.completion_tokens,
+    "reasoning_tokens": Result.reasoning_tokens,
+    "answer_tokens": Result.answer_tokens,
+    "extracted_answer": Result.extracted_answer,
+    "correct": Result.correct,
+    "gpu_seconds": Attempt.gpu_seconds,
+    **{name: getattr(Attempt, name) for name in TIMING_FIELDS},
+}
 
 
 def iter_records(
@@ -225,8 +229,9 @@ def iter_records(
     if first is None:
         return
     window = max(1, page_rows // run_settings(run).sampling.samples)
+    run_key = {"run": run.name, "run_id": run.id}
     query = (
-        select(*_COLUMNS)
+        select(*_SOURCES.values())
         .select_from(Job)
         .join(Result, Result.job_id == Job.id)
         .join(Attempt, Attempt.id == Result.attempt_id)
@@ -235,9 +240,10 @@ def iter_records(
     )
     for low in range(first, last + 1, window):
         with sessions() as session:
-            page = session.execute(query.where(Job.id >= low, Job.id < low + window)).all()
+            # Through the connection: plain rows, without the ORM's per-row bookkeeping.
+            page = session.connection().execute(query.where(Job.id >= low, Job.id < low + window)).all()
         for row in page:
-            yield _record(run, row)
+            yield _record(run_key, row)
 
 
 def _sample_filter(run_id: int, selection: ExportFilter) -> ColumnElement[bool]:
@@ -251,39 +257,10 @@ def _sample_filter(run_id: int, selection: ExportFilter) -> ColumnElement[bool]:
     return where
 
 
-def _record(run: Run, row: Row[Any]) -> ExportRecord:
-    timings: Timings = {
-        "queue_wait_s": row.queue_wait_s,
-        "fetch_s": row.fetch_s,
-        "decode_s": row.decode_s,
-        "generation_s": row.generation_s,
-        "first_token_s": row.first_token_s,
-    }
-    return {
-        "run": run.name,
-        "run_id": run.id,
-        "job_id": row.job_id,
-        "attempt_id": row.attempt_id,
-        "sample_index": row.sample_index,
-        "images": list(row.images),
-        "question": row.question,
-        "reference": row.reference,
-        "metadata": row.meta,
-        "state": row.state,
-        "answer": row.answer,
-        "reasoning": row.reasoning,
-        "raw_text": row.raw_text,
-        "finish_reason": row.finish_reason,
-        "trace_closed": bool(row.trace_closed),
-        "prompt_tokens": row.prompt_tokens,
-        "completion_tokens": row.completion_tokens,
-        "reasoning_tokens": row.reasoning_tokens,
-        "answer_tokens": row.answer_tokens,
-        "extracted_answer": row.extracted_answer,
-        "correct": row.correct,
-        "gpu_seconds": row.gpu_seconds,
-        "timings": timings,
-    }
+def _record(run_key: dict[str, Any], row: Sequence[Any]) -> ExportRecord:
+    record: dict[str, Any] = {**run_key, **dict(zip(_SOURCES, row, strict=True))}
+    record["timings"] = {name: record.pop(name) for name in TIMING_FIELDS}
+    return cast(ExportRecord, record)
 
 
 def sft_record(record: ExportRecord) -> dict[str, Any]:

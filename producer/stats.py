@@ -34,6 +34,7 @@ from sqlalchemy import ColumnElement, and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from producer.export import standing_results
+from schema.standing import attempt_stands
 from schema.states import TERMINAL_STATES, JobState
 from schema.status import run_status
 from schema.tables import Attempt, Job, Result, Run
@@ -143,7 +144,7 @@ def run_stats(session: Session, run: Run) -> RunStats:
 def run_accounting(session: Session, run_id: int) -> Accounting:
     """Token and GPU-second totals of `run_id`, over all attempts and over the standing ones."""
     everything = Job.run_id == run_id
-    standing = and_(everything, Job.state.in_([s.value for s in _FINISHED]), Attempt.id == Job.current_attempt_id)
+    standing = and_(everything, Job.state.in_([s.value for s in _FINISHED]), attempt_stands())
     return Accounting(all_attempts=_totals(session, everything), standing=_totals(session, standing))
 
 

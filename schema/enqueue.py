@@ -32,7 +32,7 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
                 "images": list(spec.images),
                 "question": spec.question,
                 "reference": spec.reference,
-                "metadata": spec.meta,
+                "meta": spec.meta,
                 "state": "queued",
                 "attempt_count": 0,
                 "attempt_base": 0,

@@ -66,6 +66,8 @@ class Job(Base):
         UniqueConstraint("run_id", "input_key", name="uq_jobs_run_input"),
         Index("ix_jobs_run_state", "run_id", "state"),
         Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+        # Throughput over the last minutes (status, browser) without reading the run's whole history.
+        Index("ix_jobs_run_finished", "run_id", "finished_at"),
         CheckConstraint(f"state IN {_in([s.value for s in JobState])}", name="ck_jobs_state"),
     )
 

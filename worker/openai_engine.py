@@ -13,8 +13,10 @@ Behaviour mirrors worker.vllm_engine:
   At most `max_num_seqs` requests are open at once, over a keep-alive pool of that size.
 - `return_token_ids` gives each sample's exact token count and the position of `</think>` (reasoning
   tokens). Without token ids (an older server), the usage total is split across samples by text length.
-- A server started with `--reasoning-parser` returns the trace apart (`reasoning`): it is joined back as
-  `reasoning</think>content`, so worker.output splits it exactly like the in-process engine's text.
+- Start the server with `--reasoning-parser deepseek_r1` (what the in-process engine's `reasoning_parser=auto`
+  picks) so that a constrained answer is enforced only after the trace. Such a server returns the trace apart
+  (`reasoning`): it is joined back as `reasoning</think>content`, so worker.output splits it exactly like the
+  in-process engine's text. Without a parser the content is the raw text already.
 - `trace_opened_by_prompt`: the server renders R1V3's chat template through `/tokenize` once at start,
   like the in-process probe; `VLMBATCH_TRACE_OPENED_BY_PROMPT` overrides it (servers without `/tokenize`).
 - `abort()` cancels the HTTP request; vLLM aborts a request whose client disconnected.
@@ -25,8 +27,8 @@ Errors. 400s: `PromptTooLong` when the message says the prompt exceeds the conte
 with the server's message. Unreachable server (connection refused or dropped, 502/503/504) is retried with
 backoff for `openai_retry_seconds` — a server restart or a brief overload passes unnoticed — and then raises
 `EngineDead`: the worker hands its jobs back and exits, its supervisor restarts it, and the new worker's
-`start()` waits for the server (`openai_start_timeout_seconds`) before claiming anything, so a long outage
-burns no attempts. We chose this over a per-job transient error: there is no `engine.*` transient that does
+`start()` waits for the server (`openai_start_timeout_seconds`) before claiming anything: an outage costs
+the jobs in flight one attempt each, and no other job any. We chose this over a per-job transient error: there is no `engine.*` transient that does
 not stop the worker, and failing every job in flight one by one while the server is away would spend their
 retries for nothing. A 500 from a server whose `/health` is fine is that request's failure (`InternalError`);
 a 401/403/404 (wrong key, or the model no longer served) is a configuration the worker cannot fix: `EngineDead`.
@@ -213,33 +215,24 @@ class OpenAIEngine:
         generation prompt open `<think>`, and which token closes it? Also proves the server takes
         per-request mm_processor_kwargs, which every job sends."""
         s = self._settings
-        response = await self._http.post(
-            f"{self._root}/tokenize",
-            json={
-                "model": s.model,
-                "messages": [{"role": "user", "content": "?"}],
-                "add_generation_prompt": True,
-                "mm_processor_kwargs": {"max_dynamic_patch": s.max_tiles},
-            },
-        )
+        chat = {
+            "model": s.model,
+            "messages": [{"role": "user", "content": "?"}],
+            "add_generation_prompt": True,
+            "mm_processor_kwargs": {"max_dynamic_patch": s.max_tiles},
+        }
+        response = await self._http.post(f"{self._root}/tokenize", json=chat)
         if response.status_code == 404:  # a server without the tokenizer endpoints: trust the setting
             log.warning("%s has no /tokenize; trace opened by prompt: %s (setting)", self._root, self._opens_trace)
             return
-        message = _error_message(response)
-        if _MM_KWARGS_REFUSED in message:
-            raise ConfigurationError(f"start the vLLM server with --trust-request-mm-kwargs: {message}")
-        response.raise_for_status()
-        prompt = await self._http.post(
-            f"{self._root}/detokenize", json={"model": s.model, "tokens": response.json()["tokens"]}
-        )
-        prompt.raise_for_status()
+        prompt_ids = _probe_answer(response)["tokens"]
+        rendered = await self._http.post(f"{self._root}/detokenize", json={"model": s.model, "tokens": prompt_ids})
         if s.trace_opened_by_prompt is None:
-            self._opens_trace = str(prompt.json()["prompt"]).rstrip().endswith(THINK_OPEN)
+            self._opens_trace = str(_probe_answer(rendered)["prompt"]).rstrip().endswith(THINK_OPEN)
         close = await self._http.post(
             f"{self._root}/tokenize", json={"model": s.model, "prompt": THINK_CLOSE, "add_special_tokens": False}
         )
-        close.raise_for_status()
-        tokens = close.json()["tokens"]
+        tokens = _probe_answer(close)["tokens"]
         self._think_close_id = tokens[0] if len(tokens) == 1 else None
 
     @property
@@ -435,6 +428,17 @@ class OpenAIEngine:
             return (await self._http.get(f"{self._root}/health")).status_code == 200
         except (httpx.HTTPError, JobError):
             return False
+
+
+def _probe_answer(response: httpx.Response) -> dict[str, Any]:
+    """The JSON of a start-up probe; a refusal is a server set up in a way this worker cannot use."""
+    if response.status_code != 200:
+        message = _error_message(response)
+        if _MM_KWARGS_REFUSED in message:
+            raise ConfigurationError(f"start the vLLM server with --trust-request-mm-kwargs: {message}")
+        raise ConfigurationError(f"{response.request.url} answered {response.status_code}: {message}")
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 def _absorb(sample: _Sample, choice: dict[str, Any]) -> None:

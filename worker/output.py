@@ -39,8 +39,15 @@ def split_trace(text: str, *, opened_by_prompt: bool) -> SplitOutput:
     return SplitOutput(reasoning=None, answer=text.strip(), closed=True)
 
 
+def storable(text: str) -> str:
+    """`text` without NUL characters, which PostgreSQL cannot store in text columns (a model may emit
+    them; they become U+FFFD, the replacement character)."""
+    return text.replace("\x00", "\ufffd")
+
+
 def to_sample(index: int, completion: Completion, *, opened_by_prompt: bool) -> SampleRecord:
-    split = split_trace(completion.text, opened_by_prompt=opened_by_prompt)
+    text = storable(completion.text)
+    split = split_trace(text, opened_by_prompt=opened_by_prompt)
     reasoning_tokens = completion.reasoning_tokens
     if split.reasoning is None:
         reasoning_tokens = 0
@@ -51,7 +58,7 @@ def to_sample(index: int, completion: Completion, *, opened_by_prompt: bool) -> 
         sample_index=index,
         answer=split.answer,
         reasoning=split.reasoning,
-        raw_text=completion.text,
+        raw_text=text,
         finish_reason=completion.finish_reason,
         trace_closed=split.closed,
         completion_tokens=completion.num_tokens,

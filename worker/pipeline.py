@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from PIL.Image import Image
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from schema.claims import ClaimedJob, claim_jobs, claim_next, renew_leases
@@ -424,10 +424,18 @@ class Pipeline:
                     batch.append(await asyncio.wait_for(self._reports.get(), timeout))
                 except TimeoutError:
                     break
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except Exception:
+                # Never let the writer die: these jobs keep their leases until they expire, and the
+                # reconciler gives them to another attempt.
+                log.exception("could not write %d outcomes; their jobs will be retried", len(batch))
+                for report in batch:
+                    self._inflight.pop(report.attempt_id, None)
+                await self._capacity.give(len(batch))
 
     async def _commit(self, batch: list[AttemptReport]) -> None:
-        written = await self._blocking(partial(_write_reports, self._sessions, batch), retry=True)
+        written = await self._blocking(partial(write_reports_safely, self._sessions, batch), retry=True)
         written_ids = {r.attempt_id for r in written}
         requeued: dict[tuple[str, float | None], list[int]] = {}
         for report in batch:
@@ -478,7 +486,8 @@ class Pipeline:
                     EngineDead(f"engine hung: no token for {hung_for:.0f}s with {stats.running} requests running")
                 )
                 return
-            attempt_ids = [a for a, e in self._inflight.items() if not e.reported]
+            # Every attempt not yet committed, written-but-pending ones included: the job is ours until then.
+            attempt_ids = list(self._inflight)
             if not attempt_ids:
                 continue
             try:
@@ -525,7 +534,7 @@ class Pipeline:
                     error_message=reason,
                 )
             )
-        written = await self._blocking(partial(_write_reports, self._sessions, reports), retry=True)
+        written = await self._blocking(partial(write_reports_safely, self._sessions, reports), retry=True)
         self.counters.handed_back += len(written)
         by_queue: dict[str, list[int]] = {}
         for report in written:
@@ -542,14 +551,14 @@ class Pipeline:
         return await self._blocking(partial(_in_transaction, self._sessions, fn))
 
     async def _blocking(self, fn: Callable[[], T], *, retry: bool = False) -> T:
-        """Run `fn()` on the DB pool; with `retry`, retry database errors with backoff until it works
-        (an outcome must not be dropped because the database restarted)."""
+        """Run `fn()` on the DB pool; with `retry`, retry lost connections with backoff until it works
+        (an outcome must not be dropped because the database restarted or failed over)."""
         loop = asyncio.get_running_loop()
         delay = 0.5
         while True:
             try:
                 return await loop.run_in_executor(self._db_pool, fn)
-            except DBAPIError as exc:
+            except (OperationalError, InterfaceError) as exc:
                 if not retry:
                     raise
                 log.warning("database call failed (%s); retrying in %.1fs", type(exc).__name__, delay)
@@ -562,9 +571,46 @@ def _in_transaction(sessions: sessionmaker[Session], fn: Callable[[Session], T])
         return fn(session)
 
 
-def _write_reports(sessions: sessionmaker[Session], reports: Sequence[AttemptReport]) -> list[AttemptReport]:
-    with sessions() as session, session.begin():
-        return record_outcomes(session, reports)
+def write_reports_safely(sessions: sessionmaker[Session], reports: Sequence[AttemptReport]) -> list[AttemptReport]:
+    """Commit `reports` in one transaction; return those written (the others were fenced off).
+
+    A report the database refuses for its content (not for a lost connection, which the caller retries)
+    must not block the others: the batch is then written report by report, and a refused one is stored
+    as an `internal` failure of its attempt, with the reason, instead of its samples."""
+    try:
+        with sessions() as session, session.begin():
+            return record_outcomes(session, reports)
+    except (OperationalError, InterfaceError):
+        raise
+    except DBAPIError:
+        if len(reports) == 1:
+            return _write_as_failure(sessions, reports[0])
+    written: list[AttemptReport] = []
+    for report in reports:
+        written.extend(write_reports_safely(sessions, [report]))
+    return written
+
+
+def _write_as_failure(sessions: sessionmaker[Session], report: AttemptReport) -> list[AttemptReport]:
+    try:
+        with sessions() as session, session.begin():
+            record_outcomes(session, [report])
+    except (OperationalError, InterfaceError):
+        raise
+    except DBAPIError as exc:
+        log.error("the database refused the outcome of attempt %s: %s", report.attempt_id, exc.orig)
+        failure = AttemptReport(
+            job_id=report.job_id,
+            attempt_id=report.attempt_id,
+            outcome=AttemptOutcome.FAILED,
+            error_type=ErrorType.INTERNAL,
+            error_message=f"the result could not be stored: {type(exc.orig).__name__}: {exc.orig}"[:2000],
+            prompt_tokens=report.prompt_tokens,
+            timings=report.timings,
+        )
+        with sessions() as session, session.begin():
+            return record_outcomes(session, [failure])
+    return [report]
 
 
 def _load_run(session: Session, *, run_id: int) -> RunContext:

@@ -218,9 +218,10 @@ def make_server(app: BrowserApp, host: str, port: int) -> BrowserServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server_version = "vlmbatch"
-    sys_version = ""
     protocol_version = "HTTP/1.1"
+
+    def version_string(self) -> str:
+        return "vlmbatch"  # no Python version for the curious
 
     def do_GET(self) -> None:
         self._answer(send_body=True)

@@ -8,6 +8,7 @@ else, and cut at `MAX_TRACE_CHARS` so that a 256-sample job of 64k-token traces 
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote
 
 from producer.browser.layout import MISSING, facts, image_name, number, page, seconds, state_badge, when
 from producer.browser.markup import Safe, join, render
@@ -46,7 +47,7 @@ def _images(job_id: int, images: list[str]) -> Safe:
             "<figcaption>{uri}</figcaption></figure>",
             src=image_path(job_id, index),
             name=image_name(uri),
-            uri=uri,
+            uri=unquote(uri) if uri.startswith("file://") else uri,
         )
         for index, uri in enumerate(images)
     )

@@ -39,6 +39,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-sp
 .counts { display: flex; flex-wrap: wrap; gap: 6px; }
 progress { width: 220px; height: 12px; vertical-align: middle; }
 meter { width: 140px; vertical-align: middle; }
+meter.errors::-webkit-meter-optimum-value { background: var(--fail); }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }
 dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 4px 0; padding: 8px;

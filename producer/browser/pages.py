@@ -139,7 +139,7 @@ def _error_breakdown(run_id: int, groups: list[ErrorGroup]) -> Safe:
     rows = join(
         render(
             '<tr class="error-group"><td><a href="{url}#results" class="error">{error}</a></td>'
-            '<td class="num">{jobs}</td><td><meter value="{jobs_raw}" max="{most}"></meter></td>'
+            '<td class="num">{jobs}</td><td><meter class="errors" value="{jobs_raw}" max="{most}"></meter></td>'
             "<td>{examples}</td></tr>",
             url=href(run_path(run_id), status=JobState.FAILED.value, error=group.error_type),
             error=group.error_type,

@@ -31,12 +31,17 @@ def _finished_states(value: str) -> tuple[JobState, ...]:
 @cli.command("export")
 @click.argument("run")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="jsonl", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write (replaced once complete).",
+)
 @click.option(
     "--status", "statuses", default=JobState.SUCCEEDED.value, show_default=True, help="Job states, comma-separated."
 )
 @click.option("--only-correct", is_flag=True, help="Only samples graded correct.")
-@click.option("--max-trace-tokens", type=click.IntRange(0), help="Drop samples whose trace is longer (tokens).")
+@click.option("--max-trace-tokens", type=click.IntRange(0), help="Drop samples with more reasoning tokens than this.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_command(
     run: str,

@@ -20,10 +20,13 @@ from urllib.parse import unquote
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 
 from producer.browser.app import build_app, make_server
+from producer.browser.ledger import open_readonly_ledger
 from schema.database import open_ledger
 from schema.errors import ErrorType
 from schema.settings import Settings
@@ -32,7 +35,7 @@ from schema.tables import Job, Result
 from tests.conftest import POSTGRES_URL
 from tests.fixtures.bad_images import good_jpeg, write_mixed_folder
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
-from tests.processes import VLMBATCH, vlmbatch
+from tests.processes import VLMBATCH
 from worker.engine import Completion, Generation, GenerationRequest
 from worker.fake_engine import FakeEngine
 
@@ -164,7 +167,7 @@ class Browser:
         self.base = f"http://127.0.0.1:{port}"
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             connection.request("GET", path, headers=headers or {})
             response = connection.getresponse()
@@ -182,7 +185,8 @@ class Browser:
 @contextmanager
 def _serve(settings: Settings, token: str | None = None) -> Iterator[Browser]:
     server = make_server(build_app(settings, token=token), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for it, once per test.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield Browser(server.server_address[1])
@@ -382,11 +386,29 @@ def test_bad_requests_get_a_short_page_and_never_a_stack_trace(
     assert "Traceback" not in reply.text and "sqlalchemy" not in reply.text.lower()
 
 
-def test_serve_refuses_to_listen_on_the_network_without_a_token(tmp_path: Path) -> None:
-    done = vlmbatch(["serve", "--host", "0.0.0.0", "--port", "0"], {"VLMBATCH_HOME": str(tmp_path)})
-    assert done.returncode == 2 and "set a token" in done.stderr
-    short = vlmbatch(["serve", "--token", "short"], {"VLMBATCH_HOME": str(tmp_path)})
-    assert short.returncode == 2 and "at least 16 characters" in short.stderr
+def test_the_browser_never_writes_nor_waits_for_a_writer(ledger: Ledger, browser: Browser) -> None:
+    _, readonly = open_readonly_ledger(ledger.url)
+    with readonly() as session, pytest.raises(DBAPIError):
+        session.execute(update(Job).values(state=JobState.QUEUED.value))
+    _, writers = open_ledger(ledger.url, auto_migrate=False)
+    with writers() as session:
+        transaction = session.begin()  # on SQLite, BEGIN IMMEDIATE: the write lock, held
+        session.execute(update(Job).where(Job.run_id == ledger.queued_run_id).values(state=JobState.RUNNING.value))
+        try:
+            assert "queued 1</span>" in browser.page("/")  # read at once, from the last committed state
+        finally:
+            transaction.rollback()
+
+
+def test_serve_refuses_to_listen_on_the_network_without_a_token() -> None:
+    from producer.cli import cli
+    from producer.cli import serve as _  # noqa: F401  (registers the command)
+
+    runner = CliRunner()
+    public = runner.invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "0"])
+    assert public.exit_code == 2 and "set a token" in public.output
+    short = runner.invoke(cli, ["serve", "--token", "short"])
+    assert short.exit_code == 2 and "at least 16 characters" in short.output
 
 
 def test_vlmbatch_serve_serves_the_embedded_ledger(tmp_path: Path) -> None:
@@ -426,6 +448,7 @@ def test_a_person_finds_a_failure_and_reads_a_trace_in_chromium(sqlite_ledger: L
             driver.save_screenshot(str(ARTIFACTS / "1-runs.png"))
             driver.find_element(By.CSS_SELECTOR, f'a[href="/runs/{ledger.run_id}"]').click()
             wait.until(lambda d: d.find_elements(By.ID, "results-table"))
+            driver.save_screenshot(str(ARTIFACTS / "2-run.png"))
 
             Select(driver.find_element(By.NAME, "status")).select_by_value("failed")
             driver.find_element(By.CSS_SELECTOR, "form.filters button").click()
@@ -433,14 +456,14 @@ def test_a_person_finds_a_failure_and_reads_a_trace_in_chromium(sqlite_ledger: L
             states = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results-table tr.job .badge")]
             bad = sum(error is not None for error in ledger.errors.values())
             assert states == ["failed"] * bad
-            driver.save_screenshot(str(ARTIFACTS / "2-run-failures.png"))
+            driver.save_screenshot(str(ARTIFACTS / "3-run-failures.png"))
 
             failed_id = ledger.jobs["bad_bomb.png"]
             driver.find_element(By.CSS_SELECTOR, f'#results-table a[href="/jobs/{failed_id}"]').click()
             wait.until(lambda d: d.current_url.endswith(f"/jobs/{failed_id}"))
             assert "input.too_large" in driver.find_element(By.TAG_NAME, "main").text
             assert _image_width(driver, wait) > 0  # the placeholder
-            driver.save_screenshot(str(ARTIFACTS / "3-job-failed.png"))
+            driver.save_screenshot(str(ARTIFACTS / "4-job-failed.png"))
 
             driver.get(f"{browser.base}/runs/{ledger.run_id}?status=succeeded&limit=500")
             hostile_id = ledger.jobs[HOSTILE_NAME]
@@ -455,7 +478,7 @@ def test_a_person_finds_a_failure_and_reads_a_trace_in_chromium(sqlite_ledger: L
             with pytest.raises(NoAlertPresentException):
                 driver.switch_to.alert.accept()  # the script in the answer and trace never ran
             driver.execute_script("arguments[0].scrollIntoView()", trace)
-            driver.save_screenshot(str(ARTIFACTS / "4-job-succeeded-trace.png"))
+            driver.save_screenshot(str(ARTIFACTS / "5-job-succeeded-trace.png"))
         finally:
             driver.quit()
 

@@ -392,11 +392,17 @@ def test_compose_one_shot_services_do_their_job(compose: dict[str, Any]) -> None
     assert "mc mb --ignore-existing" in services["minio-bucket"]["command"][0]
 
 
-def test_compose_browser_serves_on_localhost_with_a_token(compose: dict[str, Any]) -> None:
+def test_compose_browser_serves_on_localhost_with_a_token(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     browser = compose["services"]["browser"]
     assert browser["command"] == ["serve", "--host", "0.0.0.0", "--port", "8800"]
     assert browser["ports"] == ["127.0.0.1:8800:8800"]
-    assert browser["environment"]["VLMBATCH_BROWSER_TOKEN"] == COMPOSE_SECRETS["VLMBATCH_BROWSER_TOKEN"]
+    env = {key: str(value) for key, value in browser["environment"].items()}
+    settings = settings_from(env, monkeypatch)
+    assert settings.browser_token is not None
+    assert settings.browser_token.get_secret_value() == COMPOSE_SECRETS["VLMBATCH_BROWSER_TOKEN"]
+    assert settings.resolved_database_url().startswith("postgresql+psycopg://")
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------------------
@@ -593,7 +599,15 @@ def test_disruption_budget_and_service_select_their_pods(manifests: list[dict[st
     port_names = {port["name"] for port in container(browser)["ports"]}
     assert {port["targetPort"] for port in service["ports"]} <= port_names
     assert container(browser)["args"] == ["serve", "--host", "0.0.0.0", "--port", "8800"]
-    assert "VLMBATCH_BROWSER_TOKEN" in container_environment(browser, manifests)
+
+
+def test_browser_gets_its_token_and_the_database(
+    manifests: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    browser = find(manifests, "Deployment", "vlmbatch-browser")
+    settings = settings_from(container_environment(browser, manifests), monkeypatch)
+    assert settings.browser_token is not None
+    assert settings.resolved_database_url().startswith("postgresql+psycopg://")
 
 
 def test_migration_job_upgrades_the_database(manifests: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -610,7 +624,7 @@ def test_migration_job_upgrades_the_database(manifests: list[dict[str, Any]], mo
 def settings_from(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return Settings(_env_file=None)  # type: ignore[call-arg]
+    return Settings(_env_file=None)
 
 
 def assert_worker_settings(settings: Settings, env: Mapping[str, str]) -> None:
@@ -623,9 +637,7 @@ def assert_worker_settings(settings: Settings, env: Mapping[str, str]) -> None:
     assert settings.auto_migrate is False
     assert settings.trust_remote_code is True
     assert settings.shutdown_grace_seconds == float(env["VLMBATCH_SHUTDOWN_GRACE_SECONDS"])
-    # VLMBATCH_METRICS_PORT is being added to Settings; once it is there it must parse to the probed port.
-    if "metrics_port" in Settings.model_fields:
-        assert getattr(settings, "metrics_port") == int(env["VLMBATCH_METRICS_PORT"])  # noqa: B009
+    assert settings.metrics_port == int(env["VLMBATCH_METRICS_PORT"])  # what the probes and healthcheck hit
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[name], name
 

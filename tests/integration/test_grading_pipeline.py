@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from producer.export import ExportFilter, iter_records
 from schema.errors import SourceError
 from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Result
+from schema.tables import Attempt, Job, Result, Run
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from worker.fake_engine import FakeBehaviour
@@ -52,6 +53,11 @@ def test_accept_keeps_sampling_until_enough_correct_samples(sqlite_url: str, tmp
     assert (job.state, job.accepted_samples) == (JobState.SUCCEEDED, 3)
     assert attempts == [AttemptOutcome.SUCCEEDED] * 3  # three rounds, then enough
     assert correct == [True, False] * 3
+    with sessions() as session:
+        run = session.get(Run, run_id)
+    assert run is not None
+    exported = list(iter_records(sessions, run, ExportFilter(only_correct=True)))
+    assert len(exported) == 3  # every round's correct sample stands, not only the last round's
 
 
 def test_accept_stops_at_the_attempt_cap_and_still_succeeds(sqlite_url: str, tmp_path: Path) -> None:

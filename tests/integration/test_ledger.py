@@ -220,3 +220,14 @@ def test_a_transient_failure_requeues_the_job_after_a_backoff(database_url: str)
         assert job.state == JobState.QUEUED and job.transient_failures == 1
         assert job.not_before is not None and job.not_before > utcnow()
         assert claim_next(session, limit=5, worker="w", lease_seconds=60) == []  # still backing off
+
+
+def test_inserted_jobs_keep_their_reference_and_metadata(database_url: str) -> None:
+    sessions = ledger(database_url)
+    run_id, _ = make_run(sessions, jobs=0)
+    spec = JobSpec(images=("s3://b/x.jpg",), question="q", reference="B", meta={"split": "val", "id": 7})
+    with sessions() as session, session.begin():
+        insert_jobs(session, run_id=run_id, specs=[spec])
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+    assert (job.reference, job.meta, job.images) == ("B", {"split": "val", "id": 7}, ["s3://b/x.jpg"])

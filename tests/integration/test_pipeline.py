@@ -4,6 +4,7 @@ engine death, against a real ledger. (The same paths run on the real vLLM engine
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -136,7 +137,7 @@ def test_small_jobs_finish_before_a_long_one_submitted_first(sqlite_url: str, tm
     """Continuous batching: no job waits for the slowest one in flight."""
     behaviour = FakeBehaviour(tokens_per_second=200)
     with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
-        long_run = submit_folder(sessions, _folder(tmp_path / "long", 1), max_tokens=600, ignore_eos=True)
+        long_run = submit_folder(sessions, _folder(tmp_path / "long", 1), max_tokens=2000, ignore_eos=True)
         short_run = submit_folder(sessions, _folder(tmp_path / "short", 6), max_tokens=20, ignore_eos=True)
         long_done = pipeline.feed_run(long_run)
         time.sleep(0.3)
@@ -173,3 +174,49 @@ def test_engine_death_hands_every_unfinished_job_back(database_url: str, tmp_pat
     assert JobState.RUNNING not in dict(states)  # nothing left leased to the dead worker
     assert sum(n for _, n in states) == 6
     assert handed_back and all("engine died" in (m or "") for m in handed_back)
+
+
+class NulEngine(FakeEngine):
+    """A model that emits NUL characters (PostgreSQL cannot store them in text)."""
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        generation = await super().generate(request)
+        completions = [dataclasses.replace(c, text="bad\x00trace</think>an\x00swer") for c in generation.completions]
+        return dataclasses.replace(generation, completions=completions)
+
+
+def test_nul_characters_in_model_output_are_stored_as_replacement_characters(database_url: str, tmp_path: Path) -> None:
+    engine = NulEngine("fake-model")
+    with running_pipeline(settings_for(database_url), engine=engine) as (pipeline, sessions):
+        run_id = submit_folder(sessions, _folder(tmp_path, 2))
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        assert set(session.scalars(select(Job.state))) == {JobState.SUCCEEDED}
+        rows = session.execute(select(Result.reasoning, Result.answer)).all()
+    assert rows == [("bad\ufffdtrace", "an\ufffdswer")] * 2
+
+
+def test_an_outcome_the_database_refuses_fails_its_job_alone(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import DataError
+
+    original = outcomes._apply
+    refused: set[int] = set()
+
+    def refusing(session: object, report: outcomes.AttemptReport, now: object) -> bool:
+        if report.samples and (not refused or report.job_id in refused):
+            refused.add(report.job_id)  # the first job with samples: "the database" always refuses them
+            raise DataError("INSERT", {}, Exception("value out of range"))
+        return original(session, report, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outcomes, "_apply", refusing)
+    with running_pipeline(settings_for(sqlite_url)) as (pipeline, sessions):
+        run_id = submit_folder(sessions, _folder(tmp_path, 5))
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        states = dict(session.execute(select(Job.id, Job.state)).all())
+        failed = session.get(Job, next(iter(refused)))
+    assert failed is not None and failed.state == JobState.FAILED and failed.error_type == ErrorType.INTERNAL
+    assert "could not be stored" in (failed.error_message or "")
+    assert [state for job, state in states.items() if job not in refused] == [JobState.SUCCEEDED] * 4

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-29 03:49:13.094890
+Create Date: 2026-11-29 04:12:05.302400
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("run_id", "input_key", name="uq_jobs_run_input"),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index("ix_jobs_run_finished", ["run_id", "finished_at"], unique=False)
         batch_op.create_index("ix_jobs_run_state", ["run_id", "state"], unique=False)
         batch_op.create_index("ix_jobs_state_lease", ["state", "lease_expires_at"], unique=False)
 
@@ -139,6 +140,7 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_state_lease")
         batch_op.drop_index("ix_jobs_run_state")
+        batch_op.drop_index("ix_jobs_run_finished")
 
     op.drop_table("jobs")
     op.drop_table("runs")

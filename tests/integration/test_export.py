@@ -1,0 +1,455 @@
+"""`vlmbatch export`: the standing samples of a run as JSONL, typed Parquet and SFT chat records, each loadable
+with `datasets.load_dataset`, filtered by job state, grade and trace length, in flat memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, insert, literal, select, true, union_all, update
+from sqlalchemy.orm import Session, sessionmaker
+
+import producer.cli.outputs  # noqa: F401  (registers export and stats)
+from producer.cli import cli
+from producer.export import ExportFilter, ExportFormat, export_run, parquet_schema
+from schema.database import open_ledger
+from schema.errors import RunNotFound
+from schema.models import RunSettings, SamplingSettings
+from schema.resubmit import resubmit_jobs
+from schema.runs import create_or_reuse_run, get_run
+from schema.states import JobState
+from schema.tables import Attempt, Job, Result, Run, utcnow
+from tests.fixtures.bad_images import good_jpeg
+from tests.integration.ledger_helpers import ledger
+from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for, submit_folder
+from tests.integration.test_stats import build_graded_run
+from tests.processes import vlmbatch_json
+
+QUESTION = "What is shown?"
+JSONL_KEYS = [
+    "run",
+    "run_id",
+    "job_id",
+    "attempt_id",
+    "sample_index",
+    "images",
+    "question",
+    "reference",
+    "metadata",
+    "state",
+    "answer",
+    "reasoning",
+    "raw_text",
+    "finish_reason",
+    "trace_closed",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "answer_tokens",
+    "extracted_answer",
+    "correct",
+    "gpu_seconds",
+    "timings",
+]
+TIMING_KEYS = ["queue_wait_s", "fetch_s", "decode_s", "generation_s", "first_token_s"]
+MESSAGE_TYPE = pa.list_(
+    pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string())])
+)
+
+
+def _manifest_run(url: str, tmp_path: Path) -> tuple[sessionmaker[Session], Run]:
+    """Three jobs through the fake-engine pipeline, three samples each: a two-image job with a reference,
+    a one-image job with a reference, and one without; every job carries metadata."""
+    rows: list[dict[str, Any]] = [
+        {"image": ["a.jpg", "b.jpg"], "reference": "A", "source": "set-1", "page": 1},
+        {"image": "c.jpg", "reference": "B", "source": "set-1", "page": 2},
+        {"image": "d.jpg", "source": "set-2", "page": 3},
+    ]
+    for seed, name in enumerate("abcd"):
+        (tmp_path / f"{name}.jpg").write_bytes(good_jpeg(32 + 8 * seed, 32, seed=seed))
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(row) for row in rows))
+    with running_pipeline(settings_for(url)) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, question=QUESTION, samples=3)
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        return sessions, session.get_one(Run, run_id)
+
+
+def _export(
+    sessions: sessionmaker[Session], run: Run, fmt: ExportFormat, out: Path, **selection: Any
+) -> list[dict[str, Any]]:
+    report = export_run(sessions, run=run, fmt=fmt, out=out, selection=ExportFilter(**selection))
+    assert report.path == out and not out.with_name(out.name + ".partial").exists()
+    if fmt == "parquet":
+        records: list[dict[str, Any]] = pq.read_table(out).to_pylist()
+    else:
+        records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert report.rows == len(records)
+    return records
+
+
+def _load_dataset(builder: str, path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(cache))
+
+
+def _standing(sessions: sessionmaker[Session], run_id: int) -> dict[tuple[int, int], tuple[Job, Attempt, Result]]:
+    """(job id, sample index) → the job, its current attempt and that attempt's result, from the ledger."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Job, Attempt, Result)
+            .join(Attempt, Attempt.id == Job.current_attempt_id)
+            .join(Result, Result.attempt_id == Attempt.id)
+            .where(Job.run_id == run_id)
+        ).tuples()
+        return {(job.id, result.sample_index): (job, attempt, result) for job, attempt, result in rows}
+
+
+def _letters(records: list[dict[str, Any]]) -> set[str]:
+    """`A0` for sample 0 of job A of the graded run (its letter is in the job's metadata)."""
+    return {f"{r['metadata']['letter']}{r['sample_index']}" for r in records}
+
+
+def test_jsonl_holds_every_field_of_each_standing_sample_and_loads_with_datasets(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, run = _manifest_run(sqlite_url, tmp_path)
+    records = _export(sessions, run, "jsonl", tmp_path / "out" / "samples.jsonl")
+
+    ledger_rows = _standing(sessions, run.id)
+    assert len(records) == len(ledger_rows) == 9
+    assert [(r["job_id"], r["sample_index"]) for r in records] == sorted(ledger_rows)  # by job, then sample
+    for record in records:
+        job, attempt, result = ledger_rows[(record["job_id"], record["sample_index"])]
+        assert list(record) == JSONL_KEYS
+        assert record == {
+            "run": run.name,
+            "run_id": run.id,
+            "job_id": job.id,
+            "attempt_id": attempt.id,
+            "sample_index": result.sample_index,
+            "images": job.images,
+            "question": QUESTION,
+            "reference": job.reference,
+            "metadata": job.meta,
+            "state": "succeeded",
+            "answer": result.answer,
+            "reasoning": result.reasoning,
+            "raw_text": result.raw_text,
+            "finish_reason": "stop",
+            "trace_closed": True,
+            "prompt_tokens": attempt.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "reasoning_tokens": result.reasoning_tokens,
+            "answer_tokens": result.answer_tokens,
+            "extracted_answer": None,
+            "correct": None,
+            "gpu_seconds": attempt.gpu_seconds,
+            "timings": {key: getattr(attempt, key) for key in TIMING_KEYS},
+        }
+        assert record["prompt_tokens"] and record["timings"]["generation_s"] is not None
+    two_images = [r for r in records if len(r["images"]) == 2]
+    assert len(two_images) == 3
+    assert [Path(uri).name for uri in two_images[0]["images"]] == ["a.jpg", "b.jpg"]
+    assert two_images[0]["reference"] == "A"
+
+    dataset = _load_dataset("json", tmp_path / "out" / "samples.jsonl", tmp_path, monkeypatch)
+    assert dataset.column_names == JSONL_KEYS
+    assert dataset.to_list() == records
+
+
+def test_a_manifests_extra_columns_reach_the_export_as_metadata(sqlite_url: str, tmp_path: Path) -> None:
+    sessions, run = _manifest_run(sqlite_url, tmp_path)
+    records = _export(sessions, run, "jsonl", tmp_path / "samples.jsonl")
+    by_page = {r["metadata"]["page"]: r["metadata"] for r in records if r["metadata"] is not None}
+    assert by_page == {
+        1: {"source": "set-1", "page": 1},
+        2: {"source": "set-1", "page": 2},
+        3: {"source": "set-2", "page": 3},
+    }
+
+
+def test_parquet_has_the_declared_typed_columns_written_in_row_groups_and_loads_with_datasets(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, run = _manifest_run(sqlite_url, tmp_path)
+    as_jsonl = _export(sessions, run, "jsonl", tmp_path / "samples.jsonl")
+    out = tmp_path / "samples.parquet"
+    report = export_run(sessions, run=run, fmt="parquet", out=out, row_group_rows=4)
+
+    schema = pq.read_schema(out)
+    assert schema.equals(parquet_schema())
+    assert schema.names == JSONL_KEYS
+    expected_types = {
+        "job_id": pa.int64(),
+        "images": pa.list_(pa.string()),
+        "metadata": pa.string(),
+        "trace_closed": pa.bool_(),
+        "reasoning_tokens": pa.int64(),
+        "correct": pa.bool_(),
+        "gpu_seconds": pa.float64(),
+        "timings": pa.struct([(key, pa.float64()) for key in TIMING_KEYS]),
+    }
+    assert {name: schema.field(name).type for name in expected_types} == expected_types
+    assert (report.rows, pq.ParquetFile(out).metadata.num_row_groups) == (9, 3)  # 4 + 4 + 1 rows
+
+    # The same values as the JSONL export; metadata travels as JSON text.
+    rows = pq.read_table(out).to_pylist()
+    assert [{**row, "metadata": row["metadata"] and json.loads(row["metadata"])} for row in rows] == as_jsonl
+
+    dataset = _load_dataset("parquet", out, tmp_path, monkeypatch)
+    assert dataset.data.schema.equals(parquet_schema(), check_metadata=False)
+    assert dataset.to_list() == rows
+
+
+def test_parquet_carries_each_jobs_metadata_as_json_text(sqlite_url: str, tmp_path: Path) -> None:
+    sessions = ledger(sqlite_url)
+    build_graded_run(sessions)
+    with sessions() as session:
+        run = get_run(session, "graded")
+    rows = _export(sessions, run, "parquet", tmp_path / "graded.parquet", only_correct=True)
+    assert [json.loads(row["metadata"]) for row in rows] == [{"letter": "A", "page": 0}, {"letter": "F", "page": 5}]
+
+
+def test_sft_records_are_chat_turns_with_one_image_placeholder_per_image_and_the_trace(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, run = _manifest_run(sqlite_url, tmp_path)
+    out = tmp_path / "sft.jsonl"
+    records = _export(sessions, run, "sft", out)
+
+    ledger_rows = _standing(sessions, run.id)
+    assert len(records) == 9
+    for record in records:
+        job, _, result = ledger_rows[(record["job_id"], record["sample_index"])]
+        trace = (result.reasoning or "").strip()
+        assert trace
+        assert record == {
+            "messages": [
+                {"role": "user", "content": "<image>" * len(job.images) + QUESTION, "reasoning_content": ""},
+                {
+                    "role": "assistant",
+                    "content": f"<think>\n{trace}\n</think>\n\n{result.answer.strip()}",
+                    "reasoning_content": trace,
+                },
+            ],
+            "images": job.images,
+            "job_id": job.id,
+            "sample_index": result.sample_index,
+            "correct": None,
+        }
+    assert sum(r["messages"][0]["content"].startswith("<image><image>What") for r in records) == 3
+
+    dataset = _load_dataset("json", out, tmp_path, monkeypatch)
+    assert dataset.data.schema.field("messages").type == MESSAGE_TYPE  # one struct type, not untyped JSON
+    assert dataset.data.schema.field("images").type == pa.list_(pa.string())
+    assert dataset.to_list() == records
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        ({}, {"A0", "A1", "B0", "B1", "C0", "C1", "F0"}),
+        ({"only_correct": True}, {"A0", "F0"}),
+        ({"states": (JobState.SUCCEEDED, JobState.TRUNCATED)}, {"A0", "A1", "B0", "B1", "C0", "C1", "D0", "F0"}),
+        ({"states": (JobState.TRUNCATED,)}, {"D0"}),
+        ({"states": (JobState.FAILED,)}, set()),
+        ({"max_trace_tokens": 30}, {"A0", "A1", "B0"}),
+        ({"only_correct": True, "max_trace_tokens": 50}, {"A0"}),
+    ],
+    ids=["default-succeeded", "only-correct", "succeeded+truncated", "truncated", "failed", "max-trace", "combined"],
+)
+def test_filters_select_standing_samples_by_job_state_grade_and_trace_length(
+    sqlite_url: str, tmp_path: Path, selection: dict[str, Any], expected: set[str]
+) -> None:
+    sessions = ledger(sqlite_url)
+    build_graded_run(sessions)
+    with sessions() as session:
+        run = get_run(session, "graded")
+    assert _letters(_export(sessions, run, "jsonl", tmp_path / "out.jsonl", **selection)) == expected
+
+
+def test_a_truncated_sample_goes_to_sft_as_the_unclosed_trace_it_was(sqlite_url: str, tmp_path: Path) -> None:
+    sessions = ledger(sqlite_url)
+    jobs = build_graded_run(sessions)
+    with sessions() as session:
+        run = get_run(session, "graded")
+    [record] = _export(sessions, run, "sft", tmp_path / "sft.jsonl", states=(JobState.TRUNCATED,))
+    assert record["messages"][1]["content"] == f"<think>\ntrace 0 of job {jobs['D']}"
+
+
+def test_only_finished_states_can_be_exported() -> None:
+    with pytest.raises(ValueError, match="queued"):
+        ExportFilter(states=(JobState.SUCCEEDED, JobState.QUEUED))
+
+
+def test_a_resubmitted_job_exports_only_the_samples_of_its_standing_attempt(sqlite_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(good_jpeg(32, 32, seed=i))
+    settings = settings_for(sqlite_url)
+    with running_pipeline(settings) as (pipeline, sessions):
+        run_id = submit_folder(sessions, folder, samples=2)
+        pipeline.feed_run(run_id).result(timeout=30)
+    again = jobs_by_name(sessions, run_id)["0.jpg"].id
+    with sessions() as session, session.begin():
+        assert resubmit_jobs(session, job_ids=[again]) == [again]
+    with running_pipeline(settings) as (pipeline, sessions):
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        run = session.get_one(Run, run_id)
+        current = {job: attempt for job, attempt in session.execute(select(Job.id, Job.current_attempt_id))}
+        second = session.scalar(select(Attempt.id).where(Attempt.job_id == again, Attempt.number == 2))
+        results_kept = session.scalar(select(func.count()).select_from(Result))
+
+    records = _export(sessions, run, "jsonl", tmp_path / "out.jsonl")
+    assert results_kept == 8  # the first attempt's two samples stay in the ledger as history
+    assert len(records) == 6
+    assert all(r["attempt_id"] == current[r["job_id"]] for r in records)
+    assert [r["attempt_id"] for r in records if r["job_id"] == again] == [second, second]
+
+
+def test_export_by_run_name_or_id_from_the_command_line(sqlite_url: str, tmp_path: Path) -> None:
+    sessions = ledger(sqlite_url)
+    jobs = build_graded_run(sessions)
+    env = {"VLMBATCH_DATABASE_URL": sqlite_url}
+    with sessions() as session:
+        run_id = get_run(session, "graded").id
+
+    out = tmp_path / "sft" / "graded.jsonl"
+    args = ["--status", "succeeded,truncated", "--only-correct", "--max-trace-tokens", "50", "--json"]
+    report = vlmbatch_json(["export", "graded", "--format", "sft", "--out", str(out), *args], env)
+    assert report == {"run": run_id, "format": "sft", "path": str(out), "rows": 1}
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (record["job_id"], record["sample_index"], record["correct"]) == (jobs["A"], 0, True)
+
+    runner = CliRunner()
+    by_id = runner.invoke(cli, ["export", str(run_id), "--out", str(tmp_path / "all.jsonl")], env=env)
+    assert by_id.exit_code == 0, by_id.output
+    assert f"wrote 7 samples to {tmp_path / 'all.jsonl'} (jsonl)" in by_id.output
+
+    queued = runner.invoke(cli, ["export", "graded", "--out", str(tmp_path / "q.jsonl"), "--status", "queued"], env=env)
+    assert queued.exit_code == 2 and "--status" in queued.output
+    missing = runner.invoke(cli, ["export", "no-such-run", "--out", str(tmp_path / "m.jsonl")], env=env)
+    assert isinstance(missing.exception, RunNotFound)  # main() prints it and exits 2
+    assert not (tmp_path / "q.jsonl").exists() and not (tmp_path / "m.jsonl").exists()
+
+
+# ---- flat memory -------------------------------------------------------------------------------------
+
+LARGE_JOBS = 25_000
+LARGE_SAMPLES = 8  # 200,000 result rows
+TRACE = " ".join(f"step {i}: the region at the left holds a shape." for i in range(8))  # ~380 characters
+MAX_GROWTH_MIB = 150
+# Exports in a fresh process, so that its peak RSS measures the export alone. pyarrow is loaded before
+# the baseline: its libraries are code, not memory that grows with the run.
+_EXPORT_CHILD = """
+import json, resource, sys
+from pathlib import Path
+import pyarrow.parquet
+from producer.export import export_run, parquet_schema
+from schema.database import open_ledger
+from schema.errors import RunNotFound
+from schema.runs import get_run
+
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+_, sessions = open_ledger(sys.argv[1], auto_migrate=False)
+with sessions() as session:
+    run = get_run(session, "large")
+parquet_schema()
+baseline = peak_mib()
+report = export_run(sessions, run=run, fmt=sys.argv[3], out=Path(sys.argv[2]))
+print(json.dumps({"rows": report.rows, "baseline_mib": baseline, "peak_mib": peak_mib()}))
+"""
+
+
+RESULT_COLUMNS = (
+    "job_id", "attempt_id", "sample_index", "answer", "reasoning", "raw_text", "finish_reason", "trace_closed",
+    "completion_tokens", "reasoning_tokens", "answer_tokens", "created_at",
+)  # fmt: skip
+
+
+def _fill_large_run(url: str) -> None:
+    """LARGE_JOBS succeeded jobs of LARGE_SAMPLES samples each. Jobs go in as one Core bulk insert; their
+    attempts and results are generated by the database itself (INSERT ... SELECT), in a second or two."""
+    engine, sessions = open_ledger(url)
+    settings = RunSettings(sampling=SamplingSettings(samples=LARGE_SAMPLES))
+    run = create_or_reuse_run(sessions, name="large", settings=settings, queue="q", source="test")
+    now = utcnow()
+    jobs = [
+        {
+            "run_id": run.id,
+            "input_key": f"{i:064x}",
+            "images": [f"s3://bucket/images/{i:08d}.jpg"],
+            "question": QUESTION,
+            "reference": "B",
+            "state": JobState.SUCCEEDED.value,
+            "attempt_count": 1,
+            "finished_at": now,
+        }
+        for i in range(LARGE_JOBS)
+    ]
+    answer = "The answer is B."
+    samples = union_all(*(select(literal(s).label("sample_index")) for s in range(LARGE_SAMPLES))).subquery()
+    with engine.begin() as connection:
+        connection.execute(insert(Job), jobs)
+        connection.execute(
+            insert(Attempt).from_select(
+                ["job_id", "number", "worker", "outcome", "prompt_tokens", "started_at"],
+                select(Job.id, literal(1), literal("w"), literal("succeeded"), literal(300), literal(now)),
+            )
+        )
+        connection.execute(update(Job).values(current_attempt_id=Job.id))  # attempt i belongs to job i
+        connection.execute(
+            insert(Result).from_select(
+                list(RESULT_COLUMNS),
+                select(
+                    Attempt.job_id,
+                    Attempt.id,
+                    samples.c.sample_index,
+                    literal(answer),
+                    literal(TRACE),
+                    literal(f"{TRACE}</think>{answer}"),
+                    literal("stop"),
+                    literal(True),
+                    literal(110),
+                    literal(100),
+                    literal(10),
+                    literal(now),
+                ).select_from(Attempt.__table__.join(samples, true())),
+            )
+        )
+    engine.dispose()
+
+
+def test_exporting_200_000_samples_keeps_memory_flat(sqlite_url: str, tmp_path: Path) -> None:
+    _fill_large_run(sqlite_url)
+    out = tmp_path / "large.parquet"
+    child = subprocess.run(
+        [sys.executable, "-c", _EXPORT_CHILD, sqlite_url, str(out), "parquet"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    measured = json.loads(child.stdout.strip().splitlines()[-1])
+    assert measured["rows"] == LARGE_JOBS * LARGE_SAMPLES
+    growth = measured["peak_mib"] - measured["baseline_mib"]
+    assert growth < MAX_GROWTH_MIB, measured
+    metadata = pq.ParquetFile(out).metadata
+    assert (metadata.num_rows, metadata.num_row_groups) == (200_000, 20)  # streamed, 10,000 rows per group
