@@ -19,8 +19,12 @@ QUESTION = "Describe this image in detail."
 
 
 def write_images(folder: Path, sizes: Sequence[tuple[int, int]], count: int) -> list[Path]:
-    """`count` distinct drawn images cycling through `sizes` (distinct, so no prefix cache hits)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """`count` distinct drawn images cycling through `sizes` (distinct, so no prefix cache hits), in a
+    folder holding nothing else."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     paths = []
     for i in range(count):
         width, height = sizes[i % len(sizes)]

@@ -25,13 +25,14 @@ Behaviour mirrors worker.vllm_engine:
 
 Errors. 400s: `PromptTooLong` when the message says the prompt exceeds the context, else `InputUnsupported`
 with the server's message. Unreachable server (connection refused or dropped, 502/503/504) is retried with
-backoff for `openai_retry_seconds` — a server restart or a brief overload passes unnoticed — and then raises
+backoff for `openai_retry_seconds` (a server restart or a brief overload passes unnoticed), then raises
 `EngineDead`: the worker hands its jobs back and exits, its supervisor restarts it, and the new worker's
-`start()` waits for the server (`openai_start_timeout_seconds`) before claiming anything: an outage costs
-the jobs in flight one attempt each, and no other job any. We chose this over a per-job transient error: there is no `engine.*` transient that does
-not stop the worker, and failing every job in flight one by one while the server is away would spend their
-retries for nothing. A 500 from a server whose `/health` is fine is that request's failure (`InternalError`);
-a 401/403/404 (wrong key, or the model no longer served) is a configuration the worker cannot fix: `EngineDead`.
+`start()` waits for the server (`openai_start_timeout_seconds`) before claiming anything. An outage thus costs
+the jobs in flight one attempt each and no other job any. We chose this over a per-job transient error: the
+taxonomy has no `engine.*` error that leaves the worker running, and failing every job in flight one by one
+while the server is away would spend their retries for nothing. A 500 from a server whose `/health` is fine
+is that request's failure (`InternalError`); a 401/403/404 (wrong key, or the model no longer served) is a
+configuration the worker cannot fix: `EngineDead`.
 """
 
 from __future__ import annotations

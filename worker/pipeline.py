@@ -267,7 +267,8 @@ class Pipeline:
             if jobs:
                 await self._capacity.wait_for_free(batch, timeout=FEED_POLL_S)
                 continue
-            if not self._inflight and await self._db(partial(_run_drained, run_id=run_id)):
+            mine = any(entry.job.run_id == run_id for entry in self._inflight.values())
+            if not mine and await self._db(partial(_run_drained, run_id=run_id)):
                 return
             await self._capacity.wait_for_free(self._capacity.total, timeout=FEED_POLL_S)
 
