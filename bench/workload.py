@@ -30,7 +30,8 @@ def write_images(folder: Path, sizes: Sequence[tuple[int, int]], count: int) -> 
         width, height = sizes[i % len(sizes)]
         image = Image.new("RGB", (width, height), ((i * 37) % 255, (i * 91) % 255, (i * 53) % 255))
         draw = ImageDraw.Draw(image)
-        draw.rectangle((i % width, i % height, width // 2, height // 2), fill=(255 - i % 255, 120, 30))
+        x, y = (i * 7) % (width // 2), (i * 5) % (height // 2)
+        draw.rectangle((x, y, x + width // 2, y + height // 2), fill=(255 - i % 255, 120, 30))
         draw.text((8, 8), f"bench image {i}", fill=(255, 255, 255))
         path = folder / f"img-{i:05d}.jpg"
         image.save(path, quality=90)

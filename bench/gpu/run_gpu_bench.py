@@ -276,6 +276,8 @@ if __name__ == "__main__":
     status = 1
     try:
         status = main()
+    except BaseException:
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
