@@ -15,6 +15,7 @@ dummy weights) or, for a dry run, on the CPU (the tiny model).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -77,10 +78,8 @@ class Sampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period):
-            try:
+            with contextlib.suppress(Exception):  # a metric not there yet
                 self.points.append((round(time.monotonic() - self._started, 2), float(self._read())))
-            except Exception:  # a metric not there yet
-                pass
 
     def busy_mean(self) -> float:
         values = [v for _, v in self.points if v > 0]
@@ -113,8 +112,7 @@ def run_raw(args: argparse.Namespace, model: Path, images: list[Path], annotate:
             result["short"] = raw_vllm_chat(llm, annotate, max_tokens=16, max_tiles=12, choices=CHOICES)
             log(f"raw annotation: {result['short'].requests} requests in {result['short'].wall_s:.1f}s")
     finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
+        llm.llm_engine.engine_core.shutdown()  # frees the GPU for the pipeline's engine
         gc.collect()
     return result
 
