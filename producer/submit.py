@@ -1,6 +1,10 @@
 """Submitting a source: validate it, create or reuse the run, insert its jobs in bulk (idempotently) and
 publish their ids in batches. Jobs are committed before their message is published, so a worker never
-receives an id it cannot find; a crash in between leaves queued jobs that the reconciler republishes."""
+receives an id it cannot find; a crash in between leaves queued jobs that the reconciler republishes.
+
+On PostgreSQL the whole submit is one transaction: rows stream into a temporary table by COPY while they
+are validated, and a malformed row rolls everything back, run included. Elsewhere (SQLite) the source
+is validated in a first pass, then inserted in chunks."""
 
 from __future__ import annotations
 
@@ -11,15 +15,17 @@ from itertools import islice
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.sources import Source, SpecCheck
-from schema.enqueue import insert_jobs
+from producer.sources import RowErrors, Source, SpecCheck, checked_rows
+from schema.enqueue import PostgresStaging, StagedRow, insert_jobs, new_job_ids, staged_row
 from schema.models import JobSpec, RunSettings, SubmitReport
-from schema.runs import create_or_reuse_run
+from schema.runs import create_or_reuse_run, get_or_create_run
 from worker.grading import normalize_reference
 from worker.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
 SUBMIT_CHUNK = 5000
+# Rows per COPY into PostgreSQL's staging table (and per INSERT ... SELECT out of it).
+STAGE_CHUNK = 50_000
 
 
 def default_run_name(source_uri: str, question: str | None, settings: RunSettings) -> str:
@@ -41,8 +47,12 @@ def submit(
 ) -> SubmitReport:
     """Submit every job of `source` to the run. Raises SourceError (nothing written) for a bad source,
     RunConflict when the named run exists with other settings."""
-    source.validate(_reference_check(settings))
     name = run_name or default_run_name(source.uri, question, settings)
+    if sessions.kw["bind"].dialect.name == "postgresql":
+        return _submit_in_one_transaction(
+            sessions=sessions, publisher=publisher, source=source, settings=settings, queue=queue, name=name
+        )
+    source.validate(_reference_check(settings))
     run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri)
     submitted = skipped = 0
     for chunk in _chunks(source.specs(), SUBMIT_CHUNK):
@@ -52,6 +62,47 @@ def submit(
         submitted += len(new_ids)
         skipped += len(chunk) - len(new_ids)
     return SubmitReport(run=run.id, submitted=submitted, skipped=skipped)
+
+
+def _submit_in_one_transaction(
+    *,
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    source: Source,
+    settings: RunSettings,
+    queue: str,
+    name: str,
+) -> SubmitReport:
+    errors = RowErrors(source.uri)
+    seen = submitted = 0
+    with sessions() as session, session.begin():
+        run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri)
+        staging = PostgresStaging(session)
+        chunk: list[StagedRow] = []
+        for where, spec in checked_rows(source, _reference_check(settings)):
+            if isinstance(spec, ValueError):
+                errors.add(where, spec)
+            elif not errors.total:  # once a row is bad, only look for more bad rows
+                chunk.append(staged_row(spec))
+                if len(chunk) == STAGE_CHUNK:
+                    submitted += _stage(staging, chunk, run.id)
+                    seen += len(chunk)
+                    chunk = []
+        errors.raise_if_any()  # rolls back: nothing of this submit remains, not even a new run
+        submitted += _stage(staging, chunk, run.id)
+        seen += len(chunk)
+        run_id = run.id
+    with sessions() as session:
+        for job_ids in new_job_ids(session, run_id=run_id, after=staging.watermark):
+            publisher.publish(queue, job_ids)
+    return SubmitReport(run=run_id, submitted=submitted, skipped=seen - submitted)
+
+
+def _stage(staging: PostgresStaging, chunk: list[StagedRow], run_id: int) -> int:
+    if not chunk:
+        return 0
+    staging.copy(chunk)
+    return staging.move(run_id)
 
 
 def _chunks(specs: Iterator[JobSpec], size: int) -> Iterator[list[JobSpec]]:

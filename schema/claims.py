@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from schema.states import AttemptOutcome, JobState
@@ -101,47 +101,55 @@ def _open_attempts(
 ) -> list[ClaimedJob]:
     if not jobs:
         return []
-    attempts = [
-        Attempt(
-            job_id=job.id,
-            number=job.attempt_count + 1,
-            worker=worker,
-            outcome=AttemptOutcome.RUNNING.value,
-            overrides=job.overrides,
-            started_at=now,
-        )
-        for job in jobs
-    ]
-    session.add_all(attempts)
-    session.flush()
+    # Core statements for the whole batch (one INSERT ... RETURNING, one executemany UPDATE): claiming
+    # is on every job's path, and the ORM's per-object bookkeeping cost more than the SQL itself.
+    attempt_ids = session.scalars(
+        insert(cast(Table, Attempt.__table__)).returning(Attempt.__table__.c.id, sort_by_parameter_order=True),
+        [
+            {
+                "job_id": job.id,
+                "number": job.attempt_count + 1,
+                "worker": worker,
+                "outcome": AttemptOutcome.RUNNING.value,
+                "overrides": job.overrides,
+                "started_at": now,
+            }
+            for job in jobs
+        ],
+    ).all()
     expires = now + timedelta(seconds=lease_seconds)
-    claimed = []
-    for job, attempt in zip(jobs, attempts, strict=True):
-        claimed.append(
-            ClaimedJob(
-                job_id=job.id,
-                attempt_id=attempt.id,
-                attempt_number=attempt.number,
-                run_id=job.run_id,
-                images=tuple(job.images),
-                question=job.question,
-                reference=job.reference,
-                overrides=job.overrides,
-                queued_at=job.queued_at,
-                claimed_at=now,
-                transient_failures=job.transient_failures,
-                attempts_used=attempt.number - job.attempt_base,
-                accepted_samples=job.accepted_samples,
-            )
+    jobs_table = cast(Table, Job.__table__)
+    session.execute(
+        update(jobs_table)
+        .where(jobs_table.c.id == bindparam("b_id"))
+        .values(
+            state=JobState.RUNNING.value,
+            current_attempt_id=bindparam("b_attempt"),
+            attempt_count=jobs_table.c.attempt_count + 1,
+            lease_owner=worker,
+            lease_expires_at=expires,
+            overrides=None,
+        ),
+        [{"b_id": job.id, "b_attempt": attempt_id} for job, attempt_id in zip(jobs, attempt_ids, strict=True)],
+    )
+    return [
+        ClaimedJob(
+            job_id=job.id,
+            attempt_id=attempt_id,
+            attempt_number=job.attempt_count + 1,
+            run_id=job.run_id,
+            images=tuple(job.images),
+            question=job.question,
+            reference=job.reference,
+            overrides=job.overrides,
+            queued_at=job.queued_at,
+            claimed_at=now,
+            transient_failures=job.transient_failures,
+            attempts_used=job.attempt_count + 1 - job.attempt_base,
+            accepted_samples=job.accepted_samples,
         )
-        job.state = JobState.RUNNING.value
-        job.current_attempt_id = attempt.id
-        job.attempt_count = attempt.number
-        job.lease_owner = worker
-        job.lease_expires_at = expires
-        job.overrides = None
-    session.flush()
-    return claimed
+        for job, attempt_id in zip(jobs, attempt_ids, strict=True)
+    ]
 
 
 def renew_leases(session: Session, *, worker: str, attempt_ids: Sequence[int], lease_seconds: float) -> set[int]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import Insert, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -59,3 +62,83 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
             return []
     result = session.execute(stmt.returning(table.c.id), list(rows.values()))
     return sorted(row[0] for row in result)
+
+
+# PostgreSQL's fast path: rows are COPYed into a temporary table, then moved into `jobs` by one
+# INSERT ... SELECT that skips the jobs the run already holds. COPY streams rows at C speed, where
+# multi-row INSERTs spend most of their time building and parsing SQL.
+_STAGING = "vlmbatch_submit_staging"
+_CREATE_STAGING = (
+    f"CREATE TEMP TABLE {_STAGING} (input_key text, images text, question text, reference text, "
+    "metadata text) ON COMMIT DROP"
+)
+_MOVE_STAGED = f"""
+INSERT INTO jobs (run_id, input_key, images, question, reference, metadata, state, attempt_count,
+                  attempt_base, transient_failures, accepted_samples, created_at, queued_at)
+SELECT %(run_id)s, input_key, images::json, question, reference, metadata::json, 'queued', 0, 0, 0, 0,
+       now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc'
+FROM {_STAGING}
+ON CONFLICT ON CONSTRAINT uq_jobs_run_input DO NOTHING
+"""
+
+
+# input_key, images (JSON), question, reference, metadata (JSON)
+StagedRow = tuple[str, str, str, str | None, str | None]
+
+
+def staged_row(spec: JobSpec) -> StagedRow:
+    """A job spec as the text columns COPY writes into the staging table."""
+    meta = json.dumps(spec.meta, ensure_ascii=False) if spec.meta is not None else None
+    return spec.input_key(), _json_list(spec.images), spec.question, spec.reference, meta
+
+
+def _json_list(items: Sequence[str]) -> str:
+    # The common case, one plain URI, without the JSON encoder (a third of the cost of a staged row).
+    if len(items) == 1 and _PLAIN.fullmatch(items[0]):
+        return f'["{items[0]}"]'
+    return json.dumps(list(items), ensure_ascii=False)
+
+
+# Characters that need no escaping inside a JSON string.
+_PLAIN = re.compile(r"[^\x00-\x1f\"\\]*")
+
+
+class PostgresStaging:
+    """Stages a whole submit in one transaction (PostgreSQL only): `copy` streams rows into a temporary
+    table, `move` inserts those the run does not hold yet. Rolling the transaction back leaves nothing."""
+
+    def __init__(self, session: Session) -> None:
+        raw = session.connection().connection.driver_connection
+        if raw is None:
+            raise RuntimeError("no database connection")
+        self._raw: Any = raw
+        with self._raw.cursor() as cursor:
+            cursor.execute(_CREATE_STAGING)
+        self.watermark = int(session.scalar(select(func.coalesce(func.max(Job.id), 0))) or 0)
+
+    def copy(self, rows: Iterable[StagedRow]) -> int:
+        count = 0
+        with self._raw.cursor() as cursor:
+            columns = "input_key, images, question, reference, metadata"
+            with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+        return count
+
+    def move(self, run_id: int) -> int:
+        """Insert the staged jobs the run does not hold yet, empty the staging table; return how many
+        were inserted."""
+        with self._raw.cursor() as cursor:
+            cursor.execute(_MOVE_STAGED, {"run_id": run_id})
+            inserted = int(cursor.rowcount)
+            cursor.execute(f"TRUNCATE {_STAGING}")
+            return inserted
+
+
+def new_job_ids(session: Session, *, run_id: int, after: int, batch: int = 10_000) -> Iterator[list[int]]:
+    """The run's job ids above `after` (the ids a submit added), in batches, streamed."""
+    stmt = select(Job.id).where(Job.run_id == run_id, Job.id > after).order_by(Job.id)
+    result = session.execute(stmt.execution_options(stream_results=True, yield_per=batch))
+    for part in result.partitions(batch):
+        yield [row[0] for row in part]

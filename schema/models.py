@@ -82,9 +82,12 @@ class JobSpec(BaseModel):
     def input_key(self) -> str:
         """The job's identity within a run: a hash of its image URIs and question (DESIGN.md, job row
         unique per run + images + question). Hashed so that the unique index stays small whatever the
-        length of the question."""
-        payload = json.dumps([list(self.images), self.question], ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()
+        length of the question; every part is length-prefixed, so no two jobs can collide by splitting
+        their text differently."""
+        parts = [*self.images, self.question]
+        payload = f"{len(self.images)}|" + "".join(f"{len(p)}:{p}" for p in parts)
+        # 128 bits of SHA-256: no collision in any run a fleet can process, and half the index size.
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 class SubmitReport(BaseModel):

@@ -7,8 +7,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import update
+from sqlalchemy import Boolean, Table, bindparam, case, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from schema.errors import ErrorType
@@ -81,67 +82,132 @@ def record_outcomes(session: Session, reports: Sequence[AttemptReport]) -> list[
     again after its lease expired) changes nothing: not the job, not the attempt, no result rows.
     Runs in the caller's transaction; the caller commits once for the whole batch.
     """
-    written = []
+    if not reports:
+        return []
     now = utcnow()
-    for report in reports:
-        if _apply(session, report, now):
-            written.append(report)
+    holding = _still_holding(session, reports)
+    written = [r for r in reports if (r.job_id, r.attempt_id) in holding]
+    if not written:
+        return []
+    jobs, attempts = cast(Table, Job.__table__), cast(Table, Attempt.__table__)
+    # One statement per table for the whole batch (executemany), not three round trips per report.
+    session.execute(
+        update(jobs)
+        .where(jobs.c.id == bindparam("b_id"))
+        .values(
+            state=bindparam("b_state"),
+            lease_owner=None,
+            lease_expires_at=None,
+            error_type=bindparam("b_error_type"),
+            error_message=bindparam("b_error_message"),
+            not_before=bindparam("b_not_before"),
+            finished_at=bindparam("b_finished_at"),
+            queued_at=case(
+                (bindparam("b_requeued", type_=Boolean) == true(), bindparam("b_now")), else_=jobs.c.queued_at
+            ),
+            transient_failures=case(
+                (bindparam("b_transient", type_=Boolean) == true(), jobs.c.transient_failures + 1), else_=0
+            ),
+            accepted_samples=jobs.c.accepted_samples + bindparam("b_accepted"),
+        ),
+        [_job_values(r, now) for r in written],
+    )
+    session.execute(
+        update(attempts)
+        .where(attempts.c.id == bindparam("b_id"))
+        .values({name: bindparam(f"b_{name}") for name in _ATTEMPT_FIELDS}),
+        [_attempt_values(r, now) for r in written],
+    )
+    rows = [_result_values(r, sample, now) for r in written for sample in r.samples]
+    if rows:
+        session.execute(insert(cast(Table, Result.__table__)), rows)
     return written
 
 
-def _apply(session: Session, report: AttemptReport, now: datetime) -> bool:
-    state, not_before, counts_as_transient = _next_state(report, now)
+def _still_holding(session: Session, reports: Sequence[AttemptReport]) -> set[tuple[int, int]]:
+    """(job, attempt) pairs whose attempt still holds its running job, locked until the transaction ends
+    (on SQLite the BEGIN IMMEDIATE transaction already excludes other writers)."""
+    stmt = select(Job.id, Job.current_attempt_id).where(
+        Job.id.in_({r.job_id for r in reports}), Job.state == JobState.RUNNING.value
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return {(job_id, attempt_id) for job_id, attempt_id in session.execute(stmt) if attempt_id is not None}
+
+
+def _job_values(report: AttemptReport, now: datetime) -> dict[str, object]:
+    state, not_before, transient = _next_state(report, now)
+    return {
+        "b_id": report.job_id,
+        "b_state": state.value,
+        "b_error_type": report.error_type.value if report.error_type else None,
+        "b_error_message": report.error_message,
+        "b_not_before": not_before,
+        "b_finished_at": now if state.terminal else None,
+        "b_requeued": not state.terminal,
+        "b_now": now,
+        "b_transient": transient,
+        "b_accepted": report.accepted,
+    }
+
+
+_ATTEMPT_FIELDS = (
+    "outcome",
+    "error_type",
+    "error_message",
+    "finished_at",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "answer_tokens",
+    "queue_wait_s",
+    "fetch_s",
+    "decode_s",
+    "generation_s",
+    "first_token_s",
+    "gpu_seconds",
+)
+
+
+def _attempt_values(report: AttemptReport, now: datetime) -> dict[str, object]:
+    samples, t = report.samples, report.timings
     values: dict[str, object] = {
-        "state": state.value,
-        "lease_owner": None,
-        "lease_expires_at": None,
+        "outcome": report.outcome.value,
         "error_type": report.error_type.value if report.error_type else None,
         "error_message": report.error_message,
-        "not_before": not_before,
-        "transient_failures": Job.transient_failures + 1 if counts_as_transient else 0,
+        "finished_at": now,
+        "prompt_tokens": report.prompt_tokens,
+        "completion_tokens": sum(s.completion_tokens for s in samples) if samples else None,
+        "reasoning_tokens": _sum_known([s.reasoning_tokens for s in samples]),
+        "answer_tokens": _sum_known([s.answer_tokens for s in samples]),
+        "queue_wait_s": t.queue_wait_s,
+        "fetch_s": t.fetch_s,
+        "decode_s": t.decode_s,
+        "generation_s": t.generation_s,
+        "first_token_s": t.first_token_s,
+        "gpu_seconds": t.gpu_seconds,
     }
-    if report.accepted:
-        values["accepted_samples"] = Job.accepted_samples + report.accepted
-    if state.terminal:
-        values["finished_at"] = now
-    else:
-        values["queued_at"] = now
-    fenced = session.execute(
-        update(Job)
-        .where(
-            Job.id == report.job_id,
-            Job.current_attempt_id == report.attempt_id,
-            Job.state == JobState.RUNNING.value,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if fenced.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    _finish_attempt(session, report, now)
-    if report.samples:
-        session.add_all(
-            Result(
-                job_id=report.job_id,
-                attempt_id=report.attempt_id,
-                sample_index=s.sample_index,
-                answer=s.answer,
-                reasoning=s.reasoning,
-                raw_text=s.raw_text,
-                finish_reason=s.finish_reason,
-                trace_closed=s.trace_closed,
-                completion_tokens=s.completion_tokens,
-                reasoning_tokens=s.reasoning_tokens,
-                answer_tokens=s.answer_tokens,
-                extracted_answer=s.extracted_answer,
-                correct=s.correct,
-                valid=s.valid,
-                created_at=now,
-            )
-            for s in report.samples
-        )
-        session.flush()
-    return True
+    return {"b_id": report.attempt_id, **{f"b_{k}": v for k, v in values.items()}}
+
+
+def _result_values(report: AttemptReport, sample: SampleRecord, now: datetime) -> dict[str, object]:
+    return {
+        "job_id": report.job_id,
+        "attempt_id": report.attempt_id,
+        "sample_index": sample.sample_index,
+        "answer": sample.answer,
+        "reasoning": sample.reasoning,
+        "raw_text": sample.raw_text,
+        "finish_reason": sample.finish_reason,
+        "trace_closed": sample.trace_closed,
+        "completion_tokens": sample.completion_tokens,
+        "reasoning_tokens": sample.reasoning_tokens,
+        "answer_tokens": sample.answer_tokens,
+        "extracted_answer": sample.extracted_answer,
+        "correct": sample.correct,
+        "valid": sample.valid,
+        "created_at": now,
+    }
 
 
 def _next_state(report: AttemptReport, now: datetime) -> tuple[JobState, datetime | None, bool]:
@@ -157,35 +223,6 @@ def _next_state(report: AttemptReport, now: datetime) -> tuple[JobState, datetim
         AttemptOutcome.ABANDONED: JobState.QUEUED,
     }
     return mapping[report.outcome], None, False
-
-
-def _finish_attempt(session: Session, report: AttemptReport, now: datetime) -> None:
-    samples = report.samples
-    completion = sum(s.completion_tokens for s in samples) if samples else None
-    reasoning = _sum_known([s.reasoning_tokens for s in samples])
-    answer = _sum_known([s.answer_tokens for s in samples])
-    t = report.timings
-    session.execute(
-        update(Attempt)
-        .where(Attempt.id == report.attempt_id)
-        .values(
-            outcome=report.outcome.value,
-            error_type=report.error_type.value if report.error_type else None,
-            error_message=report.error_message,
-            finished_at=now,
-            prompt_tokens=report.prompt_tokens,
-            completion_tokens=completion,
-            reasoning_tokens=reasoning,
-            answer_tokens=answer,
-            queue_wait_s=t.queue_wait_s,
-            fetch_s=t.fetch_s,
-            decode_s=t.decode_s,
-            generation_s=t.generation_s,
-            first_token_s=t.first_token_s,
-            gpu_seconds=t.gpu_seconds,
-        )
-        .execution_options(synchronize_session=False)
-    )
 
 
 def _sum_known(values: Sequence[int | None]) -> int | None:

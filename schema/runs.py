@@ -26,6 +26,25 @@ def run_settings(run: Run) -> RunSettings:
     return RunSettings.model_validate(run.settings)
 
 
+def get_or_create_run(session: Session, *, name: str, settings: RunSettings, queue: str, source: str | None) -> Run:
+    """Within the caller's transaction: the run called `name`, created if new. Raises RunConflict when it
+    exists with other settings."""
+    wanted = settings.model_dump(mode="json")
+    run = session.scalar(select(Run).where(Run.name == name))
+    if run is None:
+        run = Run(name=name, model=settings.model, queue=queue, settings=wanted, source=source)
+        session.add(run)
+        session.flush()
+        return run
+    if run.settings != wanted:
+        raise RunConflict(
+            f"run {name!r} exists with other settings (fingerprint "
+            f"{RunSettings.model_validate(run.settings).fingerprint()} vs {settings.fingerprint()}); "
+            "choose another --run name"
+        )
+    return run
+
+
 def create_or_reuse_run(
     sessions: sessionmaker[Session],
     *,
@@ -34,29 +53,15 @@ def create_or_reuse_run(
     queue: str,
     source: str | None,
 ) -> Run:
-    """The run called `name`, created with `settings` if new.
+    """The run called `name`, created with `settings` if new, in a transaction of its own.
 
     Raises RunConflict when a run of that name exists with other settings: mixing two sampling set-ups
     in one run would make its results incomparable.
     """
-    wanted = settings.model_dump(mode="json")
     for _ in range(2):  # a concurrent submit may create the same run between our read and our insert
-        with sessions() as session, session.begin():
-            run = session.scalar(select(Run).where(Run.name == name))
-            if run is not None:
-                if run.settings != wanted:
-                    raise RunConflict(
-                        f"run {name!r} exists with other settings (fingerprint "
-                        f"{RunSettings.model_validate(run.settings).fingerprint()} vs {settings.fingerprint()}); "
-                        "choose another --run name"
-                    )
-                return run
-            run = Run(name=name, model=settings.model, queue=queue, settings=wanted, source=source)
-            session.add(run)
-            try:
-                session.flush()
-            except IntegrityError:
-                session.rollback()
-                continue
-            return run
+        try:
+            with sessions() as session, session.begin():
+                return get_or_create_run(session, name=name, settings=settings, queue=queue, source=source)
+        except IntegrityError:
+            continue
     raise RunConflict(f"run {name!r} could not be created")

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -65,15 +66,28 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "input_key", name="uq_jobs_run_input"),
         Index("ix_jobs_run_state", "run_id", "state"),
-        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+        # Partial indexes: a queued job (most inserts) touches neither, so bulk submits stay fast.
+        # Expired leases, for the reconciler: only running jobs hold one.
+        Index(
+            "ix_jobs_running_lease",
+            "lease_expires_at",
+            postgresql_where=text("state = 'running'"),
+            sqlite_where=text("state = 'running'"),
+        ),
         # Throughput over the last minutes (status, browser) without reading the run's whole history.
-        Index("ix_jobs_run_finished", "run_id", "finished_at"),
+        Index(
+            "ix_jobs_run_finished",
+            "run_id",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+            sqlite_where=text("finished_at IS NOT NULL"),
+        ),
         CheckConstraint(f"state IN {_in([s.value for s in JobState])}", name="ck_jobs_state"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    input_key: Mapped[str] = mapped_column(String(64))
+    input_key: Mapped[str] = mapped_column(String(32))
     images: Mapped[list[str]]
     question: Mapped[str] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(Text)

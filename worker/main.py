@@ -14,7 +14,7 @@ from schema.settings import Settings
 from worker.celery_app import make_celery, task_concurrency
 from worker.maintenance import Maintenance
 from worker.pipeline import Pipeline
-from worker.publisher import CeleryPublisher, NullPublisher
+from worker.publisher import NullPublisher, publisher_for
 from worker.runtime import build_pipeline
 from worker.tasks import register_tasks
 
@@ -29,7 +29,7 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     """Consume the broker queue until told to stop; return the process exit status."""
     db_engine, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
     app = make_celery(settings)
-    publisher = CeleryPublisher(app, jobs_per_message=settings.jobs_per_message)
+    publisher = publisher_for(app, jobs_per_message=settings.jobs_per_message)
     pipeline = build_pipeline(settings, sessions=sessions, publisher=publisher)
     pipeline.start()
     if settings.metrics_port:

@@ -50,6 +50,8 @@ T = TypeVar("T")
 # Outcomes committed per database transaction, and how long the writer waits to fill a batch.
 WRITE_BATCH = 256
 WRITE_LINGER_S = 0.02
+# Jobs claimed in one transaction at most, when several messages wait to be claimed.
+CLAIM_BATCH = 1024
 # The embedded feed polls the database this often when it has nothing to claim.
 FEED_POLL_S = 0.25
 
@@ -124,9 +126,11 @@ class Pipeline:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vlmbatch-pipeline", daemon=True)
         self._io = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="vlmbatch-io")
-        self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="vlmbatch-db")
+        # Claims, outcome writes and lease renewals run side by side.
+        self._db_pool = ThreadPoolExecutor(3, thread_name_prefix="vlmbatch-db")
         self._inflight: dict[int, _InFlight] = {}
         self._runs: dict[int, RunContext] = {}
+        self._runs_loading: dict[int, asyncio.Future[RunContext]] = {}
         self._closing = False
         self._fatal: BaseException | None = None
         self.fatal_event = threading.Event()
@@ -187,9 +191,11 @@ class Pipeline:
         self._capacity = Capacity(self._settings.resolved_inflight_jobs())
         self._reports: asyncio.Queue[AttemptReport] = asyncio.Queue()
         await self._engine.start()
+        self._claims: asyncio.Queue[tuple[list[int], asyncio.Future[int]]] = asyncio.Queue()
         self._background = [
             asyncio.create_task(self._write_loop(), name="writer"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._claim_loop(), name="claimer"),
         ]
 
     async def _stop(self, grace_s: float) -> None:
@@ -227,20 +233,41 @@ class Pipeline:
             if self._closing:
                 await self._capacity.give(len(part))
                 raise WorkerStopping("worker is stopping")
-            jobs = await self._db(
-                partial(
-                    claim_jobs,
-                    job_ids=part,
-                    worker=self.worker_id,
-                    lease_seconds=self._settings.lease_seconds,
-                    model=self._engine.model,
+            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._claims.put_nowait((part, done))
+            claimed += await done
+        return claimed
+
+    async def _claim_loop(self) -> None:
+        """Claims what the Celery tasks hand over, several messages per transaction: one round of
+        claiming costs the database about the same for 16 jobs as for 500."""
+        while True:
+            batch = [await self._claims.get()]
+            while not self._claims.empty() and sum(len(part) for part, _ in batch) < CLAIM_BATCH:
+                batch.append(self._claims.get_nowait())
+            ids = [job_id for part, _ in batch for job_id in part]
+            try:
+                jobs = await self._db(
+                    partial(
+                        claim_jobs,
+                        job_ids=ids,
+                        worker=self.worker_id,
+                        lease_seconds=self._settings.lease_seconds,
+                        model=self._engine.model,
+                    )
                 )
-            )
-            await self._capacity.give(len(part) - len(jobs))
+            except Exception as exc:
+                for part, done in batch:
+                    await self._capacity.give(len(part))
+                    done.set_exception(exc)
+                continue
+            claimed = {job.job_id for job in jobs}
+            for part, done in batch:
+                mine = sum(1 for job_id in part if job_id in claimed)
+                await self._capacity.give(len(part) - mine)
+                done.set_result(mine)
             for job in jobs:
                 await self._launch(job)
-            claimed += len(jobs)
-        return claimed
 
     async def _feed_run(self, run_id: int) -> None:
         batch = max(1, min(self._settings.jobs_per_message, self._capacity.total))
@@ -362,9 +389,18 @@ class Pipeline:
 
     async def _run_context(self, run_id: int) -> RunContext:
         run = self._runs.get(run_id)
-        if run is None:
-            run = await self._db(partial(_load_run, run_id=run_id))
-            self._runs[run_id] = run
+        if run is not None:
+            return run
+        # Jobs of a new run arrive hundreds at a time: load its settings once, not once per job.
+        loading = self._runs_loading.get(run_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._db(partial(_load_run, run_id=run_id)))
+            self._runs_loading[run_id] = loading
+        try:
+            run = await asyncio.shield(loading)
+        finally:
+            self._runs_loading.pop(run_id, None)
+        self._runs[run_id] = run
         return run
 
     async def _load_images(self, job: ClaimedJob) -> tuple[list[Image], float, float]:

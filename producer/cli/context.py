@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from schema.database import open_ledger
 from schema.settings import Settings
 from worker.celery_app import make_celery
-from worker.publisher import CeleryPublisher
+from worker.publisher import Publisher, publisher_for
 
 
 @dataclass
@@ -38,8 +38,8 @@ class CommandContext:
             self._celery = make_celery(self.settings)
         return self._celery
 
-    def publisher(self) -> CeleryPublisher:
-        return CeleryPublisher(self.celery, jobs_per_message=self.settings.jobs_per_message)
+    def publisher(self) -> Publisher:
+        return publisher_for(self.celery, jobs_per_message=self.settings.jobs_per_message)
 
 
 def load_context(**overrides: object) -> CommandContext:

@@ -15,6 +15,10 @@ MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 # A check applied to every spec while validating; it raises ValueError for a spec that must be refused.
 SpecCheck = Callable[[JobSpec], None]
+# Where a row is in its source ("line 12", "row 7", a key) and its spec, or why it is malformed.
+Row = tuple[str, JobSpec | ValueError]
+# Malformed rows listed in full in the error before the rest are only counted.
+MAX_REPORTED_ERRORS = 20
 
 
 class Source(Protocol):
@@ -26,6 +30,44 @@ class Source(Protocol):
     def validate(self, check: SpecCheck | None = None) -> None: ...
 
     def specs(self) -> Iterator[JobSpec]: ...
+
+    def rows(self) -> Iterator[Row]:
+        """Every row with its spec or its error, in one pass (for loaders that validate as they go)."""
+        ...
+
+
+class RowErrors:
+    """Collects malformed rows; `raise_if_any` refuses the submit, naming them."""
+
+    def __init__(self, uri: str) -> None:
+        self._uri = uri
+        self.total = 0
+        self.shown: list[str] = []
+
+    def add(self, where: str, error: ValueError) -> None:
+        self.total += 1
+        if len(self.shown) < MAX_REPORTED_ERRORS:
+            self.shown.append(f"{where}: {error}")
+
+    def raise_if_any(self) -> None:
+        if not self.total:
+            return
+        more = f"\n  … and {self.total - len(self.shown)} more" if self.total > len(self.shown) else ""
+        raise SourceError(
+            f"{self._uri}: {self.total} malformed row(s); nothing was submitted:\n  " + "\n  ".join(self.shown) + more
+        )
+
+
+def checked_rows(source: Source, check: SpecCheck | None) -> Iterator[Row]:
+    """`source.rows()` with `check` applied to every well-formed spec."""
+    for where, spec in source.rows():
+        if check is not None and isinstance(spec, JobSpec):
+            try:
+                check(spec)
+            except ValueError as exc:
+                yield where, exc
+                continue
+        yield where, spec
 
 
 def open_source(uri: str, *, question: str | None, s3_endpoint_url: str | None) -> Source:

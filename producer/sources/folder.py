@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from producer.sources import SpecCheck
+from producer.sources import Row, SpecCheck
 from producer.sources.images import looks_like_image
 from schema.errors import SourceError
 from schema.models import JobSpec
@@ -31,6 +31,10 @@ class FolderSource:
         if escaping:
             shown = ", ".join(escaping[:10])
             raise SourceError(f"{self._given}: {len(escaping)} path(s) lead outside the folder, refused: {shown}")
+
+    def rows(self) -> Iterator[Row]:
+        for spec in self.specs():
+            yield spec.images[0], spec
 
     def specs(self) -> Iterator[JobSpec]:
         for escaping, path in self._walk():

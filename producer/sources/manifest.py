@@ -22,13 +22,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from producer.sources import SpecCheck
+from producer.sources import Row, RowErrors, SpecCheck, checked_rows
 from schema.errors import SourceError
 from schema.models import JobSpec
 from worker.storage import local_path, make_s3_client, split_s3_uri
 
-# Errors listed in full before the rest are only counted.
-MAX_REPORTED_ERRORS = 20
 CSV_IMAGE_SEPARATOR = ";"
 PARQUET_BATCH_ROWS = 8192
 _RESERVED = ("image", "question", "reference")
@@ -55,32 +53,24 @@ class ManifestSource:
         return self._uri
 
     def validate(self, check: SpecCheck | None = None) -> None:
-        errors: list[str] = []
-        total = 0
-        for where, record in self._records():
-            try:
-                spec = self._spec(record)
-                if check is not None:
-                    try:
-                        check(spec)
-                    except ValueError as exc:
-                        raise RowError(str(exc)) from exc
-            except RowError as exc:
-                total += 1
-                if len(errors) < MAX_REPORTED_ERRORS:
-                    errors.append(f"{where}: {exc}")
-        if total:
-            more = f"\n  … and {total - len(errors)} more" if total > len(errors) else ""
-            raise SourceError(
-                f"{self._uri}: {total} malformed row(s); nothing was submitted:\n  " + "\n  ".join(errors) + more
-            )
+        errors = RowErrors(self._uri)
+        for where, spec in checked_rows(self, check):
+            if isinstance(spec, ValueError):
+                errors.add(where, spec)
+        errors.raise_if_any()
 
     def specs(self) -> Iterator[JobSpec]:
+        for where, spec in self.rows():
+            if isinstance(spec, ValueError):  # validate() runs first; this only guards a file changed meanwhile
+                raise SourceError(f"{self._uri}: {where}: {spec}")
+            yield spec
+
+    def rows(self) -> Iterator[Row]:
         for where, record in self._records():
             try:
-                yield self._spec(record)
-            except RowError as exc:  # validate() runs first; this only guards a file changed meanwhile
-                raise SourceError(f"{self._uri}: {where}: {exc}") from exc
+                yield where, self._spec(record)
+            except RowError as exc:
+                yield where, exc
 
     # -- rows ------------------------------------------------------------------------------------------
 

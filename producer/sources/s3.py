@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from producer.sources import SpecCheck
+from producer.sources import Row, SpecCheck
 from producer.sources.images import looks_like_image
 from schema.errors import SourceError
 from schema.models import JobSpec
@@ -36,6 +36,10 @@ class S3PrefixSource:
             raise SourceError(f"{self._uri}: cannot list ({code})") from exc
         except BotoCoreError as exc:
             raise SourceError(f"{self._uri}: cannot list ({type(exc).__name__})") from exc
+
+    def rows(self) -> Iterator[Row]:
+        for spec in self.specs():
+            yield spec.images[0], spec
 
     def specs(self) -> Iterator[JobSpec]:
         for key in self.keys():

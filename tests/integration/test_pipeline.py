@@ -201,16 +201,16 @@ def test_an_outcome_the_database_refuses_fails_its_job_alone(
 ) -> None:
     from sqlalchemy.exc import DataError
 
-    original = outcomes._apply
+    original = outcomes._result_values
     refused: set[int] = set()
 
-    def refusing(session: object, report: outcomes.AttemptReport, now: object) -> bool:
-        if report.samples and (not refused or report.job_id in refused):
+    def refusing(report: outcomes.AttemptReport, sample: outcomes.SampleRecord, now: object) -> dict[str, object]:
+        if not refused or report.job_id in refused:
             refused.add(report.job_id)  # the first job with samples: "the database" always refuses them
             raise DataError("INSERT", {}, Exception("value out of range"))
-        return original(session, report, now)  # type: ignore[arg-type]
+        return original(report, sample, now)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(outcomes, "_apply", refusing)
+    monkeypatch.setattr(outcomes, "_result_values", refusing)
     with running_pipeline(settings_for(sqlite_url)) as (pipeline, sessions):
         run_id = submit_folder(sessions, _folder(tmp_path, 5))
         pipeline.feed_run(run_id).result(timeout=30)

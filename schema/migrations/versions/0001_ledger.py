@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-29 04:12:05.302400
+Create Date: 2026-11-29 04:47:24.956976
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def upgrade() -> None:
         "jobs",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("input_key", sa.String(length=64), nullable=False),
+        sa.Column("input_key", sa.String(length=32), nullable=False),
         sa.Column("images", sa.JSON(), nullable=False),
         sa.Column("question", sa.Text(), nullable=False),
         sa.Column("reference", sa.Text(), nullable=True),
@@ -63,9 +63,21 @@ def upgrade() -> None:
         sa.UniqueConstraint("run_id", "input_key", name="uq_jobs_run_input"),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index("ix_jobs_run_finished", ["run_id", "finished_at"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_run_finished",
+            ["run_id", "finished_at"],
+            unique=False,
+            postgresql_where=sa.text("finished_at IS NOT NULL"),
+            sqlite_where=sa.text("finished_at IS NOT NULL"),
+        )
         batch_op.create_index("ix_jobs_run_state", ["run_id", "state"], unique=False)
-        batch_op.create_index("ix_jobs_state_lease", ["state", "lease_expires_at"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_running_lease",
+            ["lease_expires_at"],
+            unique=False,
+            postgresql_where=sa.text("state = 'running'"),
+            sqlite_where=sa.text("state = 'running'"),
+        )
 
     op.create_table(
         "attempts",
@@ -138,9 +150,17 @@ def downgrade() -> None:
 
     op.drop_table("attempts")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_index("ix_jobs_state_lease")
+        batch_op.drop_index(
+            "ix_jobs_running_lease",
+            postgresql_where=sa.text("state = 'running'"),
+            sqlite_where=sa.text("state = 'running'"),
+        )
         batch_op.drop_index("ix_jobs_run_state")
-        batch_op.drop_index("ix_jobs_run_finished")
+        batch_op.drop_index(
+            "ix_jobs_run_finished",
+            postgresql_where=sa.text("finished_at IS NOT NULL"),
+            sqlite_where=sa.text("finished_at IS NOT NULL"),
+        )
 
     op.drop_table("jobs")
     op.drop_table("runs")
