@@ -226,7 +226,7 @@ def _run_workers(work: Path, source: str, n: int, endpoint: str) -> Any:
             AWS_SECRET_ACCESS_KEY="bench",
         )
         out = subprocess.run(
-            [*VLMBATCH, "submit", "s3://work/w/", "-q", "What?", "--model", "fake-model", "--json"],
+            [*VLMBATCH, "submit", source, "-q", "What?", "--model", "fake-model", "--json"],
             env=env,
             capture_output=True,
             text=True,
@@ -304,7 +304,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "control_plane.json")
     args = parser.parse_args()
-    n, n_naive, n_s3, n_worker = (20_000, 2_000, 5_000, 1_000) if args.quick else (100_000, 5_000, 100_000, 4_000)
+    n, n_naive, n_s3, n_worker = (20_000, 2_000, 5_000, 2_000) if args.quick else (100_000, 5_000, 100_000, 10_000)
     small, large = (20_000, 200_000) if args.quick else (100_000, 1_000_000)
     work = Path(tempfile.mkdtemp(prefix="vlmbatch-cp-"))
     produced = producer(work, n, n_naive, n_s3)
