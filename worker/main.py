@@ -27,6 +27,14 @@ EXIT_CONSUMER_STALLED = 4
 
 def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     """Consume the broker queue until told to stop; return the process exit status."""
+    log.info(
+        "worker %s: model %s, tensor_parallel_size %d, CUDA_VISIBLE_DEVICES=%s, queue %s",
+        settings.resolved_worker_id(),
+        settings.model,
+        settings.tensor_parallel_size,
+        os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"),
+        settings.queue,
+    )
     db_engine, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
     app = make_celery(settings)
     publisher = publisher_for(app, jobs_per_message=settings.jobs_per_message)

@@ -23,9 +23,19 @@ from producer.cli.context import load_context
 @click.option("--trust-remote-code/--no-trust-remote-code", default=None, help="Run the model folder's code.")
 @click.option("--enforce-eager/--no-enforce-eager", default=None, help="Skip CUDA graphs / torch.compile.")
 @click.option("--queue", help="Broker queue to consume [env VLMBATCH_QUEUE].")
+@click.option("--gpus", help="Pin this worker to these GPUs (CUDA_VISIBLE_DEVICES); TP defaults to their number.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker_command(loglevel: str, **flags: object) -> None:
+def worker_command(loglevel: str, gpus: str | None, **flags: object) -> None:
     """Run a worker: one engine, consuming the broker queue until stopped (SIGTERM: graceful)."""
+    if gpus:
+        import os
+
+        from worker.launcher import parse_gpus
+
+        chosen = parse_gpus(gpus)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)  # before any CUDA library is loaded
+        if flags.get("tensor_parallel_size") is None:
+            flags["tensor_parallel_size"] = len(chosen)
     from worker.log_format import configure_logging
     from worker.main import run_celery_worker
 
@@ -43,3 +53,44 @@ def smoke_model_command(directory: Path, seed: int) -> None:
 
     path = build_model_folder(directory, seed=seed)
     click.echo(str(path))
+
+
+@cli.command("workers")
+@click.option("--gpus", help="GPUs to use, e.g. 0-7 or 0,1,4,5 (default: all this host has).")
+@click.option(
+    "--gpus-per-worker", type=click.IntRange(1), default=1, show_default=True, help="Tensor-parallel size."
+)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="First worker's port; the next get +1, +2…")
+@click.option("--dry-run", is_flag=True, help="Print each worker's GPUs and settings, start nothing.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def workers_command(
+    gpus: str | None, gpus_per_worker: int, metrics_port: int | None, dry_run: bool, loglevel: str
+) -> None:
+    """Run one worker per group of GPUs on this host (e.g. 8 GPUs: 8 x TP=1, 4 x TP=2 or 1 x TP=8),
+    restarting any that exits; SIGTERM drains them all."""
+    import json
+    import os
+    import socket
+
+    from worker.launcher import parse_gpus, plan_workers, run_workers, visible_gpus
+    from worker.log_format import configure_logging
+
+    configure_logging(loglevel)
+    chosen = parse_gpus(gpus) if gpus else visible_gpus()
+    if not chosen:
+        raise click.UsageError("no GPUs found: pass --gpus")
+    try:
+        plans = plan_workers(
+            chosen,
+            per_worker=gpus_per_worker,
+            base_env=dict(os.environ),
+            worker_id_prefix=socket.gethostname(),
+            metrics_port=metrics_port,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if dry_run:
+        keys = ("CUDA_VISIBLE_DEVICES", "VLMBATCH_TENSOR_PARALLEL_SIZE", "VLMBATCH_WORKER_ID", "VLMBATCH_METRICS_PORT")
+        click.echo(json.dumps([{k: p.env.get(k) for k in keys} for p in plans]))
+        return
+    sys.exit(run_workers(plans, extra_args=["--loglevel", loglevel]))
