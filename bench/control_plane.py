@@ -211,7 +211,7 @@ def worker_path(work: Path, n: int) -> dict[str, Any]:
 
 
 def _run_workers(work: Path, source: str, n: int, endpoint: str) -> Any:
-    from bench.workload import ledger_span
+    from bench.workload import ledger_span, wait_for_run
 
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -240,7 +240,7 @@ def _run_workers(work: Path, source: str, n: int, endpoint: str) -> Any:
                     [*VLMBATCH, "worker", "--loglevel", "WARNING"], env=env, stdout=log, stderr=subprocess.STDOUT
                 )
             )
-        _wait_done(db, run_id, timeout=600)
+        wait_for_run(db, run_id, timeout=600)
         return ledger_span(db, run_id, "worker path")
     finally:
         for process in workers:
@@ -258,25 +258,6 @@ def memory(work: Path, small: int, large: int) -> dict[str, Any]:
         wall, rss, _ = timed([*VLMBATCH, "submit", str(manifest), "-q", "What is shown?", "--json"], env_for(db))
         rows[f"vlmbatch submit, {n:,} jobs"] = {"jobs": n, "wall_s": wall, "jobs_per_s": n / wall, "peak_rss_mb": rss}
     return rows
-
-
-def _wait_done(database_url: str, run_id: int, timeout: float) -> None:
-    from sqlalchemy import func, select
-
-    from schema.database import open_ledger
-    from schema.tables import Job
-
-    _, sessions = open_ledger(database_url, auto_migrate=False)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sessions() as session:
-            pending = session.scalar(
-                select(func.count()).select_from(Job).where(Job.run_id == run_id, Job.state.in_(["queued", "running"]))
-            )
-        if pending == 0:
-            return
-        time.sleep(0.5)
-    raise TimeoutError("workers did not finish")
 
 
 def _free_port() -> int:

@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.workload import Measured, ledger_span, raw_vllm_chat, table, write_images  # noqa: E402
+from bench.workload import Measured, ledger_span, raw_vllm_chat, table, wait_for_run, write_images  # noqa: E402
 
 CHOICES = ("indoor", "outdoor", "diagram", "other")
 
@@ -119,7 +119,7 @@ def run_distributed(
     log = (work / "worker.log").open("wb")
     worker = subprocess.Popen([*_VLMBATCH, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_done(postgres, submitted["run"], timeout=1800)
+        wait_for_run(postgres, submitted["run"], timeout=1800)
     finally:
         worker.terminate()
         worker.wait(timeout=120)
@@ -134,25 +134,6 @@ def _vlmbatch(args: list[str], env: dict[str, str]) -> Any:
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _wait_done(database_url: str, run_id: int, *, timeout: float) -> None:
-    from sqlalchemy import func, select
-
-    from schema.database import open_ledger
-    from schema.tables import Job
-
-    _, sessions = open_ledger(database_url, auto_migrate=False)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sessions() as session:
-            pending = session.scalar(
-                select(func.count()).select_from(Job).where(Job.run_id == run_id, Job.state.in_(["queued", "running"]))
-            )
-        if pending == 0:
-            return
-        time.sleep(1)
-    raise TimeoutError("the worker did not finish the run")
 
 
 def _fresh_postgres(base: str) -> str:

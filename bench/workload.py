@@ -136,3 +136,23 @@ def table(rows: Sequence[Measured], baseline: Measured) -> str:
             f"{row.requests_per_s:>7.2f} {row.output_tps / baseline.output_tps:>6.3f}"
         )
     return "\n".join(lines)
+
+
+def wait_for_run(database_url: str, run_id: int, *, timeout: float) -> None:
+    """Poll the ledger until none of the run's jobs is queued or running."""
+    from sqlalchemy import func, select
+
+    from schema.database import open_ledger
+    from schema.tables import Job
+
+    _, sessions = open_ledger(database_url, auto_migrate=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            pending = session.scalar(
+                select(func.count()).select_from(Job).where(Job.run_id == run_id, Job.state.in_(["queued", "running"]))
+            )
+        if pending == 0:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"run {run_id} did not finish in {timeout}s")
