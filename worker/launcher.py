@@ -75,45 +75,54 @@ def plan_workers(
     return plans
 
 
-def run_workers(plans: Sequence[WorkerPlan], *, extra_args: Sequence[str] = ()) -> int:
-    """Run one `vlmbatch worker` per plan until told to stop; restart any that exits on its own."""
-    command = [sys.executable, "-c", "from producer.cli import main; main()", "worker", *extra_args]
-    processes: dict[int, subprocess.Popen[bytes]] = {}
-    started: dict[int, float] = {}
-    stopping = False
+class Supervisor:
+    """Keeps one `vlmbatch worker` running per plan; forwards SIGTERM/SIGINT to them and waits."""
 
-    def start(plan: WorkerPlan) -> None:
-        processes[plan.index] = subprocess.Popen(command, env=plan.env)
-        started[plan.index] = time.monotonic()
-        log.info("worker %d on GPUs %s: pid %d", plan.index, ",".join(plan.gpus), processes[plan.index].pid)
+    def __init__(self, plans: Sequence[WorkerPlan], *, extra_args: Sequence[str] = ()) -> None:
+        self._plans = list(plans)
+        self._command = [sys.executable, "-c", "from producer.cli import main; main()", "worker", *extra_args]
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._started: dict[int, float] = {}
+        self.stopping = False
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for process in processes.values():
+    def start(self, plan: WorkerPlan) -> None:
+        process = subprocess.Popen(self._command, env=plan.env)
+        self._processes[plan.index] = process
+        self._started[plan.index] = time.monotonic()
+        log.info("worker %d on GPUs %s: pid %d", plan.index, ",".join(plan.gpus), process.pid)
+
+    def forward(self, signum: int, _frame: object = None) -> None:
+        self.stopping = True
+        for process in self._processes.values():
             if process.poll() is None:
                 process.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for plan in plans:
-        start(plan)
-    while True:
-        time.sleep(0.5)
-        if stopping:
-            for process in processes.values():
-                process.wait()
-            return 0
-        for plan in plans:
-            code = processes[plan.index].poll()
-            if code is None:
+    def restart_exited(self) -> None:
+        for plan in self._plans:
+            code = self._processes[plan.index].poll()
+            if code is None or self.stopping:
                 continue
             log.warning("worker %d exited with %d; restarting it", plan.index, code)
-            delay = RESTART_BACKOFF_S - (time.monotonic() - started[plan.index])
-            if delay > 0:
-                time.sleep(delay)
-            if not stopping:
-                start(plan)
+            time.sleep(max(0.0, RESTART_BACKOFF_S - (time.monotonic() - self._started[plan.index])))
+            if not self.stopping:
+                self.start(plan)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.forward)
+        signal.signal(signal.SIGINT, self.forward)
+        for plan in self._plans:
+            self.start(plan)
+        while not self.stopping:
+            time.sleep(0.5)
+            self.restart_exited()
+        for process in self._processes.values():
+            process.wait()
+        return 0
+
+
+def run_workers(plans: Sequence[WorkerPlan], *, extra_args: Sequence[str] = ()) -> int:
+    """Run one `vlmbatch worker` per plan until told to stop; restart any that exits on its own."""
+    return Supervisor(plans, extra_args=extra_args).run()
 
 
 def visible_gpus() -> list[str]:
