@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from producer.stats import Totals
 from schema.states import JobState
 from schema.status import Progress
 
@@ -49,7 +50,7 @@ def progress_line(name: str, progress: Progress) -> str:
     )
 
 
-def status_block(name: str, progress: Progress) -> str:
+def status_block(name: str, progress: Progress, cost: Totals | None = None) -> str:
     report = progress.report
     lines = [f"run {report.run} ({name}): {report.total} jobs"]
     lines.append(table(["state", "jobs"], [(s.value, report.counts[s.value]) for s in JobState]))
@@ -59,6 +60,11 @@ def status_block(name: str, progress: Progress) -> str:
         lines.append(table(["error type", "jobs"], errors))
     lines.append("")
     lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
+    if cost is not None:
+        lines.append(
+            f"cost so far: {cost.attempts} attempts, {cost.prompt_tokens:,} prompt, {cost.reasoning_tokens:,} "
+            f"reasoning and {cost.answer_tokens:,} answer tokens, {cost.gpu_seconds:,.1f} GPU-seconds"
+        )
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from producer.cli import cli
 from producer.cli.context import load_context
 from producer.cli.render import progress_line, status_block, table
+from producer.stats import run_accounting
 from schema.runs import get_run
 from schema.status import run_progress, run_status
 from schema.tables import Run
@@ -46,7 +47,8 @@ def status_command(run: str | None, as_json: bool, watch: bool, interval: float)
         return
     if not watch:
         with ctx.sessions() as session:
-            click.echo(status_block(target.name, run_progress(session, target.id)))
+            cost = run_accounting(session, target.id).all_attempts
+            click.echo(status_block(target.name, run_progress(session, target.id), cost))
         return
     while True:
         with ctx.sessions() as session:

@@ -72,3 +72,19 @@ def test_a_submit_without_exactly_one_question_is_refused(tmp_path: Path, args: 
     done = vlmbatch(["submit", str(_folder(tmp_path / "imgs", 1)), *args], _embedded_env())
     assert done.returncode == 2
     assert "question" in done.stderr
+
+
+def test_status_shows_what_the_run_cost(tmp_path: Path) -> None:
+    env = _embedded_env()
+    run = vlmbatch_json(["run", str(_folder(tmp_path / "imgs", 3)), "--question", "Describe.", "--json"], env)
+    assert isinstance(run, dict)
+    shown = vlmbatch(["status", str(run["run"])], env).stdout
+    assert "succeeded  3" in shown
+    assert "cost so far: 3 attempts" in shown and "GPU-seconds" in shown
+
+
+def test_a_password_in_the_database_url_never_reaches_the_output(tmp_path: Path) -> None:
+    env = {**_embedded_env(), "VLMBATCH_DATABASE_URL": "postgresql+psycopg://user:hunter2secret@127.0.0.1:1/x"}
+    done = vlmbatch(["status"], env)
+    assert done.returncode != 0
+    assert "hunter2secret" not in done.stdout + done.stderr

@@ -220,3 +220,29 @@ def test_an_outcome_the_database_refuses_fails_its_job_alone(
     assert failed is not None and failed.state == JobState.FAILED and failed.error_type == ErrorType.INTERNAL
     assert "could not be stored" in (failed.error_message or "")
     assert [state for job, state in states.items() if job not in refused] == [JobState.SUCCEEDED] * 4
+
+
+class HangingEngine(FakeEngine):
+    """Accepts requests and never produces a token, like a wedged GPU."""
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self._in_flight[request.request_id] = asyncio.Event()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+def test_an_engine_that_stops_producing_tokens_makes_the_worker_give_its_jobs_back(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(sqlite_url, engine_hang_seconds=1.0, heartbeat_seconds=0.3)
+    with running_pipeline(settings, engine=HangingEngine("fake-model")) as (pipeline, sessions):
+        run_id = submit_folder(sessions, _folder(tmp_path, 3))
+        fed = pipeline.feed_run(run_id)
+        assert pipeline.fatal_event.wait(20)
+        assert "hung" in str(pipeline.fatal)
+        with pytest.raises(Exception, match="hung"):
+            fed.result(timeout=10)
+    with sessions() as session:
+        assert set(session.scalars(select(Job.state))) == {JobState.QUEUED}
+        messages = set(session.scalars(select(Attempt.error_message)))
+    assert all("hung" in (m or "") for m in messages)

@@ -1,0 +1,54 @@
+"""Only JSON messages run: a pickled message (which could carry code) is refused by the worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy import select
+
+from schema.database import open_ledger
+from schema.enqueue import insert_jobs
+from schema.models import JobSpec, RunSettings
+from schema.runs import create_or_reuse_run
+from schema.settings import Settings
+from schema.states import JobState
+from schema.tables import Job
+from tests.fixtures.bad_images import good_jpeg
+from tests.processes import service_env, start_worker, stop_worker, wait_until_done
+from worker.celery_app import RUN_JOBS_TASK, make_celery
+from worker.publisher import CeleryPublisher
+
+
+def test_a_pickled_message_is_refused_and_a_json_one_runs(
+    tmp_path: Path, postgres_url: str, redis_url: str, queue_name: str
+) -> None:
+    image = tmp_path / "a.jpg"
+    image.write_bytes(good_jpeg(32, 32))
+    _, sessions = open_ledger(postgres_url)
+    run = create_or_reuse_run(
+        sessions, name="r", settings=RunSettings(model="fake-model"), queue=queue_name, source=None
+    )
+    with sessions() as session, session.begin():
+        (job_id,) = insert_jobs(session, run_id=run.id, specs=[JobSpec(images=(image.as_uri(),), question="q")])
+
+    hostile = Celery("hostile", broker=redis_url, set_as_current=False)
+    hostile.conf.update(task_serializer="pickle", accept_content=["pickle"])
+    hostile.send_task(RUN_JOBS_TASK, args=[[job_id]], queue=queue_name, serializer="pickle")
+
+    env = service_env(database_url=postgres_url, broker_url=redis_url, queue=queue_name)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        deadline = time.monotonic() + 60
+        while b"ContentDisallowed" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        with sessions() as session:
+            assert session.scalar(select(Job.state).where(Job.id == job_id)) == JobState.QUEUED  # not run
+        settings = Settings(broker_url=redis_url, queue=queue_name)
+        CeleryPublisher(make_celery(settings), jobs_per_message=16).publish(queue_name, [job_id])
+        assert wait_until_done(sessions, run.id, timeout=60) == {JobState.SUCCEEDED: 1}
+    finally:
+        stop_worker(worker)
+    assert b"ContentDisallowed" in log.read_bytes()
