@@ -232,3 +232,60 @@ def test_constrained_choices_make_every_answer_one_of_them_while_the_trace_stays
     assert all(r.valid and r.trace_closed for r in results)
     # The grammar applies after `</think>` only: the traces are the model's own (noise) tokens.
     assert any(len(r.reasoning or "") > 3 for r in results)
+
+
+def test_graded_sampling_until_accepted_exports_sft_records_that_datasets_loads(
+    sqlite_url: str, tiny_model: Path, shared_engine: EngineThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distillation end to end on the real engine: references, 3 samples per job, accept 1, export only
+    correct traces as SFT records. The tiny model's answers are noise, so the answer is constrained to two
+    letters: about half the samples are right, and the grader's verdicts are real."""
+    import json
+
+    import datasets
+
+    from producer.export import ExportFilter, export_run
+    from schema.tables import Run
+
+    folder = tmp_path / "set"
+    rows = []
+    for i in range(6):
+        (folder / f"{i}.jpg").parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.jpg").write_bytes(good_jpeg(448, 448, seed=i))
+        rows.append(json.dumps({"image": f"{i}.jpg", "question": "Which letter?", "reference": "A", "id": i}))
+    manifest = folder / "set.jsonl"
+    manifest.write_text("\n".join(rows))
+    settings = engine_settings(tiny_model, database_url=sqlite_url)
+    with running_pipeline(settings, engine=shared_engine) as (pipeline, sessions):
+        run_id = submit_folder(
+            sessions,
+            manifest,
+            model=str(tiny_model),
+            max_tokens=512,
+            samples=3,
+            accept=1,
+            max_attempts=6,
+            grader="choice",
+            choices=("A", "B"),
+        )
+        pipeline.feed_run(run_id).result(timeout=300)
+    with sessions() as session:
+        jobs = session.scalars(select(Job).where(Job.run_id == run_id)).all()
+        graded = session.execute(select(Result.extracted_answer, Result.correct)).all()
+        run = session.get(Run, run_id)
+    assert run is not None
+    assert {j.state for j in jobs} == {JobState.SUCCEEDED}
+    assert all(j.accepted_samples >= 1 for j in jobs)
+    assert all(extracted in ("A", "B") and correct == (extracted == "A") for extracted, correct in graded)
+
+    out = tmp_path / "sft.jsonl"
+    report = export_run(sessions, run=run, fmt="sft", out=out, selection=ExportFilter(only_correct=True))
+    assert report.rows == sum(1 for _, correct in graded if correct)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    loaded = datasets.load_dataset("json", data_files=str(out))["train"]
+    assert len(loaded) == report.rows
+    for record in loaded:
+        user, assistant = record["messages"]
+        assert user["content"] == "<image>Which letter?" and len(record["images"]) == 1
+        assert assistant["content"].startswith("<think>\n") and "</think>" in assistant["content"]
+        assert assistant["content"].rstrip().endswith("A") and record["correct"] is True
