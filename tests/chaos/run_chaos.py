@@ -29,6 +29,9 @@ def main() -> int:
     parser.add_argument("--client-kills", type=int, default=1)
     parser.add_argument("--window", type=float, default=None, help="seconds over which faults are spread")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--output-tokens", type=int, default=None, help="fixed output length (ignore_eos); vllm default 300"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, manifest)")
     args = parser.parse_args()
     vllm = args.engine == "vllm"
@@ -45,6 +48,7 @@ def main() -> int:
         lease_seconds=30.0 if vllm else 8.0,
         fault_window_s=args.window or (240.0 if vllm else 40.0),
         finish_within_s=900.0 if vllm else 180.0,
+        output_tokens=args.output_tokens or (300 if vllm else None),
         keep=args.keep,
     )
     report = run_chaos(config)

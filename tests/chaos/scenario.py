@@ -42,6 +42,9 @@ class ChaosConfig:
     # Faults land at random moments within this window after the workers are up.
     fault_window_s: float = 40.0
     finish_within_s: float = 180.0
+    # Fixed output length (ignore_eos): keeps a real engine busy through the fault window; good jobs then
+    # end `truncated` (at max_tokens) instead of `succeeded`. None: the model decides.
+    output_tokens: int | None = None
     keep: bool = False
 
 
@@ -82,7 +85,8 @@ class ChaosReport:
         total = sum(self.counts.values())
         verdict = "PASS" if self.passed else "FAIL"
         lines.append(
-            f"{verdict}: {total} jobs, {self.counts.get('succeeded', 0)} succeeded, "
+            f"{verdict}: {total} jobs, {self.counts.get('succeeded', 0) + self.counts.get('truncated', 0)} "
+            "finished as expected, "
             f"{self.counts.get('failed', 0)} failed as expected by type; lost {self.lost}, "
             f"duplicate results {self.duplicates}, wrong outcomes {len(self.wrong_outcome)}; "
             f"{self.restarts} worker restarts; zombie writes refused {self.zombie_writes_refused}; "
@@ -108,6 +112,7 @@ def run_chaos(config: ChaosConfig, *, log: Callable[[str], None] = print) -> Cha
             bucket="chaos",
             image_size=448 if config.engine == "vllm" else 32,
             long_question_words=9000 if config.engine == "vllm" else 5000,
+            good_state="truncated" if config.output_tokens else "succeeded",
         )
         s3.upload("chaos", workload.objects)
         _cli(["db", "upgrade"], env)
@@ -121,7 +126,8 @@ def run_chaos(config: ChaosConfig, *, log: Callable[[str], None] = print) -> Cha
                     "--max-attempts",
                     "6",
                     "--max-tokens",
-                    "256",
+                    str(config.output_tokens or 256),
+                    *(["--ignore-eos"] if config.output_tokens else []),
                     "--json",
                 ],
                 env,

@@ -29,7 +29,9 @@ class Workload:
     expected: dict[tuple[str, str], Expected]
 
 
-def build_workload(folder: Path, *, jobs: int, bucket: str, image_size: int, long_question_words: int) -> Workload:
+def build_workload(
+    folder: Path, *, jobs: int, bucket: str, image_size: int, long_question_words: int, good_state: str = "succeeded"
+) -> Workload:
     hostile = {
         "empty": (empty(), ErrorType.INPUT_UNREADABLE),
         "truncated": (truncated_jpeg(), ErrorType.INPUT_UNREADABLE),
@@ -60,7 +62,7 @@ def build_workload(folder: Path, *, jobs: int, bucket: str, image_size: int, lon
         else:
             key = f"chaos/good-{i:06d}.jpg"
             objects[key] = image
-            question, outcome = QUESTION, Expected("succeeded")
+            question, outcome = QUESTION, Expected(good_state)
         expected[(f"s3://{bucket}/{key}", question)] = outcome
         rows.append({"image": f"s3://{bucket}/{key}", "question": question})
     manifest = folder / "chaos.jsonl"
