@@ -414,14 +414,9 @@ def _verdict(
         ok = sum(1 for job in jobs if job.id in affected and job.state not in (JobState.QUEUED, JobState.RUNNING))
         dup = sum(1 for j in affected if attempts_with_results.get(j, 0) > 1)
         table.append((name, len(group), len(affected), f"{ok}/{len(affected)} terminal, {dup} duplicates"))
-    table.append(
-        (
-            "hostile inputs",
-            sum(1 for w in expected.values() if w.state == "failed"),
-            sum(1 for w in expected.values() if w.state == "failed"),
-            "failed with their types" if not wrong else "see wrong outcomes",
-        )
-    )  # type: ignore[attr-defined]
+    failing = sum(1 for w in expected.values() if w.state == "failed")  # type: ignore[attr-defined]
+    outcome = "see wrong outcomes" if wrong else "each failed with its type"
+    table.append(("hostile inputs, prompts over context", failing, failing, outcome))
     return ChaosReport(
         config=config,
         faults=faults,
