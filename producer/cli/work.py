@@ -57,9 +57,7 @@ def smoke_model_command(directory: Path, seed: int) -> None:
 
 @cli.command("workers")
 @click.option("--gpus", help="GPUs to use, e.g. 0-7 or 0,1,4,5 (default: all this host has).")
-@click.option(
-    "--gpus-per-worker", type=click.IntRange(1), default=1, show_default=True, help="Tensor-parallel size."
-)
+@click.option("--gpus-per-worker", type=click.IntRange(1), default=1, show_default=True, help="Tensor-parallel size.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="First worker's port; the next get +1, +2…")
 @click.option("--dry-run", is_flag=True, help="Print each worker's GPUs and settings, start nothing.")
 @click.option("--loglevel", default="INFO", show_default=True)
