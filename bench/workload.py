@@ -8,7 +8,7 @@ over the same span in the ledger: first claim to last committed result."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,3 +156,21 @@ def wait_for_run(database_url: str, run_id: int, *, timeout: float) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(f"run {run_id} did not finish in {timeout}s")
+
+
+def run_and_exit(main: Callable[[], int]) -> None:
+    """Run a benchmark's `main` and end the process hard: vLLM can leave threads behind that would keep
+    a finished process (and a device call) alive."""
+    import os
+    import sys
+    import traceback
+
+    status = 1
+    try:
+        status = main()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

@@ -14,12 +14,13 @@ import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from bench.workload import run_and_exit  # noqa: E402
 
 T0 = time.monotonic()
 
@@ -160,12 +161,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    status = 1
-    try:
-        status = main()
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+    run_and_exit(main)

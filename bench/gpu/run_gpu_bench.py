@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.workload import Measured, ledger_span, raw_vllm_chat, table, write_images  # noqa: E402
+from bench.workload import Measured, ledger_span, raw_vllm_chat, run_and_exit, table, write_images  # noqa: E402
 
 CHOICES = ("indoor", "outdoor", "diagram", "other")
 QUESTION = "Describe this image in detail."
@@ -271,12 +271,4 @@ def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    status = 1
-    try:
-        status = main()
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)  # vLLM can leave threads that keep a finished process alive
+    run_and_exit(main)
