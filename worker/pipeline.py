@@ -30,19 +30,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from schema.claims import ClaimedJob, claim_jobs, claim_next, renew_leases
 from schema.errors import EngineDead, ErrorType, InternalError, JobCancelled, JobError
 from schema.models import RunSettings
-from schema.outcomes import AttemptReport, Timings, record_outcomes, retry_delay
+from schema.outcomes import AttemptReport, Timings, retry_delay
 from schema.reconcile import requeue_expired_leases
 from schema.settings import Settings
 from schema.states import AttemptOutcome, JobState
 from schema.tables import Job, Run
-from worker.answers import constraint_of, needs_more_samples, review
+from worker.answers import needs_more_samples, review
 from worker.capacity import Capacity, TimeShare
 from worker.engine import Engine, GenerationRequest
-from worker.images import decode_image
+from worker.inputs import ImageLoader, build_request
 from worker.metrics import WorkerMetrics
 from worker.output import attempt_outcome, to_sample
 from worker.publisher import Publisher
 from worker.storage import ObjectStore
+from worker.watchdog import HangWatchdog
+from worker.writing import write_reports_safely
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,26 +56,6 @@ WRITE_LINGER_S = 0.02
 CLAIM_BATCH = 1024
 # The embedded feed polls the database this often when it has nothing to claim.
 FEED_POLL_S = 0.25
-
-
-class HangWatchdog:
-    """Tells when an engine with requests in flight has made no progress for `limit_s` seconds."""
-
-    def __init__(self, limit_s: float) -> None:
-        self._limit = limit_s
-        self._last_value: int | None = None
-        self._since: float | None = None
-
-    def observe(self, value: int, *, busy: bool) -> float | None:
-        """Record the engine's progress counter; return how long it has been stuck, once over the limit.
-        The watch starts at the first busy observation without progress: an idle engine is not stuck."""
-        now = time.monotonic()
-        if not busy or value != self._last_value or self._since is None:
-            self._last_value = value
-            self._since = now if busy else None
-            return None
-        stuck = now - self._since
-        return stuck if stuck >= self._limit else None
 
 
 class WorkerStopping(Exception):
@@ -139,6 +121,7 @@ class Pipeline:
         self.last_admitted_at = time.monotonic()
         self._time_share = TimeShare()
         self.metrics = WorkerMetrics()
+        self._loader = ImageLoader(settings=settings, store=store, metrics=self.metrics)
         self.metrics.watch(
             in_flight=lambda: len(self._inflight),
             running=lambda: self._engine.stats().running,
@@ -406,46 +389,17 @@ class Pipeline:
 
     async def _load_images(self, job: ClaimedJob) -> tuple[list[Image], float, float]:
         loop = asyncio.get_running_loop()
-        loaded = await asyncio.gather(
-            *(loop.run_in_executor(self._io, self._fetch_and_decode, uri) for uri in job.images)
-        )
-        images = [image for image, _, _ in loaded]
-        return images, sum(f for _, f, _ in loaded), sum(d for _, _, d in loaded)
-
-    def _fetch_and_decode(self, uri: str) -> tuple[Image, float, float]:
-        started = time.perf_counter()
-        data = self._store.fetch(uri, max_bytes=self._settings.max_image_bytes)
-        fetched = time.perf_counter()
-        self.metrics.fetch_seconds.observe(fetched - started)
-        image = decode_image(
-            data,
-            max_bytes=self._settings.max_image_bytes,
-            max_pixels=self._settings.max_image_pixels,
-            source=uri,
-        )
-        decoded = time.perf_counter()
-        self.metrics.decode_seconds.observe(decoded - fetched)
-        return image, fetched - started, decoded - fetched
+        loaded = await asyncio.gather(*(loop.run_in_executor(self._io, self._loader.load, uri) for uri in job.images))
+        images = [item.image for item in loaded]
+        return images, sum(item.fetch_s for item in loaded), sum(item.decode_s for item in loaded)
 
     def _request(self, entry: _InFlight, run: RunContext, images: list[Image]) -> GenerationRequest:
-        job = entry.job
-        settings = run.settings
-        sampling = settings.sampling
-        if job.overrides and "max_tokens" in job.overrides:
-            sampling = sampling.model_copy(update={"max_tokens": int(job.overrides["max_tokens"])})
-        if len(images) > settings.max_images_per_prompt:
-            from schema.errors import InputUnsupported
-
-            raise InputUnsupported(
-                f"{len(images)} images in one job, over the run's limit of {settings.max_images_per_prompt}"
-            )
-        return GenerationRequest(
+        return build_request(
             request_id=entry.request_id,
+            job=entry.job,
+            settings=run.settings,
             images=images,
-            question=job.question,
-            sampling=sampling,
-            max_tiles=min(settings.max_tiles, self._settings.max_tiles),
-            constraint=constraint_of(settings),
+            worker_max_tiles=self._settings.max_tiles,
         )
 
     # -- writing -------------------------------------------------------------------------------------
@@ -607,48 +561,6 @@ class Pipeline:
 def _in_transaction(sessions: sessionmaker[Session], fn: Callable[[Session], T]) -> T:
     with sessions() as session, session.begin():
         return fn(session)
-
-
-def write_reports_safely(sessions: sessionmaker[Session], reports: Sequence[AttemptReport]) -> list[AttemptReport]:
-    """Commit `reports` in one transaction; return those written (the others were fenced off).
-
-    A report the database refuses for its content (not for a lost connection, which the caller retries)
-    must not block the others: the batch is then written report by report, and a refused one is stored
-    as an `internal` failure of its attempt, with the reason, instead of its samples."""
-    try:
-        with sessions() as session, session.begin():
-            return record_outcomes(session, reports)
-    except (OperationalError, InterfaceError):
-        raise
-    except DBAPIError:
-        if len(reports) == 1:
-            return _write_as_failure(sessions, reports[0])
-    written: list[AttemptReport] = []
-    for report in reports:
-        written.extend(write_reports_safely(sessions, [report]))
-    return written
-
-
-def _write_as_failure(sessions: sessionmaker[Session], report: AttemptReport) -> list[AttemptReport]:
-    try:
-        with sessions() as session, session.begin():
-            record_outcomes(session, [report])
-    except (OperationalError, InterfaceError):
-        raise
-    except DBAPIError as exc:
-        log.error("the database refused the outcome of attempt %s: %s", report.attempt_id, exc.orig)
-        failure = AttemptReport(
-            job_id=report.job_id,
-            attempt_id=report.attempt_id,
-            outcome=AttemptOutcome.FAILED,
-            error_type=ErrorType.INTERNAL,
-            error_message=f"the result could not be stored: {type(exc.orig).__name__}: {exc.orig}"[:2000],
-            prompt_tokens=report.prompt_tokens,
-            timings=report.timings,
-        )
-        with sessions() as session, session.begin():
-            return record_outcomes(session, [failure])
-    return [report]
 
 
 def _load_run(session: Session, *, run_id: int) -> RunContext:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from worker import pipeline
-from worker.pipeline import HangWatchdog
+from worker import watchdog as watchdog_module
+from worker.watchdog import HangWatchdog
 
 
 def test_progress_or_idleness_resets_the_watch(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
-    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(watchdog_module.time, "monotonic", lambda: clock[0])
     watchdog = HangWatchdog(limit_s=60)
     for now, value, busy, expected in [
         (0, 10, True, None),
