@@ -16,9 +16,10 @@ services:  ## start local PostgreSQL and Redis if they are not running (Debian p
 lint:  ## ruff and mypy --strict
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy
+	$(MAKE) typecheck
 
-typecheck:
+typecheck:  ## mypy --strict on the package as installed (scripts/package-links.sh)
+	bash scripts/package-links.sh >/dev/null
 	$(PY) -m mypy
 
 test:  ## the whole suite: unit, integration (real Redis/PostgreSQL/S3), engine (real vLLM CPU), chaos (short)

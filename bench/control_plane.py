@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VLMBATCH = [sys.executable, "-c", "from producer.cli import main; main()"]
+VLMBATCH = [sys.executable, "-m", "vlmbatch.producer.cli"]
 POSTGRES = os.environ.get("VLMBATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("VLMBATCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
@@ -80,12 +80,12 @@ def write_manifest(path: Path, n: int, bucket: str = "bench") -> Path:
 
 NAIVE = """
 import sys, time
-from schema.database import open_ledger
-from schema.models import JobSpec, RunSettings
-from schema.runs import create_or_reuse_run
-from schema.settings import Settings
-from schema.tables import Job
-from worker.celery_app import RUN_JOBS_TASK, make_celery
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.models import JobSpec, RunSettings
+from vlmbatch.schema.runs import create_or_reuse_run
+from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.tables import Job
+from vlmbatch.worker.transport.celery_app import RUN_JOBS_TASK, make_celery
 settings = Settings()
 _, sessions = open_ledger(settings.resolved_database_url())
 app = make_celery(settings)
@@ -135,7 +135,7 @@ def s3_producer(work: Path, n: int) -> dict[str, Any]:
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     try:
-        from worker.storage import make_s3_client
+        from vlmbatch.media.stores import make_s3_client
 
         client: Any = make_s3_client(endpoint)
         client.create_bucket(Bucket="bench")
@@ -176,7 +176,7 @@ def worker_path(work: Path, n: int) -> dict[str, Any]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        from worker.storage import make_s3_client
+        from vlmbatch.media.stores import make_s3_client
 
         client: Any = make_s3_client(endpoint)
         client.create_bucket(Bucket="work")

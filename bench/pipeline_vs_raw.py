@@ -48,7 +48,7 @@ def engine_settings(model: Path, database_url: str, **extra: object) -> dict[str
 
 
 def run_raw(model: Path, images: list[Path], *, max_tokens: int) -> tuple[Measured, Measured]:
-    from worker.vllm_compat import install
+    from vlmbatch.worker.engines.vllm_compat import install
 
     install()
     from vllm import LLM
@@ -126,7 +126,7 @@ def run_distributed(
     return ledger_span(postgres, submitted["run"], "pipeline, submit + worker (Redis, PostgreSQL)")
 
 
-_VLMBATCH = [sys.executable, "-c", "from producer.cli import main; main()"]
+_VLMBATCH = [sys.executable, "-m", "vlmbatch.producer.cli"]
 
 
 def _vlmbatch(args: list[str], env: dict[str, str]) -> Any:
@@ -165,7 +165,7 @@ def main() -> int:
         VLLM_LOGGING_LEVEL="WARNING",
         VLLM_NO_USAGE_STATS="1",
     )
-    from worker.model_folder import build_model_folder
+    from vlmbatch.worker.smoke_model.builder import build_model_folder
 
     model = build_model_folder(work / "tiny")
     folder = work / "images"

@@ -15,12 +15,12 @@ from itertools import islice
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.sources import RowErrors, Source, SpecCheck, checked_rows
-from schema.enqueue import PostgresStaging, StagedRow, insert_jobs, new_job_ids, staged_row
-from schema.models import JobSpec, RunSettings, SubmitReport
-from schema.runs import create_or_reuse_run, get_or_create_run
-from worker.grading import normalize_reference
-from worker.publisher import Publisher
+from vlmbatch.producer.sources import RowErrors, Source, SpecCheck, checked_rows
+from vlmbatch.schema.enqueue import PostgresStaging, StagedRow, insert_jobs, new_job_ids, staged_row
+from vlmbatch.schema.grading import normalize_reference
+from vlmbatch.schema.models import JobSpec, RunSettings, SubmitReport
+from vlmbatch.schema.runs import create_or_reuse_run, get_or_create_run
+from vlmbatch.worker.transport.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
 SUBMIT_CHUNK = 5000

@@ -14,8 +14,8 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
 
 
 @dataclass(frozen=True)

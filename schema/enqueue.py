@@ -11,8 +11,8 @@ from sqlalchemy import Insert, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from schema.models import JobSpec
-from schema.tables import Job, utcnow
+from vlmbatch.schema.models import JobSpec
+from vlmbatch.schema.tables import Job, utcnow
 
 
 def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> list[int]:

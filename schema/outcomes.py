@@ -12,9 +12,9 @@ from typing import cast
 from sqlalchemy import Boolean, Table, bindparam, case, insert, select, true, update
 from sqlalchemy.orm import Session
 
-from schema.errors import ErrorType
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Result, utcnow
+from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Result, utcnow
 
 # Transient retries back off exponentially from this base, with full jitter, up to the cap.
 RETRY_BASE_SECONDS = 2.0

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from schema.errors import ErrorType
-from schema.models import RunSettings
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
 
 
 @dataclass

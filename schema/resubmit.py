@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
 
 RESUBMITTABLE = (JobState.FAILED, JobState.TRUNCATED, JobState.CANCELLED, JobState.SUCCEEDED)
 # Rows changed per statement, so that a million-job resubmit never builds one giant IN list.

@@ -6,9 +6,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from schema.errors import RunConflict, RunNotFound
-from schema.models import RunSettings
-from schema.tables import Run
+from vlmbatch.schema.errors import RunConflict, RunNotFound
+from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.tables import Run
 
 
 def get_run(session: Session, ref: str | int) -> Run:

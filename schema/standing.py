@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement, and_, or_, select
 
-from schema.states import AttemptOutcome
-from schema.tables import Attempt, Job, Result
+from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.schema.tables import Attempt, Job, Result
 
 
 def attempt_stands() -> ColumnElement[bool]:

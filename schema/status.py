@@ -8,9 +8,9 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from schema.models import StatusReport
-from schema.states import JobState
-from schema.tables import Job, utcnow
+from vlmbatch.schema.models import StatusReport
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Job, utcnow
 
 # Throughput is measured over this trailing window: long enough to smooth bursts, short enough to react.
 RATE_WINDOW = timedelta(minutes=5)

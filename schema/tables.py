@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.states import AttemptOutcome, JobState
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 BigId = BigInteger().with_variant(Integer(), "sqlite")

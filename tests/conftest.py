@@ -56,7 +56,7 @@ def _with_database(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A migrated database that every test's database is cloned from."""
-    from schema.database import make_engine, upgrade
+    from vlmbatch.schema.database import make_engine, upgrade
 
     name = f"vlmbatch_tpl_{os.getpid()}"
     with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
@@ -132,7 +132,7 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def s3_bucket(s3_endpoint: str) -> str:
-    from worker.storage import make_s3_client
+    from vlmbatch.media.stores import make_s3_client
 
     name = f"bucket-{uuid.uuid4().hex[:10]}"
     make_s3_client(s3_endpoint).create_bucket(Bucket=name)
@@ -143,7 +143,7 @@ def fill_bucket(endpoint: str, bucket: str, objects: dict[str, bytes], *, thread
     """Upload `objects` (key → bytes) in parallel."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker.storage import make_s3_client
+    from vlmbatch.media.stores import make_s3_client
 
     client: Any = make_s3_client(endpoint)
     with ThreadPoolExecutor(threads) as pool:

@@ -14,10 +14,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from schema.states import JobState
-from schema.tables import Job
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Job
 
-VLMBATCH = [sys.executable, "-c", "from producer.cli import main; main()"]
+VLMBATCH = [sys.executable, "-m", "vlmbatch.producer.cli"]
 
 
 def service_env(

@@ -40,25 +40,25 @@ def main() -> int:
     work = Path(os.environ.get("BENCH_WORK", "/tmp/vlmbatch-gpu-bench"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from worker.vllm_compat import install
+    from vlmbatch.worker.engines.vllm_compat import install
 
     install()
     import psutil
     from sqlalchemy import func, select
 
     from bench.workload import write_images
-    from producer.sources import open_source
-    from producer.submit import submit
-    from schema.database import open_ledger
-    from schema.models import RunSettings, SamplingSettings
-    from schema.settings import Settings
-    from schema.tables import Attempt, Job, Result
-    from worker.engine_thread import EngineThread
-    from worker.model_folder import R1V3_38B, TINY, build_model_folder
-    from worker.pipeline import Pipeline
-    from worker.publisher import NullPublisher
-    from worker.storage import ObjectStores
-    from worker.vllm_engine import VllmEngine
+    from vlmbatch.media.stores import ObjectStores
+    from vlmbatch.producer.sources import open_source
+    from vlmbatch.producer.submit import submit
+    from vlmbatch.schema.database import open_ledger
+    from vlmbatch.schema.models import RunSettings, SamplingSettings
+    from vlmbatch.schema.settings import Settings
+    from vlmbatch.schema.tables import Attempt, Job, Result
+    from vlmbatch.worker.engines.thread import EngineThread
+    from vlmbatch.worker.engines.vllm_engine import VllmEngine
+    from vlmbatch.worker.pipeline.pipeline import Pipeline
+    from vlmbatch.worker.smoke_model.builder import R1V3_38B, TINY, build_model_folder
+    from vlmbatch.worker.transport.publisher import NullPublisher
 
     model = build_model_folder(
         work / f"model-{args.shape}", R1V3_38B if args.shape == "r1v3" else TINY, weights=args.shape == "tiny"

@@ -120,16 +120,16 @@ def run_raw(args: argparse.Namespace, model: Path, images: list[Path], annotate:
 def run_pipeline(
     args: argparse.Namespace, model: Path, images_dir: Path, annotate_dir: Path, work: Path
 ) -> dict[str, Any]:
-    from producer.sources import open_source
-    from producer.submit import submit
-    from schema.database import open_ledger
-    from schema.models import RunSettings, SamplingSettings
-    from schema.settings import Settings
-    from worker.engine_thread import EngineThread
-    from worker.pipeline import Pipeline
-    from worker.publisher import NullPublisher
-    from worker.storage import ObjectStores
-    from worker.vllm_engine import VllmEngine
+    from vlmbatch.media.stores import ObjectStores
+    from vlmbatch.producer.sources import open_source
+    from vlmbatch.producer.submit import submit
+    from vlmbatch.schema.database import open_ledger
+    from vlmbatch.schema.models import RunSettings, SamplingSettings
+    from vlmbatch.schema.settings import Settings
+    from vlmbatch.worker.engines.thread import EngineThread
+    from vlmbatch.worker.engines.vllm_engine import VllmEngine
+    from vlmbatch.worker.pipeline.pipeline import Pipeline
+    from vlmbatch.worker.transport.publisher import NullPublisher
 
     kwargs = engine_kwargs(args, model)
     for stale in work.glob("ledger.db*"):  # a fresh ledger per bench run
@@ -215,10 +215,10 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("HF_MODULES_CACHE", str(work / "hf_modules"))
-    from worker.vllm_compat import install
+    from vlmbatch.worker.engines.vllm_compat import install
 
     install()
-    from worker.model_folder import R1V3_38B, TINY, build_model_folder
+    from vlmbatch.worker.smoke_model.builder import R1V3_38B, TINY, build_model_folder
 
     shape = R1V3_38B if args.shape == "r1v3" else TINY
     model = build_model_folder(work / f"model-{args.shape}", shape, weights=args.shape == "tiny")

@@ -24,18 +24,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.browser import queries
-from producer.browser.auth import Access
-from producer.browser.job_page import job_page
-from producer.browser.layout import style_source
-from producer.browser.ledger import open_readonly_ledger
-from producer.browser.markup import Safe
-from producer.browser.pages import message_page, run_page, runs_page
-from producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
-from producer.browser.thumbnails import Thumbnailer
-from schema.settings import Settings
-from schema.states import JobState
-from worker.storage import ObjectStores
+from vlmbatch.media.stores import ObjectStores
+from vlmbatch.producer.browser import queries
+from vlmbatch.producer.browser.auth import Access
+from vlmbatch.producer.browser.job_page import job_page
+from vlmbatch.producer.browser.layout import style_source
+from vlmbatch.producer.browser.ledger import open_readonly_ledger
+from vlmbatch.producer.browser.markup import Safe
+from vlmbatch.producer.browser.pages import message_page, run_page, runs_page
+from vlmbatch.producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
+from vlmbatch.producer.browser.thumbnails import Thumbnailer
+from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.states import JobState
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from urllib.parse import unquote
 
-from producer.browser.layout import MISSING, facts, image_name, number, page, seconds, state_badge, when
-from producer.browser.markup import Safe, join, render
-from producer.browser.pages import job_path, run_path
-from producer.browser.queries import JobDetail
-from schema.tables import Attempt, Result
+from vlmbatch.producer.browser.layout import MISSING, facts, image_name, number, page, seconds, state_badge, when
+from vlmbatch.producer.browser.markup import Safe, join, render
+from vlmbatch.producer.browser.pages import job_path, run_path
+from vlmbatch.producer.browser.queries import JobDetail
+from vlmbatch.schema.tables import Attempt, Result
 
 MAX_TRACE_CHARS = 200_000
 MAX_TEXT_CHARS = 20_000

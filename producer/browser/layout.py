@@ -10,8 +10,8 @@ import hashlib
 from datetime import datetime
 from urllib.parse import unquote
 
-from producer.browser.markup import Safe, join, render
-from schema.states import JobState
+from vlmbatch.producer.browser.markup import Safe, join, render
+from vlmbatch.schema.states import JobState
 
 # Shown where a value is missing (an en dash).
 MISSING = "\u2013"

@@ -6,7 +6,7 @@ through `markup.render`, which escapes it. The job page lives in `job_page.py`.
 
 from __future__ import annotations
 
-from producer.browser.layout import (
+from vlmbatch.producer.browser.layout import (
     MISSING,
     duration,
     facts,
@@ -18,10 +18,10 @@ from producer.browser.layout import (
     state_counts,
     when,
 )
-from producer.browser.markup import Safe, href, join, render
-from producer.browser.queries import CORRECTNESS, ErrorGroup, JobPage, JobRow, ResultFilter, RunSummary
-from schema.models import RunSettings
-from schema.states import JobState
+from vlmbatch.producer.browser.markup import Safe, href, join, render
+from vlmbatch.producer.browser.queries import CORRECTNESS, ErrorGroup, JobPage, JobRow, ResultFilter, RunSummary
+from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.states import JobState
 
 
 def run_path(run_id: int) -> str:

@@ -16,9 +16,9 @@ from typing import Any, Literal, get_args
 from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
-from schema.states import JobState
-from schema.status import Progress, run_progress
-from schema.tables import Attempt, Job, Result, Run
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.status import Progress, run_progress
+from vlmbatch.schema.tables import Attempt, Job, Result, Run
 
 Correctness = Literal["correct", "incorrect", "ungraded"]
 CORRECTNESS: tuple[Correctness, ...] = get_args(Correctness)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from schema.errors import ErrorType, JobError
-from worker.images import decode_image
-from worker.storage import ObjectStore
+from vlmbatch.media.images import decode_image
+from vlmbatch.media.stores import ObjectStore
+from vlmbatch.schema.errors import ErrorType, JobError
 
 log = logging.getLogger(__name__)
 

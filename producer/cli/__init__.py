@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from schema.errors import VlmbatchError
+from vlmbatch.schema.errors import VlmbatchError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -16,7 +16,7 @@ def cli() -> None:
 
 
 def main() -> None:
-    from producer.cli import db, demo, ops, outputs, runs, serve, submit, work  # noqa: F401  (registers the commands)
+    from vlmbatch.producer.cli import db, demo, ops, outputs, runs, serve, submit, work  # noqa: F401  (registers the commands)
 
     try:
         cli.main(standalone_mode=False)

@@ -8,10 +8,10 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from schema.database import open_ledger
-from schema.settings import Settings
-from worker.celery_app import make_celery
-from worker.publisher import Publisher, publisher_for
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.settings import Settings
+from vlmbatch.worker.transport.celery_app import make_celery
+from vlmbatch.worker.transport.publisher import Publisher, publisher_for
 
 
 @dataclass

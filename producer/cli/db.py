@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from producer.cli import cli
-from producer.cli.context import load_context
-from schema.database import current_revision, make_engine, upgrade
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.cli.context import load_context
+from vlmbatch.schema.database import current_revision, make_engine, upgrade
 
 
 @cli.group("db")

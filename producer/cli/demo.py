@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from producer.cli import cli
+from vlmbatch.producer.cli import cli
 
 
 @cli.command("demo")
@@ -18,14 +18,14 @@ from producer.cli import cli
 @click.option("--max-tokens", type=click.IntRange(1), default=48, show_default=True)
 def demo_command(directory: Path | None, engine: str, max_tokens: int) -> None:
     """Run sample images (two broken on purpose) through the tiny local model: no server, no network."""
-    from producer.demo import DEMO_QUESTION, demo_environment, write_sample_images
+    from vlmbatch.producer.demo import DEMO_QUESTION, demo_environment, write_sample_images
 
     folder = directory or Path(tempfile.mkdtemp(prefix="vlmbatch-demo-"))
     os.environ.update(demo_environment(folder))
     started = time.monotonic()
     click.echo(f"demo folder: {folder}", err=True)
     if engine == "vllm":
-        from worker.model_folder import build_model_folder
+        from vlmbatch.worker.smoke_model.builder import build_model_folder
 
         model = build_model_folder(folder / "smoke-model")
         click.echo(f"built the smoke model (Skywork-R1V3 architecture, random weights) in {model}", err=True)
@@ -46,7 +46,7 @@ def demo_command(directory: Path | None, engine: str, max_tokens: int) -> None:
     write_sample_images(images)
     click.echo(f"wrote sample images into {images}; starting the engine (about a minute on 2 cores)", err=True)
 
-    from producer.cli.submit import run_command
+    from vlmbatch.producer.cli.submit import run_command
 
     ctx = click.get_current_context()
     ctx.invoke(

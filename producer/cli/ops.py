@@ -6,13 +6,13 @@ import json
 
 import click
 
-from producer.cli import cli
-from producer.cli.context import load_context
-from producer.cli.render import table
-from schema.errors import ErrorType
-from schema.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
-from schema.runs import get_run
-from schema.states import JobState
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.cli.context import load_context
+from vlmbatch.producer.cli.render import table
+from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
+from vlmbatch.schema.runs import get_run
+from vlmbatch.schema.states import JobState
 
 
 def _states(value: str) -> list[JobState]:
@@ -98,7 +98,7 @@ def cancel_command(run: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def reconcile_command(run: str | None, grace: float, as_json: bool) -> None:
     """Requeue jobs whose lease expired and republish queued jobs the broker lost (for RUN or all runs)."""
-    from worker.reconciler import reconcile
+    from vlmbatch.worker.transport.reconciler import reconcile
 
     ctx = load_context()
     run_id = None

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from schema.models import (
+from vlmbatch.schema.models import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from producer.cli import cli
-from producer.cli.context import load_context
-from producer.cli.render import table
-from producer.export import EXPORT_FORMATS, ExportFilter, ExportFormat, export_run
-from producer.stats import PERCENTILES, RunStats, Totals, run_stats
-from schema.runs import get_run
-from schema.states import JobState
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.cli.context import load_context
+from vlmbatch.producer.cli.render import table
+from vlmbatch.producer.reports.export import EXPORT_FORMATS, ExportFilter, ExportFormat, export_run
+from vlmbatch.producer.reports.stats import PERCENTILES, RunStats, Totals, run_stats
+from vlmbatch.schema.runs import get_run
+from vlmbatch.schema.states import JobState
 
 
 def _finished_states(value: str) -> tuple[JobState, ...]:

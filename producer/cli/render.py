@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from producer.stats import Totals
-from schema.states import JobState
-from schema.status import Progress
+from vlmbatch.producer.reports.stats import Totals
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.status import Progress
 
 BAR_WIDTH = 30
 

@@ -9,13 +9,13 @@ import time
 import click
 from sqlalchemy import select
 
-from producer.cli import cli
-from producer.cli.context import load_context
-from producer.cli.render import progress_line, status_block, table
-from producer.stats import run_accounting
-from schema.runs import get_run
-from schema.status import run_progress, run_status
-from schema.tables import Run
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.cli.context import load_context
+from vlmbatch.producer.cli.render import progress_line, status_block, table
+from vlmbatch.producer.reports.stats import run_accounting
+from vlmbatch.schema.runs import get_run
+from vlmbatch.schema.status import run_progress, run_status
+from vlmbatch.schema.tables import Run
 
 
 @cli.command("status")

@@ -7,8 +7,8 @@ import logging
 
 import click
 
-from producer.cli import cli
-from producer.cli.context import load_context
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.cli.context import load_context
 
 
 @cli.command("serve")
@@ -22,9 +22,9 @@ from producer.cli.context import load_context
 @click.option("--loglevel", default="INFO", show_default=True)
 def serve_command(host: str | None, port: int | None, token: str | None, loglevel: str) -> None:
     """Browse runs, failures and results (traces, images, attempts) in a web browser, read-only."""
-    from producer.browser.app import build_app, make_server
-    from producer.browser.auth import MIN_TOKEN_CHARS
-    from schema.database import open_ledger
+    from vlmbatch.producer.browser.app import build_app, make_server
+    from vlmbatch.producer.browser.auth import MIN_TOKEN_CHARS
+    from vlmbatch.schema.database import open_ledger
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_context(browser_host=host, browser_port=port, browser_token=token).settings

@@ -9,16 +9,16 @@ from typing import Any
 
 import click
 
-from producer.cli import cli
-from producer.cli.context import CommandContext, load_context
-from producer.cli.options import build_run_settings, resolve_question, run_options
-from producer.cli.render import progress_line, table
-from producer.sources import open_source
-from producer.submit import submit
-from schema.models import SubmitReport
-from schema.runs import get_run
-from schema.status import run_progress, run_status
-from worker.publisher import NullPublisher, Publisher
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.cli.context import CommandContext, load_context
+from vlmbatch.producer.cli.options import build_run_settings, resolve_question, run_options
+from vlmbatch.producer.cli.render import progress_line, table
+from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.submit import submit
+from vlmbatch.schema.models import SubmitReport
+from vlmbatch.schema.runs import get_run
+from vlmbatch.schema.status import run_progress, run_status
+from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 
 
 def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Publisher) -> SubmitReport:
@@ -56,7 +56,7 @@ def submit_command(source: str, **flags: Any) -> None:
 @run_options
 def run_command(source: str, **flags: Any) -> None:
     """Submit SOURCE, then work the run in this process until it is done (no broker needed)."""
-    from worker.main import run_embedded
+    from vlmbatch.worker.process.main import run_embedded
 
     ctx = load_context(queue=flags["queue"], model=flags["model"])
     report = _submit(ctx, source, flags, NullPublisher())
@@ -84,7 +84,7 @@ def run_command(source: str, **flags: Any) -> None:
 
 
 def _summary(ctx: CommandContext, run_id: int, elapsed: float, tokens: int) -> str:
-    from producer.results import result_rows
+    from vlmbatch.producer.reports.results import result_rows
 
     with ctx.sessions() as session:
         rows = result_rows(session, run_id, limit=50)

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import click
 
-from producer.cli import cli
-from producer.cli.context import load_context
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.cli.context import load_context
+
+# This command line, as a child process runs it (the launcher starts `vlmbatch worker` once per GPU group).
+VLMBATCH = (sys.executable, "-m", "vlmbatch.producer.cli")
 
 
 @cli.command("worker")
@@ -30,14 +33,14 @@ def worker_command(loglevel: str, gpus: str | None, **flags: object) -> None:
     if gpus:
         import os
 
-        from worker.launcher import parse_gpus
+        from vlmbatch.worker.process.launcher import parse_gpus
 
         chosen = parse_gpus(gpus)
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)  # before any CUDA library is loaded
         if flags.get("tensor_parallel_size") is None:
             flags["tensor_parallel_size"] = len(chosen)
-    from worker.log_format import configure_logging
-    from worker.main import run_celery_worker
+    from vlmbatch.worker.process.log_format import configure_logging
+    from vlmbatch.worker.process.main import run_celery_worker
 
     ctx = load_context(**flags)
     configure_logging(loglevel, fmt=ctx.settings.log_format)
@@ -49,7 +52,7 @@ def worker_command(loglevel: str, gpus: str | None, **flags: object) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def smoke_model_command(directory: Path, seed: int) -> None:
     """Write a tiny random-weight model of Skywork-R1V3's architecture into DIRECTORY (offline, seconds)."""
-    from worker.model_folder import build_model_folder
+    from vlmbatch.worker.smoke_model.builder import build_model_folder
 
     path = build_model_folder(directory, seed=seed)
     click.echo(str(path))
@@ -70,8 +73,8 @@ def workers_command(
     import os
     import socket
 
-    from worker.launcher import parse_gpus, plan_workers, run_workers, visible_gpus
-    from worker.log_format import configure_logging
+    from vlmbatch.worker.process.launcher import parse_gpus, plan_workers, run_workers, visible_gpus
+    from vlmbatch.worker.process.log_format import configure_logging
 
     configure_logging(loglevel)
     chosen = parse_gpus(gpus) if gpus else visible_gpus()
@@ -91,4 +94,4 @@ def workers_command(
         keys = ("CUDA_VISIBLE_DEVICES", "VLMBATCH_TENSOR_PARALLEL_SIZE", "VLMBATCH_WORKER_ID", "VLMBATCH_METRICS_PORT")
         click.echo(json.dumps([{k: p.env.get(k) for k in keys} for p in plans]))
         return
-    sys.exit(run_workers(plans, extra_args=["--loglevel", loglevel]))
+    sys.exit(run_workers(plans, worker_command=[*VLMBATCH, "worker", "--loglevel", loglevel]))

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from schema.errors import SourceError
-from schema.models import JobSpec
+from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.models import JobSpec
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -73,9 +73,9 @@ def checked_rows(source: Source, check: SpecCheck | None) -> Iterator[Row]:
 def open_source(uri: str, *, question: str | None, s3_endpoint_url: str | None) -> Source:
     """The source for `uri`: a manifest file (.jsonl/.csv/.parquet), an `s3://bucket/prefix`, or a
     local folder. `question` applies to every job that does not bring its own."""
-    from producer.sources.folder import FolderSource
-    from producer.sources.manifest import ManifestSource
-    from producer.sources.s3 import S3PrefixSource
+    from vlmbatch.producer.sources.folder import FolderSource
+    from vlmbatch.producer.sources.manifest import ManifestSource
+    from vlmbatch.producer.sources.s3 import S3PrefixSource
 
     if uri.lower().endswith(MANIFEST_SUFFIXES):
         return ManifestSource(uri, question=question, s3_endpoint_url=s3_endpoint_url)

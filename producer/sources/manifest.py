@@ -22,10 +22,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from producer.sources import Row, RowErrors, SpecCheck, checked_rows
-from schema.errors import SourceError
-from schema.models import JobSpec
-from worker.storage import local_path, make_s3_client, split_s3_uri
+from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
+from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
+from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.models import JobSpec
 
 CSV_IMAGE_SEPARATOR = ";"
 PARQUET_BATCH_ROWS = 8192

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from producer.sources import Row, SpecCheck
-from producer.sources.images import looks_like_image
-from schema.errors import SourceError
-from schema.models import JobSpec
-from worker.storage import make_s3_client, split_s3_uri
+from vlmbatch.media.stores import make_s3_client, split_s3_uri
+from vlmbatch.producer.sources import Row, SpecCheck
+from vlmbatch.producer.sources.images import looks_like_image
+from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.models import JobSpec
 
 PAGE_SIZE = 1000
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VLMBATCH = [sys.executable, "-c", "from producer.cli import main; main()"]
+VLMBATCH = [sys.executable, "-m", "vlmbatch.producer.cli"]
 
 
 @dataclass

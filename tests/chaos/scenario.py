@@ -17,12 +17,12 @@ from pathlib import Path
 import redis
 from sqlalchemy import func, select, text
 
-from schema.database import open_ledger
-from schema.states import JobState
-from schema.tables import Attempt, Job, Result
 from tests.chaos.fleet import VLMBATCH, Fleet
 from tests.chaos.services import PrivatePostgres, PrivateRedis, free_port
 from tests.chaos.workload import build_workload
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Attempt, Job, Result
 
 QUEUE = "vlmbatch-chaos"
 
@@ -79,7 +79,7 @@ class ChaosReport:
         )
 
     def render(self) -> str:
-        from producer.cli.render import table
+        from vlmbatch.producer.cli.render import table
 
         lines = [table(["fault", "injected", "jobs affected", "outcome"], self.table), ""]
         total = sum(self.counts.values())
@@ -194,7 +194,7 @@ def _environment(config: ChaosConfig, work: Path, *, database: str, broker: str,
             VLMBATCH_MAX_MODEL_LEN="4096",
         )
     else:
-        from worker.model_folder import build_model_folder
+        from vlmbatch.worker.smoke_model.builder import build_model_folder
 
         model = build_model_folder(work / "tiny")
         env.update(
@@ -235,7 +235,7 @@ class _S3:
     def upload(self, bucket: str, objects: dict[str, bytes]) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from worker.storage import make_s3_client
+        from vlmbatch.media.stores import make_s3_client
 
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "chaos")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "chaos")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from schema.settings import Settings
-from worker.engine_thread import EngineThread
-from worker.model_folder import build_model_folder
+from vlmbatch.schema.settings import Settings
+from vlmbatch.worker.engines.thread import EngineThread
+from vlmbatch.worker.smoke_model.builder import build_model_folder
 
 MAX_MODEL_LEN = 8192
 
@@ -38,7 +38,7 @@ def engine_settings(model: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def shared_engine(tiny_model: Path) -> Iterator[EngineThread]:
-    from worker.vllm_engine import VllmEngine
+    from vlmbatch.worker.engines.vllm_engine import VllmEngine
 
     engine = EngineThread(VllmEngine(engine_settings(tiny_model)), owned=False)
     engine.start_blocking()

@@ -13,13 +13,13 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from schema.database import open_ledger
-from schema.errors import ErrorType
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Result
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import service_env, start_worker, stop_worker, vlmbatch_json, wait_until_done
-from worker.main import EXIT_ENGINE_DEAD
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.worker.process.main import EXIT_ENGINE_DEAD
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 

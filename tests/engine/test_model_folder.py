@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from worker import vllm_compat
-from worker.model_folder import (
+from vlmbatch.worker.engines import vllm_compat
+from vlmbatch.worker.smoke_model.builder import (
     CONFIG_CLASS,
     CONFIG_MODULE,
     IM_END,
@@ -145,7 +145,7 @@ def test_compat_layer_lets_torchvision_and_vllm_import_here_and_in_spawned_child
     # The spawned child runs no code of ours: it must get the layer from the environment, as vLLM's engine
     # core and workers do.
     script = (
-        "from worker.vllm_compat import install\n"
+        "from vlmbatch.worker.engines.vllm_compat import install\n"
         "install()\n"
         "import torchvision.transforms, transformers.audio_utils, vllm\n"
         "import importlib, multiprocessing\n"

@@ -21,18 +21,18 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from schema.errors import ConfigurationError, EngineDead, ErrorType
-from schema.models import SamplingSettings
-from schema.resubmit import cancel_run
-from schema.settings import Settings
-from schema.states import JobState
-from schema.tables import Attempt, Job, Result
 from tests.engine.conftest import MAX_MODEL_LEN, engine_settings
 from tests.fixtures.bad_images import decompression_bomb_png, empty, good_jpeg, not_an_image, truncated_jpeg
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, submit_folder
-from worker.engine import GenerationRequest
-from worker.openai_engine import OpenAIEngine, parse_metrics
-from worker.vllm_compat import HOOK_DIR
+from vlmbatch.schema.errors import ConfigurationError, EngineDead, ErrorType
+from vlmbatch.schema.models import SamplingSettings
+from vlmbatch.schema.resubmit import cancel_run
+from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.worker.engines.base import GenerationRequest
+from vlmbatch.worker.engines.openai.engine import OpenAIEngine, parse_metrics
+from vlmbatch.worker.engines.vllm_compat import HOOK_DIR
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 

@@ -8,12 +8,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from schema.claims import claim_jobs
-from schema.errors import ErrorType
-from schema.outcomes import AttemptReport, record_outcomes
-from schema.reconcile import requeue_expired_leases
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Result, utcnow
 from tests.engine.conftest import MAX_MODEL_LEN, engine_settings
 from tests.fixtures.bad_images import (
     decompression_bomb_png,
@@ -23,7 +17,13 @@ from tests.fixtures.bad_images import (
     truncated_jpeg,
 )
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, submit_folder
-from worker.engine_thread import EngineThread
+from vlmbatch.schema.claims import claim_jobs
+from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.outcomes import AttemptReport, record_outcomes
+from vlmbatch.schema.reconcile import requeue_expired_leases
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Result, utcnow
+from vlmbatch.worker.engines.thread import EngineThread
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
@@ -244,8 +244,8 @@ def test_graded_sampling_until_accepted_exports_sft_records_that_datasets_loads(
 
     import datasets
 
-    from producer.export import ExportFilter, export_run
-    from schema.tables import Run
+    from vlmbatch.producer.reports.export import ExportFilter, export_run
+    from vlmbatch.schema.tables import Run
 
     folder = tmp_path / "set"
     rows = []

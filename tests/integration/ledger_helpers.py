@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from schema.database import open_ledger
-from schema.enqueue import insert_jobs
-from schema.models import JobSpec, RunSettings
-from schema.runs import create_or_reuse_run
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.enqueue import insert_jobs
+from vlmbatch.schema.models import JobSpec, RunSettings
+from vlmbatch.schema.runs import create_or_reuse_run
 
 
 def ledger(url: str) -> sessionmaker[Session]:

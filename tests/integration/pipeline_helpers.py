@@ -9,17 +9,17 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.sources import open_source
-from producer.submit import submit
-from schema.database import open_ledger
-from schema.models import RunSettings, SamplingSettings
-from schema.settings import Settings
-from schema.tables import Job
-from worker.engine import Engine
-from worker.fake_engine import FakeBehaviour, FakeEngine
-from worker.pipeline import Pipeline
-from worker.publisher import NullPublisher, Publisher
-from worker.storage import ObjectStore, ObjectStores
+from vlmbatch.media.stores import ObjectStore, ObjectStores
+from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.submit import submit
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.models import RunSettings, SamplingSettings
+from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.tables import Job
+from vlmbatch.worker.engines.base import Engine
+from vlmbatch.worker.engines.fake import FakeBehaviour, FakeEngine
+from vlmbatch.worker.pipeline.pipeline import Pipeline
+from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 
 
 def settings_for(database_url: str, **overrides: object) -> Settings:

@@ -25,19 +25,19 @@ from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
-from producer.browser.app import build_app, make_server
-from producer.browser.ledger import open_readonly_ledger
-from schema.database import open_ledger
-from schema.errors import ErrorType
-from schema.settings import Settings
-from schema.states import JobState
-from schema.tables import Job, Result
 from tests.conftest import POSTGRES_URL
 from tests.fixtures.bad_images import good_jpeg, write_mixed_folder
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from tests.processes import VLMBATCH
-from worker.engine import Completion, Generation, GenerationRequest
-from worker.fake_engine import FakeEngine
+from vlmbatch.producer.browser.app import build_app, make_server
+from vlmbatch.producer.browser.ledger import open_readonly_ledger
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Job, Result
+from vlmbatch.worker.engines.base import Completion, Generation, GenerationRequest
+from vlmbatch.worker.engines.fake import FakeEngine
 
 HOSTILE = "<script>alert(1)</script>"
 # What the tiny random-weight model writes: special tokens of its vocabulary, as text.
@@ -401,8 +401,8 @@ def test_the_browser_never_writes_nor_waits_for_a_writer(ledger: Ledger, browser
 
 
 def test_serve_refuses_to_listen_on_the_network_without_a_token() -> None:
-    from producer.cli import cli
-    from producer.cli import serve as _  # noqa: F401  (registers the command)
+    from vlmbatch.producer.cli import cli
+    from vlmbatch.producer.cli import serve as _  # noqa: F401  (registers the command)
 
     runner = CliRunner()
     public = runner.invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "0"])

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from schema.database import open_ledger
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Result
 from tests.conftest import fill_bucket
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import service_env, start_worker, stop_worker, vlmbatch_json, wait_until_done
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Result
 
 JOBS = 500
 

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-from schema.settings import Settings
-from worker.celery_app import prefetch_multiplier, task_concurrency
+from vlmbatch.schema.settings import Settings
+from vlmbatch.worker.transport.celery_app import prefetch_multiplier, task_concurrency
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

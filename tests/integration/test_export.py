@@ -16,21 +16,21 @@ from click.testing import CliRunner
 from sqlalchemy import func, insert, literal, select, true, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
-import producer.cli.outputs  # noqa: F401  (registers export and stats)
-from producer.cli import cli
-from producer.export import ExportFilter, ExportFormat, export_run, parquet_schema
-from schema.database import open_ledger
-from schema.errors import RunNotFound
-from schema.models import RunSettings, SamplingSettings
-from schema.resubmit import resubmit_jobs
-from schema.runs import create_or_reuse_run, get_run
-from schema.states import JobState
-from schema.tables import Attempt, Job, Result, Run, utcnow
+import vlmbatch.producer.cli.outputs  # noqa: F401  (registers export and stats)
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.ledger_helpers import ledger
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for, submit_folder
 from tests.integration.test_stats import build_graded_run
 from tests.processes import vlmbatch_json
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.reports.export import ExportFilter, ExportFormat, export_run, parquet_schema
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.errors import RunNotFound
+from vlmbatch.schema.models import RunSettings, SamplingSettings
+from vlmbatch.schema.resubmit import resubmit_jobs
+from vlmbatch.schema.runs import create_or_reuse_run, get_run
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Attempt, Job, Result, Run, utcnow
 
 QUESTION = "What is shown?"
 JSONL_KEYS = [
@@ -360,10 +360,10 @@ _EXPORT_CHILD = """
 import json, resource, sys
 from pathlib import Path
 import pyarrow.parquet
-from producer.export import export_run, parquet_schema
-from schema.database import open_ledger
-from schema.errors import RunNotFound
-from schema.runs import get_run
+from vlmbatch.producer.reports.export import export_run, parquet_schema
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.errors import RunNotFound
+from vlmbatch.schema.runs import get_run
 
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

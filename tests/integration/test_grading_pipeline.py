@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from producer.export import ExportFilter, iter_records
-from schema.errors import SourceError
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Result, Run
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
-from worker.fake_engine import FakeBehaviour
+from vlmbatch.producer.reports.export import ExportFilter, iter_records
+from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Result, Run
+from vlmbatch.worker.engines.fake import FakeBehaviour
 
 
 def _manifest(tmp_path: Path, rows: list[dict[str, object]]) -> Path:

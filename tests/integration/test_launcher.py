@@ -14,11 +14,11 @@ from pathlib import Path
 import psutil
 from sqlalchemy import select
 
-from schema.database import open_ledger
-from schema.states import JobState
-from schema.tables import Attempt
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import VLMBATCH, service_env, vlmbatch_json, wait_until_done
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Attempt
 
 
 def _workers(launcher: subprocess.Popen[bytes], *, not_pid: int | None = None, timeout: float = 60) -> dict[str, int]:

@@ -8,15 +8,15 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from schema.claims import claim_jobs, claim_next, renew_leases
-from schema.enqueue import insert_jobs
-from schema.errors import ErrorType
-from schema.models import JobSpec
-from schema.outcomes import AttemptReport, SampleRecord, record_outcomes
-from schema.reconcile import requeue_expired_leases
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Result, utcnow
 from tests.integration.ledger_helpers import ledger, make_run
+from vlmbatch.schema.claims import claim_jobs, claim_next, renew_leases
+from vlmbatch.schema.enqueue import insert_jobs
+from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.models import JobSpec
+from vlmbatch.schema.outcomes import AttemptReport, SampleRecord, record_outcomes
+from vlmbatch.schema.reconcile import requeue_expired_leases
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Result, utcnow
 
 
 def _sample(index: int = 0, answer: str = "42") -> SampleRecord:

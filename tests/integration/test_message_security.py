@@ -8,17 +8,17 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy import select
 
-from schema.database import open_ledger
-from schema.enqueue import insert_jobs
-from schema.models import JobSpec, RunSettings
-from schema.runs import create_or_reuse_run
-from schema.settings import Settings
-from schema.states import JobState
-from schema.tables import Job
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import service_env, start_worker, stop_worker, wait_until_done
-from worker.celery_app import RUN_JOBS_TASK, make_celery
-from worker.publisher import CeleryPublisher
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.enqueue import insert_jobs
+from vlmbatch.schema.models import JobSpec, RunSettings
+from vlmbatch.schema.runs import create_or_reuse_run
+from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Job
+from vlmbatch.worker.transport.celery_app import RUN_JOBS_TASK, make_celery
+from vlmbatch.worker.transport.publisher import CeleryPublisher
 
 
 def test_a_pickled_message_is_refused_and_a_json_one_runs(

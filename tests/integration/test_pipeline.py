@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from schema import outcomes
-from schema.errors import EngineDead, ErrorType, StorageTransient
-from schema.states import AttemptOutcome, JobState
-from schema.tables import Attempt, Job, Result
 from tests.fixtures.bad_images import good_jpeg, write_mixed_folder
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for, submit_folder
-from worker.engine import Generation, GenerationRequest
-from worker.fake_engine import FakeBehaviour, FakeEngine
-from worker.storage import ObjectStores
+from vlmbatch.media.stores import ObjectStores
+from vlmbatch.schema import outcomes
+from vlmbatch.schema.errors import EngineDead, ErrorType, StorageTransient
+from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.worker.engines.base import Generation, GenerationRequest
+from vlmbatch.worker.engines.fake import FakeBehaviour, FakeEngine
 
 
 def _folder(tmp_path: Path, count: int, size: tuple[int, int] = (64, 48)) -> Path:

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from producer.sources import open_source
-from producer.sources.s3 import PAGE_SIZE
-from schema.errors import SourceError
 from tests.conftest import fill_bucket
+from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.s3 import PAGE_SIZE
+from vlmbatch.schema.errors import SourceError
 
 
 def _touch(path: Path) -> Path:

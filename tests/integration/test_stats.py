@@ -13,22 +13,22 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import producer.cli.outputs  # noqa: F401  (registers export and stats)
-from producer.cli import cli
-from producer.stats import nearest_rank, run_accounting, run_stats
-from schema.claims import claim_jobs
-from schema.enqueue import insert_jobs
-from schema.errors import ErrorType
-from schema.models import JobSpec, RunSettings
-from schema.outcomes import AttemptReport, SampleRecord, Timings, record_outcomes
-from schema.resubmit import resubmit_jobs
-from schema.runs import create_or_reuse_run, get_run
-from schema.states import AttemptOutcome
-from schema.tables import Attempt, Job, Run
+import vlmbatch.producer.cli.outputs
 from tests.fixtures.bad_images import good_jpeg, write_mixed_folder
 from tests.integration.ledger_helpers import ledger
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from tests.processes import vlmbatch
+from vlmbatch.producer.cli import cli
+from vlmbatch.producer.reports.stats import nearest_rank, run_accounting, run_stats
+from vlmbatch.schema.claims import claim_jobs
+from vlmbatch.schema.enqueue import insert_jobs
+from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.models import JobSpec, RunSettings
+from vlmbatch.schema.outcomes import AttemptReport, SampleRecord, Timings, record_outcomes
+from vlmbatch.schema.resubmit import resubmit_jobs
+from vlmbatch.schema.runs import create_or_reuse_run, get_run
+from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.schema.tables import Attempt, Job, Run
 
 
 @dataclass(frozen=True)

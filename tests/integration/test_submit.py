@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from producer.sources import open_source
-from producer.submit import submit
-from schema.database import open_ledger
-from schema.errors import SourceError
-from schema.models import RunSettings
-from schema.tables import Job, Run
+from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.submit import submit
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.tables import Job, Run
 
 
 class RecordingPublisher:

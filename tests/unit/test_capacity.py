@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.capacity import Capacity
+from vlmbatch.worker.pipeline.capacity import Capacity
 
 
 def test_batches_wait_for_whole_capacity_instead_of_holding_parts() -> None:
@@ -44,7 +44,7 @@ def test_a_request_larger_than_the_capacity_takes_all_of_it() -> None:
 
 
 def test_time_share_charges_each_request_its_share_of_the_engine(monkeypatch: object) -> None:
-    import worker.capacity as capacity_module
+    import vlmbatch.worker.pipeline.capacity as capacity_module
 
     clock = iter([0.0, 0.0, 2.0, 6.0, 8.0])  # init, a enters, b enters, a leaves, b leaves
     monkeypatch.setattr(capacity_module.time, "monotonic", lambda: next(clock))  # type: ignore[attr-defined]

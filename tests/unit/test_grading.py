@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worker.grading import (
+from vlmbatch.schema.grading import (
     GRADERS,
     Grade,
     GraderName,

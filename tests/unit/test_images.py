@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from schema.errors import InputTooLarge, InputUnreadable, InputUnsupported, JobError
 from tests.fixtures import bad_images
-from worker.images import decode_image
+from vlmbatch.media.images import decode_image
+from vlmbatch.schema.errors import InputTooLarge, InputUnreadable, InputUnsupported, JobError
 
 SOURCE = "s3://bucket/prefix/input-0001.jpg"
 MAX_BYTES = 10 << 20

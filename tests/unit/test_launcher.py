@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.launcher import parse_gpus, plan_workers
+from vlmbatch.worker.process.launcher import parse_gpus, plan_workers
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from worker.log_format import JsonFormatter, RedactingFormatter, redact
+from vlmbatch.worker.process.log_format import JsonFormatter, RedactingFormatter, redact
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from schema.states import AttemptOutcome
-from worker.engine import Completion
-from worker.output import attempt_outcome, split_trace, to_sample
+from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.worker.engines.base import Completion
+from vlmbatch.worker.pipeline.output import attempt_outcome, split_trace, to_sample
 
 
 @pytest.mark.parametrize(

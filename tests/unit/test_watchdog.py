@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker import watchdog as watchdog_module
-from worker.watchdog import HangWatchdog
+from vlmbatch.worker.pipeline import watchdog as watchdog_module
+from vlmbatch.worker.pipeline.watchdog import HangWatchdog
 
 
 def test_progress_or_idleness_resets_the_watch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,151 @@
+"""The object store seam: fetch an input's bytes by URI (`s3://bucket/key`, `file:///path` or a plain
+path), mapping every failure onto the error taxonomy. boto3 clients are thread-safe; one is shared."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from vlmbatch.schema.errors import InputNotFound, InputTooLarge, InputUnreadable, InputUnsupported, StorageTransient
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+# S3 error codes that mean "try again later" (throttling, server-side trouble).
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
+)
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+
+
+class ObjectStore(Protocol):
+    def fetch(self, uri: str, *, max_bytes: int) -> bytes:
+        """The object's bytes. Raises InputNotFound, InputTooLarge, InputUnreadable, StorageTransient."""
+        ...
+
+
+def make_s3_client(endpoint_url: str | None, *, max_pool_connections: int = 32) -> S3Client:
+    """A boto3 S3 client; credentials come only from boto3's standard chain (env, files, roles)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=max_pool_connections,
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` → (bucket, key)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a `file://` URI or plain path."""
+    if uri.startswith("file://"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri)
+
+
+class LocalFiles:
+    def fetch(self, uri: str, *, max_bytes: int) -> bytes:
+        path = local_path(uri)
+        try:
+            with path.open("rb") as handle:  # one open and one fstat: file systems are slow per call
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise InputNotFound(f"{uri}: not a regular file")
+                if info.st_size > max_bytes:
+                    raise InputTooLarge(f"{uri}: {info.st_size} bytes, over the {max_bytes}-byte limit")
+                return handle.read()
+        except FileNotFoundError as exc:
+            raise InputNotFound(f"{uri}: no such file") from exc
+        except PermissionError as exc:
+            raise InputUnreadable(f"{uri}: permission denied") from exc
+        except IsADirectoryError as exc:
+            raise InputNotFound(f"{uri}: is a directory") from exc
+
+
+class S3Objects:
+    def __init__(self, endpoint_url: str | None, *, max_pool_connections: int = 32) -> None:
+        self._endpoint_url = endpoint_url
+        self._pool = max_pool_connections
+        self._client: S3Client | None = None
+        self._lock = threading.Lock()
+
+    def _s3(self) -> S3Client:
+        with self._lock:
+            if self._client is None:
+                self._client = make_s3_client(self._endpoint_url, max_pool_connections=self._pool)
+            return self._client
+
+    def fetch(self, uri: str, *, max_bytes: int) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3_uri(uri)
+        try:
+            response = self._s3().get_object(Bucket=bucket, Key=key)
+            size = response["ContentLength"]
+            body = response["Body"]
+            if size > max_bytes:
+                body.close()
+                raise InputTooLarge(f"{uri}: {size} bytes, over the {max_bytes}-byte limit")
+            data = body.read()
+        except ClientError as exc:
+            raise _classify_client_error(uri, exc) from exc
+        except BotoCoreError as exc:  # timeouts, connection resets, incomplete reads
+            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
+        if len(data) != size:
+            raise StorageTransient(f"{uri}: read {len(data)} of {size} bytes")
+        return data
+
+
+def _classify_client_error(uri: str, exc: Any) -> Exception:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in _MISSING_CODES or status == 404:
+        return InputNotFound(f"{uri}: no such object")
+    if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500) or status == 429:
+        return StorageTransient(f"{uri}: {code or status}")
+    if code in {"AccessDenied", "403"} or status == 403:
+        return InputNotFound(f"{uri}: access denied")
+    return InputUnreadable(f"{uri}: {code or status}")
+
+
+class ObjectStores:
+    """Routes each URI to the store of its scheme."""
+
+    def __init__(self, *, s3_endpoint_url: str | None, max_pool_connections: int = 32) -> None:
+        self._local = LocalFiles()
+        self._s3 = S3Objects(s3_endpoint_url, max_pool_connections=max_pool_connections)
+
+    def fetch(self, uri: str, *, max_bytes: int) -> bytes:
+        scheme = urlparse(uri).scheme
+        if scheme == "s3":
+            return self._s3.fetch(uri, max_bytes=max_bytes)
+        if scheme in ("", "file"):
+            return self._local.fetch(uri, max_bytes=max_bytes)
+        raise InputUnsupported(f"{uri}: unsupported URI scheme {scheme!r} (use s3:// or file://)")

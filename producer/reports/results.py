@@ -1,0 +1,44 @@
+"""Reading results back: one row per job with its outcome and the first sample's answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from vlmbatch.schema.tables import Attempt, Job, Result
+
+PREVIEW_CHARS = 40
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    job_id: int
+    image: str
+    state: str
+    error_type: str | None
+    tokens: int | None
+    answer_preview: str | None
+
+
+def result_rows(session: Session, run_id: int, *, limit: int = 50) -> list[ResultRow]:
+    stmt = (
+        select(Job, Attempt.completion_tokens, Result.answer)
+        .outerjoin(Attempt, Attempt.id == Job.current_attempt_id)
+        .outerjoin(Result, and_(Result.attempt_id == Job.current_attempt_id, Result.sample_index == 0))
+        .where(Job.run_id == run_id)
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    rows = []
+    for job, tokens, answer in session.execute(stmt):
+        image = job.images[0].rsplit("/", 1)[-1] + (f" (+{len(job.images) - 1})" if len(job.images) > 1 else "")
+        preview = None if answer is None else _preview(answer)
+        rows.append(ResultRow(job.id, image, job.state, job.error_type, tokens, preview))
+    return rows
+
+
+def _preview(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"

@@ -1,0 +1,86 @@
+"""The engine seam: the worker's only view of the model server.
+
+An engine takes many requests at once (continuous batching): `generate` is a coroutine that many jobs
+await concurrently on the pipeline's event loop, and a finished request frees its slot at once.
+Implementations: worker.vllm_engine (in-process vLLM), worker.fake_engine (deterministic, for tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from PIL.Image import Image
+
+from vlmbatch.schema.models import SamplingSettings
+
+
+@dataclass(frozen=True)
+class AnswerConstraint:
+    """Constrain the answer (after the trace) to one of `choices` or to JSON matching `json_schema`."""
+
+    choices: tuple[str, ...] | None = None
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    images: Sequence[Image]
+    question: str
+    sampling: SamplingSettings
+    # InternVL-style dynamic tiling bound, passed per request to the multimodal processor.
+    max_tiles: int
+    constraint: AnswerConstraint | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sample: the generated text (without the prompt) and how it ended."""
+
+    text: str
+    num_tokens: int
+    # "stop" (end of sequence or stop string), "length" (hit max_tokens), "abort"; None if unknown.
+    finish_reason: str | None
+    # Tokens up to and including the end-of-trace marker, when the engine could count them exactly.
+    reasoning_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_tokens: int
+    completions: Sequence[Completion]
+    # Seconds from submission to the first generated token, when the engine reports it.
+    first_token_s: float | None = None
+    # The rendered prompt itself opened a `<think>` trace (R1V3's chat template does).
+    trace_opened_by_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float | None = None
+
+
+class Engine(Protocol):
+    """Raises from `generate`: PromptTooLong, EngineOutOfMemory, EngineDead, JobCancelled (aborted)."""
+
+    @property
+    def model(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def generate(self, request: GenerationRequest) -> Generation: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def progress(self) -> int:
+        """A counter that grows whenever the engine makes progress (tokens generated). The worker's
+        watchdog declares the engine hung when it stops growing while requests are in flight."""
+        ...
+
+    async def shutdown(self) -> None: ...

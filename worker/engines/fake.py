@@ -1,0 +1,127 @@
+"""A deterministic engine for control-plane tests and benchmarks: no model, same interface.
+
+It answers `<think>…</think>answer` with word-level token counts, honours max_tokens (a long trace is
+cut and reported as `length`), refuses prompts over its context like vLLM does, and can take time
+per request so that concurrency is observable. Never the only proof of a feature (STYLE.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+
+from vlmbatch.schema.errors import JobCancelled, PromptTooLong
+from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest
+
+# Prompt tokens the fake charges per image tile (InternVL: 256 per 448 px tile).
+TOKENS_PER_TILE = 256
+_TILE_PIXELS = 448 * 448
+
+
+@dataclass(frozen=True)
+class FakeBehaviour:
+    # Words in each trace before `</think>`.
+    trace_tokens: int = 24
+    # Seconds each request takes before its first token, and generation speed (0: instant).
+    latency_s: float = 0.0
+    tokens_per_second: float = 0.0
+    max_model_len: int = 32768
+    # Answers handed out in turn, one per sample across all requests (tests of grading); None: derived
+    # from the question and image sizes.
+    answer_cycle: tuple[str, ...] | None = None
+
+
+class FakeEngine:
+    def __init__(self, model: str, behaviour: FakeBehaviour | None = None) -> None:
+        self._model = model
+        self._behaviour = behaviour or FakeBehaviour()
+        self._in_flight: dict[str, asyncio.Event] = {}
+        self.max_in_flight = 0
+        self.requests_seen = 0
+        self._tokens = 0
+        self._answers_given = 0
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    async def start(self) -> None:
+        return None
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self._in_flight), waiting=0, kv_cache_usage=None)
+
+    def progress(self) -> int:
+        return self._tokens
+
+    async def abort(self, request_id: str) -> None:
+        event = self._in_flight.get(request_id)
+        if event is not None:
+            event.set()
+
+    async def shutdown(self) -> None:
+        for event in self._in_flight.values():
+            event.set()
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        b = self._behaviour
+        prompt_tokens = len(request.question.split()) + sum(
+            TOKENS_PER_TILE * _tiles(image.width * image.height, request.max_tiles) for image in request.images
+        )
+        if prompt_tokens + 1 > b.max_model_len:
+            raise PromptTooLong(
+                f"prompt of {prompt_tokens} tokens is longer than the context of {b.max_model_len} tokens"
+            )
+        aborted = asyncio.Event()
+        self._in_flight[request.request_id] = aborted
+        self.requests_seen += 1
+        self.max_in_flight = max(self.max_in_flight, len(self._in_flight))
+        started = time.perf_counter()
+        try:
+            completions = [self._complete(request, i) for i in range(request.sampling.samples)]
+            longest = max(c.num_tokens for c in completions)
+            delay = b.latency_s + (longest / b.tokens_per_second if b.tokens_per_second else 0.0)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(aborted.wait(), timeout=delay)
+            else:
+                await asyncio.sleep(0)
+            if aborted.is_set():
+                raise JobCancelled(f"request {request.request_id} was aborted")
+        finally:
+            self._in_flight.pop(request.request_id, None)
+        self._tokens += sum(c.num_tokens for c in completions)
+        return Generation(
+            prompt_tokens=prompt_tokens,
+            completions=completions,
+            first_token_s=b.latency_s if b.latency_s else time.perf_counter() - started,
+            trace_opened_by_prompt=True,
+        )
+
+    def _complete(self, request: GenerationRequest, sample: int) -> Completion:
+        size = "x".join(f"{im.width}x{im.height}" for im in request.images)
+        digest = hashlib.sha256(f"{request.question}|{sample}|{size}".encode()).hexdigest()
+        words = [f"w{digest[i % 32]}" for i in range(self._behaviour.trace_tokens)]
+        words[:3] = ["looking", "at", size]
+        max_tokens = request.sampling.max_tokens
+        if request.sampling.ignore_eos or len(words) + 2 > max_tokens:
+            trace = (words * (max_tokens // max(1, len(words)) + 1))[:max_tokens]
+            return Completion(text=" ".join(trace), num_tokens=max_tokens, finish_reason="length")
+        if self._behaviour.answer_cycle:
+            cycle = self._behaviour.answer_cycle
+            answer = cycle[self._answers_given % len(cycle)]
+            self._answers_given += 1
+        elif request.constraint and request.constraint.choices:
+            answer = request.constraint.choices[int(digest, 16) % len(request.constraint.choices)]
+        else:
+            answer = f"answer-{digest[:8]}"
+        text = " ".join(words) + "</think>" + answer
+        return Completion(text=text, num_tokens=len(words) + 2, finish_reason="stop", reasoning_tokens=len(words) + 1)
+
+
+def _tiles(pixels: int, max_tiles: int) -> int:
+    tiles = max(1, min(max_tiles, round(pixels / _TILE_PIXELS)))
+    return tiles + (1 if tiles > 1 else 0)  # the thumbnail tile

@@ -1,0 +1,268 @@
+"""The real engine: one vLLM `AsyncLLM` per worker process, shared by every job in flight.
+
+Requests are rendered with vLLM's own chat renderer (so any vLLM-supported VLM gets its own image
+placeholder and chat template) and generated with `n` samples each; vLLM's scheduler batches them
+continuously. A stat logger plugged into the engine reports running/waiting requests, KV-cache use and
+generated tokens (the worker's hang watchdog and metrics read them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from vlmbatch.schema.errors import EngineDead, EngineOutOfMemory, InputUnsupported, JobCancelled, PromptTooLong
+from vlmbatch.schema.settings import Settings
+from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+# vLLM's messages when a prompt does not fit the context (checked at render and at submission).
+_TOO_LONG_MARKERS = ("maximum context length", "longer than the maximum model length", "exceeds")
+
+
+@dataclass
+class _Telemetry:
+    """What the engine's stat logger last saw. Written on the engine's loop, read from anywhere."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float | None = None
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    max_running: int = 0
+
+
+class VllmEngine:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._llm: Any = None
+        self._think_close_id: int | None = None
+        self._opens_trace = False
+        self.telemetry = _Telemetry()
+
+    @property
+    def model(self) -> str:
+        return self._settings.model
+
+    async def start(self) -> None:
+        """Build the engine (start-up takes seconds on CPU, minutes for a 38B model on a GPU)."""
+        from vlmbatch.worker.engines.vllm_compat import install
+
+        install()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self._settings
+        engine_args: dict[str, Any] = dict(
+            model=s.model,
+            tensor_parallel_size=s.tensor_parallel_size,
+            max_num_seqs=s.max_num_seqs,
+            max_model_len=s.max_model_len,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            trust_remote_code=s.trust_remote_code,
+            enforce_eager=s.enforce_eager,
+            seed=s.seed,
+            limit_mm_per_prompt={"image": s.max_images_per_prompt},
+            mm_processor_kwargs={"max_dynamic_patch": s.max_tiles},
+            kv_cache_memory_bytes=s.kv_cache_bytes,
+            disable_log_stats=False,
+        )
+        if s.load_format:
+            engine_args["load_format"] = s.load_format
+        parser = self._reasoning_parser()
+        if parser:
+            engine_args["reasoning_parser"] = parser
+        if s.tensor_parallel_size == 1:
+            # The model runs inside the engine-core process: one spawned interpreter fewer at start-up.
+            engine_args["distributed_executor_backend"] = "uni"
+        started = time.perf_counter()
+        self._llm = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**engine_args), stat_loggers=[_stat_logger_factory(self.telemetry)]
+        )
+        self._inspect_tokenizer()
+        log.info("vLLM engine for %s ready in %.1fs", s.model, time.perf_counter() - started)
+
+    def _reasoning_parser(self) -> str | None:
+        choice = self._settings.reasoning_parser
+        if choice == "none":
+            return None
+        if choice != "auto":
+            return choice
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            self._settings.model, trust_remote_code=self._settings.trust_remote_code
+        )
+        vocab = tokenizer.get_vocab()
+        return "deepseek_r1" if THINK_OPEN in vocab and THINK_CLOSE in vocab else None
+
+    def _inspect_tokenizer(self) -> None:
+        tokenizer = self._llm.tokenizer
+        vocab = tokenizer.get_vocab()
+        self._think_close_id = vocab.get(THINK_CLOSE)
+        try:
+            probe = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "?"}], tokenize=False, add_generation_prompt=True
+            )
+            self._opens_trace = str(probe).rstrip().endswith(THINK_OPEN)
+        except Exception:  # a tokenizer without chat template: vLLM will refuse requests anyway
+            self._opens_trace = False
+
+    def stats(self) -> EngineStats:
+        t = self.telemetry
+        return EngineStats(running=t.running, waiting=t.waiting, kv_cache_usage=t.kv_cache_usage)
+
+    def progress(self) -> int:
+        return self.telemetry.generated_tokens
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._llm is None:
+            raise EngineDead("the engine is not running")
+        if self._llm.errored:
+            raise EngineDead(f"the engine died earlier: {self._llm.dead_error}")
+        started = time.perf_counter()
+        try:
+            engine_input = await self._render(request)
+            final = None
+            async for output in self._llm.generate(engine_input, self._sampling(request), request.request_id):
+                final = output
+        except EngineDeadError as exc:
+            raise _dead(exc) from exc
+        except asyncio.CancelledError:
+            await self.abort(request.request_id)
+            raise
+        except (VLLMValidationError, ValueError) as exc:  # 0.32's VLLMValidationError is no ValueError
+            raise _classify_validation(exc) from exc
+        if final is None:
+            raise EngineDead(f"request {request.request_id} ended without output")
+        completions = [self._completion(c) for c in final.outputs]
+        if all(c.finish_reason == "abort" for c in completions):
+            raise JobCancelled(f"request {request.request_id} was aborted")
+        metrics = getattr(final, "metrics", None)
+        first_token = getattr(metrics, "first_token_latency", None)
+        return Generation(
+            prompt_tokens=len(final.prompt_token_ids or []),
+            completions=completions,
+            first_token_s=first_token if first_token is not None else time.perf_counter() - started,
+            trace_opened_by_prompt=self._opens_trace,
+        )
+
+    async def _render(self, request: GenerationRequest) -> Any:
+        from vllm.renderers import ChatParams
+
+        content: list[dict[str, Any]] = [{"type": "image_pil", "image_pil": image} for image in request.images]
+        content.append({"type": "text", "text": request.question})
+        mm_kwargs = {"max_dynamic_patch": request.max_tiles}
+        renderer = self._llm.renderer
+        chat_params = ChatParams(
+            chat_template_kwargs={"add_generation_prompt": True, "continue_final_message": False},
+            mm_processor_kwargs=mm_kwargs,
+        )
+        _, (engine_input,) = await renderer.render_chat_async(
+            [[{"role": "user", "content": content}]],
+            chat_params,
+            renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False),
+            prompt_extras={"mm_processor_kwargs": mm_kwargs},
+        )
+        return engine_input
+
+    def _sampling(self, request: GenerationRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        extra: dict[str, Any] = {}
+        if request.constraint is not None:
+            extra["structured_outputs"] = _structured(request.constraint.choices, request.constraint.json_schema)
+        return SamplingParams(
+            n=s.samples,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty,
+            max_tokens=s.max_tokens,
+            ignore_eos=s.ignore_eos,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            **extra,
+        )
+
+    def _completion(self, output: Any) -> Completion:
+        token_ids = list(output.token_ids)
+        reasoning_tokens = None
+        if self._think_close_id is not None and self._think_close_id in token_ids:
+            reasoning_tokens = token_ids.index(self._think_close_id) + 1
+        return Completion(
+            text=output.text,
+            num_tokens=len(token_ids),
+            finish_reason=output.finish_reason,
+            reasoning_tokens=reasoning_tokens,
+        )
+
+
+def _structured(choices: tuple[str, ...] | None, json_schema: dict[str, Any] | None) -> Any:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if choices:
+        return StructuredOutputsParams(choice=list(choices))
+    return StructuredOutputsParams(json=json_schema)
+
+
+def _dead(exc: BaseException) -> Exception:
+    text = f"{exc} {exc.__cause__ or ''}".lower()
+    if "out of memory" in text:
+        return EngineOutOfMemory(f"engine ran out of memory: {exc}")
+    return EngineDead(f"engine died: {exc}")
+
+
+def _classify_validation(exc: Exception) -> Exception:
+    text = str(exc)
+    if any(marker in text for marker in _TOO_LONG_MARKERS):
+        return PromptTooLong(text)
+    return InputUnsupported(f"the engine refused the request: {text}")
+
+
+def _stat_logger_factory(telemetry: _Telemetry) -> Any:
+    """A vLLM StatLoggerBase subclass that copies what it records into `telemetry`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class TelemetryLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.engine_index = engine_index
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            if scheduler_stats is not None:
+                telemetry.running = scheduler_stats.num_running_reqs
+                telemetry.waiting = scheduler_stats.num_waiting_reqs
+                telemetry.kv_cache_usage = scheduler_stats.kv_cache_usage
+                telemetry.max_running = max(telemetry.max_running, telemetry.running)
+            if iteration_stats is not None:
+                telemetry.generated_tokens += iteration_stats.num_generation_tokens
+                telemetry.prompt_tokens += iteration_stats.num_prompt_tokens
+
+        def log_engine_initialized(self) -> None:
+            return None
+
+    return TelemetryLogger

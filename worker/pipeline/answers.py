@@ -1,0 +1,61 @@
+"""What happens to samples after generation: grading against the job's reference, checking the run's
+answer constraint, and deciding whether an accept-until-M job needs another sampling round."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+from vlmbatch.schema.grading import grade
+from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.outcomes import SampleRecord
+from vlmbatch.worker.engines.base import AnswerConstraint
+
+
+def constraint_of(settings: RunSettings) -> AnswerConstraint | None:
+    if settings.choices or settings.json_schema:
+        return AnswerConstraint(choices=settings.choices, json_schema=settings.json_schema)
+    return None
+
+
+def obeys(answer: str, constraint: AnswerConstraint) -> bool:
+    """Whether `answer` is one of the choices, or JSON that matches the schema."""
+    if constraint.choices:
+        return answer.strip() in constraint.choices
+    if constraint.json_schema is not None:
+        import jsonschema
+
+        try:
+            jsonschema.validate(json.loads(answer), constraint.json_schema)
+        except (ValueError, jsonschema.ValidationError):
+            return False
+    return True
+
+
+def review(samples: Sequence[SampleRecord], settings: RunSettings, reference: str | None) -> list[SampleRecord]:
+    """Samples with their constraint check, extracted answer and correctness filled in.
+
+    With a constraint, an answer that breaks it is recorded as invalid and never counts as correct. A
+    sample whose trace never closed has no answer to grade."""
+    constraint = constraint_of(settings)
+    reviewed = []
+    for sample in samples:
+        valid = obeys(sample.answer, constraint) if constraint is not None else None
+        extracted, correct = None, None
+        if settings.grader is not None and sample.trace_closed:
+            verdict = grade(settings.grader, sample.answer, reference)
+            extracted, correct = verdict.extracted, verdict.correct
+        elif constraint is not None and valid:
+            extracted = sample.answer.strip()
+        if valid is False and correct:
+            correct = False
+        reviewed.append(dataclasses.replace(sample, extracted_answer=extracted, correct=correct, valid=valid))
+    return reviewed
+
+
+def needs_more_samples(settings: RunSettings, *, accepted_before: int, accepted_now: int, attempts_used: int) -> bool:
+    """Accept-until-M: sample again while fewer than M correct samples exist and attempts remain."""
+    if settings.accept is None:
+        return False
+    return accepted_before + accepted_now < settings.accept and attempts_used < settings.max_attempts

@@ -1,0 +1,110 @@
+"""Entry points of a worker process: the Celery worker (`vlmbatch worker`) and the embedded run
+(`vlmbatch run`), both around one pipeline and one engine built before any job is taken."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.settings import Settings
+from vlmbatch.worker.pipeline.pipeline import Pipeline
+from vlmbatch.worker.process.runtime import build_pipeline
+from vlmbatch.worker.transport.celery_app import make_celery, task_concurrency
+from vlmbatch.worker.transport.maintenance import Maintenance
+from vlmbatch.worker.transport.publisher import NullPublisher, publisher_for
+from vlmbatch.worker.transport.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+# Exit statuses that ask the supervisor for a restart (DESIGN.md, worker engine).
+EXIT_ENGINE_DEAD = 3
+EXIT_CONSUMER_STALLED = 4
+
+
+def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
+    """Consume the broker queue until told to stop; return the process exit status."""
+    log.info(
+        "worker %s: model %s, tensor_parallel_size %d, CUDA_VISIBLE_DEVICES=%s, queue %s",
+        settings.resolved_worker_id(),
+        settings.model,
+        settings.tensor_parallel_size,
+        os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"),
+        settings.queue,
+    )
+    db_engine, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
+    app = make_celery(settings)
+    publisher = publisher_for(app, jobs_per_message=settings.jobs_per_message)
+    pipeline = build_pipeline(settings, sessions=sessions, publisher=publisher)
+    pipeline.start()
+    if settings.metrics_port:
+        pipeline.metrics.serve(settings.metrics_port)
+    register_tasks(app, pipeline)
+    maintenance = Maintenance(
+        settings=settings, sessions=sessions, db_engine=db_engine, publisher=publisher, pipeline=pipeline
+    )
+    worker = app.Worker(
+        pool="threads",
+        concurrency=task_concurrency(settings),
+        queues=[settings.queue],
+        loglevel=loglevel,
+        hostname=f"vlmbatch@{pipeline.worker_id}",
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+        optimization="fair",
+    )
+    for event in (pipeline.fatal_event, maintenance.stalled):
+        threading.Thread(target=_stop_when_set, args=(event,), daemon=True, name="stop-watch").start()
+    maintenance.start()
+    try:
+        worker.start()
+    finally:
+        maintenance.stop()
+        pipeline.stop(grace_s=0.0 if pipeline.fatal else settings.shutdown_grace_seconds)
+    if pipeline.fatal is not None:
+        log.error("exiting with status %d after engine death: %s", EXIT_ENGINE_DEAD, pipeline.fatal)
+        return EXIT_ENGINE_DEAD
+    if maintenance.stalled.is_set():
+        return EXIT_CONSUMER_STALLED
+    # Celery sets a non-zero exit code when its consumer hit an unrecoverable error (e.g. a broker that
+    # went away mid-reconnect): the supervisor must restart this worker.
+    return int(getattr(worker, "exitcode", 0) or 0)
+
+
+def _stop_when_set(event: threading.Event) -> None:
+    event.wait()
+    # Celery's warm shutdown: stop consuming, let the (short) claim tasks finish.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_embedded(
+    settings: Settings,
+    *,
+    run_id: int,
+    on_tick: Callable[[], None] | None = None,
+    tick_s: float = 1.0,
+    pipeline: Pipeline | None = None,
+) -> Pipeline:
+    """Work one run's queue in this process until none of its jobs is queued or running."""
+    if pipeline is None:
+        _, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
+        pipeline = build_pipeline(settings, sessions=sessions, publisher=NullPublisher())
+        pipeline.start()
+        if settings.metrics_port:
+            pipeline.metrics.serve(settings.metrics_port, host="127.0.0.1")
+    done = pipeline.feed_run(run_id)
+    try:
+        while True:
+            try:
+                done.result(timeout=tick_s)
+                break
+            except TimeoutError:
+                if on_tick is not None:
+                    on_tick()
+    finally:
+        pipeline.stop(grace_s=0.0)
+    return pipeline

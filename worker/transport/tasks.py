@@ -1,0 +1,38 @@
+"""The one Celery task: ask this worker's pipeline to claim a batch of jobs.
+
+The task returns (and its message is acknowledged) once its jobs are claimed: from then on each job is
+protected by its lease in the database, not by the message (DESIGN.md: Redis is only transport)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import Celery
+from celery.exceptions import Reject
+from sqlalchemy.exc import DBAPIError
+
+from vlmbatch.worker.pipeline.pipeline import Pipeline, WorkerStopping
+from vlmbatch.worker.transport.celery_app import RUN_JOBS_TASK
+
+log = logging.getLogger(__name__)
+# How long a task waits before handing back a message it could not claim because the database failed.
+CLAIM_RETRY_PAUSE_S = 1.0
+
+
+def register_tasks(app: Celery, pipeline: Pipeline) -> None:
+    @app.task(name=RUN_JOBS_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def run_jobs(job_ids: object) -> int:
+        if not isinstance(job_ids, list) or not all(type(i) is int for i in job_ids):
+            # A malformed message can never succeed: drop it rather than redeliver it forever.
+            raise Reject(f"malformed message: expected a list of job ids, got {type(job_ids).__name__}", requeue=False)
+        try:
+            return pipeline.admit(job_ids)
+        except WorkerStopping as exc:
+            raise Reject(str(exc), requeue=True) from exc
+        except DBAPIError as exc:
+            # The ledger is unreachable (restarting, failing over): put the message back and slow down,
+            # rather than acknowledging a claim that never happened.
+            log.warning("could not claim %d jobs (%s); message requeued", len(job_ids), type(exc).__name__)
+            time.sleep(CLAIM_RETRY_PAUSE_S)
+            raise Reject(str(exc), requeue=True) from exc
