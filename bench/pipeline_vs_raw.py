@@ -165,7 +165,7 @@ def main() -> int:
         VLLM_LOGGING_LEVEL="WARNING",
         VLLM_NO_USAGE_STATS="1",
     )
-    from vlmbatch.worker.smoke_model.builder import build_model_folder
+    from vlmbatch.worker.smoke_model import build_model_folder
 
     model = build_model_folder(work / "tiny")
     folder = work / "images"

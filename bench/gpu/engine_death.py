@@ -57,7 +57,7 @@ def main() -> int:
     from vlmbatch.worker.engines.thread import EngineThread
     from vlmbatch.worker.engines.vllm_engine import VllmEngine
     from vlmbatch.worker.pipeline.pipeline import Pipeline
-    from vlmbatch.worker.smoke_model.builder import R1V3_38B, TINY, build_model_folder
+    from vlmbatch.worker.smoke_model import R1V3_38B, TINY, build_model_folder
     from vlmbatch.worker.transport.publisher import NullPublisher
 
     model = build_model_folder(

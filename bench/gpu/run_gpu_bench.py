@@ -218,7 +218,7 @@ def main() -> int:
     from vlmbatch.worker.engines.vllm_compat import install
 
     install()
-    from vlmbatch.worker.smoke_model.builder import R1V3_38B, TINY, build_model_folder
+    from vlmbatch.worker.smoke_model import R1V3_38B, TINY, build_model_folder
 
     shape = R1V3_38B if args.shape == "r1v3" else TINY
     model = build_model_folder(work / f"model-{args.shape}", shape, weights=args.shape == "tiny")

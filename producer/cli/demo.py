@@ -25,7 +25,7 @@ def demo_command(directory: Path | None, engine: str, max_tokens: int) -> None:
     started = time.monotonic()
     click.echo(f"demo folder: {folder}", err=True)
     if engine == "vllm":
-        from vlmbatch.worker.smoke_model.builder import build_model_folder
+        from vlmbatch.worker.smoke_model import build_model_folder
 
         model = build_model_folder(folder / "smoke-model")
         click.echo(f"built the smoke model (Skywork-R1V3 architecture, random weights) in {model}", err=True)

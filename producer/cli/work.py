@@ -52,7 +52,7 @@ def worker_command(loglevel: str, gpus: str | None, **flags: object) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def smoke_model_command(directory: Path, seed: int) -> None:
     """Write a tiny random-weight model of Skywork-R1V3's architecture into DIRECTORY (offline, seconds)."""
-    from vlmbatch.worker.smoke_model.builder import build_model_folder
+    from vlmbatch.worker.smoke_model import build_model_folder
 
     path = build_model_folder(directory, seed=seed)
     click.echo(str(path))

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
-from vlmbatch.producer.reports.export import standing_results
+from vlmbatch.producer.reports.records import standing_results
 from vlmbatch.schema.standing import attempt_stands
 from vlmbatch.schema.states import TERMINAL_STATES, JobState
 from vlmbatch.schema.status import run_status

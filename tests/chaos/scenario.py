@@ -194,7 +194,7 @@ def _environment(config: ChaosConfig, work: Path, *, database: str, broker: str,
             VLMBATCH_MAX_MODEL_LEN="4096",
         )
     else:
-        from vlmbatch.worker.smoke_model.builder import build_model_folder
+        from vlmbatch.worker.smoke_model import build_model_folder
 
         model = build_model_folder(work / "tiny")
         env.update(

@@ -10,7 +10,7 @@ import pytest
 
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.engines.thread import EngineThread
-from vlmbatch.worker.smoke_model.builder import build_model_folder
+from vlmbatch.worker.smoke_model import build_model_folder
 
 MAX_MODEL_LEN = 8192
 

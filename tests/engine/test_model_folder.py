@@ -14,16 +14,9 @@ from typing import Any
 import pytest
 
 from vlmbatch.worker.engines import vllm_compat
-from vlmbatch.worker.smoke_model.builder import (
-    CONFIG_CLASS,
-    CONFIG_MODULE,
-    IM_END,
-    R1V3_38B,
-    SPECIAL_TOKENS,
-    THINK_TOKENS,
-    TINY,
-    build_model_folder,
-)
+from vlmbatch.worker.smoke_model import R1V3_38B, TINY, build_model_folder
+from vlmbatch.worker.smoke_model.builder import CONFIG_CLASS, CONFIG_MODULE
+from vlmbatch.worker.smoke_model.tokenizer import IM_END, SPECIAL_TOKENS, THINK_TOKENS
 
 
 @pytest.fixture(scope="module")

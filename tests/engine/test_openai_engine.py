@@ -31,7 +31,8 @@ from vlmbatch.schema.settings import Settings
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.tables import Attempt, Job, Result
 from vlmbatch.worker.engines.base import GenerationRequest
-from vlmbatch.worker.engines.openai.engine import OpenAIEngine, parse_metrics
+from vlmbatch.worker.engines.openai import OpenAIEngine
+from vlmbatch.worker.engines.openai.telemetry import parse_metrics
 from vlmbatch.worker.engines.vllm_compat import HOOK_DIR
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]

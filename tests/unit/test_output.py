@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from vlmbatch.schema.reasoning import split_trace
 from vlmbatch.schema.states import AttemptOutcome
 from vlmbatch.worker.engines.base import Completion
-from vlmbatch.worker.pipeline.output import attempt_outcome, split_trace, to_sample
+from vlmbatch.worker.pipeline.output import attempt_outcome, to_sample
 
 
 @pytest.mark.parametrize(

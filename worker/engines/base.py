@@ -2,7 +2,8 @@
 
 An engine takes many requests at once (continuous batching): `generate` is a coroutine that many jobs
 await concurrently on the pipeline's event loop, and a finished request frees its slot at once.
-Implementations: worker.vllm_engine (in-process vLLM), worker.fake_engine (deterministic, for tests).
+Implementations: `vllm_engine` (in-process vLLM), `openai` (a remote vLLM server), `fake` (deterministic, for
+tests); `thread` runs any of them on an event loop of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from typing import Any, Protocol
 from PIL.Image import Image
 
 from vlmbatch.schema.models import SamplingSettings
+
+# vLLM's messages when a prompt does not fit the context: at render, once images are expanded, or from
+# its server (in-process and remote engines see the same texts).
+PROMPT_TOO_LONG_MARKERS = ("maximum context length", "longer than the maximum model length", "exceeds")
 
 
 @dataclass(frozen=True)
@@ -84,3 +89,8 @@ class Engine(Protocol):
         ...
 
     async def shutdown(self) -> None: ...
+
+
+def is_prompt_too_long(message: str) -> bool:
+    """Whether an engine's refusal says the prompt does not fit the context (`prompt.too_long`)."""
+    return any(marker in message for marker in PROMPT_TOO_LONG_MARKERS)

@@ -15,15 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmbatch.schema.errors import EngineDead, EngineOutOfMemory, InputUnsupported, JobCancelled, PromptTooLong
+from vlmbatch.schema.reasoning import THINK_CLOSE, THINK_OPEN
 from vlmbatch.schema.settings import Settings
-from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest
+from vlmbatch.worker.engines.base import (
+    Completion,
+    EngineStats,
+    Generation,
+    GenerationRequest,
+    is_prompt_too_long,
+)
 
 log = logging.getLogger(__name__)
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-# vLLM's messages when a prompt does not fit the context (checked at render and at submission).
-_TOO_LONG_MARKERS = ("maximum context length", "longer than the maximum model length", "exceeds")
 
 
 @dataclass
@@ -233,7 +235,7 @@ def _dead(exc: BaseException) -> Exception:
 
 def _classify_validation(exc: Exception) -> Exception:
     text = str(exc)
-    if any(marker in text for marker in _TOO_LONG_MARKERS):
+    if is_prompt_too_long(text):
         return PromptTooLong(text)
     return InputUnsupported(f"the engine refused the request: {text}")
 

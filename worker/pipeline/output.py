@@ -4,39 +4,11 @@ tokens, and decide whether an attempt succeeded or was truncated."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from vlmbatch.schema.outcomes import SampleRecord
+from vlmbatch.schema.reasoning import split_trace
 from vlmbatch.schema.states import AttemptOutcome
 from vlmbatch.worker.engines.base import Completion
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-
-
-@dataclass(frozen=True)
-class SplitOutput:
-    reasoning: str | None
-    answer: str
-    # False when a trace was opened and never closed (the model ran out of tokens while thinking).
-    closed: bool
-
-
-def split_trace(text: str, *, opened_by_prompt: bool) -> SplitOutput:
-    """Split generated text at the first `</think>`.
-
-    The opening tag is optional: R1V3's chat template puts it in the prompt, so the generated text
-    starts inside the trace. Without any trace (a model that does not reason) the text is the answer.
-    """
-    head, sep, tail = text.partition(THINK_CLOSE)
-    if sep:
-        reasoning = head.split(THINK_OPEN, 1)[1] if THINK_OPEN in head else head
-        return SplitOutput(reasoning=reasoning.strip(), answer=tail.strip(), closed=True)
-    if THINK_OPEN in text:
-        return SplitOutput(reasoning=text.split(THINK_OPEN, 1)[1].strip(), answer="", closed=False)
-    if opened_by_prompt:
-        return SplitOutput(reasoning=text.strip(), answer="", closed=False)
-    return SplitOutput(reasoning=None, answer=text.strip(), closed=True)
 
 
 def storable(text: str) -> str:

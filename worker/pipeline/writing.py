@@ -1,18 +1,68 @@
-"""Committing attempt outcomes: a batch in one transaction, and one refused outcome never blocks the rest."""
+"""Committing attempt outcomes: reports batched from the queue the attempts fill, a batch in one
+transaction, and one refused outcome never blocks the rest."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from vlmbatch.schema.database import transaction
 from vlmbatch.schema.errors import ErrorType
 from vlmbatch.schema.outcomes import AttemptReport, record_outcomes
 from vlmbatch.schema.states import AttemptOutcome
 
 log = logging.getLogger(__name__)
+
+# Outcomes committed per database transaction, and how long the writer waits to fill a batch.
+WRITE_BATCH = 256
+WRITE_LINGER_S = 0.02
+
+
+class OutcomeWriter:
+    """Collects attempt reports and hands them to `commit` in batches of up to WRITE_BATCH, waiting at most
+    WRITE_LINGER_S for a batch to fill (a lone report is not held back)."""
+
+    def __init__(
+        self,
+        *,
+        commit: Callable[[list[AttemptReport]], Awaitable[None]],
+        commit_failed: Callable[[list[AttemptReport]], Awaitable[None]],
+    ) -> None:
+        self._commit = commit
+        self._commit_failed = commit_failed
+        self._reports: asyncio.Queue[AttemptReport] = asyncio.Queue()
+
+    async def put(self, report: AttemptReport) -> None:
+        await self._reports.put(report)
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._commit(batch)
+            except Exception:
+                # Never let the writer die: these jobs keep their leases until they expire, and the
+                # reconciler gives them to another attempt.
+                log.exception("could not write %d outcomes; their jobs will be retried", len(batch))
+                await self._commit_failed(batch)
+
+    async def _next_batch(self) -> list[AttemptReport]:
+        batch = [await self._reports.get()]
+        deadline = time.monotonic() + WRITE_LINGER_S
+        while len(batch) < WRITE_BATCH:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._reports.get(), timeout))
+            except TimeoutError:
+                break
+        return batch
 
 
 def write_reports_safely(sessions: sessionmaker[Session], reports: Sequence[AttemptReport]) -> list[AttemptReport]:
@@ -22,7 +72,7 @@ def write_reports_safely(sessions: sessionmaker[Session], reports: Sequence[Atte
     must not block the others: the batch is then written report by report, and a refused one is stored
     as an `internal` failure of its attempt, with the reason, instead of its samples."""
     try:
-        with sessions() as session, session.begin():
+        with transaction(sessions) as session:
             return record_outcomes(session, reports)
     except (OperationalError, InterfaceError):
         raise
@@ -37,7 +87,7 @@ def write_reports_safely(sessions: sessionmaker[Session], reports: Sequence[Atte
 
 def _write_as_failure(sessions: sessionmaker[Session], report: AttemptReport) -> list[AttemptReport]:
     try:
-        with sessions() as session, session.begin():
+        with transaction(sessions) as session:
             record_outcomes(session, [report])
     except (OperationalError, InterfaceError):
         raise
@@ -52,6 +102,6 @@ def _write_as_failure(sessions: sessionmaker[Session], report: AttemptReport) ->
             prompt_tokens=report.prompt_tokens,
             timings=report.timings,
         )
-        with sessions() as session, session.begin():
+        with transaction(sessions) as session:
             return record_outcomes(session, [failure])
     return [report]

@@ -30,7 +30,7 @@ def build_engine(settings: Settings) -> Engine:
         return EngineThread(VllmEngine(settings))
     if settings.engine == "openai":
         # No engine thread: the HTTP streams are light work for the pipeline's loop.
-        from vlmbatch.worker.engines.openai.engine import OpenAIEngine
+        from vlmbatch.worker.engines.openai import OpenAIEngine
 
         return OpenAIEngine(settings)
     raise NotImplementedError(f"engine {settings.engine!r} is not available in this build")

@@ -12,7 +12,8 @@ from celery import Celery
 from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
-from vlmbatch.worker.pipeline.pipeline import Pipeline, WorkerStopping
+from vlmbatch.worker.pipeline.admission import WorkerStopping
+from vlmbatch.worker.pipeline.pipeline import Pipeline
 from vlmbatch.worker.transport.celery_app import RUN_JOBS_TASK
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,112 @@
+"""The exported fields: one table from which the JSONL record, the Parquet schema and the SQL selection
+of `export` are all derived (a field added here appears in every format; tests check the record type)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+from sqlalchemy.orm import InstrumentedAttribute
+
+from vlmbatch.schema.tables import Attempt, Job, Result
+
+# How a field is typed in Parquet; `json` is free-form (stored as JSON text), `timings` a struct of floats.
+ArrowType = Literal["string", "int64", "bool", "float64", "strings", "json"]
+
+
+@dataclass(frozen=True)
+class ExportField:
+    name: str
+    arrow: ArrowType
+    # The column it is read from; None for the run's own fields, added to every record.
+    source: InstrumentedAttribute[Any] | None
+
+
+TIMING_FIELDS = ("queue_wait_s", "fetch_s", "decode_s", "generation_s", "first_token_s")
+
+FIELDS: tuple[ExportField, ...] = (
+    ExportField("run", "string", None),
+    ExportField("run_id", "int64", None),
+    ExportField("job_id", "int64", Result.job_id),
+    ExportField("attempt_id", "int64", Result.attempt_id),
+    ExportField("sample_index", "int64", Result.sample_index),
+    ExportField("images", "strings", Job.images),
+    ExportField("question", "string", Job.question),
+    ExportField("reference", "string", Job.reference),
+    ExportField("metadata", "json", Job.meta),
+    ExportField("state", "string", Job.state),
+    ExportField("answer", "string", Result.answer),
+    ExportField("reasoning", "string", Result.reasoning),
+    ExportField("raw_text", "string", Result.raw_text),
+    ExportField("finish_reason", "string", Result.finish_reason),
+    ExportField("trace_closed", "bool", Result.trace_closed),
+    ExportField("prompt_tokens", "int64", Attempt.prompt_tokens),
+    ExportField("completion_tokens", "int64", Result.completion_tokens),
+    ExportField("reasoning_tokens", "int64", Result.reasoning_tokens),
+    ExportField("answer_tokens", "int64", Result.answer_tokens),
+    ExportField("extracted_answer", "string", Result.extracted_answer),
+    ExportField("correct", "bool", Result.correct),
+    ExportField("gpu_seconds", "float64", Attempt.gpu_seconds),
+)
+# Read flat, exported nested under "timings".
+TIMINGS: tuple[ExportField, ...] = tuple(ExportField(name, "float64", getattr(Attempt, name)) for name in TIMING_FIELDS)
+# What the SQL selection reads, in order: every field with a source, then the timings.
+SELECTED: tuple[ExportField, ...] = tuple(f for f in FIELDS if f.source is not None) + TIMINGS
+
+
+class Timings(TypedDict):
+    queue_wait_s: float | None
+    fetch_s: float | None
+    decode_s: float | None
+    generation_s: float | None
+    first_token_s: float | None
+
+
+class ExportRecord(TypedDict):
+    """One standing sample with its job and attempt: a `jsonl` line (export.py's docstring). Its keys are
+    FIELDS' names plus `timings`, in that order (tests/unit/test_export_fields.py holds them together)."""
+
+    run: str
+    run_id: int
+    job_id: int
+    attempt_id: int
+    sample_index: int
+    images: list[str]
+    question: str
+    reference: str | None
+    metadata: dict[str, Any] | None
+    state: str
+    answer: str
+    reasoning: str | None
+    raw_text: str
+    finish_reason: str | None
+    trace_closed: bool
+    prompt_tokens: int | None
+    completion_tokens: int
+    reasoning_tokens: int | None
+    answer_tokens: int | None
+    extracted_answer: str | None
+    correct: bool | None
+    gpu_seconds: float | None
+    timings: Timings
+
+
+@functools.cache
+def parquet_schema() -> Any:
+    """The `parquet` format's Arrow schema (a `pyarrow.Schema`), derived from FIELDS."""
+    # pyarrow is imported here, not at module level: every `vlmbatch` command imports the export CLI, and
+    # pyarrow would add a quarter of a second to each start.
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "bool": pa.bool_(),
+        "float64": pa.float64(),
+        "strings": pa.list_(pa.string()),
+        "json": pa.string(),
+    }
+    columns = [(f.name, types[f.arrow]) for f in FIELDS]
+    columns.append(("timings", pa.struct([(f.name, types[f.arrow]) for f in TIMINGS])))
+    return pa.schema(columns)

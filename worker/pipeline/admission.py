@@ -1,0 +1,149 @@
+"""Taking work in: jobs claimed from the ledger into the worker's capacity.
+
+Two feeds: `admit(job_ids)` from Celery tasks (the distributed path), whose claims are coalesced across
+messages, and `feed_run(run_id)`, which claims a run's queued jobs straight from the database (the
+embedded path of `vlmbatch run`). Either way a slot is taken before a claim and given back for every id
+that could not be claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from vlmbatch.schema.claims import ClaimedJob, claim_jobs, claim_next
+from vlmbatch.schema.reconcile import requeue_expired_leases
+from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import Job
+from vlmbatch.worker.pipeline.capacity import Capacity
+from vlmbatch.worker.pipeline.db_pool import DatabasePool
+
+# Jobs claimed in one transaction at most, when several messages wait to be claimed.
+CLAIM_BATCH = 1024
+# The embedded feed polls the database this often when it has nothing to claim.
+FEED_POLL_S = 0.25
+
+
+class WorkerStopping(Exception):
+    """The pipeline no longer takes work (shutting down, or its engine died)."""
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        worker_id: str,
+        model: str,
+        capacity: Capacity,
+        db: DatabasePool,
+        launch: Callable[[ClaimedJob], Awaitable[None]],
+        stopping: Callable[[], str | None],
+        holds_jobs_of: Callable[[int], bool],
+    ) -> None:
+        self._settings = settings
+        self._worker_id = worker_id
+        self._model = model
+        self._capacity = capacity
+        self._db = db
+        self._launch = launch
+        # Why the worker takes no more work (None while it does).
+        self._stopping = stopping
+        self._holds_jobs_of = holds_jobs_of
+        self._claims: asyncio.Queue[tuple[list[int], asyncio.Future[int]]] = asyncio.Queue()
+
+    def _check_running(self) -> None:
+        reason = self._stopping()
+        if reason is not None:
+            raise WorkerStopping(reason)
+
+    async def admit(self, job_ids: list[int]) -> int:
+        """Claim `job_ids` once there is room; return how many were claimed (others are no longer queued)."""
+        self._check_running()
+        claimed = 0
+        # A message may carry more ids than the whole capacity: claim it in capacity-sized parts.
+        step = self._capacity.total
+        for start in range(0, len(job_ids), step):
+            part = job_ids[start : start + step]
+            await self._capacity.take(len(part))
+            if self._stopping() is not None:
+                await self._capacity.give(len(part))
+                self._check_running()
+            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._claims.put_nowait((part, done))
+            claimed += await done
+        return claimed
+
+    async def claim_loop(self) -> None:
+        """Claims what the Celery tasks hand over, several messages per transaction: one round of
+        claiming costs the database about the same for 16 jobs as for 500."""
+        while True:
+            batch = [await self._claims.get()]
+            while not self._claims.empty() and sum(len(part) for part, _ in batch) < CLAIM_BATCH:
+                batch.append(self._claims.get_nowait())
+            ids = [job_id for part, _ in batch for job_id in part]
+            try:
+                jobs = await self._db.transaction(
+                    partial(
+                        claim_jobs,
+                        job_ids=ids,
+                        worker=self._worker_id,
+                        lease_seconds=self._settings.lease_seconds,
+                        model=self._model,
+                    )
+                )
+            except Exception as exc:
+                for part, done in batch:
+                    await self._capacity.give(len(part))
+                    done.set_exception(exc)
+                continue
+            claimed = {job.job_id for job in jobs}
+            for part, done in batch:
+                mine = sum(1 for job_id in part if job_id in claimed)
+                await self._capacity.give(len(part) - mine)
+                done.set_result(mine)
+            for job in jobs:
+                await self._launch(job)
+
+    async def feed_run(self, run_id: int) -> None:
+        """Claim the run's queued jobs as room frees up, until none is queued or running."""
+        batch = max(1, min(self._settings.jobs_per_message, self._capacity.total))
+        while True:
+            self._check_running()
+            taken = self._capacity.take_free(self._capacity.free)
+            jobs: list[ClaimedJob] = []
+            if taken:
+                jobs = await self._db.transaction(
+                    partial(
+                        claim_next,
+                        limit=taken,
+                        worker=self._worker_id,
+                        lease_seconds=self._settings.lease_seconds,
+                        run_id=run_id,
+                    )
+                )
+                await self._capacity.give(taken - len(jobs))
+                for job in jobs:
+                    await self._launch(job)
+            if jobs:
+                await self._capacity.wait_for_free(batch, timeout=FEED_POLL_S)
+                continue
+            if not self._holds_jobs_of(run_id) and await self._db.transaction(partial(_run_drained, run_id=run_id)):
+                return
+            await self._capacity.wait_for_free(self._capacity.total, timeout=FEED_POLL_S)
+
+
+def _run_drained(session: Session, *, run_id: int) -> bool:
+    """True when none of the run's jobs is queued or running (after taking back expired leases)."""
+    requeue_expired_leases(session, run_id=run_id)
+    pending = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.run_id == run_id, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+    )
+    return not pending

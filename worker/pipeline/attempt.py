@@ -1,0 +1,124 @@
+"""One attempt of one job: its images loaded, one engine request, and the report the writer commits.
+
+The decisions are plain functions of their inputs (`generation_report`, `failure_report`), testable without
+an event loop or an engine; `run_attempt` is the coroutine that strings the steps together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from PIL.Image import Image
+
+from vlmbatch.schema.claims import ClaimedJob
+from vlmbatch.schema.errors import JobCancelled, JobError
+from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.outcomes import AttemptReport, Timings, retry_delay
+from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.worker.engines.base import Engine, Generation
+from vlmbatch.worker.pipeline.answers import needs_more_samples, review
+from vlmbatch.worker.pipeline.capacity import TimeShare
+from vlmbatch.worker.pipeline.inputs import LoadedImage, build_request
+from vlmbatch.worker.pipeline.output import attempt_outcome, to_sample
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a worker needs to know of a job's run (loaded once per run, not per job)."""
+
+    settings: RunSettings
+    queue: str
+
+
+@dataclass
+class AttemptClock:
+    """Where an attempt's time went; a failed attempt reports what it measured before failing."""
+
+    queue_wait_s: float
+    fetch_s: float | None = None
+    decode_s: float | None = None
+    generation_s: float | None = None
+    first_token_s: float | None = None
+    gpu_seconds: float | None = None
+
+    def timings(self) -> Timings:
+        return Timings(
+            self.queue_wait_s, self.fetch_s, self.decode_s, self.generation_s, self.first_token_s, self.gpu_seconds
+        )
+
+
+def generation_report(job: ClaimedJob, run: RunSettings, generation: Generation, timings: Timings) -> AttemptReport:
+    """The outcome of an attempt whose generation finished: samples split, graded and checked, the outcome
+    (succeeded or truncated), and whether an accept-until-M job needs another sampling round."""
+    opened = generation.trace_opened_by_prompt
+    samples = review(
+        [to_sample(i, c, opened_by_prompt=opened) for i, c in enumerate(generation.completions)], run, job.reference
+    )
+    accepted = sum(1 for s in samples if s.correct)
+    outcome = attempt_outcome(samples)
+    resample = outcome is AttemptOutcome.SUCCEEDED and needs_more_samples(
+        run, accepted_before=job.accepted_samples, accepted_now=accepted, attempts_used=job.attempts_used
+    )
+    return AttemptReport(
+        job_id=job.job_id,
+        attempt_id=job.attempt_id,
+        outcome=outcome,
+        samples=samples,
+        accepted=accepted,
+        resample=resample,
+        prompt_tokens=generation.prompt_tokens,
+        timings=timings,
+    )
+
+
+def failure_report(job: ClaimedJob, error: JobError, run: RunSettings | None, timings: Timings) -> AttemptReport:
+    """The outcome of an attempt that failed with `error`: cancelled, or failed with its stable type; a
+    transient error within the run's retry budget comes back after a backoff (`retry_after_s`)."""
+    outcome = AttemptOutcome.CANCELLED if isinstance(error, JobCancelled) else AttemptOutcome.FAILED
+    retry_after = None
+    if error.transient and run is not None and job.transient_failures < run.max_transient_retries:
+        retry_after = retry_delay(job.transient_failures + 1)
+    return AttemptReport(
+        job_id=job.job_id,
+        attempt_id=job.attempt_id,
+        outcome=outcome,
+        error_type=error.error_type,
+        error_message=error.message,
+        timings=timings,
+        retry_after_s=retry_after,
+    )
+
+
+async def run_attempt(
+    job: ClaimedJob,
+    *,
+    request_id: str,
+    run: RunContext,
+    clock: AttemptClock,
+    load: Callable[[str], Awaitable[LoadedImage]],
+    engine: Engine,
+    time_share: TimeShare,
+    tensor_parallel_size: int,
+    worker_max_tiles: int,
+) -> AttemptReport:
+    """Load the job's images (concurrently), generate, and report. Raises what loading and the engine
+    raise (job errors, EngineDead); `clock` holds the timings measured so far either way."""
+    loaded = await asyncio.gather(*(load(uri) for uri in job.images))
+    images: list[Image] = [item.image for item in loaded]
+    clock.fetch_s = sum(item.fetch_s for item in loaded)
+    clock.decode_s = sum(item.decode_s for item in loaded)
+    request = build_request(
+        request_id=request_id, job=job, settings=run.settings, images=images, worker_max_tiles=worker_max_tiles
+    )
+    started = time.perf_counter()
+    share = time_share.enter()
+    try:
+        generation = await engine.generate(request)
+    finally:
+        clock.gpu_seconds = time_share.leave(share) * tensor_parallel_size
+    clock.generation_s = time.perf_counter() - started
+    clock.first_token_s = generation.first_token_s
+    return generation_report(job, run.settings, generation, clock.timings())

@@ -1,0 +1,80 @@
+"""Keeping claimed jobs ours: every heartbeat renews the leases of the attempts in flight, and watches the
+engine for a hang (requests in flight, no token for `engine_hang_seconds`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+
+from sqlalchemy.exc import DBAPIError
+
+from vlmbatch.schema.claims import renew_leases
+from vlmbatch.schema.errors import EngineDead
+from vlmbatch.schema.settings import Settings
+from vlmbatch.worker.engines.base import Engine
+from vlmbatch.worker.pipeline.db_pool import DatabasePool
+from vlmbatch.worker.pipeline.watchdog import HangWatchdog
+from vlmbatch.worker.process.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        worker_id: str,
+        engine: Engine,
+        db: DatabasePool,
+        metrics: WorkerMetrics,
+        attempts_in_flight: Callable[[], Sequence[int]],
+        lease_lost: Callable[[int], Awaitable[None]],
+        engine_hung: Callable[[EngineDead], None],
+    ) -> None:
+        self._settings = settings
+        self._worker_id = worker_id
+        self._engine = engine
+        self._db = db
+        self._metrics = metrics
+        self._attempts_in_flight = attempts_in_flight
+        self._lease_lost = lease_lost
+        self._engine_hung = engine_hung
+
+    async def run(self) -> None:
+        """Beat every `heartbeat_seconds` until cancelled, or until the engine is declared hung."""
+        watchdog = HangWatchdog(self._settings.engine_hang_seconds)
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_seconds)
+            stats = self._engine.stats()
+            hung_for = watchdog.observe(self._engine.progress(), busy=stats.running + stats.waiting > 0)
+            if hung_for is not None:
+                self._engine_hung(
+                    EngineDead(f"engine hung: no token for {hung_for:.0f}s with {stats.running} requests running")
+                )
+                return
+            await self.renew()
+
+    async def renew(self) -> None:
+        # Every attempt not yet committed, written-but-pending ones included: the job is ours until then.
+        attempt_ids = list(self._attempts_in_flight())
+        if not attempt_ids:
+            return
+        try:
+            lost = await self._db.transaction(
+                partial(
+                    renew_leases,
+                    worker=self._worker_id,
+                    attempt_ids=attempt_ids,
+                    lease_seconds=self._settings.lease_seconds,
+                )
+            )
+        except DBAPIError:
+            log.warning("lease renewal failed; retrying at the next heartbeat", exc_info=True)
+            return
+        self._metrics.lease_renewals.inc(len(attempt_ids) - len(lost))
+        self._metrics.leases_lost.inc(len(lost))
+        for attempt_id in lost:  # cancelled, or taken back: free the engine's slot now
+            await self._lease_lost(attempt_id)
