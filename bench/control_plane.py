@@ -30,7 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VLMBATCH = [sys.executable, "-m", "vlmbatch.producer.cli"]
+from tests.processes import VLMBATCH, free_port  # noqa: E402
+
 POSTGRES = os.environ.get("VLMBATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("VLMBATCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
@@ -129,7 +130,7 @@ def s3_producer(work: Path, n: int) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -171,7 +172,7 @@ def worker_path(work: Path, n: int) -> dict[str, Any]:
 
     from tests.fixtures.bad_images import good_jpeg
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -258,14 +259,6 @@ def memory(work: Path, small: int, large: int) -> dict[str, Any]:
         wall, rss, _ = timed([*VLMBATCH, "submit", str(manifest), "-q", "What is shown?", "--json"], env_for(db))
         rows[f"vlmbatch submit, {n:,} jobs"] = {"jobs": n, "wall_s": wall, "jobs_per_s": n / wall, "peak_rss_mb": rss}
     return rows
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _table(title: str, rows: dict[str, Any], baseline: str | None = None) -> str:

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.workload import Measured, ledger_span, raw_vllm_chat, table, wait_for_run, write_images  # noqa: E402
+from tests.processes import VLMBATCH  # noqa: E402
 
 CHOICES = ("indoor", "outdoor", "diagram", "other")
 
@@ -117,7 +118,7 @@ def run_distributed(
         env,
     )
     log = (work / "worker.log").open("wb")
-    worker = subprocess.Popen([*_VLMBATCH, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([*VLMBATCH, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_run(postgres, submitted["run"], timeout=1800)
     finally:
@@ -126,11 +127,8 @@ def run_distributed(
     return ledger_span(postgres, submitted["run"], "pipeline, submit + worker (Redis, PostgreSQL)")
 
 
-_VLMBATCH = [sys.executable, "-m", "vlmbatch.producer.cli"]
-
-
 def _vlmbatch(args: list[str], env: dict[str, str]) -> Any:
-    done = subprocess.run([*_VLMBATCH, *args], env=env, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run([*VLMBATCH, *args], env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])

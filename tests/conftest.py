@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+
+from tests.processes import free_port
 
 # transformers fixes its remote-code cache folder at first import: point it (and vLLM's cache) at a
 # temporary folder before anything imports them, so tests never write into the developer's home.
@@ -109,12 +110,6 @@ def queue_name() -> str:
     return f"vlmbatch-test-{uuid.uuid4().hex[:8]}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server over HTTP, shared by the session (each test uses its own bucket)."""
@@ -123,7 +118,7 @@ def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

@@ -121,16 +121,6 @@ def seconds(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2f} s"
 
 
-def duration(total: float | None) -> str:
-    """Seconds as h:mm:ss (or mm:ss); `--:--` when unknown."""
-    if total is None:
-        return "--:--"
-    whole = round(total)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
 def when(value: datetime | None) -> str:
     """A stored time (naive UTC) to the second."""
     return MISSING if value is None else value.strftime("%Y-%m-%d %H:%M:%S")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from vlmbatch.producer.browser.layout import (
     MISSING,
-    duration,
     facts,
     images_label,
     number,
@@ -20,6 +19,7 @@ from vlmbatch.producer.browser.layout import (
 )
 from vlmbatch.producer.browser.markup import Safe, href, join, render
 from vlmbatch.producer.browser.queries import CORRECTNESS, ErrorGroup, JobPage, JobRow, ResultFilter, RunSummary
+from vlmbatch.producer.reports.display import duration
 from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.states import JobState
 

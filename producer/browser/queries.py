@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
+from vlmbatch.producer.reports.display import preview
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import Progress, run_progress
 from vlmbatch.schema.tables import Attempt, Job, Result, Run
@@ -250,21 +251,14 @@ def _with_samples(session: Session, fetched: Sequence[Any]) -> list[JobRow]:
                 images=list(row.images),
                 state=row.state,
                 error_type=row.error_type,
-                error_preview=_preview(row[4]),
+                error_preview=preview(row[4], PREVIEW_CHARS),
                 attempts=row.attempt_count,
                 finished_at=row.finished_at,
                 completion_tokens=row.completion_tokens,
-                answer_preview=_preview(answer),
+                answer_preview=preview(answer, PREVIEW_CHARS),
                 samples=samples,
                 graded=graded_n,
                 correct=correct_n,
             )
         )
     return rows
-
-
-def _preview(text: str | None) -> str | None:
-    if text is None:
-        return None
-    flat = " ".join(text.split())
-    return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from vlmbatch.producer.reports.display import duration
 from vlmbatch.producer.reports.stats import Totals
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import Progress
@@ -25,15 +26,6 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def progress_line(name: str, progress: Progress) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 
 import click
 
@@ -25,9 +24,10 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
     from vlmbatch.producer.browser.app import build_app, make_server
     from vlmbatch.producer.browser.auth import MIN_TOKEN_CHARS
     from vlmbatch.schema.database import open_ledger
+    from vlmbatch.worker.process.log_format import configure_logging
 
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_context(browser_host=host, browser_port=port, browser_token=token).settings
+    configure_logging(loglevel, fmt=settings.log_format)
     secret = settings.browser_token.get_secret_value() if settings.browser_token else None
     secret = secret or None
     if secret is None and not _is_loopback(settings.browser_host):

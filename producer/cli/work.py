@@ -43,7 +43,7 @@ def worker_command(loglevel: str, gpus: str | None, **flags: object) -> None:
     from vlmbatch.worker.process.main import run_celery_worker
 
     ctx = load_context(**flags)
-    configure_logging(loglevel, fmt=ctx.settings.log_format)
+    configure_logging(loglevel, fmt=ctx.settings.log_format, worker=ctx.settings.resolved_worker_id())
     sys.exit(run_celery_worker(ctx.settings, loglevel=loglevel))
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
+from vlmbatch.producer.reports.display import preview
 from vlmbatch.schema.tables import Attempt, Job, Result
 
 PREVIEW_CHARS = 40
@@ -34,11 +35,6 @@ def result_rows(session: Session, run_id: int, *, limit: int = 50) -> list[Resul
     rows = []
     for job, tokens, answer in session.execute(stmt):
         image = job.images[0].rsplit("/", 1)[-1] + (f" (+{len(job.images) - 1})" if len(job.images) > 1 else "")
-        preview = None if answer is None else _preview(answer)
-        rows.append(ResultRow(job.id, image, job.state, job.error_type, tokens, preview))
+        shown = preview(answer, PREVIEW_CHARS)
+        rows.append(ResultRow(job.id, image, job.state, job.error_type, tokens, shown))
     return rows
-
-
-def _preview(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"

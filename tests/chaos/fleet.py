@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VLMBATCH = [sys.executable, "-m", "vlmbatch.producer.cli"]
+from tests.processes import VLMBATCH
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.engine.conftest import MAX_MODEL_LEN, engine_settings
 from tests.fixtures.bad_images import decompression_bomb_png, empty, good_jpeg, not_an_image, truncated_jpeg
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, submit_folder
+from tests.processes import free_port
 from vlmbatch.schema.errors import ConfigurationError, EngineDead, ErrorType
 from vlmbatch.schema.models import SamplingSettings
 from vlmbatch.schema.resubmit import cancel_run
@@ -49,17 +49,11 @@ class Server:
     start_s: float
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`vllm serve` as R1V3's card starts it, plus the flags the openai engine needs, on a free port."""
     tmp = tmp_path_factory.mktemp("vllm-serve")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         # vLLM's CPU build needs the compatibility hook in the server and its engine process.
@@ -272,7 +266,7 @@ def test_start_refuses_a_server_that_serves_another_model_or_none(vllm_server: S
     with pytest.raises(ConfigurationError, match="--served-model-name"):
         asyncio.run(_start_and_stop(OpenAIEngine(wrong_model)))
     nobody = Settings(
-        engine="openai", openai_base_url=f"http://127.0.0.1:{_free_port()}/v1", openai_start_timeout_seconds=1
+        engine="openai", openai_base_url=f"http://127.0.0.1:{free_port()}/v1", openai_start_timeout_seconds=1
     )
     with pytest.raises(EngineDead, match="did not answer within 1s"):
         asyncio.run(_start_and_stop(OpenAIEngine(nobody)))

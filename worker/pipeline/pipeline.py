@@ -13,6 +13,7 @@ engine-time shares). This module owns the jobs in flight and the lifecycle: star
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -41,6 +42,7 @@ from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage
 from vlmbatch.worker.pipeline.leases import Heartbeat
 from vlmbatch.worker.pipeline.writing import OutcomeWriter, write_reports_safely
+from vlmbatch.worker.process.log_format import log_context
 from vlmbatch.worker.process.metrics import WorkerMetrics
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -216,6 +218,18 @@ class Pipeline:
 
     async def _run_job(self, entry: _InFlight) -> None:
         job = entry.job
+        # This task's log records (and its image loads') carry the job's ids.
+        with log_context(run_id=job.run_id, job_id=job.job_id, attempt_id=job.attempt_id):
+            report = await self._attempt(entry)
+            if report is not None:
+                log.debug("attempt %s %s %s", job.attempt_id, report.outcome.value, report.error_type or "")
+        if report is not None:
+            entry.reported = True
+            await self._writer.put(report)
+
+    async def _attempt(self, entry: _InFlight) -> AttemptReport | None:
+        """The attempt's report, or None when the engine died (the job is then handed back)."""
+        job = entry.job
         clock = AttemptClock(queue_wait_s=(job.claimed_at - job.queued_at).total_seconds())
         try:
             report = await run_attempt(
@@ -233,25 +247,20 @@ class Pipeline:
             raise
         except EngineDead as exc:
             self._declare_fatal(exc)
-            return  # handed back by _hand_back_all
+            return None  # handed back by _hand_back_all
         except Exception as exc:
             if self._fatal is not None:
-                return  # the engine's death surfaced as another error: handed back
+                return None  # the engine's death surfaced as another error: handed back
             error = exc if isinstance(exc, JobError) else InternalError(f"{type(exc).__name__}: {exc}")
             if not isinstance(exc, JobError):
-                log.exception(
-                    "job %s attempt %s failed unexpectedly",
-                    job.job_id,
-                    job.attempt_id,
-                    extra={"run_id": job.run_id, "job_id": job.job_id, "attempt_id": job.attempt_id},
-                )
+                log.exception("job %s attempt %s failed unexpectedly", job.job_id, job.attempt_id)
             run = self._runs.get(job.run_id)
             report = failure_report(job, error, run.settings if run else None, clock.timings())
-        entry.reported = True
-        await self._writer.put(report)
+        return report
 
     async def _load_image(self, uri: str) -> LoadedImage:
-        return await asyncio.get_running_loop().run_in_executor(self._io, self._loader.load, uri)
+        context = contextvars.copy_context()  # the I/O thread logs with this job's ids
+        return await asyncio.get_running_loop().run_in_executor(self._io, context.run, self._loader.load, uri)
 
     async def _run_context(self, run_id: int) -> RunContext:
         run = self._runs.get(run_id)

@@ -56,7 +56,11 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
         without_mingle=True,
         without_heartbeat=True,
         optimization="fair",
+        # The banner is for people; JSON log pipelines get only log records.
+        quiet=settings.log_format == "json",
     )
+    if settings.log_format == "json":
+        _say_through_logging()
     for event in (pipeline.fatal_event, maintenance.stalled):
         threading.Thread(target=_stop_when_set, args=(event,), daemon=True, name="stop-watch").start()
     maintenance.start()
@@ -73,6 +77,19 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     # Celery sets a non-zero exit code when its consumer hit an unrecoverable error (e.g. a broker that
     # went away mid-reconnect): the supervisor must restart this worker.
     return int(getattr(worker, "exitcode", 0) or 0)
+
+
+def _say_through_logging() -> None:
+    """Celery prints its shutdown notices ("worker: Warm shutdown") straight to the process's stdout, where a
+    JSON log pipeline would choke on them; it has no setting for that, so its printer is replaced."""
+    import celery.apps.worker
+
+    celery_log = logging.getLogger("celery.apps.worker")
+
+    def say(message: str, file: object = None) -> None:
+        celery_log.info(message)
+
+    celery.apps.worker.safe_say = say  # type: ignore[attr-defined]  # not in the type stubs
 
 
 def _stop_when_set(event: threading.Event) -> None:
