@@ -1,0 +1,9 @@
+"""`vlmbatch.schema`: the ledger and the contracts both sides share. No I/O besides the database.
+
+- `settings` (the one pydantic-settings class), `models` (what crosses a boundary: run settings, job specs,
+  reports), `errors` (the exception tree, 1:1 with the stored error types), `states`, `reasoning` (the
+  `<think>` markers and the trace/answer split), `grading/` (the graders, pure functions).
+- `tables` (SQLAlchemy models), `database` (engines, sessions, migrations; `migrations/` is Alembic's).
+- Ledger operations, one concept each: `runs`, `enqueue` (bulk inserts), `claims` (leases),
+  `outcomes` (fenced writes), `reconcile`, `resubmit`, `status`, `standing` (which results stand).
+"""

@@ -1,0 +1,14 @@
+"""`vlmbatch.worker`: a GPU worker process, one engine, many jobs in flight.
+
+- `engines/`: the engine seam (`base`), in-process vLLM (`vllm_engine`, `vllm_compat` for the CPU build),
+  a remote OpenAI-compatible vLLM server (`openai/`), the deterministic fake, and `thread` (an engine on a
+  loop of its own).
+- `pipeline/`: claimed job → fetch → decode → engine → fenced write: `admission`, `attempt`, `writing`,
+  `leases`, `capacity`, `watchdog`, with `pipeline` owning the jobs in flight and the lifecycle.
+- `transport/`: Celery (`celery_app`, `tasks`), publishing job ids (`publisher`), reading the broker
+  (`broker_scan`), the `reconciler` and a worker's periodic duties (`maintenance`).
+- `process/`: entry points (`main`), building the parts from settings (`runtime`), several workers per
+  host (`launcher`), `metrics` and `log_format`.
+- `smoke_model/`: the tiny random-weight model of R1V3's architecture that tests, benchmarks and the demo
+  run through the real vLLM code path (`vlmbatch smoke-model DIR`).
+"""

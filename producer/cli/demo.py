@@ -18,7 +18,7 @@ from vlmbatch.producer.cli import cli
 @click.option("--max-tokens", type=click.IntRange(1), default=48, show_default=True)
 def demo_command(directory: Path | None, engine: str, max_tokens: int) -> None:
     """Run sample images (two broken on purpose) through the tiny local model: no server, no network."""
-    from vlmbatch.producer.demo import DEMO_QUESTION, demo_environment, write_sample_images
+    from vlmbatch.producer.cli.demo_assets import DEMO_QUESTION, demo_environment, write_sample_images
 
     folder = directory or Path(tempfile.mkdtemp(prefix="vlmbatch-demo-"))
     os.environ.update(demo_environment(folder))
