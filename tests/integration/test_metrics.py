@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import _free_port
+from tests.processes import free_port
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import VLMBATCH
 
@@ -33,7 +33,7 @@ def test_metrics_rise_during_a_run(tmp_path: Path) -> None:
     for i in range(40):
         (folder / f"{i:02d}.jpg").write_bytes(good_jpeg(32, 32, seed=i))
     (folder / "broken.jpg").write_bytes(b"nope")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLMBATCH_")}
     env.update(
         VLMBATCH_ENGINE="fake",
