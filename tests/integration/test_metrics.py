@@ -11,9 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.processes import free_port
 from tests.fixtures.bad_images import good_jpeg
-from tests.processes import VLMBATCH
+from tests.processes import VLMBATCH, free_port
 
 
 def _scrape(port: int) -> dict[str, float]:
