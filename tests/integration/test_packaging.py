@@ -66,4 +66,4 @@ def test_generic_names_are_not_ours_outside_the_repository(tmp_path: Path) -> No
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(ROOT / "worker" / "__init__.py")
+    assert Path(done.stdout.strip()).resolve() == (ROOT / "worker" / "__init__.py").resolve()
