@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     load_format: str | None = None
     # KV cache size in bytes; None lets vLLM size it from gpu_memory_utilization.
     kv_cache_bytes: int | None = Field(None, ge=1)
+    # Any other vLLM engine argument, as a JSON object (e.g. {"kv_cache_dtype": "fp8"}); `--engine-arg`
+    # adds to it. Checked against vLLM's EngineArgs before the engine starts (worker/engines/engine_args.py).
+    engine_args: dict[str, Any] = Field(default_factory=dict)
 
     # The `openai` engine: jobs go to a running OpenAI-compatible vLLM server (worker/openai_engine.py).
     # Its API root, e.g. http://host:8000/v1.

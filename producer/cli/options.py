@@ -1,4 +1,5 @@
-"""Flags shared by `submit` and `run`: the question and the run's model and sampling settings."""
+"""Flags shared by commands: the question and the run's model and sampling settings (`submit`, `run`), and
+the engine's flags (`worker`, `run`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from vlmbatch.schema.models import (
     RunSettings,
     SamplingSettings,
 )
+from vlmbatch.schema.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,6 +68,57 @@ def run_options(fn: F) -> F:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def engine_options(fn: F) -> F:
+    """The engine's flags, the same on `worker` and `run` (vLLM's own names; anything else via --engine-arg)."""
+    options = [
+        click.option("--engine", type=click.Choice(["vllm", "fake", "openai"]), help="[env VLMBATCH_ENGINE]"),
+        click.option("--tensor-parallel-size", "-tp", type=click.IntRange(1), help="GPUs for the engine."),
+        click.option("--max-num-seqs", type=click.IntRange(1), help="Sequences the engine runs at once."),
+        click.option("--max-model-len", type=click.IntRange(16), help="Context length."),
+        click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1), help="Share of GPU memory for vLLM."),
+        click.option("--trust-remote-code/--no-trust-remote-code", default=None, help="Run the model folder's code."),
+        click.option("--enforce-eager/--no-enforce-eager", default=None, help="Skip CUDA graphs / torch.compile."),
+        click.option(
+            "--engine-arg",
+            "engine_arg",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Any vLLM engine argument (JSON value), e.g. kv_cache_dtype=fp8; repeatable "
+            "[env VLMBATCH_ENGINE_ARGS, a JSON object].",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+ENGINE_FLAGS = (
+    "engine",
+    "tensor_parallel_size",
+    "max_num_seqs",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "trust_remote_code",
+    "enforce_eager",
+)
+
+
+def engine_settings(flags: dict[str, Any]) -> dict[str, Any]:
+    """The settings the engine flags in `flags` give (for `load_context`); --engine-arg is applied by
+    `with_engine_args` once the environment's VLMBATCH_ENGINE_ARGS is known."""
+    return {name: flags.pop(name) for name in ENGINE_FLAGS if name in flags}
+
+
+def with_engine_args(settings: Settings, cli_args: tuple[str, ...]) -> Settings:
+    """`settings` with the --engine-arg pairs on top of VLMBATCH_ENGINE_ARGS, checked against vLLM (one line
+    naming an unknown key; a model folder with its own code and no --trust-remote-code)."""
+    from vlmbatch.worker.engines.engine_args import check_engine_settings, user_engine_args
+
+    settings = settings.model_copy(update={"engine_args": user_engine_args(settings, cli_args)})
+    check_engine_settings(settings)
+    return settings
 
 
 def resolve_question(question: str | None, question_file: Path | None) -> str | None:

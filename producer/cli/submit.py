@@ -11,7 +11,14 @@ import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import CommandContext, load_context
-from vlmbatch.producer.cli.options import build_run_settings, resolve_question, run_options
+from vlmbatch.producer.cli.options import (
+    build_run_settings,
+    engine_options,
+    engine_settings,
+    resolve_question,
+    run_options,
+    with_engine_args,
+)
 from vlmbatch.producer.cli.render import progress_line, table
 from vlmbatch.producer.sources import open_source
 from vlmbatch.producer.submit import submit
@@ -54,11 +61,21 @@ def submit_command(source: str, **flags: Any) -> None:
 @cli.command("run")
 @click.argument("source")
 @run_options
-def run_command(source: str, **flags: Any) -> None:
+@engine_options
+def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
     """Submit SOURCE, then work the run in this process until it is done (no broker needed)."""
     from vlmbatch.worker.process.main import run_embedded
 
-    ctx = load_context(queue=flags["queue"], model=flags["model"])
+    ctx = load_context(
+        queue=flags["queue"],
+        model=flags["model"],
+        # The engine serves this run: its limits are the run's.
+        max_tiles=flags["max_tiles"],
+        max_images_per_prompt=flags["max_images"],
+        **engine_settings(flags),
+    )
+    # Checked before anything is submitted: a refused engine argument leaves no run behind.
+    ctx.settings = with_engine_args(ctx.settings, engine_arg)
     report = _submit(ctx, source, flags, NullPublisher())
     with ctx.sessions() as session:
         name = get_run(session, report.run).name

@@ -9,26 +9,21 @@ import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
+from vlmbatch.producer.cli.options import engine_options, with_engine_args
 
 # This command line, as a child process runs it (the launcher starts `vlmbatch worker` once per GPU group).
 VLMBATCH = (sys.executable, "-m", "vlmbatch.producer.cli")
 
 
 @cli.command("worker")
-@click.option("--engine", type=click.Choice(["vllm", "fake", "openai"]), help="[env VLMBATCH_ENGINE]")
 @click.option("--model", help="Model id or folder [env VLMBATCH_MODEL].")
-@click.option("--tensor-parallel-size", "-tp", type=click.IntRange(1), help="GPUs for this worker's engine.")
-@click.option("--max-num-seqs", type=click.IntRange(1), help="Sequences the engine runs at once.")
-@click.option("--max-model-len", type=click.IntRange(16), help="Context length.")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1), help="Share of GPU memory for vLLM.")
+@engine_options
 @click.option("--max-tiles", type=click.IntRange(1), help="Max tiles per image.")
 @click.option("--max-images-per-prompt", type=click.IntRange(1), help="Images per prompt (limit_mm_per_prompt).")
-@click.option("--trust-remote-code/--no-trust-remote-code", default=None, help="Run the model folder's code.")
-@click.option("--enforce-eager/--no-enforce-eager", default=None, help="Skip CUDA graphs / torch.compile.")
 @click.option("--queue", help="Broker queue to consume [env VLMBATCH_QUEUE].")
 @click.option("--gpus", help="Pin this worker to these GPUs (CUDA_VISIBLE_DEVICES); TP defaults to their number.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker_command(loglevel: str, gpus: str | None, **flags: object) -> None:
+def worker_command(loglevel: str, gpus: str | None, engine_arg: tuple[str, ...], **flags: object) -> None:
     """Run a worker: one engine, consuming the broker queue until stopped (SIGTERM: graceful)."""
     if gpus:
         import os
@@ -42,9 +37,9 @@ def worker_command(loglevel: str, gpus: str | None, **flags: object) -> None:
     from vlmbatch.worker.process.log_format import configure_logging
     from vlmbatch.worker.process.main import run_celery_worker
 
-    ctx = load_context(**flags)
-    configure_logging(loglevel, fmt=ctx.settings.log_format, worker=ctx.settings.resolved_worker_id())
-    sys.exit(run_celery_worker(ctx.settings, loglevel=loglevel))
+    settings = with_engine_args(load_context(**flags).settings, engine_arg)
+    configure_logging(loglevel, fmt=settings.log_format, worker=settings.resolved_worker_id())
+    sys.exit(run_celery_worker(settings, loglevel=loglevel))
 
 
 @cli.command("smoke-model")

@@ -14,7 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from vlmbatch.schema.errors import EngineDead, EngineOutOfMemory, InputUnsupported, JobCancelled, PromptTooLong
+from vlmbatch.schema.errors import (
+    ConfigurationError,
+    EngineDead,
+    EngineOutOfMemory,
+    InputUnsupported,
+    JobCancelled,
+    PromptTooLong,
+)
 from vlmbatch.schema.reasoning import THINK_CLOSE, THINK_OPEN
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.engines.base import (
@@ -24,6 +31,8 @@ from vlmbatch.worker.engines.base import (
     GenerationRequest,
     is_prompt_too_long,
 )
+from vlmbatch.worker.engines.engine_args import check_engine_settings, owned_engine_args, refusal
+from vlmbatch.worker.engines.engine_args import engine_args as build_engine_args
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +70,26 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self._settings
-        engine_args: dict[str, Any] = dict(
-            model=s.model,
-            tensor_parallel_size=s.tensor_parallel_size,
-            max_num_seqs=s.max_num_seqs,
-            max_model_len=s.max_model_len,
-            gpu_memory_utilization=s.gpu_memory_utilization,
-            trust_remote_code=s.trust_remote_code,
-            enforce_eager=s.enforce_eager,
-            seed=s.seed,
-            limit_mm_per_prompt={"image": s.max_images_per_prompt},
-            mm_processor_kwargs={"max_dynamic_patch": s.max_tiles},
-            kv_cache_memory_bytes=s.kv_cache_bytes,
-            disable_log_stats=False,
-        )
-        if s.load_format:
-            engine_args["load_format"] = s.load_format
+        check_engine_settings(s)
+        owned = owned_engine_args(s)
+        owned["disable_log_stats"] = False
         parser = self._reasoning_parser()
         if parser:
-            engine_args["reasoning_parser"] = parser
-        if s.tensor_parallel_size == 1:
+            owned["reasoning_parser"] = parser
+        if s.tensor_parallel_size == 1 and "distributed_executor_backend" not in s.engine_args:
             # The model runs inside the engine-core process: one spawned interpreter fewer at start-up.
-            engine_args["distributed_executor_backend"] = "uni"
+            owned["distributed_executor_backend"] = "uni"
+        engine_args = build_engine_args(s, owned)
         started = time.perf_counter()
-        self._llm = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**engine_args), stat_loggers=[_stat_logger_factory(self.telemetry)]
-        )
+        args = AsyncEngineArgs(**engine_args)
+        try:  # vLLM's own validation of the settings, before any process starts: one line if it refuses
+            args.create_engine_config()
+        except Exception as exc:
+            raise ConfigurationError(f"vLLM refused the engine settings: {refusal(exc)}") from exc
+        try:
+            self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self.telemetry)])
+        except Exception as exc:  # the engine core's own log, above, has the details
+            raise ConfigurationError(f"the vLLM engine did not start: {refusal(exc)}") from exc
         self._inspect_tokenizer()
         log.info("vLLM engine for %s ready in %.1fs", s.model, time.perf_counter() - started)
 
