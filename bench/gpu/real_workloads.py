@@ -1,0 +1,329 @@
+"""GPU benchmarks of users' workloads, each comparison in one process run (one device call):
+
+  longtail  per-job max_tokens (ignore_eos) drawn from a lognormal fitted to R1V3-like traces, seed fixed:
+            raw `LLM.chat` with every request at once, the naive Celery-style baseline (chunks of 64
+            through `LLM.chat`, one after another, on the same engine), and the vlmbatch pipeline
+            (embedded, SQLite ledger). Running-batch timelines of all three.
+  fp8       raw `LLM.chat` in bf16 beside `vlmbatch run ... --engine-arg quantization=fp8 --engine-arg
+            kv_cache_dtype=fp8` (the real command line, a child process), same requests; KV-cache sizes.
+
+R1V3-38B's shape with dummy weights on the H200 (`--shape r1v3`), or the tiny model on the CPU for a dry
+run (`--shape tiny`). Writes results-<mode>.json, the timelines and a table to --out.
+
+    python bench/gpu/real_workloads.py longtail --shape r1v3 --n 1024 --out $OUT
+    python bench/gpu/real_workloads.py fp8 --shape r1v3 --n 256 --max-tokens 512 --out $OUT
+    python bench/gpu/real_workloads.py longtail --shape tiny --n 24 --median 8 --p95 24 --cap 40 --out /tmp/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu.run_gpu_bench import Sampler, engine_kwargs, log, raw_running  # noqa: E402
+from bench.workload import Measured, ledger_span, raw_vllm_chat, run_and_exit, table, write_images  # noqa: E402
+
+QUESTION = "Describe this image in detail."
+NAIVE_CHUNK = 64
+
+
+def lognormal_lengths(n: int, *, median: float, p95: float, cap: int, seed: int) -> list[int]:
+    """`n` output lengths from the lognormal with this median and 95th percentile, clipped to [1, cap]."""
+    sigma = math.log(p95 / median) / 1.6449  # the standard normal's 95th percentile
+    rng = random.Random(seed)
+    return [max(1, min(cap, round(rng.lognormvariate(math.log(median), sigma)))) for _ in range(n)]
+
+
+def distribution(lengths: list[int]) -> dict[str, float]:
+    ordered = sorted(lengths)
+
+    def pct(p: float) -> int:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {
+        "n": len(ordered),
+        "mean": sum(ordered) / len(ordered),
+        "p50": pct(0.5),
+        "p90": pct(0.9),
+        "p95": pct(0.95),
+        "p99": pct(0.99),
+        "max": ordered[-1],
+        "total": sum(ordered),
+    }
+
+
+def _conversations(images: list[Path]) -> list[Any]:
+    from PIL import Image
+
+    conversations = []
+    for path in images:  # decoding is part of what a script does
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        content = [{"type": "image_pil", "image_pil": image}, {"type": "text", "text": QUESTION}]
+        conversations.append([{"role": "user", "content": content}])
+    return conversations
+
+
+def _params(lengths: list[int]) -> list[Any]:
+    from vllm import SamplingParams
+
+    return [
+        SamplingParams(temperature=0.6, top_p=0.95, repetition_penalty=1.05, max_tokens=n, ignore_eos=True)
+        for n in lengths
+    ]
+
+
+def raw_chat(llm: Any, images: list[Path], lengths: list[int], *, chunk: int | None, label: str) -> Measured:
+    """Every request at once (chunk None), or chunk by chunk, each waiting for the one before."""
+    started = time.perf_counter()
+    conversations, params = _conversations(images), _params(lengths)
+    step = chunk or len(conversations)
+    outputs: list[Any] = []
+    for i in range(0, len(conversations), step):
+        outputs += llm.chat(
+            conversations[i : i + step],
+            params[i : i + step],
+            use_tqdm=False,
+            mm_processor_kwargs={"max_dynamic_patch": 12},
+        )
+    return Measured(
+        label=label,
+        requests=len(outputs),
+        wall_s=time.perf_counter() - started,
+        output_tokens=sum(len(c.token_ids) for o in outputs for c in o.outputs),
+        prompt_tokens=sum(len(o.prompt_token_ids or ()) for o in outputs),
+    )
+
+
+def kv_cache_tokens(llm: Any) -> int | None:
+    try:
+        cache = llm.llm_engine.vllm_config.cache_config
+        return int(cache.num_gpu_blocks * cache.block_size)
+    except (AttributeError, TypeError):
+        return None
+
+
+def run_longtail(args: argparse.Namespace, model: Path, work: Path) -> dict[str, Any]:
+    from vllm import LLM
+
+    lengths = lognormal_lengths(args.n, median=args.median, p95=args.p95, cap=args.cap, seed=args.seed)
+    spread = distribution(lengths)
+    log(f"lengths: {spread}")
+    images = write_images(work / "longtail", [(448, 448)], args.n)
+    result: dict[str, Any] = {"distribution": spread, "seed": args.seed}
+    llm = LLM(**engine_kwargs(args, model), disable_log_stats=False)
+    try:
+        with Sampler(lambda: raw_running(llm)) as batch:
+            result["raw"] = raw_chat(llm, images, lengths, chunk=None, label="raw vLLM, all requests at once")
+        result["batch_raw"] = batch.points
+        log(f"raw: {result['raw'].output_tps:.1f} tok/s")
+        with Sampler(lambda: raw_running(llm)) as batch:
+            result["naive"] = raw_chat(
+                llm, images, lengths, chunk=NAIVE_CHUNK, label=f"naive, chunks of {NAIVE_CHUNK} one by one"
+            )
+        result["batch_naive"] = batch.points
+        log(f"naive: {result['naive'].output_tps:.1f} tok/s")
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        gc.collect()
+    result.update(_pipeline_longtail(args, model, work, images, lengths))
+    return result
+
+
+def _pipeline_longtail(
+    args: argparse.Namespace, model: Path, work: Path, images: list[Path], lengths: list[int]
+) -> dict[str, Any]:
+    from sqlalchemy import select, update
+
+    from vlmbatch.media.stores import ObjectStores
+    from vlmbatch.producer.sources import open_source
+    from vlmbatch.producer.submit import submit
+    from vlmbatch.schema.database import open_ledger
+    from vlmbatch.schema.models import RunSettings, SamplingSettings
+    from vlmbatch.schema.tables import Job
+    from vlmbatch.worker.engines.thread import EngineThread
+    from vlmbatch.worker.engines.vllm_engine import VllmEngine
+    from vlmbatch.worker.pipeline.pipeline import Pipeline
+    from vlmbatch.worker.transport.publisher import NullPublisher
+
+    for stale in work.glob("longtail.db*"):
+        stale.unlink()
+    database_url = f"sqlite:///{work / 'longtail.db'}"
+    settings = _pipeline_settings(args, model, database_url)
+    _, sessions = open_ledger(database_url)
+    source = open_source(str(images[0].parent), question=QUESTION, s3_endpoint_url=None)
+    report = submit(
+        sessions=sessions,
+        publisher=NullPublisher(),
+        source=source,
+        settings=RunSettings(
+            model=str(model), sampling=SamplingSettings(max_tokens=args.cap, ignore_eos=True), max_images_per_prompt=1
+        ),
+        queue="bench",
+        run_name="longtail",
+        question=QUESTION,
+    )
+    # Each job's own length, as a per-job override (what `resubmit --max-tokens` stores): by image name.
+    by_name = {path.name: n for path, n in zip(images, lengths, strict=True)}
+    with sessions() as session, session.begin():
+        for job_id, uris in session.execute(select(Job.id, Job.images).where(Job.run_id == report.run)).all():
+            n = by_name[Path(uris[0]).name]
+            session.execute(update(Job).where(Job.id == job_id).values(overrides={"max_tokens": n}))
+    vllm_engine = VllmEngine(settings)
+    pipeline = Pipeline(
+        settings=settings,
+        engine=EngineThread(vllm_engine),
+        sessions=sessions,
+        store=ObjectStores(s3_endpoint_url=None),
+        publisher=NullPublisher(),
+        worker_id="bench",
+    )
+    pipeline.start()
+    try:
+        with Sampler(lambda: vllm_engine.telemetry.running) as batch:
+            pipeline.feed_run(report.run).result()
+    finally:
+        pipeline.stop()
+    measured = ledger_span(database_url, report.run, "vlmbatch pipeline (embedded)")
+    log(f"pipeline: {measured.output_tps:.1f} tok/s")
+    return {"pipeline": measured, "batch_pipeline": batch.points}
+
+
+def _pipeline_settings(args: argparse.Namespace, model: Path, database_url: str) -> Any:
+    from vlmbatch.schema.settings import Settings
+
+    kwargs = engine_kwargs(args, model)
+    return Settings(
+        database_url=database_url,
+        engine="vllm",
+        model=str(model),
+        trust_remote_code=True,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        max_images_per_prompt=1,
+        load_format=kwargs.get("load_format"),
+        gpu_memory_utilization=kwargs.get("gpu_memory_utilization", 0.9),
+        enforce_eager=kwargs.get("enforce_eager", False),
+        kv_cache_bytes=kwargs.get("kv_cache_memory_bytes"),
+        reasoning_parser="deepseek_r1",
+    )
+
+
+def run_fp8(args: argparse.Namespace, model: Path, work: Path) -> dict[str, Any]:
+    from vllm import LLM
+
+    images = write_images(work / "fp8", [(448, 448), (1344, 896)], args.n)
+    result: dict[str, Any] = {}
+    llm = LLM(**engine_kwargs(args, model), disable_log_stats=False)
+    try:
+        result["kv_tokens_raw"] = kv_cache_tokens(llm)
+        result["raw"] = raw_vllm_chat(llm, images, max_tokens=args.max_tokens, max_tiles=12)
+        log(f"raw bf16: {result['raw'].output_tps:.1f} tok/s, KV {result['kv_tokens_raw']} tokens")
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        gc.collect()
+    result.update(_cli_run_fp8(args, model, work, images[0].parent))
+    return result
+
+
+def _cli_run_fp8(args: argparse.Namespace, model: Path, work: Path, folder: Path) -> dict[str, Any]:
+    """The pipeline through the real command line, FP8 asked for with --engine-arg."""
+    import shutil
+
+    home = work / "fp8-home"
+    shutil.rmtree(home, ignore_errors=True)
+    env = dict(os.environ, VLMBATCH_HOME=str(home), VLMBATCH_REASONING_PARSER="deepseek_r1")
+    command = [
+        sys.executable, "-m", "vlmbatch.producer.cli", "run", str(folder), "-q", QUESTION,
+        "--model", str(model), "--trust-remote-code", "--max-tokens", str(args.max_tokens), "--ignore-eos",
+        "--max-images", "1", "--max-num-seqs", str(args.max_num_seqs), "--max-model-len", str(args.max_model_len),
+        "--json",
+    ]  # fmt: skip
+    if args.shape == "r1v3":
+        env["VLMBATCH_LOAD_FORMAT"] = "dummy"
+        command += ["--engine-arg", "quantization=fp8", "--engine-arg", "kv_cache_dtype=fp8"]
+    else:  # the CPU build has no FP8 weights; its KV cache takes fp8
+        env["VLMBATCH_KV_CACHE_BYTES"] = str(1024 * 2**20)
+        command += ["--enforce-eager", "--engine-arg", "kv_cache_dtype=fp8"]
+    log("pipeline fp8: " + " ".join(command[2:]))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.child_timeout)
+    (args.out / "fp8-cli-log.txt").write_text(done.stdout[-200_000:] + "\n--- stderr ---\n" + done.stderr[-200_000:])
+    if done.returncode != 0:
+        raise RuntimeError(f"vlmbatch run exited {done.returncode}: {done.stderr[-2000:]}")
+    run_id = json.loads(done.stdout.strip().splitlines()[-1])["run"]
+    measured = ledger_span(f"sqlite:///{(home / 'vlmbatch.db').resolve()}", run_id, "vlmbatch run --engine-arg fp8")
+    sizes = re.findall(r"KV cache size: ([\d,]+) tokens", done.stdout + done.stderr)
+    log(f"pipeline fp8: {measured.output_tps:.1f} tok/s, KV {sizes}")
+    return {"pipeline": measured, "kv_tokens_pipeline": int(sizes[-1].replace(",", "")) if sizes else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["longtail", "fp8"])
+    parser.add_argument("--shape", choices=["r1v3", "tiny"], default="r1v3")
+    parser.add_argument("--n", type=int, default=1024)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--median", type=float, default=64)
+    parser.add_argument("--p95", type=float, default=400)
+    parser.add_argument("--cap", type=int, default=800)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-model-len", type=int, default=32768)
+    parser.add_argument("--child-timeout", type=float, default=420)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(os.environ.get("BENCH_WORK", "/tmp/vlmbatch-gpu-bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("HF_MODULES_CACHE", str(work / "hf_modules"))
+    from vlmbatch.worker.engines.vllm_compat import install
+
+    install()
+    from vlmbatch.worker.smoke_model import R1V3_38B, TINY, build_model_folder
+
+    shape = R1V3_38B if args.shape == "r1v3" else TINY
+    model = build_model_folder(work / f"model-{args.shape}", shape, weights=args.shape == "tiny")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result: dict[str, Any] = {}
+    try:
+        result = run_longtail(args, model, work) if args.mode == "longtail" else run_fp8(args, model, work)
+    finally:
+        write_results(args, started, result)
+    return 0
+
+
+def write_results(args: argparse.Namespace, started: str, result: dict[str, Any]) -> None:
+    rows = {k: v for k, v in result.items() if isinstance(v, Measured)}
+    summary: dict[str, Any] = {"date": started, "mode": args.mode, "shape": args.shape, "args": vars(args)}
+    for key, value in result.items():
+        if key.startswith("batch_"):
+            (args.out / f"{args.mode}-{key}.json").write_text(json.dumps(value))
+        elif not isinstance(value, Measured):
+            summary[key] = value
+    summary["rows"] = {k: dict(m.__dict__, output_tps=m.output_tps) for k, m in rows.items()}
+    if "raw" in rows:
+        summary["ratios"] = {k: m.output_tps / rows["raw"].output_tps for k, m in rows.items()}
+        if "naive" in rows and "pipeline" in rows:
+            summary["ratios"]["pipeline_vs_naive"] = rows["pipeline"].output_tps / rows["naive"].output_tps
+        print(table(list(rows.values()), rows["raw"]), flush=True)
+    (args.out / f"results-{args.mode}.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary, indent=2, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    run_and_exit(main)
