@@ -6,12 +6,15 @@
             (embedded, SQLite ledger). Running-batch timelines of all three.
   fp8       raw `LLM.chat` in bf16 beside `vlmbatch run ... --engine-arg quantization=fp8 --engine-arg
             kv_cache_dtype=fp8` (the real command line, a child process), same requests; KV-cache sizes.
+  server    the model card's path: `vllm serve` (its flags) with `vlmbatch run --engine openai` against it,
+            beside `vlmbatch run` with the engine in process; same requests, one after the other.
 
 R1V3-38B's shape with dummy weights on the H200 (`--shape r1v3`), or the tiny model on the CPU for a dry
 run (`--shape tiny`). Writes results-<mode>.json, the timelines and a table to --out.
 
     python bench/gpu/real_workloads.py longtail --shape r1v3 --n 1024 --out $OUT
     python bench/gpu/real_workloads.py fp8 --shape r1v3 --n 256 --max-tokens 512 --out $OUT
+    python bench/gpu/real_workloads.py server --shape r1v3 --n 256 --max-tokens 512 --out $OUT
     python bench/gpu/real_workloads.py longtail --shape tiny --n 24 --median 8 --p95 24 --cap 40 --out /tmp/x
 """
 
@@ -241,38 +244,104 @@ def run_fp8(args: argparse.Namespace, model: Path, work: Path) -> dict[str, Any]
 
 def _cli_run_fp8(args: argparse.Namespace, model: Path, work: Path, folder: Path) -> dict[str, Any]:
     """The pipeline through the real command line, FP8 asked for with --engine-arg."""
-    import shutil
-
-    home = work / "fp8-home"
-    shutil.rmtree(home, ignore_errors=True)
-    env = dict(os.environ, VLMBATCH_HOME=str(home), VLMBATCH_REASONING_PARSER="deepseek_r1")
-    command = [
-        sys.executable, "-m", "vlmbatch.producer.cli", "run", str(folder), "-q", QUESTION,
-        "--model", str(model), "--trust-remote-code", "--max-tokens", str(args.max_tokens), "--ignore-eos",
-        "--max-images", "1", "--max-num-seqs", str(args.max_num_seqs), "--max-model-len", str(args.max_model_len),
-        "--json",
-    ]  # fmt: skip
+    env: dict[str, str] = {}
     if args.shape == "r1v3":
         env["VLMBATCH_LOAD_FORMAT"] = "dummy"
-        command += ["--engine-arg", "quantization=fp8", "--engine-arg", "kv_cache_dtype=fp8"]
+        extra = ["--engine-arg", "quantization=fp8", "--engine-arg", "kv_cache_dtype=fp8"]
     else:  # the CPU build has no FP8 weights; its KV cache takes fp8
         env["VLMBATCH_KV_CACHE_BYTES"] = str(1024 * 2**20)
-        command += ["--enforce-eager", "--engine-arg", "kv_cache_dtype=fp8"]
-    log("pipeline fp8: " + " ".join(command[2:]))
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.child_timeout)
-    (args.out / "fp8-cli-log.txt").write_text(done.stdout[-200_000:] + "\n--- stderr ---\n" + done.stderr[-200_000:])
-    if done.returncode != 0:
-        raise RuntimeError(f"vlmbatch run exited {done.returncode}: {done.stderr[-2000:]}")
-    run_id = json.loads(done.stdout.strip().splitlines()[-1])["run"]
-    measured = ledger_span(f"sqlite:///{(home / 'vlmbatch.db').resolve()}", run_id, "vlmbatch run --engine-arg fp8")
-    sizes = re.findall(r"KV cache size: ([\d,]+) tokens", done.stdout + done.stderr)
+        extra = ["--enforce-eager", "--engine-arg", "kv_cache_dtype=fp8"]
+    measured, output = _vlmbatch_run(args, work, folder, "fp8", str(model), ["--trust-remote-code", *extra], env)
+    sizes = re.findall(r"KV cache size: ([\d,]+) tokens", output)
     log(f"pipeline fp8: {measured.output_tps:.1f} tok/s, KV {sizes}")
     return {"pipeline": measured, "kv_tokens_pipeline": int(sizes[-1].replace(",", "")) if sizes else None}
 
 
+def _vlmbatch_run(
+    args: argparse.Namespace, work: Path, folder: Path, name: str, model: str, extra: list[str], env: dict[str, str]
+) -> tuple[Measured, str]:
+    """`vlmbatch run` as a user types it (a child process, its own embedded ledger): its span and output."""
+    import shutil
+
+    home = work / f"{name}-home"
+    shutil.rmtree(home, ignore_errors=True)
+    full_env = dict(os.environ, VLMBATCH_HOME=str(home), VLMBATCH_REASONING_PARSER="deepseek_r1", **env)
+    command = [
+        sys.executable, "-m", "vlmbatch.producer.cli", "run", str(folder), "-q", QUESTION, "--model", model,
+        "--max-tokens", str(args.max_tokens), "--ignore-eos", "--max-images", "1",
+        "--max-num-seqs", str(args.max_num_seqs), "--max-model-len", str(args.max_model_len), "--json", *extra,
+    ]  # fmt: skip
+    log(f"{name}: " + " ".join(command[2:]))
+    done = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=args.child_timeout)
+    output = done.stdout + done.stderr
+    (args.out / f"{name}-cli-log.txt").write_text(output[-400_000:])
+    if done.returncode != 0:
+        raise RuntimeError(f"vlmbatch run exited {done.returncode}: {done.stderr[-2000:]}")
+    run_id = json.loads(done.stdout.strip().splitlines()[-1])["run"]
+    label = f"vlmbatch run ({name})"
+    return ledger_span(f"sqlite:///{(home / 'vlmbatch.db').resolve()}", run_id, label), output
+
+
+def run_server(args: argparse.Namespace, model: Path, work: Path) -> dict[str, Any]:
+    """`vllm serve` as R1V3's model card starts it, and `vlmbatch run --engine openai` against it; then the
+    same requests with the engine in process. The in-process run is the baseline of the ratio."""
+    import socket
+    import urllib.request
+
+    import vllm
+
+    folder = write_images(work / "server", [(448, 448), (1344, 896)], args.n)[0].parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    served = "skywork-r1v3"
+    server = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--trust-remote-code",
+        "--limit-mm-per-prompt", '{"image": 20}', "--reasoning-parser", "deepseek_r1", "--served-model-name", served,
+        "--port", str(port), "--host", "127.0.0.1", "--max-num-seqs", str(args.max_num_seqs),
+        "--max-model-len", str(args.max_model_len),
+    ]  # fmt: skip
+    if tuple(int(x) for x in vllm.__version__.split(".")[:2]) >= (0, 32):
+        server.append("--trust-request-mm-kwargs")  # per-request tile bounds need it from 0.32 on
+    engine_env: dict[str, str] = {}
+    if args.shape == "r1v3":
+        server += ["--load-format", "dummy", "--gpu-memory-utilization", "0.9"]
+        engine_env["VLMBATCH_LOAD_FORMAT"] = "dummy"
+    else:
+        server += ["--enforce-eager", "--kv-cache-memory-bytes", str(1024 * 2**20)]
+        engine_env["VLMBATCH_KV_CACHE_BYTES"] = str(1024 * 2**20)
+    log("server: " + " ".join(server[2:]))
+    result: dict[str, Any] = {}
+    log_file = (args.out / "server-vllm-log.txt").open("w")
+    process = subprocess.Popen(server, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + args.child_timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError("the vLLM server exited; see server-vllm-log.txt") from None
+                time.sleep(2)
+        log("server: ready")
+        openai_env = {"VLMBATCH_ENGINE": "openai", "VLMBATCH_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+        result["served"], _ = _vlmbatch_run(args, work, folder, "openai-engine", served, [], openai_env)
+        log(f"openai engine: {result['served'].output_tps:.1f} tok/s")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log_file.close()
+    extra = ["--trust-remote-code"] + (["--enforce-eager"] if args.shape == "tiny" else [])
+    result["raw"], _ = _vlmbatch_run(args, work, folder, "in-process", str(model), extra, engine_env)
+    log(f"in process: {result['raw'].output_tps:.1f} tok/s")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["longtail", "fp8"])
+    parser.add_argument("mode", choices=["longtail", "fp8", "server"])
     parser.add_argument("--shape", choices=["r1v3", "tiny"], default="r1v3")
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=512)
@@ -301,7 +370,7 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result: dict[str, Any] = {}
     try:
-        result = run_longtail(args, model, work) if args.mode == "longtail" else run_fp8(args, model, work)
+        result = {"longtail": run_longtail, "fp8": run_fp8, "server": run_server}[args.mode](args, model, work)
     finally:
         write_results(args, started, result)
     return 0
