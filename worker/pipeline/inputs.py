@@ -1,9 +1,12 @@
-"""Turning a claimed job into an engine request: images fetched and decoded (on I/O threads, timed),
-the run's sampling with the job's overrides, and the run's limits checked."""
+"""Turning a claimed job into an engine request: images fetched and decoded (on I/O threads, timed, and
+shared by the jobs in flight that name the same image), the run's sampling under the job's own settings
+and overrides, the user turn laid out, and the run's limits checked."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from PIL.Image import Image
@@ -12,7 +15,8 @@ from vlmbatch.media.images import decode_image
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import InputUnsupported
-from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.models import JobParams, RunSettings
+from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.engines.base import GenerationRequest
 from vlmbatch.worker.pipeline.answers import constraint_of
@@ -48,22 +52,84 @@ class ImageLoader:
         return LoadedImage(image, fetched - started, decoded - fetched)
 
 
+@dataclass
+class _Shared:
+    holders: int = 0
+    loading: asyncio.Future[LoadedImage] | None = None
+
+
+class SharedImages:
+    """Jobs in flight that name the same image share one fetch and decode (several questions about one
+    image): the image is loaded once while any job holding it is in flight, then dropped with the last
+    holder. Their requests then reach the engine one after the other, as the shared load completes, so
+    vLLM's prefix cache reuses the image's prefix. Memory stays bounded by the jobs in flight, whose
+    engine requests hold the images anyway. Used on the pipeline's event loop only."""
+
+    def __init__(self, load: Callable[[str], Awaitable[LoadedImage]]) -> None:
+        self._load = load
+        self._images: dict[str, _Shared] = {}
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def hold(self, uris: Iterable[str]) -> None:
+        """A job about to load `uris` (each once per call); `release` them when its attempt ends."""
+        for uri in uris:
+            self._images.setdefault(uri, _Shared()).holders += 1
+
+    def release(self, uris: Iterable[str]) -> None:
+        for uri in uris:
+            shared = self._images.get(uri)
+            if shared is None:
+                continue
+            shared.holders -= 1
+            if shared.holders <= 0:
+                del self._images[uri]
+                if shared.loading is not None and not shared.loading.done():
+                    shared.loading.cancel()
+
+    async def load(self, uri: str) -> LoadedImage:
+        """The image, loaded by the first holder to ask; raises what loading raises, to every holder."""
+        shared = self._images.get(uri)
+        if shared is None:  # not held: nothing to share it with
+            return await self._load(uri)
+        if shared.loading is None:
+            shared.loading = asyncio.ensure_future(self._load(uri))
+        # Shielded: one holder's cancellation leaves the load to the others.
+        return await asyncio.shield(shared.loading)
+
+
+def job_params(job: ClaimedJob) -> JobParams | None:
+    """The job's own request settings, if it has any."""
+    return JobParams.model_validate(job.params) if job.params else None
+
+
 def build_request(
     *, request_id: str, job: ClaimedJob, settings: RunSettings, images: list[Image], worker_max_tiles: int
 ) -> GenerationRequest:
-    """The engine request for one attempt. Raises InputUnsupported for more images than the run allows."""
-    sampling = settings.sampling
+    """The engine request for one attempt: the run's settings under the job's own (`params`), under the
+    attempt's overrides (a resubmit's max_tokens). Raises InputUnsupported for more images than the run
+    allows, or a question whose image placeholders do not match its images."""
+    params = job_params(job)
+    sampling = params.sampling(settings.sampling) if params is not None else settings.sampling
     if job.overrides and "max_tokens" in job.overrides:
         sampling = sampling.model_copy(update={"max_tokens": int(job.overrides["max_tokens"])})
     if len(images) > settings.max_images_per_prompt:
         raise InputUnsupported(
             f"{len(images)} images in one job, over the run's limit of {settings.max_images_per_prompt}"
         )
+    try:
+        layout = user_layout(job.question, len(images)) if has_placeholders(job.question) else None
+    except PlaceholderMismatch as exc:
+        raise InputUnsupported(str(exc)) from exc
     return GenerationRequest(
         request_id=request_id,
         images=images,
         question=job.question,
         sampling=sampling,
         max_tiles=min(settings.max_tiles, worker_max_tiles),
-        constraint=constraint_of(settings),
+        constraint=constraint_of(settings, params),
+        system=params.system if params is not None and params.system else settings.system_prompt,
+        layout=layout,
+        seed=params.seed if params is not None else None,
     )
