@@ -8,7 +8,7 @@ source before anything is written.
   row's or the command line's), `images` (the list of URIs), `image` (the first) and every metadata
   column (`options`, `query`, …). It runs in Jinja2's sandbox with `StrictUndefined`: a column the row
   lacks is an error of that row, not an empty string. `reference` is left out on purpose (the ground truth
-  must not leak into the prompt). The filter `options` (also a function) turns a list, or a Python-list
+  must not leak into the prompt). The filter `options` turns a list, or a Python-list
   string as MMMU stores it, into lettered lines `A. …`.
 - Every resulting question is checked against the row's images (`<image N>` placeholders,
   schema.prompts): a mismatch is an error of that row.
@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from vlmbatch.producer.sources import Row, RowErrors, Source, SpecCheck, checked_rows
@@ -41,6 +41,8 @@ _LETTERS = string.ascii_uppercase
 
 def format_options(options: Any) -> str:
     """`["cat", "dog"]` or `"['cat', 'dog']"` as `A. cat\\nB. dog`. Raises ValueError for anything else."""
+    if isinstance(options, Undefined):
+        str(options)  # a missing column: StrictUndefined raises, naming it
     if isinstance(options, str):
         try:
             options = ast.literal_eval(options.strip())
@@ -59,7 +61,6 @@ class PromptTemplate:
     def __init__(self, text: str, *, name: str = "<template>") -> None:
         environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
         environment.filters["options"] = format_options
-        environment.globals["options"] = format_options
         self.name = name
         self.text = text
         try:
