@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -52,6 +53,11 @@ class ImageLoader:
         return LoadedImage(image, fetched - started, decoded - fetched)
 
 
+# Loaded images kept after their last job ends: the jobs of one image can straddle two claims (the first
+# claim took what fitted), and the straddling image is always among the latest loaded.
+RECENT_IMAGES = 2
+
+
 @dataclass
 class _Shared:
     holders: int = 0
@@ -60,37 +66,50 @@ class _Shared:
 
 class SharedImages:
     """Jobs in flight that name the same image share one fetch and decode (several questions about one
-    image): the image is loaded once while any job holding it is in flight, then dropped with the last
-    holder. Their requests then reach the engine one after the other, as the shared load completes, so
-    vLLM's prefix cache reuses the image's prefix. Memory stays bounded by the jobs in flight, whose
-    engine requests hold the images anyway. Used on the pipeline's event loop only."""
+    image): the image is loaded once while any job holding it is in flight, and the last RECENT_IMAGES
+    loaded stay for jobs claimed just after. The requests of one image then reach the engine one after
+    the other, as their shared load completes, so vLLM's prefix cache reuses the image's prefix. Memory
+    stays bounded: the jobs in flight, whose engine requests hold their images anyway, plus
+    RECENT_IMAGES. Used on the pipeline's event loop only."""
 
-    def __init__(self, load: Callable[[str], Awaitable[LoadedImage]]) -> None:
+    def __init__(self, load: Callable[[str], Awaitable[LoadedImage]], *, keep: int = RECENT_IMAGES) -> None:
         self._load = load
-        self._images: dict[str, _Shared] = {}
+        self._keep = keep
+        self._held: dict[str, _Shared] = {}
+        self._recent: OrderedDict[str, _Shared] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._images)
+        return len(self._held) + len(self._recent)
 
     def hold(self, uris: Iterable[str]) -> None:
         """A job about to load `uris` (each once per call); `release` them when its attempt ends."""
         for uri in uris:
-            self._images.setdefault(uri, _Shared()).holders += 1
+            shared = self._held.get(uri) or self._recent.pop(uri, None) or _Shared()
+            shared.holders += 1
+            self._held[uri] = shared
 
     def release(self, uris: Iterable[str]) -> None:
         for uri in uris:
-            shared = self._images.get(uri)
+            shared = self._held.get(uri)
             if shared is None:
                 continue
             shared.holders -= 1
-            if shared.holders <= 0:
-                del self._images[uri]
-                if shared.loading is not None and not shared.loading.done():
-                    shared.loading.cancel()
+            if shared.holders > 0:
+                continue
+            del self._held[uri]
+            loading = shared.loading
+            if loading is None:
+                continue
+            if not loading.done():
+                loading.cancel()
+            elif not loading.cancelled() and loading.exception() is None and self._keep:
+                self._recent[uri] = shared
+                while len(self._recent) > self._keep:
+                    self._recent.popitem(last=False)
 
     async def load(self, uri: str) -> LoadedImage:
         """The image, loaded by the first holder to ask; raises what loading raises, to every holder."""
-        shared = self._images.get(uri)
+        shared = self._held.get(uri)
         if shared is None:  # not held: nothing to share it with
             return await self._load(uri)
         if shared.loading is None:
