@@ -94,10 +94,10 @@ def run_options(fn: F) -> F:
 def resolve_questions(
     questions: tuple[str, ...], question_file: Path | None, questions_file: Path | None
 ) -> tuple[str, ...]:
-    """The questions of `-q` (repeatable), `--question-file` (one long question) or `--questions-file`
-    (one per line), in order, without duplicates."""
-    if question_file is not None and questions_file is not None:
-        raise click.UsageError("give --question-file or --questions-file, not both")
+    """The questions of `-q` (repeatable) and `--questions-file` (one per line), in order, without
+    duplicates; or the one long question of `--question-file`."""
+    if question_file is not None and (questions or questions_file is not None):
+        raise click.UsageError("--question-file is the one question: give it alone, or use -q / --questions-file")
     given = [q.strip() for q in questions]
     if any(not q for q in given):
         raise click.UsageError("a --question is empty")
