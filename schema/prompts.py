@@ -6,6 +6,7 @@ placeholders do not match its images, the worker lays out the engine request wit
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # A user turn in order: text pieces, and indexes into the job's images.
 UserPart = str | int
@@ -59,3 +60,16 @@ def user_layout(text: str, image_count: int) -> UserLayout:
             + ")"
         )
     return tuple(parts)
+
+
+def with_image_tokens(text: str, images: Sequence[str], token: str) -> tuple[str, list[str]]:
+    """The question as a training record writes it: each placed image as `token` where the job placed it,
+    and the images in the order their tokens appear (LLaMA-Factory and InternVL pair the n-th token with
+    the n-th image). A text whose placeholders do not match (a job older than placeholders) gets its
+    images first, as it was sent."""
+    try:
+        parts = user_layout(text, len(images))
+    except PlaceholderMismatch:
+        parts = (*range(len(images)), text)
+    prompt = "".join(token if isinstance(part, int) else part for part in parts)
+    return prompt, [images[part] for part in parts if isinstance(part, int)]

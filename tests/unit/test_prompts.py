@@ -10,7 +10,7 @@ import pytest
 from vlmbatch.producer.sources.prompts import CLI_QUESTION, Prompting, PromptTemplate, format_options
 from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import JobParams, JobSpec, SamplingSettings
-from vlmbatch.schema.prompts import PlaceholderMismatch, user_layout
+from vlmbatch.schema.prompts import PlaceholderMismatch, user_layout, with_image_tokens
 
 
 def test_a_question_without_placeholders_gets_its_images_first() -> None:
@@ -113,3 +113,11 @@ def test_identity_is_unchanged_without_params_and_a_custom_id_makes_two_lines_tw
     assert len({plain.input_key(), one.input_key(), two.input_key()}) == 3
     seeded = JobSpec(images=("s3://b/a.jpg",), question="q", params=JobParams(seed=1))
     assert seeded.input_key() != plain.input_key()
+
+
+def test_a_training_record_puts_image_tokens_where_the_job_placed_its_images_in_token_order() -> None:
+    prompt, images = with_image_tokens("Is <image 2> like <image 1>?", ["a.jpg", "b.jpg"], "<image>")
+    assert (prompt, images) == ("Is <image> like <image>?", ["b.jpg", "a.jpg"])
+    assert with_image_tokens("Describe.", ["a.jpg"], "<image>") == ("<image>Describe.", ["a.jpg"])
+    # Older jobs whose text never matched their images keep the images-first layout they were sent with.
+    assert with_image_tokens("<image 3>?", ["a.jpg"], "<image>") == ("<image><image 3>?", ["a.jpg"])
