@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -38,6 +39,8 @@ from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import JobParams, JobSpec
 from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
 
+# Lines read to tell a batch file from a manifest.
+SNIFFED_LINES = 10
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 # Body fields read, and those accepted without effect (the run decides the model; nothing streams).
 _READ = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "response_format"}
@@ -50,19 +53,21 @@ class LineError(ValueError):
 
 
 def is_openai_batch(uri: str) -> bool:
-    """Whether the local `.jsonl` file at `uri` reads as an OpenAI batch file: its first non-blank line is
-    an object with `custom_id` and `body`."""
+    """Whether the local `.jsonl` file at `uri` reads as an OpenAI batch file: its first line that is a
+    JSON object (among the first few, so one broken line does not hide the format) has `custom_id` and
+    `body`."""
     path = local_path(uri)
     try:
         with path.open("r", encoding="utf-8") as lines:
-            first = next((line for line in lines if line.strip()), "")
+            for line in islice((line for line in lines if line.strip()), SNIFFED_LINES):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                return isinstance(record, dict) and "custom_id" in record and "body" in record
     except (OSError, UnicodeDecodeError):
         return False
-    try:
-        record = json.loads(first)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and "custom_id" in record and "body" in record
+    return False
 
 
 class OpenAIBatchSource:

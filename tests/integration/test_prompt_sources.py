@@ -249,3 +249,12 @@ def test_a_question_or_template_with_an_openai_batch_file_is_refused(tmp_path: P
     batch = _jsonl(tmp_path / "b.jsonl", [_line("a", [_image("s3://b/x.jpg"), _text("q")])])
     with pytest.raises(SourceError, match="brings its own messages"):
         open_source(str(batch), question="q", s3_endpoint_url=None)
+
+
+def test_a_batch_file_whose_first_line_is_broken_is_still_read_as_one_and_refused_for_that_line(
+    tmp_path: Path,
+) -> None:
+    batch = _jsonl(tmp_path / "b.jsonl", ["{broken", _line("a", [_image("s3://b/x.jpg"), _text("q")])])
+    with pytest.raises(SourceError) as refused:
+        open_source(str(batch), question=None, s3_endpoint_url=None, stage_dir=tmp_path).validate()
+    assert "1 malformed row(s)" in refused.value.message and "line 1: invalid JSON" in refused.value.message
