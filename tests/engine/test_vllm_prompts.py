@@ -102,3 +102,28 @@ def test_an_mmmu_row_through_a_template_runs_on_the_real_engine(
     assert job.question.startswith("Is <image 2> wider than <image 1>?\nA. yes\nB. no")
     # Both images' tokens (1 + 3 tiles) are in the prompt, plus the text.
     assert attempt.prompt_tokens is not None and attempt.prompt_tokens > 4 * TOKENS_PER_TILE
+
+
+def test_a_per_row_seed_fails_its_job_on_the_cpu_build_and_the_engine_lives_on(
+    sqlite_url: str, tiny_model: Path, shared_engine: EngineThread, tmp_path: Path
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(good_jpeg(200, 150, seed=3))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,question,seed,max_tokens\na.jpg,Seeded?,7,8\na.jpg,Unseeded?,,8\n")
+    settings = engine_settings(tiny_model, database_url=sqlite_url)
+    with running_pipeline(settings, engine=shared_engine) as (pipeline, sessions):
+        report = submit(
+            sessions=sessions,
+            publisher=NullPublisher(),
+            source=open_source(str(manifest), question=None, s3_endpoint_url=None),
+            settings=RunSettings(model=str(tiny_model)),
+            queue="q",
+        )
+        pipeline.feed_run(report.run).result(timeout=300)
+    with sessions() as session:
+        jobs = {job.question: job for job in session.scalars(select(Job))}
+    seeded, unseeded = jobs["Seeded?"], jobs["Unseeded?"]
+    assert (seeded.state, seeded.error_type) == (JobState.FAILED, "input.unsupported")
+    assert seeded.error_message and "seed" in seeded.error_message
+    assert unseeded.state in (JobState.SUCCEEDED, JobState.TRUNCATED), unseeded.error_message
+    assert shared_engine.inner._llm is not None and not shared_engine.inner._llm.errored  # type: ignore[attr-defined]
