@@ -43,8 +43,11 @@ class CountingStore:
         return self._stores.fetch(uri, max_bytes=max_bytes)
 
 
-def _run(database_url: str, source: object, engine: FakeEngine, store: object = None, **run: object) -> list[Job]:
-    settings = settings_for(database_url)
+def _run(
+    database_url: str, source: object, engine: FakeEngine, store: object = None, *, slots: int = 8, **run: object
+) -> list[Job]:
+    # `slots` is the engine's max_num_seqs; the worker holds twice as many jobs claimed.
+    settings = settings_for(database_url, max_num_seqs=slots)
     with running_pipeline(settings, engine=engine, store=store) as (pipeline, sessions):  # type: ignore[arg-type]
         report = submit(
             sessions=sessions,
@@ -91,24 +94,39 @@ def test_an_mmmu_row_reaches_the_engine_with_its_images_at_the_placeholders_and_
     assert request.question == job.question == "Is <image 2> a zoom of <image 1>?\nA. yes\nB. no"
 
 
+def _image_folder(tmp_path: Path, count: int) -> Path:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"{i}.jpg").write_bytes(good_jpeg(40 + i, 30, seed=i))  # told apart by width
+    return folder
+
+
+QUESTIONS = ("Is there a person?", "Is it indoors?", "Is it day?")
+
+
 def test_several_questions_about_an_image_fetch_it_once_and_reach_the_engine_together(
     database_url: str, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(6):
-        (folder / f"{i}.jpg").write_bytes(good_jpeg(40 + i, 30, seed=i))
-    questions = ("Is there a person?", "Is it indoors?", "Is it day?")
-    source = open_source(str(folder), question=None, questions=questions, s3_endpoint_url=None)
+    source = open_source(str(_image_folder(tmp_path, 6)), question=None, questions=QUESTIONS, s3_endpoint_url=None)
     engine, store = _recording(), CountingStore()
-    jobs = _run(database_url, source, engine, store)
+    jobs = _run(database_url, source, engine, store, slots=16)  # all 18 jobs fit one claim
     assert len(jobs) == 18 and {j.state for j in jobs} == {JobState.SUCCEEDED}
     assert sorted(store.fetches.values()) == [1] * 6  # each image fetched (and decoded) once
     order = [request.images[0].width for request in engine.requests]
     # The requests of one image arrive one after another: 6 runs of 3 (5 changes of image), not up to 17.
     changes = sum(1 for before, after in pairwise(order) if before != after)
     assert changes == 5 and sorted(Counter(order).values()) == [3] * 6
-    assert {r.question for r in engine.requests} == set(questions)
+    assert {r.question for r in engine.requests} == set(QUESTIONS)
+
+
+def test_an_images_jobs_split_across_two_claims_still_fetch_it_once(database_url: str, tmp_path: Path) -> None:
+    source = open_source(str(_image_folder(tmp_path, 6)), question=None, questions=QUESTIONS, s3_endpoint_url=None)
+    store = CountingStore()
+    # 4 jobs claimed at a time and 3 per image: most claims end in the middle of an image's questions.
+    jobs = _run(database_url, source, _recording(), store, slots=2)
+    assert len(jobs) == 18 and {j.state for j in jobs} == {JobState.SUCCEEDED}
+    assert sorted(store.fetches.values()) == [1] * 6
 
 
 def test_per_row_sampling_columns_reach_the_engine_for_their_job_only(database_url: str, tmp_path: Path) -> None:
@@ -165,3 +183,23 @@ def test_an_openai_batch_file_runs_with_its_system_prompt_per_line_budgets_and_a
     assert (requests["What is 0?"].sampling.max_tokens, requests["What is 2?"].sampling.max_tokens) == (100, 102)
     constraint = requests["What is 2?"].constraint
     assert requests["What is 0?"].constraint is None and constraint is not None and constraint.json_schema == schema
+
+
+def test_a_broken_image_asked_several_questions_is_fetched_once_and_fails_each_of_its_jobs(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes(good_jpeg(seed=1))
+    (folder / "broken.jpg").write_bytes(not_an_image())
+    source = open_source(str(folder), question=None, questions=("One?", "Two?"), s3_endpoint_url=None)
+    store = CountingStore()
+    jobs = _run(sqlite_url, source, _recording(), store)
+    outcomes = sorted((j.images[0].rsplit("/", 1)[-1], j.question, j.state, j.error_type) for j in jobs)
+    assert outcomes == [
+        ("broken.jpg", "One?", JobState.FAILED, ErrorType.INPUT_UNREADABLE),
+        ("broken.jpg", "Two?", JobState.FAILED, ErrorType.INPUT_UNREADABLE),
+        ("good.jpg", "One?", JobState.SUCCEEDED, None),
+        ("good.jpg", "Two?", JobState.SUCCEEDED, None),
+    ]
+    assert sorted(store.fetches.values()) == [1, 1]

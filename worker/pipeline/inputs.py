@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -54,7 +53,7 @@ class ImageLoader:
 
 
 # Loaded images kept after their last job ends: the jobs of one image can straddle two claims (the first
-# claim took what fitted), and the straddling image is always among the latest loaded.
+# claim took what fitted), and claims go in id order, so the straddling image is among the last held.
 RECENT_IMAGES = 2
 
 
@@ -62,12 +61,14 @@ RECENT_IMAGES = 2
 class _Shared:
     holders: int = 0
     loading: asyncio.Future[LoadedImage] | None = None
+    # When a job last took hold of it (a counter): the images kept are the last ones held.
+    held_at: int = 0
 
 
 class SharedImages:
     """Jobs in flight that name the same image share one fetch and decode (several questions about one
-    image): the image is loaded once while any job holding it is in flight, and the last RECENT_IMAGES
-    loaded stay for jobs claimed just after. The requests of one image then reach the engine one after
+    image): the image is loaded once while any job holding it is in flight, and of those no longer held
+    the RECENT_IMAGES last taken hold of stay for jobs claimed just after. The requests of one image then reach the engine one after
     the other, as their shared load completes, so vLLM's prefix cache reuses the image's prefix. Memory
     stays bounded: the jobs in flight, whose engine requests hold their images anyway, plus
     RECENT_IMAGES. Used on the pipeline's event loop only."""
@@ -76,7 +77,8 @@ class SharedImages:
         self._load = load
         self._keep = keep
         self._held: dict[str, _Shared] = {}
-        self._recent: OrderedDict[str, _Shared] = OrderedDict()
+        self._recent: dict[str, _Shared] = {}
+        self._holds = 0
 
     def __len__(self) -> int:
         return len(self._held) + len(self._recent)
@@ -86,6 +88,8 @@ class SharedImages:
         for uri in uris:
             shared = self._held.get(uri) or self._recent.pop(uri, None) or _Shared()
             shared.holders += 1
+            self._holds += 1
+            shared.held_at = self._holds
             self._held[uri] = shared
 
     def release(self, uris: Iterable[str]) -> None:
@@ -104,8 +108,9 @@ class SharedImages:
                 loading.cancel()
             elif not loading.cancelled() and loading.exception() is None and self._keep:
                 self._recent[uri] = shared
-                while len(self._recent) > self._keep:
-                    self._recent.popitem(last=False)
+                if len(self._recent) > self._keep:
+                    oldest = min(self._recent, key=lambda u: self._recent[u].held_at)
+                    del self._recent[oldest]
 
     async def load(self, uri: str) -> LoadedImage:
         """The image, loaded by the first holder to ask; raises what loading raises, to every holder."""
