@@ -67,11 +67,11 @@ class _Shared:
 
 class SharedImages:
     """Jobs in flight that name the same image share one fetch and decode (several questions about one
-    image): the image is loaded once while any job holding it is in flight, and of those no longer held
-    the RECENT_IMAGES last taken hold of stay for jobs claimed just after. The requests of one image then reach the engine one after
-    the other, as their shared load completes, so vLLM's prefix cache reuses the image's prefix. Memory
-    stays bounded: the jobs in flight, whose engine requests hold their images anyway, plus
-    RECENT_IMAGES. Used on the pipeline's event loop only."""
+    image): the image is loaded once while any job holding it is in flight, and of the images no longer
+    held, the RECENT_IMAGES last taken hold of stay for jobs claimed just after. The requests of one
+    claim's jobs of an image then reach the engine one after the other, as their shared load completes,
+    so vLLM's prefix cache reuses the image's prefix. Memory stays bounded: the jobs in flight, whose
+    engine requests hold their images anyway, plus RECENT_IMAGES. Used on the pipeline's event loop only."""
 
     def __init__(self, load: Callable[[str], Awaitable[LoadedImage]], *, keep: int = RECENT_IMAGES) -> None:
         self._load = load
