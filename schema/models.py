@@ -36,6 +36,10 @@ class SamplingSettings(BaseModel):
     ignore_eos: bool = False
 
 
+# RunSettings fields added after the first release (see `RunSettings.fingerprint`).
+_LATER_FIELDS = ("system_prompt",)
+
+
 class RunSettings(BaseModel):
     """Everything a run fixes for all its jobs. Stored as JSON on the run row."""
 
@@ -60,7 +64,12 @@ class RunSettings(BaseModel):
 
     def fingerprint(self) -> str:
         """A short stable hash of the settings, used to name runs and detect conflicting reuse."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        settings = self.model_dump(mode="json")
+        # Fields added since runs were first named are left out while unset: default names stay the same.
+        for name in _LATER_FIELDS:
+            if settings[name] is None:
+                del settings[name]
+        payload = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 

@@ -258,3 +258,16 @@ def test_a_batch_file_whose_first_line_is_broken_is_still_read_as_one_and_refuse
     with pytest.raises(SourceError) as refused:
         open_source(str(batch), question=None, s3_endpoint_url=None, stage_dir=tmp_path).validate()
     assert "1 malformed row(s)" in refused.value.message and "line 1: invalid JSON" in refused.value.message
+
+
+def test_a_run_stored_before_system_prompts_existed_is_reused_not_a_conflict(database_url: str, tmp_path: Path) -> None:
+    manifest = _jsonl(tmp_path / "m.jsonl", [{"image": "s3://b/a.jpg"}])
+    source = open_source(str(manifest), question="q", s3_endpoint_url=None)
+    (job,) = _submit_source(database_url, source)
+    _, sessions = open_ledger(database_url)
+    with sessions() as session, session.begin():
+        run = session.get(Run, job.run_id)
+        assert run is not None
+        run.settings = {k: v for k, v in run.settings.items() if k != "system_prompt"}
+    again = _submit_source(database_url, open_source(str(manifest), question="q", s3_endpoint_url=None))
+    assert [j.id for j in again] == [job.id]

@@ -4,12 +4,13 @@ a job's own request settings and identity."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
 from vlmbatch.producer.sources.prompts import CLI_QUESTION, Prompting, PromptTemplate, format_options
 from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import JobParams, JobSpec, SamplingSettings
+from vlmbatch.schema.models import JobParams, JobSpec, RunSettings, SamplingSettings
 from vlmbatch.schema.prompts import PlaceholderMismatch, user_layout, with_image_tokens
 
 
@@ -121,3 +122,13 @@ def test_a_training_record_puts_image_tokens_where_the_job_placed_its_images_in_
     assert with_image_tokens("Describe.", ["a.jpg"], "<image>") == ("<image>Describe.", ["a.jpg"])
     # Older jobs whose text never matched their images keep the images-first layout they were sent with.
     assert with_image_tokens("<image 3>?", ["a.jpg"], "<image>") == ("<image><image 3>?", ["a.jpg"])
+
+
+def test_a_run_without_a_system_prompt_keeps_the_fingerprint_it_had_before_system_prompts() -> None:
+    settings = RunSettings(model="m")
+    before = settings.model_dump(mode="json")
+    del before["system_prompt"]  # what a run stored before the field existed holds
+    legacy = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
+    assert settings.fingerprint() == legacy
+    assert RunSettings.model_validate(before) == settings
+    assert RunSettings(model="m", system_prompt="Be brief.").fingerprint() != legacy
