@@ -29,6 +29,7 @@ from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from vlmbatch.producer.sources import Row, RowErrors, Source, SpecCheck, checked_rows
+from vlmbatch.producer.sources.manifest import ManifestSource
 from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import JobSpec
 from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
@@ -140,12 +141,23 @@ class PromptedSource:
         return self._inner.uri
 
     def validate(self, check: SpecCheck | None = None) -> None:
+        if isinstance(self._inner, ManifestSource):  # it reads every row to validate: one pass does both
+            self._inner.validate(self._expanded_check(check))
+            return
         self._inner.validate()  # the source's own checks (a listing that escapes its folder, …)
         errors = RowErrors(self.uri)
         for where, spec in checked_rows(self, check):
             if isinstance(spec, ValueError):
                 errors.add(where, spec)
         errors.raise_if_any()
+
+    def _expanded_check(self, check: SpecCheck | None) -> SpecCheck:
+        def expanded(spec: JobSpec) -> None:
+            for job in self._prompting.expand(spec):
+                if check is not None:
+                    check(job)
+
+        return expanded
 
     def rows(self) -> Iterator[Row]:
         for where, spec in self._inner.rows():
