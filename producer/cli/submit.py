@@ -54,7 +54,8 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
 @click.argument("source")
 @run_options
 def submit_command(source: str, **flags: Any) -> None:
-    """Submit SOURCE (a folder, an s3://bucket/prefix, or a .jsonl/.csv/.parquet manifest) as jobs.
+    """Submit SOURCE (a folder, an s3://bucket/prefix, a .jsonl/.csv/.parquet manifest, or an OpenAI batch
+    .jsonl) as jobs: one per image (or row) and question.
 
     Submitting the same source again adds nothing: jobs are unique per run, images and question."""
     ctx = load_context(queue=flags["queue"])
