@@ -38,6 +38,8 @@ class ClaimedJob:
     attempts_used: int = 1
     # Graded-correct samples the job already has (accept-until-M runs).
     accepted_samples: int = 0
+    # The job's own request settings (schema.models.JobParams as JSON), for every attempt.
+    params: dict[str, Any] | None = None
 
 
 def _claimable(now: datetime) -> Any:
@@ -147,6 +149,7 @@ def _open_attempts(
             transient_failures=job.transient_failures,
             attempts_used=job.attempt_count + 1 - job.attempt_base,
             accepted_samples=job.accepted_samples,
+            params=job.params,
         )
         for job, attempt_id in zip(jobs, attempt_ids, strict=True)
     ]

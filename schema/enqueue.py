@@ -36,6 +36,7 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
                 "question": spec.question,
                 "reference": spec.reference,
                 "meta": spec.meta,
+                "params": spec.params.model_dump(mode="json", exclude_none=True) if spec.params else None,
                 "state": "queued",
                 "attempt_count": 0,
                 "attempt_base": 0,
@@ -70,26 +71,28 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
 _STAGING = "vlmbatch_submit_staging"
 _CREATE_STAGING = (
     f"CREATE TEMP TABLE {_STAGING} (input_key text, images text, question text, reference text, "
-    "metadata text) ON COMMIT DROP"
+    "metadata text, params text) ON COMMIT DROP"
 )
 _MOVE_STAGED = f"""
-INSERT INTO jobs (run_id, input_key, images, question, reference, metadata, state, attempt_count,
+INSERT INTO jobs (run_id, input_key, images, question, reference, metadata, params, state, attempt_count,
                   attempt_base, transient_failures, accepted_samples, created_at, queued_at)
-SELECT %(run_id)s, input_key, images::json, question, reference, metadata::json, 'queued', 0, 0, 0, 0,
+SELECT %(run_id)s, input_key, images::json, question, reference, metadata::json, params::json, 'queued',
+       0, 0, 0, 0,
        now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc'
 FROM {_STAGING}
 ON CONFLICT ON CONSTRAINT uq_jobs_run_input DO NOTHING
 """
 
 
-# input_key, images (JSON), question, reference, metadata (JSON)
-StagedRow = tuple[str, str, str, str | None, str | None]
+# input_key, images (JSON), question, reference, metadata (JSON), params (JSON)
+StagedRow = tuple[str, str, str, str | None, str | None, str | None]
 
 
 def staged_row(spec: JobSpec) -> StagedRow:
     """A job spec as the text columns COPY writes into the staging table."""
     meta = json.dumps(spec.meta, ensure_ascii=False) if spec.meta is not None else None
-    return spec.input_key(), _json_list(spec.images), spec.question, spec.reference, meta
+    params = spec.params.canonical() if spec.params is not None else None
+    return spec.input_key(), _json_list(spec.images), spec.question, spec.reference, meta, params
 
 
 def _json_list(items: Sequence[str]) -> str:
@@ -119,7 +122,7 @@ class PostgresStaging:
     def copy(self, rows: Iterable[StagedRow]) -> int:
         count = 0
         with self._raw.cursor() as cursor:
-            columns = "input_key, images, question, reference, metadata"
+            columns = "input_key, images, question, reference, metadata, params"
             with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)

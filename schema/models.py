@@ -36,6 +36,10 @@ class SamplingSettings(BaseModel):
     ignore_eos: bool = False
 
 
+# RunSettings fields added after the first release (see `RunSettings.fingerprint`).
+_LATER_FIELDS = ("system_prompt",)
+
+
 class RunSettings(BaseModel):
     """Everything a run fixes for all its jobs. Stored as JSON on the run row."""
 
@@ -55,11 +59,52 @@ class RunSettings(BaseModel):
     accept: int | None = Field(None, ge=1, le=1000)
     choices: tuple[str, ...] | None = None
     json_schema: dict[str, Any] | None = None
+    # The system turn of every job (a job's own `JobParams.system` replaces it).
+    system_prompt: str | None = None
 
     def fingerprint(self) -> str:
         """A short stable hash of the settings, used to name runs and detect conflicting reuse."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        settings = self.model_dump(mode="json")
+        # Fields added since runs were first named are left out while unset: default names stay the same.
+        for name in _LATER_FIELDS:
+            if settings[name] is None:
+                del settings[name]
+        payload = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+class JobParams(BaseModel):
+    """A job's own request settings, kept on the job row (every attempt uses them): per-row sampling from
+    a manifest's documented columns, or an OpenAI batch line's system prompt, sampling and answer format.
+    Unset fields take the run's settings. Bounds are the run's (`SamplingSettings`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    system: str | None = Field(None, min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # Per-request seed: honoured on GPU builds; vLLM's CPU build dies on it, so its jobs fail there
+    # with input.unsupported (see worker/engines/vllm_engine.py).
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    samples: int | None = Field(None, ge=1, le=256)
+    json_schema: dict[str, Any] | None = None
+
+    def sampling(self, run: SamplingSettings) -> SamplingSettings:
+        """The run's sampling with this job's fields in place of the run's."""
+        update = {
+            name: value
+            for name in ("max_tokens", "temperature", "top_p", "samples")
+            if (value := getattr(self, name)) is not None
+        }
+        return run.model_copy(update=update) if update else run
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+
+
+# Manifest columns that set a job's sampling (documented in the README's manifest section).
+SAMPLING_COLUMNS = ("max_tokens", "temperature", "top_p", "seed")
 
 
 class JobSpec(BaseModel):
@@ -71,6 +116,7 @@ class JobSpec(BaseModel):
     question: str = Field(min_length=1)
     reference: str | None = None
     meta: dict[str, Any] | None = None
+    params: JobParams | None = None
 
     @field_validator("images")
     @classmethod
@@ -83,8 +129,13 @@ class JobSpec(BaseModel):
         """The job's identity within a run: a hash of its image URIs and question (DESIGN.md, job row
         unique per run + images + question). Hashed so that the unique index stays small whatever the
         length of the question; every part is length-prefixed, so no two jobs can collide by splitting
-        their text differently."""
+        their text differently. A job's own request settings and an OpenAI batch line's `custom_id` are part
+        of its identity when present (two lines of one batch are two jobs)."""
         parts = [*self.images, self.question]
+        if self.params is not None:
+            parts.append("params:" + self.params.canonical())
+        if self.meta is not None and isinstance(self.meta.get("custom_id"), str):
+            parts.append("custom_id:" + self.meta["custom_id"])
         payload = f"{len(self.images)}|" + "".join(f"{len(p)}:{p}" for p in parts)
         # 128 bits of SHA-256: no collision in any run a fleet can process, and half the index size.
         return hashlib.sha256(payload.encode()).hexdigest()[:32]

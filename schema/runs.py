@@ -36,7 +36,8 @@ def get_or_create_run(session: Session, *, name: str, settings: RunSettings, que
         session.add(run)
         session.flush()
         return run
-    if run.settings != wanted:
+    # Compared as models: a run stored before a settings field existed holds that field's default.
+    if RunSettings.model_validate(run.settings) != settings:
         raise RunConflict(
             f"run {name!r} exists with other settings (fingerprint "
             f"{RunSettings.model_validate(run.settings).fingerprint()} vs {settings.fingerprint()}); "

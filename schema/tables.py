@@ -110,6 +110,8 @@ class Job(Base):
     accepted_samples: Mapped[int] = mapped_column(Integer, default=0)
     # Overrides for the next attempt (e.g. a larger max_tokens from `resubmit`), copied onto it.
     overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The job's own request settings (schema.models.JobParams), for every attempt; None: the run's.
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]

@@ -67,6 +67,8 @@ def _job_facts(detail: JobDetail) -> Safe:
     pairs.append(("Attempts", job.attempt_count))
     pairs.append(("Queued (UTC)", when(job.queued_at)))
     pairs.append(("Finished (UTC)", when(job.finished_at)))
+    if job.params:
+        pairs.append(("Job's own settings", _pre(json.dumps(job.params, ensure_ascii=False, indent=1, sort_keys=True))))
     if job.overrides:
         pairs.append(("Next attempt's overrides", json.dumps(job.overrides, sort_keys=True)))
     return facts(pairs)

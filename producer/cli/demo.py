@@ -52,7 +52,7 @@ def demo_command(directory: Path | None, engine: str, max_tokens: int) -> None:
     ctx.invoke(
         run_command,
         source=str(images),
-        question=DEMO_QUESTION,
+        question=(DEMO_QUESTION,),
         max_tokens=max_tokens,
         model=os.environ["VLMBATCH_MODEL"],
     )

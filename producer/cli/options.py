@@ -1,5 +1,5 @@
-"""Flags shared by commands: the question and the run's model and sampling settings (`submit`, `run`), and
-the engine's flags (`worker`, `run`)."""
+"""Flags shared by commands: the questions, prompt template and system prompt, and the run's model and
+sampling settings (`submit`, `run`); the engine's flags (`worker`, `run`)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,33 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def run_options(fn: F) -> F:
     options = [
-        click.option("--question", "-q", help="The question asked about every image."),
+        click.option(
+            "--question",
+            "-q",
+            multiple=True,
+            help="The question asked about every image; repeat it for several (one job per image and question).",
+        ),
         click.option(
             "--question-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="Read the question from a file (for long prompts).",
+        ),
+        click.option(
+            "--questions-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Several questions, one per line: one job per image and question.",
+        ),
+        click.option(
+            "--prompt-template",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="A Jinja2 template rendering each job's text from its row's columns ({{ question }}, "
+            "{{ options | options }}, any metadata column).",
+        ),
+        click.option("--system-prompt", help="The system turn of every job."),
+        click.option(
+            "--system-prompt-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Read the system prompt from a file.",
         ),
         click.option("--run", "run_name", help="Run name (default: derived from source, question and settings)."),
         click.option("--model", help="Model id or local folder [env VLMBATCH_MODEL]."),
@@ -121,15 +143,42 @@ def with_engine_args(settings: Settings, cli_args: tuple[str, ...]) -> Settings:
     return settings
 
 
-def resolve_question(question: str | None, question_file: Path | None) -> str | None:
-    if question and question_file:
-        raise click.UsageError("give --question or --question-file, not both")
+def resolve_questions(
+    questions: tuple[str, ...], question_file: Path | None, questions_file: Path | None
+) -> tuple[str, ...]:
+    """The questions of `-q` (repeatable) and `--questions-file` (one per line), in order, without
+    duplicates; or the one long question of `--question-file`."""
+    if question_file is not None and (questions or questions_file is not None):
+        raise click.UsageError("--question-file is the one question: give it alone, or use -q / --questions-file")
+    given = [q.strip() for q in questions]
+    if any(not q for q in given):
+        raise click.UsageError("a --question is empty")
     if question_file is not None:
-        text = question_file.read_text(encoding="utf-8").strip()
-        if not text:
-            raise click.UsageError(f"{question_file} is empty")
-        return text
-    return question
+        given.append(_read_text(question_file))
+    if questions_file is not None:
+        from_file = [line.strip() for line in _read_text(questions_file).splitlines() if line.strip()]
+        given.extend(from_file)
+    return tuple(dict.fromkeys(given))
+
+
+def resolve_system_prompt(system_prompt: str | None, system_prompt_file: Path | None) -> str | None:
+    if system_prompt and system_prompt_file:
+        raise click.UsageError("give --system-prompt or --system-prompt-file, not both")
+    if system_prompt_file is not None:
+        return _read_text(system_prompt_file)
+    if system_prompt is not None and not system_prompt.strip():
+        raise click.UsageError("--system-prompt is empty")
+    return system_prompt
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"{path}: cannot read ({exc})") from exc
+    if not text:
+        raise click.UsageError(f"{path} is empty")
+    return text
 
 
 def build_run_settings(default_model: str, **flags: Any) -> RunSettings:
@@ -166,4 +215,5 @@ def build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         accept=flags["accept"],
         choices=choices,
         json_schema=json_schema,
+        system_prompt=resolve_system_prompt(flags["system_prompt"], flags["system_prompt_file"]),
     )

@@ -15,23 +15,37 @@ from vlmbatch.producer.cli.options import (
     build_run_settings,
     engine_options,
     engine_settings,
-    resolve_question,
+    resolve_questions,
     run_options,
     with_engine_args,
 )
 from vlmbatch.producer.cli.render import progress_line, table
 from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.models import SubmitReport
 from vlmbatch.schema.runs import get_run
 from vlmbatch.schema.status import run_progress, run_status
 from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 
+# Folder under VLMBATCH_HOME where an OpenAI batch file's `data:` images are staged (content-addressed).
+STAGED_IMAGES = "staged-images"
+
 
 def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Publisher) -> SubmitReport:
-    question = resolve_question(flags["question"], flags["question_file"])
+    questions = resolve_questions(flags["question"], flags["question_file"], flags["questions_file"])
     settings = build_run_settings(ctx.settings.model, **flags)
-    source = open_source(source_uri, question=question, s3_endpoint_url=ctx.settings.s3_endpoint_url)
+    template = PromptTemplate.from_file(flags["prompt_template"]) if flags["prompt_template"] else None
+    source = open_source(
+        source_uri,
+        question=None,
+        questions=questions,
+        prompt_template=template,
+        stage_dir=(ctx.settings.home / STAGED_IMAGES).resolve(),
+        s3_endpoint_url=ctx.settings.s3_endpoint_url,
+    )
+    # The run's default name depends on everything that shapes its prompts.
+    prompt_identity = "\n".join(questions) + (f"\n{template.text}" if template else "")
     return submit(
         sessions=ctx.sessions,
         publisher=publisher,
@@ -39,7 +53,7 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         settings=settings,
         queue=ctx.settings.queue,
         run_name=flags["run_name"],
-        question=question,
+        question=prompt_identity or None,
     )
 
 
@@ -47,7 +61,8 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
 @click.argument("source")
 @run_options
 def submit_command(source: str, **flags: Any) -> None:
-    """Submit SOURCE (a folder, an s3://bucket/prefix, or a .jsonl/.csv/.parquet manifest) as jobs.
+    """Submit SOURCE (a folder, an s3://bucket/prefix, a .jsonl/.csv/.parquet manifest, or an OpenAI batch
+    .jsonl) as jobs: one per image (or row) and question.
 
     Submitting the same source again adds nothing: jobs are unique per run, images and question."""
     ctx = load_context(queue=flags["queue"])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
 from vlmbatch.producer.reports.fields import FIELDS, ExportRecord, parquet_schema
+from vlmbatch.schema.prompts import with_image_tokens
 from vlmbatch.schema.reasoning import join_trace
 
 ExportFormat = Literal["jsonl", "parquet", "sft"]
@@ -25,13 +26,14 @@ def sft_record(record: ExportRecord) -> dict[str, Any]:
     """The `sft` chat record of one exported sample (format in the module docstring)."""
     trace = (record["reasoning"] or "").strip()
     reply = join_trace(trace, record["answer"], closed=record["trace_closed"])
-    prompt = IMAGE_PLACEHOLDER * len(record["images"]) + record["question"]
+    # Images where the job's text placed them (`<image N>`), else first; the list in token order.
+    prompt, images = with_image_tokens(record["question"], record["images"], IMAGE_PLACEHOLDER)
     return {
         "messages": [
             {"role": "user", "content": prompt, "reasoning_content": ""},
             {"role": "assistant", "content": reply, "reasoning_content": trace},
         ],
-        "images": record["images"],
+        "images": images,
         "job_id": record["job_id"],
         "sample_index": record["sample_index"],
         "correct": record["correct"],

@@ -3,12 +3,15 @@ listing in memory) and validates itself before anything is written, so a bad sou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import JobSpec
+
+if TYPE_CHECKING:
+    from vlmbatch.producer.sources.prompts import Prompting, PromptTemplate
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -37,22 +40,34 @@ class Source(Protocol):
 
 
 class RowErrors:
-    """Collects malformed rows; `raise_if_any` refuses the submit, naming them."""
+    """Collects malformed rows; `raise_if_any` refuses the submit, naming them: the first ones with their
+    reason, and every one by number (as ranges, so a million bad rows still make a short message)."""
 
     def __init__(self, uri: str) -> None:
         self._uri = uri
         self.total = 0
         self.shown: list[str] = []
+        self._numbers: list[list[int]] = []  # [first, last] runs of bad row numbers
 
     def add(self, where: str, error: ValueError) -> None:
         self.total += 1
         if len(self.shown) < MAX_REPORTED_ERRORS:
             self.shown.append(f"{where}: {error}")
+        number = where.rsplit(" ", 1)[-1]
+        if number.isdigit():
+            n = int(number)
+            if self._numbers and self._numbers[-1][1] in (n, n - 1):
+                self._numbers[-1][1] = n
+            else:
+                self._numbers.append([n, n])
 
     def raise_if_any(self) -> None:
         if not self.total:
             return
-        more = f"\n  … and {self.total - len(self.shown)} more" if self.total > len(self.shown) else ""
+        more = ""
+        if self.total > len(self.shown):
+            numbers = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self._numbers)
+            more = f"\n  … and {self.total - len(self.shown)} more; all of them: {numbers}"
         raise SourceError(
             f"{self._uri}: {self.total} malformed row(s); nothing was submitted:\n  " + "\n  ".join(self.shown) + more
         )
@@ -70,24 +85,49 @@ def checked_rows(source: Source, check: SpecCheck | None) -> Iterator[Row]:
         yield where, spec
 
 
-def open_source(uri: str, *, question: str | None, s3_endpoint_url: str | None) -> Source:
-    """The source for `uri`: a manifest file (.jsonl/.csv/.parquet), an `s3://bucket/prefix`, or a
-    local folder. `question` applies to every job that does not bring its own."""
+def open_source(
+    uri: str,
+    *,
+    question: str | None,
+    s3_endpoint_url: str | None,
+    questions: Sequence[str] = (),
+    prompt_template: PromptTemplate | None = None,
+    stage_dir: Path | None = None,
+) -> Source:
+    """The source for `uri`: an OpenAI batch file (.jsonl whose lines carry `custom_id` and `body`), a
+    manifest file (.jsonl/.csv/.parquet), an `s3://bucket/prefix`, or a local folder. `question` and
+    `questions` apply to every job that does not bring its own (one job per question); `prompt_template`
+    renders each job's text from its row (producer/sources/prompts.py). `stage_dir` is where an OpenAI
+    batch file's `data:` images are written (content-addressed)."""
     from vlmbatch.producer.sources.folder import FolderSource
     from vlmbatch.producer.sources.manifest import ManifestSource
+    from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource, is_openai_batch
+    from vlmbatch.producer.sources.prompts import CLI_QUESTION, PromptedSource, Prompting
     from vlmbatch.producer.sources.s3 import S3PrefixSource
 
+    asked = ((question,) if question else ()) + tuple(questions)
+    prompting = Prompting(questions=asked, template=prompt_template)
+    given = CLI_QUESTION if prompting.asks_source else (asked[0] if asked else None)
+    inner: Source
+    if uri.lower().endswith(".jsonl") and is_openai_batch(uri):
+        if asked or prompt_template is not None:
+            raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")
+        return OpenAIBatchSource(uri, stage_dir=stage_dir)
     if uri.lower().endswith(MANIFEST_SUFFIXES):
-        return ManifestSource(uri, question=question, s3_endpoint_url=s3_endpoint_url)
-    if uri.startswith("s3://"):
-        return S3PrefixSource(uri, question=_required(question, uri), s3_endpoint_url=s3_endpoint_url)
-    path = Path(uri.removeprefix("file://"))
-    if path.is_dir():
-        return FolderSource(path, question=_required(question, uri))
-    raise SourceError(f"{uri}: not a folder, an s3:// prefix or a manifest (.jsonl, .csv, .parquet)")
+        inner = ManifestSource(uri, question=given, s3_endpoint_url=s3_endpoint_url)
+    elif uri.startswith("s3://"):
+        inner = S3PrefixSource(uri, question=_required(given, prompting, uri), s3_endpoint_url=s3_endpoint_url)
+    else:
+        path = Path(uri.removeprefix("file://"))
+        if not path.is_dir():
+            raise SourceError(f"{uri}: not a folder, an s3:// prefix or a manifest (.jsonl, .csv, .parquet)")
+        inner = FolderSource(path, question=_required(given, prompting, uri))
+    return PromptedSource(inner, prompting)
 
 
-def _required(question: str | None, uri: str) -> str:
-    if not question:
+def _required(question: str | None, prompting: Prompting, uri: str) -> str:
+    if not question and prompting.template is None:
         raise SourceError(f"{uri}: a question is required (--question or --question-file)")
-    return question
+    from vlmbatch.producer.sources.prompts import CLI_QUESTION
+
+    return question or CLI_QUESTION

@@ -1,7 +1,8 @@
 """A manifest file (.jsonl, .csv or .parquet), local or on S3, one job per row.
 
 Columns: `image` (a URI or path; several as a list in JSONL/Parquet or `;`-separated in CSV), optional
-`question` (overrides the CLI question), optional `reference` (the ground-truth answer), and any other
+`question` (overrides the CLI question), optional `reference` (the ground-truth answer), optional
+`max_tokens`, `temperature`, `top_p`, `seed` (this row's sampling, in place of the run's), and any other
 columns, kept as the job's metadata. Relative paths are resolved against the manifest's own folder and
 may not leave it.
 
@@ -25,11 +26,11 @@ from pydantic import ValidationError
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
 from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
 from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import JobSpec
+from vlmbatch.schema.models import SAMPLING_COLUMNS, JobParams, JobSpec
 
 CSV_IMAGE_SEPARATOR = ";"
 PARQUET_BATCH_ROWS = 8192
-_RESERVED = ("image", "question", "reference")
+_RESERVED = ("image", "question", "reference", *SAMPLING_COLUMNS)
 
 
 class RowError(ValueError):
@@ -103,6 +104,7 @@ class ManifestSource:
                 question=question,
                 reference=None if reference in (None, "") else str(reference),
                 meta=meta or None,
+                params=_sampling_params(record),
             )
         except ValidationError as exc:
             raise RowError(exc.errors()[0]["msg"]) from exc
@@ -202,6 +204,18 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
         for record in batch.to_pylist():
             row += 1
             yield f"row {row}", record
+
+
+def _sampling_params(record: dict[str, Any]) -> JobParams | None:
+    """The row's own sampling (`max_tokens`, `temperature`, `top_p`, `seed`), validated like the flags."""
+    given = {k: record[k] for k in SAMPLING_COLUMNS if record.get(k) not in (None, "")}
+    if not given:
+        return None
+    try:
+        return JobParams.model_validate(given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise RowError(f"`{error['loc'][0]}`: {error['msg']}") from exc
 
 
 def _normalise_relative(base: PurePosixPath, relative: str) -> str:

@@ -72,7 +72,7 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "--trust-remote-code", "--enforce-eager", "--seed", "0",
         "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(512 * 2**20),
         "--limit-mm-per-prompt", '{"image": 4}',
-        "--trust-request-mm-kwargs", "--reasoning-parser", "deepseek_r1",
+        "--trust-request-mm-kwargs", "--interleave-mm-strings", "--reasoning-parser", "deepseek_r1",
         "--uvicorn-log-level", "warning",
     ]  # fmt: skip
     log = tmp / "server.log"

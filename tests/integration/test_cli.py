@@ -88,3 +88,35 @@ def test_a_password_in_the_database_url_never_reaches_the_output(tmp_path: Path)
     done = vlmbatch(["status"], env)
     assert done.returncode != 0
     assert "hunter2secret" not in done.stdout + done.stderr
+
+
+def test_run_with_two_questions_makes_two_jobs_per_image(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "imgs", 3)
+    args = ["run", str(folder), "-q", "Is there a person?", "-q", "Is it indoors?", "--json"]
+    status = vlmbatch_json(args, _embedded_env())
+    assert isinstance(status, dict)
+    assert (status["total"], status["counts"]["succeeded"]) == (6, 6)
+
+
+def test_run_on_an_openai_batch_file_and_a_duplicate_custom_id_refuses_it_in_one_go(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    url = "data:image/jpeg;base64," + base64.b64encode(good_jpeg(40, 30)).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is it?"}]
+
+    def line(custom_id: str) -> str:
+        body = {"model": "m", "messages": [{"role": "user", "content": content}], "max_tokens": 50}
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join([line("a"), line("b")]) + "\n")
+    env = _embedded_env()
+    status = vlmbatch_json(["run", str(batch), "--json"], env)
+    assert isinstance(status, dict)
+    assert (status["total"], status["counts"]["succeeded"]) == (2, 2)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text("\n".join([line("x"), line("x")]) + "\n")
+    refused = vlmbatch(["submit", str(dup)], env)
+    assert refused.returncode == 2
+    assert "line 2: duplicate custom_id 'x'" in refused.stderr and "Traceback" not in refused.stderr

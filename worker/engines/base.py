@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from PIL.Image import Image
 
 from vlmbatch.schema.models import SamplingSettings
+from vlmbatch.schema.prompts import UserLayout
 
 # vLLM's messages when a prompt does not fit the context: at render, once images are expanded, or from
 # its server (in-process and remote engines see the same texts).
@@ -38,6 +39,19 @@ class GenerationRequest:
     # InternVL-style dynamic tiling bound, passed per request to the multimodal processor.
     max_tiles: int
     constraint: AnswerConstraint | None = None
+    # The system turn, if any.
+    system: str | None = None
+    # The user turn in order: text pieces and indexes into `images` (schema.prompts.user_layout); None:
+    # the images first, then the question.
+    layout: UserLayout | None = None
+    # A per-request sampling seed (engines that cannot honour one refuse the request).
+    seed: int | None = None
+
+    def user_parts(self) -> UserLayout:
+        """The user turn in order, images as indexes into `images`."""
+        if self.layout is not None:
+            return self.layout
+        return (*range(len(self.images)), self.question)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ OWNED: dict[str, str] = {
     "seed": "VLMBATCH_SEED",
     "limit_mm_per_prompt": "--max-images-per-prompt",
     "mm_processor_kwargs": "--max-tiles",
+    "interleave_mm_strings": "(always on: images go where the prompt places them)",
     "kv_cache_memory_bytes": "VLMBATCH_KV_CACHE_BYTES",
     "load_format": "VLMBATCH_LOAD_FORMAT",
     "reasoning_parser": "VLMBATCH_REASONING_PARSER",
@@ -73,6 +74,8 @@ def owned_engine_args(settings: Settings) -> dict[str, Any]:
         enforce_eager=s.enforce_eager,
         seed=s.seed,
         limit_mm_per_prompt={"image": s.max_images_per_prompt},
+        # Images stay where the user turn puts them (`<image N>` placeholders), not all in front.
+        interleave_mm_strings=True,
         mm_processor_kwargs={"max_dynamic_patch": s.max_tiles},
         kv_cache_memory_bytes=s.kv_cache_bytes,
     )

@@ -32,6 +32,9 @@ class FakeBehaviour:
     # Answers handed out in turn, one per sample across all requests (tests of grading); None: derived
     # from the question and image sizes.
     answer_cycle: tuple[str, ...] | None = None
+    # Keep every request in `FakeEngine.requests`, in the order they reached the engine (tests of
+    # message layout and of request order); off by default so long benchmarks hold nothing per request.
+    record_requests: bool = False
 
 
 class FakeEngine:
@@ -43,6 +46,7 @@ class FakeEngine:
         self.requests_seen = 0
         self._tokens = 0
         self._answers_given = 0
+        self.requests: list[GenerationRequest] = []
 
     @property
     def model(self) -> str:
@@ -68,8 +72,10 @@ class FakeEngine:
 
     async def generate(self, request: GenerationRequest) -> Generation:
         b = self._behaviour
-        prompt_tokens = len(request.question.split()) + sum(
-            TOKENS_PER_TILE * _tiles(image.width * image.height, request.max_tiles) for image in request.images
+        prompt_tokens = (
+            len(request.question.split())
+            + len((request.system or "").split())
+            + sum(TOKENS_PER_TILE * _tiles(image.width * image.height, request.max_tiles) for image in request.images)
         )
         if prompt_tokens + 1 > b.max_model_len:
             raise PromptTooLong(
@@ -78,6 +84,8 @@ class FakeEngine:
         aborted = asyncio.Event()
         self._in_flight[request.request_id] = aborted
         self.requests_seen += 1
+        if b.record_requests:
+            self.requests.append(request)
         self.max_in_flight = max(self.max_in_flight, len(self._in_flight))
         started = time.perf_counter()
         try:

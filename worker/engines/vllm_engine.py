@@ -173,8 +173,15 @@ class VllmEngine:
     async def _render(self, request: GenerationRequest) -> Any:
         from vllm.renderers import ChatParams
 
-        content: list[dict[str, Any]] = [{"type": "image_pil", "image_pil": image} for image in request.images]
-        content.append({"type": "text", "text": request.question})
+        content: list[dict[str, Any]] = [
+            {"type": "text", "text": part}
+            if isinstance(part, str)
+            else {"type": "image_pil", "image_pil": request.images[part]}
+            for part in request.user_parts()
+        ]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        if request.system is not None:
+            messages.insert(0, {"role": "system", "content": request.system})
         mm_kwargs = {"max_dynamic_patch": request.max_tiles}
         renderer = self._llm.renderer
         chat_params = ChatParams(
@@ -182,7 +189,7 @@ class VllmEngine:
             mm_processor_kwargs=mm_kwargs,
         )
         _, (engine_input,) = await renderer.render_chat_async(
-            [[{"role": "user", "content": content}]],
+            [messages],
             chat_params,
             renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False),
             prompt_extras={"mm_processor_kwargs": mm_kwargs},
@@ -195,6 +202,11 @@ class VllmEngine:
 
         s = request.sampling
         extra: dict[str, Any] = {}
+        if request.seed is not None:
+            if _cpu_build():
+                # vLLM's CPU build kills the whole engine on a seeded request whose prefill is split.
+                raise InputUnsupported("per-request seeds are not supported by vLLM's CPU build")
+            extra["seed"] = request.seed
         if request.constraint is not None:
             extra["structured_outputs"] = _structured(request.constraint.choices, request.constraint.json_schema)
         return SamplingParams(
@@ -219,6 +231,12 @@ class VllmEngine:
             finish_reason=output.finish_reason,
             reasoning_tokens=reasoning_tokens,
         )
+
+
+def _cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 def _structured(choices: tuple[str, ...] | None, json_schema: dict[str, Any] | None) -> Any:

@@ -8,12 +8,16 @@ import json
 from collections.abc import Sequence
 
 from vlmbatch.schema.grading import grade
-from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.models import JobParams, RunSettings
 from vlmbatch.schema.outcomes import SampleRecord
 from vlmbatch.worker.engines.base import AnswerConstraint
 
 
-def constraint_of(settings: RunSettings) -> AnswerConstraint | None:
+def constraint_of(settings: RunSettings, params: JobParams | None = None) -> AnswerConstraint | None:
+    """The answer constraint of a job: its own JSON schema (an OpenAI batch line's `response_format`),
+    else the run's choices or schema."""
+    if params is not None and params.json_schema is not None:
+        return AnswerConstraint(json_schema=params.json_schema)
     if settings.choices or settings.json_schema:
         return AnswerConstraint(choices=settings.choices, json_schema=settings.json_schema)
     return None
@@ -33,12 +37,14 @@ def obeys(answer: str, constraint: AnswerConstraint) -> bool:
     return True
 
 
-def review(samples: Sequence[SampleRecord], settings: RunSettings, reference: str | None) -> list[SampleRecord]:
+def review(
+    samples: Sequence[SampleRecord], settings: RunSettings, reference: str | None, params: JobParams | None = None
+) -> list[SampleRecord]:
     """Samples with their constraint check, extracted answer and correctness filled in.
 
     With a constraint, an answer that breaks it is recorded as invalid and never counts as correct. A
     sample whose trace never closed has no answer to grade."""
-    constraint = constraint_of(settings)
+    constraint = constraint_of(settings, params)
     reviewed = []
     for sample in samples:
         valid = obeys(sample.answer, constraint) if constraint is not None else None

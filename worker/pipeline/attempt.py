@@ -21,7 +21,7 @@ from vlmbatch.schema.states import AttemptOutcome
 from vlmbatch.worker.engines.base import Engine, Generation
 from vlmbatch.worker.pipeline.answers import needs_more_samples, review
 from vlmbatch.worker.pipeline.capacity import TimeShare
-from vlmbatch.worker.pipeline.inputs import LoadedImage, build_request
+from vlmbatch.worker.pipeline.inputs import LoadedImage, build_request, job_params
 from vlmbatch.worker.pipeline.output import attempt_outcome, to_sample
 
 
@@ -55,7 +55,10 @@ def generation_report(job: ClaimedJob, run: RunSettings, generation: Generation,
     (succeeded or truncated), and whether an accept-until-M job needs another sampling round."""
     opened = generation.trace_opened_by_prompt
     samples = review(
-        [to_sample(i, c, opened_by_prompt=opened) for i, c in enumerate(generation.completions)], run, job.reference
+        [to_sample(i, c, opened_by_prompt=opened) for i, c in enumerate(generation.completions)],
+        run,
+        job.reference,
+        job_params(job),
     )
     accepted = sum(1 for s in samples if s.correct)
     outcome = attempt_outcome(samples)

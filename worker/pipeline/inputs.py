@@ -1,9 +1,12 @@
-"""Turning a claimed job into an engine request: images fetched and decoded (on I/O threads, timed),
-the run's sampling with the job's overrides, and the run's limits checked."""
+"""Turning a claimed job into an engine request: images fetched and decoded (on I/O threads, timed, and
+shared by the jobs in flight that name the same image), the run's sampling under the job's own settings
+and overrides, the user turn laid out, and the run's limits checked."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from PIL.Image import Image
@@ -12,7 +15,8 @@ from vlmbatch.media.images import decode_image
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import InputUnsupported
-from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.models import JobParams, RunSettings
+from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.engines.base import GenerationRequest
 from vlmbatch.worker.pipeline.answers import constraint_of
@@ -48,22 +52,108 @@ class ImageLoader:
         return LoadedImage(image, fetched - started, decoded - fetched)
 
 
+# Loaded images kept after their last job ends: the jobs of one image can straddle two claims (the first
+# claim took what fitted), and claims go in id order, so the straddling image is among the last held.
+RECENT_IMAGES = 2
+
+
+@dataclass
+class _Shared:
+    holders: int = 0
+    loading: asyncio.Future[LoadedImage] | None = None
+    # When a job last took hold of it (a counter): the images kept are the last ones held.
+    held_at: int = 0
+
+
+class SharedImages:
+    """Jobs in flight that name the same image share one fetch and decode (several questions about one
+    image): the image is loaded once while any job holding it is in flight, and of the images no longer
+    held, the RECENT_IMAGES last taken hold of stay for jobs claimed just after. The requests of one
+    claim's jobs of an image then reach the engine one after the other, as their shared load completes,
+    so vLLM's prefix cache reuses the image's prefix. Memory stays bounded: the jobs in flight, whose
+    engine requests hold their images anyway, plus RECENT_IMAGES. Used on the pipeline's event loop only."""
+
+    def __init__(self, load: Callable[[str], Awaitable[LoadedImage]], *, keep: int = RECENT_IMAGES) -> None:
+        self._load = load
+        self._keep = keep
+        self._held: dict[str, _Shared] = {}
+        self._recent: dict[str, _Shared] = {}
+        self._holds = 0
+
+    def __len__(self) -> int:
+        return len(self._held) + len(self._recent)
+
+    def hold(self, uris: Iterable[str]) -> None:
+        """A job about to load `uris` (each once per call); `release` them when its attempt ends."""
+        for uri in uris:
+            shared = self._held.get(uri) or self._recent.pop(uri, None) or _Shared()
+            shared.holders += 1
+            self._holds += 1
+            shared.held_at = self._holds
+            self._held[uri] = shared
+
+    def release(self, uris: Iterable[str]) -> None:
+        for uri in uris:
+            shared = self._held.get(uri)
+            if shared is None:
+                continue
+            shared.holders -= 1
+            if shared.holders > 0:
+                continue
+            del self._held[uri]
+            loading = shared.loading
+            if loading is None:
+                continue
+            if not loading.done():
+                loading.cancel()
+            elif not loading.cancelled() and loading.exception() is None and self._keep:
+                self._recent[uri] = shared
+                if len(self._recent) > self._keep:
+                    oldest = min(self._recent, key=lambda u: self._recent[u].held_at)
+                    del self._recent[oldest]
+
+    async def load(self, uri: str) -> LoadedImage:
+        """The image, loaded by the first holder to ask; raises what loading raises, to every holder."""
+        shared = self._held.get(uri)
+        if shared is None:  # not held: nothing to share it with
+            return await self._load(uri)
+        if shared.loading is None:
+            shared.loading = asyncio.ensure_future(self._load(uri))
+        # Shielded: one holder's cancellation leaves the load to the others.
+        return await asyncio.shield(shared.loading)
+
+
+def job_params(job: ClaimedJob) -> JobParams | None:
+    """The job's own request settings, if it has any."""
+    return JobParams.model_validate(job.params) if job.params else None
+
+
 def build_request(
     *, request_id: str, job: ClaimedJob, settings: RunSettings, images: list[Image], worker_max_tiles: int
 ) -> GenerationRequest:
-    """The engine request for one attempt. Raises InputUnsupported for more images than the run allows."""
-    sampling = settings.sampling
+    """The engine request for one attempt: the run's settings under the job's own (`params`), under the
+    attempt's overrides (a resubmit's max_tokens). Raises InputUnsupported for more images than the run
+    allows, or a question whose image placeholders do not match its images."""
+    params = job_params(job)
+    sampling = params.sampling(settings.sampling) if params is not None else settings.sampling
     if job.overrides and "max_tokens" in job.overrides:
         sampling = sampling.model_copy(update={"max_tokens": int(job.overrides["max_tokens"])})
     if len(images) > settings.max_images_per_prompt:
         raise InputUnsupported(
             f"{len(images)} images in one job, over the run's limit of {settings.max_images_per_prompt}"
         )
+    try:
+        layout = user_layout(job.question, len(images)) if has_placeholders(job.question) else None
+    except PlaceholderMismatch as exc:
+        raise InputUnsupported(str(exc)) from exc
     return GenerationRequest(
         request_id=request_id,
         images=images,
         question=job.question,
         sampling=sampling,
         max_tiles=min(settings.max_tiles, worker_max_tiles),
-        constraint=constraint_of(settings),
+        constraint=constraint_of(settings, params),
+        system=params.system if params is not None and params.system else settings.system_prompt,
+        layout=layout,
+        seed=params.seed if params is not None else None,
     )

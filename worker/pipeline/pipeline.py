@@ -39,7 +39,7 @@ from vlmbatch.worker.pipeline.admission import Admission, WorkerStopping
 from vlmbatch.worker.pipeline.attempt import AttemptClock, RunContext, failure_report, run_attempt
 from vlmbatch.worker.pipeline.capacity import Capacity, TimeShare
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
-from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage
+from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage, SharedImages
 from vlmbatch.worker.pipeline.leases import Heartbeat
 from vlmbatch.worker.pipeline.writing import OutcomeWriter, write_reports_safely
 from vlmbatch.worker.process.log_format import log_context
@@ -103,6 +103,7 @@ class Pipeline:
         self._time_share = TimeShare()
         self.metrics = WorkerMetrics()
         self._loader = ImageLoader(settings=settings, store=store, metrics=self.metrics)
+        self._images = SharedImages(self._load_image)
         self._capacity = Capacity(settings.resolved_inflight_jobs())
         self.metrics.watch(
             in_flight=lambda: len(self._inflight),
@@ -231,13 +232,15 @@ class Pipeline:
         """The attempt's report, or None when the engine died (the job is then handed back)."""
         job = entry.job
         clock = AttemptClock(queue_wait_s=(job.claimed_at - job.queued_at).total_seconds())
+        uris = set(job.images)
+        self._images.hold(uris)
         try:
             report = await run_attempt(
                 job,
                 request_id=entry.request_id,
                 run=await self._run_context(job.run_id),
                 clock=clock,
-                load=self._load_image,
+                load=self._images.load,
                 engine=self._engine,
                 time_share=self._time_share,
                 tensor_parallel_size=self._settings.tensor_parallel_size,
@@ -256,6 +259,8 @@ class Pipeline:
                 log.exception("job %s attempt %s failed unexpectedly", job.job_id, job.attempt_id)
             run = self._runs.get(job.run_id)
             report = failure_report(job, error, run.settings if run else None, clock.timings())
+        finally:
+            self._images.release(uris)
         return report
 
     async def _load_image(self, uri: str) -> LoadedImage:

@@ -3,7 +3,8 @@
 `VLMBATCH_ENGINE=openai` + `VLMBATCH_OPENAI_BASE_URL=http://host:8000/v1`. The server is started as R1V3's
 model card says (`vllm serve … --trust-remote-code --limit-mm-per-prompt '{"image": N}'`) plus
 `--trust-request-mm-kwargs`, which vLLM ≥0.32 requires for the per-request tile bound (`max_dynamic_patch`);
-`start()` refuses a server without it, and one that does not serve `settings.model` (runs are keyed by model
+and `--interleave-mm-strings`, which keeps images where a job's text places them (`<image N>`);
+`start()` refuses a server without the former, and one that does not serve `settings.model` (runs are keyed by model
 name: use `--served-model-name`).
 
 Behaviour mirrors the in-process engine (`engines/vllm_engine.py`):

@@ -1,5 +1,6 @@
-"""The wire format: chat-completion request bodies (images as data URLs, `n` samples, R1V3 sampling, tile
-bounds, structured outputs) and the streamed answer turned back into the in-process engine's completions."""
+"""The wire format: chat-completion request bodies (a system turn, images as data URLs where the user turn
+places them, `n` samples, R1V3 sampling, tile bounds, structured outputs) and the streamed answer turned
+back into the in-process engine's completions."""
 
 from __future__ import annotations
 
@@ -33,13 +34,18 @@ def chat_body(request: GenerationRequest, *, model: str, max_model_len: int | No
     """The streamed chat-completion request of one job."""
     s = request.sampling
     content: list[dict[str, Any]] = [
-        {"type": "image_url", "image_url": {"url": data_url(image)}} for image in request.images
+        {"type": "text", "text": part}
+        if isinstance(part, str)
+        else {"type": "image_url", "image_url": {"url": data_url(request.images[part])}}
+        for part in request.user_parts()
     ]
-    content.append({"type": "text", "text": request.question})
+    messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+    if request.system is not None:
+        messages.insert(0, {"role": "system", "content": request.system})
     max_tokens = s.max_tokens if max_model_len is None else min(s.max_tokens, max_model_len)
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": "user", "content": content}],
+        "messages": messages,
         "n": s.samples,
         "temperature": s.temperature,
         "top_p": s.top_p,
@@ -54,6 +60,8 @@ def chat_body(request: GenerationRequest, *, model: str, max_model_len: int | No
         "return_token_ids": True,
         "request_id": request.request_id,  # the server's logs then name the job and attempt
     }
+    if request.seed is not None:
+        body["seed"] = request.seed
     constraint = request.constraint
     if constraint is not None:
         structured = {"choice": list(constraint.choices)} if constraint.choices else {"json": constraint.json_schema}

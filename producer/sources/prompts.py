@@ -1,0 +1,191 @@
+"""What each job asks: the question(s) and an optional Jinja2 prompt template, applied to every row of a
+source before anything is written.
+
+- Several questions (`-q` repeated, `--questions-file`): a row that brings no question of its own becomes
+  one job per question, the questions of one image next to each other (their ids are then adjacent, so a
+  worker claims them together and loads the image once).
+- A template (`--prompt-template FILE`) renders the user text from the row's columns: `question` (the
+  row's or the command line's), `images` (the list of URIs), `image` (the first) and every metadata
+  column (`options`, `query`, …). It runs in Jinja2's sandbox with `StrictUndefined`: a column the row
+  lacks is an error of that row, not an empty string. `reference` is left out on purpose (the ground truth
+  must not leak into the prompt). The filter `options` turns a list, or a Python-list
+  string as MMMU stores it, into lettered lines `A. …`.
+- Every resulting question is checked against the row's images (`<image N>` placeholders,
+  schema.prompts): a mismatch is an error of that row.
+
+A row error names the row (`line 12: prompt template: 'options' is undefined`) and refuses the submit
+like any malformed row. The rendered text is what the job stores: the ledger shows what the model saw.
+"""
+
+from __future__ import annotations
+
+import ast
+import string
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, Undefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from vlmbatch.producer.sources import Row, RowErrors, Source, SpecCheck, checked_rows
+from vlmbatch.producer.sources.manifest import ManifestSource
+from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.models import JobSpec
+from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
+
+# Given to a source as its question when the question comes from here (several questions, or a
+# template): a row that still carries it brought no question of its own. No row can hold a NUL.
+CLI_QUESTION = "\x00question of the command line\x00"
+_LETTERS = string.ascii_uppercase
+
+
+def format_options(options: Any) -> str:
+    """`["cat", "dog"]` or `"['cat', 'dog']"` as `A. cat\\nB. dog`. Raises ValueError for anything else."""
+    if isinstance(options, Undefined):
+        str(options)  # a missing column: StrictUndefined raises, naming it
+    if isinstance(options, str):
+        try:
+            options = ast.literal_eval(options.strip())
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(f"options {options[:80]!r} are not a list") from exc
+    if not isinstance(options, list | tuple) or not options:
+        raise ValueError("options must be a non-empty list")
+    if len(options) > len(_LETTERS):
+        raise ValueError(f"{len(options)} options, more than the {len(_LETTERS)} letters")
+    return "\n".join(f"{_LETTERS[i]}. {option}" for i, option in enumerate(options))
+
+
+class PromptTemplate:
+    """A Jinja2 template of the user text, rendered in the sandbox with strict undefined variables."""
+
+    def __init__(self, text: str, *, name: str = "<template>") -> None:
+        environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+        environment.filters["options"] = format_options
+        self.name = name
+        self.text = text
+        try:
+            self._template = environment.from_string(text)
+        except TemplateError as exc:
+            raise SourceError(f"{name}: not a valid template: {exc}") from exc
+
+    @classmethod
+    def from_file(cls, path: Path) -> PromptTemplate:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{path}: cannot read the prompt template ({exc})") from exc
+        return cls(text, name=str(path))
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """The rendered text, stripped. Raises ValueError naming what went wrong (a missing column, a
+        filter refusing its input, a sandbox violation, an empty result)."""
+        try:
+            text = self._template.render(dict(context)).strip()
+        except (TemplateError, ValueError, TypeError, ArithmeticError, LookupError) as exc:
+            raise ValueError(f"prompt template: {exc}") from exc
+        if not text:
+            raise ValueError("prompt template: rendered an empty prompt")
+        return text
+
+
+class Prompting:
+    """The questions and template applied to each spec a source yields."""
+
+    def __init__(self, *, questions: Sequence[str], template: PromptTemplate | None) -> None:
+        self.questions = tuple(questions)
+        self.template = template
+
+    @property
+    def asks_source(self) -> bool:
+        """Whether the source must be given CLI_QUESTION (else the single question itself)."""
+        return self.template is not None or len(self.questions) > 1
+
+    def expand(self, spec: JobSpec) -> list[JobSpec]:
+        """The jobs of one row. Raises ValueError for a row that cannot be prompted."""
+        own = spec.question != CLI_QUESTION
+        asked: Sequence[str | None] = [spec.question] if own else (self.questions or [None])
+        jobs = []
+        for question in asked:
+            text = question
+            if self.template is not None:
+                text = self.template.render(_context(spec, question))
+            if text is None:
+                raise ValueError("no question (no `question` column value and no --question)")
+            if has_placeholders(text):
+                try:
+                    user_layout(text, len(spec.images))
+                except PlaceholderMismatch as exc:
+                    raise ValueError(f"image placeholders: {exc}") from exc
+            jobs.append(spec if text == spec.question else spec.model_copy(update={"question": text}))
+        return jobs
+
+
+def _context(spec: JobSpec, question: str | None) -> dict[str, Any]:
+    context: dict[str, Any] = dict(spec.meta or {})
+    context.update(images=list(spec.images), image=spec.images[0])
+    if question is not None:
+        context["question"] = question
+    return context
+
+
+class PromptedSource:
+    """A source whose specs pass through `Prompting` (one row may become several jobs)."""
+
+    def __init__(self, inner: Source, prompting: Prompting) -> None:
+        self._inner = inner
+        self._prompting = prompting
+
+    @property
+    def uri(self) -> str:
+        return self._inner.uri
+
+    def validate(self, check: SpecCheck | None = None) -> None:
+        if isinstance(self._inner, ManifestSource):  # it reads every row to validate: one pass does both
+            self._inner.validate(self._expanded_check(check))
+            return
+        self._inner.validate()  # the source's own checks (a listing that escapes its folder, …)
+        errors = RowErrors(self.uri)
+        for where, spec in checked_rows(self, check):
+            if isinstance(spec, ValueError):
+                errors.add(where, spec)
+        errors.raise_if_any()
+
+    def _expanded_check(self, check: SpecCheck | None) -> SpecCheck:
+        def expanded(spec: JobSpec) -> None:
+            for job in self._prompting.expand(spec):
+                if check is not None:
+                    check(job)
+
+        return expanded
+
+    def rows(self) -> Iterator[Row]:
+        for where, spec in self._inner.rows():
+            if isinstance(spec, ValueError):
+                yield where, spec
+                continue
+            try:
+                jobs = self._prompting.expand(spec)
+            except ValueError as exc:
+                yield where, exc
+                continue
+            for job in jobs:
+                yield where, job
+
+    def specs(self) -> Iterator[JobSpec]:
+        for where, spec in self.rows():
+            if isinstance(spec, ValueError):  # validate() runs first; this only guards a source changed meanwhile
+                raise SourceError(f"{self.uri}: {where}: {spec}")
+            yield spec
+
+
+def read_questions(path: Path) -> tuple[str, ...]:
+    """One question per non-blank line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: cannot read the questions ({exc})") from exc
+    questions = tuple(line.strip() for line in lines if line.strip())
+    if not questions:
+        raise SourceError(f"{path}: no questions in the file")
+    return questions
