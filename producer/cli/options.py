@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.models import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_REPETITION_PENALTY,
@@ -28,6 +29,28 @@ def run_options(fn: F) -> F:
             "--question-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="Read the question from a file (for long prompts).",
+        ),
+        click.option(
+            "--image-column",
+            help="Parquet: the image column(s), comma-separated, in order (default: `image`, else the "
+            "columns the `huggingface` metadata marks as images).",
+        ),
+        click.option(
+            "--question-column",
+            default="question",
+            show_default=True,
+            help="Parquet / WebDataset: the column (or .json field, or member extension) holding the question.",
+        ),
+        click.option(
+            "--reference-column",
+            default="reference",
+            show_default=True,
+            help="Parquet / WebDataset: the column holding the reference answer (MMMU, MathVista: `answer`).",
+        ),
+        click.option(
+            "--stage-to",
+            help="Folder or s3:// prefix where embedded images are staged once [env VLMBATCH_STAGE_TO; "
+            "default: VLMBATCH_HOME/staged].",
         ),
         click.option("--run", "run_name", help="Run name (default: derived from source, question and settings)."),
         click.option("--model", help="Model id or local folder [env VLMBATCH_MODEL]."),
@@ -113,4 +136,16 @@ def build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         accept=flags["accept"],
         choices=choices,
         json_schema=json_schema,
+    )
+
+
+def column_choice(flags: dict[str, Any]) -> ColumnChoice:
+    """The image, question and reference columns the flags name."""
+    images = None
+    if flags["image_column"] is not None:
+        images = tuple(name.strip() for name in flags["image_column"].split(",") if name.strip())
+        if not images:
+            raise click.UsageError("--image-column is empty")
+    return ColumnChoice(
+        image_columns=images, question_column=flags["question_column"], reference_column=flags["reference_column"]
     )

@@ -11,9 +11,9 @@ import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import CommandContext, load_context
-from vlmbatch.producer.cli.options import build_run_settings, resolve_question, run_options
+from vlmbatch.producer.cli.options import build_run_settings, column_choice, resolve_question, run_options
 from vlmbatch.producer.cli.render import progress_line, table
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources import open_source, source_notes
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.models import SubmitReport
 from vlmbatch.schema.runs import get_run
@@ -24,8 +24,14 @@ from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Publisher) -> SubmitReport:
     question = resolve_question(flags["question"], flags["question_file"])
     settings = build_run_settings(ctx.settings.model, **flags)
-    source = open_source(source_uri, question=question, s3_endpoint_url=ctx.settings.s3_endpoint_url)
-    return submit(
+    source = open_source(
+        source_uri,
+        question=question,
+        s3_endpoint_url=ctx.settings.s3_endpoint_url,
+        columns=column_choice(flags),
+        stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
+    )
+    report = submit(
         sessions=ctx.sessions,
         publisher=publisher,
         source=source,
@@ -34,13 +40,17 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         run_name=flags["run_name"],
         question=question,
     )
+    for note in source_notes(source):
+        click.echo(note, err=True)
+    return report
 
 
 @cli.command("submit")
 @click.argument("source")
 @run_options
 def submit_command(source: str, **flags: Any) -> None:
-    """Submit SOURCE (a folder, an s3://bucket/prefix, or a .jsonl/.csv/.parquet manifest) as jobs.
+    """Submit SOURCE (a folder, an s3://bucket/prefix, a .jsonl/.csv/.parquet manifest, a Parquet with
+    embedded images, or WebDataset .tar shards: a file, a {00000..00009} pattern, a folder or prefix) as jobs.
 
     Submitting the same source again adds nothing: jobs are unique per run, images and question."""
     ctx = load_context(queue=flags["queue"])
