@@ -41,7 +41,6 @@ MAX_REDIRECTS = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 _OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
-_CHUNK = 64 * 1024
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -134,9 +133,18 @@ class _HostSlots:
 class HttpImages:
     """The http(s) object store. Thread-safe: one per process, used from the fetch threads."""
 
-    def __init__(self, options: HttpOptions, *, resolver: Resolver = resolve_addresses) -> None:
+    def __init__(
+        self,
+        options: HttpOptions,
+        *,
+        resolver: Resolver = resolve_addresses,
+        is_allowed: Callable[[str], bool] = is_public_address,
+    ) -> None:
+        """`resolver` and `is_allowed` (the address policy when private addresses are banned) are seams
+        for tests; production uses DNS and `is_public_address`."""
         self._options = options
         self._resolve = resolver
+        self._is_allowed = is_allowed
         self._slots = _HostSlots(options.per_host)
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
@@ -173,7 +181,7 @@ class HttpImages:
         if not addresses:
             raise InputNotFound(f"{uri}: {target.host} has no address")
         if not self._options.allow_private:
-            refused = [a for a in addresses if not is_public_address(a)]
+            refused = [a for a in addresses if not self._is_allowed(a)]
             if refused:
                 raise InputForbidden(
                     f"{uri}: {target.host} resolves to a non-public address ({refused[0]}); "
@@ -213,7 +221,7 @@ class HttpImages:
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             raise InputTooLarge(f"{uri}: {declared} bytes, over the {max_bytes}-byte limit")
         body = bytearray()
-        for chunk in response.iter_bytes(_CHUNK):
+        for chunk in response.iter_bytes():  # as it arrives, so that the deadline is checked on every read
             body += chunk
             if len(body) > max_bytes:
                 raise InputTooLarge(f"{uri}: over the {max_bytes}-byte limit")
