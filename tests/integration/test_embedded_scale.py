@@ -19,8 +19,10 @@ DISTINCT_IMAGES = 5000  # more than the stager's recent-digest memory: old diges
 ROW_GROUP = 10_000
 MAX_GROWTH_MIB = 100
 
+# pyarrow is loaded before the baseline: its libraries are code, not memory that grows with the rows.
 _SUBMIT_CHILD = """
 import json, resource, sys
+import pyarrow.parquet
 from vlmbatch.producer.sources import open_source
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.database import open_ledger
