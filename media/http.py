@@ -192,7 +192,8 @@ class HttpImages:
     def _get(self, uri: str, target: httpx.URL, address: str, max_bytes: int, deadline: float) -> bytes | str:
         """One request, pinned to `address`: the body, or the Location of a redirect."""
         pinned = target.copy_with(host=address)
-        host_header = target.host if target.port is None else f"{target.host}:{target.port}"
+        name = f"[{target.host}]" if ":" in target.host else target.host  # an IPv6 literal keeps its brackets
+        host_header = name if target.port is None else f"{name}:{target.port}"
         extensions: dict[str, Any] = {"sni_hostname": target.host} if target.scheme == "https" else {}
         headers = {"Host": host_header, "User-Agent": self._options.user_agent}
         try:

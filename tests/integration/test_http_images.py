@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -41,10 +42,12 @@ IMAGE = good_jpeg(40, 30, seed=7)
 
 @dataclass
 class ServerLog:
-    """What the server saw: requests per path, User-Agents, and the most requests in flight at once."""
+    """What the server saw: requests per path, User-Agents and Host headers, and the most `/held.jpg`
+    requests held at once."""
 
     hits: dict[str, int] = field(default_factory=dict)
     agents: set[str] = field(default_factory=set)
+    hosts: set[str] = field(default_factory=set)
     in_flight: int = 0
     most_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,19 +63,13 @@ class ImageHandler(BaseHTTPRequestHandler):
         return
 
     def do_GET(self) -> None:
-        log = self.log
-        with log.lock:
-            log.hits[self.path] = log.hits.get(self.path, 0) + 1
-            log.agents.add(self.headers.get("User-Agent", ""))
-            log.in_flight += 1
-            log.most_in_flight = max(log.most_in_flight, log.in_flight)
-        try:
+        with self.log.lock:
+            self.log.hits[self.path] = self.log.hits.get(self.path, 0) + 1
+            self.log.agents.add(self.headers.get("User-Agent", ""))
+            self.log.hosts.add(self.headers.get("Host", ""))
+        # The client gives up on a slow or oversize body, as it should.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._answer()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up on a slow or oversize body, as it should
-        finally:
-            with log.lock:
-                log.in_flight -= 1
 
     def _answer(self) -> None:
         path = self.path
@@ -105,11 +102,18 @@ class ImageHandler(BaseHTTPRequestHandler):
         self._stream(IMAGE[:12], pause=0.2, declared=True)
 
     def _held(self) -> None:
-        """Held open until a second request arrives (or 5 s pass): a third may not come in meanwhile."""
+        """Held open until a second request arrives (or 5 s pass); counted as in flight until the answer
+        starts, so that a client cannot have released its slot while it still counts here."""
+        log = self.log
+        with log.lock:
+            log.in_flight += 1
+            log.most_in_flight = max(log.most_in_flight, log.in_flight)
         deadline = time.monotonic() + 5.0
-        while self.log.in_flight < 2 and time.monotonic() < deadline:
+        while log.in_flight < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.05)
+        with log.lock:
+            log.in_flight -= 1
         self._send(200, IMAGE)
 
     def _to_loopback(self) -> None:
@@ -189,6 +193,19 @@ def _images(**options: Any) -> HttpImages:
 def test_a_good_image_is_fetched_with_our_user_agent(image_server: ImageServer) -> None:
     assert _images().fetch(f"{image_server.base}/good/1.jpg", max_bytes=MAX_BYTES) == IMAGE
     assert image_server.log.agents == {"vlmbatch-test/1.0"}
+
+
+def test_the_connection_goes_to_the_checked_address_under_the_urls_host_name(image_server: ImageServer) -> None:
+    port = image_server.base.rsplit(":", 1)[1]
+    resolved: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return ["127.0.0.2"]
+
+    images = HttpImages(HttpOptions(), resolver=resolver, is_allowed=_only_127_0_0_1_is_private)
+    assert images.fetch(f"http://images.test:{port}/good/1.jpg", max_bytes=MAX_BYTES) == IMAGE
+    assert (resolved, image_server.log.hosts) == (["images.test"], {f"images.test:{port}"})
 
 
 def test_a_404_is_not_found_without_a_retry(image_server: ImageServer) -> None:
