@@ -127,7 +127,9 @@ class ParquetImagesSource:
         try:
             batches = self._parquet.iter_batches(batch_size=BATCH_ROWS)
             for batch in batches:
-                for record in batch.to_pylist():
+                records = batch.to_pylist()
+                self._stager.stage_ahead([blob for record in records for blob in self._embedded_blobs(record)])
+                for record in records:
                     number += 1
                     try:
                         yield f"row {number}", self._spec(record)
@@ -135,6 +137,18 @@ class ParquetImagesSource:
                         yield f"row {number}", exc
         except JobError as exc:  # the S3 reader failed mid-file
             raise SourceError(f"{self._uri}: cannot read the Parquet file ({exc.message})") from exc
+        finally:
+            self._stager.close()
+
+    def _embedded_blobs(self, record: dict[str, Any]) -> Iterator[bytes]:
+        """The embedded image bytes of a row, to stage ahead of its spec."""
+        for name in self._images:
+            cells = record.get(name)
+            for cell in cells if isinstance(cells, list) else [cells]:
+                if isinstance(cell, dict) and isinstance(cell.get("bytes"), bytes) and cell["bytes"]:
+                    yield cell["bytes"]
+                elif isinstance(cell, bytes) and cell:
+                    yield cell
 
     def _spec(self, record: dict[str, Any]) -> JobSpec:
         images: list[str] = []

@@ -23,6 +23,7 @@ from tests.fixtures.embedded import (
     write_mmmu_parquet,
 )
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
+from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import ObjectStores, make_s3_client
 from vlmbatch.producer.sources import open_source
 from vlmbatch.producer.sources.parquet import ColumnChoice
@@ -170,3 +171,14 @@ def test_column_flags_on_a_uri_manifest_are_refused_rather_than_ignored(tmp_path
     manifest.write_text(json.dumps({"image": "a.jpg"}) + "\n")
     with pytest.raises(SourceError, match="apply to Parquet with images and to WebDataset"):
         open_source(str(manifest), question="q", s3_endpoint_url=None, columns=ColumnChoice(reference_column="answer"))
+
+
+def test_staging_the_same_image_to_s3_again_keeps_the_first_object(s3_endpoint: str, s3_bucket: str) -> None:
+    root = f"s3://{s3_bucket}/staged"
+    first = Stager(root, s3_endpoint_url=s3_endpoint).stage(b"figure bytes")
+    again = Stager(root, s3_endpoint_url=s3_endpoint)  # a fresh process: nothing remembered
+    again.stage_ahead([b"figure bytes", b"other bytes"])
+    assert again.stage(b"figure bytes") == first  # the conditional PUT was refused (412) and that is fine
+    listing = make_s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="staged/")
+    assert listing["KeyCount"] == 2
+    assert ObjectStores(s3_endpoint_url=s3_endpoint).fetch(first, max_bytes=100) == b"figure bytes"
