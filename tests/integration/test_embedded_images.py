@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -182,3 +184,18 @@ def test_staging_the_same_image_to_s3_again_keeps_the_first_object(s3_endpoint: 
     listing = make_s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="staged/")
     assert listing["KeyCount"] == 2
     assert ObjectStores(s3_endpoint_url=s3_endpoint).fetch(first, max_bytes=100) == b"figure bytes"
+
+
+def test_a_url_list_parquet_names_its_url_column_and_keeps_the_urls_for_the_worker(tmp_path: Path) -> None:
+    urls = [f"https://images.example.org/{i}.jpg" for i in range(3)]
+    table = pa.table({"url": urls, "caption": [f"caption {i}" for i in range(3)], "width": [64, 65, 66]})
+    pq.write_table(table, tmp_path / "laion.parquet")
+    columns = ColumnChoice(image_columns=("url",), question_column="caption")
+    source = open_source(str(tmp_path / "laion.parquet"), question=None, s3_endpoint_url=None, columns=columns,
+                         stage_to=str(tmp_path / "s"))  # fmt: skip
+    source.validate()
+    specs = list(source.specs())
+    assert [(s.images, s.question, s.meta) for s in specs] == [
+        ((url,), f"caption {i}", {"width": 64 + i}) for i, url in enumerate(urls)
+    ]
+    assert not (tmp_path / "s").exists()  # nothing embedded, nothing staged

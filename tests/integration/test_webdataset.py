@@ -136,3 +136,14 @@ def test_shards_on_s3_are_read_one_member_per_image_by_ranged_gets(
     shard_bytes = min(p.stat().st_size for p in (tmp_path / "shards").iterdir())
     assert max(sizes) * 10 < shard_bytes
     _assert_samples_ran(jobs, expected, s3_endpoint)
+
+
+def test_a_shard_that_is_not_an_uncompressed_tar_refuses_the_source(tmp_path: Path) -> None:
+    import gzip
+
+    folder = tmp_path / "shards"
+    write_shards(folder, shards=1)
+    (folder / "00001.tar").write_bytes(gzip.compress((folder / "00000.tar").read_bytes()))
+    source = open_source(str(folder), question="q?", s3_endpoint_url=None)
+    with pytest.raises(SourceError, match=r"00001.tar: not a readable \(uncompressed\) tar shard"):
+        source.validate()
