@@ -87,6 +87,9 @@ class ImageHandler(BaseHTTPRequestHandler):
     def _flaky(self) -> None:
         self._send(429, b"slow down") if self.log.hits[self.path] == 1 else self._send(200, IMAGE)
 
+    def _down(self) -> None:
+        self._send(503, b"maintenance")
+
     def _noai(self) -> None:
         self._send(200, IMAGE, {"X-Robots-Tag": "noindex, noai"})
 
@@ -140,6 +143,7 @@ class ImageHandler(BaseHTTPRequestHandler):
 
 
 ROUTES = {
+    "/down.jpg": "_down",
     "/flaky.jpg": "_flaky",
     "/noai.jpg": "_noai",
     "/big.jpg": "_big",
@@ -217,6 +221,14 @@ def test_a_404_is_not_found_without_a_retry(image_server: ImageServer) -> None:
 def test_a_429_is_retried_with_backoff_until_the_200(image_server: ImageServer) -> None:
     assert _images().fetch(f"{image_server.base}/flaky.jpg", max_bytes=MAX_BYTES) == IMAGE
     assert image_server.log.hits["/flaky.jpg"] == 2
+
+
+def test_a_server_that_stays_down_is_tried_the_set_number_of_times_then_fails_transient(
+    image_server: ImageServer,
+) -> None:
+    with pytest.raises(StorageTransient, match="HTTP 503"):
+        _images(attempts=3).fetch(f"{image_server.base}/down.jpg", max_bytes=MAX_BYTES)
+    assert image_server.log.hits["/down.jpg"] == 3
 
 
 def test_a_slow_body_is_cut_at_the_whole_download_deadline_and_fails_transient(image_server: ImageServer) -> None:
