@@ -224,9 +224,9 @@ def _huggingface_image_columns(schema: Any) -> list[str]:
         features = json.loads(raw).get("info", {}).get("features", {})
     except (ValueError, AttributeError):
         return []
-    return (
-        [name for name, feature in features.items() if _is_image_feature(feature)] if isinstance(features, dict) else []
-    )
+    if not isinstance(features, dict):
+        return []
+    return [name for name, feature in features.items() if _is_image_feature(feature)]
 
 
 def _is_image_feature(feature: Any) -> bool:
