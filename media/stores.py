@@ -1,8 +1,10 @@
-"""The object store seam: fetch an input's bytes by URI (`s3://bucket/key`, `file:///path` or a plain
-path), mapping every failure onto the error taxonomy. boto3 clients are thread-safe; one is shared."""
+"""The object store seam: fetch an input's bytes by URI (`s3://bucket/key`, `file:///path`, a plain path,
+an `http(s)://` URL, or a member of a tar shard, `tar+<shard URI>#offset=…&size=…`), mapping every
+failure onto the error taxonomy. boto3 clients are thread-safe; one is shared."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import threading
@@ -14,6 +16,9 @@ from vlmbatch.schema.errors import InputNotFound, InputTooLarge, InputUnreadable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from vlmbatch.media.http import HttpImages, HttpOptions
+    from vlmbatch.schema.settings import Settings
 
 # S3 error codes that mean "try again later" (throttling, server-side trouble).
 _TRANSIENT_CODES = frozenset(
@@ -87,6 +92,21 @@ class LocalFiles:
         except IsADirectoryError as exc:
             raise InputNotFound(f"{uri}: is a directory") from exc
 
+    def fetch_range(self, uri: str, *, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` (a member of a tar shard): one seek, one read."""
+        path = local_path(uri)
+        try:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read(size)
+        except FileNotFoundError as exc:
+            raise InputNotFound(f"{uri}: no such file") from exc
+        except (PermissionError, IsADirectoryError) as exc:
+            raise InputUnreadable(f"{uri}: {exc.strerror}") from exc
+        if len(data) != size:
+            raise InputUnreadable(f"{uri}: truncated, {len(data)} of {size} bytes at offset {offset}")
+        return data
+
 
 class S3Objects:
     def __init__(self, endpoint_url: str | None, *, max_pool_connections: int = 32) -> None:
@@ -121,6 +141,73 @@ class S3Objects:
             raise StorageTransient(f"{uri}: read {len(data)} of {size} bytes")
         return data
 
+    def fetch_range(self, uri: str, *, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` (a member of a tar shard) in one ranged GET."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if size == 0:
+            return b""
+        bucket, key = split_s3_uri(uri)
+        try:
+            response = self._s3().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")
+            data = response["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                raise InputUnreadable(f"{uri}: truncated, no bytes at offset {offset}") from exc
+            raise _classify_client_error(uri, exc) from exc
+        except BotoCoreError as exc:
+            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
+        if len(data) != size:
+            raise InputUnreadable(f"{uri}: truncated, {len(data)} of {size} bytes at offset {offset}")
+        return data
+
+    def open_reader(self, uri: str, *, buffer_size: int = 1 << 20) -> io.BufferedReader:
+        """A seekable reader over the object that fetches only the ranges read (Parquet footers, row
+        groups). Raises the same errors as `fetch`."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3_uri(uri)
+        try:
+            size = self._s3().head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except ClientError as exc:
+            raise _classify_client_error(uri, exc) from exc
+        except BotoCoreError as exc:
+            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
+        return io.BufferedReader(_S3RangeFile(self, uri, size), buffer_size=buffer_size)
+
+
+class _S3RangeFile(io.RawIOBase):
+    """A read-only, seekable file over one S3 object: every read is a ranged GET."""
+
+    def __init__(self, objects: S3Objects, uri: str, size: int) -> None:
+        self._objects = objects
+        self._uri = uri
+        self._size = size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._size - self._position)
+        if wanted <= 0:
+            return 0
+        data = self._objects.fetch_range(self._uri, offset=self._position, size=wanted)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
 
 def _classify_client_error(uri: str, exc: Any) -> Exception:
     error = exc.response.get("Error", {})
@@ -138,14 +225,64 @@ def _classify_client_error(uri: str, exc: Any) -> Exception:
 class ObjectStores:
     """Routes each URI to the store of its scheme."""
 
-    def __init__(self, *, s3_endpoint_url: str | None, max_pool_connections: int = 32) -> None:
+    def __init__(
+        self, *, s3_endpoint_url: str | None, max_pool_connections: int = 32, http: HttpOptions | None = None
+    ) -> None:
         self._local = LocalFiles()
         self._s3 = S3Objects(s3_endpoint_url, max_pool_connections=max_pool_connections)
+        self._http_options = http
+        self._http: HttpImages | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectStores:
+        """The stores `settings` configure (S3 endpoint, fetch threads, the http(s) guards)."""
+        from vlmbatch.media.http import HttpOptions
+
+        return cls(
+            s3_endpoint_url=settings.s3_endpoint_url,
+            max_pool_connections=settings.fetch_threads,
+            http=HttpOptions.from_settings(settings),
+        )
+
+    @property
+    def s3(self) -> S3Objects:
+        return self._s3
 
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
+        from vlmbatch.media.shards import is_member_uri
+
+        if is_member_uri(uri):
+            return self._fetch_member(uri, max_bytes=max_bytes)
         scheme = urlparse(uri).scheme
         if scheme == "s3":
             return self._s3.fetch(uri, max_bytes=max_bytes)
         if scheme in ("", "file"):
             return self._local.fetch(uri, max_bytes=max_bytes)
-        raise InputUnsupported(f"{uri}: unsupported URI scheme {scheme!r} (use s3:// or file://)")
+        if scheme in ("http", "https"):
+            return self._web().fetch(uri, max_bytes=max_bytes)
+        raise InputUnsupported(f"{uri}: unsupported URI scheme {scheme!r} (use s3://, file:// or http(s)://)")
+
+    def _fetch_member(self, uri: str, *, max_bytes: int) -> bytes:
+        from vlmbatch.media.shards import parse_member_uri
+
+        try:
+            member = parse_member_uri(uri)
+        except ValueError as exc:
+            raise InputUnsupported(str(exc)) from exc
+        if member.size > max_bytes:
+            raise InputTooLarge(f"{uri}: {member.size} bytes, over the {max_bytes}-byte limit")
+        scheme = urlparse(member.shard).scheme
+        if scheme == "s3":
+            return self._s3.fetch_range(member.shard, offset=member.offset, size=member.size)
+        if scheme in ("", "file"):
+            return self._local.fetch_range(member.shard, offset=member.offset, size=member.size)
+        raise InputUnsupported(f"{uri}: shards must be s3:// or local files")
+
+    def _web(self) -> HttpImages:
+        from vlmbatch.media.http import HttpImages, HttpOptions
+
+        with self._lock:
+            if self._http is None:
+                self._http = HttpImages(self._http_options or HttpOptions())
+            return self._http

@@ -1,7 +1,8 @@
 """`vlmbatch.producer`: making and steering work, and reading it back.
 
-- `sources/` and `submit`: jobs from folders, S3 prefixes and manifests, validated, inserted in bulk and
-  published.
+- `sources/` and `submit`: jobs from folders, S3 prefixes, manifests, Parquet with embedded images
+  (`parquet`), WebDataset shards (`webdataset`), validated, inserted in bulk and published; `locations`
+  resolves every image reference a source holds.
 - `reports/`: `export` (streamed JSONL/Parquet/SFT from one field table: `fields`, `records`, `formats`),
   `stats`, `results`, and `display` (how numbers and texts are shown).
 - `browser/`: the read-only result browser.

@@ -24,6 +24,8 @@ class ErrorType(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    INPUT_OPTED_OUT = "input.opted_out"
+    INPUT_FORBIDDEN = "input.forbidden"
 
 
 class VlmbatchError(Exception):
@@ -130,6 +132,18 @@ class InternalError(JobError):
     error_type = ErrorType.INTERNAL
 
 
+class InputOptedOut(JobError):
+    """The image's server opts it out of AI use (`X-Robots-Tag: noai` or `noimageai`)."""
+
+    error_type = ErrorType.INPUT_OPTED_OUT
+
+
+class InputForbidden(JobError):
+    """The image URL leads to a private, loopback or link-local address, refused by default."""
+
+    error_type = ErrorType.INPUT_FORBIDDEN
+
+
 ERROR_CLASSES: dict[ErrorType, type[JobError]] = {
     cls.error_type: cls
     for cls in (
@@ -144,5 +158,7 @@ ERROR_CLASSES: dict[ErrorType, type[JobError]] = {
         JobTimeout,
         JobCancelled,
         InternalError,
+        InputOptedOut,
+        InputForbidden,
     )
 }

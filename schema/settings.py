@@ -115,6 +115,24 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
 
+    # Where submit stages images embedded in a source (Parquet cells, `data:` URIs) as content-addressed
+    # objects: a folder or an s3:// prefix; None: `<home>/staged`. Workers must be able to read it.
+    stage_to: str | None = None
+    # http(s) images (media/http.py). Seconds to connect, and between two bytes of a response.
+    http_connect_timeout_seconds: float = Field(10.0, gt=0.0)
+    http_read_timeout_seconds: float = Field(30.0, gt=0.0)
+    # The whole download, redirects included: a server trickling bytes cannot hold a fetch thread longer.
+    http_total_timeout_seconds: float = Field(120.0, gt=0.0)
+    # Tries of one URL on 429, 5xx and timeouts (exponential backoff) before the job fails transiently.
+    http_attempts: int = Field(3, ge=1, le=20)
+    # Requests in flight to one host from one worker process: be polite to the hosts of a URL list.
+    http_per_host_connections: int = Field(4, ge=1)
+    http_user_agent: str = "vlmbatch/0.1 (+https://github.com/vlmbatch/vlmbatch)"
+    # Honour `X-Robots-Tag: noai` / `noimageai` (the job fails input.opted_out).
+    http_honour_opt_out: bool = True
+    # Private, loopback and link-local addresses are refused (SSRF); true for internal stores and tests.
+    http_allow_private: bool = False
+
     # Result browser (`vlmbatch serve`): read-only pages over the ledger.
     browser_host: str = "127.0.0.1"
     browser_port: int = Field(8800, ge=0, le=65535)
@@ -125,7 +143,7 @@ class Settings(BaseSettings):
     # Longer side of job image thumbnails, in pixels.
     browser_thumbnail_px: int = Field(512, ge=16, le=4096)
 
-    @field_validator("database_url", "broker_url", "s3_endpoint_url", "openai_base_url")
+    @field_validator("database_url", "broker_url", "s3_endpoint_url", "openai_base_url", "stage_to")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
@@ -148,6 +166,9 @@ class Settings(BaseSettings):
         if self.broker_url:
             return self.broker_url
         return f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    def resolved_stage_to(self) -> str:
+        return self.stage_to or str((self.home / "staged").resolve())
 
     def resolved_inflight_jobs(self) -> int:
         return self.inflight_jobs or 2 * self.max_num_seqs

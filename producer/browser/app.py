@@ -194,7 +194,7 @@ def build_app(settings: Settings, *, token: str | None) -> BrowserApp:
     """The browser over the ledger and object stores that `settings` name."""
     _, sessions = open_readonly_ledger(settings.resolved_database_url())
     thumbnails = Thumbnailer(
-        ObjectStores(s3_endpoint_url=settings.s3_endpoint_url),
+        ObjectStores.from_settings(settings),
         max_px=settings.browser_thumbnail_px,
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.models import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_REPETITION_PENALTY,
@@ -52,6 +53,28 @@ def run_options(fn: F) -> F:
             "--system-prompt-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="Read the system prompt from a file.",
+        ),
+        click.option(
+            "--image-column",
+            help="Parquet: the image column(s), comma-separated, in order (default: `image`, else the "
+            "columns the `huggingface` metadata marks as images).",
+        ),
+        click.option(
+            "--question-column",
+            default="question",
+            show_default=True,
+            help="Parquet / WebDataset: the column (or .json field, or member extension) holding the question.",
+        ),
+        click.option(
+            "--reference-column",
+            default="reference",
+            show_default=True,
+            help="Parquet / WebDataset: the column holding the reference answer (MMMU, MathVista: `answer`).",
+        ),
+        click.option(
+            "--stage-to",
+            help="Folder or s3:// prefix where embedded images are staged once [env VLMBATCH_STAGE_TO; "
+            "default: VLMBATCH_HOME/staged].",
         ),
         click.option("--run", "run_name", help="Run name (default: derived from source, question and settings)."),
         click.option("--model", help="Model id or local folder [env VLMBATCH_MODEL]."),
@@ -216,4 +239,16 @@ def build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         choices=choices,
         json_schema=json_schema,
         system_prompt=resolve_system_prompt(flags["system_prompt"], flags["system_prompt_file"]),
+    )
+
+
+def column_choice(flags: dict[str, Any]) -> ColumnChoice:
+    """The image, question and reference columns the flags name."""
+    images = None
+    if flags["image_column"] is not None:
+        images = tuple(name.strip() for name in flags["image_column"].split(",") if name.strip())
+        if not images:
+            raise click.UsageError("--image-column is empty")
+    return ColumnChoice(
+        image_columns=images, question_column=flags["question_column"], reference_column=flags["reference_column"]
     )

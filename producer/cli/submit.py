@@ -13,6 +13,7 @@ from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import CommandContext, load_context
 from vlmbatch.producer.cli.options import (
     build_run_settings,
+    column_choice,
     engine_options,
     engine_settings,
     resolve_questions,
@@ -20,7 +21,7 @@ from vlmbatch.producer.cli.options import (
     with_engine_args,
 )
 from vlmbatch.producer.cli.render import progress_line, table
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources import open_source, source_notes
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.models import SubmitReport
@@ -43,10 +44,12 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         prompt_template=template,
         stage_dir=(ctx.settings.home / STAGED_IMAGES).resolve(),
         s3_endpoint_url=ctx.settings.s3_endpoint_url,
+        columns=column_choice(flags),
+        stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
     )
     # The run's default name depends on everything that shapes its prompts.
     prompt_identity = "\n".join(questions) + (f"\n{template.text}" if template else "")
-    return submit(
+    report = submit(
         sessions=ctx.sessions,
         publisher=publisher,
         source=source,
@@ -55,14 +58,18 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         run_name=flags["run_name"],
         question=prompt_identity or None,
     )
+    for note in source_notes(source):
+        click.echo(note, err=True)
+    return report
 
 
 @cli.command("submit")
 @click.argument("source")
 @run_options
 def submit_command(source: str, **flags: Any) -> None:
-    """Submit SOURCE (a folder, an s3://bucket/prefix, a .jsonl/.csv/.parquet manifest, or an OpenAI batch
-    .jsonl) as jobs: one per image (or row) and question.
+    """Submit SOURCE (a folder, an s3://bucket/prefix, a .jsonl/.csv/.parquet manifest, a Parquet with
+    embedded images, WebDataset .tar shards (a file, a {00000..00009} pattern, a folder or prefix), or an
+    OpenAI batch .jsonl) as jobs: one per image (or row) and question.
 
     Submitting the same source again adds nothing: jobs are unique per run, images and question."""
     ctx = load_context(queue=flags["queue"])

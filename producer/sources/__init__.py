@@ -11,6 +11,8 @@ from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import JobSpec
 
 if TYPE_CHECKING:
+    from vlmbatch.media.staging import Stager
+    from vlmbatch.producer.sources.parquet import ColumnChoice
     from vlmbatch.producer.sources.prompts import Prompting, PromptTemplate
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -93,36 +95,102 @@ def open_source(
     questions: Sequence[str] = (),
     prompt_template: PromptTemplate | None = None,
     stage_dir: Path | None = None,
+    columns: ColumnChoice | None = None,
+    stage_to: str | None = None,
 ) -> Source:
     """The source for `uri`: an OpenAI batch file (.jsonl whose lines carry `custom_id` and `body`), a
-    manifest file (.jsonl/.csv/.parquet), an `s3://bucket/prefix`, or a local folder. `question` and
-    `questions` apply to every job that does not bring its own (one job per question); `prompt_template`
-    renders each job's text from its row (producer/sources/prompts.py). `stage_dir` is where an OpenAI
-    batch file's `data:` images are written (content-addressed)."""
+    manifest file (.jsonl/.csv/.parquet; a Parquet with embedded images as `datasets` writes it),
+    WebDataset shards (a `.tar`, a brace pattern, or a folder / prefix of shards), an `s3://bucket/prefix`,
+    or a local folder.
+
+    `question` and `questions` apply to every job that does not bring its own (one job per question);
+    `prompt_template` renders each job's text from its row (producer/sources/prompts.py). `columns` names
+    the image, question and reference columns of embedded Parquet and WebDataset samples; `stage_to` is
+    where embedded image bytes are staged (None: embedded bytes are refused); `stage_dir` is where an
+    OpenAI batch file's `data:` images are written (content-addressed)."""
+    from vlmbatch.media.staging import Stager
     from vlmbatch.producer.sources.folder import FolderSource
     from vlmbatch.producer.sources.manifest import ManifestSource
     from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource, is_openai_batch
+    from vlmbatch.producer.sources.parquet import ColumnChoice
     from vlmbatch.producer.sources.prompts import CLI_QUESTION, PromptedSource, Prompting
     from vlmbatch.producer.sources.s3 import S3PrefixSource
+    from vlmbatch.producer.sources.webdataset import (
+        WebDatasetSource,
+        folder_holds_shards,
+        looks_like_shards,
+        prefix_holds_shards,
+    )
 
     asked = ((question,) if question else ()) + tuple(questions)
     prompting = Prompting(questions=asked, template=prompt_template)
     given = CLI_QUESTION if prompting.asks_source else (asked[0] if asked else None)
-    inner: Source
+    columns = columns or ColumnChoice()
     if uri.lower().endswith(".jsonl") and is_openai_batch(uri):
         if asked or prompt_template is not None:
             raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")
         return OpenAIBatchSource(uri, stage_dir=stage_dir)
-    if uri.lower().endswith(MANIFEST_SUFFIXES):
-        inner = ManifestSource(uri, question=given, s3_endpoint_url=s3_endpoint_url)
+    stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url) if stage_to else None
+    inner: Source
+    if looks_like_shards(uri):
+        inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
+    elif uri.lower().endswith(".parquet"):
+        inner = _parquet_source(uri, question=given, columns=columns, stager=stager, s3_endpoint_url=s3_endpoint_url)
+    elif uri.lower().endswith(MANIFEST_SUFFIXES):
+        _refuse_columns_for_manifests(uri, columns)
+        inner = ManifestSource(uri, question=given, s3_endpoint_url=s3_endpoint_url, stager=stager)
     elif uri.startswith("s3://"):
-        inner = S3PrefixSource(uri, question=_required(given, prompting, uri), s3_endpoint_url=s3_endpoint_url)
+        if prefix_holds_shards(uri, s3_endpoint_url=s3_endpoint_url):
+            inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
+        else:
+            _refuse_columns_for_manifests(uri, columns)
+            inner = S3PrefixSource(uri, question=_required(given, prompting, uri), s3_endpoint_url=s3_endpoint_url)
     else:
         path = Path(uri.removeprefix("file://"))
         if not path.is_dir():
-            raise SourceError(f"{uri}: not a folder, an s3:// prefix or a manifest (.jsonl, .csv, .parquet)")
-        inner = FolderSource(path, question=_required(given, prompting, uri))
+            raise SourceError(
+                f"{uri}: not a folder, an s3:// prefix, a manifest (.jsonl, .csv, .parquet) or WebDataset shards (.tar)"
+            )
+        if folder_holds_shards(path):
+            inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
+        else:
+            _refuse_columns_for_manifests(uri, columns)
+            inner = FolderSource(path, question=_required(given, prompting, uri))
     return PromptedSource(inner, prompting)
+
+
+def _parquet_source(
+    uri: str, *, question: str | None, columns: ColumnChoice, stager: Stager | None, s3_endpoint_url: str | None
+) -> Source:
+    """Embedded images (or named image columns) go to ParquetImagesSource; a column of URIs stays a manifest."""
+    from vlmbatch.producer.sources.manifest import ManifestSource
+    from vlmbatch.producer.sources.parquet import ParquetImagesSource, open_parquet_file, wants_embedded_source
+
+    parquet = open_parquet_file(uri, s3_endpoint_url=s3_endpoint_url)
+    if not wants_embedded_source(parquet, columns):
+        _refuse_columns_for_manifests(uri, columns)
+        return ManifestSource(uri, question=question, s3_endpoint_url=s3_endpoint_url, stager=stager)
+    if stager is None:
+        raise SourceError(f"{uri}: embedded images need a staging root (--stage-to)")
+    return ParquetImagesSource(uri, parquet=parquet, question=question, columns=columns, stager=stager)
+
+
+def _refuse_columns_for_manifests(uri: str, columns: ColumnChoice) -> None:
+    """The column flags name columns of embedded Parquet and WebDataset samples: silently ignoring them
+    on a URI manifest would hide a mistake."""
+    from vlmbatch.producer.sources.parquet import ColumnChoice
+
+    if columns != ColumnChoice():
+        raise SourceError(
+            f"{uri}: --image-column, --question-column and --reference-column apply to Parquet with images "
+            "and to WebDataset shards"
+        )
+
+
+def source_notes(source: Source) -> list[str]:
+    """What a source reports besides its jobs (WebDataset samples without an image, for one)."""
+    notes = getattr(source, "notes", None)
+    return list(notes()) if callable(notes) else []
 
 
 def _required(question: str | None, prompting: Prompting, uri: str) -> str:

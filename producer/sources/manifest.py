@@ -1,10 +1,10 @@
 """A manifest file (.jsonl, .csv or .parquet), local or on S3, one job per row.
 
-Columns: `image` (a URI or path; several as a list in JSONL/Parquet or `;`-separated in CSV), optional
-`question` (overrides the CLI question), optional `reference` (the ground-truth answer), optional
-`max_tokens`, `temperature`, `top_p`, `seed` (this row's sampling, in place of the run's), and any other
-columns, kept as the job's metadata. Relative paths are resolved against the manifest's own folder and
-may not leave it.
+Columns: `image` (a URI, path, http(s) URL or base64 `data:` URI; several as a list in JSONL/Parquet or
+`;`-separated in CSV), optional `question` (overrides the CLI question), optional `reference` (the
+ground-truth answer), optional `max_tokens`, `temperature`, `top_p`, `seed` (this row's sampling, in place of
+the run's), and any other columns, kept as the job's metadata. Relative paths are resolved against the
+manifest's own folder and may not leave it.
 
 Malformed rows refuse the whole submit: `validate` reads the manifest once and reports every bad row
 with its line number, before a single job is written. A half-submitted manifest is worse than none.
@@ -23,8 +23,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
 from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
+from vlmbatch.producer.sources.locations import resolve_image_ref
 from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import SAMPLING_COLUMNS, JobParams, JobSpec
 
@@ -38,8 +40,12 @@ class RowError(ValueError):
 
 
 class ManifestSource:
-    def __init__(self, uri: str, *, question: str | None, s3_endpoint_url: str | None) -> None:
+    def __init__(
+        self, uri: str, *, question: str | None, s3_endpoint_url: str | None, stager: Stager | None = None
+    ) -> None:
         self._uri = uri
+        # Where `data:` URIs are staged (producer/sources/locations.py); None refuses them.
+        self._stager = stager
         self._question = question
         self._endpoint = s3_endpoint_url
         self._local: Path | None = None
@@ -110,25 +116,10 @@ class ManifestSource:
             raise RowError(exc.errors()[0]["msg"]) from exc
 
     def _resolve(self, uri: str) -> str:
-        uri = uri.strip()
-        if not uri:
-            raise RowError("an image URI is empty")
-        if uri.startswith("s3://"):
-            return uri
-        if "://" in uri and not uri.startswith("file://"):
-            raise RowError(f"unsupported URI scheme in {uri!r} (use s3://, file:// or a path)")
-        if self._uri.startswith("s3://") and not uri.startswith("file://") and not uri.startswith("/"):
-            base = PurePosixPath(split_s3_uri(self._uri)[1]).parent
-            key = _normalise_relative(base, uri)
-            return f"s3://{split_s3_uri(self._uri)[0]}/{key}"
-        path = local_path(uri)
-        if path.is_absolute():
-            return path.as_uri()
-        root = local_path(self._uri).resolve().parent
-        resolved = (root / path).resolve()
-        if resolved != root and root not in resolved.parents:
-            raise RowError(f"{uri!r} leads outside the manifest's folder")
-        return resolved.as_uri()
+        try:
+            return resolve_image_ref(uri, base_uri=self._uri, stager=self._stager)
+        except ValueError as exc:
+            raise RowError(str(exc)) from exc
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -216,18 +207,6 @@ def _sampling_params(record: dict[str, Any]) -> JobParams | None:
     except ValidationError as exc:
         error = exc.errors()[0]
         raise RowError(f"`{error['loc'][0]}`: {error['msg']}") from exc
-
-
-def _normalise_relative(base: PurePosixPath, relative: str) -> str:
-    parts: list[str] = list(base.parts)
-    for part in PurePosixPath(relative).parts:
-        if part == "..":
-            if not parts:
-                raise RowError(f"{relative!r} leads outside the manifest's prefix")
-            parts.pop()
-        elif part != ".":
-            parts.append(part)
-    return "/".join(parts)
 
 
 def _jsonable(value: Any) -> Any:

@@ -137,6 +137,16 @@ class PromptedSource:
         self._prompting = prompting
 
     @property
+    def inner(self) -> Source:
+        """The source whose rows this one prompts."""
+        return self._inner
+
+    def notes(self) -> list[str]:
+        """What the wrapped source reports besides its jobs (WebDataset samples without an image)."""
+        notes = getattr(self._inner, "notes", None)
+        return list(notes()) if callable(notes) else []
+
+    @property
     def uri(self) -> str:
         return self._inner.uri
 

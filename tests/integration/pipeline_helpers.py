@@ -49,7 +49,7 @@ def running_pipeline(
         settings=settings,
         engine=engine or FakeEngine(settings.model, behaviour),
         sessions=sessions,
-        store=store or ObjectStores(s3_endpoint_url=settings.s3_endpoint_url),
+        store=store or ObjectStores.from_settings(settings),
         publisher=publisher or NullPublisher(),
         worker_id="test-worker",
     )

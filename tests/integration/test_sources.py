@@ -111,7 +111,7 @@ def test_malformed_manifest_rows_refuse_the_whole_submit_naming_each_line(tmp_pa
                 "{not json",
                 json.dumps({"question": "no image"}),
                 json.dumps({"image": "../../etc/passwd.jpg"}),
-                json.dumps({"image": "http://example.com/x.jpg"}),
+                json.dumps({"image": "ftp://example.com/x.jpg"}),
                 json.dumps({"image": 5}),
             ]
         )

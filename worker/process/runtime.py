@@ -43,7 +43,7 @@ def build_pipeline(
         settings=settings,
         engine=engine or build_engine(settings),
         sessions=sessions,
-        store=ObjectStores(s3_endpoint_url=settings.s3_endpoint_url, max_pool_connections=settings.fetch_threads),
+        store=ObjectStores.from_settings(settings),
         publisher=publisher,
         worker_id=settings.resolved_worker_id(),
     )

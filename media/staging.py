@@ -1,0 +1,131 @@
+"""Content-addressed staging of embedded image bytes (Parquet cells, `data:` URIs).
+
+Submit writes each image once under a root (a folder or an `s3://bucket/prefix`) as
+`<root>/sha256/<2 hex>/<64 hex>` and the job references that object like any other file: the SQL
+ledger holds only the URI, the worker reads the object with the store it already has, and identical
+images (the same figure in many rows, a source submitted twice) are stored once. Objects are
+immutable: a name is its content's hash, so writing one again is a no-op and a half-written object
+never becomes visible (local files are renamed into place; S3 PUTs are atomic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mypy_boto3_s3 import S3Client
+
+# Digests this process staged recently: a row group often repeats an image (MMMU's shared figures) and
+# the second submit pass (validate, then insert) sees every image again. Bounded, so memory stays flat.
+_RECENT_DIGESTS = 4096
+_ALREADY_THERE = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+# Concurrent uploads when staging to S3: one PUT's latency would otherwise bound submit.
+_UPLOAD_THREADS = 16
+
+
+class StagingError(Exception):
+    """The staging root cannot be written."""
+
+
+class Stager:
+    """Stages bytes under `root` and returns the staged object's URI (`file://…` or `s3://…`)."""
+
+    def __init__(self, root: str, *, s3_endpoint_url: str | None) -> None:
+        self._root = root.rstrip("/")
+        self._endpoint = s3_endpoint_url
+        self._client: S3Client | None = None
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def root(self) -> str:
+        return self._root
+
+    def stage_ahead(self, blobs: list[bytes]) -> None:
+        """Stage `blobs` at once (S3: on `_UPLOAD_THREADS` threads), so that the `stage` calls that follow
+        find them done. Failures are left for `stage` to raise, on the row that holds the blob."""
+        if not self._root.startswith("s3://") or len(blobs) < 2:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def attempt(data: bytes) -> None:
+            with contextlib.suppress(StagingError):
+                self.stage(data)
+
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="vlmbatch-stage")
+        list(self._executor.map(attempt, blobs))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def stage(self, data: bytes) -> str:
+        """The URI of the object holding `data`, written if it is not there yet. Raises StagingError."""
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            known = self._recent.get(digest)
+            if known is not None:
+                self._recent.move_to_end(digest)
+                return known
+        relative = f"sha256/{digest[:2]}/{digest}"
+        uri = self._stage_s3(relative, data) if self._root.startswith("s3://") else self._stage_local(relative, data)
+        with self._lock:
+            self._recent[digest] = uri
+            if len(self._recent) > _RECENT_DIGESTS:
+                self._recent.popitem(last=False)
+        return uri
+
+    def _stage_local(self, relative: str, data: bytes) -> str:
+        target = local_path(self._root).resolve() / relative
+        if not target.exists():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomically(target, data)
+            except OSError as exc:
+                raise StagingError(f"cannot stage into {self._root}: {exc.strerror or exc}") from exc
+        return target.as_uri()
+
+    def _stage_s3(self, relative: str, data: bytes) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, prefix = split_s3_uri(self._root + "/")
+        key = f"{prefix}{relative}"
+        with self._lock:
+            if self._client is None:
+                self._client = make_s3_client(self._endpoint, max_pool_connections=_UPLOAD_THREADS)
+        try:
+            # One request: a conditional PUT writes the object only if it is absent (412 if it exists). A
+            # store that ignores the condition rewrites identical bytes, which changes nothing.
+            self._client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in _ALREADY_THERE:
+                raise StagingError(f"cannot stage into {self._root}: {type(exc).__name__}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StagingError(f"cannot stage into {self._root}: {type(exc).__name__}: {exc}") from exc
+        return f"s3://{bucket}/{key}"
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Write to a temporary file beside `target`, then rename: readers never see a partial object."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".staging-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

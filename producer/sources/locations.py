@@ -1,0 +1,77 @@
+"""Where a source's image reference points: the one place that turns a cell of a manifest or a Parquet
+column into the URI a job stores. `s3://`, `http(s)://` and `file://` URIs pass through; relative paths
+are resolved against the source's own folder (or S3 prefix) and may not leave it; `data:` URIs are
+decoded and staged (media/staging.py), so that no image bytes ever reach the ledger."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import PurePosixPath
+from urllib.parse import unquote_to_bytes
+
+from vlmbatch.media.staging import Stager, StagingError
+from vlmbatch.media.stores import local_path, split_s3_uri
+
+PASS_THROUGH_SCHEMES = ("s3://", "http://", "https://")
+
+
+def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None) -> str:
+    """The job URI for `ref`, found in the source at `base_uri`. Raises ValueError (a malformed row)."""
+    ref = ref.strip()
+    if not ref:
+        raise ValueError("an image URI is empty")
+    if ref.startswith("data:"):
+        return stage_bytes(decode_data_uri(ref), stager)
+    if ref.lower().startswith(PASS_THROUGH_SCHEMES):
+        return ref
+    if "://" in ref and not ref.startswith("file://"):
+        raise ValueError(f"unsupported URI scheme in {ref[:80]!r} (use s3://, http(s)://, file://, data: or a path)")
+    if base_uri.startswith("s3://") and not ref.startswith("file://") and not ref.startswith("/"):
+        bucket, key = split_s3_uri(base_uri)
+        return f"s3://{bucket}/{_normalise_relative(PurePosixPath(key).parent, ref)}"
+    path = local_path(ref)
+    if path.is_absolute():
+        return path.as_uri()
+    root = local_path(base_uri).resolve().parent
+    resolved = (root / path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ValueError(f"{ref!r} leads outside the source's folder")
+    return resolved.as_uri()
+
+
+def stage_bytes(data: bytes, stager: Stager | None) -> str:
+    """Stage embedded image bytes. Raises ValueError when this source has nowhere to stage them."""
+    if stager is None:
+        raise ValueError("embedded image bytes need a staging root (--stage-to)")
+    if not data:
+        raise ValueError("an embedded image is empty")
+    try:
+        return stager.stage(data)
+    except StagingError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def decode_data_uri(uri: str) -> bytes:
+    """The bytes of a `data:[<type>][;base64],<payload>` URI (RFC 2397). Raises ValueError."""
+    header, comma, payload = uri[len("data:") :].partition(",")
+    if not comma:
+        raise ValueError("a data: URI without a comma")
+    if header.endswith(";base64"):
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("a data: URI whose base64 payload is invalid") from exc
+    return unquote_to_bytes(payload)
+
+
+def _normalise_relative(base: PurePosixPath, relative: str) -> str:
+    parts: list[str] = list(base.parts)
+    for part in PurePosixPath(relative).parts:
+        if part == "..":
+            if not parts:
+                raise ValueError(f"{relative!r} leads outside the source's prefix")
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    return "/".join(parts)

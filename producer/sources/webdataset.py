@@ -1,0 +1,252 @@
+"""WebDataset tar shards (img2dataset's output), local or on S3: one job per sample with an image.
+
+SOURCE is a `.tar` file, a brace pattern (`shard-{00000..00099}.tar`), or a folder / S3 prefix of
+`.tar` shards. A sample is the run of consecutive members sharing a key (the member's path up to the
+first dot of its base name, as WebDataset groups them). Its image members (`jpg jpeg png webp bmp tif
+tiff gif`), in shard order, are the job's images; a `.json` member's fields and `.txt`/`.cls` members
+(by extension) become the job's metadata, where `--question-column` / `--reference-column` may find the
+question and the reference (`--question-column caption`, `--question-column txt`). `shard` and `key`
+are kept in the metadata, so an export names each sample.
+
+Submit reads each shard once, as a stream, to learn where every member's bytes lie; a job stores
+`tar+<shard>#offset=…&size=…` and the worker reads just that range. Samples without an image member are
+counted and reported by submit (`notes`), never dropped in silence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from braceexpand import braceexpand
+from pydantic import ValidationError
+
+from vlmbatch.media.shards import ScannedMember, TarMember, scan_members
+from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
+from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
+from vlmbatch.producer.sources.parquet import ColumnChoice
+from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.models import JobSpec
+
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"})
+TEXT_EXTENSIONS = frozenset({"txt", "cls"})
+SHARD_SUFFIX = ".tar"
+# WebDataset's own split of a member path into (key, extension): up to the first dot of the base name.
+_KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+_SHOWN_KEYS = 10
+_MAX_TEXT_BYTES = 1 << 20
+
+
+def is_brace_pattern(uri: str) -> bool:
+    return bool(re.search(r"\{[^{}]*(\.\.|,)[^{}]*\}", uri))
+
+
+def looks_like_shards(uri: str) -> bool:
+    """A `.tar` file or a brace pattern (the folder and prefix cases are told by `folder_holds_shards`)."""
+    return uri.lower().endswith(SHARD_SUFFIX) or is_brace_pattern(uri)
+
+
+def folder_holds_shards(folder: Path) -> bool:
+    """True when the folder holds `.tar` shards and no image file (walks until it meets an image)."""
+    from vlmbatch.producer.sources.images import looks_like_image
+
+    shards = False
+    for _dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in filenames:
+            if looks_like_image(name):
+                return False
+            shards = shards or name.lower().endswith(SHARD_SUFFIX)
+    return shards
+
+
+def prefix_holds_shards(uri: str, *, s3_endpoint_url: str | None) -> bool:
+    """True when the S3 prefix lists `.tar` shards and no image (pages until it meets an image)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from vlmbatch.producer.sources.images import looks_like_image
+
+    bucket, prefix = split_s3_uri(uri)
+    shards = False
+    try:
+        for page in (
+            make_s3_client(s3_endpoint_url).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        ):
+            for entry in page.get("Contents", []):
+                if looks_like_image(entry["Key"]):
+                    return False
+                shards = shards or entry["Key"].lower().endswith(SHARD_SUFFIX)
+    except (ClientError, BotoCoreError):
+        return False  # S3PrefixSource reports the listing error
+    return shards
+
+
+class WebDatasetSource:
+    def __init__(self, uri: str, *, question: str | None, columns: ColumnChoice, s3_endpoint_url: str | None) -> None:
+        self._uri = uri
+        self._question = question
+        self._columns = columns
+        self._endpoint = s3_endpoint_url
+        self._client: Any = None
+        self._without_image = 0
+        self._without_image_keys: list[str] = []
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def notes(self) -> list[str]:
+        """What submit reports besides its counts: the samples skipped for want of an image."""
+        if not self._without_image:
+            return []
+        shown = ", ".join(self._without_image_keys)
+        more = ", …" if self._without_image > len(self._without_image_keys) else ""
+        return [f"{self._without_image} sample(s) without an image member, not submitted: {shown}{more}"]
+
+    def validate(self, check: SpecCheck | None = None) -> None:
+        errors = RowErrors(self._uri)
+        for where, spec in checked_rows(self, check):
+            if isinstance(spec, ValueError):
+                errors.add(where, spec)
+        errors.raise_if_any()
+
+    def specs(self) -> Iterator[JobSpec]:
+        for where, spec in self.rows():
+            if isinstance(spec, ValueError):
+                raise SourceError(f"{self._uri}: {where}: {spec}")
+            yield spec
+
+    def rows(self) -> Iterator[Row]:
+        self._without_image = 0
+        self._without_image_keys = []
+        shards = list(self.shards())
+        if not shards:
+            raise SourceError(f"{self._uri}: no .tar shards")
+        for shard in shards:
+            for key, members in self._samples(shard):
+                where = f"{shard.rsplit('/', 1)[-1]}:{key}"
+                try:
+                    spec = self._spec(shard, key, members)
+                except ValueError as exc:
+                    yield where, exc
+                    continue
+                if spec is None:
+                    self._without_image += 1
+                    if len(self._without_image_keys) < _SHOWN_KEYS:
+                        self._without_image_keys.append(where)
+                    continue
+                yield where, spec
+
+    def shards(self) -> Iterator[str]:
+        """The shard URIs (`file://…` or `s3://…`) in order."""
+        if is_brace_pattern(self._uri):
+            for uri in braceexpand(self._uri):
+                yield uri if uri.startswith("s3://") else local_path(uri).resolve().as_uri()
+        elif self._uri.lower().endswith(SHARD_SUFFIX):
+            yield self._uri if self._uri.startswith("s3://") else local_path(self._uri).resolve().as_uri()
+        elif self._uri.startswith("s3://"):
+            bucket, prefix = split_s3_uri(self._uri)
+            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for entry in page.get("Contents", []):
+                    if entry["Key"].lower().endswith(SHARD_SUFFIX):
+                        yield f"s3://{bucket}/{entry['Key']}"
+        else:
+            root = local_path(self._uri).resolve()
+            yield from (path.as_uri() for path in sorted(root.rglob(f"*{SHARD_SUFFIX}")) if path.is_file())
+
+    # -- samples ---------------------------------------------------------------------------------------
+
+    def _samples(self, shard: str) -> Iterator[tuple[str, list[tuple[str, TarMember, bytes | None]]]]:
+        """(key, [(extension, member, text or json bytes)]) per run of members sharing a key."""
+        key: str | None = None
+        members: list[tuple[str, TarMember, bytes | None]] = []
+        with self._open(shard) as stream:
+            try:
+                for scanned in scan_members(shard, stream):
+                    parts = _KEY_AND_EXTENSION.match(scanned.member.name)
+                    if parts is None:
+                        continue
+                    if parts.group(1) != key:
+                        if key is not None:
+                            yield key, members
+                        key, members = parts.group(1), []
+                    extension = parts.group(2).lower()
+                    members.append((extension, scanned.member, _small_content(extension, scanned)))
+            except tarfile.TarError as exc:
+                raise SourceError(f"{shard}: not a readable (uncompressed) tar shard: {exc}") from exc
+        if key is not None:
+            yield key, members
+
+    def _spec(self, shard: str, key: str, members: list[tuple[str, TarMember, bytes | None]]) -> JobSpec | None:
+        images = [member.uri() for extension, member, _ in members if extension.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+        if not images:
+            return None
+        meta: dict[str, Any] = {}
+        for extension, _, content in members:
+            if content is None:
+                continue
+            if extension == "json":
+                try:
+                    fields = json.loads(content)
+                except ValueError as exc:
+                    raise ValueError(f"`{key}.json` is not valid JSON") from exc
+                meta.update(fields if isinstance(fields, dict) else {"json": fields})
+            else:
+                meta[extension] = content.decode("utf-8", errors="replace").strip()
+        meta.update(shard=shard, key=key)
+        question = meta.get(self._columns.question_column) or self._question
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"no question (no `{self._columns.question_column}` in the sample and no --question)")
+        reference = meta.get(self._columns.reference_column)
+        if reference is not None and not isinstance(reference, str | int | float):
+            raise ValueError(f"`{self._columns.reference_column}` must be text or a number")
+        try:
+            return JobSpec(
+                images=tuple(images),
+                question=question,
+                reference=None if reference in (None, "") else str(reference),
+                meta=meta,
+            )
+        except ValidationError as exc:
+            raise ValueError(exc.errors()[0]["msg"]) from exc
+
+    @contextmanager
+    def _open(self, shard: str) -> Iterator[IO[bytes]]:
+        if not shard.startswith("s3://"):
+            path = local_path(shard)
+            if not path.is_file():
+                raise SourceError(f"{shard}: no such shard")
+            with path.open("rb") as handle:
+                yield handle
+            return
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3_uri(shard)
+        try:
+            body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
+        except (ClientError, BotoCoreError) as exc:
+            raise SourceError(f"{shard}: cannot read the shard ({type(exc).__name__})") from exc
+        try:
+            yield body
+        finally:
+            body.close()
+
+    def _s3(self) -> Any:
+        if self._client is None:
+            self._client = make_s3_client(self._endpoint)
+        return self._client
+
+
+def _small_content(extension: str, scanned: ScannedMember) -> bytes | None:
+    """The bytes of a metadata member (`.json`, `.txt`, `.cls`), bounded; None for any other member."""
+    if extension != "json" and extension not in TEXT_EXTENSIONS:
+        return None
+    if scanned.member.size > _MAX_TEXT_BYTES:
+        raise SourceError(f"{scanned.member.shard}: {scanned.member.name} is over {_MAX_TEXT_BYTES} bytes")
+    return scanned.read()
