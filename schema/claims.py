@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.states import AttemptOutcome, JobState
 from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
 
@@ -38,6 +39,8 @@ class ClaimedJob:
     attempts_used: int = 1
     # Graded-correct samples the job already has (accept-until-M runs).
     accepted_samples: int = 0
+    # The question's options, from the job's `options` metadata column (the choice grader reads them).
+    options: tuple[str, ...] | None = None
 
 
 def _claimable(now: datetime) -> Any:
@@ -147,6 +150,7 @@ def _open_attempts(
             transient_failures=job.transient_failures,
             attempts_used=job.attempt_count + 1 - job.attempt_base,
             accepted_samples=job.accepted_samples,
+            options=parse_options((job.meta or {}).get("options")),
         )
         for job, attempt_id in zip(jobs, attempt_ids, strict=True)
     ]

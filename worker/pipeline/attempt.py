@@ -55,7 +55,10 @@ def generation_report(job: ClaimedJob, run: RunSettings, generation: Generation,
     (succeeded or truncated), and whether an accept-until-M job needs another sampling round."""
     opened = generation.trace_opened_by_prompt
     samples = review(
-        [to_sample(i, c, opened_by_prompt=opened) for i, c in enumerate(generation.completions)], run, job.reference
+        [to_sample(i, c, opened_by_prompt=opened) for i, c in enumerate(generation.completions)],
+        run,
+        job.reference,
+        options=job.options,
     )
     accepted = sum(1 for s in samples if s.correct)
     outcome = attempt_outcome(samples)
@@ -121,4 +124,7 @@ async def run_attempt(
         clock.gpu_seconds = time_share.leave(share) * tensor_parallel_size
     clock.generation_s = time.perf_counter() - started
     clock.first_token_s = generation.first_token_s
-    return generation_report(job, run.settings, generation, clock.timings())
+    if run.settings.grader is None:
+        return generation_report(job, run.settings, generation, clock.timings())
+    # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
+    return await asyncio.to_thread(generation_report, job, run.settings, generation, clock.timings())
