@@ -24,12 +24,11 @@ numbers are extracted. Superscripts are not decimal digits, so "10" followed by 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
-
-import importlib.metadata
-from collections.abc import Sequence
 
 from vlmbatch.schema.grading.choice import CHOICE_LETTERS, extract_choice, parse_options
 from vlmbatch.schema.grading.latex import BOX_OPEN, extract_boxed

@@ -21,6 +21,7 @@ MAX_OPTIONS_CHARS: Final = 20_000
 
 # --- Multiple choice -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Patterns:
     statement: re.Pattern[str]
@@ -43,7 +44,8 @@ def _patterns(letters: str) -> _Patterns:
     statement = rf"""
         (?: {ANSWER_MARKER}
           | \b(?i:option|choice)(?:[ \t]++(?i:is)\b[ \t]*+:?+ | [ \t]*+:)
-          | \b(?i:i)(?:[ \t]*+['\u2019](?i:d|ll) | [ \t]++(?i:would|will))?+[ \t]++(?i:choose|pick|select|go[ \t]++with)\b
+          | \b(?i:i)(?:[ \t]*+['\u2019](?i:d|ll) | [ \t]++(?i:would|will))?+
+            [ \t]++(?i:choose|pick|select|go[ \t]++with)\b
         )
         \s{{0,8}}+ [(\[]?+ [ \t]*+ (?:(?i:option|choice)[ \t]++)?+
         {letter}

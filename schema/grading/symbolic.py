@@ -41,8 +41,10 @@ _pool: pebble.ProcessPool | None = None
 
 def symbolically_equal(answer: str, reference: str) -> bool:
     """Whether math-verify shows the final answer `answer` equal to `reference` (LaTeX or plain math; text
-    with `$` delimiters is read as math-verify reads prose, its last formula counting). False when either side is empty or too long, when math-verify cannot parse
-    one, and when the comparison did not finish within SYMBOLIC_TIMEOUT_S."""
+    with `$` delimiters is read as math-verify reads prose, its last formula counting).
+
+    False when either side is empty or too long, when math-verify cannot parse one, and when the
+    comparison did not finish within SYMBOLIC_TIMEOUT_S."""
     answer, reference = answer.strip(), reference.strip()
     if not answer or not reference or max(len(answer), len(reference)) > MAX_SYMBOLIC_CHARS:
         return False
@@ -62,8 +64,8 @@ def _compare(answer: str, reference: str) -> bool:
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     targets = (LatexExtractionConfig(), ExprExtractionConfig())
-    gold = parse(_as_math(reference), extraction_config=targets, parsing_timeout=None)  # type: ignore[arg-type]
-    predicted = parse(_as_math(answer), extraction_config=targets, parsing_timeout=None)  # type: ignore[arg-type]
+    gold = parse(_as_math(reference), extraction_config=targets, parsing_timeout=None)
+    predicted = parse(_as_math(answer), extraction_config=targets, parsing_timeout=None)
     return bool(gold and predicted and verify(gold, predicted, timeout_seconds=None))
 
 
@@ -97,6 +99,6 @@ def _stop_pool() -> None:
     global _pool
     with _pool_lock:
         if _pool is not None:
-            _pool.stop()
+            _pool.stop()  # type: ignore[no-untyped-call]
             _pool.join(timeout=5)
             _pool = None

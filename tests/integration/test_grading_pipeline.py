@@ -61,13 +61,19 @@ def test_an_mmmu_options_column_lets_an_answer_state_the_options_text(sqlite_url
 
 def test_boxed_answers_are_compared_symbolically_on_the_workers_threads(sqlite_url: str, tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "sin 45?", "reference": "\\sqrt{2}/2"}])
-    behaviour = FakeBehaviour(answer_cycle=("\\boxed{\\frac{\\sqrt2}{2}}", "\\boxed{\\frac{1}{\\sqrt{2}}}", "\\boxed{2}"))
+    behaviour = FakeBehaviour(
+        answer_cycle=("\\boxed{\\frac{\\sqrt2}{2}}", "\\boxed{\\frac{1}{\\sqrt{2}}}", "\\boxed{2}")
+    )
     with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
         run_id = submit_folder(sessions, manifest, grader="boxed", samples=3)
         pipeline.feed_run(run_id).result(timeout=60)
     with sessions() as session:
         graded = session.execute(select(Result.correct, Result.grader_version).order_by(Result.sample_index)).all()
-    assert graded == [(True, grader_version("boxed")), (True, grader_version("boxed")), (False, grader_version("boxed"))]
+    assert graded == [
+        (True, grader_version("boxed")),
+        (True, grader_version("boxed")),
+        (False, grader_version("boxed")),
+    ]
     assert "math-verify" in grader_version("boxed")
 
 

@@ -197,7 +197,9 @@ BOXED_CASES = [
     # math-verify: symbolic equivalence of what our extraction found in the last box.
     pytest.param("\\boxed{\\frac{1}{2}}", "0.5", "\\frac{1}{2}", True, id="mv_fraction_vs_decimal"),
     pytest.param("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt2}{2}", "\\sqrt{2}/2", True, id="mv_root_over_two"),
-    pytest.param("\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", True, id="mv_rationalized"),
+    pytest.param(
+        "\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", True, id="mv_rationalized"
+    ),
     pytest.param("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", "2\\sqrt{2}", True, id="mv_simplified_root"),
     pytest.param("\\boxed{x^2+2x+1}", "(x+1)^2", "x^2+2x+1", True, id="mv_expanded_polynomial"),
     pytest.param("\\boxed{x^2+1}", "(x+1)^2", "x^2+1", False, id="mv_different_polynomial"),
@@ -244,7 +246,9 @@ def test_a_runaway_symbolic_comparison_is_cut_off_and_counts_as_not_equal() -> N
 def test_math_verify_grades_on_worker_threads() -> None:
     # Its signal-based timeouts would raise off the main thread; ours are a child process's.
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as threads:
-        verdicts = list(threads.map(lambda pair: symbolically_equal(*pair), [("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}")] * 8))
+        verdicts = list(
+            threads.map(lambda pair: symbolically_equal(*pair), [("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}")] * 8)
+        )
     assert verdicts == [True] * 8
 
 
