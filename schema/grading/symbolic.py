@@ -32,6 +32,12 @@ MAX_SYMBOLIC_CHARS: Final = 400
 SYMBOLIC_TIMEOUT_S: Final = 3.0
 # Comparisons in flight at once (worker threads grading concurrently share the pool).
 POOL_PROCESSES: Final = 2
+# How long a caller waits in all: its turn in the pool, a child's first start (importing sympy), the
+# comparison. It bounds the wait even when no child can start (a script that spawns without a
+# `__main__` guard), where the per-comparison timeout would never begin.
+WAIT_LIMIT_S: Final = 60.0
+# Address space of a child: sympy can also grow a number past any memory in those seconds.
+CHILD_MEMORY_BYTES: Final = 4 << 30
 MATH_VERIFY_VERSION: Final = importlib.metadata.version("math-verify")
 
 _log = logging.getLogger(__name__)
@@ -50,9 +56,10 @@ def symbolically_equal(answer: str, reference: str) -> bool:
         return False
     future = _process_pool().schedule(_compare, args=(answer, reference), timeout=SYMBOLIC_TIMEOUT_S)
     try:
-        return bool(future.result())
+        return bool(future.result(timeout=WAIT_LIMIT_S))
     except concurrent.futures.TimeoutError:
-        _log.warning("symbolic comparison gave up after %.0f s (%d-character answer)", SYMBOLIC_TIMEOUT_S, len(answer))
+        future.cancel()
+        _log.warning("symbolic comparison gave up (%d-character answer)", len(answer))
         return False
     except Exception:  # the child died or math-verify raised: not shown equal
         _log.warning("symbolic comparison failed", exc_info=True)
@@ -77,8 +84,11 @@ def _as_math(text: str) -> str:
 def _warm_up() -> None:
     """Runs once in each child before it takes work, so that importing sympy (about a second) never counts
     against a comparison's time."""
+    import resource
+
     import math_verify
 
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_BYTES, CHILD_MEMORY_BYTES))
     # It warns once per process that its timeouts are off: they are, on purpose (module docstring).
     logging.getLogger(math_verify.__name__).setLevel(logging.ERROR)
     _compare("1", "1")
