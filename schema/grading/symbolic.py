@@ -58,7 +58,7 @@ def symbolically_equal(answer: str, reference: str) -> bool:
     try:
         return bool(future.result(timeout=WAIT_LIMIT_S))
     except concurrent.futures.TimeoutError:
-        future.cancel()
+        future.cancel()  # type: ignore[no-untyped-call]
         _log.warning("symbolic comparison gave up (%d-character answer)", len(answer))
         return False
     except Exception:  # the child died or math-verify raised: not shown equal
