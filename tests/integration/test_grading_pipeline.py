@@ -59,6 +59,18 @@ def test_an_mmmu_options_column_lets_an_answer_state_the_options_text(sqlite_url
     assert graded == [("B", True, "choice", version), ("A", False, "choice", version), ("B", True, "choice", version)]
 
 
+def test_a_question_with_nine_options_has_nine_letters(sqlite_url: str, tmp_path: Path) -> None:
+    options = [f"option {n}" for n in range(1, 10)]
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "Which?", "reference": "H", "options": options}])
+    behaviour = FakeBehaviour(answer_cycle=("The answer is H.", "option 8", "I"))
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, grader="choice", samples=3)  # "H" is a usable reference here
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        graded = session.execute(select(Result.extracted_answer, Result.correct).order_by(Result.sample_index)).all()
+    assert graded == [("H", True), ("H", True), ("I", False)]
+
+
 def test_boxed_answers_are_compared_symbolically_on_the_workers_threads(sqlite_url: str, tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "sin 45?", "reference": "\\sqrt{2}/2"}])
     behaviour = FakeBehaviour(
