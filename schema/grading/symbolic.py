@@ -54,14 +54,16 @@ def symbolically_equal(answer: str, reference: str) -> bool:
     answer, reference = answer.strip(), reference.strip()
     if not answer or not reference or max(len(answer), len(reference)) > MAX_SYMBOLIC_CHARS:
         return False
-    future = _process_pool().schedule(_compare, args=(answer, reference), timeout=SYMBOLIC_TIMEOUT_S)
+    future = None
     try:
+        future = _process_pool().schedule(_compare, args=(answer, reference), timeout=SYMBOLIC_TIMEOUT_S)
         return bool(future.result(timeout=WAIT_LIMIT_S))
     except concurrent.futures.TimeoutError:
-        future.cancel()  # type: ignore[no-untyped-call]
+        if future is not None:
+            future.cancel()  # type: ignore[no-untyped-call]
         _log.warning("symbolic comparison gave up (%d-character answer)", len(answer))
         return False
-    except Exception:  # the child died or math-verify raised: not shown equal
+    except Exception:  # no child could start, the child died, or math-verify raised: not shown equal
         _log.warning("symbolic comparison failed", exc_info=True)
         return False
 

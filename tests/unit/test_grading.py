@@ -20,6 +20,7 @@ from vlmbatch.schema.grading import (
     normalize_reference,
     numbers_agree,
     parse_options,
+    symbolic,
     symbolically_equal,
 )
 from vlmbatch.schema.grading.symbolic import MATH_VERIFY_VERSION, MAX_SYMBOLIC_CHARS
@@ -250,6 +251,16 @@ def test_math_verify_grades_on_worker_threads() -> None:
             threads.map(lambda pair: symbolically_equal(*pair), [("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}")] * 8)
         )
     assert verdicts == [True] * 8
+
+
+def test_without_a_child_process_the_comparison_is_not_shown_equal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pool() -> None:
+        raise OSError("no process can be started")
+
+    monkeypatch.setattr(symbolic, "_process_pool", no_pool)
+    assert symbolically_equal("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}") is False
+    # Our own comparison still grades: 1/2 and 0.5 are equal numbers without math-verify.
+    assert grade("boxed", "\\boxed{\\frac{1}{2}}", "0.5").correct is True
 
 
 def test_overlong_answers_are_not_compared_symbolically() -> None:
