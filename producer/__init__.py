@@ -3,8 +3,9 @@
 - `sources/` and `submit`: jobs from folders, S3 prefixes, manifests, Parquet with embedded images
   (`parquet`), WebDataset shards (`webdataset`), validated, inserted in bulk and published; `locations`
   resolves every image reference a source holds.
-- `reports/`: `export` (streamed JSONL/Parquet/SFT from one field table: `fields`, `records`, `formats`),
-  `stats`, `results`, and `display` (how numbers and texts are shown).
+- `reports/`: `export` (streamed JSONL/Parquet/SFT/InternVL from one field table: `fields`, `records`,
+  `formats`; the OpenAI Batch output and error files: `openai_batch`), `stats`, `results`, and `display`
+  (how numbers and texts are shown).
 - `browser/`: the read-only result browser.
 - `cli/`: the `vlmbatch` command line, thin commands over the parts above and over the worker's entry
   points (`python -m vlmbatch.producer.cli` is the same command).

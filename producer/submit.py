@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.sources import RowErrors, Source, SpecCheck, checked_rows
 from vlmbatch.schema.enqueue import PostgresStaging, StagedRow, insert_jobs, new_job_ids, staged_row
-from vlmbatch.schema.grading import normalize_reference
+from vlmbatch.schema.grading import normalize_reference, parse_options
 from vlmbatch.schema.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.runs import create_or_reuse_run, get_or_create_run
 from vlmbatch.worker.transport.publisher import Publisher
@@ -119,6 +119,6 @@ def _reference_check(settings: RunSettings) -> SpecCheck | None:
 
     def check(spec: JobSpec) -> None:
         if spec.reference is not None:
-            normalize_reference(grader, spec.reference)
+            normalize_reference(grader, spec.reference, options=parse_options((spec.meta or {}).get("options")))
 
     return check

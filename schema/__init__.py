@@ -2,7 +2,8 @@
 
 - `settings` (the one pydantic-settings class), `models` (what crosses a boundary: run settings, job specs,
   reports), `errors` (the exception tree, 1:1 with the stored error types), `states`, `reasoning` (the
-  `<think>` markers and the trace/answer split), `grading/` (the graders, pure functions).
+  `<think>` markers and the trace/answer split), `grading/` (the graders; `symbolic` runs math-verify in
+  a bounded child process).
 - `tables` (SQLAlchemy models), `database` (engines, sessions, migrations; `migrations/` is Alembic's).
 - Ledger operations, one concept each: `runs`, `enqueue` (bulk inserts), `claims` (leases),
   `outcomes` (fenced writes), `reconcile`, `resubmit`, `status`, `standing` (which results stand).

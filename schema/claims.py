@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.states import AttemptOutcome, JobState
 from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
 
@@ -40,6 +41,8 @@ class ClaimedJob:
     accepted_samples: int = 0
     # The job's own request settings (schema.models.JobParams as JSON), for every attempt.
     params: dict[str, Any] | None = None
+    # The question's options, from the job's `options` metadata column (the choice grader reads them).
+    options: tuple[str, ...] | None = None
 
 
 def _claimable(now: datetime) -> Any:
@@ -150,6 +153,7 @@ def _open_attempts(
             attempts_used=job.attempt_count + 1 - job.attempt_base,
             accepted_samples=job.accepted_samples,
             params=job.params,
+            options=parse_options((job.meta or {}).get("options")),
         )
         for job, attempt_id in zip(jobs, attempt_ids, strict=True)
     ]

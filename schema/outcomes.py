@@ -37,6 +37,8 @@ class SampleRecord:
     extracted_answer: str | None = None
     correct: bool | None = None
     valid: bool | None = None
+    grader: str | None = None
+    grader_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ def _result_values(report: AttemptReport, sample: SampleRecord, now: datetime) -
         "extracted_answer": sample.extracted_answer,
         "correct": sample.correct,
         "valid": sample.valid,
+        "grader": sample.grader,
+        "grader_version": sample.grader_version,
         "created_at": now,
     }
 

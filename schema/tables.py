@@ -175,4 +175,7 @@ class Result(Base):
     # Whether the answer obeys the run's constraint (one of --choices, or JSON matching --json-schema);
     # None when the run has no constraint.
     valid: Mapped[bool | None] = mapped_column(Boolean)
+    # What graded it (None when the run has no grader): the grader's name and `grading.grader_version`.
+    grader: Mapped[str | None] = mapped_column(String(16))
+    grader_version: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

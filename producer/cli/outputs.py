@@ -10,7 +10,13 @@ import click
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import table
-from vlmbatch.producer.reports.export import EXPORT_FORMATS, ExportFilter, ExportFormat, export_run
+from vlmbatch.producer.reports.export import (
+    EXPORT_FORMATS,
+    ExportFilter,
+    ExportFormat,
+    default_errors_path,
+    export_run,
+)
 from vlmbatch.producer.reports.stats import PERCENTILES, RunStats, Totals, run_stats
 from vlmbatch.schema.runs import get_run
 from vlmbatch.schema.states import JobState
@@ -38,7 +44,14 @@ def _finished_states(value: str) -> tuple[JobState, ...]:
     help="File to write (replaced once complete).",
 )
 @click.option(
-    "--status", "statuses", default=JobState.SUCCEEDED.value, show_default=True, help="Job states, comma-separated."
+    "--errors-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="openai format: the error file (default: <out>.errors.jsonl).",
+)
+@click.option(
+    "--status",
+    "statuses",
+    help="Job states, comma-separated. Default: succeeded; every finished state for the openai format.",
 )
 @click.option("--only-correct", is_flag=True, help="Only samples graded correct.")
 @click.option("--max-trace-tokens", type=click.IntRange(0), help="Drop samples with more reasoning tokens than this.")
@@ -47,23 +60,46 @@ def export_command(
     run: str,
     fmt: ExportFormat,
     out: Path,
-    statuses: str,
+    errors_out: Path | None,
+    statuses: str | None,
     only_correct: bool,
     max_trace_tokens: int | None,
     as_json: bool,
 ) -> None:
     """Write the standing samples of RUN's jobs (an id or a name) to --out: jsonl (every field), parquet
-    (typed columns) or sft (chat records with the trace, for fine-tuning). One record per sample."""
+    (typed columns), sft or internvl (chat records with the trace, for fine-tuning; one per sample), or
+    openai (the OpenAI Batch output file, one line per job, and its error file of failed jobs)."""
+    if fmt == "openai":
+        if only_correct or max_trace_tokens is not None:
+            raise click.UsageError("--only-correct and --max-trace-tokens do not apply to --format openai")
+        errors_out = errors_out or default_errors_path(out)
+        if errors_out.resolve() == out.resolve():
+            raise click.BadParameter("must differ from --out", param_hint="--errors-out")
+    elif errors_out is not None:
+        raise click.UsageError("--errors-out only applies to --format openai")
+    default = ",".join(s.value for s in JobState if s.terminal) if fmt == "openai" else JobState.SUCCEEDED.value
     selection = ExportFilter(
-        states=_finished_states(statuses), only_correct=only_correct, max_trace_tokens=max_trace_tokens
+        states=_finished_states(statuses or default), only_correct=only_correct, max_trace_tokens=max_trace_tokens
     )
     ctx = load_context()
     with ctx.sessions() as session:
         target = get_run(session, run)
-    report = export_run(ctx.sessions, run=target, fmt=fmt, out=out, selection=selection)
+    report = export_run(ctx.sessions, run=target, fmt=fmt, out=out, errors_out=errors_out, selection=selection)
     if as_json:
-        payload = {"run": report.run_id, "format": report.format, "path": str(report.path), "rows": report.rows}
+        payload: dict[str, object] = {
+            "run": report.run_id,
+            "format": report.format,
+            "path": str(report.path),
+            "rows": report.rows,
+        }
+        if report.errors_path is not None:
+            payload |= {"errors_path": str(report.errors_path), "errors": report.errors}
         click.echo(json.dumps(payload))
+    elif report.errors_path is not None:
+        click.echo(
+            f"run {target.id} ({target.name}): wrote {report.rows} jobs to {report.path} and "
+            f"{report.errors} failed jobs to {report.errors_path} (openai)"
+        )
     else:
         click.echo(f"run {target.id} ({target.name}): wrote {report.rows} samples to {report.path} ({fmt})")
 

@@ -1,4 +1,5 @@
-"""Exporting a run's standing results: JSONL, Parquet, and SFT chat records, streamed in flat memory.
+"""Exporting a run's standing results: JSONL, Parquet, SFT and InternVL chat records, and the OpenAI Batch
+output format, streamed in flat memory.
 
 What is exported: the *standing* results of a run, i.e. the result rows (one per sample) of the attempts
 made since each job's last (re)submission (`schema.standing`: the current attempt, or every sampling
@@ -22,7 +23,8 @@ Formats
      "answer": "...", "reasoning": "..." | null, "raw_text": "...", "finish_reason": "stop" | "length" | null,
      "trace_closed": true, "prompt_tokens": 1234 | null, "completion_tokens": 456,
      "reasoning_tokens": 400 | null, "answer_tokens": 56 | null, "extracted_answer": "B" | null,
-     "correct": true | null, "gpu_seconds": 0.8 | null,
+     "correct": true | null, "grader": "boxed" | null, "grader_version": "vlmbatch 0.1.0; math-verify 0.9.0" | null,
+     "gpu_seconds": 0.8 | null,
      "timings": {"queue_wait_s": ..., "fetch_s": ..., "decode_s": ..., "generation_s": ..., "first_token_s": ...}}
 
     `prompt_tokens`, `gpu_seconds` and `timings` belong to the attempt (shared by its samples); the other
@@ -46,11 +48,31 @@ similar fine-tuning frameworks read directly::
     struct type for `messages` (with mismatched keys, `datasets` falls back to an untyped Json feature).
     A trace that never closed (a truncated sample, exported only when asked for with `states`) is written
     as it was produced: `<think>\\ntrace` with no `</think>` and no answer.
+
+`internvl`: one LLaVA-style record per sample, as InternVL's (and Qwen-VL's LLaVA-format) fine-tuning
+scripts read them::
+
+    {"id": "7-9-0", "image": "s3://bucket/a.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nquestion"},
+                       {"from": "gpt", "value": "<think>\\ntrace\\n</think>\\n\\nanswer"}]}
+
+    `id` is `<job>-<attempt>-<sample>`. Several images: `"image": [...]` and the human turn starts
+    `Image-1: <image>\\nImage-2: <image>\\n`; no image: no `image` key. The reply is written like `sft`'s.
+    (`image` is a string or a list, as InternVL's format has it: `datasets` loads a file that mixes
+    the two as its untyped Json feature, and one whose jobs agree as a string or list column.)
+
+`openai`: the OpenAI Batch API's output file, one line per job, and its error file (`<out>.errors.jsonl`
+unless named), one line per failed or cancelled job: every job's `custom_id` once across the two.
+openai_batch.py has the line format. It takes every finished state by default, and no sample filter
+(a filter would drop jobs from both files).
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +80,27 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.reports.fields import parquet_schema
 from vlmbatch.producer.reports.formats import EXPORT_FORMATS, ROW_GROUP_ROWS, ExportFormat, open_writer
-from vlmbatch.producer.reports.records import PAGE_ROWS, ExportFilter, iter_records, standing_results
+from vlmbatch.producer.reports.openai_batch import OpenAIBatchWriter, error_line, write_line
+from vlmbatch.producer.reports.records import (
+    PAGE_ROWS,
+    ExportFilter,
+    iter_failed_jobs,
+    iter_records,
+    standing_results,
+)
+from vlmbatch.schema.states import JobState
 from vlmbatch.schema.tables import Run
+
+# The OpenAI format's split: jobs with standing samples go to the output file, the others to the errors.
+_WITH_SAMPLES = (JobState.SUCCEEDED, JobState.TRUNCATED)
+_WITHOUT_SAMPLES = (JobState.FAILED, JobState.CANCELLED)
 
 __all__ = [
     "EXPORT_FORMATS",
     "ExportFilter",
     "ExportFormat",
     "ExportReport",
+    "default_errors_path",
     "export_run",
     "iter_records",
     "parquet_schema",
@@ -78,7 +113,16 @@ class ExportReport:
     run_id: int
     format: ExportFormat
     path: Path
+    # Records written: samples, or jobs (lines) for `openai`.
     rows: int
+    # `openai` only: the error file and its lines (failed and cancelled jobs).
+    errors_path: Path | None = None
+    errors: int = 0
+
+
+def default_errors_path(out: Path) -> Path:
+    """Where the `openai` format's error file goes unless named: `o.jsonl` → `o.errors.jsonl`."""
+    return out.with_name(f"{out.stem}.errors{out.suffix or '.jsonl'}")
 
 
 def export_run(
@@ -88,19 +132,24 @@ def export_run(
     fmt: ExportFormat,
     out: Path,
     selection: ExportFilter | None = None,
+    errors_out: Path | None = None,
     page_rows: int = PAGE_ROWS,
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> ExportReport:
     """Write `run`'s standing samples that pass `selection` to `out` in `fmt`; return how many were written.
 
-    `out` is replaced only once the export is complete; on any error the partial file is removed and the
-    error propagates (database errors, OSError when `out` cannot be written).
+    `openai` writes one line per job of the selected states to `out` and the failed and cancelled ones to
+    `errors_out` (default `default_errors_path(out)`); it raises ValueError for a sample filter. A file is
+    replaced only once the export is complete; on any error the partial files are removed and the error
+    propagates (database errors, OSError when a file cannot be written).
     """
     selection = selection or ExportFilter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
+    if fmt == "openai":
+        return _export_openai(
+            sessions, run=run, out=out, errors_out=errors_out, selection=selection, page_rows=page_rows
+        )
     rows = 0
-    try:
+    with _replacing(out) as partial:
         writer = open_writer(fmt, partial, row_group_rows=row_group_rows)
         try:
             for record in iter_records(sessions, run, selection, page_rows=page_rows):
@@ -108,8 +157,54 @@ def export_run(
                 rows += 1
         finally:
             writer.close()
+    return ExportReport(run_id=run.id, format=fmt, path=out, rows=rows)
+
+
+def _export_openai(
+    sessions: sessionmaker[Session],
+    *,
+    run: Run,
+    out: Path,
+    errors_out: Path | None,
+    selection: ExportFilter,
+    page_rows: int,
+) -> ExportReport:
+    if selection.only_correct or selection.max_trace_tokens is not None:
+        raise ValueError("the openai format takes no sample filter: every job's custom_id goes to one of its files")
+    errors_out = errors_out or default_errors_path(out)
+    if errors_out.resolve() == out.resolve():
+        raise ValueError("the openai format's error file must differ from its output file")
+    with_samples = tuple(s for s in selection.states if s in _WITH_SAMPLES)
+    without = tuple(s for s in selection.states if s in _WITHOUT_SAMPLES)
+    errors = 0
+    with ExitStack() as stack:  # both files appear only once both are complete
+        partial_out = stack.enter_context(_replacing(out))
+        partial_errors = stack.enter_context(_replacing(errors_out))
+        writer = OpenAIBatchWriter(partial_out, run_id=run.id, model=run.model, created=int(time.time()))
+        try:
+            if with_samples:
+                only_jobs = ExportFilter(states=with_samples)
+                for record in iter_records(sessions, run, only_jobs, page_rows=page_rows):
+                    writer.write(record)
+        finally:
+            writer.close()
+        with partial_errors.open("w", encoding="utf-8", newline="\n") as file:
+            for job in iter_failed_jobs(sessions, run, without, page_rows=page_rows):
+                write_line(file, error_line(run.id, job))
+                errors += 1
+    return ExportReport(
+        run_id=run.id, format="openai", path=out, rows=writer.lines, errors_path=errors_out, errors=errors
+    )
+
+
+@contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A `.partial` path to write; it replaces `out` when the block ends without error, else is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        yield partial
         os.replace(partial, out)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return ExportReport(run_id=run.id, format=fmt, path=out, rows=rows)

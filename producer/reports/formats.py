@@ -1,4 +1,5 @@
-"""The export formats' writers: JSON lines (`jsonl`, and `sft` chat records) and Parquet in row groups."""
+"""The export formats' writers: JSON lines (`jsonl`, `sft` and `internvl` chat records) and Parquet in row
+groups. The `openai` format has a module of its own (openai_batch.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from vlmbatch.producer.reports.fields import FIELDS, ExportRecord, parquet_schem
 from vlmbatch.schema.prompts import with_image_tokens
 from vlmbatch.schema.reasoning import join_trace
 
-ExportFormat = Literal["jsonl", "parquet", "sft"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft")
+ExportFormat = Literal["jsonl", "parquet", "sft", "internvl", "openai"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft", "internvl", "openai")
 # A Parquet row group is flushed at this many rows or this many bytes of text, whichever comes first:
 # long traces would otherwise make a 10k-row group weigh gigabytes in memory.
 ROW_GROUP_ROWS = 10_000
@@ -38,6 +39,23 @@ def sft_record(record: ExportRecord) -> dict[str, Any]:
         "sample_index": record["sample_index"],
         "correct": record["correct"],
     }
+
+
+def internvl_record(record: ExportRecord) -> dict[str, Any]:
+    """The `internvl` record of one exported sample: LLaVA-style `conversations` as InternVL's fine-tuning
+    reads them (format in export.py's docstring)."""
+    images = record["images"]
+    if len(images) == 1:
+        prompt = f"{IMAGE_PLACEHOLDER}\n{record['question']}"
+    else:
+        numbered = "".join(f"Image-{n}: {IMAGE_PLACEHOLDER}\n" for n in range(1, len(images) + 1))
+        prompt = numbered + record["question"]
+    reply = join_trace(record["reasoning"], record["answer"], closed=record["trace_closed"])
+    line: dict[str, Any] = {"id": f"{record['job_id']}-{record['attempt_id']}-{record['sample_index']}"}
+    if images:
+        line["image"] = images[0] if len(images) == 1 else images
+    line["conversations"] = [{"from": "human", "value": prompt}, {"from": "gpt", "value": reply}]
+    return line
 
 
 class RecordWriter(Protocol):
@@ -95,11 +113,14 @@ class _ParquetWriter:
 def open_writer(
     fmt: ExportFormat, path: Path, *, row_group_rows: int = ROW_GROUP_ROWS, row_group_bytes: int = ROW_GROUP_BYTES
 ) -> RecordWriter:
-    """A writer of `fmt` records into `path`. Raises ValueError for an unknown format."""
+    """A writer of `fmt` records into `path`. Raises ValueError for an unknown format (and for `openai`,
+    which writes a line per job and an error file: `export_run` opens its writer)."""
     if fmt == "jsonl":
         return _JsonLinesWriter(path, lambda record: record)
     if fmt == "sft":
         return _JsonLinesWriter(path, sft_record)
+    if fmt == "internvl":
+        return _JsonLinesWriter(path, internvl_record)
     if fmt == "parquet":
         return _ParquetWriter(path, row_group_rows=row_group_rows, row_group_bytes=row_group_bytes)
     raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")

@@ -82,6 +82,39 @@ def iter_records(
             yield _record(run_key, row)
 
 
+@dataclass(frozen=True)
+class FailedJob:
+    """A finished job without standing results to export (failed or cancelled): the OpenAI error file."""
+
+    job_id: int
+    metadata: dict[str, Any] | None
+    state: str
+    error_type: str | None
+    error_message: str | None
+
+
+def iter_failed_jobs(
+    sessions: sessionmaker[Session], run: Run, states: Sequence[JobState], *, page_rows: int = PAGE_ROWS
+) -> Iterator[FailedJob]:
+    """`run`'s jobs in `states`, by job id, in pages of job ids like `iter_records` (flat memory)."""
+    if not states:
+        return
+    with sessions() as session:
+        first, last = session.execute(select(func.min(Job.id), func.max(Job.id)).where(Job.run_id == run.id)).one()
+    if first is None:
+        return
+    query = (
+        select(Job.id, Job.meta, Job.state, Job.error_type, Job.error_message)
+        .where(Job.run_id == run.id, Job.state.in_([s.value for s in states]))
+        .order_by(Job.id)
+    )
+    for low in range(first, last + 1, page_rows):
+        with sessions() as session:
+            page = session.connection().execute(query.where(Job.id >= low, Job.id < low + page_rows)).all()
+        for row in page:
+            yield FailedJob(*row)
+
+
 def _sample_filter(run_id: int, selection: ExportFilter) -> ColumnElement[bool]:
     where = standing_results(run_id, selection.states)
     if selection.only_correct:

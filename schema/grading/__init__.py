@@ -1,10 +1,17 @@
 """Grading a sampled answer against a job's reference answer, so distillation keeps only correct traces.
 
-Four graders, picked per run: `choice` (a multiple-choice letter A to E), `numeric` (a number, within a
+Four graders, picked per run: `choice` (a multiple-choice letter A to E, or one per option of the job's
+`options` metadata column, stated as the letter or as the option's text), `numeric` (a number, within a
 tolerance), `exact` (normalized text) and `boxed` (the last `\\boxed{...}`, compared as a number when
 both sides are one, as normalized text otherwise). Each extracts the model's answer from the answer
 part of an output (the text after `</think>`; `schema.reasoning.split_trace` separates it) and compares
 it with the reference, which is parsed the same way.
+
+`boxed` and `numeric` then ask Hugging Face `math-verify` whatever our own comparison did not show equal:
+the box's content (`boxed`), or the stated final answer (`numeric`: `final_answer_text`), against the
+reference, symbolically (`\\frac{1}{2}` = 0.5, `\\sqrt{2}/2` = `\\frac{\\sqrt2}{2}`, intervals, sets).
+`symbolic.py` says how that is bounded in length and time. Each graded result records the grader's
+name and `grader_version` (ours, and math-verify's where it took part).
 
 Every pattern is linear in the input: bounded or possessive quantifiers only, and each pass over the
 text is a single regex scan, so a 100,000-character answer costs milliseconds, not minutes.
@@ -16,11 +23,14 @@ numbers are extracted. Superscripts are not decimal digits, so "10" followed by 
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from vlmbatch.schema.grading.choice import CHOICE_LETTERS, extract_choice
+from vlmbatch.schema.grading.choice import CHOICE_LETTERS, extract_choice, parse_options
 from vlmbatch.schema.grading.latex import BOX_OPEN, extract_boxed
 from vlmbatch.schema.grading.numbers import (
     DEFAULT_ABS_TOL,
@@ -28,13 +38,16 @@ from vlmbatch.schema.grading.numbers import (
     MAX_DIGITS,
     boxed_agree,
     extract_number,
+    final_answer_text,
     numbers_agree,
     numbers_agree_within,
 )
+from vlmbatch.schema.grading.symbolic import MATH_VERIFY_VERSION, symbolically_equal
 from vlmbatch.schema.grading.text import normalize_exact
 from vlmbatch.schema.models import GraderName
 
 GRADERS: Final[tuple[GraderName, ...]] = typing.get_args(GraderName)
+_SYMBOLIC: Final[frozenset[GraderName]] = frozenset({"boxed", "numeric"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,35 +68,49 @@ def grade(
     answer: str,
     reference: str | None,
     *,
+    options: Sequence[str] | None = None,
     rel_tol: float = DEFAULT_REL_TOL,
     abs_tol: float = DEFAULT_ABS_TOL,
 ) -> Grade:
     """Grade `answer` (the text after `</think>`) against `reference` with the named grader.
 
-    `rel_tol` and `abs_tol` apply to numeric comparisons (the `numeric` grader, and `boxed` when both
-    sides are numbers). Raises ValueError for an unknown grader or a reference the grader cannot use
-    (see `normalize_reference`): a bad reference is a data error, not a wrong answer.
+    `options` are the question's options (the `choice` grader maps an option's text to its letter and
+    reads as many letters as there are options). `rel_tol` and `abs_tol` apply to numeric comparisons
+    (the `numeric` grader, and `boxed` when both sides are numbers). Raises ValueError for an unknown
+    grader or a reference the grader cannot use (see `normalize_reference`): a bad reference is a data
+    error, not a wrong answer.
     """
-    extracted = extract_answer(grader, answer)
+    extracted = extract_answer(grader, answer, options=options)
     if reference is None:
         return Grade(extracted=extracted, correct=None)
-    expected = normalize_reference(grader, reference)
+    expected = normalize_reference(grader, reference, options=options)
     if extracted is None:
         return Grade(extracted=None, correct=False)
     if grader == "numeric":
         correct = numbers_agree_within(extracted, expected, rel_tol=rel_tol, abs_tol=abs_tol)
+        if not correct and (stated := final_answer_text(answer)) is not None:
+            correct = symbolically_equal(stated, reference)
     elif grader == "boxed":
         correct = boxed_agree(extracted, expected, rel_tol=rel_tol, abs_tol=abs_tol)
+        correct = correct or symbolically_equal(extracted, expected)
     else:
         correct = extracted == expected
     return Grade(extracted=extracted, correct=correct)
 
 
-def extract_answer(grader: GraderName, answer: str) -> str | None:
+@functools.cache
+def grader_version(grader: GraderName) -> str:
+    """What graded a result, recorded with it: our package's version, and math-verify's for the graders
+    that use it (a later version may grade the same answer differently)."""
+    ours = f"vlmbatch {importlib.metadata.version('vlmbatch')}"
+    return f"{ours}; math-verify {MATH_VERIFY_VERSION}" if grader in _SYMBOLIC else ours
+
+
+def extract_answer(grader: GraderName, answer: str, *, options: Sequence[str] | None = None) -> str | None:
     """The answer as the grader reads it, or None when there is none. Raises ValueError for an unknown
     grader."""
     if grader == "choice":
-        return extract_choice(answer)
+        return extract_choice(answer, options)
     if grader == "numeric":
         return extract_number(answer)
     if grader == "exact":
@@ -93,7 +120,7 @@ def extract_answer(grader: GraderName, answer: str) -> str | None:
     raise ValueError(f"unknown grader {grader!r}; expected one of {', '.join(GRADERS)}")
 
 
-def normalize_reference(grader: GraderName, reference: str) -> str:
+def normalize_reference(grader: GraderName, reference: str, *, options: Sequence[str] | None = None) -> str:
     """The reference in the form the grader compares: a letter, a number, normalized text, or the
     content of a boxed reference (a reference without `\\boxed` is used as written).
 
@@ -102,7 +129,7 @@ def normalize_reference(grader: GraderName, reference: str) -> str:
     reference is refused before any inference is spent on it.
     """
     if grader == "choice":
-        expected = extract_choice(reference)
+        expected = extract_choice(reference, options)
     elif grader == "numeric":
         expected = extract_number(reference)
     elif grader == "exact":
@@ -128,8 +155,12 @@ __all__ = [
     "extract_boxed",
     "extract_choice",
     "extract_number",
+    "final_answer_text",
     "grade",
+    "grader_version",
     "normalize_exact",
     "normalize_reference",
     "numbers_agree",
+    "parse_options",
+    "symbolically_equal",
 ]

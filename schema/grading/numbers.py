@@ -69,6 +69,19 @@ def extract_number(text: str) -> str | None:
     return _last_number(text)
 
 
+def final_answer_text(text: str) -> str | None:
+    """The final answer as the text states it, for a symbolic comparison: the last `\\boxed{}`'s content,
+    else the rest of the line after the last answer statement, else the last line; None when empty."""
+    text = fold_unicode(text).strip()
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return boxed
+    statements = list(_ANSWER_STATEMENT.finditer(text))
+    start = statements[-1].end() if statements else text.rfind("\n") + 1
+    line = text[start:].split("\n", 1)[0].strip().rstrip(".").strip()
+    return line or None
+
+
 def numbers_agree(
     answer: str, reference: str, *, rel_tol: float = DEFAULT_REL_TOL, abs_tol: float = DEFAULT_ABS_TOL
 ) -> bool:

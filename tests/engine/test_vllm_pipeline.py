@@ -289,3 +289,29 @@ def test_graded_sampling_until_accepted_exports_sft_records_that_datasets_loads(
         assert user["content"] == "<image>Which letter?" and len(record["images"]) == 1
         assert assistant["content"].startswith("<think>\n") and "</think>" in assistant["content"]
         assert assistant["content"].rstrip().endswith("A") and record["correct"] is True
+
+    # The same run as the OpenAI Batch output format: one line per job, its standing samples as choices.
+    from openai.types.chat import ChatCompletion
+
+    from vlmbatch.schema.grading import grader_version
+
+    with sessions() as session:
+        standing = session.execute(
+            select(Result.job_id, func.count(), func.min(Result.grader_version)).group_by(Result.job_id)
+        ).all()
+    assert {version for _, _, version in standing} == {grader_version("choice")}
+    openai_out = tmp_path / "o.jsonl"
+    openai_report = export_run(
+        sessions, run=run, fmt="openai", out=openai_out, selection=ExportFilter(states=(JobState.SUCCEEDED,))
+    )
+    lines = [json.loads(line) for line in openai_out.read_text().splitlines()]
+    assert (openai_report.rows, openai_report.errors) == (6, 0)
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"job-{j.id}" for j in jobs)
+    samples_per_job = {job_id: count for job_id, count, _ in standing}
+    for line in lines:
+        completion = ChatCompletion.model_validate(line["response"]["body"])
+        job_id = int(line["id"].rsplit("_", 1)[1])
+        assert len(completion.choices) == samples_per_job[job_id]
+        for c in completion.choices:  # the tiny model's traces are noise, sometimes empty
+            assert c.message.content in ("A", "B") and c.finish_reason == "stop"
+            assert isinstance(getattr(c.message, "reasoning_content"), str)  # noqa: B009 (an extra field)

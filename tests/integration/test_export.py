@@ -1,5 +1,6 @@
-"""`vlmbatch export`: the standing samples of a run as JSONL, typed Parquet and SFT chat records, each loadable
-with `datasets.load_dataset`, filtered by job state, grade and trace length, in flat memory."""
+"""`vlmbatch export`: the standing samples of a run as JSONL, typed Parquet, SFT and InternVL chat records, each
+loadable with `datasets.load_dataset`, and the OpenAI Batch output and error files (checked with the `openai`
+SDK's classes); filtered by job state, grade and trace length, in flat memory."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sqlalchemy import func, insert, literal, select, true, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import vlmbatch.producer.cli.outputs  # noqa: F401  (registers export and stats)
-from tests.fixtures.bad_images import good_jpeg
+from tests.fixtures.bad_images import good_jpeg, truncated_jpeg
 from tests.integration.ledger_helpers import ledger
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for, submit_folder
 from tests.integration.test_stats import build_graded_run
@@ -29,10 +30,11 @@ from vlmbatch.schema.errors import RunNotFound
 from vlmbatch.schema.models import RunSettings, SamplingSettings
 from vlmbatch.schema.resubmit import resubmit_jobs
 from vlmbatch.schema.runs import create_or_reuse_run, get_run
-from vlmbatch.schema.states import JobState
+from vlmbatch.schema.states import TERMINAL_STATES, JobState
 from vlmbatch.schema.tables import Attempt, Job, Result, Run, utcnow
 
 QUESTION = "What is shown?"
+TERMINAL = sorted(TERMINAL_STATES)
 JSONL_KEYS = [
     "run",
     "run_id",
@@ -55,6 +57,8 @@ JSONL_KEYS = [
     "answer_tokens",
     "extracted_answer",
     "correct",
+    "grader",
+    "grader_version",
     "gpu_seconds",
     "timings",
 ]
@@ -156,6 +160,8 @@ def test_jsonl_holds_every_field_of_each_standing_sample_and_loads_with_datasets
             "answer_tokens": result.answer_tokens,
             "extracted_answer": None,
             "correct": None,
+            "grader": None,
+            "grader_version": None,
             "gpu_seconds": attempt.gpu_seconds,
             "timings": {key: getattr(attempt, key) for key in TIMING_KEYS},
         }
@@ -322,6 +328,190 @@ def test_a_resubmitted_job_exports_only_the_samples_of_its_standing_attempt(sqli
     assert [r["attempt_id"] for r in records if r["job_id"] == again] == [second, second]
 
 
+def test_internvl_records_are_llava_conversations_with_the_trace(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, run = _manifest_run(sqlite_url, tmp_path)
+    records = _export(sessions, run, "internvl", tmp_path / "internvl.jsonl")
+    ledger_rows = _standing(sessions, run.id)
+    assert len(records) == 9
+    for record in records:
+        job_id, attempt_id, sample_index = (int(part) for part in record["id"].split("-"))
+        job, attempt, result = ledger_rows[(job_id, sample_index)]
+        assert attempt.id == attempt_id
+        trace = (result.reasoning or "").strip()
+        assert trace
+        if len(job.images) == 1:
+            image: str | list[str] = job.images[0]
+            prompt = f"<image>\n{QUESTION}"
+        else:
+            image, prompt = job.images, f"Image-1: <image>\nImage-2: <image>\n{QUESTION}"
+        assert record == {
+            "id": f"{job.id}-{attempt.id}-{result.sample_index}",
+            "image": image,
+            "conversations": [
+                {"from": "human", "value": prompt},
+                {"from": "gpt", "value": f"<think>\n{trace}\n</think>\n\n{result.answer.strip()}"},
+            ],
+        }
+    assert sum(isinstance(r["image"], list) for r in records) == 3
+
+    # `image` is a string or a list, as InternVL has it: `datasets` loads it as its untyped Json feature,
+    # and a file whose jobs agree on one image each as a string column.
+    dataset = _load_dataset("json", tmp_path / "internvl.jsonl", tmp_path, monkeypatch)
+    assert dataset.column_names == ["id", "image", "conversations"]
+    assert dataset.data.schema.field("conversations").type == pa.list_(
+        pa.struct([("from", pa.string()), ("value", pa.string())])
+    )
+    assert dataset.to_list() == records
+    single = tmp_path / "single" / "internvl.jsonl"
+    single.parent.mkdir()
+    single.write_text("".join(json.dumps(r) + "\n" for r in records if isinstance(r["image"], str)))
+    one_image = _load_dataset("json", single, tmp_path, monkeypatch)
+    assert one_image.data.schema.field("image").type == pa.string()
+    assert one_image.to_list() == [r for r in records if isinstance(r["image"], str)]
+
+
+def _openai_run(url: str, tmp_path: Path) -> tuple[sessionmaker[Session], Run]:
+    """Through the fake-engine pipeline, two samples each: two jobs carrying OpenAI `custom_id`s, one
+    without (a manifest row), one with an unreadable image (fails), and one cancelled before it ran."""
+    rows: list[dict[str, Any]] = [
+        {"image": "a.jpg", "custom_id": "request-1"},
+        {"image": ["b.jpg", "a.jpg"], "custom_id": "request-2"},
+        {"image": "c.jpg"},
+        {"image": "broken.jpg", "custom_id": "request-broken"},
+    ]
+    for seed, name in enumerate("abc"):
+        (tmp_path / f"{name}.jpg").write_bytes(good_jpeg(32, 32, seed=seed))
+    (tmp_path / "broken.jpg").write_bytes(truncated_jpeg())
+    manifest = tmp_path / "batch.jsonl"
+    manifest.write_text("\n".join(json.dumps(row) for row in rows))
+    with running_pipeline(settings_for(url)) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, question=QUESTION, samples=2)
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session, session.begin():  # a fifth job, cancelled while queued
+        session.add(
+            Job(
+                run_id=run_id,
+                input_key="cancelled",
+                images=["file:///x.jpg"],
+                question=QUESTION,
+                meta={"custom_id": "request-cancelled"},
+                state=JobState.CANCELLED.value,
+                error_type="cancelled",
+                finished_at=utcnow(),
+            )
+        )
+    with sessions() as session:
+        return sessions, session.get_one(Run, run_id)
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_openai_export_writes_batch_output_and_error_lines_with_each_custom_id_once(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from openai.types import BatchError
+    from openai.types.chat import ChatCompletion
+
+    sessions, run = _openai_run(sqlite_url, tmp_path)
+    out = tmp_path / "out" / "o.jsonl"
+    report = export_run(sessions, run=run, fmt="openai", out=out, selection=ExportFilter(states=tuple(TERMINAL)))
+    errors_path = tmp_path / "out" / "o.errors.jsonl"
+    assert (report.path, report.errors_path, report.rows, report.errors) == (out, errors_path, 3, 2)
+    assert not list(out.parent.glob("*.partial"))
+    outputs, errors = _read_lines(out), _read_lines(errors_path)
+    ledger_rows = _standing(sessions, run.id)
+    with sessions() as session:
+        jobs = {job.id: job for job in session.scalars(select(Job).where(Job.run_id == run.id))}
+    derived = next(f"job-{job.id}" for job in jobs.values() if not (job.meta or {}).get("custom_id"))
+
+    custom_ids = [line["custom_id"] for line in outputs + errors]
+    assert sorted(custom_ids) == sorted(["request-1", "request-2", derived, "request-broken", "request-cancelled"])
+    for line in outputs:
+        assert list(line) == ["id", "custom_id", "response", "error"] and line["error"] is None
+        response = line["response"]
+        assert list(response) == ["status_code", "request_id", "body"] and response["status_code"] == 200
+        assert isinstance(response["request_id"], str) and line["id"].startswith("batch_req_")
+        completion = ChatCompletion.model_validate(response["body"])
+        assert (completion.object, completion.model) == ("chat.completion", run.model)
+        job_id = int(line["id"].rsplit("_", 1)[1])
+        job = jobs[job_id]
+        assert line["custom_id"] == (job.meta or {}).get("custom_id", f"job-{job_id}")
+        assert [choice.index for choice in completion.choices] == [0, 1]  # n = 2: two choices in one completion
+        for choice in completion.choices:
+            _, attempt, result = ledger_rows[(job_id, choice.index)]
+            assert choice.finish_reason == "stop"
+            assert choice.message.role == "assistant" and choice.message.content == result.answer
+            assert getattr(choice.message, "reasoning_content") == result.reasoning  # noqa: B009 (an extra field)
+        usage = completion.usage
+        assert usage is not None
+        samples = [ledger_rows[(job_id, i)][2] for i in (0, 1)]
+        assert usage.prompt_tokens == attempt.prompt_tokens
+        assert usage.completion_tokens == sum(s.completion_tokens for s in samples)
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+        assert usage.completion_tokens_details is not None
+        assert usage.completion_tokens_details.reasoning_tokens == sum(s.reasoning_tokens or 0 for s in samples)
+    by_custom_id = {line["custom_id"]: line for line in errors}
+    for line in errors:
+        assert list(line) == ["id", "custom_id", "response", "error"] and line["response"] is None
+        BatchError.model_validate(line["error"])
+        assert set(line["error"]) == {"code", "message"}
+    assert by_custom_id["request-broken"]["error"]["code"] == "input.unreadable"
+    assert by_custom_id["request-cancelled"]["error"]["code"] == "cancelled"
+
+
+def test_openai_export_of_a_truncated_job_has_a_length_choice_without_content(sqlite_url: str, tmp_path: Path) -> None:
+    from openai.types.chat import ChatCompletion
+
+    sessions = ledger(sqlite_url)
+    jobs = build_graded_run(sessions)
+    with sessions() as session:
+        run = get_run(session, "graded")
+    out = tmp_path / "o.jsonl"
+    report = export_run(sessions, run=run, fmt="openai", out=out, selection=ExportFilter(states=tuple(TERMINAL)))
+    lines = {line["custom_id"]: line for line in _read_lines(out)}
+    assert sorted(lines) == sorted(f"job-{jobs[letter]}" for letter in "ABCDF")  # E failed, G still queued
+    assert [line["custom_id"] for line in _read_lines(tmp_path / "o.errors.jsonl")] == [f"job-{jobs['E']}"]
+    [choice] = ChatCompletion.model_validate(lines[f"job-{jobs['D']}"]["response"]["body"]).choices
+    assert (choice.finish_reason, choice.message.content) == ("length", None)
+    assert getattr(choice.message, "reasoning_content") == f"trace 0 of job {jobs['D']}"  # noqa: B009
+    assert report.rows == 5
+
+
+def test_openai_export_from_the_command_line(sqlite_url: str, tmp_path: Path) -> None:
+    sessions = ledger(sqlite_url)
+    build_graded_run(sessions)
+    env = {"VLMBATCH_DATABASE_URL": sqlite_url}
+    out, errors = tmp_path / "o.jsonl", tmp_path / "failed.jsonl"
+    report = vlmbatch_json(["export", "graded", "--format", "openai", "--out", str(out), "--json"], env)
+    assert {k: report[k] for k in ("format", "rows", "errors", "errors_path")} == {
+        "format": "openai",
+        "rows": 5,
+        "errors": 1,
+        "errors_path": str(tmp_path / "o.errors.jsonl"),
+    }
+    runner = CliRunner()
+    named = runner.invoke(
+        cli, ["export", "graded", "--format", "openai", "--out", str(out), "--errors-out", str(errors)], env=env
+    )
+    assert named.exit_code == 0, named.output
+    assert f"wrote 5 jobs to {out} and 1 failed jobs to {errors} (openai)" in named.output
+    assert len(_read_lines(errors)) == 1
+    for args in (["--only-correct"], ["--errors-out", str(tmp_path / "r.jsonl")]):
+        refused = runner.invoke(
+            cli, ["export", "graded", "--format", "openai", "--out", str(tmp_path / "r.jsonl"), *args], env=env
+        )
+        assert refused.exit_code == 2, refused.output
+    wrong_format = runner.invoke(
+        cli, ["export", "graded", "--out", str(tmp_path / "r.jsonl"), "--errors-out", str(errors)], env=env
+    )
+    assert wrong_format.exit_code == 2 and "--errors-out" in wrong_format.output
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_export_by_run_name_or_id_from_the_command_line(sqlite_url: str, tmp_path: Path) -> None:
     sessions = ledger(sqlite_url)
     jobs = build_graded_run(sessions)
@@ -360,10 +550,11 @@ _EXPORT_CHILD = """
 import json, resource, sys
 from pathlib import Path
 import pyarrow.parquet
-from vlmbatch.producer.reports.export import export_run, parquet_schema
+from vlmbatch.producer.reports.export import ExportFilter, export_run, parquet_schema
 from vlmbatch.schema.database import open_ledger
 from vlmbatch.schema.errors import RunNotFound
 from vlmbatch.schema.runs import get_run
+from vlmbatch.schema.states import TERMINAL_STATES
 
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -373,7 +564,9 @@ with sessions() as session:
     run = get_run(session, "large")
 parquet_schema()
 baseline = peak_mib()
-report = export_run(sessions, run=run, fmt=sys.argv[3], out=Path(sys.argv[2]))
+states = tuple(TERMINAL_STATES) if sys.argv[3] == "openai" else ExportFilter().states
+selection = ExportFilter(states=states)
+report = export_run(sessions, run=run, fmt=sys.argv[3], out=Path(sys.argv[2]), selection=selection)
 print(json.dumps({"rows": report.rows, "baseline_mib": baseline, "peak_mib": peak_mib()}))
 """
 
@@ -437,19 +630,31 @@ def _fill_large_run(url: str) -> None:
     engine.dispose()
 
 
-def test_exporting_200_000_samples_keeps_memory_flat(sqlite_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["parquet", "internvl", "openai"])
+def test_exporting_200_000_samples_keeps_memory_flat(sqlite_url: str, tmp_path: Path, fmt: ExportFormat) -> None:
     _fill_large_run(sqlite_url)
-    out = tmp_path / "large.parquet"
+    out = tmp_path / f"large.{fmt}"
     child = subprocess.run(
-        [sys.executable, "-c", _EXPORT_CHILD, sqlite_url, str(out), "parquet"],
+        [sys.executable, "-c", _EXPORT_CHILD, sqlite_url, str(out), fmt],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert child.returncode == 0, child.stderr[-3000:]
     measured = json.loads(child.stdout.strip().splitlines()[-1])
-    assert measured["rows"] == LARGE_JOBS * LARGE_SAMPLES
     growth = measured["peak_mib"] - measured["baseline_mib"]
     assert growth < MAX_GROWTH_MIB, measured
-    metadata = pq.ParquetFile(out).metadata
-    assert (metadata.num_rows, metadata.num_row_groups) == (200_000, 20)  # streamed, 10,000 rows per group
+    if fmt == "parquet":
+        assert measured["rows"] == LARGE_JOBS * LARGE_SAMPLES
+        metadata = pq.ParquetFile(out).metadata
+        assert (metadata.num_rows, metadata.num_row_groups) == (200_000, 20)  # streamed, 10,000 rows per group
+    elif fmt == "internvl":
+        assert measured["rows"] == LARGE_JOBS * LARGE_SAMPLES
+        with out.open(encoding="utf-8") as lines:
+            assert sum(1 for _ in lines) == 200_000
+    else:  # one line per job, its eight samples as eight choices
+        assert measured["rows"] == LARGE_JOBS
+        with out.open(encoding="utf-8") as lines:
+            counts = {len(json.loads(line)["response"]["body"]["choices"]) for line in lines}
+        assert counts == {LARGE_SAMPLES}
+        assert out.with_name("large.errors.openai").read_text() == ""

@@ -12,6 +12,7 @@ from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from vlmbatch.producer.reports.export import ExportFilter, iter_records
 from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.grading import grader_version
 from vlmbatch.schema.states import AttemptOutcome, JobState
 from vlmbatch.schema.tables import Attempt, Job, Result, Run
 from vlmbatch.worker.engines.fake import FakeBehaviour
@@ -38,6 +39,63 @@ def test_samples_are_graded_against_the_reference(sqlite_url: str, tmp_path: Pat
         job = session.scalars(select(Job)).one()
     assert graded == [(0, "A", True), (1, "B", False), (2, "C", False)]
     assert (job.state, job.accepted_samples) == (JobState.SUCCEEDED, 1)
+
+
+def test_an_mmmu_options_column_lets_an_answer_state_the_options_text(sqlite_url: str, tmp_path: Path) -> None:
+    # MMMU keeps its options as a Python-list string in a column of its own.
+    row = {"image": "a.jpg", "question": "Which vehicle?", "reference": "B", "options": "['blue car', 'red car']"}
+    manifest = _manifest(tmp_path, [row])
+    behaviour = FakeBehaviour(answer_cycle=("The answer is the red car.", "Blue car", "(B)"))
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, grader="choice", samples=3)
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        graded = session.execute(
+            select(Result.extracted_answer, Result.correct, Result.grader, Result.grader_version).order_by(
+                Result.sample_index
+            )
+        ).all()
+    version = grader_version("choice")
+    assert graded == [("B", True, "choice", version), ("A", False, "choice", version), ("B", True, "choice", version)]
+
+
+def test_a_question_with_nine_options_has_nine_letters(sqlite_url: str, tmp_path: Path) -> None:
+    options = [f"option {n}" for n in range(1, 10)]
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "Which?", "reference": "H", "options": options}])
+    behaviour = FakeBehaviour(answer_cycle=("The answer is H.", "option 8", "I"))
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, grader="choice", samples=3)  # "H" is a usable reference here
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        graded = session.execute(select(Result.extracted_answer, Result.correct).order_by(Result.sample_index)).all()
+    assert graded == [("H", True), ("H", True), ("I", False)]
+
+
+def test_boxed_answers_are_compared_symbolically_on_the_workers_threads(sqlite_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "sin 45?", "reference": "\\sqrt{2}/2"}])
+    behaviour = FakeBehaviour(
+        answer_cycle=("\\boxed{\\frac{\\sqrt2}{2}}", "\\boxed{\\frac{1}{\\sqrt{2}}}", "\\boxed{2}")
+    )
+    with running_pipeline(settings_for(sqlite_url), behaviour=behaviour) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest, grader="boxed", samples=3)
+        pipeline.feed_run(run_id).result(timeout=60)
+    with sessions() as session:
+        graded = session.execute(select(Result.correct, Result.grader_version).order_by(Result.sample_index)).all()
+    assert graded == [
+        (True, grader_version("boxed")),
+        (True, grader_version("boxed")),
+        (False, grader_version("boxed")),
+    ]
+    assert "math-verify" in grader_version("boxed")
+
+
+def test_ungraded_results_name_no_grader(sqlite_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, [{"image": "a.jpg", "question": "What?"}])
+    with running_pipeline(settings_for(sqlite_url)) as (pipeline, sessions):
+        run_id = submit_folder(sessions, manifest)
+        pipeline.feed_run(run_id).result(timeout=30)
+    with sessions() as session:
+        assert session.execute(select(Result.grader, Result.grader_version)).all() == [(None, None)]
 
 
 def test_accept_keeps_sampling_until_enough_correct_samples(sqlite_url: str, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 
 import pytest
@@ -14,10 +15,15 @@ from vlmbatch.schema.grading import (
     extract_choice,
     extract_number,
     grade,
+    grader_version,
     normalize_exact,
     normalize_reference,
     numbers_agree,
+    parse_options,
+    symbolic,
+    symbolically_equal,
 )
+from vlmbatch.schema.grading.symbolic import MATH_VERIFY_VERSION, MAX_SYMBOLIC_CHARS
 
 # --- choice ----------------------------------------------------------------------------------------------
 
@@ -79,7 +85,8 @@ NUMERIC_CASES = [
     pytest.param("1, 2, 3", "3", "3", True, id="comma_space_list_is_not_one_number"),
     pytest.param("1,2,3", "123", "3", False, id="comma_list_without_spaces_is_not_one_number"),
     pytest.param("45%", "45", "45", True, id="percent_sign_dropped"),
-    pytest.param("45%", "0.45", "45", False, id="percent_is_not_a_fraction_of_one"),
+    # math-verify: 45% is 0.45 (this grader used to call it wrong; "45" is still right too).
+    pytest.param("45%", "0.45", "45", True, id="percent_is_a_fraction_of_one"),
     pytest.param("3/4", "0.75", "3/4", True, id="slash_fraction"),
     pytest.param("\\frac{3}{4}", "0.75", "3/4", True, id="latex_fraction"),
     pytest.param("\\dfrac12", "0.5", "1/2", True, id="latex_short_fraction"),
@@ -109,6 +116,12 @@ NUMERIC_CASES = [
     pytest.param("答案是12个", "12", "12", True, id="chinese_answer_statement"),
     pytest.param("12", "12 cm", "12", True, id="reference_with_unit"),
     pytest.param("1234.5", "$1,234.50", "1234.5", True, id="reference_with_currency"),
+    # math-verify, on the stated final answer (the number extracted is still the one we read).
+    pytest.param("The answer is $\\frac{\\sqrt{2}}{2}$", "0.70710678", "2", True, id="mv_root_against_decimal"),
+    pytest.param("So the side is $2\\sqrt{2}$", "\\sqrt{8}", "2", True, id="mv_equal_roots"),
+    pytest.param("So the side is $2\\sqrt{3}$", "\\sqrt{8}", "3", False, id="mv_different_roots"),
+    pytest.param("The answer is \\frac{1}{2}.", "0.5", "1/2", True, id="mv_fraction_against_decimal"),
+    pytest.param("The answer is $\\pi/2$", "1.5707963", "2", True, id="mv_pi_over_two"),
 ]
 
 
@@ -182,6 +195,28 @@ BOXED_CASES = [
     pytest.param("\\boxed{\\{1, 2\\}}", "\\{1,2\\}", "\\{1, 2\\}", True, id="escaped_braces_do_not_count"),
     pytest.param("\\boxed{4}", "\\boxed{4}", "4", True, id="boxed_reference"),
     pytest.param("\\boxed{1/x}", "1", "1/x", False, id="expression_is_not_its_number"),
+    # math-verify: symbolic equivalence of what our extraction found in the last box.
+    pytest.param("\\boxed{\\frac{1}{2}}", "0.5", "\\frac{1}{2}", True, id="mv_fraction_vs_decimal"),
+    pytest.param("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt2}{2}", "\\sqrt{2}/2", True, id="mv_root_over_two"),
+    pytest.param(
+        "\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", True, id="mv_rationalized"
+    ),
+    pytest.param("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", "2\\sqrt{2}", True, id="mv_simplified_root"),
+    pytest.param("\\boxed{x^2+2x+1}", "(x+1)^2", "x^2+2x+1", True, id="mv_expanded_polynomial"),
+    pytest.param("\\boxed{x^2+1}", "(x+1)^2", "x^2+1", False, id="mv_different_polynomial"),
+    pytest.param("\\boxed{(1, 2]}", "\\left(1,2\\right]", "(1, 2]", True, id="mv_half_open_interval"),
+    pytest.param("\\boxed{[1, 2)}", "(1,2]", "[1, 2)", False, id="mv_interval_ends_matter"),
+    pytest.param("\\boxed{x \\in (0, \\infty)}", "(0,\\infty)", "x \\in (0, \\infty)", True, id="mv_membership"),
+    pytest.param(
+        "\\boxed{(-\\infty, 3) \\cup (5, \\infty)}",
+        "(5,\\infty)\\cup(-\\infty,3)",
+        "(-\\infty, 3) \\cup (5, \\infty)",
+        True,
+        id="mv_union_in_any_order",
+    ),
+    pytest.param("\\boxed{\\{3, 1, 2\\}}", "\\{1,2,3\\}", "\\{3, 1, 2\\}", True, id="mv_set_in_any_order"),
+    pytest.param("\\boxed{\\{1, 3\\}}", "\\{1,2\\}", "\\{1, 3\\}", False, id="mv_different_sets"),
+    pytest.param("\\boxed{\\frac{3}{2}}", "1.5", "\\frac{3}{2}", True, id="mv_improper_fraction"),
 ]
 
 
@@ -201,6 +236,91 @@ def test_boxed_grader(answer: str, reference: str, extracted: str | None, correc
 )
 def test_extract_boxed(text: str, content: str | None) -> None:
     assert extract_boxed(text) == content
+
+
+def test_a_runaway_symbolic_comparison_is_cut_off_and_counts_as_not_equal() -> None:
+    # sympy would compute a ten-billion-digit integer here; the child process is killed instead.
+    assert grade("boxed", "\\boxed{10^{10^{10}}}", "1") == Grade(extracted="10^{10^{10}}", correct=False)
+    assert grade("boxed", "\\boxed{\\frac{1}{2}}", "0.5").correct is True  # the pool works on afterwards
+
+
+def test_math_verify_grades_on_worker_threads() -> None:
+    # Its signal-based timeouts would raise off the main thread; ours are a child process's.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as threads:
+        verdicts = list(
+            threads.map(lambda pair: symbolically_equal(*pair), [("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}")] * 8)
+        )
+    assert verdicts == [True] * 8
+
+
+def test_without_a_child_process_the_comparison_is_not_shown_equal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pool() -> None:
+        raise OSError("no process can be started")
+
+    monkeypatch.setattr(symbolic, "_process_pool", no_pool)
+    assert symbolically_equal("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}") is False
+    # Our own comparison still grades: 1/2 and 0.5 are equal numbers without math-verify.
+    assert grade("boxed", "\\boxed{\\frac{1}{2}}", "0.5").correct is True
+
+
+def test_overlong_answers_are_not_compared_symbolically() -> None:
+    long = "1+" * (MAX_SYMBOLIC_CHARS // 2) + "1"
+    assert symbolically_equal(long, str(MAX_SYMBOLIC_CHARS // 2 + 1)) is False
+    assert symbolically_equal("1+1", "2") is True
+
+
+def test_the_grader_version_names_math_verify_where_it_takes_part() -> None:
+    assert grader_version("boxed").endswith(f"math-verify {MATH_VERIFY_VERSION}")
+    assert grader_version("numeric") == grader_version("boxed")
+    assert "math-verify" not in grader_version("choice") and grader_version("exact").startswith("vlmbatch ")
+
+
+# --- choice with an options column (MMMU) -------------------------------------------------------------------
+
+CARS = ["blue car", "red car", "green truck"]
+OPTION_CASES = [
+    # (answer, reference, options, extracted, correct)
+    pytest.param("The answer is the red car.", "B", CARS, "B", True, id="option_text_in_statement"),
+    pytest.param("Red car", "B", CARS, "B", True, id="option_text_alone"),
+    pytest.param("It is clearly a\n**green truck**", "C", CARS, "C", True, id="option_text_on_last_line"),
+    pytest.param("\\boxed{\\text{blue car}}", "B", CARS, "A", False, id="option_text_in_box"),
+    pytest.param("B", "red car", CARS, "B", True, id="reference_as_option_text"),
+    pytest.param("The answer is (B).", "B", CARS, "B", True, id="letters_still_win"),
+    pytest.param("The answer is a yellow bus", "B", CARS, None, False, id="text_of_no_option"),
+    pytest.param("The answer is H", "H", list("123456789"), "H", True, id="nine_options_have_nine_letters"),
+    pytest.param("The answer is 8", "H", list("123456789"), "H", True, id="numeric_option_text"),
+    pytest.param("cat", "A", ["cat", "cat"], None, False, id="duplicate_options_are_ambiguous"),
+]
+
+
+@pytest.mark.parametrize(("answer", "reference", "options", "extracted", "correct"), OPTION_CASES)
+def test_choice_grader_with_options(
+    answer: str, reference: str, options: list[str], extracted: str | None, correct: bool
+) -> None:
+    assert grade("choice", answer, reference, options=options) == Grade(extracted=extracted, correct=correct)
+
+
+def test_without_options_letters_stop_at_e() -> None:
+    assert extract_choice("The answer is H") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "options"),
+    [
+        pytest.param(["cat", "dog"], ("cat", "dog"), id="list"),
+        pytest.param("['cat', 'dog']", ("cat", "dog"), id="python_list_string"),
+        pytest.param("[1, 2.5]", ("1", "2.5"), id="numbers"),
+        pytest.param("[]", None, id="empty"),
+        pytest.param("cat, dog", None, id="not_a_list"),
+        pytest.param("[['nested']]", None, id="nested"),
+        pytest.param("__import__('os').system('true')", None, id="code_is_not_evaluated"),
+        pytest.param("[" * 100_000, None, id="deep_brackets"),
+        pytest.param([str(i) for i in range(11)], None, id="more_options_than_letters"),
+        pytest.param(None, None, id="none"),
+    ],
+)
+def test_parse_options(value: object, options: tuple[str, ...] | None) -> None:
+    assert parse_options(value) == options
 
 
 # --- what a Grade means ----------------------------------------------------------------------------------

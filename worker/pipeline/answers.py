@@ -7,7 +7,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-from vlmbatch.schema.grading import grade
+from vlmbatch.schema.grading import grade, grader_version
 from vlmbatch.schema.models import JobParams, RunSettings
 from vlmbatch.schema.outcomes import SampleRecord
 from vlmbatch.worker.engines.base import AnswerConstraint
@@ -38,25 +38,41 @@ def obeys(answer: str, constraint: AnswerConstraint) -> bool:
 
 
 def review(
-    samples: Sequence[SampleRecord], settings: RunSettings, reference: str | None, params: JobParams | None = None
+    samples: Sequence[SampleRecord],
+    settings: RunSettings,
+    reference: str | None,
+    params: JobParams | None = None,
+    *,
+    options: Sequence[str] | None = None,
 ) -> list[SampleRecord]:
-    """Samples with their constraint check, extracted answer and correctness filled in.
+    """Samples with their constraint check, extracted answer, correctness and grader filled in.
 
-    With a constraint, an answer that breaks it is recorded as invalid and never counts as correct. A
-    sample whose trace never closed has no answer to grade."""
+    With a constraint (the run's, or the job's own answer format in `params`), an answer that breaks it is
+    recorded as invalid and never counts as correct. A sample whose trace never closed has no answer to
+    grade. `options` are the job's (the choice grader maps an option's text to its letter). Grading may wait
+    on a symbolic comparison (up to `grading.symbolic.SYMBOLIC_TIMEOUT_S`), so call this off the event loop."""
     constraint = constraint_of(settings, params)
     reviewed = []
     for sample in samples:
         valid = obeys(sample.answer, constraint) if constraint is not None else None
-        extracted, correct = None, None
+        extracted, correct, grader = None, None, None
         if settings.grader is not None and sample.trace_closed:
-            verdict = grade(settings.grader, sample.answer, reference)
-            extracted, correct = verdict.extracted, verdict.correct
+            verdict = grade(settings.grader, sample.answer, reference, options=options)
+            extracted, correct, grader = verdict.extracted, verdict.correct, settings.grader
         elif constraint is not None and valid:
             extracted = sample.answer.strip()
         if valid is False and correct:
             correct = False
-        reviewed.append(dataclasses.replace(sample, extracted_answer=extracted, correct=correct, valid=valid))
+        reviewed.append(
+            dataclasses.replace(
+                sample,
+                extracted_answer=extracted,
+                correct=correct,
+                valid=valid,
+                grader=grader,
+                grader_version=None if grader is None else grader_version(grader),
+            )
+        )
     return reviewed
 
 

@@ -59,6 +59,7 @@ def generation_report(job: ClaimedJob, run: RunSettings, generation: Generation,
         run,
         job.reference,
         job_params(job),
+        options=job.options,
     )
     accepted = sum(1 for s in samples if s.correct)
     outcome = attempt_outcome(samples)
@@ -124,4 +125,7 @@ async def run_attempt(
         clock.gpu_seconds = time_share.leave(share) * tensor_parallel_size
     clock.generation_s = time.perf_counter() - started
     clock.first_token_s = generation.first_token_s
-    return generation_report(job, run.settings, generation, clock.timings())
+    if run.settings.grader is None:
+        return generation_report(job, run.settings, generation, clock.timings())
+    # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
+    return await asyncio.to_thread(generation_report, job, run.settings, generation, clock.timings())

@@ -1,6 +1,6 @@
 """jobs.params: a job's own request settings (system prompt, per-row sampling, answer format)
 
-Revision ID: 0002_issue13
+Revision ID: 0002_job_params
 Revises: 0001
 Create Date: 2026-12-01 09:30:00
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_issue13"
+revision = "0002_job_params"
 down_revision = "0001"
 branch_labels = None
 depends_on = None

@@ -1,0 +1,140 @@
+"""The `openai` export: the OpenAI Batch API's output and error files, so a team that moved here from the
+Batch API (or `vllm run-batch`) reads our results with the code it has.
+
+One output line per finished job that has standing samples (succeeded, truncated)::
+
+    {"id": "batch_req_1_7", "custom_id": "request-7",
+     "response": {"status_code": 200, "request_id": "req_1_7_9", "body": {
+         "id": "chatcmpl-1-7", "object": "chat.completion", "created": 1764581000, "model": "<run's model>",
+         "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                      "message": {"role": "assistant", "content": "answer", "reasoning_content": "trace",
+                                  "refusal": null}}],
+         "usage": {"prompt_tokens": 300, "completion_tokens": 120, "total_tokens": 420,
+                   "completion_tokens_details": {"reasoning_tokens": 100}}}},
+     "error": null}
+
+and one error line per failed or cancelled job::
+
+    {"id": "batch_req_1_8", "custom_id": "request-8", "response": null,
+     "error": {"code": "input.unreadable", "message": "..."}}
+
+`custom_id` is the one the job came with (`metadata.custom_id`, kept by the OpenAI batch input); a job
+from a folder or manifest gets `job-<id>`. Every sample of a job is one of its `choices` (`n` > 1, or the
+rounds of an accept-until-M job), in order. A sample whose trace never closed (truncated) has
+`content: null`, its partial trace as `reasoning_content` and `finish_reason: "length"`. `created` is the
+time of the export (the ledger's own times are in the `jsonl` export).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any
+
+from vlmbatch.producer.reports.fields import ExportRecord
+from vlmbatch.producer.reports.records import FailedJob
+
+
+def custom_id(job_id: int, metadata: dict[str, Any] | None) -> str:
+    """The job's `custom_id` from its metadata, or a stable one derived from its id."""
+    given = (metadata or {}).get("custom_id")
+    return given if isinstance(given, str) and given else f"job-{job_id}"
+
+
+def output_line(run_id: int, model: str, created: int, samples: list[ExportRecord]) -> dict[str, Any]:
+    """The output line of one job, from its standing samples (in order; at least one)."""
+    first = samples[0]
+    job_id = first["job_id"]
+    prompt_tokens = sum({s["attempt_id"]: s["prompt_tokens"] or 0 for s in samples}.values())
+    completion_tokens = sum(s["completion_tokens"] for s in samples)
+    reasoning = [s["reasoning_tokens"] for s in samples if s["reasoning_tokens"] is not None]
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": sum(reasoning)}
+    body = {
+        "id": f"chatcmpl-{run_id}-{job_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [_choice(index, sample) for index, sample in enumerate(samples)],
+        "usage": usage,
+    }
+    return {
+        "id": _line_id(run_id, job_id),
+        "custom_id": custom_id(job_id, first["metadata"]),
+        "response": {
+            "status_code": 200,
+            "request_id": f"req_{run_id}_{job_id}_{samples[-1]['attempt_id']}",
+            "body": body,
+        },
+        "error": None,
+    }
+
+
+def error_line(run_id: int, job: FailedJob) -> dict[str, Any]:
+    """The error line of a failed or cancelled job: its stable error type as `code`."""
+    code = job.error_type or job.state
+    return {
+        "id": _line_id(run_id, job.job_id),
+        "custom_id": custom_id(job.job_id, job.metadata),
+        "response": None,
+        "error": {"code": code, "message": job.error_message or f"job {job.state}"},
+    }
+
+
+def _choice(index: int, sample: ExportRecord) -> dict[str, Any]:
+    closed = sample["trace_closed"]
+    return {
+        "index": index,
+        "message": {
+            "role": "assistant",
+            "content": sample["answer"] if closed else None,
+            "reasoning_content": sample["reasoning"],
+            "refusal": None,
+        },
+        # The SDK knows stop, length, tool_calls, content_filter and function_call; anything but the length
+        # limit ended the sample on the model's own terms.
+        "finish_reason": "length" if sample["finish_reason"] == "length" else "stop",
+        "logprobs": None,
+    }
+
+
+def _line_id(run_id: int, job_id: int) -> str:
+    return f"batch_req_{run_id}_{job_id}"
+
+
+class OpenAIBatchWriter:
+    """Writes output lines, one per job: a job's samples arrive together (records come by job, then
+    sample), so only the current job's samples are held."""
+
+    def __init__(self, path: Path, *, run_id: int, model: str, created: int) -> None:
+        self._file: IO[str] = path.open("w", encoding="utf-8", newline="\n")
+        self._run_id, self._model, self._created = run_id, model, created
+        self._job: list[ExportRecord] = []
+        self.lines = 0
+
+    def write(self, record: ExportRecord) -> None:
+        if self._job and self._job[0]["job_id"] != record["job_id"]:
+            self._flush()
+        self._job.append(record)
+
+    def _flush(self) -> None:
+        if self._job:
+            write_line(self._file, output_line(self._run_id, self._model, self._created, self._job))
+            self.lines += 1
+            self._job = []
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        finally:
+            self._file.close()
+
+
+def write_line(file: IO[str], line: dict[str, Any]) -> None:
+    file.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
+    file.write("\n")
