@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
+from vlmbatch.media.local_roots import local_path as local_path  # re-exported: sources import it from here
 from vlmbatch.schema.errors import InputNotFound, InputTooLarge, InputUnreadable, InputUnsupported, StorageTransient
 
 if TYPE_CHECKING:
@@ -62,30 +62,45 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def local_path(uri: str) -> Path:
-    """The filesystem path of a `file://` URI or plain path."""
-    if uri.startswith("file://"):
-        return Path(unquote(urlparse(uri).path))
-    return Path(uri)
-
-
 class LocalFiles:
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
         path = local_path(uri)
         try:
-            with path.open("rb") as handle:  # one open and one fstat: file systems are slow per call
-                info = os.fstat(handle.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise InputNotFound(f"{uri}: not a regular file")
-                if info.st_size > max_bytes:
-                    raise InputTooLarge(f"{uri}: {info.st_size} bytes, over the {max_bytes}-byte limit")
-                return handle.read()
+            # stat before open: opening a FIFO blocks until a writer comes, and a device never ends.
+            _require_regular(uri, os.stat(path))
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError as exc:
+            raise InputNotFound(f"{uri}: no such file") from exc
+        except NotADirectoryError as exc:
             raise InputNotFound(f"{uri}: no such file") from exc
         except PermissionError as exc:
             raise InputUnreadable(f"{uri}: permission denied") from exc
-        except IsADirectoryError as exc:
-            raise InputNotFound(f"{uri}: is a directory") from exc
+        with os.fdopen(descriptor, "rb") as handle:
+            info = os.fstat(handle.fileno())  # the path may have been replaced since the stat
+            _require_regular(uri, info)
+            if info.st_size > max_bytes:
+                raise InputTooLarge(f"{uri}: {info.st_size} bytes, over the {max_bytes}-byte limit")
+            data = handle.read(max_bytes + 1)  # bounded even if the file grew since the fstat
+        if len(data) > max_bytes:
+            raise InputTooLarge(f"{uri}: over the {max_bytes}-byte limit")
+        return data
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _require_regular(uri: str, info: os.stat_result) -> None:
+    if stat.S_ISREG(info.st_mode):
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise InputNotFound(f"{uri}: is a directory")
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+    raise InputUnsupported(f"{uri}: {kind}, not a regular file")
 
 
 class S3Objects:

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     # Inputs.
+    # Folders local images may be read from besides the run's own source folder (`:`-separated):
+    # manifests, workers and the browser refuse every other local path.
+    local_roots: str = ""
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
 
@@ -145,6 +148,10 @@ class Settings(BaseSettings):
         if self.broker_url:
             return self.broker_url
         return f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    def resolved_local_roots(self) -> tuple[Path, ...]:
+        """The folders of `local_roots`."""
+        return tuple(Path(p.strip()).expanduser() for p in self.local_roots.split(os.pathsep) if p.strip())
 
     def resolved_inflight_jobs(self) -> int:
         return self.inflight_jobs or 2 * self.max_num_seqs

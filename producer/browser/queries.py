@@ -177,12 +177,14 @@ def get_job(session: Session, job_id: int) -> JobDetail:
     return JobDetail(job=job, run=run, attempts=attempts, results=results)
 
 
-def job_image(session: Session, job_id: int, index: int) -> str:
-    """The URI of the job's `index`-th image. Raises NotFound."""
-    images = session.scalar(select(Job.images).where(Job.id == job_id))
-    if images is None or not 0 <= index < len(images):
+def job_image(session: Session, job_id: int, index: int) -> tuple[str, str | None]:
+    """The URI of the job's `index`-th image and its run's source. Raises NotFound."""
+    row = session.execute(
+        select(Job.images, Run.source).join(Run, Run.id == Job.run_id).where(Job.id == job_id)
+    ).first()
+    if row is None or not 0 <= index < len(row.images):
         raise NotFound(f"job {job_id} has no image {index}")
-    return str(images[index])
+    return str(row.images[index]), row.source
 
 
 def _job_rows(run_id: int, where: ResultFilter) -> Select[Any]:

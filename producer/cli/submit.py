@@ -24,7 +24,12 @@ from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Publisher) -> SubmitReport:
     question = resolve_question(flags["question"], flags["question_file"])
     settings = build_run_settings(ctx.settings.model, **flags)
-    source = open_source(source_uri, question=question, s3_endpoint_url=ctx.settings.s3_endpoint_url)
+    source = open_source(
+        source_uri,
+        question=question,
+        s3_endpoint_url=ctx.settings.s3_endpoint_url,
+        local_roots=ctx.settings.resolved_local_roots(),
+    )
     return submit(
         sessions=ctx.sessions,
         publisher=publisher,

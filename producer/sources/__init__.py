@@ -3,7 +3,7 @@ listing in memory) and validates itself before anything is written, so a bad sou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -70,15 +70,18 @@ def checked_rows(source: Source, check: SpecCheck | None) -> Iterator[Row]:
         yield where, spec
 
 
-def open_source(uri: str, *, question: str | None, s3_endpoint_url: str | None) -> Source:
+def open_source(
+    uri: str, *, question: str | None, s3_endpoint_url: str | None, local_roots: Sequence[Path] = ()
+) -> Source:
     """The source for `uri`: a manifest file (.jsonl/.csv/.parquet), an `s3://bucket/prefix`, or a
-    local folder. `question` applies to every job that does not bring its own."""
+    local folder. `question` applies to every job that does not bring its own. A manifest's local images
+    must lie in its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS)."""
     from vlmbatch.producer.sources.folder import FolderSource
     from vlmbatch.producer.sources.manifest import ManifestSource
     from vlmbatch.producer.sources.s3 import S3PrefixSource
 
     if uri.lower().endswith(MANIFEST_SUFFIXES):
-        return ManifestSource(uri, question=question, s3_endpoint_url=s3_endpoint_url)
+        return ManifestSource(uri, question=question, s3_endpoint_url=s3_endpoint_url, local_roots=local_roots)
     if uri.startswith("s3://"):
         return S3PrefixSource(uri, question=_required(question, uri), s3_endpoint_url=s3_endpoint_url)
     path = Path(uri.removeprefix("file://"))

@@ -2,8 +2,8 @@
 
 Columns: `image` (a URI or path; several as a list in JSONL/Parquet or `;`-separated in CSV), optional
 `question` (overrides the CLI question), optional `reference` (the ground-truth answer), and any other
-columns, kept as the job's metadata. Relative paths are resolved against the manifest's own folder and
-may not leave it.
+columns, kept as the job's metadata. Relative paths are resolved against the manifest's own folder; local
+paths (relative, absolute or `file://`) must stay inside that folder or a folder of `VLMBATCH_LOCAL_ROOTS`.
 
 Malformed rows refuse the whole submit: `validate` reads the manifest once and reports every bad row
 with its line number, before a single job is written. A half-submitted manifest is worse than none.
@@ -16,12 +16,13 @@ import datetime as dt
 import decimal
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
 
+from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
 from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
 from vlmbatch.schema.errors import SourceError
@@ -37,8 +38,15 @@ class RowError(ValueError):
 
 
 class ManifestSource:
-    def __init__(self, uri: str, *, question: str | None, s3_endpoint_url: str | None) -> None:
+    def __init__(
+        self, uri: str, *, question: str | None, s3_endpoint_url: str | None, local_roots: Sequence[Path] = ()
+    ) -> None:
+        if not uri.startswith("s3://"):
+            # Absolute, so that the run records where its local images may come from (media/local_roots.py).
+            uri = str(local_path(uri).absolute())
         self._uri = uri
+        # Local images may come from the manifest's own folder and VLMBATCH_LOCAL_ROOTS, nowhere else.
+        self._roots = LocalRoots.of([source_root(uri), *local_roots])
         self._question = question
         self._endpoint = s3_endpoint_url
         self._local: Path | None = None
@@ -120,12 +128,15 @@ class ManifestSource:
             key = _normalise_relative(base, uri)
             return f"s3://{split_s3_uri(self._uri)[0]}/{key}"
         path = local_path(uri)
-        if path.is_absolute():
-            return path.as_uri()
-        root = local_path(self._uri).resolve().parent
-        resolved = (root / path).resolve()
-        if resolved != root and root not in resolved.parents:
-            raise RowError(f"{uri!r} leads outside the manifest's folder")
+        if not path.is_absolute():
+            if self._uri.startswith("s3://"):
+                raise RowError(f"{uri!r}: a local path in a manifest on S3 must be absolute")
+            path = local_path(self._uri).parent / path
+        resolved = path.resolve()
+        if not self._roots.allows(resolved):
+            if not local_path(uri).is_absolute():
+                raise RowError(f"{uri!r} leads outside the manifest's folder")
+            raise RowError(f"{uri!r} is {self._roots.refusal()}")
         return resolved.as_uri()
 
     # -- reading ---------------------------------------------------------------------------------------

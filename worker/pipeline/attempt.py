@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL.Image import Image
 
+from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import JobCancelled, JobError
 from vlmbatch.schema.models import RunSettings
@@ -31,6 +32,8 @@ class RunContext:
 
     settings: RunSettings
     queue: str
+    # Where the run's local images may be read from (its source folder and VLMBATCH_LOCAL_ROOTS).
+    local_roots: LocalRoots = field(default_factory=LocalRoots)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from PIL.Image import Image
 
 from vlmbatch.media.images import decode_image
+from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import InputUnsupported
@@ -35,10 +36,11 @@ class ImageLoader:
         self._store = store
         self._metrics = metrics
 
-    def load(self, uri: str) -> LoadedImage:
-        """Raises the input errors of the taxonomy (not found, unreadable, unsupported, too large) and
-        StorageTransient."""
+    def load(self, uri: str, roots: LocalRoots) -> LoadedImage:
+        """Raises the input errors of the taxonomy (not found, unreadable, unsupported, too large; a local
+        path outside `roots` is unsupported) and StorageTransient."""
         started = time.perf_counter()
+        roots.check(uri)
         data = self._store.fetch(uri, max_bytes=self._max_bytes)
         fetched = time.perf_counter()
         self._metrics.fetch_seconds.observe(fetched - started)

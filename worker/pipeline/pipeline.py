@@ -22,10 +22,12 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import EngineDead, ErrorType, InternalError, JobError
@@ -232,12 +234,13 @@ class Pipeline:
         job = entry.job
         clock = AttemptClock(queue_wait_s=(job.claimed_at - job.queued_at).total_seconds())
         try:
+            run_context = await self._run_context(job.run_id)
             report = await run_attempt(
                 job,
                 request_id=entry.request_id,
-                run=await self._run_context(job.run_id),
+                run=run_context,
                 clock=clock,
-                load=self._load_image,
+                load=partial(self._load_image, roots=run_context.local_roots),
                 engine=self._engine,
                 time_share=self._time_share,
                 tensor_parallel_size=self._settings.tensor_parallel_size,
@@ -258,9 +261,9 @@ class Pipeline:
             report = failure_report(job, error, run.settings if run else None, clock.timings())
         return report
 
-    async def _load_image(self, uri: str) -> LoadedImage:
+    async def _load_image(self, uri: str, *, roots: LocalRoots) -> LoadedImage:
         context = contextvars.copy_context()  # the I/O thread logs with this job's ids
-        return await asyncio.get_running_loop().run_in_executor(self._io, context.run, self._loader.load, uri)
+        return await asyncio.get_running_loop().run_in_executor(self._io, context.run, self._loader.load, uri, roots)
 
     async def _run_context(self, run_id: int) -> RunContext:
         run = self._runs.get(run_id)
@@ -269,7 +272,10 @@ class Pipeline:
         # Jobs of a new run arrive hundreds at a time: load its settings once, not once per job.
         loading = self._runs_loading.get(run_id)
         if loading is None:
-            loading = asyncio.ensure_future(self._db.transaction(partial(_load_run, run_id=run_id)))
+            extra_roots = self._settings.resolved_local_roots()
+            loading = asyncio.ensure_future(
+                self._db.transaction(partial(_load_run, run_id=run_id, extra_roots=extra_roots))
+            )
             self._runs_loading[run_id] = loading
         try:
             run = await asyncio.shield(loading)
@@ -367,8 +373,12 @@ class Pipeline:
             await self._publish(queue, job_ids)
 
 
-def _load_run(session: Session, *, run_id: int) -> RunContext:
+def _load_run(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:
     run = session.get(Run, run_id)
     if run is None:
         raise InternalError(f"run {run_id} does not exist")
-    return RunContext(settings=RunSettings.model_validate(run.settings), queue=run.queue)
+    return RunContext(
+        settings=RunSettings.model_validate(run.settings),
+        queue=run.queue,
+        local_roots=LocalRoots.of([source_root(run.source), *extra_roots]),
+    )
