@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from vlmbatch.media.local_roots import local_path as local_path  # re-exported: sources import it from here
-from vlmbatch.schema.errors import InputNotFound, InputTooLarge, InputUnreadable, InputUnsupported, StorageTransient
+from vlmbatch.schema.errors import (
+    InputNotFound,
+    InputTooLarge,
+    InputUnreadable,
+    InputUnsupported,
+    StorageDenied,
+    StorageTransient,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -32,11 +39,30 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+# The store refused our credentials or their rights: a storage problem (fix access, then resubmit), not
+# a bad input.
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "403",
+        "Forbidden",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "TokenRefreshRequired",
+        "InvalidToken",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "InvalidSecurity",
+    }
+)
 
 
 class ObjectStore(Protocol):
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        """The object's bytes. Raises InputNotFound, InputTooLarge, InputUnreadable, StorageTransient."""
+        """The object's bytes. Raises InputNotFound, InputTooLarge, InputUnreadable, InputUnsupported,
+        StorageDenied, StorageTransient."""
         ...
 
 
@@ -51,7 +77,9 @@ def make_s3_client(endpoint_url: str | None, *, max_pool_connections: int = 32) 
         read_timeout=60,
         max_pool_connections=max_pool_connections,
     )
-    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+    # A session of its own: boto3's default session resolves credentials once per process and is not
+    # thread-safe to create; a new store (a restarted worker, a test) then reads the current chain.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -117,7 +145,7 @@ class S3Objects:
             return self._client
 
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         bucket, key = split_s3_uri(uri)
         try:
@@ -130,6 +158,8 @@ class S3Objects:
             data = body.read()
         except ClientError as exc:
             raise _classify_client_error(uri, exc) from exc
+        except NoCredentialsError as exc:
+            raise StorageDenied(f"{uri}: no S3 credentials found") from exc
         except BotoCoreError as exc:  # timeouts, connection resets, incomplete reads
             raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
         if len(data) != size:
@@ -145,8 +175,8 @@ def _classify_client_error(uri: str, exc: Any) -> Exception:
         return InputNotFound(f"{uri}: no such object")
     if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500) or status == 429:
         return StorageTransient(f"{uri}: {code or status}")
-    if code in {"AccessDenied", "403"} or status == 403:
-        return InputNotFound(f"{uri}: access denied")
+    if code in _DENIED_CODES or status == 403:
+        return StorageDenied(f"{uri}: {code or status}: the store refused our credentials or their rights")
     return InputUnreadable(f"{uri}: {code or status}")
 
 

@@ -24,6 +24,7 @@ class ErrorType(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    STORAGE_DENIED = "storage.denied"
 
 
 class VlmbatchError(Exception):
@@ -59,6 +60,8 @@ class JobError(VlmbatchError):
     error_type: ClassVar[ErrorType] = ErrorType.INTERNAL
     # Permanent errors fail the job at once; transient ones are retried with backoff.
     transient: ClassVar[bool] = False
+    # Retries of a transient error, when fewer than the run's `max_transient_retries`.
+    retry_limit: ClassVar[int | None] = None
 
 
 class InputNotFound(JobError):
@@ -112,6 +115,16 @@ class StorageTransient(JobError):
     transient = True
 
 
+class StorageDenied(JobError):
+    """The object store refused our credentials (access denied, expired or unknown keys): a storage
+    problem, not an input one. Retried a few times (a token being refreshed), then failed; resubmit the
+    jobs once access is fixed."""
+
+    error_type = ErrorType.STORAGE_DENIED
+    transient = True
+    retry_limit = 3
+
+
 class JobTimeout(JobError):
     """The job ran past its time limit."""
 
@@ -130,6 +143,11 @@ class InternalError(JobError):
     error_type = ErrorType.INTERNAL
 
 
+def is_storage_problem(error_type: str | None) -> bool:
+    """Whether a stored error type is the store's fault (access, availability), not the input's."""
+    return error_type is not None and error_type.startswith("storage.")
+
+
 ERROR_CLASSES: dict[ErrorType, type[JobError]] = {
     cls.error_type: cls
     for cls in (
@@ -141,6 +159,7 @@ ERROR_CLASSES: dict[ErrorType, type[JobError]] = {
         EngineOutOfMemory,
         EngineDead,
         StorageTransient,
+        StorageDenied,
         JobTimeout,
         JobCancelled,
         InternalError,

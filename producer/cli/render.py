@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from vlmbatch.producer.reports.display import duration
 from vlmbatch.producer.reports.stats import Totals
+from vlmbatch.schema.errors import ErrorType, is_storage_problem
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import Progress
 
@@ -49,7 +50,13 @@ def status_block(name: str, progress: Progress, cost: Totals | None = None) -> s
     if report.errors:
         lines.append("")
         errors = sorted(report.errors.items(), key=_most_first)
-        lines.append(table(["error type", "jobs"], errors))
+        lines.append(table(["error type", "jobs", "problem"], [(e, n, _problem(e)) for e, n in errors]))
+        denied = report.errors.get(ErrorType.STORAGE_DENIED.value)
+        if denied:
+            lines.append(
+                f"storage problem: {denied} jobs were refused by the object store (credentials or permissions); "
+                f"fix access, then `vlmbatch resubmit {report.run} --error-type {ErrorType.STORAGE_DENIED.value}`"
+            )
     lines.append("")
     lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
     if cost is not None:
@@ -58,6 +65,12 @@ def status_block(name: str, progress: Progress, cost: Totals | None = None) -> s
             f"reasoning and {cost.answer_tokens:,} answer tokens, {cost.gpu_seconds:,.1f} GPU-seconds"
         )
     return "\n".join(lines)
+
+
+def _problem(error_type: str) -> str:
+    if is_storage_problem(error_type):
+        return "storage"
+    return error_type.split(".", 1)[0]
 
 
 def _most_first(item: tuple[str, int]) -> tuple[int, str]:

@@ -82,7 +82,10 @@ def failure_report(job: ClaimedJob, error: JobError, run: RunSettings | None, ti
     transient error within the run's retry budget comes back after a backoff (`retry_after_s`)."""
     outcome = AttemptOutcome.CANCELLED if isinstance(error, JobCancelled) else AttemptOutcome.FAILED
     retry_after = None
-    if error.transient and run is not None and job.transient_failures < run.max_transient_retries:
+    limit = run.max_transient_retries if run is not None else 0
+    if error.retry_limit is not None:
+        limit = min(limit, error.retry_limit)
+    if error.transient and run is not None and job.transient_failures < limit:
         retry_after = retry_delay(job.transient_failures + 1)
     return AttemptReport(
         job_id=job.job_id,
