@@ -43,6 +43,7 @@ from vlmbatch.worker.pipeline.capacity import Capacity, TimeShare
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage
 from vlmbatch.worker.pipeline.leases import Heartbeat
+from vlmbatch.worker.pipeline.supervision import supervise
 from vlmbatch.worker.pipeline.writing import OutcomeWriter, write_reports_safely
 from vlmbatch.worker.process.log_format import log_context
 from vlmbatch.worker.process.metrics import WorkerMetrics
@@ -179,15 +180,18 @@ class Pipeline:
             engine_hung=self._declare_fatal,
         )
         await self._engine.start()
+        self._writer_task = asyncio.create_task(self._writer.run(), name="writer")
         self._background = [
-            asyncio.create_task(self._writer.run(), name="writer"),
+            self._writer_task,
             asyncio.create_task(heartbeat.run(), name="heartbeat"),
             asyncio.create_task(self._admission.claim_loop(), name="claimer"),
         ]
+        for task in self._background:
+            supervise(task, on_death=self._declare_fatal, stopping=lambda: self._closing)
 
     def _stopping_reason(self) -> str | None:
         if self._fatal is not None:
-            return f"engine died: {self._fatal}"
+            return f"engine died: {self._fatal}" if isinstance(self._fatal, EngineDead) else str(self._fatal)
         return "worker is stopping" if self._closing else None
 
     async def _stop(self, grace_s: float) -> None:
@@ -195,20 +199,40 @@ class Pipeline:
         deadline = time.monotonic() + grace_s
         while self._inflight and time.monotonic() < deadline and self._fatal is None:
             await asyncio.sleep(0.1)
-        await self._hand_back_all(reason="worker stopped")
-        for task in self._background:
+        await self._give_up(reason="worker stopped")
+        # The background tasks and anything else still on the loop (a feed whose caller went away).
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         await self._engine.shutdown()
+
+    async def _drain_writer(self) -> None:
+        """Commit every outcome already handed to the writer; if the writer is dead, hand those jobs back."""
+        if not self._writer_task.done():
+            drained = asyncio.ensure_future(self._writer.drain())
+            await asyncio.wait({drained, self._writer_task}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+        if self._writer_task.done():
+            await self._hand_back_all(reason="the outcome writer stopped", include_reported=True)
 
     def _declare_fatal(self, exc: BaseException) -> None:
         if self._fatal is not None:
             return
-        log.error("engine died (%s); handing jobs back and stopping", exc)
+        what = f"engine died ({exc})" if isinstance(exc, EngineDead) else str(exc)
+        log.error("%s; handing jobs back and stopping", what)
         self._fatal = exc
         self._closing = True
-        task = asyncio.create_task(self._hand_back_all(reason=f"engine died: {exc}"))
+        task = asyncio.create_task(self._give_up(reason=what))
         task.add_done_callback(lambda _t: self.fatal_event.set())
+
+    async def _give_up(self, *, reason: str) -> None:
+        """Hand the unfinished jobs back; outcomes the writer holds are still committed if it lives."""
+        try:
+            await self._hand_back_all(reason=reason)
+            await self._drain_writer()
+        except Exception:  # bounded database retries ran out: the leases expire and the reconciler acts
+            log.exception("could not hand the jobs back; their leases will expire")
 
     # -- one job -------------------------------------------------------------------------------------
 
@@ -337,9 +361,10 @@ class Pipeline:
 
     # -- handing back --------------------------------------------------------------------------------
 
-    async def _hand_back_all(self, *, reason: str) -> None:
-        """Return every unfinished job to the queue (or fail it once its attempts are used up)."""
-        pending = [e for e in self._inflight.values() if not e.reported]
+    async def _hand_back_all(self, *, reason: str, include_reported: bool = False) -> None:
+        """Return every unfinished job to the queue (or fail it once its attempts are used up); with
+        `include_reported`, also those whose outcome the (dead) writer never committed."""
+        pending = [e for e in self._inflight.values() if include_reported or not e.reported]
         for entry in pending:
             entry.reported = True
             if entry.task is not None and not entry.task.done():
@@ -352,7 +377,7 @@ class Pipeline:
             job = entry.job
             run = self._runs.get(job.run_id) or await self._run_context(job.run_id)
             exhausted = job.attempts_used >= run.settings.max_attempts
-            error = ErrorType.ENGINE_DEAD if self._fatal is not None else None
+            error = ErrorType.ENGINE_DEAD if isinstance(self._fatal, EngineDead) else None
             reports.append(
                 AttemptReport(
                     job_id=job.job_id,
