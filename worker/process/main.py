@@ -73,11 +73,13 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
         maintenance.stop()
         pipeline.stop(grace_s=0.0 if pipeline.fatal else settings.shutdown_grace_seconds)
     return exit_status(
-        fatal=pipeline.fatal, stalled=maintenance.stalled.is_set(), celery_exitcode=getattr(worker, "exitcode", 0)
+        fatal=pipeline.fatal,
+        stalled=maintenance.stalled.is_set(),
+        celery_exitcode=int(getattr(worker, "exitcode", 0) or 0),
     )
 
 
-def exit_status(*, fatal: BaseException | None, stalled: bool, celery_exitcode: object) -> int:
+def exit_status(*, fatal: BaseException | None, stalled: bool, celery_exitcode: int) -> int:
     """The worker process's exit status: non-zero whenever its supervisor must restart it."""
     if isinstance(fatal, BackgroundTaskDied):
         log.error("exiting with status %d: %s", EXIT_TASK_DIED, fatal)
@@ -89,7 +91,7 @@ def exit_status(*, fatal: BaseException | None, stalled: bool, celery_exitcode: 
         return EXIT_CONSUMER_STALLED
     # Celery sets a non-zero exit code when its consumer hit an unrecoverable error (e.g. a broker that
     # went away mid-reconnect): the supervisor must restart this worker.
-    return int(celery_exitcode or 0)  # type: ignore[call-overload]
+    return celery_exitcode
 
 
 def _say_through_logging() -> None:
