@@ -54,6 +54,10 @@ class RunConflict(VlmbatchError):
     """A run of that name exists with different settings."""
 
 
+class BrokerUnavailable(VlmbatchError):
+    """The jobs are in the ledger but the broker could not be reached to announce them."""
+
+
 class JobError(VlmbatchError):
     """A job failed; its `error_type` is stored with the attempt."""
 

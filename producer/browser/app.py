@@ -49,7 +49,7 @@ _MAX_ID_DIGITS = 18
 _CSP = (
     "default-src 'none'; img-src 'self'; style-src {style}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-_TOKEN_IN_LOGS = re.compile(r"(token=)[^&\s\"]*")
+_TOKEN_IN_LOGS = re.compile(r"(token=)[^&\s\"]*", re.IGNORECASE)
 
 
 class BadRequest(ValueError):
@@ -174,7 +174,8 @@ def _int_param(params: dict[str, str], name: str) -> int | None:
     value = params.get(name)
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > _MAX_ID_DIGITS or int(value) < 1:
+    # ASCII digits only: "²".isdigit() is true, and int("²") raises.
+    if not (value.isascii() and value.isdigit()) or len(value) > _MAX_ID_DIGITS or int(value) < 1:
         raise BadRequest(f"{name} must be a positive whole number")
     return int(value)
 

@@ -9,7 +9,7 @@ import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
-from vlmbatch.producer.cli.render import table
+from vlmbatch.producer.cli.render import table, terminal_safe
 from vlmbatch.producer.reports.export import EXPORT_FORMATS, ExportFilter, ExportFormat, export_run
 from vlmbatch.producer.reports.stats import PERCENTILES, RunStats, Totals, run_stats
 from vlmbatch.schema.runs import get_run
@@ -65,7 +65,9 @@ def export_command(
         payload = {"run": report.run_id, "format": report.format, "path": str(report.path), "rows": report.rows}
         click.echo(json.dumps(payload))
     else:
-        click.echo(f"run {target.id} ({target.name}): wrote {report.rows} samples to {report.path} ({fmt})")
+        click.echo(
+            f"run {target.id} ({terminal_safe(target.name)}): wrote {report.rows} samples to {report.path} ({fmt})"
+        )
 
 
 @cli.command("stats")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from vlmbatch.producer.reports.display import duration
@@ -11,6 +12,14 @@ from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import Progress
 
 BAR_WIDTH = 30
+# Escape sequences (CSI, OSC and other ESC-introduced ones) and every other control character: text
+# from a manifest or a model must not move the cursor, retitle the terminal or hide lines.
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` without escape sequences and control characters (tabs and newlines become spaces)."""
+    return _ESCAPES.sub("", text.replace("\t", " ").replace("\n", " ").replace("\r", " "))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -26,7 +35,7 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value)
+    return terminal_safe(str(value))
 
 
 def progress_line(name: str, progress: Progress) -> str:
@@ -36,7 +45,7 @@ def progress_line(name: str, progress: Progress) -> str:
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     c = report.counts
     return (
-        f"{name} [{bar}] {100 * progress.done / total:5.1f}% {progress.done}/{report.total} "
+        f"{terminal_safe(name)} [{bar}] {100 * progress.done / total:5.1f}% {progress.done}/{report.total} "
         f"ok {c[JobState.SUCCEEDED.value]} fail {c[JobState.FAILED.value]} "
         f"trunc {c[JobState.TRUNCATED.value]} run {c[JobState.RUNNING.value]} | "
         f"{progress.jobs_per_second:.1f} jobs/s | ETA {duration(progress.eta_seconds)}"
@@ -45,7 +54,7 @@ def progress_line(name: str, progress: Progress) -> str:
 
 def status_block(name: str, progress: Progress, cost: Totals | None = None) -> str:
     report = progress.report
-    lines = [f"run {report.run} ({name}): {report.total} jobs"]
+    lines = [f"run {report.run} ({terminal_safe(name)}): {report.total} jobs"]
     lines.append(table(["state", "jobs"], [(s.value, report.counts[s.value]) for s in JobState]))
     if report.errors:
         lines.append("")

@@ -12,7 +12,7 @@ import click
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import CommandContext, load_context
 from vlmbatch.producer.cli.options import build_run_settings, resolve_question, run_options
-from vlmbatch.producer.cli.render import progress_line, table
+from vlmbatch.producer.cli.render import progress_line, table, terminal_safe
 from vlmbatch.producer.sources import open_source
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.models import SubmitReport
@@ -69,7 +69,10 @@ def run_command(source: str, **flags: Any) -> None:
         name = get_run(session, report.run).name
     interactive = sys.stderr.isatty() and not flags["as_json"]
     if not flags["as_json"]:
-        click.echo(f"run {report.run} ({name}): {report.submitted} new jobs, {report.skipped} already there", err=True)
+        click.echo(
+            f"run {report.run} ({terminal_safe(name)}): {report.submitted} new jobs, {report.skipped} already there",
+            err=True,
+        )
     started = time.monotonic()
 
     def tick() -> None:

@@ -15,6 +15,7 @@ import csv
 import datetime as dt
 import decimal
 import json
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -173,8 +174,13 @@ class ManifestSource:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open("r", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield f"line {number}", RowError(f"not valid UTF-8 (byte {exc.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -184,12 +190,16 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open("r", encoding="utf-8", newline="") as handle:
+    # surrogateescape: a line of invalid UTF-8 is reported with its number instead of ending the read.
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
             raise SourceError(f"{path}: the CSV header has no `image` column")
-        for row in reader:
+        for row in _csv_rows(reader, path):
             where = f"line {reader.line_num}"
+            if any(isinstance(v, str) and _SURROGATES.search(v) for v in row.values()):
+                yield where, RowError("not valid UTF-8")
+                continue
             if None in row:
                 yield where, RowError("more cells than header columns")
                 continue
@@ -197,6 +207,21 @@ def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
             cell = record.get("image") or ""
             record["image"] = [p.strip() for p in cell.split(CSV_IMAGE_SEPARATOR) if p.strip()]
             yield where, record
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+def _csv_rows(reader: csv.DictReader[str], path: Path) -> Iterator[dict[str, Any]]:
+    """The reader's rows; a row the csv module cannot parse (a cell over its size limit, say) refuses
+    the manifest naming its line, since the reader cannot go on past it."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise SourceError(f"{path}: line {reader.line_num + 1}: {exc}") from exc
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
