@@ -53,7 +53,7 @@ class RowErrors:
         if not self.total:
             return
         if self.total == 1:  # one line, for the terminal and for logs
-            raise SourceError(f"{self._uri}: {self.shown[0]}; nothing was submitted")
+            raise SourceError(f"{self._uri}: 1 malformed row; nothing was submitted: {self.shown[0]}")
         more = f"\n  … and {self.total - len(self.shown)} more" if self.total > len(self.shown) else ""
         raise SourceError(
             f"{self._uri}: {self.total} malformed row(s); nothing was submitted:\n  " + "\n  ".join(self.shown) + more
