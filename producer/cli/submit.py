@@ -61,6 +61,7 @@ def submit_command(source: str, **flags: Any) -> None:
 @run_options
 def run_command(source: str, **flags: Any) -> None:
     """Submit SOURCE, then work the run in this process until it is done (no broker needed)."""
+    from vlmbatch.worker.pipeline.admission import WorkerStopping
     from vlmbatch.worker.process.main import run_embedded
 
     ctx = load_context(queue=flags["queue"], model=flags["model"])
@@ -80,7 +81,11 @@ def run_command(source: str, **flags: Any) -> None:
             with ctx.sessions() as session:
                 click.echo("\r" + progress_line(name, run_progress(session, report.run)), nl=False, err=True)
 
-    pipeline = run_embedded(ctx.settings, run_id=report.run, on_tick=tick)
+    try:
+        pipeline = run_embedded(ctx.settings, run_id=report.run, on_tick=tick)
+    except WorkerStopping as exc:  # the engine or a background task died; its jobs were handed back
+        click.echo(f"\nerror: the worker stopped ({exc}); `vlmbatch run` again resumes the run", err=True)
+        sys.exit(3)
     if interactive:
         click.echo("", err=True)
     with ctx.sessions() as session:

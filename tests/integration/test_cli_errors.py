@@ -52,6 +52,12 @@ CASES = {
         database="postgresql",
         files={"m.jsonl": b'{"image": "imgs/a.jpg", "question": "what\\u0000?"}\n'},
     ),
+    "NUL in a question file": Case(
+        ["submit", "imgs", "--question-file", "q.txt"], "NUL character", files={"q.txt": b"what\x00?"}
+    ),
+    "question file not UTF-8": Case(
+        ["submit", "imgs", "--question-file", "q.txt"], "not valid UTF-8", files={"q.txt": b"\xffwhat?"}
+    ),
     "CSV cell over the field limit": Case(
         ["submit", "m.csv", "-q", "x"],
         "line 2: field larger than field limit",
