@@ -127,7 +127,7 @@ def _require_regular(uri: str, info: os.stat_result) -> None:
         return
     if stat.S_ISDIR(info.st_mode):
         raise InputNotFound(f"{uri}: is a directory")
-    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "a special file")
     raise InputUnsupported(f"{uri}: {kind}, not a regular file")
 
 

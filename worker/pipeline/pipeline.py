@@ -7,7 +7,8 @@ job waits for the slowest trace of a batch (continuous batching end to end).
 
 The parts, one module each: `admission` (claiming, both feeds), `attempt` (one job's attempt and its
 report), `writing` (batched, fenced commits), `leases` (heartbeat and hang watchdog), `capacity` (slots and
-engine-time shares). This module owns the jobs in flight and the lifecycle: start, drain, hand back.
+engine-time shares), `supervision` (a background task that dies stops the worker). This module owns the
+jobs in flight and the lifecycle: start, drain, hand back.
 """
 
 from __future__ import annotations
