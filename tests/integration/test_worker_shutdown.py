@@ -172,3 +172,31 @@ def test_database_retries_are_bounded() -> None:
     with pytest.raises(OperationalError):
         asyncio.run(call())
     assert calls >= 2  # retried, then given up
+
+
+def test_a_claim_waiting_for_room_when_the_worker_stops_is_told_so(sqlite_url: str, tmp_path: Path) -> None:
+    """A Celery task blocked in `admit` gets WorkerStopping (its message is requeued), not a cancellation
+    that would acknowledge the message."""
+    import threading
+
+    settings = settings_for(sqlite_url, max_num_seqs=1, inflight_jobs=1, jobs_per_message=1)
+    engine = FakeEngine("fake-model", FakeBehaviour(latency_s=30.0))
+    with _pipeline(settings, engine) as (pipeline, sessions, _db_engine):
+        run_id = submit_folder(sessions, _folder(tmp_path / "imgs", 2))
+        with sessions() as session:
+            first, second = session.scalars(select(Job.id).where(Job.run_id == run_id).order_by(Job.id))
+        assert pipeline.admit([first]) == 1  # the only slot
+        outcome: list[BaseException | int] = []
+
+        def waiting_claim() -> None:
+            try:
+                outcome.append(pipeline.admit([second]))
+            except BaseException as error:  # what the Celery task would see
+                outcome.append(error)
+
+        claimer = threading.Thread(target=waiting_claim)
+        claimer.start()
+        time.sleep(0.3)  # let the second claim reach the loop and wait for the slot
+        pipeline.stop(grace_s=0.0)
+        claimer.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], WorkerStopping)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Coroutine, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -126,7 +126,10 @@ class Pipeline:
         """Claim `job_ids` into this worker once there is room; return how many were claimed.
         Raises WorkerStopping when the pipeline is shutting down."""
         self.last_admitted_at = time.monotonic()
-        return self._call(self._admission.admit(list(job_ids)))
+        try:
+            return self._call(self._admission.admit(list(job_ids)))
+        except CancelledError as exc:  # the pipeline stopped while this claim waited for room
+            raise WorkerStopping("worker is stopping") from exc
 
     def feed_run(self, run_id: int) -> Future[None]:
         """Work a run's queue straight from the database until none of its jobs is queued or running."""
