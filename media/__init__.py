@@ -5,6 +5,7 @@
 - `http`: guarded http(s) fetches (private addresses refused on every hop, opt-out headers, caps, retries).
 - `shards`: tar shard members (WebDataset): their byte ranges and the `tar+…` URIs jobs store.
 - `staging`: content-addressed staging of embedded image bytes (Parquet cells, `data:` URIs).
+- `local_roots`: the folders local reads are confined to (the run's own folder, `VLMBATCH_LOCAL_ROOTS`).
 - `images`: hardened decoding of untrusted bytes into RGB images (bounded bytes and pixels, allow-listed
   formats).
 """

@@ -8,11 +8,20 @@ import io
 import os
 import stat
 import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import unquote, urlparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlparse
 
-from vlmbatch.schema.errors import InputNotFound, InputTooLarge, InputUnreadable, InputUnsupported, StorageTransient
+from vlmbatch.media.local_roots import local_path as local_path  # re-exported: sources import it from here
+from vlmbatch.schema.errors import (
+    InputNotFound,
+    InputTooLarge,
+    InputUnreadable,
+    InputUnsupported,
+    StorageDenied,
+    StorageTransient,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -37,11 +46,30 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+# The store refused our credentials or their rights: a storage problem (fix access, then resubmit), not
+# a bad input.
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "403",
+        "Forbidden",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "TokenRefreshRequired",
+        "InvalidToken",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "InvalidSecurity",
+    }
+)
 
 
 class ObjectStore(Protocol):
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        """The object's bytes. Raises InputNotFound, InputTooLarge, InputUnreadable, StorageTransient."""
+        """The object's bytes. Raises InputNotFound, InputTooLarge, InputUnreadable, InputUnsupported,
+        StorageDenied, StorageTransient."""
         ...
 
 
@@ -56,7 +84,9 @@ def make_s3_client(endpoint_url: str | None, *, max_pool_connections: int = 32) 
         read_timeout=60,
         max_pool_connections=max_pool_connections,
     )
-    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+    # A session of its own: boto3's default session resolves credentials once per process and is not
+    # thread-safe to create; a new store (a restarted worker, a test) then reads the current chain.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -67,45 +97,59 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def local_path(uri: str) -> Path:
-    """The filesystem path of a `file://` URI or plain path."""
-    if uri.startswith("file://"):
-        return Path(unquote(urlparse(uri).path))
-    return Path(uri)
-
-
 class LocalFiles:
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        path = local_path(uri)
-        try:
-            with path.open("rb") as handle:  # one open and one fstat: file systems are slow per call
-                info = os.fstat(handle.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise InputNotFound(f"{uri}: not a regular file")
-                if info.st_size > max_bytes:
-                    raise InputTooLarge(f"{uri}: {info.st_size} bytes, over the {max_bytes}-byte limit")
-                return handle.read()
-        except FileNotFoundError as exc:
-            raise InputNotFound(f"{uri}: no such file") from exc
-        except PermissionError as exc:
-            raise InputUnreadable(f"{uri}: permission denied") from exc
-        except IsADirectoryError as exc:
-            raise InputNotFound(f"{uri}: is a directory") from exc
+        with _open_regular(uri) as (handle, info):
+            if info.st_size > max_bytes:
+                raise InputTooLarge(f"{uri}: {info.st_size} bytes, over the {max_bytes}-byte limit")
+            data = handle.read(max_bytes + 1)  # bounded even if the file grew since the fstat
+        if len(data) > max_bytes:
+            raise InputTooLarge(f"{uri}: over the {max_bytes}-byte limit")
+        return data
 
     def fetch_range(self, uri: str, *, offset: int, size: int) -> bytes:
         """`size` bytes at `offset` (a member of a tar shard): one seek, one read."""
-        path = local_path(uri)
-        try:
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read(size)
-        except FileNotFoundError as exc:
-            raise InputNotFound(f"{uri}: no such file") from exc
-        except (PermissionError, IsADirectoryError) as exc:
-            raise InputUnreadable(f"{uri}: {exc.strerror}") from exc
+        with _open_regular(uri) as (handle, _info):
+            handle.seek(offset)
+            data = handle.read(size)
         if len(data) != size:
             raise InputUnreadable(f"{uri}: truncated, {len(data)} of {size} bytes at offset {offset}")
         return data
+
+
+@contextmanager
+def _open_regular(uri: str) -> Iterator[tuple[IO[bytes], os.stat_result]]:
+    """The file at `uri`, opened only if it is a regular file (checked before and after the open)."""
+    path = local_path(uri)
+    try:
+        # stat before open: opening a FIFO blocks until a writer comes, and a device never ends.
+        _require_regular(uri, os.stat(path))
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise InputNotFound(f"{uri}: no such file") from exc
+    except PermissionError as exc:
+        raise InputUnreadable(f"{uri}: permission denied") from exc
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())  # the path may have been replaced since the stat
+        _require_regular(uri, info)
+        yield handle, info
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _require_regular(uri: str, info: os.stat_result) -> None:
+    if stat.S_ISREG(info.st_mode):
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise InputNotFound(f"{uri}: is a directory")
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "a special file")
+    raise InputUnsupported(f"{uri}: {kind}, not a regular file")
 
 
 class S3Objects:
@@ -122,7 +166,7 @@ class S3Objects:
             return self._client
 
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         bucket, key = split_s3_uri(uri)
         try:
@@ -135,6 +179,8 @@ class S3Objects:
             data = body.read()
         except ClientError as exc:
             raise _classify_client_error(uri, exc) from exc
+        except NoCredentialsError as exc:
+            raise StorageDenied(f"{uri}: no S3 credentials found") from exc
         except BotoCoreError as exc:  # timeouts, connection resets, incomplete reads
             raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
         if len(data) != size:
@@ -217,8 +263,8 @@ def _classify_client_error(uri: str, exc: Any) -> Exception:
         return InputNotFound(f"{uri}: no such object")
     if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500) or status == 429:
         return StorageTransient(f"{uri}: {code or status}")
-    if code in {"AccessDenied", "403"} or status == 403:
-        return InputNotFound(f"{uri}: access denied")
+    if code in _DENIED_CODES or status == 403:
+        return StorageDenied(f"{uri}: {code or status}: the store refused our credentials or their rights")
     return InputUnreadable(f"{uri}: {code or status}")
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.sources import RowErrors, Source, SpecCheck, checked_rows
 from vlmbatch.schema.enqueue import PostgresStaging, StagedRow, insert_jobs, new_job_ids, staged_row
+from vlmbatch.schema.errors import BrokerUnavailable
 from vlmbatch.schema.grading import normalize_reference, parse_options
 from vlmbatch.schema.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.runs import create_or_reuse_run, get_or_create_run
@@ -55,13 +56,38 @@ def submit(
     source.validate(_reference_check(settings))
     run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri)
     submitted = skipped = 0
+    broker_error: Exception | None = None
     for chunk in _chunks(source.specs(), SUBMIT_CHUNK):
         with sessions() as session, session.begin():
             new_ids = insert_jobs(session, run_id=run.id, specs=chunk)
-        publisher.publish(queue, new_ids)
+        if broker_error is None:  # once the broker is down, the rest still goes into the ledger
+            broker_error = _publish(publisher, queue, new_ids)
         submitted += len(new_ids)
         skipped += len(chunk) - len(new_ids)
+    _raise_if_unpublished(broker_error, run.id, submitted)
     return SubmitReport(run=run.id, submitted=submitted, skipped=skipped)
+
+
+def _publish(publisher: Publisher, queue: str, job_ids: list[int]) -> Exception | None:
+    """Publish `job_ids`; the broker's connection error, if it is down (the jobs are committed already)."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        publisher.publish(queue, job_ids)
+    except (OSError, KombuOperationalError, RedisConnectionError, RedisTimeoutError) as exc:
+        return exc
+    return None
+
+
+def _raise_if_unpublished(error: Exception | None, run_id: int, submitted: int) -> None:
+    if error is not None:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BrokerUnavailable(
+            f"run {run_id}: {submitted} jobs are queued in the ledger, but the broker could not be reached "
+            f"({first}); `vlmbatch reconcile` or any running worker will publish them"
+        )
 
 
 def _submit_in_one_transaction(
@@ -94,7 +120,7 @@ def _submit_in_one_transaction(
         run_id = run.id
     with sessions() as session:
         for job_ids in new_job_ids(session, run_id=run_id, after=staging.watermark):
-            publisher.publish(queue, job_ids)
+            _raise_if_unpublished(_publish(publisher, queue, job_ids), run_id, submitted)
     return SubmitReport(run=run_id, submitted=submitted, skipped=seen - submitted)
 
 

@@ -6,5 +6,6 @@
   a bounded child process).
 - `tables` (SQLAlchemy models), `database` (engines, sessions, migrations; `migrations/` is Alembic's).
 - Ledger operations, one concept each: `runs`, `enqueue` (bulk inserts), `claims` (leases),
-  `outcomes` (fenced writes), `reconcile`, `resubmit`, `status`, `standing` (which results stand).
+  `outcomes` (fenced writes), `reconcile`, `resubmit`, `status`, `standing` (which results stand),
+  `locks` (the one lock order: jobs by ascending id, then attempts).
 """

@@ -15,6 +15,7 @@ from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, upda
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.grading.choice import parse_options
+from vlmbatch.schema.locks import jobs_locked_in_order
 from vlmbatch.schema.states import AttemptOutcome, JobState
 from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
 
@@ -169,7 +170,18 @@ def renew_leases(session: Session, *, worker: str, attempt_ids: Sequence[int], l
         session.scalars(
             update(Job)
             .where(
-                Job.current_attempt_id.in_(list(attempt_ids)),
+                # Locked in the ledger's one order (schema/locks.py): the worker's own outcome writer
+                # locks some of these jobs at the same time.
+                Job.id.in_(
+                    jobs_locked_in_order(
+                        session,
+                        and_(
+                            Job.current_attempt_id.in_(list(attempt_ids)),
+                            Job.state == JobState.RUNNING.value,
+                            Job.lease_owner == worker,
+                        ),
+                    )
+                ),
                 Job.state == JobState.RUNNING.value,
                 Job.lease_owner == worker,
             )

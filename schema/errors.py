@@ -26,6 +26,7 @@ class ErrorType(StrEnum):
     INTERNAL = "internal"
     INPUT_OPTED_OUT = "input.opted_out"
     INPUT_FORBIDDEN = "input.forbidden"
+    STORAGE_DENIED = "storage.denied"
 
 
 class VlmbatchError(Exception):
@@ -55,12 +56,18 @@ class RunConflict(VlmbatchError):
     """A run of that name exists with different settings."""
 
 
+class BrokerUnavailable(VlmbatchError):
+    """The jobs are in the ledger but the broker could not be reached to announce them."""
+
+
 class JobError(VlmbatchError):
     """A job failed; its `error_type` is stored with the attempt."""
 
     error_type: ClassVar[ErrorType] = ErrorType.INTERNAL
     # Permanent errors fail the job at once; transient ones are retried with backoff.
     transient: ClassVar[bool] = False
+    # Retries of a transient error, when fewer than the run's `max_transient_retries`.
+    retry_limit: ClassVar[int | None] = None
 
 
 class InputNotFound(JobError):
@@ -114,6 +121,16 @@ class StorageTransient(JobError):
     transient = True
 
 
+class StorageDenied(JobError):
+    """The object store refused our credentials (access denied, expired or unknown keys): a storage
+    problem, not an input one. Retried a few times (a token being refreshed), then failed; resubmit the
+    jobs once access is fixed."""
+
+    error_type = ErrorType.STORAGE_DENIED
+    transient = True
+    retry_limit = 3
+
+
 class JobTimeout(JobError):
     """The job ran past its time limit."""
 
@@ -144,6 +161,11 @@ class InputForbidden(JobError):
     error_type = ErrorType.INPUT_FORBIDDEN
 
 
+def is_storage_problem(error_type: str | None) -> bool:
+    """Whether a stored error type is the store's fault (access, availability), not the input's."""
+    return error_type is not None and error_type.startswith("storage.")
+
+
 ERROR_CLASSES: dict[ErrorType, type[JobError]] = {
     cls.error_type: cls
     for cls in (
@@ -155,6 +177,7 @@ ERROR_CLASSES: dict[ErrorType, type[JobError]] = {
         EngineOutOfMemory,
         EngineDead,
         StorageTransient,
+        StorageDenied,
         JobTimeout,
         JobCancelled,
         InternalError,

@@ -123,7 +123,17 @@ class JobSpec(BaseModel):
     def _images_not_blank(cls, images: tuple[str, ...]) -> tuple[str, ...]:
         if any(not uri.strip() for uri in images):
             raise ValueError("an image URI is empty")
+        if any("\x00" in uri for uri in images):
+            raise ValueError("an image URI holds a NUL character")
         return images
+
+    @field_validator("question", "reference")
+    @classmethod
+    def _no_nul(cls, text: str | None) -> str | None:
+        # PostgreSQL text cannot hold NUL: refused here, with the row's number, not at insert time.
+        if text is not None and "\x00" in text:
+            raise ValueError("holds a NUL character")
+        return text
 
     def input_key(self) -> str:
         """The job's identity within a run: a hash of its image URIs and question (DESIGN.md, job row

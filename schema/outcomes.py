@@ -129,8 +129,11 @@ def record_outcomes(session: Session, reports: Sequence[AttemptReport]) -> list[
 def _still_holding(session: Session, reports: Sequence[AttemptReport]) -> set[tuple[int, int]]:
     """(job, attempt) pairs whose attempt still holds its running job, locked until the transaction ends
     (on SQLite the BEGIN IMMEDIATE transaction already excludes other writers)."""
-    stmt = select(Job.id, Job.current_attempt_id).where(
-        Job.id.in_({r.job_id for r in reports}), Job.state == JobState.RUNNING.value
+    # Ascending id: the ledger's one lock order (schema/locks.py), jobs before attempts.
+    stmt = (
+        select(Job.id, Job.current_attempt_id)
+        .where(Job.id.in_({r.job_id for r in reports}), Job.state == JobState.RUNNING.value)
+        .order_by(Job.id)
     )
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.locks import jobs_locked_in_order
 from vlmbatch.schema.states import AttemptOutcome, JobState
 from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
 
@@ -88,32 +90,50 @@ class Cancelled:
 def cancel_run(session: Session, *, run_id: int) -> Cancelled:
     """Cancel every queued and running job of the run. Running jobs end `cancelled` at once: their
     workers see the lost lease at the next heartbeat, abort the engine request, and their late write is
-    fenced off."""
+    fenced off.
+
+    The run's queued and running jobs are locked first, in the ledger's one order (job rows by ascending
+    id, then their attempts: schema/locks.py). Taking attempts first deadlocks against the outcome writer
+    and the reconciler on PostgreSQL, and cancelling queued and running jobs in two unlocked statements
+    lets a claim (queued → running) or the reconciler (running → queued) move a job between them, leaving
+    an attempt `running` on a cancelled job. Once locked, nothing moves them until this transaction ends.
+    """
     now = utcnow()
     run = session.get(Run, run_id)
     if run is not None and run.cancelled_at is None:
         run.cancelled_at = now
-    running_attempts = select(Job.current_attempt_id).where(Job.run_id == run_id, Job.state == JobState.RUNNING.value)
-    session.execute(
-        update(Attempt)
-        .where(Attempt.id.in_(running_attempts), Attempt.outcome == AttemptOutcome.RUNNING.value)
-        .values(outcome=AttemptOutcome.CANCELLED.value, error_type="cancelled", finished_at=now)
-        .execution_options(synchronize_session=False)
+    pending = and_(Job.run_id == run_id, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+    session.execute(select(func.count()).select_from(jobs_locked_in_order(session, pending).subquery()))
+    running_attempts = list(
+        session.scalars(
+            _cancel(run_id, JobState.RUNNING, now).returning(Job.current_attempt_id),
+            execution_options={"synchronize_session": False},
+        )
     )
-    counts = {}
-    for state in (JobState.QUEUED, JobState.RUNNING):
-        result = session.execute(
-            update(Job)
-            .where(Job.run_id == run_id, Job.state == state.value)
-            .values(
-                state=JobState.CANCELLED.value,
-                error_type="cancelled",
-                error_message="cancelled by the operator",
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=now,
+    queued = session.execute(_cancel(run_id, JobState.QUEUED, now).execution_options(synchronize_session=False))
+    for start in range(0, len(running_attempts), _CHUNK):
+        session.execute(
+            update(Attempt)
+            .where(
+                Attempt.id.in_([a for a in running_attempts[start : start + _CHUNK] if a is not None]),
+                Attempt.outcome == AttemptOutcome.RUNNING.value,
             )
+            .values(outcome=AttemptOutcome.CANCELLED.value, error_type="cancelled", finished_at=now)
             .execution_options(synchronize_session=False)
         )
-        counts[state] = result.rowcount  # type: ignore[attr-defined]
-    return Cancelled(queued=counts[JobState.QUEUED], running=counts[JobState.RUNNING])
+    return Cancelled(queued=queued.rowcount, running=len(running_attempts))  # type: ignore[attr-defined]
+
+
+def _cancel(run_id: int, state: JobState, now: datetime) -> Update:
+    return (
+        update(Job)
+        .where(Job.run_id == run_id, Job.state == state.value)
+        .values(
+            state=JobState.CANCELLED.value,
+            error_type="cancelled",
+            error_message="cancelled by the operator",
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now,
+        )
+    )

@@ -10,12 +10,15 @@ from vlmbatch.schema.errors import RunConflict, RunNotFound
 from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.tables import Run
 
+# Ids are 64-bit; a larger number names no run (and would overflow the database's integer).
+_MAX_ID = 2**63 - 1
+
 
 def get_run(session: Session, ref: str | int) -> Run:
     """The run whose id or name is `ref`. Raises RunNotFound."""
     text = str(ref)
     run = session.scalar(select(Run).where(Run.name == text))
-    if run is None and text.isdigit():
+    if run is None and text.isascii() and text.isdigit() and int(text) <= _MAX_ID:
         run = session.get(Run, int(text))
     if run is None:
         raise RunNotFound(f"no run has the id or name {text!r}")

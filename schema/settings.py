@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vlmbatch.schema.models import DEFAULT_MODEL
 
+# Where an OpenAI batch file's `data:` images are staged, under VLMBATCH_HOME.
+STAGED_IMAGES = "staged-images"
+
 EngineKind = Literal["vllm", "fake", "openai"]
 
 
@@ -112,6 +115,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     # Inputs.
+    # Folders local images may be read from besides the run's own source folder (`:`-separated):
+    # manifests, workers and the browser refuse every other local path.
+    local_roots: str = ""
     max_image_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
 
@@ -169,6 +175,16 @@ class Settings(BaseSettings):
 
     def resolved_stage_to(self) -> str:
         return self.stage_to or str((self.home / "staged").resolve())
+
+    def resolved_local_roots(self) -> tuple[Path, ...]:
+        """The folders of `local_roots`, and the local folders submit stages embedded images into (its own
+        content-addressed copies, which every run may read)."""
+        roots = [Path(p.strip()).expanduser() for p in self.local_roots.split(os.pathsep) if p.strip()]
+        stage_to = self.resolved_stage_to()
+        if "://" not in stage_to:
+            roots.append(Path(stage_to))
+        roots.append((self.home / STAGED_IMAGES).resolve())
+        return tuple(roots)
 
     def resolved_inflight_jobs(self) -> int:
         return self.inflight_jobs or 2 * self.max_num_seqs

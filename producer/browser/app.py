@@ -16,14 +16,16 @@ from __future__ import annotations
 import logging
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.browser import queries
 from vlmbatch.producer.browser.auth import Access
@@ -47,7 +49,7 @@ _MAX_ID_DIGITS = 18
 _CSP = (
     "default-src 'none'; img-src 'self'; style-src {style}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-_TOKEN_IN_LOGS = re.compile(r"(token=)[^&\s\"]*")
+_TOKEN_IN_LOGS = re.compile(r"(token=)[^&\s\"]*", re.IGNORECASE)
 
 
 class BadRequest(ValueError):
@@ -70,10 +72,17 @@ class BrowserApp:
     """The browser's pages over one read-only ledger."""
 
     def __init__(
-        self, *, sessions: sessionmaker[Session], thumbnails: Thumbnailer, access: Access, page_size: int
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        thumbnails: Thumbnailer,
+        access: Access,
+        page_size: int,
+        local_roots: Sequence[Path] = (),
     ) -> None:
         self._sessions = sessions
         self._thumbnails = thumbnails
+        self._local_roots = tuple(local_roots)
         self._access = access
         self._page_size = page_size
         self._routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
@@ -151,8 +160,8 @@ class BrowserApp:
     def _image(self, params: dict[str, str], job_id: int, index: int) -> Response:
         # Only a URI the ledger holds is ever fetched: the request names a job, never a location.
         with self._sessions() as session:
-            uri = queries.job_image(session, job_id, index)
-        thumbnail = self._thumbnails.thumbnail(uri)
+            uri, source = queries.job_image(session, job_id, index)
+        thumbnail = self._thumbnails.thumbnail(uri, LocalRoots.of([source_root(source), *self._local_roots]))
         headers: tuple[tuple[str, str], ...]
         if thumbnail.error is not None:
             headers = (("Cache-Control", "no-store"), ("X-Vlmbatch-Thumbnail", f"placeholder; error={thumbnail.error}"))
@@ -165,7 +174,8 @@ def _int_param(params: dict[str, str], name: str) -> int | None:
     value = params.get(name)
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > _MAX_ID_DIGITS or int(value) < 1:
+    # ASCII digits only: "²".isdigit() is true, and int("²") raises.
+    if not (value.isascii() and value.isdigit()) or len(value) > _MAX_ID_DIGITS or int(value) < 1:
         raise BadRequest(f"{name} must be a positive whole number")
     return int(value)
 
@@ -200,7 +210,13 @@ def build_app(settings: Settings, *, token: str | None) -> BrowserApp:
         max_pixels=settings.max_image_pixels,
     )
     access = Access(token, bound_host=settings.browser_host)
-    return BrowserApp(sessions=sessions, thumbnails=thumbnails, access=access, page_size=settings.browser_page_size)
+    return BrowserApp(
+        sessions=sessions,
+        thumbnails=thumbnails,
+        access=access,
+        page_size=settings.browser_page_size,
+        local_roots=settings.resolved_local_roots(),
+    )
 
 
 class BrowserServer(ThreadingHTTPServer):

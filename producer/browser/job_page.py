@@ -32,7 +32,7 @@ def job_page(detail: JobDetail) -> Safe:
             _images(job.id, job.images),
             _job_facts(detail),
             _standing_samples(detail),
-            _attempts(detail.attempts, job.current_attempt_id),
+            _attempts(detail.attempts, detail.standing_attempts),
             _superseded_samples(detail),
         ]
     )
@@ -108,10 +108,10 @@ def _sample(result: Result) -> Safe:
     )
 
 
-def _attempts(attempts: list[Attempt], current: int | None) -> Safe:
+def _attempts(attempts: list[Attempt], standing: frozenset[int]) -> Safe:
     if not attempts:
         return Safe('<h2 id="attempts">Attempts</h2><p class="muted">Not attempted yet.</p>')
-    rows = join(_attempt_row(attempt, attempt.id == current) for attempt in attempts)
+    rows = join(_attempt_row(attempt, attempt.id in standing) for attempt in attempts)
     return render(
         '<h2 id="attempts">Attempts</h2><div class="scroll"><table id="attempts-table"><thead><tr>'
         '<th class="num">#</th><th>Outcome</th><th>Error</th><th>Worker</th><th>Started (UTC)</th>'
@@ -171,7 +171,7 @@ def _superseded_samples(detail: JobDetail) -> Safe:
             samples=join(_sample(result) for result in results),
         )
         for attempt_id, results in detail.results.items()
-        if attempt_id != detail.job.current_attempt_id
+        if attempt_id not in detail.standing_attempts
     ]
     if not sections:
         return Safe("")

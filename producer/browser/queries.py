@@ -1,7 +1,8 @@
 """The browser's read queries. Every list is keyset-paged on a primary key (`WHERE id > :after ORDER BY id
 LIMIT n`), never OFFSET, so that page 20,000 of a run costs what page 1 does.
 
-Correctness is a job's, judged on its standing samples (the results rows of `jobs.current_attempt_id`):
+Correctness is a job's, judged on its standing samples (`schema.standing`, the one definition the export
+and the stats use too: the current attempt's results, or every sampling round of an accept-until-M job):
 `correct` when any of them is graded correct, `incorrect` when some are graded and none is correct,
 `ungraded` when it has samples and none is graded (no grader, or no reference).
 """
@@ -17,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.producer.reports.display import preview
+from vlmbatch.schema.standing import attempt_stands, result_stands
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import Progress, run_progress
 from vlmbatch.schema.tables import Attempt, Job, Result, Run
@@ -90,12 +92,13 @@ class JobDetail:
     run: Run
     attempts: list[Attempt]
     results: dict[int, list[Result]]
+    # The attempts whose results stand (schema.standing).
+    standing_attempts: frozenset[int] = frozenset()
 
     @property
     def standing(self) -> list[Result]:
-        """The samples of the attempt whose result stands."""
-        current = self.job.current_attempt_id
-        return self.results.get(current, []) if current is not None else []
+        """The standing samples, oldest attempt first."""
+        return [r for attempt_id, rs in self.results.items() if attempt_id in self.standing_attempts for r in rs]
 
 
 def list_runs(session: Session, *, before: int | None, limit: int) -> tuple[list[RunSummary], int | None]:
@@ -174,15 +177,20 @@ def get_job(session: Session, job_id: int) -> JobDetail:
     stmt = select(Result).where(Result.job_id == job_id).order_by(Result.attempt_id, Result.sample_index)
     for result in session.scalars(stmt):
         results.setdefault(result.attempt_id, []).append(result)
-    return JobDetail(job=job, run=run, attempts=attempts, results=results)
+    standing = session.scalars(
+        select(Attempt.id).join(Job, Job.id == Attempt.job_id).where(Job.id == job_id, attempt_stands())
+    )
+    return JobDetail(job=job, run=run, attempts=attempts, results=results, standing_attempts=frozenset(standing))
 
 
-def job_image(session: Session, job_id: int, index: int) -> str:
-    """The URI of the job's `index`-th image. Raises NotFound."""
-    images = session.scalar(select(Job.images).where(Job.id == job_id))
-    if images is None or not 0 <= index < len(images):
+def job_image(session: Session, job_id: int, index: int) -> tuple[str, str | None]:
+    """The URI of the job's `index`-th image and its run's source. Raises NotFound."""
+    row = session.execute(
+        select(Job.images, Run.source).join(Run, Run.id == Job.run_id).where(Job.id == job_id)
+    ).first()
+    if row is None or not 0 <= index < len(row.images):
         raise NotFound(f"job {job_id} has no image {index}")
-    return str(images[index])
+    return str(row.images[index]), row.source
 
 
 def _job_rows(run_id: int, where: ResultFilter) -> Select[Any]:
@@ -211,8 +219,8 @@ def _job_rows(run_id: int, where: ResultFilter) -> Select[Any]:
 
 
 def _standing_sample(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
-    """EXISTS a standing sample of the outer job meeting `conditions` (probes uq_results_attempt_sample)."""
-    return select(Result.id).where(Result.attempt_id == Job.current_attempt_id, *conditions).exists()
+    """EXISTS a standing sample of the outer job meeting `conditions` (probes the results' job index)."""
+    return select(Result.id).where(Result.job_id == Job.id, result_stands(), *conditions).exists()
 
 
 def _correctness(wanted: Correctness) -> ColumnElement[bool]:
@@ -232,9 +240,10 @@ def _with_samples(session: Session, fetched: Sequence[Any]) -> list[JobRow]:
         graded = func.sum(case((Result.correct.is_not(None), 1), else_=0))
         correct = func.sum(case((Result.correct.is_(True), 1), else_=0))
         tally = (
-            select(Result.attempt_id, func.count(), graded, correct)
-            .where(Result.attempt_id.in_(attempt_ids))
-            .group_by(Result.attempt_id)
+            select(Result.job_id, func.count(), graded, correct)
+            .join(Job, Job.id == Result.job_id)
+            .where(Result.job_id.in_([row.id for row in fetched]), result_stands())
+            .group_by(Result.job_id)
         )
         tallies = {a: (int(n), int(g or 0), int(c or 0)) for a, n, g, c in session.execute(tally)}
         first = select(Result.attempt_id, func.substr(Result.answer, 1, PREVIEW_CHARS + 1)).where(
@@ -243,7 +252,7 @@ def _with_samples(session: Session, fetched: Sequence[Any]) -> list[JobRow]:
         previews = {a: text for a, text in session.execute(first)}
     rows = []
     for row in fetched:
-        samples, graded_n, correct_n = tallies.get(row.current_attempt_id, (0, 0, 0))
+        samples, graded_n, correct_n = tallies.get(row.id, (0, 0, 0))
         answer = previews.get(row.current_attempt_id)
         rows.append(
             JobRow(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from vlmbatch.media.images import decode_image
+from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.errors import ErrorType, JobError
 
@@ -51,8 +52,14 @@ class Thumbnailer:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def thumbnail(self, uri: str) -> Thumbnail:
-        """The thumbnail of `uri`, or a placeholder naming why there is none. Never raises for bad input."""
+    def thumbnail(self, uri: str, roots: LocalRoots) -> Thumbnail:
+        """The thumbnail of `uri`, or a placeholder naming why there is none (a local path outside
+        `roots` among the reasons: the browser reads no more of its host than the workers do). Never
+        raises for bad input."""
+        try:
+            roots.check(uri)  # before the cache: another run's roots may have let this URI in
+        except JobError as exc:
+            return Thumbnail(placeholder(exc.error_type.value), exc.error_type.value)
         with self._lock:
             cached = self._cache.get(uri)
             if cached is not None:

@@ -16,6 +16,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
+
     from vlmbatch.producer.cli import db, demo, ops, outputs, runs, serve, submit, work  # noqa: F401  (registers the commands)
 
     try:
@@ -24,8 +27,25 @@ def main() -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        # One line: the usage text is one `--help` away.
+        _fail(exc.format_message(), exc.exit_code)
     except VlmbatchError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(2)
+        _fail(exc.message, whole=True)
+    except ValidationError as exc:  # a VLMBATCH_* setting of the wrong shape
+        first = exc.errors()[0]
+        _fail(f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+    except (ArgumentError, NoSuchModuleError) as exc:
+        _fail(f"the database URL is not valid: {exc}")
+    except (OperationalError, InterfaceError) as exc:
+        _fail(f"cannot use the database: {exc.orig or exc}")
+
+
+def _fail(message: str, status: int = 2, *, whole: bool = False) -> None:
+    """`message` on stderr, printable characters only, then exit. Only its first line unless `whole`:
+    our own errors may list what they refuse (a manifest's malformed rows), a library's add noise."""
+    from vlmbatch.producer.cli.render import terminal_safe
+
+    lines = str(message).strip().splitlines() or ["failed"]
+    shown = lines if whole else lines[:1]
+    click.echo("error: " + "\n".join(terminal_safe(line) for line in shown), err=True)
+    sys.exit(status)

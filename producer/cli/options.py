@@ -4,11 +4,13 @@ sampling settings (`submit`, `run`); the engine's flags (`worker`, `run`)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.models import (
@@ -22,6 +24,35 @@ from vlmbatch.schema.models import (
 from vlmbatch.schema.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The runs.name column's width.
+MAX_RUN_NAME_CHARS = 200
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that refuses NaN and infinity (which compare false against every bound)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse names that would be ambiguous (all digits: a run id), too long to store, or unprintable."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("is empty", ctx, param)
+    if value.isdigit():
+        raise click.BadParameter("may not be all digits (it would read as a run id)", ctx, param)
+    if len(value) > MAX_RUN_NAME_CHARS:
+        raise click.BadParameter(f"is {len(value)} characters long, over {MAX_RUN_NAME_CHARS}", ctx, param)
+    if any(not ch.isprintable() for ch in value):
+        raise click.BadParameter("may not hold control characters", ctx, param)
+    return value
 
 
 def run_options(fn: F) -> F:
@@ -76,13 +107,21 @@ def run_options(fn: F) -> F:
             help="Folder or s3:// prefix where embedded images are staged once [env VLMBATCH_STAGE_TO; "
             "default: VLMBATCH_HOME/staged].",
         ),
-        click.option("--run", "run_name", help="Run name (default: derived from source, question and settings)."),
+        click.option(
+            "--run",
+            "run_name",
+            callback=_run_name,
+            help="Run name (default: derived from source, question and settings); not all digits.",
+        ),
         click.option("--model", help="Model id or local folder [env VLMBATCH_MODEL]."),
         click.option("--max-tokens", type=click.IntRange(1), default=DEFAULT_MAX_TOKENS, show_default=True),
-        click.option("--temperature", type=click.FloatRange(0), default=DEFAULT_TEMPERATURE, show_default=True),
-        click.option("--top-p", type=click.FloatRange(0, 1), default=DEFAULT_TOP_P, show_default=True),
+        click.option("--temperature", type=FiniteFloat(0, 5), default=DEFAULT_TEMPERATURE, show_default=True),
+        click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), default=DEFAULT_TOP_P, show_default=True),
         click.option(
-            "--repetition-penalty", type=click.FloatRange(0), default=DEFAULT_REPETITION_PENALTY, show_default=True
+            "--repetition-penalty",
+            type=FiniteFloat(0, 5, min_open=True),
+            default=DEFAULT_REPETITION_PENALTY,
+            show_default=True,
         ),
         click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="Samples per job."),
         click.option("--max-tiles", type=click.IntRange(1), default=12, show_default=True, help="Tiles per image."),
@@ -197,14 +236,28 @@ def resolve_system_prompt(system_prompt: str | None, system_prompt_file: Path | 
 def _read_text(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.UsageError(f"{path}: cannot read ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise click.UsageError(f"{path} is not valid UTF-8 (byte {exc.start})") from exc
+    except OSError as exc:
+        raise click.UsageError(f"{path}: cannot read ({exc.strerror})") from exc
     if not text:
         raise click.UsageError(f"{path} is empty")
+    if "\x00" in text:
+        raise click.UsageError(f"{path} holds a NUL character")
     return text
 
 
 def build_run_settings(default_model: str, **flags: Any) -> RunSettings:
+    """The run's settings from the flags. Raises click.UsageError (one line) for any invalid value."""
+    try:
+        return _build_run_settings(default_model, **flags)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise click.UsageError(f"invalid {where}: {first['msg']}") from exc
+
+
+def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
     sampling = SamplingSettings(
         temperature=flags["temperature"],
         top_p=flags["top_p"],
@@ -228,6 +281,10 @@ def build_run_settings(default_model: str, **flags: Any) -> RunSettings:
             json_schema = json.loads(flags["json_schema"].read_text(encoding="utf-8"))
         except ValueError as exc:
             raise click.UsageError(f"{flags['json_schema']} is not valid JSON: {exc}") from exc
+        if not isinstance(json_schema, dict):
+            raise click.UsageError(
+                f"{flags['json_schema']}: a JSON schema must be an object, not {type(json_schema).__name__}"
+            )
     return RunSettings(
         model=flags["model"] or default_model,
         sampling=sampling,

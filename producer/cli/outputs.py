@@ -9,7 +9,7 @@ import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
-from vlmbatch.producer.cli.render import table
+from vlmbatch.producer.cli.render import table, terminal_safe
 from vlmbatch.producer.reports.export import (
     EXPORT_FORMATS,
     ExportFilter,
@@ -101,7 +101,9 @@ def export_command(
             f"{report.errors} failed jobs to {report.errors_path} (openai)"
         )
     else:
-        click.echo(f"run {target.id} ({target.name}): wrote {report.rows} samples to {report.path} ({fmt})")
+        click.echo(
+            f"run {target.id} ({terminal_safe(target.name)}): wrote {report.rows} samples to {report.path} ({fmt})"
+        )
 
 
 @cli.command("stats")

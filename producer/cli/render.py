@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from vlmbatch.producer.reports.display import duration
 from vlmbatch.producer.reports.stats import Totals
+from vlmbatch.schema.errors import ErrorType, is_storage_problem
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import Progress
 
 BAR_WIDTH = 30
+# Escape sequences (CSI, OSC and other ESC-introduced ones) and every other control character: text
+# from a manifest or a model must not move the cursor, retitle the terminal or hide lines.
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` without escape sequences and control characters (tabs and newlines become spaces)."""
+    return _ESCAPES.sub("", text.replace("\t", " ").replace("\n", " ").replace("\r", " "))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -25,7 +35,7 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value)
+    return terminal_safe(str(value))
 
 
 def progress_line(name: str, progress: Progress) -> str:
@@ -35,7 +45,7 @@ def progress_line(name: str, progress: Progress) -> str:
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     c = report.counts
     return (
-        f"{name} [{bar}] {100 * progress.done / total:5.1f}% {progress.done}/{report.total} "
+        f"{terminal_safe(name)} [{bar}] {100 * progress.done / total:5.1f}% {progress.done}/{report.total} "
         f"ok {c[JobState.SUCCEEDED.value]} fail {c[JobState.FAILED.value]} "
         f"trunc {c[JobState.TRUNCATED.value]} run {c[JobState.RUNNING.value]} | "
         f"{progress.jobs_per_second:.1f} jobs/s | ETA {duration(progress.eta_seconds)}"
@@ -44,12 +54,18 @@ def progress_line(name: str, progress: Progress) -> str:
 
 def status_block(name: str, progress: Progress, cost: Totals | None = None) -> str:
     report = progress.report
-    lines = [f"run {report.run} ({name}): {report.total} jobs"]
+    lines = [f"run {report.run} ({terminal_safe(name)}): {report.total} jobs"]
     lines.append(table(["state", "jobs"], [(s.value, report.counts[s.value]) for s in JobState]))
     if report.errors:
         lines.append("")
         errors = sorted(report.errors.items(), key=_most_first)
-        lines.append(table(["error type", "jobs"], errors))
+        lines.append(table(["error type", "jobs", "problem"], [(e, n, _problem(e)) for e, n in errors]))
+        denied = report.errors.get(ErrorType.STORAGE_DENIED.value)
+        if denied:
+            lines.append(
+                f"storage problem: {denied} jobs were refused by the object store (credentials or permissions); "
+                f"fix access, then `vlmbatch resubmit {report.run} --error-type {ErrorType.STORAGE_DENIED.value}`"
+            )
     lines.append("")
     lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
     if cost is not None:
@@ -58,6 +74,12 @@ def status_block(name: str, progress: Progress, cost: Totals | None = None) -> s
             f"reasoning and {cost.answer_tokens:,} answer tokens, {cost.gpu_seconds:,.1f} GPU-seconds"
         )
     return "\n".join(lines)
+
+
+def _problem(error_type: str) -> str:
+    if is_storage_problem(error_type):
+        return "storage"
+    return error_type.split(".", 1)[0]
 
 
 def _most_first(item: tuple[str, int]) -> tuple[int, str]:

@@ -35,9 +35,9 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
             f"listening on {settings.browser_host} shows every result to the network: set a token "
             "(VLMBATCH_BROWSER_TOKEN or --token), or listen on 127.0.0.1"
         )
-    if secret is not None and len(secret) < MIN_TOKEN_CHARS:
+    if secret is not None and len(secret.strip()) < MIN_TOKEN_CHARS:
         raise click.UsageError(
-            f"the token must have at least {MIN_TOKEN_CHARS} characters "
+            f"the token must have at least {MIN_TOKEN_CHARS} characters besides white space "
             "(python -c 'import secrets; print(secrets.token_urlsafe())' makes one)"
         )
     # The browser itself only reads; the schema is brought to head first, like every other command.

@@ -20,17 +20,15 @@ from vlmbatch.producer.cli.options import (
     run_options,
     with_engine_args,
 )
-from vlmbatch.producer.cli.render import progress_line, table
+from vlmbatch.producer.cli.render import progress_line, table, terminal_safe
 from vlmbatch.producer.sources import open_source, source_notes
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.models import SubmitReport
 from vlmbatch.schema.runs import get_run
+from vlmbatch.schema.settings import STAGED_IMAGES
 from vlmbatch.schema.status import run_progress, run_status
 from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
-
-# Folder under VLMBATCH_HOME where an OpenAI batch file's `data:` images are staged (content-addressed).
-STAGED_IMAGES = "staged-images"
 
 
 def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Publisher) -> SubmitReport:
@@ -46,6 +44,7 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         s3_endpoint_url=ctx.settings.s3_endpoint_url,
         columns=column_choice(flags),
         stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
+        local_roots=ctx.settings.resolved_local_roots(),
     )
     # The run's default name depends on everything that shapes its prompts.
     prompt_identity = "\n".join(questions) + (f"\n{template.text}" if template else "")
@@ -86,6 +85,7 @@ def submit_command(source: str, **flags: Any) -> None:
 @engine_options
 def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
     """Submit SOURCE, then work the run in this process until it is done (no broker needed)."""
+    from vlmbatch.worker.pipeline.admission import WorkerStopping
     from vlmbatch.worker.process.main import run_embedded
 
     ctx = load_context(
@@ -103,7 +103,10 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
         name = get_run(session, report.run).name
     interactive = sys.stderr.isatty() and not flags["as_json"]
     if not flags["as_json"]:
-        click.echo(f"run {report.run} ({name}): {report.submitted} new jobs, {report.skipped} already there", err=True)
+        click.echo(
+            f"run {report.run} ({terminal_safe(name)}): {report.submitted} new jobs, {report.skipped} already there",
+            err=True,
+        )
     started = time.monotonic()
 
     def tick() -> None:
@@ -111,7 +114,11 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
             with ctx.sessions() as session:
                 click.echo("\r" + progress_line(name, run_progress(session, report.run)), nl=False, err=True)
 
-    pipeline = run_embedded(ctx.settings, run_id=report.run, on_tick=tick)
+    try:
+        pipeline = run_embedded(ctx.settings, run_id=report.run, on_tick=tick)
+    except WorkerStopping as exc:  # the engine or a background task died; its jobs were handed back
+        click.echo(f"\nerror: the worker stopped ({exc}); `vlmbatch run` again resumes the run", err=True)
+        sys.exit(3)
     if interactive:
         click.echo("", err=True)
     with ctx.sessions() as session:

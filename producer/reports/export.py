@@ -23,8 +23,8 @@ Formats
      "answer": "...", "reasoning": "..." | null, "raw_text": "...", "finish_reason": "stop" | "length" | null,
      "trace_closed": true, "prompt_tokens": 1234 | null, "completion_tokens": 456,
      "reasoning_tokens": 400 | null, "answer_tokens": 56 | null, "extracted_answer": "B" | null,
-     "correct": true | null, "grader": "boxed" | null, "grader_version": "vlmbatch 0.1.0; math-verify 0.9.0" | null,
-     "gpu_seconds": 0.8 | null,
+     "correct": true | null, "valid": true | null, "grader": "boxed" | null,
+     "grader_version": "vlmbatch 0.1.0; math-verify 0.9.0" | null, "gpu_seconds": 0.8 | null,
      "timings": {"queue_wait_s": ..., "fetch_s": ..., "decode_s": ..., "generation_s": ..., "first_token_s": ...}}
 
     `prompt_tokens`, `gpu_seconds` and `timings` belong to the attempt (shared by its samples); the other
@@ -41,7 +41,8 @@ similar fine-tuning frameworks read directly::
     {"messages": [
         {"role": "user", "content": "<image><image>question", "reasoning_content": ""},
         {"role": "assistant", "content": "<think>\\ntrace\\n</think>\\n\\nanswer", "reasoning_content": "trace"}],
-     "images": ["s3://bucket/a.jpg", "s3://bucket/b.jpg"], "job_id": 7, "sample_index": 0, "correct": true}
+     "images": ["s3://bucket/a.jpg", "s3://bucket/b.jpg"], "job_id": 7, "attempt_id": 9,
+     "sample_index": 0, "correct": true, "valid": true | null}
 
     The user turn holds one `<image>` placeholder per image, in order, before the question. Both turns
     carry the same keys and every value is a string (empty when there is nothing), so Arrow infers one

@@ -47,6 +47,8 @@ FIELDS: tuple[ExportField, ...] = (
     ExportField("answer_tokens", "int64", Result.answer_tokens),
     ExportField("extracted_answer", "string", Result.extracted_answer),
     ExportField("correct", "bool", Result.correct),
+    # Whether the answer met the run's constraint (--choices, --json-schema); None without one.
+    ExportField("valid", "bool", Result.valid),
     ExportField("grader", "string", Result.grader),
     ExportField("grader_version", "string", Result.grader_version),
     ExportField("gpu_seconds", "float64", Attempt.gpu_seconds),
@@ -90,6 +92,7 @@ class ExportRecord(TypedDict):
     answer_tokens: int | None
     extracted_answer: str | None
     correct: bool | None
+    valid: bool | None
     grader: str | None
     grader_version: str | None
     gpu_seconds: float | None

@@ -36,8 +36,11 @@ def sft_record(record: ExportRecord) -> dict[str, Any]:
         ],
         "images": images,
         "job_id": record["job_id"],
+        # (job, attempt, sample) identifies a sample: accept-until-M rounds reuse sample indexes.
+        "attempt_id": record["attempt_id"],
         "sample_index": record["sample_index"],
         "correct": record["correct"],
+        "valid": record["valid"],
     }
 
 

@@ -66,6 +66,8 @@ class RowErrors:
     def raise_if_any(self) -> None:
         if not self.total:
             return
+        if self.total == 1:  # one line, for the terminal and for logs
+            raise SourceError(f"{self._uri}: 1 malformed row; nothing was submitted: {self.shown[0]}")
         more = ""
         if self.total > len(self.shown):
             numbers = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self._numbers)
@@ -97,6 +99,7 @@ def open_source(
     stage_dir: Path | None = None,
     columns: ColumnChoice | None = None,
     stage_to: str | None = None,
+    local_roots: Sequence[Path] = (),
 ) -> Source:
     """The source for `uri`: an OpenAI batch file (.jsonl whose lines carry `custom_id` and `body`), a
     manifest file (.jsonl/.csv/.parquet; a Parquet with embedded images as `datasets` writes it),
@@ -107,7 +110,8 @@ def open_source(
     `prompt_template` renders each job's text from its row (producer/sources/prompts.py). `columns` names
     the image, question and reference columns of embedded Parquet and WebDataset samples; `stage_to` is
     where embedded image bytes are staged (None: embedded bytes are refused); `stage_dir` is where an
-    OpenAI batch file's `data:` images are written (content-addressed)."""
+    OpenAI batch file's `data:` images are written (content-addressed). A manifest's local images must lie in
+    its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS)."""
     from vlmbatch.media.staging import Stager
     from vlmbatch.producer.sources.folder import FolderSource
     from vlmbatch.producer.sources.manifest import ManifestSource
@@ -135,10 +139,19 @@ def open_source(
     if looks_like_shards(uri):
         inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
     elif uri.lower().endswith(".parquet"):
-        inner = _parquet_source(uri, question=given, columns=columns, stager=stager, s3_endpoint_url=s3_endpoint_url)
+        inner = _parquet_source(
+            uri,
+            question=given,
+            columns=columns,
+            stager=stager,
+            s3_endpoint_url=s3_endpoint_url,
+            local_roots=local_roots,
+        )
     elif uri.lower().endswith(MANIFEST_SUFFIXES):
         _refuse_columns_for_manifests(uri, columns)
-        inner = ManifestSource(uri, question=given, s3_endpoint_url=s3_endpoint_url, stager=stager)
+        inner = ManifestSource(
+            uri, question=given, s3_endpoint_url=s3_endpoint_url, stager=stager, local_roots=local_roots
+        )
     elif uri.startswith("s3://"):
         if prefix_holds_shards(uri, s3_endpoint_url=s3_endpoint_url):
             inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
@@ -160,7 +173,13 @@ def open_source(
 
 
 def _parquet_source(
-    uri: str, *, question: str | None, columns: ColumnChoice, stager: Stager | None, s3_endpoint_url: str | None
+    uri: str,
+    *,
+    question: str | None,
+    columns: ColumnChoice,
+    stager: Stager | None,
+    s3_endpoint_url: str | None,
+    local_roots: Sequence[Path],
 ) -> Source:
     """Embedded images (or named image columns) go to ParquetImagesSource; a column of URIs stays a manifest."""
     from vlmbatch.producer.sources.manifest import ManifestSource
@@ -169,7 +188,9 @@ def _parquet_source(
     parquet = open_parquet_file(uri, s3_endpoint_url=s3_endpoint_url)
     if not wants_embedded_source(parquet, columns):
         _refuse_columns_for_manifests(uri, columns)
-        return ManifestSource(uri, question=question, s3_endpoint_url=s3_endpoint_url, stager=stager)
+        return ManifestSource(
+            uri, question=question, s3_endpoint_url=s3_endpoint_url, stager=stager, local_roots=local_roots
+        )
     if stager is None:
         raise SourceError(f"{uri}: embedded images need a staging root (--stage-to)")
     return ParquetImagesSource(uri, parquet=parquet, question=question, columns=columns, stager=stager)

@@ -10,14 +10,16 @@ import binascii
 from pathlib import PurePosixPath
 from urllib.parse import unquote_to_bytes
 
+from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.staging import Stager, StagingError
 from vlmbatch.media.stores import local_path, split_s3_uri
 
 PASS_THROUGH_SCHEMES = ("s3://", "http://", "https://")
 
 
-def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None) -> str:
-    """The job URI for `ref`, found in the source at `base_uri`. Raises ValueError (a malformed row)."""
+def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None, roots: LocalRoots | None = None) -> str:
+    """The job URI for `ref`, found in the source at `base_uri`. A local path must also lie under `roots`
+    (media/local_roots.py) when given. Raises ValueError (a malformed row)."""
     ref = ref.strip()
     if not ref:
         raise ValueError("an image URI is empty")
@@ -32,11 +34,19 @@ def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None) -> str:
         return f"s3://{bucket}/{_normalise_relative(PurePosixPath(key).parent, ref)}"
     path = local_path(ref)
     if path.is_absolute():
-        return path.as_uri()
-    root = local_path(base_uri).resolve().parent
-    resolved = (root / path).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise ValueError(f"{ref!r} leads outside the source's folder")
+        resolved = path.resolve()
+    elif base_uri.startswith("s3://"):
+        raise ValueError(f"{ref!r}: a local path in a manifest on S3 must be absolute")
+    else:
+        root = local_path(base_uri).resolve().parent
+        resolved = (root / path).resolve()
+        # With roots, they decide (the source's folder is one of them); without, the folder alone does.
+        if roots is None and resolved != root and root not in resolved.parents:
+            raise ValueError(f"{ref!r} leads outside the source's folder")
+    if roots is not None and not roots.allows(resolved):
+        if not path.is_absolute():
+            raise ValueError(f"{ref!r} leads outside the source's folder")
+        raise ValueError(f"{ref!r} is {roots.refusal()}")
     return resolved.as_uri()
 
 

@@ -4,7 +4,8 @@ Columns: `image` (a URI, path, http(s) URL or base64 `data:` URI; several as a l
 `;`-separated in CSV), optional `question` (overrides the CLI question), optional `reference` (the
 ground-truth answer), optional `max_tokens`, `temperature`, `top_p`, `seed` (this row's sampling, in place of
 the run's), and any other columns, kept as the job's metadata. Relative paths are resolved against the
-manifest's own folder and may not leave it.
+manifest's own folder; local paths (relative, absolute or `file://`) must stay inside that folder or a
+folder of `VLMBATCH_LOCAL_ROOTS`.
 
 Malformed rows refuse the whole submit: `validate` reads the manifest once and reports every bad row
 with its line number, before a single job is written. A half-submitted manifest is worse than none.
@@ -16,13 +17,15 @@ import csv
 import datetime as dt
 import decimal
 import json
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
 
+from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
 from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
@@ -41,11 +44,22 @@ class RowError(ValueError):
 
 class ManifestSource:
     def __init__(
-        self, uri: str, *, question: str | None, s3_endpoint_url: str | None, stager: Stager | None = None
+        self,
+        uri: str,
+        *,
+        question: str | None,
+        s3_endpoint_url: str | None,
+        stager: Stager | None = None,
+        local_roots: Sequence[Path] = (),
     ) -> None:
+        if not uri.startswith("s3://"):
+            # Absolute, so that the run records where its local images may come from (media/local_roots.py).
+            uri = str(local_path(uri).absolute())
         self._uri = uri
         # Where `data:` URIs are staged (producer/sources/locations.py); None refuses them.
         self._stager = stager
+        # Local images may come from the manifest's own folder and VLMBATCH_LOCAL_ROOTS, nowhere else.
+        self._roots = LocalRoots.of([source_root(uri), *local_roots])
         self._question = question
         self._endpoint = s3_endpoint_url
         self._local: Path | None = None
@@ -117,7 +131,7 @@ class ManifestSource:
 
     def _resolve(self, uri: str) -> str:
         try:
-            return resolve_image_ref(uri, base_uri=self._uri, stager=self._stager)
+            return resolve_image_ref(uri, base_uri=self._uri, stager=self._stager, roots=self._roots)
         except ValueError as exc:
             raise RowError(str(exc)) from exc
 
@@ -155,8 +169,13 @@ class ManifestSource:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open("r", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield f"line {number}", RowError(f"not valid UTF-8 (byte {exc.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -166,12 +185,16 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open("r", encoding="utf-8", newline="") as handle:
+    # surrogateescape: a line of invalid UTF-8 is reported with its number instead of ending the read.
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
             raise SourceError(f"{path}: the CSV header has no `image` column")
-        for row in reader:
+        for row in _csv_rows(reader, path):
             where = f"line {reader.line_num}"
+            if any(isinstance(v, str) and _SURROGATES.search(v) for v in row.values()):
+                yield where, RowError("not valid UTF-8")
+                continue
             if None in row:
                 yield where, RowError("more cells than header columns")
                 continue
@@ -179,6 +202,21 @@ def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
             cell = record.get("image") or ""
             record["image"] = [p.strip() for p in cell.split(CSV_IMAGE_SEPARATOR) if p.strip()]
             yield where, record
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+def _csv_rows(reader: csv.DictReader[str], path: Path) -> Iterator[dict[str, Any]]:
+    """The reader's rows; a row the csv module cannot parse (a cell over its size limit, say) refuses
+    the manifest naming its line, since the reader cannot go on past it."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise SourceError(f"{path}: line {reader.line_num + 1}: {exc}") from exc
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:

@@ -36,7 +36,7 @@ from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_
 
 # Given to a source as its question when the question comes from here (several questions, or a
 # template): a row that still carries it brought no question of its own. No row can hold a NUL.
-CLI_QUESTION = "\x00question of the command line\x00"
+CLI_QUESTION = "\ue000question of the command line\ue000"  # private-use characters: no real text has them
 _LETTERS = string.ascii_uppercase
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import func, select, text
 from tests.chaos.fleet import VLMBATCH, Fleet
 from tests.chaos.services import PrivatePostgres, PrivateRedis, free_port
 from tests.chaos.workload import build_workload
+from tests.ledger_invariants import running_attempts_on_terminal_jobs
 from vlmbatch.schema.database import open_ledger
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.tables import Attempt, Job, Result
@@ -68,6 +69,8 @@ class ChaosReport:
     restarts: int
     zombie_writes_refused: int
     table: list[tuple[str, int, int, str]]
+    # Attempts still `running` on a job that already ended (a lock-order or fence bug).
+    running_on_terminal: int = 0
 
     @property
     def passed(self) -> bool:
@@ -75,6 +78,7 @@ class ChaosReport:
             self.lost == 0
             and self.duplicates == 0
             and not self.wrong_outcome
+            and self.running_on_terminal == 0
             and self.finished_after_last_fault_s <= self.config.finish_within_s
         )
 
@@ -88,7 +92,8 @@ class ChaosReport:
             f"{verdict}: {total} jobs, {self.counts.get('succeeded', 0) + self.counts.get('truncated', 0)} "
             "finished as expected, "
             f"{self.counts.get('failed', 0)} failed as expected by type; lost {self.lost}, "
-            f"duplicate results {self.duplicates}, wrong outcomes {len(self.wrong_outcome)}; "
+            f"duplicate results {self.duplicates}, wrong outcomes {len(self.wrong_outcome)}, "
+            f"running attempts on ended jobs {self.running_on_terminal}; "
             f"{self.restarts} worker restarts; zombie writes refused {self.zombie_writes_refused}; "
             f"finished {self.finished_after_last_fault_s:.0f}s after the last fault"
         )
@@ -393,6 +398,7 @@ def _verdict(
         zombie_results = session.scalar(
             select(func.count()).select_from(Result).where(Result.attempt_id.in_(zombie_attempts))
         )
+        running_on_terminal = running_attempts_on_terminal_jobs(session)
     by_key = {(job.images[0], job.question): job for job in jobs}
     counts: dict[str, int] = {}
     for job in jobs:
@@ -428,4 +434,5 @@ def _verdict(
         restarts=restarts,
         zombie_writes_refused=len(zombie_attempts),
         table=table,
+        running_on_terminal=running_on_terminal,
     )

@@ -57,6 +57,7 @@ JSONL_KEYS = [
     "answer_tokens",
     "extracted_answer",
     "correct",
+    "valid",
     "grader",
     "grader_version",
     "gpu_seconds",
@@ -160,6 +161,7 @@ def test_jsonl_holds_every_field_of_each_standing_sample_and_loads_with_datasets
             "answer_tokens": result.answer_tokens,
             "extracted_answer": None,
             "correct": None,
+            "valid": None,
             "grader": None,
             "grader_version": None,
             "gpu_seconds": attempt.gpu_seconds,
@@ -205,6 +207,7 @@ def test_parquet_has_the_declared_typed_columns_written_in_row_groups_and_loads_
         "trace_closed": pa.bool_(),
         "reasoning_tokens": pa.int64(),
         "correct": pa.bool_(),
+        "valid": pa.bool_(),
         "gpu_seconds": pa.float64(),
         "timings": pa.struct([(key, pa.float64()) for key in TIMING_KEYS]),
     }
@@ -253,8 +256,10 @@ def test_sft_records_are_chat_turns_with_one_image_placeholder_per_image_and_the
             ],
             "images": job.images,
             "job_id": job.id,
+            "attempt_id": result.attempt_id,
             "sample_index": result.sample_index,
             "correct": None,
+            "valid": None,
         }
     assert sum(r["messages"][0]["content"].startswith("<image><image>What") for r in records) == 3
 

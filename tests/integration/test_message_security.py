@@ -28,7 +28,12 @@ def test_a_pickled_message_is_refused_and_a_json_one_runs(
     image.write_bytes(good_jpeg(32, 32))
     _, sessions = open_ledger(postgres_url)
     run = create_or_reuse_run(
-        sessions, name="r", settings=RunSettings(model="fake-model"), queue=queue_name, source=None
+        # The run's source folder is where its local images may be read from.
+        sessions,
+        name="r",
+        settings=RunSettings(model="fake-model"),
+        queue=queue_name,
+        source=tmp_path.as_uri(),
     )
     with sessions() as session, session.begin():
         (job_id,) = insert_jobs(session, run_id=run.id, specs=[JobSpec(images=(image.as_uri(),), question="q")])

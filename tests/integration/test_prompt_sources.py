@@ -257,7 +257,7 @@ def test_a_batch_file_whose_first_line_is_broken_is_still_read_as_one_and_refuse
     batch = _jsonl(tmp_path / "b.jsonl", ["{broken", _line("a", [_image("s3://b/x.jpg"), _text("q")])])
     with pytest.raises(SourceError) as refused:
         open_source(str(batch), question=None, s3_endpoint_url=None, stage_dir=tmp_path).validate()
-    assert "1 malformed row(s)" in refused.value.message and "line 1: invalid JSON" in refused.value.message
+    assert "1 malformed row;" in refused.value.message and "line 1: invalid JSON" in refused.value.message
 
 
 def test_a_run_stored_before_system_prompts_existed_is_reused_not_a_conflict(database_url: str, tmp_path: Path) -> None:

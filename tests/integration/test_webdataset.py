@@ -89,19 +89,23 @@ def test_a_sample_without_a_question_is_a_malformed_row(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def served_gets() -> Iterator[list[dict[str, Any]]]:
-    """Every GetObject response of S3 clients made from now on: its byte count and range."""
-    boto3.setup_default_session()
-    session = boto3.DEFAULT_SESSION
-    assert session is not None
+def served_gets(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """Every GetObject response of S3 clients made from now on (each store makes its own boto3 session):
+    its byte count and range."""
     served: list[dict[str, Any]] = []
 
     def record(parsed: dict[str, Any], **_: Any) -> None:
         served.append({"bytes": parsed.get("ContentLength"), "range": parsed.get("ContentRange")})
 
-    session.events.register("after-call.s3.GetObject", record)
+    make_client = boto3.session.Session.client
+
+    def client(self: boto3.session.Session, *args: Any, **kwargs: Any) -> Any:
+        made = make_client(self, *args, **kwargs)
+        made.meta.events.register("after-call.s3.GetObject", record)
+        return made
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
     yield served
-    session.events.unregister("after-call.s3.GetObject", record)
 
 
 def test_shards_on_s3_are_read_one_member_per_image_by_ranged_gets(

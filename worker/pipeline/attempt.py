@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL.Image import Image
 
+from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import JobCancelled, JobError
 from vlmbatch.schema.models import RunSettings
@@ -31,6 +32,8 @@ class RunContext:
 
     settings: RunSettings
     queue: str
+    # Where the run's local images may be read from (its source folder and VLMBATCH_LOCAL_ROOTS).
+    local_roots: LocalRoots = field(default_factory=LocalRoots)
 
 
 @dataclass
@@ -83,7 +86,10 @@ def failure_report(job: ClaimedJob, error: JobError, run: RunSettings | None, ti
     transient error within the run's retry budget comes back after a backoff (`retry_after_s`)."""
     outcome = AttemptOutcome.CANCELLED if isinstance(error, JobCancelled) else AttemptOutcome.FAILED
     retry_after = None
-    if error.transient and run is not None and job.transient_failures < run.max_transient_retries:
+    limit = run.max_transient_retries if run is not None else 0
+    if error.retry_limit is not None:
+        limit = min(limit, error.retry_limit)
+    if error.transient and run is not None and job.transient_failures < limit:
         retry_after = retry_delay(job.transient_failures + 1)
     return AttemptReport(
         job_id=job.job_id,

@@ -41,7 +41,7 @@ class ImageLoader:
 
     def load(self, uri: str) -> LoadedImage:
         """Raises the input errors of the taxonomy (not found, unreadable, unsupported, too large) and
-        StorageTransient."""
+        StorageTransient. The caller has checked `uri` against the run's local roots."""
         started = time.perf_counter()
         data = self._store.fetch(uri, max_bytes=self._max_bytes)
         fetched = time.perf_counter()

@@ -7,7 +7,8 @@ job waits for the slowest trace of a batch (continuous batching end to end).
 
 The parts, one module each: `admission` (claiming, both feeds), `attempt` (one job's attempt and its
 report), `writing` (batched, fenced commits), `leases` (heartbeat and hang watchdog), `capacity` (slots and
-engine-time shares). This module owns the jobs in flight and the lifecycle: start, drain, hand back.
+engine-time shares), `supervision` (a background task that dies stops the worker). This module owns the
+jobs in flight and the lifecycle: start, drain, hand back.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Coroutine, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import EngineDead, ErrorType, InternalError, JobError
@@ -41,6 +44,7 @@ from vlmbatch.worker.pipeline.capacity import Capacity, TimeShare
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage, SharedImages
 from vlmbatch.worker.pipeline.leases import Heartbeat
+from vlmbatch.worker.pipeline.supervision import supervise
 from vlmbatch.worker.pipeline.writing import OutcomeWriter, write_reports_safely
 from vlmbatch.worker.process.log_format import log_context
 from vlmbatch.worker.process.metrics import WorkerMetrics
@@ -123,7 +127,10 @@ class Pipeline:
         """Claim `job_ids` into this worker once there is room; return how many were claimed.
         Raises WorkerStopping when the pipeline is shutting down."""
         self.last_admitted_at = time.monotonic()
-        return self._call(self._admission.admit(list(job_ids)))
+        try:
+            return self._call(self._admission.admit(list(job_ids)))
+        except CancelledError as exc:  # the pipeline stopped while this claim waited for room
+            raise WorkerStopping("worker is stopping") from exc
 
     def feed_run(self, run_id: int) -> Future[None]:
         """Work a run's queue straight from the database until none of its jobs is queued or running."""
@@ -178,15 +185,18 @@ class Pipeline:
             engine_hung=self._declare_fatal,
         )
         await self._engine.start()
+        self._writer_task = asyncio.create_task(self._writer.run(), name="writer")
         self._background = [
-            asyncio.create_task(self._writer.run(), name="writer"),
+            self._writer_task,
             asyncio.create_task(heartbeat.run(), name="heartbeat"),
             asyncio.create_task(self._admission.claim_loop(), name="claimer"),
         ]
+        for task in self._background:
+            supervise(task, on_death=self._declare_fatal, stopping=lambda: self._closing)
 
     def _stopping_reason(self) -> str | None:
         if self._fatal is not None:
-            return f"engine died: {self._fatal}"
+            return f"engine died: {self._fatal}" if isinstance(self._fatal, EngineDead) else str(self._fatal)
         return "worker is stopping" if self._closing else None
 
     async def _stop(self, grace_s: float) -> None:
@@ -194,20 +204,40 @@ class Pipeline:
         deadline = time.monotonic() + grace_s
         while self._inflight and time.monotonic() < deadline and self._fatal is None:
             await asyncio.sleep(0.1)
-        await self._hand_back_all(reason="worker stopped")
-        for task in self._background:
+        await self._give_up(reason="worker stopped")
+        # The background tasks and anything else still on the loop (a feed whose caller went away).
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         await self._engine.shutdown()
+
+    async def _drain_writer(self) -> None:
+        """Commit every outcome already handed to the writer; if the writer is dead, hand those jobs back."""
+        if not self._writer_task.done():
+            drained = asyncio.ensure_future(self._writer.drain())
+            await asyncio.wait({drained, self._writer_task}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+        if self._writer_task.done():
+            await self._hand_back_all(reason="the outcome writer stopped", include_reported=True)
 
     def _declare_fatal(self, exc: BaseException) -> None:
         if self._fatal is not None:
             return
-        log.error("engine died (%s); handing jobs back and stopping", exc)
+        what = f"engine died ({exc})" if isinstance(exc, EngineDead) else str(exc)
+        log.error("%s; handing jobs back and stopping", what)
         self._fatal = exc
         self._closing = True
-        task = asyncio.create_task(self._hand_back_all(reason=f"engine died: {exc}"))
+        task = asyncio.create_task(self._give_up(reason=what))
         task.add_done_callback(lambda _t: self.fatal_event.set())
+
+    async def _give_up(self, *, reason: str) -> None:
+        """Hand the unfinished jobs back; outcomes the writer holds are still committed if it lives."""
+        try:
+            await self._hand_back_all(reason=reason)
+            await self._drain_writer()
+        except Exception:  # bounded database retries ran out: the leases expire and the reconciler acts
+            log.exception("could not hand the jobs back; their leases will expire")
 
     # -- one job -------------------------------------------------------------------------------------
 
@@ -235,12 +265,13 @@ class Pipeline:
         uris = set(job.images)
         self._images.hold(uris)
         try:
+            run_context = await self._run_context(job.run_id)
             report = await run_attempt(
                 job,
                 request_id=entry.request_id,
-                run=await self._run_context(job.run_id),
+                run=run_context,
                 clock=clock,
-                load=self._images.load,
+                load=partial(self._load_shared, roots=run_context.local_roots),
                 engine=self._engine,
                 time_share=self._time_share,
                 tensor_parallel_size=self._settings.tensor_parallel_size,
@@ -263,6 +294,11 @@ class Pipeline:
             self._images.release(uris)
         return report
 
+    async def _load_shared(self, uri: str, *, roots: LocalRoots) -> LoadedImage:
+        # Checked per job, before the shared load: one run's roots must not let another run's job in.
+        roots.check(uri)
+        return await self._images.load(uri)
+
     async def _load_image(self, uri: str) -> LoadedImage:
         context = contextvars.copy_context()  # the I/O thread logs with this job's ids
         return await asyncio.get_running_loop().run_in_executor(self._io, context.run, self._loader.load, uri)
@@ -274,7 +310,10 @@ class Pipeline:
         # Jobs of a new run arrive hundreds at a time: load its settings once, not once per job.
         loading = self._runs_loading.get(run_id)
         if loading is None:
-            loading = asyncio.ensure_future(self._db.transaction(partial(_load_run, run_id=run_id)))
+            extra_roots = self._settings.resolved_local_roots()
+            loading = asyncio.ensure_future(
+                self._db.transaction(partial(_load_run, run_id=run_id, extra_roots=extra_roots))
+            )
             self._runs_loading[run_id] = loading
         try:
             run = await asyncio.shield(loading)
@@ -336,9 +375,10 @@ class Pipeline:
 
     # -- handing back --------------------------------------------------------------------------------
 
-    async def _hand_back_all(self, *, reason: str) -> None:
-        """Return every unfinished job to the queue (or fail it once its attempts are used up)."""
-        pending = [e for e in self._inflight.values() if not e.reported]
+    async def _hand_back_all(self, *, reason: str, include_reported: bool = False) -> None:
+        """Return every unfinished job to the queue (or fail it once its attempts are used up); with
+        `include_reported`, also those whose outcome the (dead) writer never committed."""
+        pending = [e for e in self._inflight.values() if include_reported or not e.reported]
         for entry in pending:
             entry.reported = True
             if entry.task is not None and not entry.task.done():
@@ -351,7 +391,7 @@ class Pipeline:
             job = entry.job
             run = self._runs.get(job.run_id) or await self._run_context(job.run_id)
             exhausted = job.attempts_used >= run.settings.max_attempts
-            error = ErrorType.ENGINE_DEAD if self._fatal is not None else None
+            error = ErrorType.ENGINE_DEAD if isinstance(self._fatal, EngineDead) else None
             reports.append(
                 AttemptReport(
                     job_id=job.job_id,
@@ -372,8 +412,12 @@ class Pipeline:
             await self._publish(queue, job_ids)
 
 
-def _load_run(session: Session, *, run_id: int) -> RunContext:
+def _load_run(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:
     run = session.get(Run, run_id)
     if run is None:
         raise InternalError(f"run {run_id} does not exist")
-    return RunContext(settings=RunSettings.model_validate(run.settings), queue=run.queue)
+    return RunContext(
+        settings=RunSettings.model_validate(run.settings),
+        queue=run.queue,
+        local_roots=LocalRoots.of([source_root(run.source), *extra_roots]),
+    )

@@ -50,6 +50,19 @@ class OutcomeWriter:
                 # reconciler gives them to another attempt.
                 log.exception("could not write %d outcomes; their jobs will be retried", len(batch))
                 await self._commit_failed(batch)
+            finally:
+                for _ in batch:
+                    self._reports.task_done()
+
+    @property
+    def pending(self) -> int:
+        """Reports put but not yet committed (or given up on)."""
+        return self._reports.qsize()
+
+    async def drain(self) -> None:
+        """Return once every report put so far is committed or given up on (a stopping worker must not
+        drop finished generations). Only while `run` is running: the caller watches that task too."""
+        await self._reports.join()
 
     async def _next_batch(self) -> list[AttemptReport]:
         batch = [await self._reports.get()]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from vlmbatch.schema.database import open_ledger
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.pipeline.pipeline import Pipeline
+from vlmbatch.worker.pipeline.supervision import BackgroundTaskDied
 from vlmbatch.worker.process.runtime import build_pipeline
 from vlmbatch.worker.transport.celery_app import make_celery, task_concurrency
 from vlmbatch.worker.transport.maintenance import Maintenance
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 # Exit statuses that ask the supervisor for a restart (DESIGN.md, worker engine).
 EXIT_ENGINE_DEAD = 3
 EXIT_CONSUMER_STALLED = 4
+# A background task of the pipeline (writer, heartbeat, claimer) died (worker/pipeline/supervision.py).
+EXIT_TASK_DIED = 5
 
 
 def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
@@ -69,14 +72,26 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     finally:
         maintenance.stop()
         pipeline.stop(grace_s=0.0 if pipeline.fatal else settings.shutdown_grace_seconds)
-    if pipeline.fatal is not None:
-        log.error("exiting with status %d after engine death: %s", EXIT_ENGINE_DEAD, pipeline.fatal)
+    return exit_status(
+        fatal=pipeline.fatal,
+        stalled=maintenance.stalled.is_set(),
+        celery_exitcode=int(getattr(worker, "exitcode", 0) or 0),
+    )
+
+
+def exit_status(*, fatal: BaseException | None, stalled: bool, celery_exitcode: int) -> int:
+    """The worker process's exit status: non-zero whenever its supervisor must restart it."""
+    if isinstance(fatal, BackgroundTaskDied):
+        log.error("exiting with status %d: %s", EXIT_TASK_DIED, fatal)
+        return EXIT_TASK_DIED
+    if fatal is not None:
+        log.error("exiting with status %d after engine death: %s", EXIT_ENGINE_DEAD, fatal)
         return EXIT_ENGINE_DEAD
-    if maintenance.stalled.is_set():
+    if stalled:
         return EXIT_CONSUMER_STALLED
     # Celery sets a non-zero exit code when its consumer hit an unrecoverable error (e.g. a broker that
     # went away mid-reconnect): the supervisor must restart this worker.
-    return int(getattr(worker, "exitcode", 0) or 0)
+    return celery_exitcode
 
 
 def _say_through_logging() -> None:
