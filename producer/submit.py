@@ -16,7 +16,15 @@ from itertools import islice
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.sources import RowErrors, Source, SpecCheck, checked_rows
-from vlmbatch.schema.enqueue import PostgresStaging, StagedRow, insert_jobs, new_job_ids, staged_row
+from vlmbatch.schema.enqueue import (
+    PostgresStaging,
+    StagedRow,
+    insert_jobs,
+    mark_published,
+    new_job_ids,
+    refresh_statistics,
+    staged_row,
+)
 from vlmbatch.schema.grading import normalize_reference
 from vlmbatch.schema.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.runs import create_or_reuse_run, get_or_create_run
@@ -92,9 +100,15 @@ def _submit_in_one_transaction(
         submitted += _stage(staging, chunk, run.id)
         seen += len(chunk)
         run_id = run.id
+        mark_published(session, run_id=run_id)
+    with sessions() as session, session.begin():
+        # Before the first message: workers claim right away, and need plans made for this table's size.
+        refresh_statistics(session, inserted=submitted)
     with sessions() as session:
         for job_ids in new_job_ids(session, run_id=run_id, after=staging.watermark):
             publisher.publish(queue, job_ids)
+            with sessions() as marking, marking.begin():
+                mark_published(marking, run_id=run_id)
     return SubmitReport(run=run_id, submitted=submitted, skipped=seen - submitted)
 
 

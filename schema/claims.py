@@ -14,8 +14,10 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.tables import Attempt, Job, Run
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def claim_jobs(
     """Claim those of `job_ids` that are claimable (and whose run serves `model`, when given)."""
     if not job_ids:
         return []
-    now = utcnow()
+    now = database_now(session)
     stmt = select(Job).join(Run, Run.id == Job.run_id).where(Job.id.in_(list(job_ids)), _claimable(now))
     if model is not None:
         stmt = stmt.where(Run.model == model)
@@ -86,7 +88,7 @@ def claim_next(
     """Claim up to `limit` claimable jobs, oldest first (the embedded worker's feed)."""
     if limit <= 0:
         return []
-    now = utcnow()
+    now = database_now(session)
     stmt = select(Job).join(Run, Run.id == Job.run_id).where(_claimable(now))
     if run_id is not None:
         stmt = stmt.where(Job.run_id == run_id)
@@ -132,6 +134,10 @@ def _open_attempts(
         ),
         [{"b_id": job.id, "b_attempt": attempt_id} for job, attempt_id in zip(jobs, attempt_ids, strict=True)],
     )
+    deltas = CountDeltas()
+    for job in jobs:
+        deltas.move(Bucket.of(job.run_id, JobState.QUEUED.value), Bucket.of(job.run_id, JobState.RUNNING.value))
+    deltas.apply(session)
     return [
         ClaimedJob(
             job_id=job.id,
@@ -157,7 +163,7 @@ def renew_leases(session: Session, *, worker: str, attempt_ids: Sequence[int], l
     (lease taken back by the reconciler, job cancelled or finished elsewhere)."""
     if not attempt_ids:
         return set()
-    now = utcnow()
+    now = database_now(session)
     held = set(
         session.scalars(
             update(Job)

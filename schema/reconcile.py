@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.errors import ErrorType
 from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.tables import Attempt, Job, Run
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Requeued:
 
 
 def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit: int = 10_000) -> Requeued:
-    now = utcnow()
+    now = database_now(session)
     stmt = (
         select(Job, Run.queue, Run.settings)
         .join(Run, Run.id == Job.run_id)
@@ -43,6 +45,7 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=Job, skip_locked=True)
     outcome = Requeued()
+    deltas = CountDeltas()
     for job, queue, settings in session.execute(stmt):
         max_attempts = RunSettings.model_validate(settings).max_attempts
         message = f"lease held by {job.lease_owner} expired (worker died, froze or lost the database)"
@@ -65,5 +68,7 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
             job.state = JobState.QUEUED.value
             job.queued_at = now
             outcome.by_queue.setdefault(queue, []).append(job.id)
+        deltas.move(Bucket.of(job.run_id, JobState.RUNNING.value), Bucket.of(job.run_id, job.state, job.error_type))
     session.flush()
+    deltas.apply(session)
     return outcome

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.tables import Attempt, Job, Run
 
 RESUBMITTABLE = (JobState.FAILED, JobState.TRUNCATED, JobState.CANCELLED, JobState.SUCCEEDED)
 # Rows changed per statement, so that a million-job resubmit never builds one giant IN list.
@@ -50,12 +52,13 @@ def select_for_resubmit(
 def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int | None = None) -> list[int]:
     """Queue the given jobs again (those still in a terminal state); return the ids queued. A new
     `max_tokens` is recorded on the job and copied onto its next attempt."""
-    now = utcnow()
+    now = database_now(session)
     overrides = {"max_tokens": max_tokens} if max_tokens is not None else None
     queued: list[int] = []
     terminal = [s.value for s in RESUBMITTABLE]
+    deltas = CountDeltas()
     for start in range(0, len(job_ids), _CHUNK):
-        chunk = list(job_ids[start : start + _CHUNK])
+        chunk = _lock_for_counts(session, job_ids[start : start + _CHUNK], terminal, deltas)
         queued.extend(
             session.scalars(
                 update(Job)
@@ -76,7 +79,20 @@ def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int |
                 .execution_options(synchronize_session=False)
             )
         )
+    deltas.apply(session)
     return sorted(queued)
+
+
+def _lock_for_counts(session: Session, job_ids: Sequence[int], states: list[str], deltas: CountDeltas) -> list[int]:
+    """Lock the jobs of `job_ids` in `states` and count their move to `queued` (schema.counters)."""
+    stmt = select(Job.id, Job.run_id, Job.state, Job.error_type).where(Job.id.in_(list(job_ids)), Job.state.in_(states))
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    locked = []
+    for job_id, run_id, state, error_type in session.execute(stmt):
+        deltas.move(Bucket.of(run_id, state, error_type), Bucket.of(run_id, JobState.QUEUED.value))
+        locked.append(job_id)
+    return locked
 
 
 @dataclass(frozen=True)
@@ -89,7 +105,7 @@ def cancel_run(session: Session, *, run_id: int) -> Cancelled:
     """Cancel every queued and running job of the run. Running jobs end `cancelled` at once: their
     workers see the lost lease at the next heartbeat, abort the engine request, and their late write is
     fenced off."""
-    now = utcnow()
+    now = database_now(session)
     run = session.get(Run, run_id)
     if run is not None and run.cancelled_at is None:
         run.cancelled_at = now
@@ -116,4 +132,9 @@ def cancel_run(session: Session, *, run_id: int) -> Cancelled:
             .execution_options(synchronize_session=False)
         )
         counts[state] = result.rowcount  # type: ignore[attr-defined]
+    # Run counts (schema.counters): applied after the job rows are locked, like every counter update.
+    deltas = CountDeltas()
+    for state, n in counts.items():
+        deltas.move(Bucket.of(run_id, state.value), Bucket.of(run_id, JobState.CANCELLED.value), n)
+    deltas.apply(session)
     return Cancelled(queued=counts[JobState.QUEUED], running=counts[JobState.RUNNING])

@@ -12,14 +12,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.claims import ClaimedJob, claim_jobs, claim_next
+from vlmbatch.schema.counters import read_counts
 from vlmbatch.schema.reconcile import requeue_expired_leases
 from vlmbatch.schema.settings import Settings
 from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
 from vlmbatch.worker.pipeline.capacity import Capacity
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 
@@ -141,9 +140,5 @@ class Admission:
 def _run_drained(session: Session, *, run_id: int) -> bool:
     """True when none of the run's jobs is queued or running (after taking back expired leases)."""
     requeue_expired_leases(session, run_id=run_id)
-    pending = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.run_id == run_id, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-    )
-    return not pending
+    counts = read_counts(session, run_id).by_state
+    return not (counts[JobState.QUEUED.value] or counts[JobState.RUNNING.value])

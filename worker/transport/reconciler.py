@@ -10,14 +10,15 @@ demand by `vlmbatch reconcile`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from vlmbatch.schema.clock import database_now
 from vlmbatch.schema.reconcile import requeue_expired_leases
 from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job, Run, utcnow
+from vlmbatch.schema.tables import Job, Run, RunCount
 from vlmbatch.worker.transport.broker_scan import job_ids_in_broker
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -69,41 +70,53 @@ def _republish_lost(
     grace_seconds: float,
     unacked_stale_seconds: float,
 ) -> int | None:
-    cutoff = utcnow() - timedelta(seconds=grace_seconds)
-    now = utcnow()
-    waiting = (
-        Job.state == JobState.QUEUED.value,
-        Job.queued_at < cutoff,
-        or_(Job.not_before.is_(None), Job.not_before <= now),
-    )
-    scope = (Job.run_id == run_id,) if run_id is not None else ()
     with sessions() as session:
-        queues = list(
-            session.scalars(select(Run.queue).distinct().join(Job, Job.run_id == Run.id).where(*waiting, *scope))
-        )
-    if not queues:
+        now = database_now(session)
+        waiting = _runs_waiting(session, run_id=run_id, cutoff=now - timedelta(seconds=grace_seconds))
+    if not waiting:
         return 0
-    in_broker = job_ids_in_broker(broker_url, queues, unacked_stale_s=unacked_stale_seconds)
+    in_broker = job_ids_in_broker(broker_url, set(waiting.values()), unacked_stale_s=unacked_stale_seconds)
     if in_broker is None:
         return None
     republished = 0
-    last_id = 0
-    while True:
-        with sessions() as session:
-            page = session.execute(
-                select(Job.id, Run.queue)
-                .join(Run, Run.id == Job.run_id)
-                .where(*waiting, *scope, Job.id > last_id)
-                .order_by(Job.id)
-                .limit(_PAGE)
-            ).all()
-        if not page:
-            return republished
-        last_id = page[-1][0]
-        lost: dict[str, list[int]] = {}
-        for job_id, queue in page:
-            if job_id not in in_broker:
-                lost.setdefault(queue, []).append(job_id)
-        for queue, job_ids in lost.items():
-            publisher.publish(queue, job_ids)
-            republished += len(job_ids)
+    # Run by run, in pages of ix_jobs_run_state_id: each page costs the same however long the queue.
+    for waiting_run, queue in waiting.items():
+        last_id = 0
+        while True:
+            with sessions() as session:
+                page = list(
+                    session.scalars(
+                        select(Job.id)
+                        .where(
+                            Job.run_id == waiting_run,
+                            Job.state == JobState.QUEUED.value,
+                            Job.id > last_id,
+                            Job.queued_at < now - timedelta(seconds=grace_seconds),
+                            or_(Job.not_before.is_(None), Job.not_before <= now),
+                        )
+                        .order_by(Job.id)
+                        .limit(_PAGE)
+                    )
+                )
+            if not page:
+                break
+            last_id = page[-1]
+            lost = [job_id for job_id in page if job_id not in in_broker]
+            publisher.publish(queue, lost)
+            republished += len(lost)
+    return republished
+
+
+def _runs_waiting(session: Session, *, run_id: int | None, cutoff: datetime) -> dict[int, str]:
+    """Runs (id → queue) with queued jobs (by their counters) and no submit published in the grace time:
+    a run still being submitted publishes its jobs well after inserting them."""
+    stmt = (
+        select(Run.id, Run.queue)
+        .join(RunCount, RunCount.run_id == Run.id)
+        .where(RunCount.state == JobState.QUEUED.value, or_(Run.published_at.is_(None), Run.published_at < cutoff))
+        .group_by(Run.id, Run.queue)
+        .having(func.sum(RunCount.jobs) > 0)
+    )
+    if run_id is not None:
+        stmt = stmt.where(Run.id == run_id)
+    return {run: queue for run, queue in session.execute(stmt)}
