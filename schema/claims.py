@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from vlmbatch.schema.clock import database_now
 from vlmbatch.schema.counters import Bucket, CountDeltas
+from vlmbatch.schema.keyset import Keyset
 from vlmbatch.schema.states import AttemptOutcome, JobState
 from vlmbatch.schema.tables import Attempt, Job, Run
 
@@ -43,10 +44,11 @@ class ClaimedJob:
 
 
 def _claimable(now: datetime) -> Any:
-    return and_(
-        Job.state == JobState.QUEUED.value,
-        or_(Job.not_before.is_(None), Job.not_before <= now),
-    )
+    return and_(Job.state == JobState.QUEUED.value, _past_backoff(now))
+
+
+def _past_backoff(now: datetime) -> Any:
+    return or_(Job.not_before.is_(None), Job.not_before <= now)
 
 
 def _lock(stmt: Select[Any], session: Session) -> Select[Any]:
@@ -89,12 +91,15 @@ def claim_next(
     if limit <= 0:
         return []
     now = database_now(session)
-    stmt = select(Job).join(Run, Run.id == Job.run_id).where(_claimable(now))
-    if run_id is not None:
-        stmt = stmt.where(Job.run_id == run_id)
+    stmt = select(Job).join(Run, Run.id == Job.run_id)
     if model is not None:
         stmt = stmt.where(Run.model == model)
-    jobs = list(session.scalars(_lock(stmt.order_by(Job.id).limit(limit), session)))
+    if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.keyset)
+        queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
+        stmt = queued.page(stmt.where(_past_backoff(now)), dialect=session.get_bind().dialect.name)
+    else:
+        stmt = stmt.where(_claimable(now)).order_by(Job.id)
+    jobs = list(session.scalars(_lock(stmt.limit(limit), session)))
     return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.keyset import Keyset
 from vlmbatch.schema.reconcile import requeue_expired_leases
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.tables import Job, Run, RunCount
@@ -83,21 +84,14 @@ def _republish_lost(
     for waiting_run, queue in waiting.items():
         last_id = 0
         while True:
+            keys = Keyset([(Job.run_id, waiting_run), (Job.state, JobState.QUEUED.value)])
+            stmt = select(Job.id).where(
+                Job.queued_at < now - timedelta(seconds=grace_seconds),
+                or_(Job.not_before.is_(None), Job.not_before <= now),
+            )
             with sessions() as session:
-                page = list(
-                    session.scalars(
-                        select(Job.id)
-                        .where(
-                            Job.run_id == waiting_run,
-                            Job.state == JobState.QUEUED.value,
-                            Job.id > last_id,
-                            Job.queued_at < now - timedelta(seconds=grace_seconds),
-                            or_(Job.not_before.is_(None), Job.not_before <= now),
-                        )
-                        .order_by(Job.id)
-                        .limit(_PAGE)
-                    )
-                )
+                stmt = keys.page(stmt, dialect=session.get_bind().dialect.name, after=last_id)
+                page = list(session.scalars(stmt.limit(_PAGE)))
             if not page:
                 break
             last_id = page[-1]
