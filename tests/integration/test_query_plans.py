@@ -194,6 +194,19 @@ def test_lease_expiry_reads_only_running_jobs(big_ledger: Ledger) -> None:
     _assert_indexed(plans, expect="ix_jobs_running_lease")
 
 
+def test_the_embedded_feeds_drain_check_probes_the_runs_state_keys(big_ledger: Ledger) -> None:
+    from vlmbatch.worker.pipeline.admission import _run_drained
+
+    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
+        drained = _run_drained(session, run_id=big_ledger.target)
+        session.rollback()
+    assert not drained
+    pending = [p for p in plans if "lease_expires_at" not in p.sql]
+    assert len(pending) == 1  # queued jobs found: the running ones need no look
+    _assert_indexed(pending, expect="ix_jobs_run_state_id")
+    _assert_indexed(plans, expect="ix_jobs_running_lease")
+
+
 def test_status_reads_counters_and_the_recent_finishes(big_ledger: Ledger) -> None:
     with explained(big_ledger.engine) as plans, big_ledger.sessions() as session:
         progress = run_progress(session, big_ledger.target)
