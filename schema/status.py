@@ -16,6 +16,8 @@ from vlmbatch.schema.tables import Job
 
 # Throughput is measured over this trailing window: long enough to smooth bursts, short enough to react.
 RATE_WINDOW = timedelta(minutes=5)
+# Finishes a rate is measured on at most, however fast the fleet.
+RATE_SAMPLE = 2000
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,21 @@ def run_progress(session: Session, run_id: int) -> Progress:
     report = run_status(session, run_id)
     now = database_now(session)
     since = now - RATE_WINDOW
-    recent, first = session.execute(
-        select(func.count(), func.min(Job.finished_at)).where(Job.run_id == run_id, Job.finished_at >= since)
-    ).one()
+    # The latest RATE_SAMPLE finishes at most (read backwards on ix_jobs_run_finished): a fleet finishing
+    # thousands of jobs a second would otherwise make every status call count millions of rows.
+    latest = (
+        select(Job.finished_at)
+        .where(Job.run_id == run_id, Job.finished_at >= since)
+        .order_by(Job.finished_at.desc())
+        .limit(RATE_SAMPLE)
+        .subquery()
+    )
+    recent, first = session.execute(select(func.count(), func.min(latest.c.finished_at))).one()
     rate = 0.0
     if recent and first is not None:
-        elapsed = max((now - first).total_seconds(), 1.0)
-        rate = recent / elapsed
+        # Under a full sample the window is short already: no floor that would cap the rate.
+        floor = 1.0 if recent < RATE_SAMPLE else 1e-3
+        rate = recent / max((now - first).total_seconds(), floor)
     remaining = report.counts[JobState.QUEUED.value] + report.counts[JobState.RUNNING.value]
     eta = remaining / rate if rate > 0 else None
     return Progress(report=report, jobs_per_second=rate, eta_seconds=eta if remaining else 0.0)

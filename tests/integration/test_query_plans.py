@@ -217,6 +217,8 @@ def test_status_reads_counters_and_the_recent_finishes(big_ledger: Ledger) -> No
             ).all()
         )
     assert progress.report.total == RUN_JOBS
+    # 60,000 finishes spread over two hours: 8.3 a second, measured on the latest RATE_SAMPLE of them.
+    assert 7.5 < progress.jobs_per_second < 9.2
     assert {state: n for state, n in progress.report.counts.items() if n} == real
     # The counts come from run_counts; only the throughput window touches jobs, through its index.
     assert len(plans) == 1
