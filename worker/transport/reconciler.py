@@ -5,6 +5,21 @@ demand by `vlmbatch reconcile`.
    used their attempts (schema.reconcile).
 2. Jobs `queued` in the database with no message in the broker (Redis lost them, or the producer died
    between commit and publish) are published again. A duplicate message is harmless: claims are fenced.
+
+What a pass costs. Step 1 reads only expired leases (ix_jobs_running_lease). Step 2 looks only at runs
+whose counters show queued jobs and whose last submit published more than the grace time ago (a long
+submit publishes its jobs well after inserting them: `runs.published_at`), pages their queued jobs on
+ix_jobs_run_state_id, and counts as present the messages waiting in the queue and those delivered to a
+live worker (workers stamp what they hold: broker_scan.touch_unacked). It still reads every waiting
+message of those queues: O(queue), not O(lost work).
+
+The way to O(lost work), not built yet: messages become claim tokens ("claim up to N queued jobs of
+queue Q") and workers claim the oldest queued jobs from the ledger with FOR UPDATE SKIP LOCKED on
+ix_jobs_run_state_id; a lost or duplicated token then loses or duplicates no work, and the reconciler
+compares two counts (queued jobs from the run counters, against tokens waiting (LLEN) plus in flight
+(the unacknowledged hash)) and publishes the deficit. The queue length still tracks the work remaining
+(KEDA), Flower still shows tasks. It changes what every message means (claims, retries with a delay,
+resubmission, the message security checks and the chaos suite all follow), so it lands on its own.
 """
 
 from __future__ import annotations
