@@ -7,9 +7,11 @@ evenly over the table, when in fact they sit behind every job already done (and 
 10^7 jobs that walk reads millions of rows for one page.
 
 So on PostgreSQL the same condition is written as a row comparison bounded on both sides:
-`(run_id, state, id) > (:r, :s, :after) AND (run_id, state) <= (:r, :s) ORDER BY run_id, state, id`.
+`(run_id, state, id) >= (:r, :s, :after + 1) AND (run_id, state) <= (:r, :s) ORDER BY run_id, state, id`.
 Only the composite index yields that order, and the row comparison starts the index scan exactly at
-the key. SQLite's planner takes the plain form's index by itself, so it keeps the plain form.
+the key. `>=` rather than `>`: PostgreSQL estimates a row comparison by its first column's operator,
+and `run_id > :r` is close to nothing for the newest run, an estimate of one row that made it hash the
+whole run for a join. SQLite's planner takes the plain form's index by itself, so it keeps that form.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class Keyset:
                 return stmt.where(Job.id < before).order_by(Job.id.desc())
             return stmt.where(Job.id > (after or 0)).order_by(Job.id)
         if before is not None:
-            bounds = and_(tuple_(*columns, Job.id) < tuple_(*values, before), tuple_(*columns) >= tuple_(*values))
+            bounds = and_(tuple_(*columns, Job.id) <= tuple_(*values, before - 1), tuple_(*columns) >= tuple_(*values))
             return stmt.where(bounds).order_by(*(c.desc() for c in columns), Job.id.desc())
-        bounds = and_(tuple_(*columns, Job.id) > tuple_(*values, after or 0), tuple_(*columns) <= tuple_(*values))
+        start = (after or 0) + 1
+        bounds = and_(tuple_(*columns, Job.id) >= tuple_(*values, start), tuple_(*columns) <= tuple_(*values))
         return stmt.where(bounds).order_by(*columns, Job.id)

@@ -37,7 +37,9 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
         select(Job, Run.queue, Run.settings)
         .join(Run, Run.id == Job.run_id)
         .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
-        .order_by(Job.id)
+        # ix_jobs_running_attempt's order: it reads the running jobs only (ORDER BY id would tempt the
+        # planner into walking the primary key through every finished job).
+        .order_by(Job.current_attempt_id)
         .limit(limit)
     )
     if run_id is not None:
@@ -71,4 +73,7 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
         deltas.move(Bucket.of(job.run_id, JobState.RUNNING.value), Bucket.of(job.run_id, job.state, job.error_type))
     session.flush()
     deltas.apply(session)
+    for job_ids in outcome.by_queue.values():
+        job_ids.sort()
+    outcome.failed.sort()
     return outcome

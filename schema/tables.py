@@ -83,17 +83,12 @@ class Job(Base):
             postgresql_where=text("state = 'failed'"),
             sqlite_where=text("state = 'failed'"),
         ),
-        # The heartbeat finds a worker's running jobs by their attempt ids.
+        # Running jobs by attempt id: the heartbeat finds a worker's jobs, the reconciler reads all running
+        # jobs (as many as the fleet's slots, not the run's jobs) for expired leases. `lease_expires_at` is
+        # in no index, so that a heartbeat's renewal can be a HOT update (no new index entries).
         Index(
             "ix_jobs_running_attempt",
             "current_attempt_id",
-            postgresql_where=text("state = 'running'"),
-            sqlite_where=text("state = 'running'"),
-        ),
-        # Expired leases, for the reconciler: only running jobs hold one.
-        Index(
-            "ix_jobs_running_lease",
-            "lease_expires_at",
             postgresql_where=text("state = 'running'"),
             sqlite_where=text("state = 'running'"),
         ),

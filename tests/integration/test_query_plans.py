@@ -27,9 +27,10 @@ from vlmbatch.schema.status import run_progress
 from vlmbatch.schema.tables import Job
 from vlmbatch.worker.transport.reconciler import reconcile
 
-# Three runs of 100,000 jobs each, laid out as submits and workers leave them: run A is finished; the
-# target run is 60% done (oldest ids first), 2% running (half with expired leases), 38% queued; run C was
-# just submitted (all queued).
+# Three runs of 100,000 jobs each, laid out as submits and workers leave them: the oldest run is
+# finished, the next was submitted and waits (all queued), and the target, the newest run (its id the
+# highest: the case that fools PostgreSQL's row-comparison estimate), is 60% done (oldest ids first),
+# 2% running (half with expired leases), 38% queued.
 JOBS = 300_000
 RUN_JOBS = 100_000
 ERROR_TYPES = ("input.not_found", "input.unreadable", "storage.transient")
@@ -38,7 +39,7 @@ _FILL = f"""
 INSERT INTO jobs (run_id, input_key, images, question, state, attempt_count, attempt_base,
                   transient_failures, accepted_samples, created_at, queued_at, finished_at,
                   current_attempt_id, lease_owner, lease_expires_at, error_type)
-SELECT CASE WHEN i <= {RUN_JOBS} THEN :other1 WHEN i <= 2 * {RUN_JOBS} THEN :target ELSE :other2 END,
+SELECT CASE WHEN i <= {RUN_JOBS} THEN :other1 WHEN i <= 2 * {RUN_JOBS} THEN :other2 ELSE :target END,
        md5(i::text), json_build_array('file:///img/' || i || '.jpg'), 'what?', s.state, 1, 0, 0, 0,
        now() - interval '2 hours', now() - interval '2 hours',
        CASE WHEN s.state IN ('queued', 'running') THEN NULL ELSE now() - (i % 7200) * interval '1 second' END,
@@ -48,8 +49,8 @@ SELECT CASE WHEN i <= {RUN_JOBS} THEN :other1 WHEN i <= 2 * {RUN_JOBS} THEN :tar
                                                        ELSE interval '-1 hour' END END,
        CASE WHEN s.state = 'failed' THEN (ARRAY{list(ERROR_TYPES)})[1 + i % 3] END
 FROM generate_series(1, {JOBS}) AS i,
-     LATERAL (SELECT CASE WHEN i > 2 * {RUN_JOBS} THEN 0.99 WHEN i <= {RUN_JOBS} THEN 0.0
-                          ELSE (i - {RUN_JOBS})::float / {RUN_JOBS} END AS progress) AS p,
+     LATERAL (SELECT CASE WHEN i <= {RUN_JOBS} THEN 0.0 WHEN i <= 2 * {RUN_JOBS} THEN 0.99
+                          ELSE (i - 2 * {RUN_JOBS})::float / {RUN_JOBS} END AS progress) AS p,
      LATERAL (SELECT CASE WHEN p.progress >= 0.62 THEN 'queued' WHEN p.progress >= 0.60 THEN 'running'
                           WHEN i % 100 < 85 THEN 'succeeded' WHEN i % 100 < 91 THEN 'failed'
                           WHEN i % 100 < 96 THEN 'truncated' ELSE 'cancelled' END AS state) AS s
@@ -131,11 +132,11 @@ def big_ledger(postgres_template: str) -> Iterator[Ledger]:
     sessions = make_session_factory(engine)
     runs = [make_run(sessions, name=f"run-{i}", jobs=0)[0] for i in range(3)]
     with sessions() as session, session.begin():
-        session.execute(text(_FILL), {"target": runs[0], "other1": runs[1], "other2": runs[2]})
+        session.execute(text(_FILL), {"other1": runs[0], "other2": runs[1], "target": runs[2]})
         session.execute(text(_COUNT))
     with sessions() as session, session.begin():
         assert refresh_statistics(session, inserted=JOBS)
-    yield Ledger(engine, sessions, runs[0])
+    yield Ledger(engine, sessions, runs[2])
     engine.dispose()
     with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -148,6 +149,19 @@ def _assert_indexed(plans: Sequence[Plan], *, expect: str) -> None:
     seq = [plan.sql for plan in plans if any(s.startswith("Seq Scan") for s in plan.scans_of_jobs())]
     assert not seq, f"sequential scan of jobs in: {seq}"
     assert any(scan.endswith(f":{expect}") for scan in scans), f"{expect} not used; scans: {scans}"
+
+
+def _assert_streams(plans: Sequence[Plan], *, page: int) -> None:
+    """A LIMITed page reads its index in order and stops: nothing sorts or hashes the jobs it scans, and
+    the planner expects the scan to yield at least a page (an estimate of one row is what leads it to
+    hash the whole run for a join, whichever plan it happens to pick here)."""
+    for plan in plans:
+        for node in plan.nodes():
+            if node["Node Type"] in ("Sort", "Hash", "Incremental Sort"):
+                inner = Plan(plan.sql, node)
+                assert not inner.scans_of_jobs(), f"{node['Node Type']} over jobs in: {plan.sql}"
+            if node.get("Relation Name") == "jobs":
+                assert node["Plan Rows"] >= page, f"estimated {node['Plan Rows']} rows in: {plan.sql}"
 
 
 def _queued_ids(ledger: Ledger, n: int) -> list[int]:
@@ -171,6 +185,7 @@ def test_claiming_a_runs_next_jobs_reads_its_queued_keys(big_ledger: Ledger) -> 
         session.rollback()
     assert len(claimed) == 64
     _assert_indexed(plans, expect="ix_jobs_run_state_id")
+    _assert_streams(plans, page=64)
 
 
 def test_heartbeat_finds_running_jobs_by_attempt(big_ledger: Ledger) -> None:
@@ -191,7 +206,7 @@ def test_lease_expiry_reads_only_running_jobs(big_ledger: Ledger) -> None:
         requeued = requeue_expired_leases(session, limit=100)
         session.rollback()
     assert requeued.count == 100
-    _assert_indexed(plans, expect="ix_jobs_running_lease")
+    _assert_indexed(plans, expect="ix_jobs_running_attempt")
 
 
 def test_the_embedded_feeds_drain_check_probes_the_runs_state_keys(big_ledger: Ledger) -> None:
@@ -204,7 +219,8 @@ def test_the_embedded_feeds_drain_check_probes_the_runs_state_keys(big_ledger: L
     pending = [p for p in plans if "lease_expires_at" not in p.sql]
     assert len(pending) == 1  # queued jobs found: the running ones need no look
     _assert_indexed(pending, expect="ix_jobs_run_state_id")
-    _assert_indexed(plans, expect="ix_jobs_running_lease")
+    _assert_streams(pending, page=1)
+    _assert_indexed(plans, expect="ix_jobs_running_attempt")
 
 
 def test_status_reads_counters_and_the_recent_finishes(big_ledger: Ledger) -> None:
@@ -243,6 +259,7 @@ def test_browser_pages_are_keyset_index_scans(big_ledger: Ledger, where: ResultF
     assert page.rows
     assert all(row.id > after for row in page.rows)
     _assert_indexed(plans, expect=expect)
+    _assert_streams([p for p in plans if "FROM results" not in p.sql], page=50)
 
 
 def _near_the_end(ledger: Ledger, where: ResultFilter) -> int:
@@ -256,11 +273,11 @@ def _near_the_end(ledger: Ledger, where: ResultFilter) -> int:
         return int(session.scalars(stmt.order_by(Job.id.desc()).offset(60).limit(1)).one())
 
 
-def test_resubmit_selection_reads_the_runs_state_keys(big_ledger: Ledger) -> None:
+def test_resubmit_selection_reads_the_runs_failed_keys(big_ledger: Ledger) -> None:
     with explained(big_ledger.engine) as plans, big_ledger.sessions() as session:
         selection = select_for_resubmit(session, run_id=big_ledger.target, states=[JobState.FAILED])
     assert len(selection.job_ids) == 3600
-    _assert_indexed(plans, expect="ix_jobs_run_state_id")
+    _assert_indexed(plans, expect="ix_jobs_run_failed_error")
 
 
 class _CountingPublisher:
@@ -281,5 +298,7 @@ def test_reconciler_pages_queued_jobs_by_run(big_ledger: Ledger, redis_url: str)
     # The broker is empty: every queued job of the run (and each expired lease taken back) is republished.
     assert report.republished == publisher.published - report.leases_requeued
     assert report.republished is not None and report.republished > 38_000
-    _assert_indexed([p for p in plans if "queued_at" in p.sql], expect="ix_jobs_run_state_id")
-    _assert_indexed(plans, expect="ix_jobs_running_lease")
+    pages = [p for p in plans if "jobs.queued_at <" in p.sql]
+    _assert_indexed(pages, expect="ix_jobs_run_state_id")
+    _assert_streams(pages, page=10_000)
+    _assert_indexed(plans, expect="ix_jobs_running_attempt")

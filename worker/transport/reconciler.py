@@ -6,7 +6,7 @@ demand by `vlmbatch reconcile`.
 2. Jobs `queued` in the database with no message in the broker (Redis lost them, or the producer died
    between commit and publish) are published again. A duplicate message is harmless: claims are fenced.
 
-What a pass costs. Step 1 reads only expired leases (ix_jobs_running_lease). Step 2 looks only at runs
+What a pass costs. Step 1 reads only running jobs (ix_jobs_running_attempt). Step 2 looks only at runs
 whose counters show queued jobs and whose last submit published more than the grace time ago (a long
 submit publishes its jobs well after inserting them: `runs.published_at`), pages their queued jobs on
 ix_jobs_run_state_id, and counts as present the messages waiting in the queue and those delivered to a

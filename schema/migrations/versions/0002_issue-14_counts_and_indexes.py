@@ -8,7 +8,8 @@ Create Date: 2026-12-01 09:40:00
   (schema.counters); filled here from the jobs already in the ledger.
 - `ix_jobs_run_state` becomes `ix_jobs_run_state_id` (run, state, id) for keyset pages in one state;
   `ix_jobs_run_id` (run, id) for unfiltered pages; partial indexes for failed jobs by error type and for
-  running jobs by attempt id (heartbeats).
+  running jobs by attempt id (heartbeats, lease expiry). `ix_jobs_running_lease` goes: with
+  `lease_expires_at` in no index a heartbeat's renewal can be a HOT update.
 - `runs.published_at`: when a submit last committed or published jobs of the run (the reconciler's grace
   counts from it, so a long submit's jobs are not taken for lost).
 """
@@ -44,6 +45,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("published_at", sa.DateTime(), nullable=True))
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_run_state")
+        batch_op.drop_index(
+            "ix_jobs_running_lease",
+            postgresql_where=sa.text("state = 'running'"),
+            sqlite_where=sa.text("state = 'running'"),
+        )
         batch_op.create_index("ix_jobs_run_state_id", ["run_id", "state", "id"], unique=False)
         batch_op.create_index("ix_jobs_run_id", ["run_id", "id"], unique=False)
         batch_op.create_index(
@@ -77,6 +83,13 @@ def downgrade() -> None:
         batch_op.drop_index("ix_jobs_run_id")
         batch_op.drop_index("ix_jobs_run_state_id")
         batch_op.create_index("ix_jobs_run_state", ["run_id", "state"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_running_lease",
+            ["lease_expires_at"],
+            unique=False,
+            postgresql_where=sa.text("state = 'running'"),
+            sqlite_where=sa.text("state = 'running'"),
+        )
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_column("published_at")
     op.drop_table("run_counts")
