@@ -134,13 +134,16 @@ def measure(work: Path, n: int, window: float) -> dict[str, float]:
         attempts = [c.attempt_id for c in claim_jobs(session, job_ids=queued, worker="beat", lease_seconds=600)]
     table = "(SELECT oid FROM pg_class WHERE relname = 'jobs')"
 
+    counters = text(f"SELECT pg_stat_get_xact_tuples_updated({table}), pg_stat_get_xact_tuples_hot_updated({table})")
+
     def beat() -> None:
         with sessions() as session, session.begin():
+            # The counters add up over the connection until they are flushed: this renewal's share is the
+            # difference across it.
+            updated_before, hot_before = session.execute(counters).one()
             assert not renew_leases(session, worker="beat", attempt_ids=attempts, lease_seconds=600)
-            updated, hot = session.execute(
-                text(f"SELECT pg_stat_get_xact_tuples_updated({table}), pg_stat_get_xact_tuples_hot_updated({table})")
-            ).one()
-            shares.append(hot / max(updated, 1))
+            updated, hot = session.execute(counters).one()
+            shares.append((hot - hot_before) / max(updated - updated_before, 1))
 
     shares: list[float] = []
     row["heartbeat, ms per 1,000 leases"] = median_ms(beat, 3) * 1000 / len(attempts)
@@ -155,7 +158,21 @@ def measure(work: Path, n: int, window: float) -> dict[str, float]:
     with sessions() as session:
         size = session.scalar(text("SELECT pg_database_size(current_database())"))
     row["ledger MB per million jobs"] = float(size or 0) / n / 1024 / 1024 * 1_000_000
+    sessions.kw["bind"].dispose()
+    browser_engine = browser._sessions.kw["bind"]
+    browser_engine.dispose()
+    drop_database(db)
     return row
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+
+    from bench.control_plane import POSTGRES
+
+    admin = POSTGRES.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[-1]}" WITH (FORCE)')
 
 
 def worker_rate(work: Path, env: dict[str, str], sessions: Any, run_id: int, window: float) -> float:
