@@ -100,6 +100,7 @@ def _submit_in_one_transaction(
         submitted += _stage(staging, chunk, run.id)
         seen += len(chunk)
         run_id = run.id
+        staging.count()
         mark_published(session, run_id=run_id)
     with sessions() as session, session.begin():
         # Before the first message: workers claim right away, and need plans made for this table's size.

@@ -116,10 +116,12 @@ _PLAIN = re.compile(r"[^\x00-\x1f\"\\]*")
 
 class PostgresStaging:
     """Stages a whole submit in one transaction (PostgreSQL only): `copy` streams rows into a temporary
-    table, `move` inserts those the run does not hold yet. Rolling the transaction back leaves nothing."""
+    table, `move` inserts those the run does not hold yet, `count` adds them to the run counters (once, at
+    the end). Rolling the transaction back leaves nothing."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        self._inserted: dict[int, int] = {}
         raw = session.connection().connection.driver_connection
         if raw is None:
             raise RuntimeError("no database connection")
@@ -145,8 +147,15 @@ class PostgresStaging:
             cursor.execute(_MOVE_STAGED, {"run_id": run_id})
             inserted = int(cursor.rowcount)
             cursor.execute(f"TRUNCATE {_STAGING}")
-        _count_queued(self._session, run_id, inserted)
+        self._inserted[run_id] = self._inserted.get(run_id, 0) + inserted
         return inserted
+
+    def count(self) -> None:
+        """Add the moved jobs to the run counters: once, last, so that the submit's transaction holds
+        a counter row for moments, not for the whole load (workers claiming the run add to them too)."""
+        for run_id, inserted in self._inserted.items():
+            _count_queued(self._session, run_id, inserted)
+        self._inserted.clear()
 
 
 def new_job_ids(session: Session, *, run_id: int, after: int, batch: int = 10_000) -> Iterator[list[int]]:
