@@ -16,7 +16,15 @@ from itertools import islice
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.sources import RowErrors, Source, SpecCheck, checked_rows
-from vlmbatch.schema.enqueue import PostgresStaging, StagedRow, insert_jobs, new_job_ids, staged_row
+from vlmbatch.schema.enqueue import (
+    PostgresStaging,
+    StagedRow,
+    insert_jobs,
+    mark_published,
+    new_job_ids,
+    refresh_statistics,
+    staged_row,
+)
 from vlmbatch.schema.errors import BrokerUnavailable
 from vlmbatch.schema.grading import normalize_reference, parse_options
 from vlmbatch.schema.models import JobSpec, RunSettings, SubmitReport
@@ -118,9 +126,16 @@ def _submit_in_one_transaction(
         submitted += _stage(staging, chunk, run.id)
         seen += len(chunk)
         run_id = run.id
+        staging.count()
+        mark_published(session, run_id=run_id)
+    with sessions() as session, session.begin():
+        # Before the first message: workers claim right away, and need plans made for this table's size.
+        refresh_statistics(session, inserted=submitted)
     with sessions() as session:
         for job_ids in new_job_ids(session, run_id=run_id, after=staging.watermark):
             _raise_if_unpublished(_publish(publisher, queue, job_ids), run_id, submitted)
+            with sessions() as marking, marking.begin():
+                mark_published(marking, run_id=run_id)
     return SubmitReport(run=run_id, submitted=submitted, skipped=seen - submitted)
 
 

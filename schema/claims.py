@@ -14,10 +14,13 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.grading.choice import parse_options
+from vlmbatch.schema.keyset import Keyset
 from vlmbatch.schema.locks import jobs_locked_in_order
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.tables import Attempt, Job, Run
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,11 @@ class ClaimedJob:
 
 
 def _claimable(now: datetime) -> Any:
-    return and_(
-        Job.state == JobState.QUEUED.value,
-        or_(Job.not_before.is_(None), Job.not_before <= now),
-    )
+    return and_(Job.state == JobState.QUEUED.value, _past_backoff(now))
+
+
+def _past_backoff(now: datetime) -> Any:
+    return or_(Job.not_before.is_(None), Job.not_before <= now)
 
 
 def _lock(stmt: Select[Any], session: Session) -> Select[Any]:
@@ -72,7 +76,7 @@ def claim_jobs(
     """Claim those of `job_ids` that are claimable (and whose run serves `model`, when given)."""
     if not job_ids:
         return []
-    now = utcnow()
+    now = database_now(session)
     stmt = select(Job).join(Run, Run.id == Job.run_id).where(Job.id.in_(list(job_ids)), _claimable(now))
     if model is not None:
         stmt = stmt.where(Run.model == model)
@@ -92,13 +96,16 @@ def claim_next(
     """Claim up to `limit` claimable jobs, oldest first (the embedded worker's feed)."""
     if limit <= 0:
         return []
-    now = utcnow()
-    stmt = select(Job).join(Run, Run.id == Job.run_id).where(_claimable(now))
-    if run_id is not None:
-        stmt = stmt.where(Job.run_id == run_id)
+    now = database_now(session)
+    stmt = select(Job).join(Run, Run.id == Job.run_id)
     if model is not None:
         stmt = stmt.where(Run.model == model)
-    jobs = list(session.scalars(_lock(stmt.order_by(Job.id).limit(limit), session)))
+    if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.keyset)
+        queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
+        stmt = queued.page(stmt.where(_past_backoff(now)), dialect=session.get_bind().dialect.name)
+    else:
+        stmt = stmt.where(_claimable(now)).order_by(Job.id)
+    jobs = list(session.scalars(_lock(stmt.limit(limit), session)))
     return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
 
 
@@ -138,6 +145,10 @@ def _open_attempts(
         ),
         [{"b_id": job.id, "b_attempt": attempt_id} for job, attempt_id in zip(jobs, attempt_ids, strict=True)],
     )
+    deltas = CountDeltas()
+    for job in jobs:
+        deltas.move(Bucket.of(job.run_id, JobState.QUEUED.value), Bucket.of(job.run_id, JobState.RUNNING.value))
+    deltas.apply(session)
     return [
         ClaimedJob(
             job_id=job.id,
@@ -165,7 +176,7 @@ def renew_leases(session: Session, *, worker: str, attempt_ids: Sequence[int], l
     (lease taken back by the reconciler, job cancelled or finished elsewhere)."""
     if not attempt_ids:
         return set()
-    now = utcnow()
+    now = database_now(session)
     held = set(
         session.scalars(
             update(Job)

@@ -12,9 +12,11 @@ from typing import cast
 from sqlalchemy import Boolean, Table, bindparam, case, insert, select, true, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.errors import ErrorType
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result, utcnow
+from vlmbatch.schema.tables import Attempt, Job, Result
 
 # Transient retries back off exponentially from this base, with full jitter, up to the cap.
 RETRY_BASE_SECONDS = 2.0
@@ -86,11 +88,12 @@ def record_outcomes(session: Session, reports: Sequence[AttemptReport]) -> list[
     """
     if not reports:
         return []
-    now = utcnow()
+    now = database_now(session)
     holding = _still_holding(session, reports)
     written = [r for r in reports if (r.job_id, r.attempt_id) in holding]
     if not written:
         return []
+    job_values = [_job_values(r, now) for r in written]
     jobs, attempts = cast(Table, Job.__table__), cast(Table, Attempt.__table__)
     # One statement per table for the whole batch (executemany), not three round trips per report.
     session.execute(
@@ -112,7 +115,7 @@ def record_outcomes(session: Session, reports: Sequence[AttemptReport]) -> list[
             ),
             accepted_samples=jobs.c.accepted_samples + bindparam("b_accepted"),
         ),
-        [_job_values(r, now) for r in written],
+        job_values,
     )
     session.execute(
         update(attempts)
@@ -123,21 +126,36 @@ def record_outcomes(session: Session, reports: Sequence[AttemptReport]) -> list[
     rows = [_result_values(r, sample, now) for r in written for sample in r.samples]
     if rows:
         session.execute(insert(cast(Table, Result.__table__)), rows)
+    _count(session, holding, job_values)
     return written
 
 
-def _still_holding(session: Session, reports: Sequence[AttemptReport]) -> set[tuple[int, int]]:
-    """(job, attempt) pairs whose attempt still holds its running job, locked until the transaction ends
-    (on SQLite the BEGIN IMMEDIATE transaction already excludes other writers)."""
+def _count(session: Session, holding: dict[tuple[int, int], int], job_values: list[dict[str, object]]) -> None:
+    """Every written job left `running` for its next state (schema.counters)."""
+    runs = {job_id: run_id for (job_id, _attempt), run_id in holding.items()}
+    deltas = CountDeltas()
+    # One move per job, even should a batch carry the same report twice.
+    for values in {values["b_id"]: values for values in job_values}.values():
+        run_id = runs[cast(int, values["b_id"])]
+        target = Bucket.of(run_id, cast(str, values["b_state"]), cast("str | None", values["b_error_type"]))
+        deltas.move(Bucket.of(run_id, JobState.RUNNING.value), target)
+    deltas.apply(session)
+
+
+def _still_holding(session: Session, reports: Sequence[AttemptReport]) -> dict[tuple[int, int], int]:
+    """(job, attempt) pairs whose attempt still holds its running job, with the job's run, locked until
+    the transaction ends (on SQLite the BEGIN IMMEDIATE transaction already excludes other writers)."""
     # Ascending id: the ledger's one lock order (schema/locks.py), jobs before attempts.
     stmt = (
-        select(Job.id, Job.current_attempt_id)
+        select(Job.id, Job.current_attempt_id, Job.run_id)
         .where(Job.id.in_({r.job_id for r in reports}), Job.state == JobState.RUNNING.value)
         .order_by(Job.id)
     )
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
-    return {(job_id, attempt_id) for job_id, attempt_id in session.execute(stmt) if attempt_id is not None}
+    return {
+        (job_id, attempt_id): run_id for job_id, attempt_id, run_id in session.execute(stmt) if attempt_id is not None
+    }
 
 
 def _job_values(report: AttemptReport, now: datetime) -> dict[str, object]:

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.errors import ErrorType
 from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.tables import Attempt, Job, Run
 
 
 @dataclass
@@ -30,12 +32,14 @@ class Requeued:
 
 
 def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit: int = 10_000) -> Requeued:
-    now = utcnow()
+    now = database_now(session)
     stmt = (
         select(Job, Run.queue, Run.settings)
         .join(Run, Run.id == Job.run_id)
         .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
-        .order_by(Job.id)
+        # ix_jobs_running_attempt's order: it reads the running jobs only (ORDER BY id would tempt the
+        # planner into walking the primary key through every finished job).
+        .order_by(Job.current_attempt_id)
         .limit(limit)
     )
     if run_id is not None:
@@ -43,6 +47,7 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=Job, skip_locked=True)
     outcome = Requeued()
+    deltas = CountDeltas()
     for job, queue, settings in session.execute(stmt):
         max_attempts = RunSettings.model_validate(settings).max_attempts
         message = f"lease held by {job.lease_owner} expired (worker died, froze or lost the database)"
@@ -65,5 +70,10 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
             job.state = JobState.QUEUED.value
             job.queued_at = now
             outcome.by_queue.setdefault(queue, []).append(job.id)
+        deltas.move(Bucket.of(job.run_id, JobState.RUNNING.value), Bucket.of(job.run_id, job.state, job.error_type))
     session.flush()
+    deltas.apply(session)
+    for job_ids in outcome.by_queue.values():
+        job_ids.sort()
+    outcome.failed.sort()
     return outcome

@@ -10,9 +10,11 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.locks import jobs_locked_in_order
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run, utcnow
+from vlmbatch.schema.tables import Attempt, Job, Run
 
 RESUBMITTABLE = (JobState.FAILED, JobState.TRUNCATED, JobState.CANCELLED, JobState.SUCCEEDED)
 # Rows changed per statement, so that a million-job resubmit never builds one giant IN list.
@@ -39,7 +41,8 @@ def select_for_resubmit(
     session: Session, *, run_id: int, states: Sequence[JobState], error_types: Sequence[str] = ()
 ) -> Selection:
     where = _filter(run_id, states, error_types)
-    job_ids = list(session.scalars(select(Job.id).where(where).order_by(Job.id)))
+    # Sorted here, not by ORDER BY id: that order tempts PostgreSQL into walking the whole primary key.
+    job_ids = sorted(session.scalars(select(Job.id).where(where)))
     groups = {
         (state, error_type): n
         for state, error_type, n in session.execute(
@@ -52,12 +55,13 @@ def select_for_resubmit(
 def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int | None = None) -> list[int]:
     """Queue the given jobs again (those still in a terminal state); return the ids queued. A new
     `max_tokens` is recorded on the job and copied onto its next attempt."""
-    now = utcnow()
+    now = database_now(session)
     overrides = {"max_tokens": max_tokens} if max_tokens is not None else None
     queued: list[int] = []
     terminal = [s.value for s in RESUBMITTABLE]
+    deltas = CountDeltas()
     for start in range(0, len(job_ids), _CHUNK):
-        chunk = list(job_ids[start : start + _CHUNK])
+        chunk = _lock_for_counts(session, job_ids[start : start + _CHUNK], terminal, deltas)
         queued.extend(
             session.scalars(
                 update(Job)
@@ -78,7 +82,20 @@ def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int |
                 .execution_options(synchronize_session=False)
             )
         )
+    deltas.apply(session)
     return sorted(queued)
+
+
+def _lock_for_counts(session: Session, job_ids: Sequence[int], states: list[str], deltas: CountDeltas) -> list[int]:
+    """Lock the jobs of `job_ids` in `states` and count their move to `queued` (schema.counters)."""
+    stmt = select(Job.id, Job.run_id, Job.state, Job.error_type).where(Job.id.in_(list(job_ids)), Job.state.in_(states))
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    locked = []
+    for job_id, run_id, state, error_type in session.execute(stmt):
+        deltas.move(Bucket.of(run_id, state, error_type), Bucket.of(run_id, JobState.QUEUED.value))
+        locked.append(job_id)
+    return locked
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,7 @@ def cancel_run(session: Session, *, run_id: int) -> Cancelled:
     lets a claim (queued → running) or the reconciler (running → queued) move a job between them, leaving
     an attempt `running` on a cancelled job. Once locked, nothing moves them until this transaction ends.
     """
-    now = utcnow()
+    now = database_now(session)
     run = session.get(Run, run_id)
     if run is not None and run.cancelled_at is None:
         run.cancelled_at = now
@@ -121,7 +138,13 @@ def cancel_run(session: Session, *, run_id: int) -> Cancelled:
             .values(outcome=AttemptOutcome.CANCELLED.value, error_type="cancelled", finished_at=now)
             .execution_options(synchronize_session=False)
         )
-    return Cancelled(queued=queued.rowcount, running=len(running_attempts))  # type: ignore[attr-defined]
+    queued_n = queued.rowcount  # type: ignore[attr-defined]
+    # Run counts (schema.counters): applied after the job rows are locked, like every counter update.
+    deltas = CountDeltas()
+    for state, n in ((JobState.QUEUED, queued_n), (JobState.RUNNING, len(running_attempts))):
+        deltas.move(Bucket.of(run_id, state.value), Bucket.of(run_id, JobState.CANCELLED.value), n)
+    deltas.apply(session)
+    return Cancelled(queued=queued_n, running=len(running_attempts))
 
 
 def _cancel(run_id: int, state: JobState, now: datetime) -> Update:

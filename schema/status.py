@@ -8,12 +8,16 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.counters import read_counts
 from vlmbatch.schema.models import StatusReport
 from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job, utcnow
+from vlmbatch.schema.tables import Job
 
 # Throughput is measured over this trailing window: long enough to smooth bursts, short enough to react.
 RATE_WINDOW = timedelta(minutes=5)
+# Finishes a rate is measured on at most, however fast the fleet.
+RATE_SAMPLE = 2000
 
 
 @dataclass(frozen=True)
@@ -33,33 +37,32 @@ class Progress:
 
 
 def run_status(session: Session, run_id: int) -> StatusReport:
+    """Counts per state and per error type, read from the run's counters (schema.counters), not the jobs."""
     counts = StatusReport.empty_counts()
-    for state, n in session.execute(select(Job.state, func.count()).where(Job.run_id == run_id).group_by(Job.state)):
-        counts[state] = n
-    errors = {
-        error_type: n
-        for error_type, n in session.execute(
-            select(Job.error_type, func.count())
-            .where(Job.run_id == run_id, Job.state == JobState.FAILED.value)
-            .group_by(Job.error_type)
-            .order_by(func.count().desc())
-        )
-        if error_type is not None
-    }
-    return StatusReport(run=run_id, total=sum(counts.values()), counts=counts, errors=errors)
+    kept = read_counts(session, run_id)
+    counts.update(kept.by_state)
+    return StatusReport(run=run_id, total=kept.total, counts=counts, errors=kept.errors)
 
 
 def run_progress(session: Session, run_id: int) -> Progress:
     report = run_status(session, run_id)
-    now = utcnow()
+    now = database_now(session)
     since = now - RATE_WINDOW
-    recent, first = session.execute(
-        select(func.count(), func.min(Job.finished_at)).where(Job.run_id == run_id, Job.finished_at >= since)
-    ).one()
+    # The latest RATE_SAMPLE finishes at most (read backwards on ix_jobs_run_finished): a fleet finishing
+    # thousands of jobs a second would otherwise make every status call count millions of rows.
+    latest = (
+        select(Job.finished_at)
+        .where(Job.run_id == run_id, Job.finished_at >= since)
+        .order_by(Job.finished_at.desc())
+        .limit(RATE_SAMPLE)
+        .subquery()
+    )
+    recent, first = session.execute(select(func.count(), func.min(latest.c.finished_at))).one()
     rate = 0.0
     if recent and first is not None:
-        elapsed = max((now - first).total_seconds(), 1.0)
-        rate = recent / elapsed
+        # Under a full sample the window is short already: no floor that would cap the rate.
+        floor = 1.0 if recent < RATE_SAMPLE else 1e-3
+        rate = recent / max((now - first).total_seconds(), floor)
     remaining = report.counts[JobState.QUEUED.value] + report.counts[JobState.RUNNING.value]
     eta = remaining / rate if rate > 0 else None
     return Progress(report=report, jobs_per_second=rate, eta_seconds=eta if remaining else 0.0)

@@ -59,18 +59,36 @@ class Run(Base):
     source: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     cancelled_at: Mapped[datetime | None]
+    # When a submit last committed or published jobs of this run: the reconciler's grace for a lost
+    # message counts from here too, since a long submit publishes its jobs well after inserting them.
+    published_at: Mapped[datetime | None]
 
 
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("run_id", "input_key", name="uq_jobs_run_input"),
-        Index("ix_jobs_run_state", "run_id", "state"),
-        # Partial indexes: a queued job (most inserts) touches neither, so bulk submits stay fast.
-        # Expired leases, for the reconciler: only running jobs hold one.
+        # A run's jobs in one state, in id order: the embedded claim feed (queued, oldest first), the
+        # reconciler's pages of queued jobs and the browser's `?status=` keyset pages.
+        Index("ix_jobs_run_state_id", "run_id", "state", "id"),
+        # A run's jobs in id order, whatever their state: the browser's unfiltered keyset pages.
+        Index("ix_jobs_run_id", "run_id", "id"),
+        # Partial indexes: a queued job (most inserts) touches none of them, so bulk submits stay fast.
+        # Failed jobs of one error type in id order (the browser's `?error=` pages and error examples).
         Index(
-            "ix_jobs_running_lease",
-            "lease_expires_at",
+            "ix_jobs_run_failed_error",
+            "run_id",
+            "error_type",
+            "id",
+            postgresql_where=text("state = 'failed'"),
+            sqlite_where=text("state = 'failed'"),
+        ),
+        # Running jobs by attempt id: the heartbeat finds a worker's jobs, the reconciler reads all running
+        # jobs (as many as the fleet's slots, not the run's jobs) for expired leases. `lease_expires_at` is
+        # in no index, so that a heartbeat's renewal can be a HOT update (no new index entries).
+        Index(
+            "ix_jobs_running_attempt",
+            "current_attempt_id",
             postgresql_where=text("state = 'running'"),
             sqlite_where=text("state = 'running'"),
         ),
@@ -115,6 +133,21 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class RunCount(Base):
+    """Jobs of a run per (state, error type), kept by the statements that change job states, in their
+    transaction (schema.counters): status, the browser and the drain check read these few rows instead of
+    counting millions of jobs. `error_type` is '' except for failed jobs. Each count is split over a few
+    `shard` rows so that concurrent workers rarely wait on one another's counter row."""
+
+    __tablename__ = "run_counts"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    error_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
 
 
 class Attempt(Base):

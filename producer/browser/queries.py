@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.producer.reports.display import preview
+from vlmbatch.schema.keyset import Keyset
 from vlmbatch.schema.standing import attempt_stands, result_stands
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import Progress, run_progress
@@ -147,11 +148,8 @@ def job_page(
 ) -> JobPage:
     """The run's jobs that pass `where`, `limit` at a time in id order: those after the key `after`, or
     (paging back) the last ones before the key `before`."""
-    stmt = _job_rows(run_id, where).limit(limit + 1)
-    if before is not None:
-        stmt = stmt.where(Job.id < before).order_by(Job.id.desc())
-    else:
-        stmt = stmt.where(Job.id > (after or 0)).order_by(Job.id)
+    stmt, keys = _job_rows(run_id, where)
+    stmt = keys.page(stmt, dialect=session.get_bind().dialect.name, after=after, before=before).limit(limit + 1)
     fetched = list(session.execute(stmt).all())
     more = len(fetched) > limit
     fetched = fetched[:limit]
@@ -193,29 +191,31 @@ def job_image(session: Session, job_id: int, index: int) -> tuple[str, str | Non
     return str(row.images[index]), row.source
 
 
-def _job_rows(run_id: int, where: ResultFilter) -> Select[Any]:
-    stmt = (
-        select(
-            Job.id,
-            Job.images,
-            Job.state,
-            Job.error_type,
-            func.substr(Job.error_message, 1, PREVIEW_CHARS + 1),
-            Job.attempt_count,
-            Job.finished_at,
-            Job.current_attempt_id,
-            Attempt.completion_tokens,
-        )
-        .outerjoin(Attempt, Attempt.id == Job.current_attempt_id)
-        .where(Job.run_id == run_id)
-    )
-    if where.state is not None:
-        stmt = stmt.where(Job.state == where.state.value)
-    if where.error_type is not None:
+def _job_rows(run_id: int, where: ResultFilter) -> tuple[Select[Any], Keyset]:
+    """The list's columns and conditions, and the keys it is paged on: each filter has an index whose
+    leading columns it fixes (ix_jobs_run_id, ix_jobs_run_state_id, ix_jobs_run_failed_error)."""
+    stmt = select(
+        Job.id,
+        Job.images,
+        Job.state,
+        Job.error_type,
+        func.substr(Job.error_message, 1, PREVIEW_CHARS + 1),
+        Job.attempt_count,
+        Job.finished_at,
+        Job.current_attempt_id,
+        Attempt.completion_tokens,
+    ).outerjoin(Attempt, Attempt.id == Job.current_attempt_id)
+    keys = Keyset([(Job.run_id, run_id)])
+    if where.state == JobState.FAILED and where.error_type is not None:
+        stmt = stmt.where(Job.state == JobState.FAILED.value)  # the partial index's predicate
+        keys = Keyset([(Job.run_id, run_id), (Job.error_type, where.error_type)])
+    elif where.state is not None:
+        keys = Keyset([(Job.run_id, run_id), (Job.state, where.state.value)])
+    if where.error_type is not None and where.state != JobState.FAILED:
         stmt = stmt.where(Job.error_type == where.error_type)
     if where.correctness is not None:
         stmt = stmt.where(_correctness(where.correctness))
-    return stmt
+    return stmt, keys
 
 
 def _standing_sample(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:

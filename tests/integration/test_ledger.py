@@ -231,3 +231,31 @@ def test_inserted_jobs_keep_their_reference_and_metadata(database_url: str) -> N
     with sessions() as session:
         job = session.scalars(select(Job)).one()
     assert (job.reference, job.meta, job.images) == ("B", {"split": "val", "id": 7}, ["s3://b/x.jpg"])
+
+
+def test_leases_are_timed_by_the_database_clock_not_the_workers(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker host whose clock runs ten minutes slow claims and renews; a reconciler on a correct host
+    must not take the live lease back (with host clocks the lease would have expired before it began)."""
+    from vlmbatch.schema import clock, tables
+
+    sessions = ledger(postgres_url)
+    _, ids = make_run(sessions, jobs=2)
+    correct = tables.utcnow
+    with monkeypatch.context() as skewed:
+        slow = lambda: correct() - timedelta(minutes=10)  # noqa: E731
+        skewed.setattr(clock, "utcnow", slow)
+        skewed.setattr(tables, "utcnow", slow)
+        with sessions() as session, session.begin():
+            claimed = claim_jobs(session, job_ids=ids, worker="slow-host", lease_seconds=60)
+        with sessions() as session, session.begin():
+            assert (
+                renew_leases(session, worker="slow-host", attempt_ids=[c.attempt_id for c in claimed], lease_seconds=60)
+                == set()
+            )
+    with sessions() as session, session.begin():
+        assert requeue_expired_leases(session).count == 0
+        expires = session.scalars(select(Job.lease_expires_at)).all()
+    margin = [(e - correct()).total_seconds() for e in expires if e is not None]
+    assert len(margin) == 2 and all(50 < m <= 60 for m in margin)

@@ -12,10 +12,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.claims import ClaimedJob, claim_jobs, claim_next
+from vlmbatch.schema.keyset import Keyset
 from vlmbatch.schema.reconcile import requeue_expired_leases
 from vlmbatch.schema.settings import Settings
 from vlmbatch.schema.states import JobState
@@ -141,9 +142,10 @@ class Admission:
 def _run_drained(session: Session, *, run_id: int) -> bool:
     """True when none of the run's jobs is queued or running (after taking back expired leases)."""
     requeue_expired_leases(session, run_id=run_id)
-    pending = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.run_id == run_id, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-    )
-    return not pending
+    # One probe of ix_jobs_run_state_id per state (schema.keyset): exact, and as cheap as the counters.
+    dialect = session.get_bind().dialect.name
+    for state in (JobState.QUEUED, JobState.RUNNING):
+        keys = Keyset([(Job.run_id, run_id), (Job.state, state.value)])
+        if session.scalar(keys.page(select(Job.id), dialect=dialect).limit(1)) is not None:
+            return False
+    return True

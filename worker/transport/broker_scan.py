@@ -101,6 +101,27 @@ def _job_ids_of(message: dict[str, Any]) -> list[int]:
     return [i for i in ids if isinstance(i, int)]
 
 
+def touch_unacked(broker_url: str, delivery_tags: Iterable[str]) -> int:
+    """Stamp the messages a live worker holds unacknowledged (reserved, waiting for room in its pipeline)
+    as delivered now, so that neither the reconciler (`unacked_stale_s`) nor kombu's visibility timeout
+    takes them for a dead worker's; return how many were stamped. Only Redis keeps such stamps. An
+    acknowledged message is not brought back (ZADD XX only updates members still present)."""
+    import time
+
+    tags = list(delivery_tags)
+    if not tags or not broker_url.startswith(("redis://", "rediss://")):
+        return 0
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    try:
+        now = time.time()
+        stamped = client.zadd(_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True, ch=True)
+        return int(stamped or 0)
+    finally:
+        client.close()
+
+
 def queue_depth(broker_url: str, queue: str) -> int | None:
     """Messages waiting in `queue` (not yet delivered), or None for a broker we cannot inspect."""
     if broker_url.startswith(("redis://", "rediss://")):

@@ -1,6 +1,9 @@
 """Background duties of a Celery worker process besides running jobs:
 
 - the reconciler, every `reconcile_seconds` (one worker at a time on PostgreSQL, by advisory lock);
+- stamping the messages this worker holds unacknowledged as fresh (broker_scan.touch_unacked), so that
+  live work waiting for room is not taken for a dead worker's (keep `reconcile_seconds` well under
+  `unacked_stale_seconds`);
 - a consumer watchdog: messages wait in the queue, this worker has room, yet nothing has been delivered
   for a long time. Celery workers can reconnect to a restarted broker and then stop consuming
   (celery#10205, #10302); the cure is a restart, so the worker exits non-zero for its supervisor.
@@ -20,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.pipeline.pipeline import Pipeline
-from vlmbatch.worker.transport.broker_scan import queue_depth
+from vlmbatch.worker.transport.broker_scan import queue_depth, touch_unacked
 from vlmbatch.worker.transport.publisher import Publisher
 from vlmbatch.worker.transport.reconciler import reconcile
 
@@ -61,12 +64,18 @@ class Maintenance:
         interval = self._settings.reconcile_seconds
         while not self._stop.wait(interval * random.uniform(0.8, 1.2)):  # jitter spreads the workers
             try:
+                self.touch_held_messages()
                 self.reconcile_once()
                 self.check_consumer()
             except Exception:
                 log.exception("maintenance pass failed; trying again next time")
             if self.stalled.is_set():
                 return
+
+    def touch_held_messages(self) -> None:
+        """Keep the messages this worker reserved but has not acknowledged yet (waiting for room) from
+        looking abandoned: the reconciler would republish their jobs, and Redis redeliver them."""
+        touch_unacked(self._settings.resolved_broker_url(), held_delivery_tags())
 
     def reconcile_once(self) -> None:
         with self._leader() as leader:
@@ -118,3 +127,16 @@ class Maintenance:
                 if got:
                     connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _RECONCILE_LOCK_KEY})
                 connection.commit()
+
+
+def held_delivery_tags() -> list[str]:
+    """Delivery tags of the messages this worker process holds (reserved or running, not acknowledged)."""
+    from celery.worker import state
+
+    for _ in range(3):
+        try:
+            requests = list(state.reserved_requests)
+        except RuntimeError:  # the set changed while it was copied: take it again
+            continue
+        return [str(r.message.delivery_tag) for r in requests if r.message is not None and r.message.delivery_tag]
+    return []

@@ -5,19 +5,36 @@ demand by `vlmbatch reconcile`.
    used their attempts (schema.reconcile).
 2. Jobs `queued` in the database with no message in the broker (Redis lost them, or the producer died
    between commit and publish) are published again. A duplicate message is harmless: claims are fenced.
+
+What a pass costs. Step 1 reads only running jobs (ix_jobs_running_attempt). Step 2 looks only at runs
+whose counters show queued jobs and whose last submit published more than the grace time ago (a long
+submit publishes its jobs well after inserting them: `runs.published_at`), pages their queued jobs on
+ix_jobs_run_state_id, and counts as present the messages waiting in the queue and those delivered to a
+live worker (workers stamp what they hold: broker_scan.touch_unacked). It still reads every waiting
+message of those queues: O(queue), not O(lost work).
+
+The way to O(lost work), not built yet: messages become claim tokens ("claim up to N queued jobs of
+queue Q") and workers claim the oldest queued jobs from the ledger with FOR UPDATE SKIP LOCKED on
+ix_jobs_run_state_id; a lost or duplicated token then loses or duplicates no work, and the reconciler
+compares two counts (queued jobs from the run counters, against tokens waiting (LLEN) plus in flight
+(the unacknowledged hash)) and publishes the deficit. The queue length still tracks the work remaining
+(KEDA), Flower still shows tasks. It changes what every message means (claims, retries with a delay,
+resubmission, the message security checks and the chaos suite all follow), so it lands on its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.keyset import Keyset
 from vlmbatch.schema.reconcile import requeue_expired_leases
 from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job, Run, utcnow
+from vlmbatch.schema.tables import Job, Run, RunCount
 from vlmbatch.worker.transport.broker_scan import job_ids_in_broker
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -69,41 +86,46 @@ def _republish_lost(
     grace_seconds: float,
     unacked_stale_seconds: float,
 ) -> int | None:
-    cutoff = utcnow() - timedelta(seconds=grace_seconds)
-    now = utcnow()
-    waiting = (
-        Job.state == JobState.QUEUED.value,
-        Job.queued_at < cutoff,
-        or_(Job.not_before.is_(None), Job.not_before <= now),
-    )
-    scope = (Job.run_id == run_id,) if run_id is not None else ()
     with sessions() as session:
-        queues = list(
-            session.scalars(select(Run.queue).distinct().join(Job, Job.run_id == Run.id).where(*waiting, *scope))
-        )
-    if not queues:
+        now = database_now(session)
+        waiting = _runs_waiting(session, run_id=run_id, cutoff=now - timedelta(seconds=grace_seconds))
+    if not waiting:
         return 0
-    in_broker = job_ids_in_broker(broker_url, queues, unacked_stale_s=unacked_stale_seconds)
+    in_broker = job_ids_in_broker(broker_url, set(waiting.values()), unacked_stale_s=unacked_stale_seconds)
     if in_broker is None:
         return None
     republished = 0
-    last_id = 0
-    while True:
-        with sessions() as session:
-            page = session.execute(
-                select(Job.id, Run.queue)
-                .join(Run, Run.id == Job.run_id)
-                .where(*waiting, *scope, Job.id > last_id)
-                .order_by(Job.id)
-                .limit(_PAGE)
-            ).all()
-        if not page:
-            return republished
-        last_id = page[-1][0]
-        lost: dict[str, list[int]] = {}
-        for job_id, queue in page:
-            if job_id not in in_broker:
-                lost.setdefault(queue, []).append(job_id)
-        for queue, job_ids in lost.items():
-            publisher.publish(queue, job_ids)
-            republished += len(job_ids)
+    # Run by run, in pages of ix_jobs_run_state_id: each page costs the same however long the queue.
+    for waiting_run, queue in waiting.items():
+        last_id = 0
+        while True:
+            keys = Keyset([(Job.run_id, waiting_run), (Job.state, JobState.QUEUED.value)])
+            stmt = select(Job.id).where(
+                Job.queued_at < now - timedelta(seconds=grace_seconds),
+                or_(Job.not_before.is_(None), Job.not_before <= now),
+            )
+            with sessions() as session:
+                stmt = keys.page(stmt, dialect=session.get_bind().dialect.name, after=last_id)
+                page = list(session.scalars(stmt.limit(_PAGE)))
+            if not page:
+                break
+            last_id = page[-1]
+            lost = [job_id for job_id in page if job_id not in in_broker]
+            publisher.publish(queue, lost)
+            republished += len(lost)
+    return republished
+
+
+def _runs_waiting(session: Session, *, run_id: int | None, cutoff: datetime) -> dict[int, str]:
+    """Runs (id → queue) with queued jobs (by their counters) and no submit published in the grace time:
+    a run still being submitted publishes its jobs well after inserting them."""
+    stmt = (
+        select(Run.id, Run.queue)
+        .join(RunCount, RunCount.run_id == Run.id)
+        .where(RunCount.state == JobState.QUEUED.value, or_(Run.published_at.is_(None), Run.published_at < cutoff))
+        .group_by(Run.id, Run.queue)
+        .having(func.sum(RunCount.jobs) > 0)
+    )
+    if run_id is not None:
+        stmt = stmt.where(Run.id == run_id)
+    return {run: queue for run, queue in session.execute(stmt)}

@@ -1,0 +1,104 @@
+"""Per-run job counts kept with the state changes: every statement that moves jobs between states adds
+its deltas to `run_counts` in the same transaction, so that a count is exact whenever it is read, and
+reading it costs a few rows whatever the size of the run (DESIGN.md, "Scale").
+
+Deltas are applied last in their transaction and in one sorted order, after the job rows are locked:
+a transaction holding a counter row never waits for a job row, so counters add no deadlock. On
+PostgreSQL each transaction adds to one of `SHARDS` rows per count, picked at random, so that workers
+claiming and writing at once rarely queue on the same counter row; readers sum the shards.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from vlmbatch.schema.states import JobState
+from vlmbatch.schema.tables import RunCount
+
+# Counter rows per (run, state, error type) on PostgreSQL. SQLite serialises writers anyway: one row.
+SHARDS = 16
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    """What a job is counted under: its run, its state and (failed jobs only) its error type."""
+
+    run_id: int
+    state: str
+    error_type: str = ""
+
+    @classmethod
+    def of(cls, run_id: int, state: str, error_type: str | None = None) -> Bucket:
+        return cls(run_id, state, (error_type or "") if state == JobState.FAILED.value else "")
+
+
+class CountDeltas:
+    """Changes to the run counts, collected while a transaction moves jobs, then applied once."""
+
+    def __init__(self) -> None:
+        self._deltas: Counter[Bucket] = Counter()
+
+    def add(self, bucket: Bucket, n: int = 1) -> None:
+        self._deltas[bucket] += n
+
+    def move(self, source: Bucket, target: Bucket, n: int = 1) -> None:
+        """`n` jobs left `source` for `target`."""
+        self._deltas[source] -= n
+        self._deltas[target] += n
+
+    def apply(self, session: Session) -> None:
+        """Add the deltas to `run_counts` in the session's transaction (call it after the job updates)."""
+        changes = sorted((bucket, n) for bucket, n in self._deltas.items() if n)
+        self._deltas.clear()
+        if not changes:
+            return
+        dialect = session.get_bind().dialect.name
+        shard = random.randrange(SHARDS) if dialect == "postgresql" else 0
+        rows = [
+            {"run_id": b.run_id, "state": b.state, "error_type": b.error_type, "shard": shard, "jobs": n}
+            for b, n in changes
+        ]
+        insert = postgresql.insert(RunCount) if dialect == "postgresql" else sqlite.insert(RunCount)
+        stmt = insert.on_conflict_do_update(
+            index_elements=["run_id", "state", "error_type", "shard"],
+            set_={"jobs": RunCount.jobs + insert.excluded.jobs},
+        )
+        # One statement per row keeps the lock order the sorted order (a multi-row VALUES would too, but
+        # SQLAlchemy may reorder an executemany into batches).
+        for row in rows:
+            session.execute(stmt, row)
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """A run's jobs per state (every state present) and its failed jobs per error type."""
+
+    by_state: dict[str, int]
+    errors: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+def read_counts(session: Session, run_id: int) -> RunCounts:
+    """The run's counts, summed over the counter shards (a few dozen rows at most)."""
+    by_state = {state.value: 0 for state in JobState}
+    errors: dict[str, int] = {}
+    stmt = (
+        select(RunCount.state, RunCount.error_type, func.sum(RunCount.jobs))
+        .where(RunCount.run_id == run_id)
+        .group_by(RunCount.state, RunCount.error_type)
+    )
+    for state, error_type, n in session.execute(stmt):
+        count = int(n or 0)
+        by_state[state] = by_state.get(state, 0) + count
+        if state == JobState.FAILED.value and error_type and count:
+            errors[error_type] = count
+    return RunCounts(by_state=by_state, errors=dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))))
