@@ -16,9 +16,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vlmbatch.schema.models import DEFAULT_MODEL
 
-# Where an OpenAI batch file's `data:` images are staged, under VLMBATCH_HOME.
-STAGED_IMAGES = "staged-images"
-
 EngineKind = Literal["vllm", "fake", "openai"]
 
 
@@ -183,7 +180,6 @@ class Settings(BaseSettings):
         stage_to = self.resolved_stage_to()
         if "://" not in stage_to:
             roots.append(Path(stage_to))
-        roots.append((self.home / STAGED_IMAGES).resolve())
         return tuple(roots)
 
     def resolved_inflight_jobs(self) -> int:

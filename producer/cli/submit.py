@@ -26,7 +26,6 @@ from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.models import SubmitReport
 from vlmbatch.schema.runs import get_run
-from vlmbatch.schema.settings import STAGED_IMAGES
 from vlmbatch.schema.status import run_progress, run_status
 from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 
@@ -40,7 +39,6 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         question=None,
         questions=questions,
         prompt_template=template,
-        stage_dir=(ctx.settings.home / STAGED_IMAGES).resolve(),
         s3_endpoint_url=ctx.settings.s3_endpoint_url,
         columns=column_choice(flags),
         stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),

@@ -89,6 +89,34 @@ def checked_rows(source: Source, check: SpecCheck | None) -> Iterator[Row]:
         yield where, spec
 
 
+class RowSource:
+    """What every row-by-row source shares: `validate` reports every malformed row at once (nothing is
+    written then), and `specs` yields the rows once `validate` has passed. Subclasses give `_uri` and
+    `rows()`."""
+
+    _uri: str
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def rows(self) -> Iterator[Row]:
+        raise NotImplementedError
+
+    def validate(self, check: SpecCheck | None = None) -> None:
+        errors = RowErrors(self._uri)
+        for where, spec in checked_rows(self, check):
+            if isinstance(spec, ValueError):
+                errors.add(where, spec)
+        errors.raise_if_any()
+
+    def specs(self) -> Iterator[JobSpec]:
+        for where, spec in self.rows():
+            if isinstance(spec, ValueError):  # validate() runs first; this only guards a file changed meanwhile
+                raise SourceError(f"{self._uri}: {where}: {spec}")
+            yield spec
+
+
 def open_source(
     uri: str,
     *,
@@ -96,7 +124,6 @@ def open_source(
     s3_endpoint_url: str | None,
     questions: Sequence[str] = (),
     prompt_template: PromptTemplate | None = None,
-    stage_dir: Path | None = None,
     columns: ColumnChoice | None = None,
     stage_to: str | None = None,
     local_roots: Sequence[Path] = (),
@@ -109,8 +136,8 @@ def open_source(
     `question` and `questions` apply to every job that does not bring its own (one job per question);
     `prompt_template` renders each job's text from its row (producer/sources/prompts.py). `columns` names
     the image, question and reference columns of embedded Parquet and WebDataset samples; `stage_to` is
-    where embedded image bytes are staged (None: embedded bytes are refused); `stage_dir` is where an
-    OpenAI batch file's `data:` images are written (content-addressed). A manifest's local images must lie in
+    where embedded image bytes are staged (None: embedded bytes are refused). `stage_to` also takes
+    an OpenAI batch file's `data:` images. A manifest's local images must lie in
     its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS)."""
     from vlmbatch.media.staging import Stager
     from vlmbatch.producer.sources.folder import FolderSource
@@ -130,11 +157,11 @@ def open_source(
     prompting = Prompting(questions=asked, template=prompt_template)
     given = CLI_QUESTION if prompting.asks_source else (asked[0] if asked else None)
     columns = columns or ColumnChoice()
+    stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url) if stage_to else None
     if uri.lower().endswith(".jsonl") and is_openai_batch(uri):
         if asked or prompt_template is not None:
             raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")
-        return OpenAIBatchSource(uri, stage_dir=stage_dir)
-    stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url) if stage_to else None
+        return OpenAIBatchSource(uri, stager=stager)
     inner: Source
     if looks_like_shards(uri):
         inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)

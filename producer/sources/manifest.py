@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
-from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
+from vlmbatch.producer.sources import Row, RowSource
 from vlmbatch.producer.sources.locations import resolve_image_ref
 from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import SAMPLING_COLUMNS, JobParams, JobSpec
@@ -42,7 +42,7 @@ class RowError(ValueError):
     pass
 
 
-class ManifestSource:
+class ManifestSource(RowSource):
     def __init__(
         self,
         uri: str,
@@ -68,23 +68,6 @@ class ManifestSource:
         if suffix not in (".jsonl", ".csv", ".parquet"):
             raise SourceError(f"{uri}: a manifest must end in .jsonl, .csv or .parquet")
         self._format = suffix
-
-    @property
-    def uri(self) -> str:
-        return self._uri
-
-    def validate(self, check: SpecCheck | None = None) -> None:
-        errors = RowErrors(self._uri)
-        for where, spec in checked_rows(self, check):
-            if isinstance(spec, ValueError):
-                errors.add(where, spec)
-        errors.raise_if_any()
-
-    def specs(self) -> Iterator[JobSpec]:
-        for where, spec in self.rows():
-            if isinstance(spec, ValueError):  # validate() runs first; this only guards a file changed meanwhile
-                raise SourceError(f"{self._uri}: {where}: {spec}")
-            yield spec
 
     def rows(self) -> Iterator[Row]:
         for where, record in self._records():

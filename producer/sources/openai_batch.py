@@ -12,29 +12,26 @@ The line's `custom_id` is kept in the job's metadata (`meta["custom_id"]`, what 
 back) and is part of the job's identity. A duplicate `custom_id` or an invalid line refuses the whole
 submit, naming every bad line, before anything is written.
 
-`data:` images never enter the ledger: their bytes are staged once to content-addressed files under
-`stage_dir` (`<sha256>.<ext>`), and the job references the file. A `data:` URI whose bytes are no image
+`data:` images never enter the ledger: their bytes are staged once to content-addressed objects under
+`--stage-to` (media/staging.py, a folder or an S3 prefix), and the job references the object. A `data:` URI whose bytes are no image
 is staged like any other and fails its own job at the worker (`input.unreadable`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from pydantic import ValidationError
 
+from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path
-from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
+from vlmbatch.producer.sources import Row, RowSource
+from vlmbatch.producer.sources.locations import decode_data_uri, stage_bytes
 from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import JobParams, JobSpec
 from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
@@ -45,7 +42,6 @@ CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 # Body fields read, and those accepted without effect (the run decides the model; nothing streams).
 _READ = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "response_format"}
 _IGNORED = {"model", "stream", "user", "metadata", "store"}
-_MIME_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
 
 
 class LineError(ValueError):
@@ -70,29 +66,13 @@ def is_openai_batch(uri: str) -> bool:
     return False
 
 
-class OpenAIBatchSource:
-    def __init__(self, uri: str, *, stage_dir: Path | None) -> None:
+class OpenAIBatchSource(RowSource):
+    def __init__(self, uri: str, *, stager: Stager | None) -> None:
         self._uri = uri
         self._path = local_path(uri)
         self._root = self._path.resolve().parent
-        self._stage_dir = stage_dir
-
-    @property
-    def uri(self) -> str:
-        return self._uri
-
-    def validate(self, check: SpecCheck | None = None) -> None:
-        errors = RowErrors(self._uri)
-        for where, spec in checked_rows(self, check):
-            if isinstance(spec, ValueError):
-                errors.add(where, spec)
-        errors.raise_if_any()
-
-    def specs(self) -> Iterator[JobSpec]:
-        for where, spec in self.rows():
-            if isinstance(spec, ValueError):  # validate() runs first; this only guards a file changed meanwhile
-                raise SourceError(f"{self._uri}: {where}: {spec}")
-            yield spec
+        # Where `data:` images are staged, content-addressed (media/staging.py, `--stage-to`).
+        self._stager = stager
 
     def rows(self) -> Iterator[Row]:
         # 8-byte digests of the ids seen: duplicates are found in one pass, in ~60 bytes per line.
@@ -222,36 +202,10 @@ class OpenAIBatchSource:
         return resolved.as_uri()
 
     def _stage(self, url: str) -> str:
-        if self._stage_dir is None:
-            raise LineError("a `data:` image, but no folder to stage it to")
-        header, comma, payload = url.partition(",")
-        if not comma:
-            raise LineError("a `data:` URL without a comma")
-        mime = header.removeprefix("data:").split(";", 1)[0].lower()
         try:
-            base64_encoded = header.endswith(";base64")
-            data = base64.b64decode(payload, validate=True) if base64_encoded else unquote_to_bytes(payload)
-        except (binascii.Error, ValueError) as exc:
-            raise LineError(f"a `data:` image is not valid base64 ({exc})") from exc
-        return stage_bytes(data, self._stage_dir, suffix=_MIME_SUFFIX.get(mime, ".img"))
-
-
-def stage_bytes(data: bytes, folder: Path, *, suffix: str) -> str:
-    """Write `data` once to `folder/<sha256><suffix>` (atomically; an existing file is kept) and return
-    its file URI. The same bytes always land in the same file, so staging twice writes nothing."""
-    digest = hashlib.sha256(data).hexdigest()
-    target = folder / f"{digest}{suffix}"
-    if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".staging-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    return target.resolve().as_uri()
+            return stage_bytes(decode_data_uri(url), self._stager)
+        except ValueError as exc:
+            raise LineError(str(exc)) from exc
 
 
 def _text_only(content: Any, role: str) -> str:

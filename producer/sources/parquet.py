@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import S3Objects, local_path
-from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
+from vlmbatch.producer.sources import Row, RowSource
 from vlmbatch.producer.sources.locations import resolve_image_ref, stage_bytes
 from vlmbatch.producer.sources.manifest import _jsonable
 from vlmbatch.schema.errors import JobError, SourceError
@@ -84,7 +84,7 @@ def wants_embedded_source(parquet: Any, columns: ColumnChoice) -> bool:
     return bool(embedded) and (DEFAULT_IMAGE_COLUMN not in names or DEFAULT_IMAGE_COLUMN in embedded)
 
 
-class ParquetImagesSource:
+class ParquetImagesSource(RowSource):
     def __init__(self, uri: str, *, parquet: Any, question: str | None, columns: ColumnChoice, stager: Stager) -> None:
         self._uri = uri
         self._parquet = parquet
@@ -102,25 +102,8 @@ class ParquetImagesSource:
         self._skipped |= {self._question_column, self._reference_column}
 
     @property
-    def uri(self) -> str:
-        return self._uri
-
-    @property
     def image_columns(self) -> tuple[str, ...]:
         return self._images
-
-    def validate(self, check: SpecCheck | None = None) -> None:
-        errors = RowErrors(self._uri)
-        for where, spec in checked_rows(self, check):
-            if isinstance(spec, ValueError):
-                errors.add(where, spec)
-        errors.raise_if_any()
-
-    def specs(self) -> Iterator[JobSpec]:
-        for where, spec in self.rows():
-            if isinstance(spec, ValueError):
-                raise SourceError(f"{self._uri}: {where}: {spec}")
-            yield spec
 
     def rows(self) -> Iterator[Row]:
         number = 0

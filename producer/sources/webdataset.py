@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from vlmbatch.media.shards import ScannedMember, TarMember, scan_members
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
-from vlmbatch.producer.sources import Row, RowErrors, SpecCheck, checked_rows
+from vlmbatch.producer.sources import Row, RowSource
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.errors import SourceError
 from vlmbatch.schema.models import JobSpec
@@ -87,7 +87,7 @@ def prefix_holds_shards(uri: str, *, s3_endpoint_url: str | None) -> bool:
     return shards
 
 
-class WebDatasetSource:
+class WebDatasetSource(RowSource):
     def __init__(self, uri: str, *, question: str | None, columns: ColumnChoice, s3_endpoint_url: str | None) -> None:
         self._uri = uri
         self._question = question
@@ -97,10 +97,6 @@ class WebDatasetSource:
         self._without_image = 0
         self._without_image_keys: list[str] = []
 
-    @property
-    def uri(self) -> str:
-        return self._uri
-
     def notes(self) -> list[str]:
         """What submit reports besides its counts: the samples skipped for want of an image."""
         if not self._without_image:
@@ -108,19 +104,6 @@ class WebDatasetSource:
         shown = ", ".join(self._without_image_keys)
         more = ", …" if self._without_image > len(self._without_image_keys) else ""
         return [f"{self._without_image} sample(s) without an image member, not submitted: {shown}{more}"]
-
-    def validate(self, check: SpecCheck | None = None) -> None:
-        errors = RowErrors(self._uri)
-        for where, spec in checked_rows(self, check):
-            if isinstance(spec, ValueError):
-                errors.add(where, spec)
-        errors.raise_if_any()
-
-    def specs(self) -> Iterator[JobSpec]:
-        for where, spec in self.rows():
-            if isinstance(spec, ValueError):
-                raise SourceError(f"{self._uri}: {where}: {spec}")
-            yield spec
 
     def rows(self) -> Iterator[Row]:
         self._without_image = 0

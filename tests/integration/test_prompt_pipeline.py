@@ -171,7 +171,7 @@ def test_an_openai_batch_file_runs_with_its_system_prompt_per_line_budgets_and_a
         lines.append({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
     batch = tmp_path / "batch.jsonl"
     batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    source = open_source(str(batch), question=None, s3_endpoint_url=None, stage_dir=tmp_path / "staged")
+    source = open_source(str(batch), question=None, s3_endpoint_url=None, stage_to=str(tmp_path / "staged"))
     engine = _recording()
     jobs = _run(database_url, source, engine)
     by_id = {job.meta["custom_id"]: job for job in jobs if job.meta}

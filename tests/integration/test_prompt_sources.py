@@ -183,8 +183,10 @@ def test_an_openai_batch_file_becomes_one_job_per_line_with_data_images_staged_o
         ],
     )
     stage = tmp_path / "staged"
-    jobs = _submit_source(database_url, open_source(str(batch), question=None, s3_endpoint_url=None, stage_dir=stage))
-    staged = sorted(stage.iterdir())
+    jobs = _submit_source(
+        database_url, open_source(str(batch), question=None, s3_endpoint_url=None, stage_to=str(stage))
+    )
+    staged = sorted(p for p in stage.rglob("*") if p.is_file())
     assert len(staged) == 1 and staged[0].read_bytes() == png  # the same bytes are staged once
     first, second = jobs
     assert first.meta == {"custom_id": "req-1"} and second.meta == {"custom_id": "req-2"}
@@ -213,7 +215,7 @@ def test_an_openai_batch_file_with_bad_lines_is_refused_whole_naming_every_bad_l
         _line("h", [image, _text("fine")]),
     ]
     batch = _jsonl(tmp_path / "batch.jsonl", lines)
-    source = open_source(str(batch), question=None, s3_endpoint_url=None, stage_dir=tmp_path / "staged")
+    source = open_source(str(batch), question=None, s3_endpoint_url=None, stage_to=str(tmp_path / "staged"))
     with pytest.raises(SourceError) as refused:
         _submit_source(database_url, source)
     message = refused.value.message
@@ -223,7 +225,7 @@ def test_an_openai_batch_file_with_bad_lines_is_refused_whole_naming_every_bad_l
         "line 3: invalid JSON",
         "line 4: the user message has no image",
         "line 5: unsupported body field(s): stop",
-        "line 6: a `data:` image is not valid base64",
+        "line 6: a data: URI whose base64 payload is invalid",
         "line 7: `max_tokens`: Input should be greater than or equal to 1",
         "line 8: role 'assistant' is not supported",
     ]:
@@ -238,7 +240,7 @@ def test_every_bad_line_is_named_even_past_the_detailed_ones(tmp_path: Path) -> 
     for bad in (*range(5, 30), 33, 35, 36):
         lines[bad] = "{broken"
     source = open_source(
-        str(_jsonl(tmp_path / "b.jsonl", lines)), question=None, s3_endpoint_url=None, stage_dir=tmp_path
+        str(_jsonl(tmp_path / "b.jsonl", lines)), question=None, s3_endpoint_url=None, stage_to=str(tmp_path)
     )
     with pytest.raises(SourceError) as refused:
         source.validate()
@@ -256,7 +258,7 @@ def test_a_batch_file_whose_first_line_is_broken_is_still_read_as_one_and_refuse
 ) -> None:
     batch = _jsonl(tmp_path / "b.jsonl", ["{broken", _line("a", [_image("s3://b/x.jpg"), _text("q")])])
     with pytest.raises(SourceError) as refused:
-        open_source(str(batch), question=None, s3_endpoint_url=None, stage_dir=tmp_path).validate()
+        open_source(str(batch), question=None, s3_endpoint_url=None, stage_to=str(tmp_path)).validate()
     assert "1 malformed row;" in refused.value.message and "line 1: invalid JSON" in refused.value.message
 
 
