@@ -13,8 +13,9 @@ back) and is part of the job's identity. A duplicate `custom_id` or an invalid l
 submit, naming every bad line, before anything is written.
 
 `data:` images never enter the ledger: their bytes are staged once to content-addressed objects under
-`--stage-to` (media/staging.py, a folder or an S3 prefix), and the job references the object. A `data:` URI whose bytes are no image
-is staged like any other and fails its own job at the worker (`input.unreadable`).
+`--stage-to` (media/staging.py, a folder or an S3 prefix), and the job references the object. A `data:`
+URI whose bytes are no image is staged like any other and fails its own job at the worker
+(`input.unreadable`).
 """
 
 from __future__ import annotations
