@@ -120,3 +120,46 @@ def test_run_on_an_openai_batch_file_and_a_duplicate_custom_id_refuses_it_in_one
     refused = vlmbatch(["submit", str(dup)], env)
     assert refused.returncode == 2
     assert "line 2: duplicate custom_id 'x'" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_an_openai_batch_file_run_then_exported_gives_each_custom_id_once_across_output_and_errors(
+    tmp_path: Path,
+) -> None:
+    """The drop-in promise, as a user types it: `vlmbatch run batch.jsonl`, then `vlmbatch export RUN
+    --format openai --out o.jsonl`; every custom_id once across o.jsonl and o.errors.jsonl, each line valid
+    for the official SDK's models."""
+    import base64
+    import json
+
+    from openai.types import BatchError
+    from openai.types.chat import ChatCompletion
+
+    good = "data:image/jpeg;base64," + base64.b64encode(good_jpeg(40, 30)).decode()
+    broken = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8 not a jpeg").decode()
+
+    def line(custom_id: str, url: str) -> str:
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is it?"}]
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]
+        body = {"model": "m", "messages": messages, "max_tokens": 40}
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+    ids = [f"req-{i}" for i in range(5)]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(line(i, broken if i == "req-3" else good) for i in ids) + "\n")
+    env = _embedded_env()
+    status = vlmbatch_json(["run", str(batch), "--json"], env)
+    assert isinstance(status, dict)
+    assert (status["total"], status["counts"]["succeeded"], status["counts"]["failed"]) == (5, 4, 1)
+    out = tmp_path / "o.jsonl"
+    done = vlmbatch(["export", str(status["run"]), "--format", "openai", "--out", str(out)], env)
+    assert done.returncode == 0, done.stderr
+    outputs = [json.loads(text) for text in out.read_text().splitlines()]
+    errors = [json.loads(text) for text in (tmp_path / "o.errors.jsonl").read_text().splitlines()]
+    for record in outputs:
+        assert record["response"]["status_code"] == 200 and record["error"] is None
+        ChatCompletion.model_validate(record["response"]["body"])
+    for record in errors:
+        assert record["response"] is None
+        assert BatchError.model_validate(record["error"]).code == "input.unreadable"
+    assert sorted(r["custom_id"] for r in outputs + errors) == ids
+    assert [r["custom_id"] for r in errors] == ["req-3"]
