@@ -6,6 +6,8 @@
             (embedded, SQLite ledger). Running-batch timelines of all three.
   fp8       raw `LLM.chat` in bf16 beside `vlmbatch run ... --engine-arg quantization=fp8 --engine-arg
             kv_cache_dtype=fp8` (the real command line, a child process), same requests; KV-cache sizes.
+  multiq    several questions per image (annotation): raw `LLM.chat` with the requests image-grouped beside
+            `vlmbatch run IMAGES -q ... x8` (the real command line), same requests.
   server    the model card's path: `vllm serve` (its flags) with `vlmbatch run --engine openai` against it,
             beside `vlmbatch run` with the engine in process; same requests, one after the other.
 
@@ -259,7 +261,7 @@ def _cli_run_fp8(args: argparse.Namespace, model: Path, work: Path, folder: Path
 
 def _vlmbatch_run(
     args: argparse.Namespace, work: Path, folder: Path, name: str, model: str, extra: list[str], env: dict[str, str]
-) -> tuple[Measured, str]:
+) -> tuple[Measured, str]:  # the first question is QUESTION, or ATTRIBUTES[0] for multiq
     """`vlmbatch run` as a user types it (a child process, its own embedded ledger): its span and output."""
     import shutil
 
@@ -267,7 +269,8 @@ def _vlmbatch_run(
     shutil.rmtree(home, ignore_errors=True)
     full_env = dict(os.environ, VLMBATCH_HOME=str(home), VLMBATCH_REASONING_PARSER="deepseek_r1", **env)
     command = [
-        sys.executable, "-m", "vlmbatch.producer.cli", "run", str(folder), "-q", QUESTION, "--model", model,
+        sys.executable, "-m", "vlmbatch.producer.cli", "run", str(folder),
+        "-q", ATTRIBUTES[0] if name == "multiq" else QUESTION, "--model", model,
         "--max-tokens", str(args.max_tokens), "--ignore-eos", "--max-images", "1",
         "--max-num-seqs", str(args.max_num_seqs), "--max-model-len", str(args.max_model_len), "--json", *extra,
     ]  # fmt: skip
@@ -280,6 +283,61 @@ def _vlmbatch_run(
     run_id = json.loads(done.stdout.strip().splitlines()[-1])["run"]
     label = f"vlmbatch run ({name})"
     return ledger_span(f"sqlite:///{(home / 'vlmbatch.db').resolve()}", run_id, label), output
+
+
+ATTRIBUTES = (
+    "What is the main color?",
+    "Is it indoors?",
+    "Is there a person?",
+    "Is there text?",
+    "Is it a photo or a drawing?",
+    "How many objects are there?",
+    "Is it daytime?",
+    "What shape is in the middle?",
+)
+
+
+def run_multiq(args: argparse.Namespace, model: Path, work: Path) -> dict[str, Any]:
+    """Eight questions about each image: raw vLLM given the requests grouped by image (each image's eight
+    next to each other, so its prefix is cached once), then `vlmbatch run -q ... x8` on the same images."""
+    from vllm import LLM, SamplingParams
+
+    images = write_images(work / "multiq", [(448, 448), (1344, 896)], args.n)
+    conversations = []
+    started = time.perf_counter()
+    for convo in _conversations(images):
+        image_part = convo[0]["content"][0]
+        for question in ATTRIBUTES:
+            content = [image_part, {"type": "text", "text": question}]
+            conversations.append([{"role": "user", "content": content}])
+    params = SamplingParams(temperature=0.6, top_p=0.95, max_tokens=args.max_tokens, ignore_eos=True)
+    result: dict[str, Any] = {}
+    llm = LLM(**engine_kwargs(args, model), disable_log_stats=False)
+    try:
+        started = time.perf_counter()
+        outputs = llm.chat(conversations, params, use_tqdm=False, mm_processor_kwargs={"max_dynamic_patch": 12})
+        result["raw"] = Measured(
+            label="raw vLLM LLM.chat, image-grouped",
+            requests=len(outputs),
+            wall_s=time.perf_counter() - started,
+            output_tokens=sum(len(c.token_ids) for o in outputs for c in o.outputs),
+            prompt_tokens=sum(len(o.prompt_token_ids or ()) for o in outputs),
+        )
+        log(f"raw: {result['raw'].requests_per_s:.2f} req/s")
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        gc.collect()
+    extra = ["--trust-remote-code"] + [x for q in ATTRIBUTES[1:] for x in ("-q", q)]
+    env: dict[str, str] = {}
+    if args.shape == "r1v3":
+        env["VLMBATCH_LOAD_FORMAT"] = "dummy"
+    else:
+        env["VLMBATCH_KV_CACHE_BYTES"] = str(1024 * 2**20)
+    if engine_kwargs(args, model).get("enforce_eager"):
+        extra.append("--enforce-eager")
+    result["pipeline"], _ = _vlmbatch_run(args, work, images[0].parent, "multiq", str(model), extra, env)
+    log(f"pipeline: {result['pipeline'].requests_per_s:.2f} req/s")
+    return result
 
 
 def run_server(args: argparse.Namespace, model: Path, work: Path) -> dict[str, Any]:
@@ -341,7 +399,8 @@ def run_server(args: argparse.Namespace, model: Path, work: Path) -> dict[str, A
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["longtail", "fp8", "server"])
+    parser.add_argument("mode", choices=["longtail", "fp8", "server", "multiq"])
+    parser.add_argument("--eager", action="store_true", help="enforce_eager: no CUDA graphs or compile")
     parser.add_argument("--shape", choices=["r1v3", "tiny"], default="r1v3")
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=512)
@@ -370,7 +429,8 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result: dict[str, Any] = {}
     try:
-        result = {"longtail": run_longtail, "fp8": run_fp8, "server": run_server}[args.mode](args, model, work)
+        modes = {"longtail": run_longtail, "fp8": run_fp8, "server": run_server, "multiq": run_multiq}
+        result = modes[args.mode](args, model, work)
     finally:
         write_results(args, started, result)
     return 0

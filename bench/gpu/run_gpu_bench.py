@@ -52,6 +52,8 @@ def engine_kwargs(args: argparse.Namespace, model: Path) -> dict[str, Any]:
     }
     if args.shape == "r1v3":
         common.update(load_format="dummy", gpu_memory_utilization=0.9)
+        if getattr(args, "eager", False):
+            common["enforce_eager"] = True
     else:
         common.update(enforce_eager=True, kv_cache_memory_bytes=1024 * 2**20)
     return common
