@@ -22,9 +22,10 @@ import importlib.metadata
 import logging
 import multiprocessing
 import threading
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import pebble
+if TYPE_CHECKING:  # imported when the first comparison needs a pool: every command imports the graders
+    import pebble
 
 # Final answers are short; past this length a "final answer" is prose, and parsing it costs real time.
 MAX_SYMBOLIC_CHARS: Final = 400
@@ -101,6 +102,8 @@ def _process_pool() -> pebble.ProcessPool:
     with _pool_lock:
         if _pool is None:
             # spawn: the worker's process has threads (and maybe an engine); forking it is unsafe.
+            import pebble
+
             context = multiprocessing.get_context("spawn")
             _pool = pebble.ProcessPool(max_workers=POOL_PROCESSES, initializer=_warm_up, context=context)
             atexit.register(_stop_pool)
