@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL.Image import Image
+from sqlalchemy.orm import Session
 
-from vlmbatch.media.local_roots import LocalRoots
+from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.schema.claims import ClaimedJob
-from vlmbatch.schema.errors import JobCancelled, JobError
+from vlmbatch.schema.errors import InternalError, JobCancelled, JobError
 from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.outcomes import AttemptReport, Timings, retry_delay
 from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.schema.tables import Run
 from vlmbatch.worker.engines.base import Engine, Generation
 from vlmbatch.worker.pipeline.answers import needs_more_samples, review
 from vlmbatch.worker.pipeline.capacity import TimeShare
@@ -135,3 +138,15 @@ async def run_attempt(
         return generation_report(job, run.settings, generation, clock.timings())
     # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
     return await asyncio.to_thread(generation_report, job, run.settings, generation, clock.timings())
+
+
+def load_run_context(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:
+    """A run's settings, queue and the local folders its jobs may read (once per run, not per job)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise InternalError(f"run {run_id} does not exist")
+    return RunContext(
+        settings=RunSettings.model_validate(run.settings),
+        queue=run.queue,
+        local_roots=LocalRoots.of([source_root(run.source), *extra_roots]),
+    )

@@ -23,23 +23,20 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.media.local_roots import LocalRoots, source_root
+from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import EngineDead, ErrorType, InternalError, JobError
-from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.outcomes import AttemptReport
 from vlmbatch.schema.settings import Settings
 from vlmbatch.schema.states import AttemptOutcome
-from vlmbatch.schema.tables import Run
 from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.admission import Admission, WorkerStopping
-from vlmbatch.worker.pipeline.attempt import AttemptClock, RunContext, failure_report, run_attempt
+from vlmbatch.worker.pipeline.attempt import AttemptClock, RunContext, failure_report, load_run_context, run_attempt
 from vlmbatch.worker.pipeline.capacity import Capacity, TimeShare
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage, SharedImages
@@ -66,6 +63,19 @@ class Counters:
     completion_tokens: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+
+    def record(self, report: AttemptReport, metrics: WorkerMetrics) -> None:
+        """A committed outcome, in these counters and in the Prometheus metrics."""
+        self.written += 1
+        self.outcomes[report.outcome.value] += 1
+        if report.error_type is not None:
+            self.errors[report.error_type.value] += 1
+        generated = sum(s.completion_tokens for s in report.samples)
+        self.prompt_tokens += report.prompt_tokens or 0
+        self.completion_tokens += generated
+        metrics.jobs.labels(report.outcome.value, report.error_type.value if report.error_type else "").inc()
+        metrics.prompt_tokens.inc(report.prompt_tokens or 0)
+        metrics.generated_tokens.inc(generated)
 
 
 @dataclass
@@ -312,7 +322,7 @@ class Pipeline:
         if loading is None:
             extra_roots = self._settings.resolved_local_roots()
             loading = asyncio.ensure_future(
-                self._db.transaction(partial(_load_run, run_id=run_id, extra_roots=extra_roots))
+                self._db.transaction(partial(load_run_context, run_id=run_id, extra_roots=extra_roots))
             )
             self._runs_loading[run_id] = loading
         try:
@@ -339,7 +349,7 @@ class Pipeline:
                 self.counters.fenced_off += 1
                 self.metrics.fenced_writes.inc()
                 continue
-            self._count(report)
+            self.counters.record(report, self.metrics)
             run = self._runs.get(entry.job.run_id) if entry is not None else None
             if run is not None and (report.retry_after_s is not None or report.resample):
                 # Back in the queue: a transient retry after its backoff, another sampling round at once.
@@ -352,20 +362,6 @@ class Pipeline:
         for report in batch:
             self._inflight.pop(report.attempt_id, None)
         await self._capacity.give(len(batch))
-
-    def _count(self, report: AttemptReport) -> None:
-        c = self.counters
-        c.written += 1
-        c.outcomes[report.outcome.value] += 1
-        if report.error_type is not None:
-            c.errors[report.error_type.value] += 1
-        generated = sum(s.completion_tokens for s in report.samples)
-        c.prompt_tokens += report.prompt_tokens or 0
-        c.completion_tokens += generated
-        m = self.metrics
-        m.jobs.labels(report.outcome.value, report.error_type.value if report.error_type else "").inc()
-        m.prompt_tokens.inc(report.prompt_tokens or 0)
-        m.generated_tokens.inc(generated)
 
     async def _publish(self, queue: str, job_ids: list[int], *, countdown: float | None = None) -> None:
         try:
@@ -410,14 +406,3 @@ class Pipeline:
                 by_queue.setdefault(self._runs[handed.job.run_id].queue, []).append(report.job_id)
         for queue, job_ids in by_queue.items():
             await self._publish(queue, job_ids)
-
-
-def _load_run(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise InternalError(f"run {run_id} does not exist")
-    return RunContext(
-        settings=RunSettings.model_validate(run.settings),
-        queue=run.queue,
-        local_roots=LocalRoots.of([source_root(run.source), *extra_roots]),
-    )
