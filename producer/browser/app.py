@@ -219,6 +219,17 @@ def build_app(settings: Settings, *, token: str | None) -> BrowserApp:
     )
 
 
+def security_headers() -> tuple[tuple[str, str], ...]:
+    """The headers every browser page carries: a strict CSP, no sniffing, no referrer, no framing."""
+    return (
+        ("Content-Security-Policy", _CSP.format(style=style_source())),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Frame-Options", "DENY"),
+        ("Cross-Origin-Resource-Policy", "same-origin"),
+    )
+
+
 class BrowserServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -252,12 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("Content-Security-Policy", _CSP.format(style=style_source()))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Referrer-Policy", "no-referrer")
-            self.send_header("X-Frame-Options", "DENY")
-            self.send_header("Cross-Origin-Resource-Policy", "same-origin")
-            for name, value in response.headers:
+            for name, value in (*security_headers(), *response.headers):
                 self.send_header(name, value)
             self.end_headers()
             if send_body:
