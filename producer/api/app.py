@@ -34,6 +34,7 @@ from vlmbatch.producer.api.files import (
     limited_receive,
     too_large,
 )
+from vlmbatch.producer.browser.auth import Access
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -54,16 +55,30 @@ class RequireApiKey:
     """Refuses (401, OpenAI's shape) a request whose `Authorization: Bearer` is none of `keys`; with no
     keys configured every request passes (then `serve` binds loopback only)."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Sequence[str], *, bound_host: str) -> None:
         self._app = app
         self._keys = [key.encode() for key in keys]
+        # Without keys, only requests for our own (loopback) host, as the browser does: a web page
+        # elsewhere cannot reach the API through DNS rebinding.
+        self._host_check = Access(None, bound_host=bound_host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._keys and not self._allowed(Headers(scope=scope).get("authorization")):
-            error = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-            await error.response()(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            error = self._refusal(Headers(scope=scope))
+            if error is not None:
+                await error.response()(scope, receive, send)
+                return
         await self._app(scope, receive, send)
+
+    def _refusal(self, headers: Headers) -> ApiError | None:
+        if not self._keys:
+            verdict = self._host_check.check(
+                query_token=None, authorization=None, cookie=None, host=headers.get("host")
+            )
+            return None if verdict.allowed else ApiError(403, verdict.reason, code="forbidden_host")
+        if not self._allowed(headers.get("authorization")):
+            return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return None
 
     def _allowed(self, authorization: str | None) -> bool:
         scheme, _, given = (authorization or "").partition(" ")
@@ -92,7 +107,7 @@ def build_api(settings: Settings, *, sessions: sessionmaker[Session], publisher:
         routes=routes,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )
-    return RequireApiKey(app, api_keys(settings))
+    return RequireApiKey(app, api_keys(settings), bound_host=settings.browser_host)
 
 
 class _Endpoints:

@@ -103,7 +103,7 @@ class BatchService:
     def cancel(self, public_id: str) -> dict[str, Any]:
         """Cancel the batch's run: queued and running jobs end `cancelled` (schema.resubmit.cancel_run)."""
         current = self.retrieve(public_id)
-        if current["status"] not in ("validating", "in_progress", "finalizing", "cancelling"):
+        if current["status"] not in ("validating", "in_progress", "cancelling"):
             raise ApiError(409, f"Cannot cancel a batch with status {current['status']}.", code="batch_not_cancellable")
         row_id = parse_batch_id(public_id)
         with self.sessions() as session, session.begin():

@@ -3,7 +3,7 @@ live in one folder under the home (`<home>/api_files`); the ledger's `api_files`
 
 from __future__ import annotations
 
-import os
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
@@ -75,19 +75,20 @@ class FileStore:
     def save_upload(self, upload: IO[bytes], filename: str) -> dict[str, Any]:
         """Copy an uploaded file into the folder (at most `max_bytes`) and record it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=self.folder, prefix="upload-", suffix=".jsonl")
+        # A folder of its own: relative image paths in the file (confined to its folder) reach no other file.
+        name = Path(tempfile.mkdtemp(dir=self.folder, prefix="upload-")) / "input.jsonl"
         size = 0
         try:
-            with os.fdopen(handle, "wb") as out:
+            with name.open("wb") as out:
                 while chunk := upload.read(_COPY_CHUNK):
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise too_large(self.max_bytes)
                     out.write(chunk)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            shutil.rmtree(name.parent, ignore_errors=True)
             raise
-        return file_object(self.record(Path(name), filename[:_MAX_FILENAME] or "upload.jsonl", UPLOAD_PURPOSE, size))
+        return file_object(self.record(name, filename[:_MAX_FILENAME] or "upload.jsonl", UPLOAD_PURPOSE, size))
 
     def record(self, path: Path, filename: str, purpose: str, size: int) -> ApiFile:
         with self.sessions() as session, session.begin():
@@ -112,7 +113,10 @@ class FileStore:
             found = session.get(ApiFile, row.id)
             if found is not None:
                 session.delete(found)
-        Path(row.path).unlink(missing_ok=True)
+        path = Path(row.path)
+        path.unlink(missing_ok=True)
+        if path.parent.name.startswith("upload-"):
+            shutil.rmtree(path.parent, ignore_errors=True)
         return {"id": public_id, "object": "file", "deleted": True}
 
 

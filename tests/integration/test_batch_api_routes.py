@@ -1,0 +1,101 @@
+"""The Batch API's refusals and the browser pages on the ASGI stack, in process: the official `openai`
+client over Starlette's test client (an httpx client), on an embedded SQLite ledger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from vlmbatch.producer.api.app import build_api
+from vlmbatch.producer.api.server import build_server_app
+from vlmbatch.producer.browser.app import build_app
+from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.settings import Settings
+from vlmbatch.worker.transport.publisher import NullPublisher
+
+KEY = "sk-routes-key-0123456789abcdef"
+TOKEN = "browser-token-0123456789abcdef"
+LIMIT = 4096
+
+
+def _serving(home: Path, *, keys: str | None, token: str | None) -> TestClient:
+    settings = Settings(home=home, api_keys=keys, api_max_file_bytes=LIMIT)  # type: ignore[arg-type]
+    _, sessions = open_ledger(settings.resolved_database_url())
+    api = build_api(settings, sessions=sessions, publisher=NullPublisher())
+    return TestClient(build_server_app(build_app(settings, token=token), api), base_url="http://127.0.0.1")
+
+
+@pytest.fixture
+def http(tmp_path: Path) -> Iterator[TestClient]:
+    with _serving(tmp_path, keys=KEY, token=TOKEN) as client:
+        yield client
+
+
+def _sdk(http: TestClient, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(api_key=key, base_url="http://127.0.0.1/v1", http_client=http, max_retries=0)
+
+
+def test_uploads_past_the_limit_and_of_another_purpose_are_refused(http: TestClient, tmp_path: Path) -> None:
+    sdk = _sdk(http)
+    big = tmp_path / "big.jsonl"
+    big.write_text(json.dumps({"custom_id": "a", "body": {"messages": []}, "pad": "x" * LIMIT}) + "\n")
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.files.create(file=big.open("rb"), purpose="batch")
+    assert refused.value.status_code == 413 and refused.value.code == "file_too_large"
+    with pytest.raises(openai.BadRequestError) as wrong:
+        sdk.files.create(file=(tmp_path / "big.jsonl").open("rb"), purpose="fine-tune")
+    assert wrong.value.param == "purpose"
+    assert not list((tmp_path / "api_files").glob("upload-*"))  # nothing half-written stays
+
+
+def test_batches_of_other_endpoints_windows_or_unknown_files_are_refused(http: TestClient, tmp_path: Path) -> None:
+    sdk = _sdk(http)
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}]}}\n')
+    upload = sdk.files.create(file=small.open("rb"), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as endpoint:
+        sdk.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+    assert endpoint.value.param == "endpoint"
+    with pytest.raises(openai.BadRequestError) as window:
+        sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="1h")  # type: ignore[arg-type]
+    assert window.value.param == "completion_window"
+    with pytest.raises(openai.NotFoundError):
+        sdk.batches.create(input_file_id="file-424242", endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.content("not-a-file-id")
+    with pytest.raises(openai.AuthenticationError) as auth:
+        _sdk(http, key=KEY[:-1]).batches.list()
+    assert auth.value.code == "invalid_api_key"
+
+
+def test_browser_pages_on_the_asgi_stack_keep_their_token_and_security_headers(http: TestClient) -> None:
+    refused = http.get("/")
+    assert refused.status_code == 401 and "Token required" in refused.text
+    page = http.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert page.status_code == 200 and "No runs yet" in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "no-referrer"
+
+
+def test_without_keys_or_token_only_requests_for_a_loopback_host_are_served(tmp_path: Path) -> None:
+    with _serving(tmp_path, keys=None, token=None) as http:
+        assert _sdk(http, key="unused").batches.list().data == []
+        assert http.get("/").status_code == 200
+        assert http.get("/", headers={"Host": "rebound.example"}).status_code == 403
+        rebound = openai.OpenAI(api_key="unused", base_url="http://rebound.example/v1", http_client=http, max_retries=0)
+        with pytest.raises(openai.PermissionDeniedError):
+            rebound.batches.list()
+
+
+def test_serve_refuses_the_network_without_api_keys() -> None:
+    from vlmbatch.producer.cli import cli
+    from vlmbatch.producer.cli import serve as _  # noqa: F401  (registers the command)
+
+    result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "0", "--token", TOKEN])
+    assert result.exit_code == 2 and "VLMBATCH_API_KEYS" in result.output
