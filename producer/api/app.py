@@ -155,7 +155,7 @@ class _Endpoints:
         if not given.isdigit():
             raise ApiError(400, "limit must be a whole number", param="limit")
         after = request.query_params.get("after")
-        return JSONResponse(await _call(self.batches.list, after=after, limit=int(given)))
+        return JSONResponse(await _call(self.batches.page, after=after, limit=int(given)))
 
     async def get_batch(self, request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(self.batches.retrieve, request.path_params["batch_id"]))

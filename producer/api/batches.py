@@ -47,6 +47,8 @@ class BatchService:
 
     def __post_init__(self) -> None:
         self._finalizing = threading.Lock()
+        self._submitting_lock = threading.Lock()
+        self._submitting: set[int] = set()
 
     # -- requests ----------------------------------------------------------------------------------------
 
@@ -75,6 +77,7 @@ class BatchService:
 
     def retrieve(self, public_id: str) -> dict[str, Any]:
         row_id = parse_batch_id(public_id)
+        self._resume_submit(row_id)
         self._finalize_if_done(row_id)
         with self.sessions() as session:
             row = session.get(ApiBatch, row_id)
@@ -82,7 +85,7 @@ class BatchService:
                 raise not_found("batch", public_id)
             return self._view(session, row)
 
-    def list(self, *, after: str | None, limit: int) -> dict[str, Any]:
+    def page(self, *, after: str | None, limit: int) -> dict[str, Any]:
         """Batches newest first, `limit` of them after the batch `after` (OpenAI's cursor paging)."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ApiError(400, f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit")
@@ -114,7 +117,42 @@ class BatchService:
 
     # -- submitting and finishing ------------------------------------------------------------------------
 
+    def _resume_submit(self, row_id: int) -> None:
+        """Submit again a batch left `validating` (the server stopped during its submit): submits are
+        idempotent (the run is named after the batch, jobs are unique per run), so what went in stays once."""
+        with self.sessions() as session:
+            row = session.get(ApiBatch, row_id)
+            if row is None or row.run_id is not None or row.failed_at is not None:
+                return
+            upload = session.get(ApiFile, row.input_file_id)
+            if upload is not None:
+                session.expunge(upload)
+        if upload is None:
+            self._fail(
+                row_id, [{"code": "invalid_file", "message": "the input file was deleted", "param": None, "line": None}]
+            )
+            return
+        self._submit(row_id, upload)
+
     def _submit(self, row_id: int, upload: ApiFile) -> None:
+        with self._submitting_lock:
+            if row_id in self._submitting:
+                return  # another request of this process is submitting it
+            self._submitting.add(row_id)
+        try:
+            self._submit_once(row_id, upload)
+        finally:
+            with self._submitting_lock:
+                self._submitting.discard(row_id)
+
+    def _fail(self, row_id: int, errors: list[dict[str, Any]]) -> None:
+        with self.sessions() as session, session.begin():
+            row = session.get(ApiBatch, row_id)
+            assert row is not None
+            row.errors = {"object": "list", "data": errors}
+            row.failed_at = database_now(session)
+
+    def _submit_once(self, row_id: int, upload: ApiFile) -> None:
         source = OpenAIBatchSource(upload.path, stage_dir=(self.settings.home / STAGED_IMAGES).resolve())
         errors = _line_errors(source)
         run_id: int | None = None
@@ -134,12 +172,12 @@ class BatchService:
             except BrokerUnavailable:  # the jobs are in the ledger; workers or the reconciler publish them
                 with self.sessions() as session:
                     run_id = get_run(session, name).id
+        if errors:
+            self._fail(row_id, errors)
+            return
         with self.sessions() as session, session.begin():
             row = session.get(ApiBatch, row_id)
             assert row is not None
-            if errors:
-                row.errors = {"object": "list", "data": errors}
-                row.failed_at = database_now(session)
             row.run_id = run_id
 
     def _finalize_if_done(self, row_id: int) -> None:

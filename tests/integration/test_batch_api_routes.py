@@ -10,6 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from vlmbatch.producer.api.app import build_api
@@ -17,6 +18,7 @@ from vlmbatch.producer.api.server import build_server_app
 from vlmbatch.producer.browser.app import build_app
 from vlmbatch.schema.database import open_ledger
 from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.tables import ApiBatch, Job
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 KEY = "sk-routes-key-0123456789abcdef"
@@ -99,3 +101,35 @@ def test_serve_refuses_the_network_without_api_keys() -> None:
 
     result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "0", "--token", TOKEN])
     assert result.exit_code == 2 and "VLMBATCH_API_KEYS" in result.output
+
+
+def test_a_batch_left_validating_by_a_stopped_server_is_submitted_once_when_next_read(
+    http: TestClient, tmp_path: Path
+) -> None:
+    sdk = _sdk(http)
+    source = tmp_path / "two.jsonl"
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "body": {"messages": [{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}]},
+        }
+        for i in range(2)
+    ]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    upload = sdk.files.create(file=source.open("rb"), purpose="batch")
+    done = sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    _, sessions = open_ledger(Settings(home=tmp_path).resolved_database_url())
+    with sessions() as session, session.begin():  # as a server that stopped after recording its batch
+        row = ApiBatch(
+            input_file_id=int(upload.id.removeprefix("file-")), endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        session.add(row)
+        session.flush()
+        stopped = f"batch_{row.id}"
+    assert done.status == "in_progress", done.errors
+    assert sdk.batches.retrieve(stopped).status == "in_progress"
+    assert sdk.batches.retrieve(stopped).request_counts.total == 2  # type: ignore[union-attr]
+    assert sdk.batches.retrieve(done.id).request_counts.total == 2  # type: ignore[union-attr]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 4  # two runs of two jobs, once each
