@@ -38,15 +38,15 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
             f"listening on {settings.browser_host} shows every result to the network: set a token "
             "(VLMBATCH_BROWSER_TOKEN or --token), or listen on 127.0.0.1"
         )
-    if not api_keys(settings) and not _is_loopback(settings.browser_host):
-        raise click.UsageError(
-            f"listening on {settings.browser_host} opens the Batch API to the network: set VLMBATCH_API_KEYS, "
-            "or listen on 127.0.0.1"
-        )
     if secret is not None and len(secret.strip()) < MIN_TOKEN_CHARS:
         raise click.UsageError(
             f"the token must have at least {MIN_TOKEN_CHARS} characters besides white space "
             "(python -c 'import secrets; print(secrets.token_urlsafe())' makes one)"
+        )
+    if not api_keys(settings) and not _is_loopback(settings.browser_host):
+        raise click.UsageError(
+            f"listening on {settings.browser_host} opens the Batch API to the network: set VLMBATCH_API_KEYS, "
+            "or listen on 127.0.0.1"
         )
     # The browser only reads; the Batch API writes batches and submits runs (the schema is brought to head).
     api = build_api(settings, sessions=ctx.sessions, publisher=ctx.publisher())
