@@ -6,7 +6,9 @@ process, and a conditional update in the ledger)."""
 
 from __future__ import annotations
 
+import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -31,6 +33,9 @@ from vlmbatch.schema.status import run_status
 from vlmbatch.schema.tables import ApiBatch, ApiFile, Run
 from vlmbatch.worker.transport.publisher import Publisher
 
+log = logging.getLogger(__name__)
+
+SUBMIT_THREADS = 2
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 # Bad lines listed in `errors.data` at most (the first ones): a million bad lines make a short answer.
 MAX_LISTED_ERRORS = 1000
@@ -47,13 +52,16 @@ class BatchService:
 
     def __post_init__(self) -> None:
         self._finalizing = threading.Lock()
+        # Submits run here, off the request: a large file answers `validating` at once, then `in_progress`.
+        self._submits = ThreadPoolExecutor(max_workers=SUBMIT_THREADS, thread_name_prefix="batch-submit")
         self._submitting_lock = threading.Lock()
         self._submitting: set[int] = set()
 
     # -- requests ----------------------------------------------------------------------------------------
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a batch of an uploaded file and submit it as a run; the batch object."""
+        """Create a batch of an uploaded file, whose submit as a run starts in the background; the batch
+        object (`validating` until the submit is done)."""
         endpoint = body.get("endpoint")
         if endpoint != CHAT_URLS[0]:
             raise ApiError(400, f"endpoint {endpoint!r}: only {CHAT_URLS[0]}", param="endpoint")
@@ -72,7 +80,7 @@ class BatchService:
             session.add(row)
             session.flush()
             row_id = row.id
-        self._submit(row_id, upload)
+        self._start_submit(row_id, upload)
         return self.retrieve(batch_id(row_id))
 
     def retrieve(self, public_id: str) -> dict[str, Any]:
@@ -106,7 +114,8 @@ class BatchService:
     def cancel(self, public_id: str) -> dict[str, Any]:
         """Cancel the batch's run: queued and running jobs end `cancelled` (schema.resubmit.cancel_run)."""
         current = self.retrieve(public_id)
-        if current["status"] not in ("validating", "in_progress", "cancelling"):
+        # A `validating` batch has no run to cancel yet (its submit is under way): cancel it once in progress.
+        if current["status"] not in ("in_progress", "cancelling"):
             raise ApiError(409, f"Cannot cancel a batch with status {current['status']}.", code="batch_not_cancellable")
         row_id = parse_batch_id(public_id)
         with self.sessions() as session, session.begin():
@@ -132,15 +141,20 @@ class BatchService:
                 row_id, [{"code": "invalid_file", "message": "the input file was deleted", "param": None, "line": None}]
             )
             return
-        self._submit(row_id, upload)
+        self._start_submit(row_id, upload)
 
-    def _submit(self, row_id: int, upload: ApiFile) -> None:
+    def _start_submit(self, row_id: int, upload: ApiFile) -> None:
         with self._submitting_lock:
             if row_id in self._submitting:
-                return  # another request of this process is submitting it
+                return  # this process is submitting it already
             self._submitting.add(row_id)
+        self._submits.submit(self._submit, row_id, upload)
+
+    def _submit(self, row_id: int, upload: ApiFile) -> None:
         try:
             self._submit_once(row_id, upload)
+        except Exception:  # the batch stays `validating`; its next read submits it again
+            log.exception("batch %s: the submit failed", batch_id(row_id))
         finally:
             with self._submitting_lock:
                 self._submitting.discard(row_id)

@@ -76,6 +76,15 @@ def _wait(client: openai.OpenAI, batch_id: str, *, timeout: float = 180) -> Batc
     return batch
 
 
+def _accepted(client: openai.OpenAI, batch_id: str, *, timeout: float = 60) -> Batch:
+    """The batch once its submit is done (no longer `validating`)."""
+    deadline = time.monotonic() + timeout
+    while (batch := client.batches.retrieve(batch_id)).status == "validating":
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.1)
+    return batch
+
+
 def _lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, object]]:
     assert file_id is not None
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
@@ -99,7 +108,9 @@ def test_the_openai_client_runs_a_batch_cancels_another_and_pages_through_them(
             completion_window="24h",
             metadata={"team": "vision"},
         )
-        assert first.status in ("in_progress", "finalizing", "completed") and first.metadata == {"team": "vision"}
+        assert first.status in ("validating", "in_progress", "finalizing", "completed") and first.metadata == {
+            "team": "vision"
+        }
         done = _wait(client, first.id)
     finally:
         assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
@@ -124,6 +135,7 @@ def test_the_openai_client_runs_a_batch_cancels_another_and_pages_through_them(
     second = client.batches.create(
         input_file_id=second_file.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
+    second = _accepted(client, second.id)
     assert second.status == "in_progress" and second.request_counts is not None and second.request_counts.total == 41
     cancelled = client.batches.cancel(second.id)
     assert cancelled.status in ("cancelling", "cancelled")
@@ -142,6 +154,7 @@ def test_the_openai_client_runs_a_batch_cancels_another_and_pages_through_them(
     broken = client.batches.create(
         input_file_id=broken_file.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
+    broken = _accepted(client, broken.id)
     assert broken.status == "failed" and broken.errors is not None and broken.errors.data is not None
     [error] = [BatchError.model_validate(e.model_dump()) for e in broken.errors.data]
     assert error.line == 2 and error.message and "body" in error.message
