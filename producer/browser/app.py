@@ -9,6 +9,7 @@ Routes (GET and HEAD):
     /runs/RUN_ID                a run: `?status=&error=&correct=` filter its results, `after`/`before` page
     /jobs/JOB_ID                a job
     /jobs/JOB_ID/images/INDEX   that job image's thumbnail (JPEG; a placeholder when it cannot be shown)
+    /api/runs, /api/runs/RUN_ID the same run summaries as JSON, for scripts (browser/json_status.py)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.stores import ObjectStores
-from vlmbatch.producer.browser import queries
+from vlmbatch.producer.browser import json_status, queries
 from vlmbatch.producer.browser.auth import Access
 from vlmbatch.producer.browser.job_page import job_page
 from vlmbatch.producer.browser.layout import style_source
@@ -49,6 +50,7 @@ _MAX_ID_DIGITS = 18
 _CSP = (
     "default-src 'none'; img-src 'self'; style-src {style}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+_JSON = "application/json"
 _TOKEN_IN_LOGS = re.compile(r"(token=)[^&\s\"]*", re.IGNORECASE)
 
 
@@ -90,6 +92,8 @@ class BrowserApp:
             (re.compile(r"/runs/(\d{1,18})"), self._run),
             (re.compile(r"/jobs/(\d{1,18})"), self._job),
             (re.compile(r"/jobs/(\d{1,18})/images/(\d{1,4})"), self._image),
+            (re.compile(r"/api/runs"), self._runs_json),
+            (re.compile(r"/api/runs/(\d{1,18})"), self._run_json),
         ]
 
     def respond(self, target: str, headers: Mapping[str, str]) -> Response:
@@ -118,6 +122,8 @@ class BrowserApp:
         return response
 
     def _route(self, path: str, params: dict[str, str]) -> Response:
+        if path.startswith("/api/"):
+            return self._route_json(path, params)
         try:
             for pattern, handler in self._routes:
                 match = pattern.fullmatch(path)
@@ -131,6 +137,34 @@ class BrowserApp:
         except Exception:
             log.exception("browser: %s failed", path)
             return html_response(500, message_page("Internal error", "This page failed; the server log says why."))
+
+    def _route_json(self, path: str, params: dict[str, str]) -> Response:
+        status, message = 404, "no such address"
+        try:
+            for pattern, handler in self._routes:
+                match = pattern.fullmatch(path)
+                if match:
+                    return handler(params, *(int(group) for group in match.groups()))
+        except NotFound as exc:
+            message = str(exc)
+        except BadRequest as exc:
+            status, message = 400, str(exc)
+        except Exception:
+            log.exception("browser: %s failed", path)
+            status, message = 500, "this request failed; the server log says why"
+        return Response(status, json_status.error_document(status, message), _JSON, (("Cache-Control", "no-store"),))
+
+    def _runs_json(self, params: dict[str, str]) -> Response:
+        before = _int_param(params, "before")
+        with self._sessions() as session:
+            summaries, next_before = queries.list_runs(session, before=before, limit=RUNS_PER_PAGE)
+            body = json_status.runs_document(summaries, next_before=next_before)
+        return Response(200, body, _JSON, (("Cache-Control", "no-store"),))
+
+    def _run_json(self, params: dict[str, str], run_id: int) -> Response:
+        with self._sessions() as session:
+            body = json_status.run_document(queries.get_run(session, run_id))
+        return Response(200, body, _JSON, (("Cache-Control", "no-store"),))
 
     def _runs(self, params: dict[str, str]) -> Response:
         before = _int_param(params, "before")

@@ -142,3 +142,27 @@ def test_a_batch_left_validating_by_a_stopped_server_is_submitted_once_when_next
     assert resumed.status == "in_progress" and resumed.request_counts.total == 2  # type: ignore[union-attr]
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 4  # two runs of two jobs, once each
+
+
+def test_run_summaries_as_json_for_scripts(http: TestClient, tmp_path: Path) -> None:
+    sdk = _sdk(http)
+    source = tmp_path / "three.jsonl"
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}
+    content = [image, {"type": "text", "text": "What is it?"}]
+    lines = [{"custom_id": f"r{i}", "body": {"messages": [{"role": "user", "content": content}]}} for i in range(3)]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    upload = sdk.files.create(file=source.open("rb"), purpose="batch")
+    batch = _accepted(
+        sdk, sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h").id
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert http.get("/api/runs").status_code == 401
+    runs = http.get("/api/runs", headers=auth)
+    assert runs.status_code == 200 and runs.headers["content-type"] == "application/json"
+    [run] = runs.json()["runs"]
+    assert run["name"] == batch.id and run["total"] == 3 and run["counts"]["queued"] == 3 and not run["finished"]
+    assert runs.json()["next_before"] is None
+    assert http.get(f"/api/runs/{run['id']}", headers=auth).json() == run
+    missing = http.get("/api/runs/424242", headers=auth)
+    assert missing.status_code == 404 and "424242" in missing.json()["error"]["message"]
+    assert http.get("/api/nothing", headers=auth).json()["error"]["status"] == 404
