@@ -3,17 +3,21 @@ browser's pages (its `BrowserApp.respond`, with its security headers, Host check
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vlmbatch.producer.browser.app import BrowserApp, security_headers
+from vlmbatch.producer.browser.app import BrowserApp, redacted, security_headers
+
+log = logging.getLogger(__name__)
 
 
 def build_server_app(browser: BrowserApp, api: ASGIApp) -> Starlette:
@@ -29,7 +33,35 @@ def build_server_app(browser: BrowserApp, api: ASGIApp) -> Starlette:
 
     return Starlette(
         routes=[Mount("/v1", app=api), Route("/{path:path}", page, methods=["GET", "HEAD"])],
+        middleware=[Middleware(AccessLog)],
     )
+
+
+class AccessLog:
+    """One log line per request, its `token=` masked (uvicorn's own access log would print it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._app(scope, receive, sending)
+        finally:
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = scope["path"] + (f"?{query}" if query else "")
+            client = (scope.get("client") or ("-",))[0]
+            log.info('%s "%s %s" %s', client, scope["method"], redacted(target), status)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -44,5 +76,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def serve(app: ASGIApp, sock: socket.socket, *, log_level: str) -> None:
     """Serve `app` on `sock` until interrupted (uvicorn handles Ctrl-C and SIGTERM gracefully)."""
-    config = uvicorn.Config(app, log_level=log_level.lower(), server_header=False, proxy_headers=False)
+    config = uvicorn.Config(
+        app, log_level=log_level.lower(), access_log=False, server_header=False, proxy_headers=False
+    )
     uvicorn.Server(config).run(sockets=[sock])

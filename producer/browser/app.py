@@ -2,7 +2,7 @@
 
 `BrowserApp.respond` maps a request (method, target, headers) to a `Response` and never raises: a missing
 run or job is a 404, a malformed parameter a 400, anything else a 500 whose details go to the log only.
-`make_server` puts it behind the standard library's threading HTTP server.
+`vlmbatch serve` puts it on uvicorn, beside the Batch API (producer/api/server.py).
 
 Routes (GET and HEAD):
     /                           runs, newest first (`?before=RUN_ID` pages back)
@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -264,54 +261,6 @@ def security_headers() -> tuple[tuple[str, str], ...]:
     )
 
 
-class BrowserServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], app: BrowserApp) -> None:
-        self.app = app
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, _Handler)
-
-
-def make_server(app: BrowserApp, host: str, port: int) -> BrowserServer:
-    """A server for `app` bound to (host, port) (port 0: any free one; see `server_address`)."""
-    return BrowserServer((host, port), app)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def version_string(self) -> str:
-        return "vlmbatch"  # no Python version for the curious
-
-    def do_GET(self) -> None:
-        self._answer(send_body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(send_body=False)
-
-    def _answer(self, *, send_body: bool) -> None:
-        app = cast(BrowserServer, self.server).app
-        response = app.respond(self.path, dict(self.headers.items()))
-        try:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            for name, value in (*security_headers(), *response.headers):
-                self.send_header(name, value)
-            self.end_headers()
-            if send_body:
-                self.wfile.write(response.body)
-        except (BrokenPipeError, ConnectionResetError):
-            log.debug("browser: client went away during %s", _redacted(self.path))
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.info('%s "%s" %s', self.address_string(), _redacted(self.requestline), code)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.info("%s %s", self.address_string(), _redacted(format % args))
-
-
-def _redacted(text: str) -> str:
+def redacted(text: str) -> str:
     """`text` with any `token=` value masked: request lines must not put the token in logs."""
     return _TOKEN_IN_LOGS.sub(r"\1***", text)

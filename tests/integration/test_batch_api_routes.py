@@ -4,6 +4,7 @@ client over Starlette's test client (an httpx client), on an embedded SQLite led
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +167,10 @@ def test_run_summaries_as_json_for_scripts(http: TestClient, tmp_path: Path) -> 
     missing = http.get("/api/runs/424242", headers=auth)
     assert missing.status_code == 404 and "424242" in missing.json()["error"]["message"]
     assert http.get("/api/nothing", headers=auth).json()["error"]["status"] == 404
+
+
+def test_the_access_log_masks_the_token(http: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="vlmbatch.producer.api.server"):
+        assert http.get(f"/?token={TOKEN}").status_code == 200
+    [line] = [r.getMessage() for r in caplog.records if r.name == "vlmbatch.producer.api.server"]
+    assert TOKEN not in line and line.endswith('"GET /?token=***" 200')
