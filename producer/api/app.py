@@ -53,7 +53,7 @@ def api_keys(settings: Settings) -> tuple[str, ...]:
 
 class RequireApiKey:
     """Refuses (401, OpenAI's shape) a request whose `Authorization: Bearer` is none of `keys`; with no
-    keys configured every request passes (then `serve` binds loopback only)."""
+    keys configured, only requests for our own (loopback) host pass (`serve` then serves the API on loopback only)."""
 
     def __init__(self, app: ASGIApp, keys: Sequence[str], *, bound_host: str) -> None:
         self._app = app
@@ -162,6 +162,15 @@ class _Endpoints:
 
     async def cancel_batch(self, request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(self.batches.cancel, request.path_params["batch_id"]))
+
+
+def api_off(reason: str) -> ASGIApp:
+    """What /v1 answers when the API is not served: 403 in OpenAI's shape, with `reason`."""
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        await ApiError(403, reason, code="api_disabled").response()(scope, receive, send)
+
+    return refuse
 
 
 async def _call(function: Callable[..., T], **kwargs: Any) -> T:

@@ -9,6 +9,8 @@ import click
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 
+API_OFF = "listening beyond loopback needs VLMBATCH_API_KEYS for /v1"
+
 
 @cli.command("serve")
 @click.option("--host", help="Address to listen on [env VLMBATCH_BROWSER_HOST; default 127.0.0.1].")
@@ -22,7 +24,7 @@ from vlmbatch.producer.cli.context import load_context
 def serve_command(host: str | None, port: int | None, token: str | None, loglevel: str) -> None:
     """Browse runs, failures and results (traces, images, attempts) in a web browser, read-only; and
     serve the OpenAI Batch API (files, batches) under /v1 on the same port."""
-    from vlmbatch.producer.api.app import api_keys, build_api
+    from vlmbatch.producer.api.app import api_keys, api_off, build_api
     from vlmbatch.producer.api.server import build_server_app, listening_socket, serve
     from vlmbatch.producer.browser.app import build_app
     from vlmbatch.producer.browser.auth import MIN_TOKEN_CHARS
@@ -43,13 +45,10 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
             f"the token must have at least {MIN_TOKEN_CHARS} characters besides white space "
             "(python -c 'import secrets; print(secrets.token_urlsafe())' makes one)"
         )
-    if not api_keys(settings) and not _is_loopback(settings.browser_host):
-        raise click.UsageError(
-            f"listening on {settings.browser_host} opens the Batch API to the network: set VLMBATCH_API_KEYS, "
-            "or listen on 127.0.0.1"
-        )
     # The browser only reads; the Batch API writes batches and submits runs (the schema is brought to head).
-    api = build_api(settings, sessions=ctx.sessions, publisher=ctx.publisher())
+    # Without keys the API is for this host alone: on any other address it stays off (the pages still serve).
+    api_on = bool(api_keys(settings)) or _is_loopback(settings.browser_host)
+    api = build_api(settings, sessions=ctx.sessions, publisher=ctx.publisher()) if api_on else api_off(API_OFF)
     app = build_server_app(build_app(settings, token=secret), api)
     sock = listening_socket(settings.browser_host, settings.browser_port)
     bound_host, bound_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
@@ -57,6 +56,8 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
     click.echo(
         f"vlmbatch browser on http://{shown}:{bound_port}/, Batch API on http://{shown}:{bound_port}/v1 (Ctrl-C stops)"
     )
+    if not api_on:
+        click.echo(f"the Batch API is off: {API_OFF}")
     if secret is not None:
         click.echo("every request needs the token: ?token=... once in a browser, or Authorization: Bearer ...")
     serve(app, sock, log_level=loglevel)

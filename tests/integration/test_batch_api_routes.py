@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
-from click.testing import CliRunner
 from openai.types import Batch
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
+from tests.processes import VLMBATCH
 from vlmbatch.producer.api.app import build_api
 from vlmbatch.producer.api.server import build_server_app
 from vlmbatch.producer.browser.app import build_app
@@ -106,12 +109,23 @@ def test_without_keys_or_token_only_requests_for_a_loopback_host_are_served(tmp_
             rebound.batches.list()
 
 
-def test_serve_refuses_the_network_without_api_keys() -> None:
-    from vlmbatch.producer.cli import cli
-    from vlmbatch.producer.cli import serve as _  # noqa: F401  (registers the command)
-
-    result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "0", "--token", TOKEN])
-    assert result.exit_code == 2 and "VLMBATCH_API_KEYS" in result.output
+def test_serve_beyond_loopback_without_api_keys_serves_the_pages_and_keeps_the_api_off(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMBATCH_")}
+    env.update({"VLMBATCH_HOME": str(tmp_path), "VLMBATCH_BROWSER_TOKEN": TOKEN})
+    serve = [*VLMBATCH, "serve", "--host", "0.0.0.0", "--port", "0"]
+    process = subprocess.Popen(serve, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        found = re.search(r"http://0\.0\.0\.0:(\d+)/", process.stdout.readline())
+        assert found
+        assert "Batch API is off" in process.stdout.readline()
+        sdk = openai.OpenAI(api_key="any", base_url=f"http://127.0.0.1:{found.group(1)}/v1", max_retries=0)
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            sdk.batches.list()
+        assert refused.value.code == "api_disabled"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 def test_a_batch_left_validating_by_a_stopped_server_is_submitted_once_when_next_read(
