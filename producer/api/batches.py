@@ -2,7 +2,7 @@
 batch source); a malformed file ends the batch `failed` with `errors.data` naming its lines, and nothing
 is queued. Status and counts are read from the ledger on every request; once no job of the run is queued
 or running, the run's `openai` export becomes the batch's output and error files (once: a lock in this
-process, and a conditional update in the ledger)."""
+process, and a conditional update in the ledger), in the background: the batch reads `finalizing` meanwhile."""
 
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ class BatchService:
     def retrieve(self, public_id: str) -> dict[str, Any]:
         row_id = parse_batch_id(public_id)
         self._resume_submit(row_id)
-        self._finalize_if_done(row_id)
+        # Off the request too: a large run's export takes a while; meanwhile the batch reads `finalizing`.
+        self._submits.submit(self._finalize_if_done, row_id)
         with self.sessions() as session:
             row = session.get(ApiBatch, row_id)
             if row is None:
@@ -197,7 +198,7 @@ class BatchService:
     def _finalize_if_done(self, row_id: int) -> None:
         """Write the output and error files of a batch whose run has no queued or running job left."""
         if not self._finalizing.acquire(blocking=False):
-            return  # another request is writing them; this one reports `finalizing`
+            return  # another thread is writing a batch's files; a later read tries again
         try:
             with self.sessions() as session:
                 row = session.get(ApiBatch, row_id)
@@ -214,6 +215,8 @@ class BatchService:
                     update(ApiBatch).where(ApiBatch.id == row_id).values(finalizing_at=database_now(session))
                 )
             self._export(row_id, run)
+        except Exception:  # the batch stays `finalizing`; its next read tries again
+            log.exception("batch %s: writing its output files failed", batch_id(row_id))
         finally:
             self._finalizing.release()
 
@@ -260,8 +263,10 @@ class BatchService:
             failed = counts[JobState.FAILED.value] + counts[JobState.CANCELLED.value]
             if row.finished_at is not None:
                 status = "cancelled" if cancelling_at is not None else "completed"
+            elif cancelling_at is not None:  # until its files are written
+                status = "cancelling"
             elif counts[JobState.QUEUED.value] or counts[JobState.RUNNING.value]:
-                status = "cancelling" if cancelling_at is not None else "in_progress"
+                status = "in_progress"
             else:
                 status = "finalizing"
         finished = row.finished_at if cancelling_at is None else None
