@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     # Longer side of job image thumbnails, in pixels.
     browser_thumbnail_px: int = Field(512, ge=16, le=4096)
 
+    # Batch API (`vlmbatch serve`, under /v1): accepted keys, comma-separated (`Authorization: Bearer`);
+    # without keys, `serve` binds loopback addresses only.
+    api_keys: SecretStr | None = None
+    # Largest batch input file accepted by `POST /v1/files` (OpenAI's own limit: 200 MB).
+    api_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
+
     @field_validator("database_url", "broker_url", "s3_endpoint_url", "openai_base_url", "stage_to")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:

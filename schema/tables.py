@@ -212,3 +212,41 @@ class Result(Base):
     grader: Mapped[str | None] = mapped_column(String(16))
     grader_version: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiFile(Base):
+    """A file of the OpenAI-compatible Batch API (producer/api): an uploaded batch input, or a batch's
+    output or error file. Its bytes live at `path`; the row says what it is."""
+
+    __tablename__ = "api_files"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(500))
+    # `batch` (an upload), `batch_output` (an output or error file of a batch).
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiBatch(Base):
+    """A batch of the Batch API: a run (once its input was accepted) plus what OpenAI's batch object says
+    that the run does not (endpoint, window, metadata, refusal errors, output files)."""
+
+    __tablename__ = "api_batches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    input_file_id: Mapped[int] = mapped_column(BigInteger)
+    endpoint: Mapped[str] = mapped_column(String(100))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    # OpenAI's `errors.data` of a refused input file (the batch is `failed`, nothing was queued).
+    errors: Mapped[dict[str, Any] | None]
+    output_file_id: Mapped[int | None] = mapped_column(BigInteger)
+    error_file_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    failed_at: Mapped[datetime | None]
+    finalizing_at: Mapped[datetime | None]
+    # When the output files were written (the batch is `completed`, or `cancelled` after a cancel).
+    finished_at: Mapped[datetime | None]

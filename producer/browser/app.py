@@ -2,32 +2,30 @@
 
 `BrowserApp.respond` maps a request (method, target, headers) to a `Response` and never raises: a missing
 run or job is a 404, a malformed parameter a 400, anything else a 500 whose details go to the log only.
-`make_server` puts it behind the standard library's threading HTTP server.
+`vlmbatch serve` puts it on uvicorn, beside the Batch API (producer/api/server.py).
 
 Routes (GET and HEAD):
     /                           runs, newest first (`?before=RUN_ID` pages back)
     /runs/RUN_ID                a run: `?status=&error=&correct=` filter its results, `after`/`before` page
     /jobs/JOB_ID                a job
     /jobs/JOB_ID/images/INDEX   that job image's thumbnail (JPEG; a placeholder when it cannot be shown)
+    /api/runs, /api/runs/RUN_ID the same run summaries as JSON, for scripts (browser/json_status.py)
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.stores import ObjectStores
-from vlmbatch.producer.browser import queries
+from vlmbatch.producer.browser import json_status, queries
 from vlmbatch.producer.browser.auth import Access
 from vlmbatch.producer.browser.job_page import job_page
 from vlmbatch.producer.browser.layout import style_source
@@ -49,6 +47,7 @@ _MAX_ID_DIGITS = 18
 _CSP = (
     "default-src 'none'; img-src 'self'; style-src {style}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+_JSON = "application/json"
 _TOKEN_IN_LOGS = re.compile(r"(token=)[^&\s\"]*", re.IGNORECASE)
 
 
@@ -90,6 +89,8 @@ class BrowserApp:
             (re.compile(r"/runs/(\d{1,18})"), self._run),
             (re.compile(r"/jobs/(\d{1,18})"), self._job),
             (re.compile(r"/jobs/(\d{1,18})/images/(\d{1,4})"), self._image),
+            (re.compile(r"/api/runs"), self._runs_json),
+            (re.compile(r"/api/runs/(\d{1,18})"), self._run_json),
         ]
 
     def respond(self, target: str, headers: Mapping[str, str]) -> Response:
@@ -118,6 +119,8 @@ class BrowserApp:
         return response
 
     def _route(self, path: str, params: dict[str, str]) -> Response:
+        if path.startswith("/api/"):
+            return self._route_json(path, params)
         try:
             for pattern, handler in self._routes:
                 match = pattern.fullmatch(path)
@@ -131,6 +134,34 @@ class BrowserApp:
         except Exception:
             log.exception("browser: %s failed", path)
             return html_response(500, message_page("Internal error", "This page failed; the server log says why."))
+
+    def _route_json(self, path: str, params: dict[str, str]) -> Response:
+        status, message = 404, "no such address"
+        try:
+            for pattern, handler in self._routes:
+                match = pattern.fullmatch(path)
+                if match:
+                    return handler(params, *(int(group) for group in match.groups()))
+        except NotFound as exc:
+            message = str(exc)
+        except BadRequest as exc:
+            status, message = 400, str(exc)
+        except Exception:
+            log.exception("browser: %s failed", path)
+            status, message = 500, "this request failed; the server log says why"
+        return Response(status, json_status.error_document(status, message), _JSON, (("Cache-Control", "no-store"),))
+
+    def _runs_json(self, params: dict[str, str]) -> Response:
+        before = _int_param(params, "before")
+        with self._sessions() as session:
+            summaries, next_before = queries.list_runs(session, before=before, limit=RUNS_PER_PAGE)
+            body = json_status.runs_document(summaries, next_before=next_before)
+        return Response(200, body, _JSON, (("Cache-Control", "no-store"),))
+
+    def _run_json(self, params: dict[str, str], run_id: int) -> Response:
+        with self._sessions() as session:
+            body = json_status.run_document(queries.get_run(session, run_id))
+        return Response(200, body, _JSON, (("Cache-Control", "no-store"),))
 
     def _runs(self, params: dict[str, str]) -> Response:
         before = _int_param(params, "before")
@@ -219,59 +250,17 @@ def build_app(settings: Settings, *, token: str | None) -> BrowserApp:
     )
 
 
-class BrowserServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], app: BrowserApp) -> None:
-        self.app = app
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, _Handler)
-
-
-def make_server(app: BrowserApp, host: str, port: int) -> BrowserServer:
-    """A server for `app` bound to (host, port) (port 0: any free one; see `server_address`)."""
-    return BrowserServer((host, port), app)
+def security_headers() -> tuple[tuple[str, str], ...]:
+    """The headers every browser page carries: a strict CSP, no sniffing, no referrer, no framing."""
+    return (
+        ("Content-Security-Policy", _CSP.format(style=style_source())),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Frame-Options", "DENY"),
+        ("Cross-Origin-Resource-Policy", "same-origin"),
+    )
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def version_string(self) -> str:
-        return "vlmbatch"  # no Python version for the curious
-
-    def do_GET(self) -> None:
-        self._answer(send_body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(send_body=False)
-
-    def _answer(self, *, send_body: bool) -> None:
-        app = cast(BrowserServer, self.server).app
-        response = app.respond(self.path, dict(self.headers.items()))
-        try:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("Content-Security-Policy", _CSP.format(style=style_source()))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Referrer-Policy", "no-referrer")
-            self.send_header("X-Frame-Options", "DENY")
-            self.send_header("Cross-Origin-Resource-Policy", "same-origin")
-            for name, value in response.headers:
-                self.send_header(name, value)
-            self.end_headers()
-            if send_body:
-                self.wfile.write(response.body)
-        except (BrokenPipeError, ConnectionResetError):
-            log.debug("browser: client went away during %s", _redacted(self.path))
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.info('%s "%s" %s', self.address_string(), _redacted(self.requestline), code)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.info("%s %s", self.address_string(), _redacted(format % args))
-
-
-def _redacted(text: str) -> str:
+def redacted(text: str) -> str:
     """`text` with any `token=` value masked: request lines must not put the token in logs."""
     return _TOKEN_IN_LOGS.sub(r"\1***", text)

@@ -1,4 +1,4 @@
-"""`vlmbatch serve`: the read-only result browser."""
+"""`vlmbatch serve`: the read-only result browser and, under /v1, the OpenAI-compatible Batch API."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
+
+API_OFF = "listening beyond loopback needs VLMBATCH_API_KEYS for /v1"
 
 
 @cli.command("serve")
@@ -20,13 +22,16 @@ from vlmbatch.producer.cli.context import load_context
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 def serve_command(host: str | None, port: int | None, token: str | None, loglevel: str) -> None:
-    """Browse runs, failures and results (traces, images, attempts) in a web browser, read-only."""
-    from vlmbatch.producer.browser.app import build_app, make_server
+    """Browse runs, failures and results (traces, images, attempts) in a web browser, read-only; and
+    serve the OpenAI Batch API (files, batches) under /v1 on the same port."""
+    from vlmbatch.producer.api.app import api_keys, api_off, build_api
+    from vlmbatch.producer.api.server import build_server_app, listening_socket, serve
+    from vlmbatch.producer.browser.app import build_app
     from vlmbatch.producer.browser.auth import MIN_TOKEN_CHARS
-    from vlmbatch.schema.database import open_ledger
     from vlmbatch.worker.process.log_format import configure_logging
 
-    settings = load_context(browser_host=host, browser_port=port, browser_token=token).settings
+    ctx = load_context(browser_host=host, browser_port=port, browser_token=token)
+    settings = ctx.settings
     configure_logging(loglevel, fmt=settings.log_format)
     secret = settings.browser_token.get_secret_value() if settings.browser_token else None
     secret = secret or None
@@ -40,21 +45,22 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
             f"the token must have at least {MIN_TOKEN_CHARS} characters besides white space "
             "(python -c 'import secrets; print(secrets.token_urlsafe())' makes one)"
         )
-    # The browser itself only reads; the schema is brought to head first, like every other command.
-    engine, _ = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
-    engine.dispose()
-    server = make_server(build_app(settings, token=secret), settings.browser_host, settings.browser_port)
-    bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
+    # The browser only reads; the Batch API writes batches and submits runs (the schema is brought to head).
+    # Without keys the API is for this host alone: on any other address it stays off (the pages still serve).
+    api_on = bool(api_keys(settings)) or _is_loopback(settings.browser_host)
+    api = build_api(settings, sessions=ctx.sessions, publisher=ctx.publisher()) if api_on else api_off(API_OFF)
+    app = build_server_app(build_app(settings, token=secret), api)
+    sock = listening_socket(settings.browser_host, settings.browser_port)
+    bound_host, bound_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    click.echo(f"vlmbatch browser on http://{shown}:{bound_port}/ (Ctrl-C stops)")
+    click.echo(
+        f"vlmbatch browser on http://{shown}:{bound_port}/, Batch API on http://{shown}:{bound_port}/v1 (Ctrl-C stops)"
+    )
+    if not api_on:
+        click.echo(f"the Batch API is off: {API_OFF}")
     if secret is not None:
         click.echo("every request needs the token: ?token=... once in a browser, or Authorization: Bearer ...")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve(app, sock, log_level=loglevel)
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from urllib.parse import unquote
 
 import psycopg
 import pytest
+import uvicorn
 from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import select, update
@@ -29,7 +31,9 @@ from tests.conftest import POSTGRES_URL
 from tests.fixtures.bad_images import good_jpeg, write_mixed_folder
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from tests.processes import VLMBATCH
-from vlmbatch.producer.browser.app import build_app, make_server
+from vlmbatch.producer.api.app import build_api
+from vlmbatch.producer.api.server import build_server_app, listening_socket
+from vlmbatch.producer.browser.app import build_app
 from vlmbatch.producer.browser.ledger import open_readonly_ledger
 from vlmbatch.schema.database import open_ledger
 from vlmbatch.schema.errors import ErrorType
@@ -38,6 +42,7 @@ from vlmbatch.schema.states import JobState
 from vlmbatch.schema.tables import Job, Result
 from vlmbatch.worker.engines.base import Completion, Generation, GenerationRequest
 from vlmbatch.worker.engines.fake import FakeEngine
+from vlmbatch.worker.transport.publisher import NullPublisher
 
 HOSTILE = "<script>alert(1)</script>"
 # What the tiny random-weight model writes: special tokens of its vocabulary, as text.
@@ -184,16 +189,24 @@ class Browser:
 
 @contextmanager
 def _serve(settings: Settings, token: str | None = None) -> Iterator[Browser]:
-    server = make_server(build_app(settings, token=token), "127.0.0.1", 0)
-    # A short poll interval: shutdown() waits for it, once per test.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    """`vlmbatch serve`'s application (the pages and the Batch API) on uvicorn, in a thread."""
+    _, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=False)
+    api = build_api(settings, sessions=sessions, publisher=NullPublisher())
+    sock = listening_socket("127.0.0.1", 0)
+    server = uvicorn.Server(
+        uvicorn.Config(build_server_app(build_app(settings, token=token), api), log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        yield Browser(server.server_address[1])
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        yield Browser(int(sock.getsockname()[1]))
     finally:
-        server.shutdown()
-        server.server_close()
+        server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
 
 
 @pytest.fixture

@@ -148,10 +148,10 @@ def test_the_browser_answers_a_unicode_digit_with_400_not_500(sqlite_url: str) -
 
 
 def test_a_token_in_any_case_is_masked_in_the_browser_log() -> None:
-    from vlmbatch.producer.browser.app import _redacted
+    from vlmbatch.producer.browser.app import redacted
 
     line = 'GET /runs/1?TOKEN=secret-value&Token=other HTTP/1.1"'
-    assert "secret-value" not in _redacted(line) and "other" not in _redacted(line)
+    assert "secret-value" not in redacted(line) and "other" not in redacted(line)
 
 
 def test_serve_refuses_a_token_of_white_space_for_a_public_bind(sqlite_url: str) -> None:

@@ -1,0 +1,1 @@
+"""An OpenAI-compatible Batch API over the ledger (`vlmbatch serve`, under /v1): files, batches as runs."""

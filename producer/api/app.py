@@ -1,0 +1,202 @@
+"""The Batch API as a Starlette application (mounted under /v1 by `vlmbatch serve`).
+
+Routes: `POST /files`, `GET /files/{id}`, `GET /files/{id}/content`, `DELETE /files/{id}`,
+`POST /batches`, `GET /batches` (`after`, `limit`), `GET /batches/{id}`, `POST /batches/{id}/cancel`.
+Ledger and file work runs in the thread pool; every refusal is an OpenAI-shaped error (api/errors.py)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vlmbatch.producer.api.batches import BatchService
+from vlmbatch.producer.api.errors import ApiError
+from vlmbatch.producer.api.files import (
+    FORM_OVERHEAD,
+    UPLOAD_PURPOSE,
+    FileStore,
+    TooLarge,
+    file_object,
+    limited_receive,
+    too_large,
+)
+from vlmbatch.producer.browser.auth import Access
+from vlmbatch.schema.settings import Settings
+from vlmbatch.worker.transport.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+API_FILES = "api_files"
+DEFAULT_LIST_LIMIT = 20
+T = TypeVar("T")
+
+
+def api_keys(settings: Settings) -> tuple[str, ...]:
+    """The configured API keys (VLMBATCH_API_KEYS, comma-separated), blanks dropped."""
+    raw = settings.api_keys.get_secret_value() if settings.api_keys else ""
+    return tuple(key.strip() for key in raw.split(",") if key.strip())
+
+
+class RequireApiKey:
+    """Refuses (401, OpenAI's shape) a request whose `Authorization: Bearer` is none of `keys`; with no
+    keys configured, only requests for our own (loopback) host pass (`serve` then serves the API on loopback only)."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str], *, bound_host: str) -> None:
+        self._app = app
+        self._keys = [key.encode() for key in keys]
+        # Without keys, only requests for our own (loopback) host, as the browser does: a web page
+        # elsewhere cannot reach the API through DNS rebinding.
+        self._host_check = Access(None, bound_host=bound_host)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            error = self._refusal(Headers(scope=scope))
+            if error is not None:
+                await error.response()(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+    def _refusal(self, headers: Headers) -> ApiError | None:
+        if not self._keys:
+            verdict = self._host_check.check(
+                query_token=None, authorization=None, cookie=None, host=headers.get("host")
+            )
+            return None if verdict.allowed else ApiError(403, verdict.reason, code="forbidden_host")
+        if not self._allowed(headers.get("authorization")):
+            return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return None
+
+    def _allowed(self, authorization: str | None) -> bool:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        offered = given.strip().encode()
+        # Every key is compared, in constant time each: which key matched (or how nearly) does not leak.
+        return sum(hmac.compare_digest(offered, key) for key in self._keys) > 0
+
+
+def build_api(settings: Settings, *, sessions: sessionmaker[Session], publisher: Publisher) -> ASGIApp:
+    """The Batch API over the ledger of `sessions`, publishing submitted jobs with `publisher`."""
+    files = FileStore(sessions, (settings.home / API_FILES).resolve(), max_bytes=settings.api_max_file_bytes)
+    api = _Endpoints(files, BatchService(sessions=sessions, publisher=publisher, files=files, settings=settings))
+    routes = [
+        Route("/files", api.create_file, methods=["POST"]),
+        Route("/files/{file_id}", api.get_file, methods=["GET"]),
+        Route("/files/{file_id}", api.delete_file, methods=["DELETE"]),
+        Route("/files/{file_id}/content", api.file_content, methods=["GET"]),
+        Route("/batches", api.create_batch, methods=["POST"]),
+        Route("/batches", api.list_batches, methods=["GET"]),
+        Route("/batches/{batch_id}", api.get_batch, methods=["GET"]),
+        Route("/batches/{batch_id}/cancel", api.cancel_batch, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+    )
+    return RequireApiKey(app, api_keys(settings), bound_host=settings.browser_host)
+
+
+class _Endpoints:
+    def __init__(self, files: FileStore, batches: BatchService) -> None:
+        self.files, self.batches = files, batches
+
+    async def create_file(self, request: Request) -> Response:
+        files = self.files
+        limit = files.max_bytes + FORM_OVERHEAD
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large(files.max_bytes)
+        bounded = Request(request.scope, receive=limited_receive(request.receive, limit))
+        try:
+            async with bounded.form(max_files=1, max_fields=8) as form:
+                purpose, upload = form.get("purpose"), form.get("file")
+                if purpose != UPLOAD_PURPOSE:
+                    raise ApiError(400, f"purpose {purpose!r}: only {UPLOAD_PURPOSE!r}", param="purpose")
+                if not isinstance(upload, UploadFile):
+                    raise ApiError(400, "a `file` part is required", param="file")
+                created = await run_in_threadpool(files.save_upload, upload.file, upload.filename or "")
+        except TooLarge:
+            raise too_large(files.max_bytes) from None
+        return JSONResponse(created)
+
+    async def get_file(self, request: Request) -> Response:
+        row = await run_in_threadpool(self.files.get, request.path_params["file_id"])
+        return JSONResponse(file_object(row))
+
+    async def file_content(self, request: Request) -> Response:
+        row = await run_in_threadpool(self.files.get, request.path_params["file_id"])
+        if not Path(row.path).is_file():
+            raise ApiError(404, f"the content of {request.path_params['file_id']} is gone", code="not_found")
+        return FileResponse(row.path, media_type="application/jsonl", filename=row.filename)
+
+    async def delete_file(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(self.files.delete, request.path_params["file_id"]))
+
+    async def create_batch(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return JSONResponse(await run_in_threadpool(self.batches.create, body))
+
+    async def list_batches(self, request: Request) -> Response:
+        given = request.query_params.get("limit", str(DEFAULT_LIST_LIMIT))
+        if not given.isdigit():
+            raise ApiError(400, "limit must be a whole number", param="limit")
+        after = request.query_params.get("after")
+        return JSONResponse(await _call(self.batches.page, after=after, limit=int(given)))
+
+    async def get_batch(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(self.batches.retrieve, request.path_params["batch_id"]))
+
+    async def cancel_batch(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(self.batches.cancel, request.path_params["batch_id"]))
+
+
+def api_off(reason: str) -> ASGIApp:
+    """What /v1 answers when the API is not served: 403 in OpenAI's shape, with `reason`."""
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        await ApiError(403, reason, code="api_disabled").response()(scope, receive, send)
+
+    return refuse
+
+
+async def _call(function: Callable[..., T], **kwargs: Any) -> T:
+    return await run_in_threadpool(function, **kwargs)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise ApiError(400, "the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return ApiError(exc.status_code, str(exc.detail)).response()
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("batch api: %s %s failed", request.method, request.url.path)
+    return ApiError(500, "the server failed to answer; its log has the details").response()

@@ -1,0 +1,124 @@
+"""`/v1/files`: batch input files uploaded by clients, and the output and error files of batches. Bytes
+live in one folder under the home (`<home>/api_files`); the ledger's `api_files` rows say what they are."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vlmbatch.producer.api.errors import ApiError, not_found
+from vlmbatch.producer.api.ids import file_id, parse_file_id
+from vlmbatch.schema.tables import ApiFile
+
+UPLOAD_PURPOSE = "batch"
+OUTPUT_PURPOSE = "batch_output"
+# Multipart framing and the `purpose` field around the file's own bytes.
+FORM_OVERHEAD = 64 * 1024
+_COPY_CHUNK = 1024 * 1024
+_MAX_FILENAME = 500
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class TooLarge(Exception):
+    """The request body passed the upload limit."""
+
+
+def limited_receive(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises TooLarge once the body passes `limit` bytes, so a huge upload (chunked, or
+    with a lying Content-Length) is cut off while it streams rather than spooled to disk whole."""
+    seen = 0
+
+    async def bounded() -> MutableMapping[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise TooLarge
+        return message
+
+    return bounded
+
+
+def epoch(moment: datetime | None) -> int | None:
+    """Seconds since the epoch of a stored (naive UTC) time."""
+    return None if moment is None else int(moment.replace(tzinfo=UTC).timestamp())
+
+
+def file_object(row: ApiFile) -> dict[str, Any]:
+    """OpenAI's file object."""
+    return {
+        "id": file_id(row.id),
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": epoch(row.created_at),
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": "processed",
+        "status_details": None,
+    }
+
+
+class FileStore:
+    """The API's files: rows in the ledger, bytes in `folder`."""
+
+    def __init__(self, sessions: sessionmaker[Session], folder: Path, *, max_bytes: int) -> None:
+        self.sessions, self.folder, self.max_bytes = sessions, folder, max_bytes
+
+    def save_upload(self, upload: IO[bytes], filename: str) -> dict[str, Any]:
+        """Copy an uploaded file into the folder (at most `max_bytes`) and record it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # A folder of its own: relative image paths in the file (confined to its folder) reach no other file.
+        name = Path(tempfile.mkdtemp(dir=self.folder, prefix="upload-")) / "input.jsonl"
+        size = 0
+        try:
+            with name.open("wb") as out:
+                while chunk := upload.read(_COPY_CHUNK):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise too_large(self.max_bytes)
+                    out.write(chunk)
+        except BaseException:
+            shutil.rmtree(name.parent, ignore_errors=True)
+            raise
+        return file_object(self.record(name, filename[:_MAX_FILENAME] or "upload.jsonl", UPLOAD_PURPOSE, size))
+
+    def record(self, path: Path, filename: str, purpose: str, size: int) -> ApiFile:
+        with self.sessions() as session, session.begin():
+            row = ApiFile(filename=filename, purpose=purpose, bytes=size, path=str(path))
+            session.add(row)
+            session.flush()
+            session.expunge(row)
+        return row
+
+    def get(self, public_id: str) -> ApiFile:
+        row_id = parse_file_id(public_id)
+        with self.sessions() as session:
+            row = session.get(ApiFile, row_id)
+            if row is None:
+                raise not_found("file", public_id)
+            session.expunge(row)
+        return row
+
+    def delete(self, public_id: str) -> dict[str, Any]:
+        row = self.get(public_id)
+        with self.sessions() as session, session.begin():
+            found = session.get(ApiFile, row.id)
+            if found is not None:
+                session.delete(found)
+        path = Path(row.path)
+        path.unlink(missing_ok=True)
+        if path.parent.name.startswith("upload-"):
+            shutil.rmtree(path.parent, ignore_errors=True)
+        return {"id": public_id, "object": "file", "deleted": True}
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the file is larger than the limit of {limit} bytes", param="file", code="file_too_large")
