@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from vlmbatch.media.staging import Stager
 from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.files import OUTPUT_PURPOSE, UPLOAD_PURPOSE, FileStore, epoch
 from vlmbatch.producer.api.ids import batch_id, file_id, parse_batch_id
@@ -27,7 +28,7 @@ from vlmbatch.schema.errors import BrokerUnavailable, SourceError
 from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.resubmit import cancel_run
 from vlmbatch.schema.runs import get_run
-from vlmbatch.schema.settings import STAGED_IMAGES, Settings
+from vlmbatch.schema.settings import Settings
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import run_status
 from vlmbatch.schema.tables import ApiBatch, ApiFile, Run
@@ -168,7 +169,8 @@ class BatchService:
             row.failed_at = database_now(session)
 
     def _submit_once(self, row_id: int, upload: ApiFile) -> None:
-        source = OpenAIBatchSource(upload.path, stage_dir=(self.settings.home / STAGED_IMAGES).resolve())
+        stager = Stager(self.settings.resolved_stage_to(), s3_endpoint_url=self.settings.s3_endpoint_url)
+        source = OpenAIBatchSource(upload.path, stager=stager)
         errors = _line_errors(source)
         run_id: int | None = None
         if not errors:
