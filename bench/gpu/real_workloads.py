@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu.run_gpu_bench import Sampler, engine_kwargs, log, raw_running  # noqa: E402
+from bench.gpu.run_gpu_bench import Sampler, engine_kwargs, log, prepare_model, raw_running  # noqa: E402
 from bench.workload import Measured, ledger_span, raw_vllm_chat, run_and_exit, table, write_images  # noqa: E402
 
 QUESTION = "Describe this image in detail."
@@ -414,18 +414,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("BENCH_WORK", "/tmp/vlmbatch-gpu-bench"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    os.environ.setdefault("HF_MODULES_CACHE", str(work / "hf_modules"))
-    from vlmbatch.worker.engines.vllm_compat import install
-
-    install()
-    from vlmbatch.worker.smoke_model import R1V3_38B, TINY, build_model_folder
-
-    shape = R1V3_38B if args.shape == "r1v3" else TINY
-    model = build_model_folder(work / f"model-{args.shape}", shape, weights=args.shape == "tiny")
+    work, model = prepare_model(args.shape)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result: dict[str, Any] = {}
     try:

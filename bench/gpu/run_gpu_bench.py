@@ -200,6 +200,23 @@ def run_pipeline(
     return result
 
 
+def prepare_model(shape_name: str) -> tuple[Path, Path]:
+    """The benchmark's work folder (BENCH_WORK) and a model folder of `shape_name` in it ("r1v3": R1V3-38B's
+    shape without weights, for load_format="dummy"; "tiny": the smoke model with weights), offline."""
+    work = Path(os.environ.get("BENCH_WORK", "/tmp/vlmbatch-gpu-bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("HF_MODULES_CACHE", str(work / "hf_modules"))
+    from vlmbatch.worker.engines.vllm_compat import install
+
+    install()
+    from vlmbatch.worker.smoke_model import R1V3_38B, TINY, build_model_folder
+
+    shape = R1V3_38B if shape_name == "r1v3" else TINY
+    return work, build_model_folder(work / f"model-{shape_name}", shape, weights=shape_name == "tiny")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["r1v3", "tiny"], default="r1v3")
@@ -212,18 +229,7 @@ def main() -> int:
     parser.add_argument("--only", choices=["raw", "pipeline"], default=None)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("BENCH_WORK", "/tmp/vlmbatch-gpu-bench"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    os.environ.setdefault("HF_MODULES_CACHE", str(work / "hf_modules"))
-    from vlmbatch.worker.engines.vllm_compat import install
-
-    install()
-    from vlmbatch.worker.smoke_model import R1V3_38B, TINY, build_model_folder
-
-    shape = R1V3_38B if args.shape == "r1v3" else TINY
-    model = build_model_folder(work / f"model-{args.shape}", shape, weights=args.shape == "tiny")
+    work, model = prepare_model(args.shape)
     # One 448 px tile (256 image tokens) and one 1344x896 image (6 tiles + thumbnail), alternating.
     sizes = [(448, 448), (1344, 896)]
     images = write_images(work / "images", sizes, args.n) if args.n else []
