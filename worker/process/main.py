@@ -55,9 +55,11 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
         queues=[settings.queue],
         loglevel=loglevel,
         hostname=f"vlmbatch@{pipeline.worker_id}",
+        # Heartbeats (every 2 s per worker) and task events (one per message of 16 jobs) are what Flower
+        # shows the fleet from; gossip and mingle are worker-to-worker chatter nothing here uses.
         without_gossip=True,
         without_mingle=True,
-        without_heartbeat=True,
+        without_heartbeat=False,
         optimization="fair",
         # The banner is for people; JSON log pipelines get only log records.
         quiet=settings.log_format == "json",

@@ -38,7 +38,9 @@ def make_celery(settings: Settings, *, name: str = "vlmbatch") -> Celery:
         worker_prefetch_multiplier=prefetch_multiplier(settings),
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Flower lists tasks from these events; a message carries many jobs, so their rate stays low.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         enable_utc=True,
     )
     return app
