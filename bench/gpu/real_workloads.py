@@ -38,7 +38,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu.run_gpu_bench import Sampler, engine_kwargs, log, prepare_model, raw_running  # noqa: E402
+from bench.gpu.run_gpu_bench import (  # noqa: E402
+    Sampler,
+    engine_kwargs,
+    log,
+    pipeline_settings,
+    prepare_model,
+    raw_running,
+)
 from bench.workload import Measured, ledger_span, raw_vllm_chat, run_and_exit, table, write_images  # noqa: E402
 
 QUESTION = "Describe this image in detail."
@@ -167,7 +174,7 @@ def _pipeline_longtail(
     for stale in work.glob("longtail.db*"):
         stale.unlink()
     database_url = f"sqlite:///{work / 'longtail.db'}"
-    settings = _pipeline_settings(args, model, database_url)
+    settings = pipeline_settings(args, model, database_url)
     _, sessions = open_ledger(database_url)
     source = open_source(str(images[0].parent), question=QUESTION, s3_endpoint_url=None)
     report = submit(
@@ -205,26 +212,6 @@ def _pipeline_longtail(
     measured = ledger_span(database_url, report.run, "vlmbatch pipeline (embedded)")
     log(f"pipeline: {measured.output_tps:.1f} tok/s")
     return {"pipeline": measured, "batch_pipeline": batch.points}
-
-
-def _pipeline_settings(args: argparse.Namespace, model: Path, database_url: str) -> Any:
-    from vlmbatch.schema.settings import Settings
-
-    kwargs = engine_kwargs(args, model)
-    return Settings(
-        database_url=database_url,
-        engine="vllm",
-        model=str(model),
-        trust_remote_code=True,
-        max_num_seqs=args.max_num_seqs,
-        max_model_len=args.max_model_len,
-        max_images_per_prompt=1,
-        load_format=kwargs.get("load_format"),
-        gpu_memory_utilization=kwargs.get("gpu_memory_utilization", 0.9),
-        enforce_eager=kwargs.get("enforce_eager", False),
-        kv_cache_bytes=kwargs.get("kv_cache_memory_bytes"),
-        reasoning_parser="deepseek_r1",
-    )
 
 
 def run_fp8(args: argparse.Namespace, model: Path, work: Path) -> dict[str, Any]:

@@ -119,25 +119,12 @@ def run_raw(args: argparse.Namespace, model: Path, images: list[Path], annotate:
     return result
 
 
-def run_pipeline(
-    args: argparse.Namespace, model: Path, images_dir: Path, annotate_dir: Path, work: Path
-) -> dict[str, Any]:
-    from vlmbatch.media.stores import ObjectStores
-    from vlmbatch.producer.sources import open_source
-    from vlmbatch.producer.submit import submit
-    from vlmbatch.schema.database import open_ledger
-    from vlmbatch.schema.models import RunSettings, SamplingSettings
+def pipeline_settings(args: argparse.Namespace, model: Path, database_url: str) -> Any:
+    """The settings of the pipeline's engine, matching the raw engine's (`engine_kwargs`)."""
     from vlmbatch.schema.settings import Settings
-    from vlmbatch.worker.engines.thread import EngineThread
-    from vlmbatch.worker.engines.vllm_engine import VllmEngine
-    from vlmbatch.worker.pipeline.pipeline import Pipeline
-    from vlmbatch.worker.transport.publisher import NullPublisher
 
     kwargs = engine_kwargs(args, model)
-    for stale in work.glob("ledger.db*"):  # a fresh ledger per bench run
-        stale.unlink()
-    database_url = f"sqlite:///{work / 'ledger.db'}"
-    settings = Settings(
+    return Settings(
         database_url=database_url,
         engine="vllm",
         model=str(model),
@@ -151,6 +138,25 @@ def run_pipeline(
         kv_cache_bytes=kwargs.get("kv_cache_memory_bytes"),
         reasoning_parser="deepseek_r1",
     )
+
+
+def run_pipeline(
+    args: argparse.Namespace, model: Path, images_dir: Path, annotate_dir: Path, work: Path
+) -> dict[str, Any]:
+    from vlmbatch.media.stores import ObjectStores
+    from vlmbatch.producer.sources import open_source
+    from vlmbatch.producer.submit import submit
+    from vlmbatch.schema.database import open_ledger
+    from vlmbatch.schema.models import RunSettings, SamplingSettings
+    from vlmbatch.worker.engines.thread import EngineThread
+    from vlmbatch.worker.engines.vllm_engine import VllmEngine
+    from vlmbatch.worker.pipeline.pipeline import Pipeline
+    from vlmbatch.worker.transport.publisher import NullPublisher
+
+    for stale in work.glob("ledger.db*"):  # a fresh ledger per bench run
+        stale.unlink()
+    database_url = f"sqlite:///{work / 'ledger.db'}"
+    settings = pipeline_settings(args, model, database_url)
     _, sessions = open_ledger(database_url)
     vllm_engine = VllmEngine(settings)
     engine = EngineThread(vllm_engine)
