@@ -18,10 +18,9 @@ import contextvars
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -38,6 +37,7 @@ from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.admission import Admission, WorkerStopping
 from vlmbatch.worker.pipeline.attempt import AttemptClock, RunContext, failure_report, load_run_context, run_attempt
 from vlmbatch.worker.pipeline.capacity import Capacity, TimeShare
+from vlmbatch.worker.pipeline.counters import Counters
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage, SharedImages
 from vlmbatch.worker.pipeline.leases import Heartbeat
@@ -51,31 +51,6 @@ __all__ = ["Counters", "Pipeline", "WorkerStopping"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class Counters:
-    claimed: int = 0
-    written: int = 0
-    fenced_off: int = 0
-    handed_back: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-
-    def record(self, report: AttemptReport, metrics: WorkerMetrics) -> None:
-        """A committed outcome, in these counters and in the Prometheus metrics."""
-        self.written += 1
-        self.outcomes[report.outcome.value] += 1
-        if report.error_type is not None:
-            self.errors[report.error_type.value] += 1
-        generated = sum(s.completion_tokens for s in report.samples)
-        self.prompt_tokens += report.prompt_tokens or 0
-        self.completion_tokens += generated
-        metrics.jobs.labels(report.outcome.value, report.error_type.value if report.error_type else "").inc()
-        metrics.prompt_tokens.inc(report.prompt_tokens or 0)
-        metrics.generated_tokens.inc(generated)
 
 
 @dataclass
