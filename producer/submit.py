@@ -21,7 +21,6 @@ from vlmbatch.schema.enqueue import (
     StagedRow,
     insert_jobs,
     mark_published,
-    new_job_ids,
     refresh_statistics,
     staged_row,
 )
@@ -35,6 +34,8 @@ from vlmbatch.worker.transport.publisher import Publisher
 SUBMIT_CHUNK = 5000
 # Rows per COPY into PostgreSQL's staging table (and per INSERT ... SELECT out of it).
 STAGE_CHUNK = 50_000
+# Jobs whose claim tokens are published between two marks of the run as published.
+PUBLISH_PART = 100_000
 
 
 def default_run_name(source_uri: str, question: str | None, settings: RunSettings) -> str:
@@ -69,21 +70,22 @@ def submit(
         with sessions() as session, session.begin():
             new_ids = insert_jobs(session, run_id=run.id, specs=chunk)
         if broker_error is None:  # once the broker is down, the rest still goes into the ledger
-            broker_error = _publish(publisher, queue, new_ids)
+            broker_error = _publish(publisher, queue, len(new_ids))
         submitted += len(new_ids)
         skipped += len(chunk) - len(new_ids)
     _raise_if_unpublished(broker_error, run.id, submitted)
     return SubmitReport(run=run.id, submitted=submitted, skipped=skipped)
 
 
-def _publish(publisher: Publisher, queue: str, job_ids: list[int]) -> Exception | None:
-    """Publish `job_ids`; the broker's connection error, if it is down (the jobs are committed already)."""
+def _publish(publisher: Publisher, queue: str, jobs: int) -> Exception | None:
+    """Publish claim tokens for `jobs` new jobs; the broker's connection error, if it is down (the jobs
+    are committed already)."""
     from kombu.exceptions import OperationalError as KombuOperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     try:
-        publisher.publish(queue, job_ids)
+        publisher.publish(queue, jobs)
     except (OSError, KombuOperationalError, RedisConnectionError, RedisTimeoutError) as exc:
         return exc
     return None
@@ -131,11 +133,12 @@ def _submit_in_one_transaction(
     with sessions() as session, session.begin():
         # Before the first message: workers claim right away, and need plans made for this table's size.
         refresh_statistics(session, inserted=submitted)
-    with sessions() as session:
-        for job_ids in new_job_ids(session, run_id=run_id, after=staging.watermark):
-            _raise_if_unpublished(_publish(publisher, queue, job_ids), run_id, submitted)
-            with sessions() as marking, marking.begin():
-                mark_published(marking, run_id=run_id)
+    # Claim tokens name no jobs (worker/transport/tokens.py): one per `jobs_per_message` new jobs, in
+    # parts, each noted as published so the reconciler's grace covers the rest.
+    for start in range(0, submitted, PUBLISH_PART):
+        _raise_if_unpublished(_publish(publisher, queue, min(PUBLISH_PART, submitted - start)), run_id, submitted)
+        with sessions() as marking, marking.begin():
+            mark_published(marking, run_id=run_id)
     return SubmitReport(run=run_id, submitted=submitted, skipped=seen - submitted)
 
 

@@ -7,11 +7,11 @@ here: the reconciler turns them back into `queued` first, so lease expiry has on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.clock import database_now
@@ -20,7 +20,7 @@ from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.keyset import Keyset
 from vlmbatch.schema.locks import jobs_locked_in_order
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run
+from vlmbatch.schema.tables import Attempt, Job, Run, RunCount
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,63 @@ def claim_next(
         stmt = stmt.where(_claimable(now)).order_by(Job.id)
     jobs = list(session.scalars(_lock(stmt.limit(limit), session)))
     return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
+
+
+def runs_with_queued_jobs(session: Session, *, queue: str, model: str | None = None) -> list[int]:
+    """The runs of `queue` (serving `model`, when given) that have queued jobs, oldest first, by their
+    counters: one probe of ix_run_counts_state per run that ever had queued jobs, none per job."""
+    stmt = (
+        select(RunCount.run_id)
+        .join(Run, Run.id == RunCount.run_id)
+        .where(RunCount.state == JobState.QUEUED.value, Run.queue == queue)
+        .group_by(RunCount.run_id)
+        .having(func.sum(RunCount.jobs) > 0)
+        .order_by(RunCount.run_id)
+    )
+    if model is not None:
+        stmt = stmt.where(Run.model == model)
+    return list(session.scalars(stmt))
+
+
+@dataclass
+class QueueClaimer:
+    """Claims the oldest claimable jobs of one queue's runs for a claim token (worker/transport/tokens.py).
+
+    It remembers which runs had queued jobs, so that a claim costs one index range per run it takes from
+    (ix_jobs_run_state_id) and looks the runs up again only when those come up short."""
+
+    queue: str
+    model: str | None = None
+    open_runs: list[int] = field(default_factory=list)
+
+    def claim(self, session: Session, *, limit: int, worker: str, lease_seconds: float) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        now = database_now(session)
+        jobs, drained = self._take(session, self.open_runs, limit, now)
+        if len(jobs) < limit:
+            self.open_runs = runs_with_queued_jobs(session, queue=self.queue, model=self.model)
+            more, _ = self._take(session, [r for r in self.open_runs if r not in drained], limit - len(jobs), now)
+            jobs += more
+        return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
+
+    @staticmethod
+    def _take(session: Session, runs: Sequence[int], limit: int, now: datetime) -> tuple[list[Job], set[int]]:
+        """Up to `limit` claimable jobs of `runs`, run by run, locked; and the runs found short of jobs."""
+        jobs: list[Job] = []
+        drained: set[int] = set()
+        dialect = session.get_bind().dialect.name
+        for run_id in runs:
+            wanted = limit - len(jobs)
+            if wanted <= 0:
+                break
+            queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
+            stmt = queued.page(select(Job).where(_past_backoff(now)), dialect=dialect)
+            taken = list(session.scalars(_lock(stmt.limit(wanted), session)))
+            if len(taken) < wanted:
+                drained.add(run_id)
+            jobs += taken
+        return jobs, drained
 
 
 def _open_attempts(

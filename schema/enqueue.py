@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, func, insert, select, text, update
+from sqlalchemy import Insert, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -131,7 +131,6 @@ class PostgresStaging:
         self._raw: Any = raw
         with self._raw.cursor() as cursor:
             cursor.execute(_CREATE_STAGING)
-        self.watermark = int(session.scalar(select(func.coalesce(func.max(Job.id), 0))) or 0)
 
     def copy(self, rows: Iterable[StagedRow]) -> int:
         count = 0
@@ -159,14 +158,6 @@ class PostgresStaging:
         for run_id, inserted in self._inserted.items():
             _count_queued(self._session, run_id, inserted)
         self._inserted.clear()
-
-
-def new_job_ids(session: Session, *, run_id: int, after: int, batch: int = 10_000) -> Iterator[list[int]]:
-    """The run's job ids above `after` (the ids a submit added), in batches, streamed."""
-    stmt = select(Job.id).where(Job.run_id == run_id, Job.id > after).order_by(Job.id)
-    result = session.execute(stmt.execution_options(stream_results=True, yield_per=batch))
-    for part in result.partitions(batch):
-        yield [row[0] for row in part]
 
 
 def mark_published(session: Session, *, run_id: int) -> None:

@@ -95,8 +95,8 @@ class Settings(BaseSettings):
     engine_hang_seconds: float = Field(300.0, gt=0.0)
     # How often each worker takes back expired leases and republishes queued jobs the broker lost.
     reconcile_seconds: float = Field(60.0, gt=0.0)
-    # A job queued this long without a message in the broker counts as lost (the message may still be
-    # on its way between the producer's commit and its publish).
+    # Queued jobs of a run count as lacking claim tokens only this long after the run's last publication
+    # (a submit commits its jobs before it publishes their tokens).
     republish_grace_seconds: float = Field(30.0, ge=0.0)
     # A message delivered but unacknowledged this long counts as lost with the worker that took it.
     unacked_stale_seconds: float = Field(300.0, gt=0.0)

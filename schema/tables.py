@@ -142,6 +142,11 @@ class RunCount(Base):
     `shard` rows so that concurrent workers rarely wait on one another's counter row."""
 
     __tablename__ = "run_counts"
+    __table_args__ = (
+        # The runs with queued jobs (a claim token's candidates, the reconciler's demand) without reading
+        # every run's other counters. `jobs` is in no index: a counter update stays a HOT update.
+        Index("ix_run_counts_state", "state", "run_id"),
+    )
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), primary_key=True)

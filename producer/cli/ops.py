@@ -50,7 +50,7 @@ def resubmit_command(
     if not dry_run and selection.job_ids:
         with ctx.sessions() as session, session.begin():
             queued = resubmit_jobs(session, job_ids=selection.job_ids, max_tokens=max_tokens)
-        ctx.publisher().publish(target.queue, queued)
+        ctx.publisher().publish(target.queue, len(queued))
     groups = [
         {"status": state, "error_type": error_type, "jobs": n}
         for (state, error_type), n in sorted(selection.groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
@@ -93,11 +93,12 @@ def cancel_command(run: str, as_json: bool) -> None:
     type=click.FloatRange(0),
     default=30.0,
     show_default=True,
-    help="Seconds a queued job may wait for its message before it counts as lost.",
+    help="Seconds after a run's last publication before its queued jobs count as lacking claim tokens.",
 )
 @click.option("--json", "as_json", is_flag=True)
 def reconcile_command(run: str | None, grace: float, as_json: bool) -> None:
-    """Requeue jobs whose lease expired and republish queued jobs the broker lost (for RUN or all runs)."""
+    """Requeue jobs whose lease expired and publish claim tokens for queued jobs the broker lost (for
+    RUN's queue, or all queues)."""
     from vlmbatch.worker.transport.reconciler import reconcile
 
     ctx = load_context()
@@ -109,6 +110,7 @@ def reconcile_command(run: str | None, grace: float, as_json: bool) -> None:
         sessions=ctx.sessions,
         publisher=ctx.publisher(),
         broker_url=ctx.settings.resolved_broker_url(),
+        jobs_per_message=ctx.settings.jobs_per_message,
         run_id=run_id,
         grace_seconds=grace,
         unacked_stale_seconds=ctx.settings.unacked_stale_seconds,

@@ -24,6 +24,7 @@ def engine_settings(model: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "engine": "vllm",
         "model": str(model),
+        "queue": "q",  # the queue submit_folder's runs are on (claim tokens claim from the worker's queue)
         "trust_remote_code": True,
         "enforce_eager": True,
         "max_model_len": MAX_MODEL_LEN,

@@ -15,13 +15,13 @@ def ledger(url: str) -> sessionmaker[Session]:
 
 
 def make_run(
-    sessions: sessionmaker[Session], *, name: str = "run", jobs: int = 3, **settings: object
+    sessions: sessionmaker[Session], *, name: str = "run", jobs: int = 3, queue: str = "q", **settings: object
 ) -> tuple[int, list[int]]:
     run = create_or_reuse_run(
         sessions,
         name=name,
         settings=RunSettings(**settings),
-        queue="q",
+        queue=queue,
         source="test",  # type: ignore[arg-type]
     )
     specs = [JobSpec(images=(f"file:///img/{i}.jpg",), question="what?") for i in range(jobs)]

@@ -27,6 +27,8 @@ def settings_for(database_url: str, **overrides: object) -> Settings:
         "database_url": database_url,
         "engine": "fake",
         "model": "fake-model",
+        # The queue submit_folder's runs are on: claim tokens claim from the worker's queue.
+        "queue": "q",
         "max_num_seqs": 8,
         "heartbeat_seconds": 0.5,
         "lease_seconds": 30,

@@ -1,38 +1,64 @@
-"""Reading the broker for the reconciler, on a real Redis: a message a live worker holds unacknowledged
-(reserved, waiting for room) stays counted as present once the worker stamps it, however long it waits;
-an acknowledged one is never brought back by a stamp."""
+"""Reading the broker for the reconciler, on a real Redis: waiting claim tokens are counted by the list's
+length, a token a live worker holds unacknowledged (reserved, waiting for room) stays counted once the
+worker stamps it, however long it waits; an acknowledged one is never brought back by a stamp, and
+foreign or other queues' messages count for nothing."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import redis
 
 from vlmbatch.schema.settings import Settings
-from vlmbatch.worker.transport.broker_scan import job_ids_in_broker, touch_unacked
+from vlmbatch.worker.transport.broker_scan import jobs_covered, touch_unacked
 from vlmbatch.worker.transport.celery_app import make_celery
 from vlmbatch.worker.transport.publisher import RedisPublisher
 
 STALE_S = 300.0
 
 
-def test_a_held_message_stays_present_while_its_worker_stamps_it(redis_url: str, queue_name: str) -> None:
+def _covered(redis_url: str, queue: str) -> int | None:
+    return jobs_covered(redis_url, queue, jobs_per_message=16, unacked_stale_s=STALE_S)
+
+
+def test_a_held_token_stays_counted_while_its_worker_stamps_it(redis_url: str, queue_name: str) -> None:
     app = make_celery(Settings(broker_url=redis_url, queue=queue_name))  # type: ignore[call-arg]
-    RedisPublisher(app, jobs_per_message=16).publish(queue_name, [1, 2, 3])
+    assert RedisPublisher(app, jobs_per_message=16).publish(queue_name, 20) == 2
     client = redis.Redis.from_url(redis_url)
+    client.lpush(queue_name, "not a message")  # counted by length as a token: at worst one spare
+    assert _covered(redis_url, queue_name) == 48
+    client.lpop(queue_name)
     with app.connection_for_read() as connection:
         held = connection.SimpleQueue(queue_name).get(timeout=5)  # delivered, not acknowledged
         tag = str(held.delivery_tag)
-        assert client.llen(queue_name) == 0 and client.hexists("unacked", tag)
-        assert job_ids_in_broker(redis_url, [queue_name], unacked_stale_s=STALE_S) == {1, 2, 3}
+        assert client.llen(queue_name) == 1 and client.hexists("unacked", tag)
+        assert _covered(redis_url, queue_name) == 32
+        assert _covered(redis_url, f"{queue_name}-other") == 0
 
         client.zadd("unacked_index", {tag: time.time() - 2 * STALE_S})  # it has waited long
-        assert job_ids_in_broker(redis_url, [queue_name], unacked_stale_s=STALE_S) == set()
+        assert _covered(redis_url, queue_name) == 16
         assert touch_unacked(redis_url, [tag, "not-a-held-tag"]) == 1
-        assert job_ids_in_broker(redis_url, [queue_name], unacked_stale_s=STALE_S) == {1, 2, 3}
+        assert _covered(redis_url, queue_name) == 32
         assert client.zscore("unacked_index", "not-a-held-tag") is None
 
         held.ack()
         assert touch_unacked(redis_url, [tag]) == 0
         assert client.zscore("unacked_index", tag) is None
+        assert _covered(redis_url, queue_name) == 16
+    client.delete(queue_name)
     client.close()
+
+
+def test_an_unacknowledged_message_that_is_not_a_token_counts_for_nothing(redis_url: str, queue_name: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    tag = f"foreign-{queue_name}"
+    foreign = {"body": "e30=", "properties": {"body_encoding": "base64"}}  # base64 of {}
+    client.hset("unacked", tag, json.dumps([foreign, "", queue_name]))
+    client.zadd("unacked_index", {tag: time.time()})
+    try:
+        assert _covered(redis_url, queue_name) == 0
+    finally:
+        client.hdel("unacked", tag)
+        client.zrem("unacked_index", tag)
+        client.close()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.integration.ledger_helpers import make_run
 from vlmbatch.producer.browser.queries import ResultFilter, job_page
-from vlmbatch.schema.claims import claim_jobs, claim_next, renew_leases
+from vlmbatch.schema.claims import QueueClaimer, claim_jobs, claim_next, renew_leases
 from vlmbatch.schema.database import make_engine, make_session_factory
 from vlmbatch.schema.enqueue import refresh_statistics
 from vlmbatch.schema.reconcile import requeue_expired_leases
@@ -188,6 +188,18 @@ def test_claiming_a_runs_next_jobs_reads_its_queued_keys(big_ledger: Ledger) -> 
     _assert_streams(plans, page=64)
 
 
+def test_a_claim_token_takes_the_queues_oldest_jobs_by_their_keys(big_ledger: Ledger) -> None:
+    claimer = QueueClaimer(queue="q")
+    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
+        claimed = claimer.claim(session, limit=64, worker="w-plan", lease_seconds=60)
+        session.rollback()
+    assert len(claimed) == 64
+    # The oldest run with queued jobs first: the one submitted and waiting, not the newest.
+    assert claimer.open_runs[0] == claimed[0].run_id != big_ledger.target
+    _assert_indexed(plans, expect="ix_jobs_run_state_id")
+    _assert_streams(plans, page=64)
+
+
 def test_heartbeat_finds_running_jobs_by_attempt(big_ledger: Ledger) -> None:
     with big_ledger.sessions() as session:
         attempts = list(
@@ -284,21 +296,35 @@ class _CountingPublisher:
     def __init__(self) -> None:
         self.published = 0
 
-    def publish(self, queue: str, job_ids: Sequence[int], *, countdown: float | None = None) -> int:
-        self.published += len(job_ids)
+    def publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> int:
+        self.published += jobs
         return 1
 
 
-def test_reconciler_pages_queued_jobs_by_run(big_ledger: Ledger, redis_url: str) -> None:
+def test_reconciler_reads_no_queued_job(big_ledger: Ledger, redis_url: str) -> None:
+    """Tokens are counted, not matched to jobs: the pass reads running jobs for expired leases and the run
+    counters, and never a queued job, however many there are."""
+    with big_ledger.sessions() as session:
+        queued = session.scalar(select(func.count()).select_from(Job).where(Job.state == "queued"))
+        expired = session.scalar(
+            select(func.count()).select_from(Job).where(Job.state == "running", Job.lease_expires_at < func.now())
+        )
     publisher = _CountingPublisher()
     with explained(big_ledger.engine) as plans:
         report = reconcile(
-            sessions=big_ledger.sessions, publisher=publisher, broker_url=redis_url, run_id=big_ledger.target
+            sessions=big_ledger.sessions,
+            publisher=publisher,
+            broker_url=redis_url,
+            jobs_per_message=16,
+            run_id=big_ledger.target,
+            # The whole queue: its broker list is empty, so every queued job lacks a token.
+            unacked_stale_seconds=300,
         )
-    # The broker is empty: every queued job of the run (and each expired lease taken back) is republished.
-    assert report.republished == publisher.published - report.leases_requeued
-    assert report.republished is not None and report.republished > 38_000
-    pages = [p for p in plans if "jobs.queued_at <" in p.sql]
-    _assert_indexed(pages, expect="ix_jobs_run_state_id")
-    _assert_streams(pages, page=10_000)
+    assert report.leases_requeued == expired and expired > 500
+    # The broker's list is empty (this publisher only counts): tokens for every queued job of the queue,
+    # the requeued ones included.
+    assert report.republished == queued + expired
+    assert publisher.published == report.leases_requeued + report.republished
     _assert_indexed(plans, expect="ix_jobs_running_attempt")
+    scans = [scan for plan in plans for scan in plan.scans_of_jobs()]
+    assert not any(scan.endswith(":ix_jobs_run_state_id") for scan in scans), scans

@@ -1,41 +1,82 @@
-"""The reconciler's grace for a lost message counts from the job's queue time and from the run's last
-publication: a long submit inserts its jobs well before it publishes them, and they are not lost."""
+"""The reconciler counts claim tokens against queued jobs, queue by queue, on a real Redis: it publishes
+what a lost token leaves uncovered and nothing while the tokens cover the queue, counts tokens a live
+worker holds, and leaves out a run whose submit is still publishing (it inserts its jobs well before it
+publishes their tokens)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import timedelta
 
+import redis
 from sqlalchemy import update
 
 from tests.integration.ledger_helpers import ledger, make_run
 from vlmbatch.schema.enqueue import mark_published
-from vlmbatch.schema.tables import Job, Run, utcnow
+from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.tables import Run, utcnow
+from vlmbatch.worker.transport.celery_app import make_celery
+from vlmbatch.worker.transport.publisher import RedisPublisher
 from vlmbatch.worker.transport.reconciler import reconcile
 
+PER_MESSAGE = 16
 
-class RecordingPublisher:
+
+class CountingPublisher:
     def __init__(self) -> None:
-        self.published: list[int] = []
+        self.published = 0
 
-    def publish(self, queue: str, job_ids: Sequence[int], *, countdown: float | None = None) -> int:
-        self.published.extend(job_ids)
+    def publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> int:
+        self.published += jobs
         return 1
 
 
-def test_jobs_of_a_run_still_publishing_are_not_republished(database_url: str, redis_url: str) -> None:
+def test_jobs_of_a_run_still_publishing_are_not_republished(database_url: str, redis_url: str, queue_name: str) -> None:
     sessions = ledger(database_url)
-    run_id, ids = make_run(sessions, jobs=5)
+    make_run(sessions, jobs=5, queue=queue_name)
     long_ago = utcnow() - timedelta(minutes=10)
-    with sessions() as session, session.begin():
-        # Inserted ten minutes ago by a submit that is still publishing (the broker holds nothing yet).
-        session.execute(update(Job).values(queued_at=long_ago))
-        mark_published(session, run_id=run_id)
-    publisher = RecordingPublisher()
-    report = reconcile(sessions=sessions, publisher=publisher, broker_url=redis_url, grace_seconds=30)
-    assert report.republished == 0 and publisher.published == []
+    with sessions() as session, session.begin():  # a submit still publishing (the broker holds nothing yet)
+        mark_published(session, run_id=session.query(Run.id).scalar())
+    publisher = CountingPublisher()
 
+    def reconciled() -> int | None:
+        return reconcile(
+            sessions=sessions, publisher=publisher, broker_url=redis_url, jobs_per_message=PER_MESSAGE, grace_seconds=30
+        ).republished
+
+    assert reconciled() == 0 and publisher.published == 0
     with sessions() as session, session.begin():  # the submit died: no publication for the grace time
         session.execute(update(Run).values(published_at=long_ago))
-    report = reconcile(sessions=sessions, publisher=publisher, broker_url=redis_url, grace_seconds=30)
-    assert report.republished == 5 and sorted(publisher.published) == ids
+    assert reconciled() == 5 and publisher.published == 5
+
+
+def test_tokens_lost_from_the_queue_are_published_again_and_spare_ones_are_not(
+    database_url: str, redis_url: str, queue_name: str
+) -> None:
+    sessions = ledger(database_url)
+    make_run(sessions, jobs=40, queue=queue_name)  # three tokens' worth (16 + 16 + 8)
+    app = make_celery(Settings(broker_url=redis_url, queue=queue_name))  # type: ignore[call-arg]
+    publisher = RedisPublisher(app, jobs_per_message=PER_MESSAGE)
+    assert publisher.publish(queue_name, 40) == 3
+    client = redis.Redis.from_url(redis_url)
+
+    def reconciled() -> int | None:
+        return reconcile(
+            sessions=sessions, publisher=publisher, broker_url=redis_url, jobs_per_message=PER_MESSAGE, grace_seconds=0
+        ).republished
+
+    try:
+        assert reconciled() == 0 and client.llen(queue_name) == 3  # covered: nothing published
+        client.rpop(queue_name)  # one token lost
+        assert reconciled() == 8 and client.llen(queue_name) == 3  # 32 covered, 8 were not: one token
+        client.delete(queue_name)  # Redis lost the queue
+        assert reconciled() == 40 and client.llen(queue_name) == 3
+        with app.connection_for_read() as connection:
+            held = connection.SimpleQueue(queue_name).get(timeout=5)  # delivered to a worker, not acknowledged
+            assert client.llen(queue_name) == 2
+            assert reconciled() == 0  # the held token still covers its jobs
+            client.zadd("unacked_index", {str(held.delivery_tag): 0})  # delivered long ago: its worker is dead
+            assert reconciled() == 8 and client.llen(queue_name) == 3
+            held.ack()
+    finally:
+        client.delete(queue_name)
+        client.close()

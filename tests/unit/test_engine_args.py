@@ -91,3 +91,14 @@ def test_vllms_multiline_refusals_become_one_line() -> None:
     assert (
         refusal(RuntimeError("Engine core initialization failed.\nSee above.")) == "Engine core initialization failed."
     )
+
+
+def test_the_engine_sends_no_usage_statistics_unless_the_user_asks() -> None:
+    from vlmbatch.worker.engines.vllm_engine import keep_vllm_offline
+
+    environ: dict[str, str] = {}
+    keep_vllm_offline(environ)
+    assert environ == {"VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"}
+    chosen = {"VLLM_NO_USAGE_STATS": "0"}
+    keep_vllm_offline(chosen)
+    assert chosen["VLLM_NO_USAGE_STATS"] == "0"

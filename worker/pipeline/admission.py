@@ -1,9 +1,9 @@
 """Taking work in: jobs claimed from the ledger into the worker's capacity.
 
-Two feeds: `admit(job_ids)` from Celery tasks (the distributed path), whose claims are coalesced across
-messages, and `feed_run(run_id)`, which claims a run's queued jobs straight from the database (the
-embedded path of `vlmbatch run`). Either way a slot is taken before a claim and given back for every id
-that could not be claimed.
+Two feeds: `admit(jobs)` from Celery tasks (claim tokens, the distributed path), whose claims are
+coalesced across messages, and `feed_run(run_id)`, which claims a run's queued jobs straight from the
+database (the embedded path of `vlmbatch run`). Either way a slot is taken before a claim and given back
+for every job that could not be claimed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.claims import ClaimedJob, claim_jobs, claim_next
+from vlmbatch.schema.claims import ClaimedJob, QueueClaimer, claim_next
 from vlmbatch.schema.keyset import Keyset
 from vlmbatch.schema.reconcile import requeue_expired_leases
 from vlmbatch.schema.settings import Settings
@@ -56,57 +56,63 @@ class Admission:
         # Why the worker takes no more work (None while it does).
         self._stopping = stopping
         self._holds_jobs_of = holds_jobs_of
-        self._claims: asyncio.Queue[tuple[list[int], asyncio.Future[int]]] = asyncio.Queue()
+        self._claims: asyncio.Queue[tuple[int, asyncio.Future[int]]] = asyncio.Queue()
+        # Only the claim loop uses it (one task): it remembers the queue's runs with queued jobs.
+        self._claimer = QueueClaimer(queue=settings.queue, model=model)
 
     def _check_running(self) -> None:
         reason = self._stopping()
         if reason is not None:
             raise WorkerStopping(reason)
 
-    async def admit(self, job_ids: list[int]) -> int:
-        """Claim `job_ids` once there is room; return how many were claimed (others are no longer queued)."""
+    async def admit(self, jobs: int) -> int:
+        """Claim up to `jobs` queued jobs once there is room; return how many were claimed (fewer when
+        the queue has fewer claimable jobs: a spare token claims nothing)."""
         self._check_running()
         claimed = 0
-        # A message may carry more ids than the whole capacity: claim it in capacity-sized parts.
+        # A token may ask for more jobs than the whole capacity: claim it in capacity-sized parts.
         step = self._capacity.total
-        for start in range(0, len(job_ids), step):
-            part = job_ids[start : start + step]
-            await self._capacity.take(len(part))
+        for start in range(0, jobs, step):
+            part = min(step, jobs - start)
+            await self._capacity.take(part)
             if self._stopping() is not None:
-                await self._capacity.give(len(part))
+                await self._capacity.give(part)
                 self._check_running()
             done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._claims.put_nowait((part, done))
-            claimed += await done
+            mine = await done
+            claimed += mine
+            if mine < part:  # the queue ran dry: the rest of the token would claim nothing either
+                break
         return claimed
 
     async def claim_loop(self) -> None:
-        """Claims what the Celery tasks hand over, several messages per transaction: one round of
-        claiming costs the database about the same for 16 jobs as for 500."""
+        """Claims what the Celery tasks ask for, several tokens per transaction: one round of claiming
+        costs the database about the same for 16 jobs as for 500."""
         while True:
             batch = [await self._claims.get()]
-            while not self._claims.empty() and sum(len(part) for part, _ in batch) < CLAIM_BATCH:
+            while not self._claims.empty() and sum(part for part, _ in batch) < CLAIM_BATCH:
                 batch.append(self._claims.get_nowait())
-            ids = [job_id for part, _ in batch for job_id in part]
             try:
                 jobs = await self._db.transaction(
                     partial(
-                        claim_jobs,
-                        job_ids=ids,
+                        self._claimer.claim,
+                        limit=sum(part for part, _ in batch),
                         worker=self._worker_id,
                         lease_seconds=self._settings.lease_seconds,
-                        model=self._model,
                     )
                 )
             except Exception as exc:
                 for part, done in batch:
-                    await self._capacity.give(len(part))
+                    await self._capacity.give(part)
                     done.set_exception(exc)
                 continue
-            claimed = {job.job_id for job in jobs}
+            # The claimed jobs go to the tokens in their order; a token left short gives its slots back.
+            left = len(jobs)
             for part, done in batch:
-                mine = sum(1 for job_id in part if job_id in claimed)
-                await self._capacity.give(len(part) - mine)
+                mine = min(part, left)
+                left -= mine
+                await self._capacity.give(part - mine)
                 done.set_result(mine)
             for job in jobs:
                 await self._launch(job)

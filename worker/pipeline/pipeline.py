@@ -18,7 +18,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -108,12 +108,12 @@ class Pipeline:
         self._thread.start()
         self._call(self._start())
 
-    def admit(self, job_ids: Sequence[int]) -> int:
-        """Claim `job_ids` into this worker once there is room; return how many were claimed.
-        Raises WorkerStopping when the pipeline is shutting down."""
+    def admit(self, jobs: int) -> int:
+        """Claim up to `jobs` queued jobs of this worker's queue once there is room (a claim token); return
+        how many were claimed. Raises WorkerStopping when the pipeline is shutting down."""
         self.last_admitted_at = time.monotonic()
         try:
-            return self._call(self._admission.admit(list(job_ids)))
+            return self._call(self._admission.admit(jobs))
         except CancelledError as exc:  # the pipeline stopped while this claim waited for room
             raise WorkerStopping("worker is stopping") from exc
 
@@ -331,18 +331,18 @@ class Pipeline:
                 requeued.setdefault((run.queue, report.retry_after_s), []).append(report.job_id)
         await self._capacity.give(len(batch))
         for (queue, delay), job_ids in requeued.items():
-            await self._publish(queue, job_ids, countdown=delay)
+            await self._publish(queue, len(job_ids), countdown=delay)
 
     async def _drop_uncommitted(self, batch: list[AttemptReport]) -> None:
         for report in batch:
             self._inflight.pop(report.attempt_id, None)
         await self._capacity.give(len(batch))
 
-    async def _publish(self, queue: str, job_ids: list[int], *, countdown: float | None = None) -> None:
+    async def _publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> None:
         try:
-            await self._db.blocking(partial(self._publisher.publish, queue, job_ids, countdown=countdown))
-        except Exception:  # the reconciler republishes queued jobs whose message was lost
-            log.exception("could not publish %d requeued jobs; the reconciler will", len(job_ids))
+            await self._db.blocking(partial(self._publisher.publish, queue, jobs, countdown=countdown))
+        except Exception:  # the reconciler publishes tokens for queued jobs that have none
+            log.exception("could not publish tokens for %d requeued jobs; the reconciler will", jobs)
 
     # -- handing back --------------------------------------------------------------------------------
 
@@ -380,4 +380,4 @@ class Pipeline:
             if report.outcome is AttemptOutcome.ABANDONED and handed is not None:
                 by_queue.setdefault(self._runs[handed.job.run_id].queue, []).append(report.job_id)
         for queue, job_ids in by_queue.items():
-            await self._publish(queue, job_ids)
+            await self._publish(queue, len(job_ids))

@@ -1,16 +1,20 @@
-"""Reading which job ids the broker still holds messages for, so that the reconciler can republish the
-queued jobs whose messages were lost (Redis restarted without its data, a publish that never happened).
+"""What the broker holds of a queue's claim tokens (worker/transport/tokens.py), so that the reconciler
+can publish tokens for the queued jobs that have none (Redis restarted without its data, a publish that
+never happened, a worker that died holding tokens).
 
-Supported: Redis (queue lists plus the unacknowledged-message hash) and kombu's SQLAlchemy transport
-(visible messages). For other brokers the scan returns None and only expired leases are reconciled.
+Supported: Redis (the queue's lists by length, plus the unacknowledged-message hash) and kombu's
+SQLAlchemy transport (visible messages, counted). For other brokers the scan returns None and only
+expired leases are reconciled.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
+
+from vlmbatch.worker.transport.tokens import token_jobs
 
 # kombu's Redis transport: priority queues live in lists named queue + separator + step.
 _PRIORITY_SEPARATOR = "\x06\x16"
@@ -20,85 +24,61 @@ _UNACKED_INDEX = "unacked_index"  # delivery tag → delivery time
 _PAGE = 5000
 
 
-def job_ids_in_broker(broker_url: str, queues: Iterable[str], *, unacked_stale_s: float) -> set[int] | None:
-    """Job ids carried by messages waiting in `queues`, or delivered but not acknowledged for less than
-    `unacked_stale_s` (an older delivery most likely belongs to a worker that died holding it; Redis would
-    only redeliver it after the visibility timeout, hours later)."""
-    queues = list(queues)
+def jobs_covered(broker_url: str, queue: str, *, jobs_per_message: int, unacked_stale_s: float) -> int | None:
+    """How many jobs the tokens of `queue` can still claim: those waiting (each counted as
+    `jobs_per_message`, by the lists' lengths: no message is read) and those delivered but not
+    acknowledged for less than `unacked_stale_s` (by their own count; an older delivery most likely
+    belongs to a worker that died holding it, and Redis would redeliver it only hours later)."""
     if broker_url.startswith(("redis://", "rediss://")):
-        return set(_ids(_redis_payloads(broker_url, queues, unacked_stale_s)))
+        return _redis_covered(broker_url, queue, jobs_per_message, unacked_stale_s)
     if broker_url.startswith("sqla+"):
-        return set(_ids(_sqla_payloads(broker_url.removeprefix("sqla+"), queues)))
+        # Delivered messages are invisible there and not counted: at worst a few spare tokens.
+        waiting = queue_depth(broker_url, queue)
+        return None if waiting is None else waiting * jobs_per_message
     return None
 
 
-def _redis_payloads(url: str, queues: list[str], unacked_stale_s: float) -> Iterator[str | bytes]:
+def _redis_covered(url: str, queue: str, jobs_per_message: int, unacked_stale_s: float) -> int:
     import time
 
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        for queue in queues:
-            for key in [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]:
-                start = 0
-                while page := client.lrange(key, start, start + _PAGE - 1):
-                    yield from page
-                    start += _PAGE
-        fresh = {
-            tag.decode() if isinstance(tag, bytes) else str(tag)
-            for tag in client.zrangebyscore(_UNACKED_INDEX, time.time() - unacked_stale_s, "+inf")
-        }
-        for tag, value in client.hscan_iter(_UNACKED_HASH, count=_PAGE):
-            if (tag.decode() if isinstance(tag, bytes) else str(tag)) not in fresh:
-                continue
-            try:
-                message, _exchange, routing_key = json.loads(value)
-            except (ValueError, TypeError):
-                continue
-            if routing_key in queues:
-                yield json.dumps(message)
+        keys = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.llen(key)
+        covered = sum(int(n) for n in pipe.execute()) * jobs_per_message
+        # As many entries as tokens in flight across the fleet (its prefetch), whatever the queue's length.
+        fresh = cast(list[bytes], client.zrangebyscore(_UNACKED_INDEX, time.time() - unacked_stale_s, "+inf"))
+        for start in range(0, len(fresh), _PAGE):
+            for value in client.hmget(_UNACKED_HASH, fresh[start : start + _PAGE]):
+                covered += _unacked_jobs(value, queue)
+        return covered
     finally:
         client.close()
 
 
-def _sqla_payloads(url: str, queues: list[str]) -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
+def _unacked_jobs(value: bytes | str | None, queue: str) -> int:
+    """The jobs an unacknowledged message of `queue` asks for (0 for another queue's or a foreign one)."""
+    if value is None:
+        return 0
     try:
-        with engine.connect() as connection:
-            tables = set(engine.dialect.get_table_names(connection))
-            if "kombu_message" not in tables:
-                return
-            rows = connection.execute(
-                text(
-                    "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
-                    f"WHERE m.visible AND q.name IN ({', '.join(f':q{i}' for i in range(len(queues)))})"
-                ),
-                {f"q{i}": name for i, name in enumerate(queues)},
-            )
-            for (payload,) in rows:
-                yield payload
-    finally:
-        engine.dispose()
+        message, _exchange, routing_key = json.loads(value)
+        if routing_key != queue:
+            return 0
+        return token_jobs(_argument(message)) or 0
+    except (ValueError, TypeError, KeyError, IndexError):
+        return 0
 
 
-def _ids(payloads: Iterable[str | bytes]) -> Iterator[int]:
-    for payload in payloads:
-        try:
-            yield from _job_ids_of(json.loads(payload))
-        except (ValueError, TypeError, KeyError):
-            continue  # not one of our messages
-
-
-def _job_ids_of(message: dict[str, Any]) -> list[int]:
+def _argument(message: dict[str, Any]) -> object:
     body = message["body"]
     if message.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
     args = json.loads(body)[0]
-    ids = args[0] if args else []
-    return [i for i in ids if isinstance(i, int)]
+    return args[0] if args else None
 
 
 def touch_unacked(broker_url: str, delivery_tags: Iterable[str]) -> int:

@@ -85,12 +85,13 @@ class Maintenance:
                 sessions=self._sessions,
                 publisher=self._publisher,
                 broker_url=self._settings.resolved_broker_url(),
+                jobs_per_message=self._settings.jobs_per_message,
                 grace_seconds=self._settings.republish_grace_seconds,
                 unacked_stale_seconds=self._settings.unacked_stale_seconds,
             )
         if report.leases_requeued or report.leases_failed or report.republished:
             log.warning(
-                "reconciled: %d expired leases requeued, %d failed for good, %s lost messages republished",
+                "reconciled: %d expired leases requeued, %d failed for good, tokens for %s queued jobs republished",
                 report.leases_requeued,
                 report.leases_failed,
                 report.republished,

@@ -1,13 +1,14 @@
-"""Publishing job ids to the broker in messages of up to `jobs_per_message` ids, over one connection."""
+"""Publishing claim tokens: each message asks a worker of the queue to claim up to `jobs_per_message`
+queued jobs from the ledger (worker/transport/claim_tokens.py says why messages carry no job ids)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import socket
 import uuid
-from collections.abc import Sequence
 from typing import Protocol
 
 from celery import Celery
@@ -16,9 +17,13 @@ from vlmbatch.worker.transport.celery_app import RUN_JOBS_TASK
 
 
 class Publisher(Protocol):
-    def publish(self, queue: str, job_ids: Sequence[int], *, countdown: float | None = None) -> int:
-        """Publish messages asking workers to claim `job_ids`; return the number of messages."""
+    def publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> int:
+        """Publish enough claim tokens for `jobs` queued jobs of `queue`; return the number of messages."""
         ...
+
+
+def tokens_for(jobs: int, jobs_per_message: int) -> int:
+    return math.ceil(max(0, jobs) / jobs_per_message)
 
 
 class CeleryPublisher:
@@ -26,15 +31,15 @@ class CeleryPublisher:
         self._app = app
         self._per_message = jobs_per_message
 
-    def publish(self, queue: str, job_ids: Sequence[int], *, countdown: float | None = None) -> int:
-        if not job_ids:
+    def publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> int:
+        messages = tokens_for(jobs, self._per_message)
+        if not messages:
             return 0
-        messages = 0
         with self._app.producer_or_acquire() as producer:
-            for start in range(0, len(job_ids), self._per_message):
-                chunk = [int(i) for i in job_ids[start : start + self._per_message]]
-                self._app.send_task(RUN_JOBS_TASK, args=[chunk], queue=queue, producer=producer, countdown=countdown)
-                messages += 1
+            for _ in range(messages):
+                self._app.send_task(
+                    RUN_JOBS_TASK, args=[self._per_message], queue=queue, producer=producer, countdown=countdown
+                )
         return messages
 
 
@@ -58,31 +63,28 @@ class RedisPublisher:
         self._fallback = CeleryPublisher(app, jobs_per_message=jobs_per_message)
         self._origin = f"{socket.gethostname()}:{os.getpid()}"
 
-    def publish(self, queue: str, job_ids: Sequence[int], *, countdown: float | None = None) -> int:
+    def publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> int:
         if countdown:
-            return self._fallback.publish(queue, job_ids, countdown=countdown)
-        envelopes = [
-            self.envelope(queue, [int(i) for i in job_ids[start : start + self._per_message]])
-            for start in range(0, len(job_ids), self._per_message)
-        ]
+            return self._fallback.publish(queue, jobs, countdown=countdown)
+        messages = tokens_for(jobs, self._per_message)
         pipe = self._client.pipeline(transaction=False)
-        for start in range(0, len(envelopes), self.PUSH_BATCH):
-            pipe.lpush(queue, *envelopes[start : start + self.PUSH_BATCH])
+        for start in range(0, messages, self.PUSH_BATCH):
+            pipe.lpush(queue, *(self.envelope(queue) for _ in range(min(self.PUSH_BATCH, messages - start))))
         pipe.execute()
-        return len(envelopes)
+        return messages
 
-    def envelope(self, queue: str, job_ids: list[int]) -> str:
-        """One Celery message asking a worker to claim `job_ids`, as kombu's Redis transport stores it."""
+    def envelope(self, queue: str) -> str:
+        """One Celery message asking a worker to claim up to `jobs_per_message` jobs, as kombu's Redis
+        transport stores it."""
         task_id = str(uuid.uuid4())
         message = self._app.amqp.as_task_v2(
             task_id,
             RUN_JOBS_TASK,
-            args=(job_ids,),
+            args=(self._per_message,),
             kwargs={},
             origin=self._origin,
             ignore_result=True,
-            # What Celery would show, without its (slow) safe repr of every argument.
-            argsrepr=f"[{job_ids}]",
+            argsrepr=f"({self._per_message},)",
             kwargsrepr="{}",
         )
         body = json.dumps(message.body)
@@ -114,5 +116,5 @@ def publisher_for(app: Celery, *, jobs_per_message: int) -> Publisher:
 class NullPublisher:
     """For the embedded worker, which reads the queue straight from the database."""
 
-    def publish(self, queue: str, job_ids: Sequence[int], *, countdown: float | None = None) -> int:
+    def publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> int:
         return 0
