@@ -3,7 +3,8 @@ run grows a hundredfold, two sizes side by side in one run (DESIGN.md, "Scale": 
 
 At each size, into a fresh PostgreSQL database and Redis: `vlmbatch submit` of N jobs (wall, jobs/s,
 peak RSS); `vlmbatch reconcile` with nothing lost and again after 1% of the messages were deleted from
-Redis (wall, peak RSS, republished); the claim of one message's jobs (median of 20, rolled back);
+Redis (wall, peak RSS, jobs whose tokens were republished); the claim of one token's jobs (the queue's
+oldest 16 queued jobs, median of 20, rolled back);
 `status` and the browser's run page, `?status=queued` page and a deep keyset page (median of 5, rendered
 in-process by the browser app); 2 `vlmbatch worker` processes on the fake engine, jobs/s over the first
 WINDOW seconds after their first result; a heartbeat renewing 10,000 running leases (and the share of
@@ -64,7 +65,7 @@ def measure(work: Path, n: int, window: float) -> dict[str, float]:
     from sqlalchemy import select, text
 
     from vlmbatch.producer.browser.app import build_app
-    from vlmbatch.schema.claims import claim_jobs, renew_leases
+    from vlmbatch.schema.claims import QueueClaimer, claim_jobs, renew_leases
     from vlmbatch.schema.database import open_ledger
     from vlmbatch.schema.settings import Settings
     from vlmbatch.schema.status import run_progress
@@ -91,15 +92,14 @@ def measure(work: Path, n: int, window: float) -> dict[str, float]:
     row |= {"reconcile, 1% lost: s": wall, "reconcile, 1% lost: MB": rss, "republished": json.loads(out)["republished"]}
 
     _, sessions = open_ledger(db, auto_migrate=False)
-    with sessions() as session:
-        message = list(session.scalars(select(Job.id).where(Job.run_id == run_id).order_by(Job.id.desc()).limit(16)))
+    claimer = QueueClaimer(queue=QUEUE, model="fake-model")  # as a worker keeps it: warm after one claim
 
     def claim_once() -> None:
         with sessions() as session, session.begin():
-            assert len(claim_jobs(session, job_ids=message, worker="bench", lease_seconds=60)) == len(message)
+            assert len(claimer.claim(session, limit=MESSAGE_JOBS, worker="bench", lease_seconds=60)) == MESSAGE_JOBS
             session.rollback()
 
-    row["claim of one message, ms"] = median_ms(claim_once, 20)
+    row["claim of one token, ms"] = median_ms(claim_once, 20)
 
     def status_once() -> None:
         with sessions() as session:
