@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from itertools import islice
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.sources import RowErrors, Source, SpecCheck, checked_rows
@@ -29,6 +30,7 @@ from vlmbatch.schema.errors import BrokerUnavailable
 from vlmbatch.schema.grading import normalize_reference, parse_options
 from vlmbatch.schema.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.runs import create_or_reuse_run, get_or_create_run
+from vlmbatch.schema.tables import Job
 from vlmbatch.worker.transport.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
@@ -74,6 +76,23 @@ def submit(
         skipped += len(chunk) - len(new_ids)
     _raise_if_unpublished(broker_error, run.id, submitted)
     return SubmitReport(run=run.id, submitted=submitted, skipped=skipped)
+
+
+def publish_run(sessions: sessionmaker[Session], publisher: Publisher, *, queue: str, run_id: int) -> None:
+    """Publish every job of the run (a submit made with a publisher that held its messages back), in
+    keyset pages read each in its own short session: no cursor stays open while the run is marked.
+    Raises BrokerUnavailable when the broker cannot be reached (the rest is left to the reconciler)."""
+    last_id = published = 0
+    while True:
+        with sessions() as session:
+            stmt = select(Job.id).where(Job.run_id == run_id, Job.id > last_id).order_by(Job.id).limit(SUBMIT_CHUNK)
+            job_ids = list(session.scalars(stmt))
+        if not job_ids:
+            return
+        _raise_if_unpublished(_publish(publisher, queue, job_ids), run_id, published)
+        with sessions() as session, session.begin():
+            mark_published(session, run_id=run_id)
+        last_id, published = job_ids[-1], published + len(job_ids)
 
 
 def _publish(publisher: Publisher, queue: str, job_ids: list[int]) -> Exception | None:

@@ -250,3 +250,8 @@ class ApiBatch(Base):
     finalizing_at: Mapped[datetime | None]
     # When the output files were written (the batch is `completed`, or `cancelled` after a cancel).
     finished_at: Mapped[datetime | None]
+    # The deadline: created_at + completion_window. Past it with work unfinished, the batch is expired.
+    expires_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    # When a cancel was asked: possibly while `validating`, before the batch has a run.
+    cancelling_at: Mapped[datetime | None]
