@@ -16,6 +16,7 @@ from itertools import islice
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.sources import RowErrors, Source, SpecCheck, checked_rows
+from vlmbatch.schema.counters import read_counts
 from vlmbatch.schema.enqueue import (
     PostgresStaging,
     StagedRow,
@@ -28,6 +29,7 @@ from vlmbatch.schema.errors import BrokerUnavailable
 from vlmbatch.schema.grading import normalize_reference, parse_options
 from vlmbatch.schema.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.runs import create_or_reuse_run, get_or_create_run
+from vlmbatch.schema.states import JobState
 from vlmbatch.worker.transport.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
@@ -54,16 +56,18 @@ def submit(
     queue: str,
     run_name: str | None = None,
     question: str | None = None,
+    held: bool = False,
 ) -> SubmitReport:
-    """Submit every job of `source` to the run. Raises SourceError (nothing written) for a bad source,
+    """Submit every job of `source` to the run (`held`: a new run's jobs are not claimable until it is
+    released, schema.runs.release_run). Raises SourceError (nothing written) for a bad source,
     RunConflict when the named run exists with other settings."""
     name = run_name or default_run_name(source.uri, question, settings)
     if sessions.kw["bind"].dialect.name == "postgresql":
         return _submit_in_one_transaction(
-            sessions=sessions, publisher=publisher, source=source, settings=settings, queue=queue, name=name
+            sessions=sessions, publisher=publisher, source=source, settings=settings, queue=queue, name=name, held=held
         )
     source.validate(_reference_check(settings))
-    run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri)
+    run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri, held=held)
     submitted = skipped = 0
     broker_error: Exception | None = None
     for chunk in _chunks(source.specs(), SUBMIT_CHUNK):
@@ -75,6 +79,18 @@ def submit(
         skipped += len(chunk) - len(new_ids)
     _raise_if_unpublished(broker_error, run.id, submitted)
     return SubmitReport(run=run.id, submitted=submitted, skipped=skipped)
+
+
+def publish_run(sessions: sessionmaker[Session], publisher: Publisher, *, queue: str, run_id: int) -> None:
+    """Publish claim tokens for the run's queued jobs (a submit made with a publisher that held them
+    back), by its counters, in parts, each noted as published. Raises BrokerUnavailable when the broker
+    cannot be reached (the rest is left to the reconciler)."""
+    with sessions() as session:
+        queued = read_counts(session, run_id).by_state[JobState.QUEUED.value]
+    for start in range(0, queued, PUBLISH_PART):
+        _raise_if_unpublished(_publish(publisher, queue, min(PUBLISH_PART, queued - start)), run_id, queued)
+        with sessions() as session, session.begin():
+            mark_published(session, run_id=run_id)
 
 
 def _publish(publisher: Publisher, queue: str, jobs: int) -> Exception | None:
@@ -108,11 +124,12 @@ def _submit_in_one_transaction(
     settings: RunSettings,
     queue: str,
     name: str,
+    held: bool,
 ) -> SubmitReport:
     errors = RowErrors(source.uri)
     seen = submitted = 0
     with sessions() as session, session.begin():
-        run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri)
+        run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri, held=held)
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
         for where, spec in checked_rows(source, _reference_check(settings)):

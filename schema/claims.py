@@ -110,12 +110,12 @@ def claim_next(
 
 
 def runs_with_queued_jobs(session: Session, *, queue: str, model: str | None = None) -> list[int]:
-    """The runs of `queue` (serving `model`, when given) that have queued jobs, oldest first, by their
-    counters: one probe of ix_run_counts_state per run that ever had queued jobs, none per job."""
+    """The runs of `queue` (serving `model`, when given, and not held) that have queued jobs, oldest
+    first, by their counters: ix_run_counts_state's rows of runs that ever had queued jobs, none per job."""
     stmt = (
         select(RunCount.run_id)
         .join(Run, Run.id == RunCount.run_id)
-        .where(RunCount.state == JobState.QUEUED.value, Run.queue == queue)
+        .where(RunCount.state == JobState.QUEUED.value, Run.queue == queue, Run.held.is_(False))
         .group_by(RunCount.run_id)
         .having(func.sum(RunCount.jobs) > 0)
         .order_by(RunCount.run_id)

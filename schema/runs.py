@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,13 +29,15 @@ def run_settings(run: Run) -> RunSettings:
     return RunSettings.model_validate(run.settings)
 
 
-def get_or_create_run(session: Session, *, name: str, settings: RunSettings, queue: str, source: str | None) -> Run:
-    """Within the caller's transaction: the run called `name`, created if new. Raises RunConflict when it
-    exists with other settings."""
+def get_or_create_run(
+    session: Session, *, name: str, settings: RunSettings, queue: str, source: str | None, held: bool = False
+) -> Run:
+    """Within the caller's transaction: the run called `name`, created if new (`held`: its jobs are not
+    claimable until released). Raises RunConflict when it exists with other settings."""
     wanted = settings.model_dump(mode="json")
     run = session.scalar(select(Run).where(Run.name == name))
     if run is None:
-        run = Run(name=name, model=settings.model, queue=queue, settings=wanted, source=source)
+        run = Run(name=name, model=settings.model, queue=queue, settings=wanted, source=source, held=held)
         session.add(run)
         session.flush()
         return run
@@ -56,6 +58,7 @@ def create_or_reuse_run(
     settings: RunSettings,
     queue: str,
     source: str | None,
+    held: bool = False,
 ) -> Run:
     """The run called `name`, created with `settings` if new, in a transaction of its own.
 
@@ -65,7 +68,12 @@ def create_or_reuse_run(
     for _ in range(2):  # a concurrent submit may create the same run between our read and our insert
         try:
             with sessions() as session, session.begin():
-                return get_or_create_run(session, name=name, settings=settings, queue=queue, source=source)
+                return get_or_create_run(session, name=name, settings=settings, queue=queue, source=source, held=held)
         except IntegrityError:
             continue
     raise RunConflict(f"run {name!r} could not be created")
+
+
+def release_run(session: Session, *, run_id: int) -> None:
+    """Make a held run's queued jobs claimable (in the caller's transaction)."""
+    session.execute(update(Run).where(Run.id == run_id).values(held=False))

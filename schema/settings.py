@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     # Batch API (`vlmbatch serve`, under /v1): accepted keys, comma-separated (`Authorization: Bearer`);
     # without keys, `serve` binds loopback addresses only.
     api_keys: SecretStr | None = None
+    # A file of hashed keys, one `sha256:<hex>` per line (`#` comments allowed), besides or instead.
+    api_keys_file: Path | None = None
     # Largest batch input file accepted by `POST /v1/files` (OpenAI's own limit: 200 MB).
     api_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -62,6 +63,9 @@ class Run(Base):
     # When a submit last committed or published jobs of this run: the reconciler's grace for a lost
     # message counts from here too, since a long submit publishes its jobs well after inserting them.
     published_at: Mapped[datetime | None]
+    # Its queued jobs are not claimable yet: a Batch API batch still `validating` (it may be cancelled
+    # before it is accepted, and then none of its jobs may run).
+    held: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class Job(Base):
@@ -255,3 +259,8 @@ class ApiBatch(Base):
     finalizing_at: Mapped[datetime | None]
     # When the output files were written (the batch is `completed`, or `cancelled` after a cancel).
     finished_at: Mapped[datetime | None]
+    # The deadline: created_at + completion_window. Past it with work unfinished, the batch is expired.
+    expires_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    # When a cancel was asked: possibly while `validating`, before the batch has a run.
+    cancelling_at: Mapped[datetime | None]

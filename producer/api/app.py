@@ -6,17 +6,16 @@ Ledger and file work runs in the thread pool; every refusal is an OpenAI-shaped 
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -34,7 +33,7 @@ from vlmbatch.producer.api.files import (
     limited_receive,
     too_large,
 )
-from vlmbatch.producer.browser.auth import Access
+from vlmbatch.producer.api.keys import ApiKeys, RequireApiKey
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -45,52 +44,9 @@ DEFAULT_LIST_LIMIT = 20
 T = TypeVar("T")
 
 
-def api_keys(settings: Settings) -> tuple[str, ...]:
-    """The configured API keys (VLMBATCH_API_KEYS, comma-separated), blanks dropped."""
-    raw = settings.api_keys.get_secret_value() if settings.api_keys else ""
-    return tuple(key.strip() for key in raw.split(",") if key.strip())
-
-
-class RequireApiKey:
-    """Refuses (401, OpenAI's shape) a request whose `Authorization: Bearer` is none of `keys`; with no
-    keys configured, only requests for our own (loopback) host pass (`serve` then serves the API on loopback only)."""
-
-    def __init__(self, app: ASGIApp, keys: Sequence[str], *, bound_host: str) -> None:
-        self._app = app
-        self._keys = [key.encode() for key in keys]
-        # Without keys, only requests for our own (loopback) host, as the browser does: a web page
-        # elsewhere cannot reach the API through DNS rebinding.
-        self._host_check = Access(None, bound_host=bound_host)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            error = self._refusal(Headers(scope=scope))
-            if error is not None:
-                await error.response()(scope, receive, send)
-                return
-        await self._app(scope, receive, send)
-
-    def _refusal(self, headers: Headers) -> ApiError | None:
-        if not self._keys:
-            verdict = self._host_check.check(
-                query_token=None, authorization=None, cookie=None, host=headers.get("host")
-            )
-            return None if verdict.allowed else ApiError(403, verdict.reason, code="forbidden_host")
-        if not self._allowed(headers.get("authorization")):
-            return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-        return None
-
-    def _allowed(self, authorization: str | None) -> bool:
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        offered = given.strip().encode()
-        # Every key is compared, in constant time each: which key matched (or how nearly) does not leak.
-        return sum(hmac.compare_digest(offered, key) for key in self._keys) > 0
-
-
 def build_api(settings: Settings, *, sessions: sessionmaker[Session], publisher: Publisher) -> ASGIApp:
-    """The Batch API over the ledger of `sessions`, publishing submitted jobs with `publisher`."""
+    """The Batch API over the ledger of `sessions`, publishing submitted jobs with `publisher`. Raises
+    KeyFileError when the keys file cannot be read."""
     files = FileStore(sessions, (settings.home / API_FILES).resolve(), max_bytes=settings.api_max_file_bytes)
     api = _Endpoints(files, BatchService(sessions=sessions, publisher=publisher, files=files, settings=settings))
     routes = [
@@ -107,7 +63,7 @@ def build_api(settings: Settings, *, sessions: sessionmaker[Session], publisher:
         routes=routes,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )
-    return RequireApiKey(app, api_keys(settings), bound_host=settings.browser_host)
+    return RequireApiKey(app, ApiKeys.from_settings(settings), bound_host=settings.browser_host)
 
 
 class _Endpoints:

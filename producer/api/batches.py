@@ -1,8 +1,10 @@
 """`/v1/batches`: a batch is a run. Creating one submits its input file (producer.submit with the OpenAI
-batch source); a malformed file ends the batch `failed` with `errors.data` naming its lines, and nothing
-is queued. Status and counts are read from the ledger on every request; once no job of the run is queued
-or running, the run's `openai` export becomes the batch's output and error files (once: a lock in this
-process, and a conditional update in the ledger), in the background: the batch reads `finalizing` meanwhile."""
+batch source) in the background; a malformed file ends the batch `failed` with `errors.data` naming its
+lines, and nothing is queued. No job is published while the batch is `validating`: a cancel (or the
+deadline) may still come, and then every job the submit inserted is cancelled unpublished. Once no job of
+the run is queued or running, the run's `openai` export becomes the batch's output and error files (once:
+a lock in this process, and a conditional update in the ledger), off the request: the batch reads
+`finalizing` meanwhile. The batch object itself is built in batch_object.py."""
 
 from __future__ import annotations
 
@@ -10,24 +12,26 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.staging import Stager
+from vlmbatch.producer.api.batch_input import line_errors, metadata_pairs
+from vlmbatch.producer.api.batch_object import batch_object, completion_window
 from vlmbatch.producer.api.errors import ApiError, not_found
-from vlmbatch.producer.api.files import OUTPUT_PURPOSE, UPLOAD_PURPOSE, FileStore, epoch
-from vlmbatch.producer.api.ids import batch_id, file_id, parse_batch_id
+from vlmbatch.producer.api.files import OUTPUT_PURPOSE, UPLOAD_PURPOSE, FileStore
+from vlmbatch.producer.api.ids import batch_id, parse_batch_id
 from vlmbatch.producer.reports.export import ExportFilter, export_run
 from vlmbatch.producer.sources.openai_batch import CHAT_URLS, OpenAIBatchSource
-from vlmbatch.producer.submit import submit
+from vlmbatch.producer.submit import publish_run, submit
 from vlmbatch.schema.clock import database_now
 from vlmbatch.schema.errors import BrokerUnavailable, SourceError
 from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.resubmit import cancel_run
-from vlmbatch.schema.runs import get_run
+from vlmbatch.schema.runs import release_run
 from vlmbatch.schema.settings import Settings
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.status import run_status
@@ -37,11 +41,12 @@ from vlmbatch.worker.transport.publisher import Publisher
 log = logging.getLogger(__name__)
 
 SUBMIT_THREADS = 2
-COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
-# Bad lines listed in `errors.data` at most (the first ones): a million bad lines make a short answer.
-MAX_LISTED_ERRORS = 1000
-MAX_METADATA_PAIRS = 16
 MAX_LIST_LIMIT = 100
+# How often the server looks for batches past their deadline that nobody reads.
+EXPIRY_PASS_SECONDS = 60.0
+# An expired batch's unfinished requests in its error file: OpenAI's code and message.
+EXPIRED_ERROR = ("batch_expired", "This request could not be executed before the completion window expired.")
+_CANCELLABLE = ("validating", "in_progress", "cancelling")
 
 
 @dataclass
@@ -57,6 +62,7 @@ class BatchService:
         self._submits = ThreadPoolExecutor(max_workers=SUBMIT_THREADS, thread_name_prefix="batch-submit")
         self._submitting_lock = threading.Lock()
         self._submitting: set[int] = set()
+        self._expiry_pass: threading.Thread | None = None
 
     # -- requests ----------------------------------------------------------------------------------------
 
@@ -66,10 +72,8 @@ class BatchService:
         endpoint = body.get("endpoint")
         if endpoint != CHAT_URLS[0]:
             raise ApiError(400, f"endpoint {endpoint!r}: only {CHAT_URLS[0]}", param="endpoint")
-        window = body.get("completion_window")
-        if window not in COMPLETION_WINDOWS:
-            raise ApiError(400, f"completion_window {window!r}: only 24h", param="completion_window")
-        metadata = _metadata(body.get("metadata"))
+        window = completion_window(body.get("completion_window"))
+        metadata = metadata_pairs(body.get("metadata"))
         given = body.get("input_file_id")
         if not isinstance(given, str):
             raise ApiError(400, "input_file_id must be a file id", param="input_file_id")
@@ -77,7 +81,15 @@ class BatchService:
         if upload.purpose != UPLOAD_PURPOSE:
             raise ApiError(400, f"{given} is not a batch input file", param="input_file_id")
         with self.sessions() as session, session.begin():
-            row = ApiBatch(input_file_id=upload.id, endpoint=endpoint, completion_window=window, metadata_=metadata)
+            now = database_now(session)
+            row = ApiBatch(
+                input_file_id=upload.id,
+                endpoint=endpoint,
+                completion_window=body["completion_window"],
+                metadata_=metadata,
+                created_at=now,
+                expires_at=now + window,
+            )
             session.add(row)
             session.flush()
             row_id = row.id
@@ -86,6 +98,10 @@ class BatchService:
 
     def retrieve(self, public_id: str) -> dict[str, Any]:
         row_id = parse_batch_id(public_id)
+        self._start_expiry_pass()
+        # Expiry is enforced on every read too, before the status is computed: whoever polls sees the
+        # deadline to the second; the periodic pass covers batches nobody polls (they hold GPUs).
+        self._expire_if_due(row_id)
         self._resume_submit(row_id)
         # Off the request too: a large run's export takes a while; meanwhile the batch reads `finalizing`.
         self._submits.submit(self._finalize_if_done, row_id)
@@ -93,7 +109,7 @@ class BatchService:
             row = session.get(ApiBatch, row_id)
             if row is None:
                 raise not_found("batch", public_id)
-            return self._view(session, row)
+            return batch_object(session, row)
 
     def page(self, *, after: str | None, limit: int) -> dict[str, Any]:
         """Batches newest first, `limit` of them after the batch `after` (OpenAI's cursor paging)."""
@@ -114,26 +130,78 @@ class BatchService:
         }
 
     def cancel(self, public_id: str) -> dict[str, Any]:
-        """Cancel the batch's run: queued and running jobs end `cancelled` (schema.resubmit.cancel_run)."""
+        """Cancel the batch: its run's queued and running jobs end `cancelled` (schema.resubmit.cancel_run);
+        a `validating` batch is marked, and its submit cancels every job it inserted, none published."""
         current = self.retrieve(public_id)
-        # A `validating` batch has no run to cancel yet (its submit is under way): cancel it once in progress.
-        if current["status"] not in ("in_progress", "cancelling"):
+        if current["status"] not in _CANCELLABLE:
             raise ApiError(409, f"Cannot cancel a batch with status {current['status']}.", code="batch_not_cancellable")
         row_id = parse_batch_id(public_id)
         with self.sessions() as session, session.begin():
+            session.execute(
+                update(ApiBatch).where(_open(), ApiBatch.id == row_id).values(cancelling_at=database_now(session))
+            )
+            # Read after the mark: a submit that was accepted first has set the run (it publishes it);
+            # one accepted after sees the mark and cancels its jobs itself (_accept).
             row = session.get(ApiBatch, row_id)
-            if row is not None and row.run_id is not None:
+            if row is not None and row.run_id is not None and row.expired_at is None:
                 cancel_run(session, run_id=row.run_id)
         return self.retrieve(public_id)
 
-    # -- submitting and finishing ------------------------------------------------------------------------
+    # -- the deadline ------------------------------------------------------------------------------------
+
+    def expire_due(self) -> int:
+        """Expire every batch past its deadline with work unfinished; how many were expired."""
+        with self.sessions() as session:
+            stmt = select(ApiBatch.id).where(_open(), ApiBatch.expires_at <= database_now(session))
+            due = list(session.scalars(stmt))
+        return sum(self._expire_if_due(row_id) for row_id in due)
+
+    def _expire_if_due(self, row_id: int) -> bool:
+        """Past its deadline, a batch with jobs still queued or running (or still validating) expires: those
+        jobs are cancelled (no worker takes them; running ones are aborted), what finished stays."""
+        with self.sessions() as session:  # a read first: most reads find nothing due, and take no write lock
+            row = session.get(ApiBatch, row_id)
+            now = database_now(session)
+            if row is None or row.expires_at is None or row.expires_at > now or not _is_open(row):
+                return False
+            if row.run_id is not None:
+                counts = run_status(session, row.run_id).counts
+                if not (counts[JobState.QUEUED.value] or counts[JobState.RUNNING.value]):
+                    return False  # everything ran, if late: the batch completes
+        with self.sessions() as session, session.begin():
+            marked = session.execute(update(ApiBatch).where(_open(), ApiBatch.id == row_id).values(expired_at=now))
+            if _rowcount(marked) != 1:
+                return False  # cancelled, failed or finished meanwhile
+            run_id = session.scalar(select(ApiBatch.run_id).where(ApiBatch.id == row_id))
+            if run_id is not None:  # without one, the submit under way cancels what it inserts (_accept)
+                cancel_run(session, run_id=run_id)
+        log.info("batch %s expired: its completion window passed with work unfinished", batch_id(row_id))
+        return True
+
+    def _start_expiry_pass(self) -> None:
+        # Started on first use (not when the app is built): apps built and dropped start no thread.
+        with self._submitting_lock:
+            if self._expiry_pass is not None:
+                return
+            self._expiry_pass = threading.Thread(target=self._expire_periodically, name="batch-expiry", daemon=True)
+        self._expiry_pass.start()
+
+    def _expire_periodically(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(EXPIRY_PASS_SECONDS):
+            try:
+                self.expire_due()
+            except Exception:  # the next pass tries again
+                log.exception("the batch expiry pass failed")
+
+    # -- submitting --------------------------------------------------------------------------------------
 
     def _resume_submit(self, row_id: int) -> None:
         """Submit again a batch left `validating` (the server stopped during its submit): submits are
         idempotent (the run is named after the batch, jobs are unique per run), so what went in stays once."""
         with self.sessions() as session:
             row = session.get(ApiBatch, row_id)
-            if row is None or row.run_id is not None or row.failed_at is not None:
+            if row is None or row.run_id is not None or row.failed_at is not None or row.finished_at is not None:
                 return
             upload = session.get(ApiFile, row.input_file_id)
             if upload is not None:
@@ -171,14 +239,18 @@ class BatchService:
     def _submit_once(self, row_id: int, upload: ApiFile) -> None:
         stager = Stager(self.settings.resolved_stage_to(), s3_endpoint_url=self.settings.s3_endpoint_url)
         source = OpenAIBatchSource(upload.path, stager=stager)
-        errors = _line_errors(source)
+        errors = line_errors(source)
+        if self._stopped(row_id):  # cancelled or expired while its lines were checked
+            self._end_unaccepted(row_id)
+            return
         run_id: int | None = None
         if not errors:
             name = batch_id(row_id)
             try:
                 run_id = submit(
                     sessions=self.sessions,
-                    publisher=self.publisher,
+                    publisher=HeldPublisher(self.sessions, run_name=name),
+                    held=True,  # no worker claims its jobs until the batch is accepted
                     source=source,
                     settings=RunSettings(model=self.settings.model),
                     queue=self.settings.queue,
@@ -186,16 +258,50 @@ class BatchService:
                 ).run
             except SourceError as exc:
                 errors = [{"code": "invalid_request", "message": str(exc), "param": None, "line": None}]
-            except BrokerUnavailable:  # the jobs are in the ledger; workers or the reconciler publish them
-                with self.sessions() as session:
-                    run_id = get_run(session, name).id
-        if errors:
+        if errors or run_id is None:
             self._fail(row_id, errors)
             return
+        if self._accept(row_id, run_id):
+            try:
+                publish_run(self.sessions, self.publisher, queue=self.settings.queue, run_id=run_id)
+            except BrokerUnavailable as exc:  # the jobs are in the ledger; workers or the reconciler publish them
+                log.warning("batch %s: %s", batch_id(row_id), exc)
+
+    def _stopped(self, row_id: int) -> bool:
+        with self.sessions() as session:
+            row = session.get(ApiBatch, row_id)
+            return row is None or row.cancelling_at is not None or row.expired_at is not None
+
+    def _accept(self, row_id: int, run_id: int) -> bool:
+        """Give the batch its run unless it was cancelled or expired while validating; then (in the same
+        transaction, so no message can go out in between) every job the submit inserted is cancelled."""
+        with self.sessions() as session, session.begin():
+            accepted = session.execute(
+                update(ApiBatch)
+                .where(ApiBatch.id == row_id, ApiBatch.cancelling_at.is_(None), ApiBatch.expired_at.is_(None))
+                .values(run_id=run_id)
+            )
+            if _rowcount(accepted) == 1:
+                release_run(session, run_id=run_id)
+                return True
+            cancel_run(session, run_id=run_id)
+            session.execute(update(ApiBatch).where(ApiBatch.id == row_id).values(run_id=run_id))
+        return False
+
+    def _end_unaccepted(self, row_id: int) -> None:
+        """End a batch cancelled or expired before its submit: with the run a submit cut short by a restart
+        left (all its jobs cancelled, files written as for any run), or as it is, with no files."""
         with self.sessions() as session, session.begin():
             row = session.get(ApiBatch, row_id)
             assert row is not None
-            row.run_id = run_id
+            run = session.scalar(select(Run).where(Run.name == batch_id(row_id)))
+            if run is not None:
+                cancel_run(session, run_id=run.id)
+                row.run_id = run.id
+            else:
+                row.finished_at = database_now(session)
+
+    # -- output files ------------------------------------------------------------------------------------
 
     def _finalize_if_done(self, row_id: int) -> None:
         """Write the output and error files of a batch whose run has no queued or running job left."""
@@ -211,25 +317,32 @@ class BatchService:
                     return
                 run = session.get(Run, row.run_id)
                 assert run is not None
+                expired = row.expired_at is not None
                 session.expunge(run)
             with self.sessions() as session, session.begin():
                 session.execute(
                     update(ApiBatch).where(ApiBatch.id == row_id).values(finalizing_at=database_now(session))
                 )
-            self._export(row_id, run)
+            self._export(row_id, run, expired=expired)
         except Exception:  # the batch stays `finalizing`; its next read tries again
             log.exception("batch %s: writing its output files failed", batch_id(row_id))
         finally:
             self._finalizing.release()
 
-    def _export(self, row_id: int, run: Run) -> None:
+    def _export(self, row_id: int, run: Run, *, expired: bool) -> None:
         folder = self.files.folder
         folder.mkdir(parents=True, exist_ok=True)
         name = batch_id(row_id)
         out, errors_out = folder / f"{name}_output.jsonl", folder / f"{name}_errors.jsonl"
         every_finished = ExportFilter(states=tuple(s for s in JobState if s.terminal))
         report = export_run(
-            self.sessions, run=run, fmt="openai", out=out, errors_out=errors_out, selection=every_finished
+            self.sessions,
+            run=run,
+            fmt="openai",
+            out=out,
+            errors_out=errors_out,
+            selection=every_finished,
+            cancelled_as=EXPIRED_ERROR if expired else None,
         )
         # As OpenAI does: no output file when no request succeeded, no error file when none failed.
         output = self._keep(out, f"{name}_output.jsonl", report.rows)
@@ -241,90 +354,41 @@ class BatchService:
                 .values(output_file_id=output, error_file_id=failed, finished_at=database_now(session))
             )
 
-    def _keep(self, path: Any, filename: str, lines: int) -> int | None:
+    def _keep(self, path: Path, filename: str, lines: int) -> int | None:
         if not lines:
             path.unlink(missing_ok=True)
             return None
         return self.files.record(path, filename, OUTPUT_PURPOSE, path.stat().st_size).id
 
-    # -- the batch object --------------------------------------------------------------------------------
 
-    def _view(self, session: Session, row: ApiBatch) -> dict[str, Any]:
-        total = completed = failed = 0
-        run = session.get(Run, row.run_id) if row.run_id is not None else None
-        cancelling_at = run.cancelled_at if run is not None else None
-        if row.failed_at is not None:
-            status = "failed"
-        elif run is None:
-            status = "validating"
-        else:
-            report = run_status(session, run.id)
-            counts = report.counts
-            total = report.total
-            completed = counts[JobState.SUCCEEDED.value] + counts[JobState.TRUNCATED.value]
-            failed = counts[JobState.FAILED.value] + counts[JobState.CANCELLED.value]
-            if row.finished_at is not None:
-                status = "cancelled" if cancelling_at is not None else "completed"
-            elif cancelling_at is not None:  # until its files are written
-                status = "cancelling"
-            elif counts[JobState.QUEUED.value] or counts[JobState.RUNNING.value]:
-                status = "in_progress"
-            else:
-                status = "finalizing"
-        finished = row.finished_at if cancelling_at is None else None
-        return {
-            "id": batch_id(row.id),
-            "object": "batch",
-            "endpoint": row.endpoint,
-            "errors": row.errors,
-            "input_file_id": file_id(row.input_file_id),
-            "completion_window": row.completion_window,
-            "status": status,
-            "output_file_id": file_id(row.output_file_id) if row.output_file_id is not None else None,
-            "error_file_id": file_id(row.error_file_id) if row.error_file_id is not None else None,
-            "created_at": epoch(row.created_at),
-            "in_progress_at": epoch(run.created_at) if run is not None else None,
-            "expires_at": epoch(row.created_at + COMPLETION_WINDOWS.get(row.completion_window, timedelta(hours=24))),
-            "finalizing_at": epoch(row.finalizing_at),
-            "completed_at": epoch(finished),
-            "failed_at": epoch(row.failed_at),
-            "expired_at": None,
-            "cancelling_at": epoch(cancelling_at),
-            "cancelled_at": epoch(row.finished_at) if cancelling_at is not None else None,
-            "request_counts": {"total": total, "completed": completed, "failed": failed},
-            "metadata": row.metadata_,
-        }
+class HeldPublisher:
+    """What a batch's submit publishes with: nothing, while the batch is `validating` (it is published
+    once accepted, producer.submit.publish_run). It marks the run as just published, so that the
+    reconciler's grace keeps it off the jobs of a submit still under way."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, run_name: str) -> None:
+        self._sessions, self._run_name = sessions, run_name
+
+    def publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> int:
+        with self._sessions() as session, session.begin():
+            session.execute(update(Run).where(Run.name == self._run_name).values(published_at=database_now(session)))
+        return 0
 
 
-def _line_errors(source: OpenAIBatchSource) -> list[dict[str, Any]]:
-    """OpenAI's `errors.data` entries for the file's malformed lines (the first MAX_LISTED_ERRORS)."""
-    errors: list[dict[str, Any]] = []
-    lines = 0
-    try:
-        for where, spec in source.rows():
-            lines += 1
-            if isinstance(spec, ValueError) and len(errors) < MAX_LISTED_ERRORS:
-                number = where.rsplit(" ", 1)[-1]
-                line = int(number) if number.isdigit() else None
-                errors.append({"code": "invalid_request", "message": str(spec), "param": None, "line": line})
-    except SourceError as exc:
-        return [{"code": "invalid_file", "message": str(exc), "param": None, "line": None}]
-    if not lines:
-        return [{"code": "empty_file", "message": "the input file has no requests", "param": None, "line": None}]
-    return errors
+def _open() -> Any:
+    """Batches still open: not cancelled, expired, failed or finished."""
+    return (
+        ApiBatch.cancelling_at.is_(None)
+        & ApiBatch.expired_at.is_(None)
+        & ApiBatch.failed_at.is_(None)
+        & ApiBatch.finished_at.is_(None)
+    )
 
 
-def _metadata(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, dict)
-        or len(value) > MAX_METADATA_PAIRS
-        or not all(_metadata_pair(k, v) for k, v in value.items())
-    ):
-        raise ApiError(400, "metadata: at most 16 string pairs (keys 64, values 512 characters)", param="metadata")
-    return value
+def _is_open(row: ApiBatch) -> bool:
+    return row.cancelling_at is None and row.expired_at is None and row.failed_at is None and row.finished_at is None
 
 
-def _metadata_pair(key: Any, value: Any) -> bool:
-    return isinstance(key, str) and isinstance(value, str) and len(key) <= 64 and len(value) <= 512
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)

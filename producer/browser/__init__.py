@@ -2,6 +2,7 @@
 
 - `app`: routing, the HTTP server, security headers; `auth`: the optional access token.
 - `queries`: keyset-paged read queries; `ledger`: the read-only session factory they run on.
-- `pages`, `job_page` and `layout`: HTML, every untrusted value escaped through `markup`.
+- `pages` and `job_page`: what each page shows, rendered from `templates/` by `rendering` (Jinja2,
+  autoescaped); `layout`: the style sheet and value formatting.
 - `thumbnails`: job images fetched through the object store seam, decoded with the worker's bounds.
 """

@@ -30,7 +30,6 @@ from vlmbatch.producer.browser.auth import Access
 from vlmbatch.producer.browser.job_page import job_page
 from vlmbatch.producer.browser.layout import style_source
 from vlmbatch.producer.browser.ledger import open_readonly_ledger
-from vlmbatch.producer.browser.markup import Safe
 from vlmbatch.producer.browser.pages import message_page, run_page, runs_page
 from vlmbatch.producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
 from vlmbatch.producer.browser.thumbnails import Thumbnailer
@@ -63,7 +62,7 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def html_response(status: int, document: Safe, *headers: tuple[str, str]) -> Response:
+def html_response(status: int, document: str, *headers: tuple[str, str]) -> Response:
     return Response(status, document.encode("utf-8", "replace"), headers=(("Cache-Control", "no-store"), *headers))
 
 

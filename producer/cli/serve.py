@@ -9,7 +9,7 @@ import click
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 
-API_OFF = "listening beyond loopback needs VLMBATCH_API_KEYS for /v1"
+API_OFF = "listening beyond loopback needs VLMBATCH_API_KEYS or VLMBATCH_API_KEYS_FILE for /v1"
 
 
 @cli.command("serve")
@@ -24,7 +24,8 @@ API_OFF = "listening beyond loopback needs VLMBATCH_API_KEYS for /v1"
 def serve_command(host: str | None, port: int | None, token: str | None, loglevel: str) -> None:
     """Browse runs, failures and results (traces, images, attempts) in a web browser, read-only; and
     serve the OpenAI Batch API (files, batches) under /v1 on the same port."""
-    from vlmbatch.producer.api.app import api_keys, api_off, build_api
+    from vlmbatch.producer.api.app import api_off, build_api
+    from vlmbatch.producer.api.keys import ApiKeys, KeyFileError
     from vlmbatch.producer.api.server import build_server_app, listening_socket, serve
     from vlmbatch.producer.browser.app import build_app
     from vlmbatch.producer.browser.auth import MIN_TOKEN_CHARS
@@ -47,7 +48,11 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
         )
     # The browser only reads; the Batch API writes batches and submits runs (the schema is brought to head).
     # Without keys the API is for this host alone: on any other address it stays off (the pages still serve).
-    api_on = bool(api_keys(settings)) or _is_loopback(settings.browser_host)
+    try:
+        keys = ApiKeys.from_settings(settings)
+    except KeyFileError as exc:
+        raise click.UsageError(str(exc)) from None
+    api_on = bool(keys) or _is_loopback(settings.browser_host)
     api = build_api(settings, sessions=ctx.sessions, publisher=ctx.publisher()) if api_on else api_off(API_OFF)
     app = build_server_app(build_app(settings, token=secret), api)
     sock = listening_socket(settings.browser_host, settings.browser_port)

@@ -136,18 +136,26 @@ def export_run(
     errors_out: Path | None = None,
     page_rows: int = PAGE_ROWS,
     row_group_rows: int = ROW_GROUP_ROWS,
+    cancelled_as: tuple[str, str] | None = None,
 ) -> ExportReport:
     """Write `run`'s standing samples that pass `selection` to `out` in `fmt`; return how many were written.
 
     `openai` writes one line per job of the selected states to `out` and the failed and cancelled ones to
-    `errors_out` (default `default_errors_path(out)`); it raises ValueError for a sample filter. A file is
+    `errors_out` (default `default_errors_path(out)`), a cancelled job's error as `cancelled_as` (code,
+    message) when given; it raises ValueError for a sample filter. A file is
     replaced only once the export is complete; on any error the partial files are removed and the error
     propagates (database errors, OSError when a file cannot be written).
     """
     selection = selection or ExportFilter()
     if fmt == "openai":
         return _export_openai(
-            sessions, run=run, out=out, errors_out=errors_out, selection=selection, page_rows=page_rows
+            sessions,
+            run=run,
+            out=out,
+            errors_out=errors_out,
+            selection=selection,
+            page_rows=page_rows,
+            cancelled_as=cancelled_as,
         )
     rows = 0
     with _replacing(out) as partial:
@@ -169,6 +177,7 @@ def _export_openai(
     errors_out: Path | None,
     selection: ExportFilter,
     page_rows: int,
+    cancelled_as: tuple[str, str] | None,
 ) -> ExportReport:
     if selection.only_correct or selection.max_trace_tokens is not None:
         raise ValueError("the openai format takes no sample filter: every job's custom_id goes to one of its files")
@@ -191,7 +200,7 @@ def _export_openai(
             writer.close()
         with partial_errors.open("w", encoding="utf-8", newline="\n") as file:
             for job in iter_failed_jobs(sessions, run, without, page_rows=page_rows):
-                write_line(file, error_line(run.id, job))
+                write_line(file, error_line(run.id, job, cancelled_as=cancelled_as))
                 errors += 1
     return ExportReport(
         run_id=run.id, format="openai", path=out, rows=writer.lines, errors_path=errors_out, errors=errors

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from vlmbatch.producer.reports.fields import ExportRecord
 from vlmbatch.producer.reports.records import FailedJob
+from vlmbatch.schema.states import JobState
 
 
 def custom_id(job_id: int, metadata: dict[str, Any] | None) -> str:
@@ -75,14 +76,17 @@ def output_line(run_id: int, model: str, created: int, samples: list[ExportRecor
     }
 
 
-def error_line(run_id: int, job: FailedJob) -> dict[str, Any]:
-    """The error line of a failed or cancelled job: its stable error type as `code`."""
-    code = job.error_type or job.state
+def error_line(run_id: int, job: FailedJob, *, cancelled_as: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The error line of a failed or cancelled job: its stable error type as `code`; a cancelled job's
+    (code, message) is `cancelled_as` when given (an expired batch's `batch_expired`)."""
+    code, message = job.error_type or job.state, job.error_message or f"job {job.state}"
+    if cancelled_as is not None and job.state == JobState.CANCELLED.value:
+        code, message = cancelled_as
     return {
         "id": _line_id(run_id, job.job_id),
         "custom_id": custom_id(job.job_id, job.metadata),
         "response": None,
-        "error": {"code": code, "message": job.error_message or f"job {job.state}"},
+        "error": {"code": code, "message": message},
     }
 
 

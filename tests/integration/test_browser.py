@@ -344,7 +344,7 @@ def test_untrusted_text_is_escaped_everywhere_and_no_page_runs_script(ledger: Le
     assert "&lt;|filler_12|&gt;&lt;|filler_7|&gt; &lt;|im_end|&gt;" in job_html
     assert "&amp;amp; more" in job_html  # escaped once more: an entity in the output stays literal text
     assert "Say &lt;b&gt;hostile&lt;/b&gt; things" in job_html
-    escaped_name = "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;.png"
+    escaped_name = "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;.png"  # MarkupSafe writes " as &#34;
     assert escaped_name in job_html and escaped_name in run_html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in run_html  # the answer preview in the results list
     policy = browser.get("/").headers["content-security-policy"]

@@ -39,7 +39,7 @@ def test_the_wheel_holds_only_the_vlmbatch_package_and_every_module(tmp_path: Pa
         f"{package}/{path.relative_to(ROOT / folder).as_posix()}"
         for folder, package in PARTS.items()
         for path in (ROOT / folder).rglob("*")
-        if path.suffix in {".py", ".mako", ".typed"} and "__pycache__" not in path.parts
+        if path.suffix in {".py", ".mako", ".typed", ".html", ".css"} and "__pycache__" not in path.parts
     }
     missing = expected - set(names)
     assert not missing, f"left out of the wheel (add the subpackage to pyproject.toml): {sorted(missing)}"

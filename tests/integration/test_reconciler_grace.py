@@ -80,3 +80,27 @@ def test_tokens_lost_from_the_queue_are_published_again_and_spare_ones_are_not(
     finally:
         client.delete(queue_name)
         client.close()
+
+
+def test_a_held_run_is_neither_claimed_nor_given_tokens_until_released(database_url: str, queue_name: str) -> None:
+    """A Batch API batch still validating holds its run: a token of its queue claims none of its jobs
+    (one may still be cancelled before any runs), and the reconciler publishes none for them."""
+    from vlmbatch.schema.claims import QueueClaimer
+    from vlmbatch.schema.runs import release_run
+
+    sessions = ledger(database_url)
+    run_id, _ = make_run(sessions, jobs=3, queue=queue_name)
+    with sessions() as session, session.begin():
+        session.execute(update(Run).where(Run.id == run_id).values(held=True))
+    claimer = QueueClaimer(queue=queue_name)
+    with sessions() as session, session.begin():
+        assert claimer.claim(session, limit=16, worker="w", lease_seconds=60) == []
+    publisher = CountingPublisher()
+    report = reconcile(
+        sessions=sessions, publisher=publisher, broker_url="redis://127.0.0.1:1", jobs_per_message=16, grace_seconds=0
+    )
+    assert report.republished == 0 and publisher.published == 0  # nothing to cover: the broker is not asked
+    with sessions() as session, session.begin():
+        release_run(session, run_id=run_id)
+    with sessions() as session, session.begin():
+        assert len(claimer.claim(session, limit=16, worker="w", lease_seconds=60)) == 3

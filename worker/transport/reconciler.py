@@ -84,7 +84,11 @@ def queued_by_queue(session: Session, *, run_id: int | None, cutoff: datetime) -
     stmt = (
         select(Run.queue, func.sum(RunCount.jobs))
         .join(RunCount, RunCount.run_id == Run.id)
-        .where(RunCount.state == JobState.QUEUED.value, or_(Run.published_at.is_(None), Run.published_at < cutoff))
+        .where(
+            RunCount.state == JobState.QUEUED.value,
+            Run.held.is_(False),  # a batch still validating: no token may claim its jobs yet
+            or_(Run.published_at.is_(None), Run.published_at < cutoff),
+        )
         .group_by(Run.queue)
     )
     if run_id is not None:
