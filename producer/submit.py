@@ -1,6 +1,7 @@
 """Submitting a source: validate it, create or reuse the run, insert its jobs in bulk (idempotently) and
-publish their ids in batches. Jobs are committed before their message is published, so a worker never
-receives an id it cannot find; a crash in between leaves queued jobs that the reconciler republishes.
+publish claim tokens for them (one per `jobs_per_message` jobs). Jobs are committed before their tokens
+are published, so a token never finds them missing; a crash in between leaves queued jobs without tokens,
+for which the reconciler publishes some.
 
 On PostgreSQL the whole submit is one transaction: rows stream into a temporary table by COPY while they
 are validated, and a malformed row rolls everything back, run included. Elsewhere (SQLite) the source

@@ -5,8 +5,8 @@
   loop of its own).
 - `pipeline/`: claimed job → fetch → decode → engine → fenced write: `admission`, `attempt`, `writing`,
   `leases`, `capacity`, `watchdog`, with `pipeline` owning the jobs in flight and the lifecycle.
-- `transport/`: Celery (`celery_app`, `tasks`), publishing job ids (`publisher`), reading the broker
-  (`broker_scan`), the `reconciler` and a worker's periodic duties (`maintenance`).
+- `transport/`: Celery (`celery_app`, `tasks`), claim tokens (`tokens`) and publishing them (`publisher`),
+  reading the broker (`broker_scan`), the `reconciler` and a worker's periodic duties (`maintenance`).
 - `process/`: entry points (`main`), building the parts from settings (`runtime`), several workers per
   host (`launcher`), `metrics` and `log_format`.
 - `smoke_model/`: the tiny random-weight model of R1V3's architecture that tests, benchmarks and the demo

@@ -1,8 +1,10 @@
-"""The Celery application: JSON-only messages that carry job ids (the database holds everything else).
+"""The Celery application: JSON-only messages that are claim tokens (worker/transport/tokens.py: "claim up
+to N queued jobs of this queue"; the database holds everything else).
 
-Reliability comes from the ledger, not the broker: a message only asks a worker to claim its jobs. Once
+Reliability comes from the ledger, not the broker: a message only asks a worker to claim jobs. Once
 claimed, a job is protected by its lease (DESIGN.md); a lost or duplicated message is harmless because
-the reconciler republishes queued jobs and claims are fenced.
+jobs stay queued in the ledger until claimed, the reconciler publishes tokens for queued jobs that have
+none, and claims are fenced.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class Maintenance:
 
     def touch_held_messages(self) -> None:
         """Keep the messages this worker reserved but has not acknowledged yet (waiting for room) from
-        looking abandoned: the reconciler would republish their jobs, and Redis redeliver them."""
+        looking abandoned: the reconciler would not count them, and Redis would redeliver them."""
         touch_unacked(self._settings.resolved_broker_url(), held_delivery_tags())
 
     def reconcile_once(self) -> None:
