@@ -90,8 +90,10 @@ class VllmEngine:
         # context (on an H200, max_num_batched_tokens 16384 for `LLM` against 2048 for an engine of its
         # own), and a batch of short answers about large images is all prefill. Measured on the H200, 64
         # images x 8 questions: 2048 ran at 0.56x raw `LLM.chat` (bench/RESULTS.md, table d). Creating
-        # the config fills the defaults into `args`, so both calls name the context.
-        usage = UsageContext.LLM_CLASS
+        # the config fills the defaults into `args`, so both calls name the context. Not on vLLM's CPU
+        # build: there the offline default (4096) measured slower through the pipeline on 2 cores, whose
+        # front end shares the cores with the engine (0.83 against 0.99 x raw, bench/RESULTS.md).
+        usage = UsageContext.ENGINE_CONTEXT if _cpu_build() else UsageContext.LLM_CLASS
         try:  # vLLM's own validation of the settings, before any process starts: one line if it refuses
             args.create_engine_config(usage)
         except Exception as exc:
