@@ -18,7 +18,6 @@ from vlmbatch.schema.clock import database_now
 from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.keyset import Keyset
-from vlmbatch.schema.locks import jobs_locked_in_order
 from vlmbatch.schema.states import AttemptOutcome, JobState
 from vlmbatch.schema.tables import Attempt, Job, Run, RunCount
 
@@ -226,36 +225,3 @@ def _open_attempts(
         )
         for job, attempt_id in zip(jobs, attempt_ids, strict=True)
     ]
-
-
-def renew_leases(session: Session, *, worker: str, attempt_ids: Sequence[int], lease_seconds: float) -> set[int]:
-    """Extend the leases of the worker's running attempts; return the attempt ids it no longer holds
-    (lease taken back by the reconciler, job cancelled or finished elsewhere)."""
-    if not attempt_ids:
-        return set()
-    now = database_now(session)
-    held = set(
-        session.scalars(
-            update(Job)
-            .where(
-                # Locked in the ledger's one order (schema/locks.py): the worker's own outcome writer
-                # locks some of these jobs at the same time.
-                Job.id.in_(
-                    jobs_locked_in_order(
-                        session,
-                        and_(
-                            Job.current_attempt_id.in_(list(attempt_ids)),
-                            Job.state == JobState.RUNNING.value,
-                            Job.lease_owner == worker,
-                        ),
-                    )
-                ),
-                Job.state == JobState.RUNNING.value,
-                Job.lease_owner == worker,
-            )
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .returning(Job.current_attempt_id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    return {a for a in attempt_ids if a not in held}

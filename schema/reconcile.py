@@ -1,14 +1,19 @@
 """Taking back jobs whose lease expired: their worker died, froze or lost the database.
 
-Each such job's attempt is marked `abandoned` and the job returns to `queued`, or fails for good once it
-has used the run's attempts (a poison job that keeps killing workers). A live lease is never touched.
+A running job's lease is alive while its claim's own lease (`jobs.lease_expires_at`) or its worker's
+heartbeat row (`workers.expires_at`, schema/liveness.py) is ahead of the database's clock. Once both
+lapsed, its attempt is marked `abandoned` and the job returns to `queued`, or fails for good once it has
+used the run's attempts (a poison job that keeps killing workers). A live lease is never touched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.clock import database_now
@@ -16,7 +21,9 @@ from vlmbatch.schema.counters import Bucket, CountDeltas
 from vlmbatch.schema.errors import ErrorType
 from vlmbatch.schema.models import RunSettings
 from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run
+from vlmbatch.schema.tables import Attempt, Job, Run, Worker
+
+EXPIRED = "lease held by {owner} expired (worker died, froze or lost the database)"
 
 
 @dataclass
@@ -31,12 +38,19 @@ class Requeued:
         return sum(len(ids) for ids in self.by_queue.values())
 
 
+def lease_lapsed(now: datetime) -> Any:
+    """A running job's claim lease and its worker's heartbeat have both lapsed (no row: never beat, or
+    pruned long after it stopped)."""
+    worker_alive = exists().where(Worker.name == Job.lease_owner, Worker.expires_at >= now)
+    return Job.lease_expires_at < now, ~worker_alive
+
+
 def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit: int = 10_000) -> Requeued:
     now = database_now(session)
     stmt = (
         select(Job, Run.queue, Run.settings)
         .join(Run, Run.id == Job.run_id)
-        .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
+        .where(Job.state == JobState.RUNNING.value, *lease_lapsed(now))
         # ix_jobs_running_attempt's order: it reads the running jobs only (ORDER BY id would tempt the
         # planner into walking the primary key through every finished job).
         .order_by(Job.current_attempt_id)
@@ -46,11 +60,17 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
         stmt = stmt.where(Job.run_id == run_id)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=Job, skip_locked=True)
+    return take_back(session, session.execute(stmt).tuples(), now=now, reason=EXPIRED)
+
+
+def take_back(session: Session, rows: Iterable[tuple[Job, str, Any]], *, now: datetime, reason: str) -> Requeued:
+    """Abandon the current attempts of `rows` (running jobs, locked by the caller, with their run's queue
+    and settings) and requeue the jobs, or fail those out of attempts. `reason` may name `{owner}`."""
     outcome = Requeued()
     deltas = CountDeltas()
-    for job, queue, settings in session.execute(stmt):
+    for job, queue, settings in rows:
         max_attempts = RunSettings.model_validate(settings).max_attempts
-        message = f"lease held by {job.lease_owner} expired (worker died, froze or lost the database)"
+        message = reason.format(owner=job.lease_owner)
         if job.current_attempt_id is not None:
             session.execute(
                 update(Attempt)

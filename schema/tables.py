@@ -2,7 +2,8 @@
 
 - A job is unique per (run, input_key); input_key hashes its image URIs and question.
 - `jobs.current_attempt_id` is the fence: only that attempt may write the job's outcome, and only while
-  the job is `running`. A lease (`lease_owner`, `lease_expires_at`) says who runs it and until when.
+  the job is `running`. A lease says who runs it (`lease_owner`) and until when: until its claim's own
+  lease (`lease_expires_at`) or its worker's heartbeat row (`workers.expires_at`), whichever is later.
 - Every attempt is a row; results are one row per sample of the attempt whose write was accepted.
 """
 
@@ -87,11 +88,18 @@ class Job(Base):
             postgresql_where=text("state = 'failed'"),
             sqlite_where=text("state = 'failed'"),
         ),
-        # Running jobs by attempt id: the heartbeat finds a worker's jobs, the reconciler reads all running
-        # jobs (as many as the fleet's slots, not the run's jobs) for expired leases. `lease_expires_at` is
-        # in no index, so that a heartbeat's renewal can be a HOT update (no new index entries).
+        # Running jobs by attempt id: the reconciler reads all running jobs (as many as the fleet's slots,
+        # not the run's jobs) for expired leases.
         Index(
             "ix_jobs_running_attempt",
+            "current_attempt_id",
+            postgresql_where=text("state = 'running'"),
+            sqlite_where=text("state = 'running'"),
+        ),
+        # A worker's running jobs: its heartbeat reads them (schema/liveness.py) and writes none.
+        Index(
+            "ix_jobs_running_owner",
+            "lease_owner",
             "current_attempt_id",
             postgresql_where=text("state = 'running'"),
             sqlite_where=text("state = 'running'"),
@@ -123,6 +131,7 @@ class Job(Base):
     # The fence: the attempt allowed to write this job's outcome (and, once terminal, whose result stands).
     current_attempt_id: Mapped[int | None] = mapped_column(BigInteger)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
+    # The claim's own lease: it covers the job until its worker's next heartbeat; never renewed.
     lease_expires_at: Mapped[datetime | None]
     # Not before this time (backoff of transient retries).
     not_before: Mapped[datetime | None]
@@ -157,6 +166,19 @@ class RunCount(Base):
     error_type: Mapped[str] = mapped_column(String(32), primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True)
     jobs: Mapped[int] = mapped_column(BigInteger)
+
+
+class Worker(Base):
+    """A worker process's heartbeat (schema/liveness.py): while `expires_at` is ahead of the database's
+    clock, the jobs it runs (`jobs.lease_owner`) are alive. One row written per worker per beat, instead
+    of one per running job."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[datetime]
+    beat_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 class Attempt(Base):

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.integration.ledger_helpers import ledger, make_run
 from tests.ledger_invariants import running_attempts_on_terminal_jobs
-from vlmbatch.schema.claims import ClaimedJob, claim_next, renew_leases
+from vlmbatch.schema.claims import ClaimedJob, claim_next
+from vlmbatch.schema.liveness import renew_leases
 from vlmbatch.schema.outcomes import AttemptReport, SampleRecord, record_outcomes
 from vlmbatch.schema.reconcile import requeue_expired_leases
 from vlmbatch.schema.resubmit import cancel_run

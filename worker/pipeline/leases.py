@@ -1,5 +1,6 @@
-"""Keeping claimed jobs ours: every heartbeat renews the leases of the attempts in flight, and watches the
-engine for a hang (requests in flight, no token for `engine_hang_seconds`)."""
+"""Keeping claimed jobs ours: every heartbeat beats the worker's liveness row (schema/liveness.py), learns
+which attempts in flight it no longer holds, and watches the engine for a hang (requests in flight, no
+token for `engine_hang_seconds`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from functools import partial
 
 from sqlalchemy.exc import DBAPIError
 
-from vlmbatch.schema.claims import renew_leases
 from vlmbatch.schema.errors import EngineDead
+from vlmbatch.schema.liveness import renew_leases
 from vlmbatch.schema.settings import Settings
 from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
@@ -59,9 +60,8 @@ class Heartbeat:
 
     async def renew(self) -> None:
         # Every attempt not yet committed, written-but-pending ones included: the job is ours until then.
+        # An idle worker beats too: jobs the ledger still gives its name (a predecessor's) are taken back.
         attempt_ids = list(self._attempts_in_flight())
-        if not attempt_ids:
-            return
         try:
             lost = await self._db.transaction(
                 partial(

@@ -1,8 +1,10 @@
 """The reconciler: puts back to work what a fault left behind. Run periodically by every worker (one at a
 time on PostgreSQL) and on demand by `vlmbatch reconcile`.
 
-1. Jobs whose lease expired (their worker died or froze) go back to the queue, or fail for good once they
-   used their attempts (schema.reconcile). Their claim tokens are published at once.
+1. Jobs whose lease expired (their claim's lease and their worker's heartbeat row both lapsed: it died or
+   froze) go back to the queue, or fail for good once they
+   used their attempts (schema.reconcile). Their claim tokens are published at once. Rows of workers
+   silent for an hour are deleted.
 2. Queued jobs that no claim token covers (Redis lost its data, the producer died between commit and
    publish, a worker died holding tokens) get tokens. Messages carry no job ids (worker/transport/
    tokens.py), so this compares two counts per queue: the queued jobs of its runs, from their counters,
@@ -27,6 +29,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.schema.clock import database_now
+from vlmbatch.schema.liveness import prune_workers
 from vlmbatch.schema.reconcile import requeue_expired_leases
 from vlmbatch.schema.states import JobState
 from vlmbatch.schema.tables import Run, RunCount
@@ -60,6 +63,7 @@ def reconcile(
 ) -> ReconcileReport:
     with sessions() as session, session.begin():
         expired = requeue_expired_leases(session, run_id=run_id)
+        prune_workers(session, now=database_now(session))
     for queue, job_ids in expired.by_queue.items():
         publisher.publish(queue, len(job_ids))
     with sessions() as session:
