@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.clock import database_now
@@ -188,18 +188,24 @@ def _open_attempts(
     ).all()
     expires = now + timedelta(seconds=lease_seconds)
     jobs_table = cast(Table, Job.__table__)
+    attempts_table = cast(Table, Attempt.__table__)
+    # One UPDATE for the batch: each job takes the attempt just opened for it (its next number).
+    opened = (
+        select(attempts_table.c.id)
+        .where(attempts_table.c.job_id == jobs_table.c.id, attempts_table.c.number == jobs_table.c.attempt_count + 1)
+        .scalar_subquery()
+    )
     session.execute(
         update(jobs_table)
-        .where(jobs_table.c.id == bindparam("b_id"))
+        .where(jobs_table.c.id.in_([job.id for job in jobs]))
         .values(
             state=JobState.RUNNING.value,
-            current_attempt_id=bindparam("b_attempt"),
+            current_attempt_id=opened,
             attempt_count=jobs_table.c.attempt_count + 1,
             lease_owner=worker,
             lease_expires_at=expires,
             overrides=None,
-        ),
-        [{"b_id": job.id, "b_attempt": attempt_id} for job, attempt_id in zip(jobs, attempt_ids, strict=True)],
+        )
     )
     deltas = CountDeltas()
     for job in jobs:

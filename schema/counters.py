@@ -69,10 +69,9 @@ class CountDeltas:
             index_elements=["run_id", "state", "error_type", "shard"],
             set_={"jobs": RunCount.jobs + insert.excluded.jobs},
         )
-        # One statement per row keeps the lock order the sorted order (a multi-row VALUES would too, but
-        # SQLAlchemy may reorder an executemany into batches).
-        for row in rows:
-            session.execute(stmt, row)
+        # One multi-row VALUES statement (not an executemany, which SQLAlchemy may split into batches):
+        # PostgreSQL inserts its rows in order, so the lock order stays the sorted order.
+        session.execute(stmt.values(rows))
 
 
 @dataclass(frozen=True)
