@@ -17,8 +17,8 @@ submitted into that run by `vlmbatch submit --run NAME`; submit's rows measure t
 already holding N - S jobs (a note under the table says so, with the seeding's time, which is not a row).
 
   python bench/scale.py --quick     # 10^4 and 10^6 jobs (about ten minutes on 2 cores)
-  python bench/scale.py             # 10^5 and 10^7 jobs (10^7: 9*10^6 seeded + 10^6 submitted)
-  python bench/scale.py --sizes 10000,200000 --seed-above 100000    # the seeded path, small
+  python bench/scale.py             # 10^5 and 10^7 (9*10^6 seeded + 10^6 submitted; ~8 min on 2 cores)
+  python bench/scale.py --sizes 10000,200000 --seed-above 100000    # the seeded path, small (~1.5 min)
 """
 
 from __future__ import annotations
