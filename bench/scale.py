@@ -11,8 +11,14 @@ WINDOW seconds after their first result; one heartbeat of a worker running 10,00
 it wrote: none, leases live in the worker's own row); `vlmbatch export` of what the workers finished;
 the ledger's disk size per million jobs.
 
+A size above `--seed-above` S (10^6) is reached by seeding (bench/scale_seed.py): the run is grown to N - S
+queued jobs by SQL, their claim tokens published by `vlmbatch reconcile --grace 0`, then the last S jobs are
+submitted into that run by `vlmbatch submit --run NAME`; submit's rows measure that submit, into a ledger
+already holding N - S jobs (a note under the table says so, with the seeding's time, which is not a row).
+
   python bench/scale.py --quick     # 10^4 and 10^6 jobs (about ten minutes on 2 cores)
-  python bench/scale.py             # 10^5 and 10^7 jobs
+  python bench/scale.py             # 10^5 and 10^7 (9*10^6 seeded + 10^6 submitted; ~8 min on 2 cores)
+  python bench/scale.py --sizes 10000,200000 --seed-above 100000    # the seeded path, small (~1.5 min)
 """
 
 from __future__ import annotations
@@ -33,12 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.control_plane import env_for, flush_redis, fresh_database, timed  # noqa: E402
+from bench.scale_seed import seed_ledger  # noqa: E402
 from tests.fixtures.bad_images import good_jpeg  # noqa: E402
 from tests.processes import VLMBATCH, free_port  # noqa: E402
 
 QUEUE = "cp"  # bench.control_plane.env_for's queue
 HEARTBEAT_JOBS = 10_000
-MESSAGE_JOBS = 16
+MESSAGE_JOBS = 16  # the default jobs_per_message
+# Every size submits with these flags (and --run scale-N): a seeded run is created with the settings they give.
+SUBMIT_ARGS = ["-q", "x", "--model", "fake-model"]
+SEED_ABOVE = 1_000_000
 
 
 def write_manifest(folder: Path, n: int) -> Path:
@@ -61,7 +71,7 @@ def median_ms(action: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def measure(work: Path, n: int, window: float) -> dict[str, float]:
+def measure(work: Path, n: int, window: float, seed_above: int) -> tuple[dict[str, float], str | None]:
     from sqlalchemy import select, text
 
     from vlmbatch.producer.browser.app import build_app
@@ -76,11 +86,17 @@ def measure(work: Path, n: int, window: float) -> dict[str, float]:
     flush_redis()
     db = fresh_database()
     env = env_for(db, VLMBATCH_ENGINE="fake", VLMBATCH_MODEL="fake-model")
-    manifest = write_manifest(work / f"m{n}", n)
+    submitted = min(n, seed_above)
+    manifest = write_manifest(work / f"m{n}", submitted)
+    submit_args = [*SUBMIT_ARGS, "--run", f"scale-{n}"]
+    seeded_run, note = seed(db, env, manifest, submit_args, n - submitted)
 
-    wall, rss, out = timed([*VLMBATCH, "submit", str(manifest), "-q", "x", "--model", "fake-model", "--json"], env)
-    run_id = json.loads(out.strip().splitlines()[-1])["run"]
-    row |= {"submit jobs/s": n / wall, "submit peak RSS MB": rss}
+    wall, rss, out = timed([*VLMBATCH, "submit", str(manifest), *submit_args, "--json"], env)
+    report = json.loads(out.strip().splitlines()[-1])
+    run_id = report["run"]
+    assert report["submitted"] == submitted and report["skipped"] == 0, out
+    assert seeded_run in (None, run_id), (seeded_run, out)
+    row |= {"submit jobs/s": submitted / wall, "submit peak RSS MB": rss}
 
     wall, rss, out = timed([*VLMBATCH, "reconcile", "--grace", "0", "--json"], env)
     row |= {"reconcile, nothing lost: s": wall, "reconcile, nothing lost: MB": rss}
@@ -160,7 +176,28 @@ def measure(work: Path, n: int, window: float) -> dict[str, float]:
     browser_engine = browser._sessions.kw["bind"]
     browser_engine.dispose()
     drop_database(db)
-    return row
+    return row, note
+
+
+def seed(
+    db: str, env: dict[str, str], manifest: Path, submit_args: list[str], jobs: int
+) -> tuple[int | None, str | None]:
+    """Seed `jobs` jobs into the run that `vlmbatch submit MANIFEST SUBMIT_ARGS` will reuse (none: no
+    seeding); return the run's id and the note printed under the table."""
+    if jobs <= 0:
+        return None, None
+    print(f"seeding {jobs:,} jobs", file=sys.stderr, flush=True)
+    seeded = seed_ledger(
+        db, env, manifest=manifest, submit_args=submit_args, queue=QUEUE, jobs=jobs, per_message=MESSAGE_JOBS
+    )
+    submitted = sum(1 for _ in manifest.open())
+    note = (
+        f"at {jobs + submitted:,}: submit of the last {submitted:,} jobs into a ledger of {jobs:,} seeded by SQL; "
+        f"seeding took {seeded.total_s:.1f} s, not measured (INSERTs {seeded.insert_s:.1f} s, refresh_statistics "
+        f"{seeded.statistics_s:.1f} s, reconcile publishing {seeded.tokens:,} tokens {seeded.reconcile_s:.1f} s)"
+    )
+    print(note, file=sys.stderr, flush=True)
+    return seeded.run_id, note
 
 
 def drop_database(url: str) -> None:
@@ -229,13 +266,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10^4 and 10^6 jobs instead of 10^5 and 10^7")
     parser.add_argument("--window", type=float, default=30.0, help="seconds of worker throughput measured")
     parser.add_argument("--sizes", help="comma-separated job counts instead (a smoke run of this script)")
+    parser.add_argument(
+        "--seed-above", type=int, default=SEED_ABOVE, help="larger sizes: all but this many jobs seeded by SQL"
+    )
     args = parser.parse_args()
     sizes = [10_000, 1_000_000] if args.quick else [100_000, 10_000_000]
     if args.sizes:
         sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="vlmbatch-scale-") as folder:
-        rows = [measure(Path(folder), n, args.window) for n in sizes]
+        measured = [measure(Path(folder), n, args.window, args.seed_above) for n in sizes]
+    rows = [row for row, _ in measured]
     print(table(sizes, rows))
+    for _, note in measured:
+        if note:
+            print(f"\n{note}.")
     print(f"\n{os.cpu_count()} cores; medians of repeated in-process calls for claim, status and pages.")
     return 0
 
