@@ -663,3 +663,59 @@ def test_exporting_200_000_samples_keeps_memory_flat(sqlite_url: str, tmp_path: 
             counts = {len(json.loads(line)["response"]["body"]["choices"]) for line in lines}
         assert counts == {LARGE_SAMPLES}
         assert out.with_name("large.errors.openai").read_text() == ""
+
+
+def test_exporting_a_mostly_unfinished_run_reads_only_the_pages_with_results(sqlite_url: str) -> None:
+    """20,000 jobs, 4 finished: the export skips the empty windows of job ids instead of querying each
+    (2,000 windows at 10 samples a page), so what it costs follows what it exports, not the run's size."""
+    from sqlalchemy import event
+
+    from vlmbatch.producer.reports.records import iter_records
+
+    engine, sessions = open_ledger(sqlite_url)
+    run = create_or_reuse_run(sessions, name="sparse", settings=RunSettings(), queue="q", source="test")
+    now = utcnow()
+    finished = {0, 7_000, 13_001, 19_999}
+    jobs = [
+        {
+            "run_id": run.id,
+            "input_key": f"{i:064x}",
+            "images": [f"s3://bucket/{i}.jpg"],
+            "question": QUESTION,
+            "state": JobState.SUCCEEDED.value if i in finished else JobState.QUEUED.value,
+            "attempt_count": 1 if i in finished else 0,
+            "finished_at": now if i in finished else None,
+        }
+        for i in range(20_000)
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(Job), jobs)
+        done = select(Job.id).where(Job.state == JobState.SUCCEEDED.value)
+        connection.execute(
+            insert(Attempt).from_select(
+                ["job_id", "number", "worker", "outcome", "started_at"],
+                select(Job.id, literal(1), literal("w"), literal("succeeded"), literal(now)).where(Job.id.in_(done)),
+            )
+        )
+        connection.execute(
+            update(Job)
+            .where(Job.id.in_(done))
+            .values(current_attempt_id=select(Attempt.id).where(Attempt.job_id == Job.id).scalar_subquery())
+        )
+        connection.execute(
+            insert(Result).from_select(
+                list(RESULT_COLUMNS),
+                select(
+                    Attempt.job_id, Attempt.id, literal(0), literal("B"), literal("t"), literal("t</think>B"),
+                    literal("stop"), literal(True), literal(3), literal(2), literal(1), literal(now),
+                ),
+            )
+        )  # fmt: skip
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with sessions() as session:
+        stored = get_run(session, "sparse")
+    records = list(iter_records(sessions, stored, ExportFilter(), page_rows=10))
+    assert len(records) == 4
+    reads = [s for s in statements if "results" in s]
+    assert len(reads) <= 2 * len(finished) + 1, reads  # a probe and a page per finished job, a last probe
