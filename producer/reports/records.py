@@ -79,9 +79,12 @@ def iter_records(
         with sessions() as session:
             # Windows without a result are skipped by one probe of ix_results_job_id: exporting what a
             # partly finished run of 10^7 jobs has so far must not read every job of it.
-            low = session.scalar(select(func.min(Result.job_id)).where(Result.job_id >= low, Result.job_id <= last))
-            if low is None:
+            next_result = session.scalar(
+                select(func.min(Result.job_id)).where(Result.job_id >= low, Result.job_id <= last)
+            )
+            if next_result is None:
                 return
+            low = next_result
             # Through the connection: plain rows, without the ORM's per-row bookkeeping.
             page = session.connection().execute(query.where(Job.id >= low, Job.id < low + window)).all()
         for row in page:
