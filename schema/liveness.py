@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, insert, select, update
+from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -95,6 +95,6 @@ def prune_workers(session: Session, *, now: datetime) -> int:
 
 
 def workers_alive(session: Session) -> int:
-    """Workers whose heartbeat is current."""
+    """Workers whose heartbeat is current (`vlmbatch status RUN`): a few rows per worker host."""
     now = database_now(session)
-    return len(session.scalars(select(Worker.name).where(Worker.expires_at >= now)).all())
+    return int(session.scalar(select(func.count()).select_from(Worker).where(Worker.expires_at >= now)) or 0)

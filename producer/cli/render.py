@@ -52,7 +52,7 @@ def progress_line(name: str, progress: Progress) -> str:
     )
 
 
-def status_block(name: str, progress: Progress, cost: Totals | None = None) -> str:
+def status_block(name: str, progress: Progress, cost: Totals | None = None, workers: int | None = None) -> str:
     report = progress.report
     lines = [f"run {report.run} ({terminal_safe(name)}): {report.total} jobs"]
     lines.append(table(["state", "jobs"], [(s.value, report.counts[s.value]) for s in JobState]))
@@ -68,6 +68,8 @@ def status_block(name: str, progress: Progress, cost: Totals | None = None) -> s
             )
     lines.append("")
     lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
+    if workers is not None:
+        lines.append(f"workers alive (heartbeat current, all queues): {workers}")
     if cost is not None:
         lines.append(
             f"cost so far: {cost.attempts} attempts, {cost.prompt_tokens:,} prompt, {cost.reasoning_tokens:,} "

@@ -13,6 +13,7 @@ from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import progress_line, status_block, table
 from vlmbatch.producer.reports.stats import run_accounting
+from vlmbatch.schema.liveness import workers_alive
 from vlmbatch.schema.runs import get_run
 from vlmbatch.schema.status import run_progress, run_status
 from vlmbatch.schema.tables import Run
@@ -48,7 +49,8 @@ def status_command(run: str | None, as_json: bool, watch: bool, interval: float)
     if not watch:
         with ctx.sessions() as session:
             cost = run_accounting(session, target.id).all_attempts
-            click.echo(status_block(target.name, run_progress(session, target.id), cost))
+            workers = workers_alive(session)
+            click.echo(status_block(target.name, run_progress(session, target.id), cost, workers))
         return
     while True:
         with ctx.sessions() as session:

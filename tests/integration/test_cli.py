@@ -81,6 +81,8 @@ def test_status_shows_what_the_run_cost(tmp_path: Path) -> None:
     shown = vlmbatch(["status", str(run["run"])], env).stdout
     assert "succeeded  3" in shown
     assert "cost so far: 3 attempts" in shown and "GPU-seconds" in shown
+    # The embedded run ended before its first heartbeat (every 30 s): no worker is alive now.
+    assert "workers alive (heartbeat current, all queues): 0" in shown
 
 
 def test_a_password_in_the_database_url_never_reaches_the_output(tmp_path: Path) -> None:
