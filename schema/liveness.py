@@ -88,6 +88,12 @@ def _take_back_orphans(session: Session, *, worker: str, job_ids: list[int], now
     take_back(session, session.execute(stmt).tuples(), now=now, reason=ORPHANED)
 
 
+def retire(session: Session, *, worker: str) -> None:
+    """A stopping worker's last word, once it handed its jobs back: its row goes, so that `status` stops
+    counting it and whatever it could not hand back expires with its claims' leases."""
+    session.execute(delete(Worker).where(Worker.name == worker))
+
+
 def prune_workers(session: Session, *, now: datetime) -> int:
     """Delete the rows of workers silent for PRUNE_AFTER; return how many."""
     pruned = cast(CursorResult[Any], session.execute(delete(Worker).where(Worker.expires_at < now - PRUNE_AFTER)))

@@ -198,3 +198,24 @@ def test_a_claim_waiting_for_room_when_the_worker_stops_is_told_so(sqlite_url: s
         pipeline.stop(grace_s=0.0)
         claimer.join(timeout=30)
     assert len(outcome) == 1 and isinstance(outcome[0], WorkerStopping)
+
+
+def test_a_stopped_worker_hands_its_jobs_back_and_deletes_its_heartbeat_row(postgres_url: str, tmp_path: Path) -> None:
+    from vlmbatch.schema.tables import Worker
+
+    settings = settings_for(postgres_url, heartbeat_seconds=0.2)
+    engine = FakeEngine("fake-model", FakeBehaviour(latency_s=30.0))
+    with _pipeline(settings, engine) as (pipeline, sessions, _db_engine):
+        run_id = submit_folder(sessions, _folder(tmp_path / "imgs", 4))
+        pipeline.feed_run(run_id)
+        deadline = time.monotonic() + 20
+        beating: list[str] = []
+        while not beating and time.monotonic() < deadline:
+            time.sleep(0.05)
+            with sessions() as session:
+                beating = list(session.scalars(select(Worker.name)))
+        assert beating == ["test-worker"]  # it beat while its jobs generated
+        pipeline.stop(grace_s=0.0)
+        with sessions() as session:
+            assert list(session.scalars(select(Worker.name))) == []
+            assert set(session.scalars(select(Job.state).where(Job.run_id == run_id))) == {JobState.QUEUED.value}

@@ -30,6 +30,7 @@ from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.claims import ClaimedJob
 from vlmbatch.schema.errors import EngineDead, ErrorType, InternalError, JobError
+from vlmbatch.schema.liveness import retire
 from vlmbatch.schema.outcomes import AttemptReport
 from vlmbatch.schema.settings import Settings
 from vlmbatch.schema.states import AttemptOutcome
@@ -195,6 +196,11 @@ class Pipeline:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        # After the heartbeat stopped, so that no beat brings the row back.
+        try:
+            await self._db.transaction(partial(retire, worker=self.worker_id))
+        except Exception:  # its row lapses by itself within a lease
+            log.warning("could not delete this worker's heartbeat row", exc_info=True)
         await self._engine.shutdown()
 
     async def _drain_writer(self) -> None:
