@@ -168,6 +168,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"VLMBATCH_ENVIRONMENT=production needs {names} (no embedded defaults)")
         return self
 
+    @model_validator(mode="after")
+    def _a_lease_outlives_a_missed_beat(self) -> Settings:
+        # A running job lives lease_seconds past its worker's last beat: with fewer than two beats per
+        # lease, one late beat would hand a live worker's jobs to another.
+        if 2 * self.heartbeat_seconds > self.lease_seconds:
+            raise ValueError(
+                f"VLMBATCH_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be at most half of "
+                f"VLMBATCH_LEASE_SECONDS ({self.lease_seconds:g})"
+            )
+        return self
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

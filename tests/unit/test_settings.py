@@ -23,6 +23,12 @@ def test_production_refuses_the_embedded_defaults() -> None:
     Settings(environment="production", database_url="postgresql+psycopg://db/x", broker_url="redis://r:6379/0")
 
 
+def test_a_heartbeat_beats_at_least_twice_per_lease() -> None:
+    with pytest.raises(ValidationError, match=r"VLMBATCH_HEARTBEAT_SECONDS \(90\) must be at most half"):
+        Settings(heartbeat_seconds=90, lease_seconds=120)
+    Settings(heartbeat_seconds=60, lease_seconds=120)
+
+
 def test_the_embedded_defaults_live_under_home(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     assert settings.resolved_database_url() == f"sqlite:///{tmp_path / 'vlmbatch.db'}"
