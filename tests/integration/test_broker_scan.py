@@ -62,3 +62,22 @@ def test_an_unacknowledged_message_that_is_not_a_token_counts_for_nothing(redis_
         client.hdel("unacked", tag)
         client.zrem("unacked_index", tag)
         client.close()
+
+
+def test_tokens_for_a_wiped_queue_are_published_a_pipeline_at_a_time(redis_url: str, queue_name: str) -> None:
+    """What the reconciler publishes after Redis lost a queue of 10^7 jobs is 625,000 messages: they are
+    built and sent PIPELINE_MESSAGES at a time, so memory does not grow with the deficit."""
+    import tracemalloc
+
+    app = make_celery(Settings(broker_url=redis_url, queue=queue_name))  # type: ignore[call-arg]
+    publisher = RedisPublisher(app, jobs_per_message=1)
+    messages = 4 * RedisPublisher.PIPELINE_MESSAGES + 7
+    tracemalloc.start()
+    try:
+        assert publisher.publish(queue_name, messages) == messages
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert redis.Redis.from_url(redis_url).llen(queue_name) == messages
+    # ~1.9 KB a message while a pipeline is built: one pipeline measured 9.7 MB here, all four at once 38 MB.
+    assert peak < RedisPublisher.PIPELINE_MESSAGES * 4_000, peak
