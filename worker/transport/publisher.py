@@ -52,9 +52,9 @@ class RedisPublisher:
     """
 
     # Messages per LPUSH (a pipeline sends several LPUSHes in one round trip), and per pipeline: tokens for
-    # a wiped queue of 10^7 jobs are 625,000 messages, built and sent a pipeline at a time (flat memory).
+    # a wiped queue of 10^7 jobs are 625,000 messages, built and sent a pipeline at a time (~2 MB).
     PUSH_BATCH = 500
-    PIPELINE_MESSAGES = 5_000
+    PIPELINE_MESSAGES = 1_000
 
     def __init__(self, app: Celery, *, jobs_per_message: int) -> None:
         import redis
