@@ -1,8 +1,9 @@
 """The ledger's one lock order, so that writers never deadlock on PostgreSQL.
 
 Every transaction that locks several rows takes job rows first, in ascending id, then the attempts of
-those jobs: claims, the outcome writer, lease renewal, the reconciler, resubmit and cancel. Two writers
-whose job sets overlap then queue behind each other instead of each holding what the other waits for.
+those jobs: claims, the outcome writer, a heartbeat taking back jobs, the reconciler, resubmit and
+cancel. Two writers whose job sets overlap then queue behind each other instead of each holding what the
+other waits for.
 """
 
 from __future__ import annotations
