@@ -93,11 +93,11 @@ def write_manifest(path: Path, n: int, bucket: str = "bench") -> Path:
 
 NAIVE = """
 import sys, time
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.models import JobSpec, RunSettings
-from vlmbatch.schema.runs import create_or_reuse_run
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.contracts.models import JobSpec, RunSettings
+from vlmbatch.schema.ledger.runs import create_or_reuse_run
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.transport.celery_app import RUN_JOBS_TASK, make_celery
 settings = Settings()
 _, sessions = open_ledger(settings.resolved_database_url())

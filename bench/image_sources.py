@@ -54,11 +54,11 @@ def _write_shards(folder: Path, images: list[bytes], per_shard: int) -> None:
 
 
 def _measure(label: str, uri: str, work: Path, endpoint: str | None, **open_args: Any) -> dict[str, Any]:
-    from vlmbatch.producer.sources import open_source
+    from vlmbatch.producer.sources.open import open_source
     from vlmbatch.producer.submit import submit
-    from vlmbatch.schema.database import open_ledger
-    from vlmbatch.schema.models import RunSettings
-    from vlmbatch.schema.settings import Settings
+    from vlmbatch.schema.contracts.models import RunSettings
+    from vlmbatch.schema.contracts.settings import Settings
+    from vlmbatch.schema.ledger.database import open_ledger
     from vlmbatch.worker.process.runtime import build_pipeline
     from vlmbatch.worker.transport.publisher import NullPublisher
 

@@ -75,12 +75,12 @@ def measure(work: Path, n: int, window: float, seed_above: int) -> tuple[dict[st
     from sqlalchemy import select, text
 
     from vlmbatch.producer.browser.app import build_app
-    from vlmbatch.schema.claims import QueueClaimer, claim_jobs
-    from vlmbatch.schema.database import open_ledger
-    from vlmbatch.schema.liveness import renew_leases
-    from vlmbatch.schema.settings import Settings
-    from vlmbatch.schema.status import run_progress
-    from vlmbatch.schema.tables import Job
+    from vlmbatch.schema.contracts.settings import Settings
+    from vlmbatch.schema.ledger.claims import QueueClaimer, claim_jobs
+    from vlmbatch.schema.ledger.database import open_ledger
+    from vlmbatch.schema.ledger.liveness import renew_leases
+    from vlmbatch.schema.ledger.status import run_progress
+    from vlmbatch.schema.ledger.tables import Job
 
     row: dict[str, float] = {}
     flush_redis()
@@ -212,7 +212,7 @@ def drop_database(url: str) -> None:
 
 def worker_rate(work: Path, env: dict[str, str], sessions: Any, run_id: int, window: float) -> float:
     """Jobs finished per second by 2 workers over `window` seconds, from their first result on."""
-    from vlmbatch.schema.status import run_status
+    from vlmbatch.schema.ledger.status import run_status
 
     def done() -> int:
         with sessions() as session:

@@ -2,7 +2,7 @@
 
 A 10^7-job submit takes about an hour on 2 cores, so at sizes above `--seed-above` the run is first grown
 to N - SUBMITTED queued jobs by `INSERT ... SELECT ... FROM generate_series` in PostgreSQL, rows shaped as
-`vlmbatch submit` writes them (schema/enqueue.py `_MOVE_STAGED`): the manifest's image, a question of
+`vlmbatch submit` writes them (schema/ledger/enqueue.py `_MOVE_STAGED`): the manifest's image, a question of
 their own ("... seeded view i"), the input_key that JobSpec.input_key() gives those (checked on one row),
 the run counters raised in the same transactions. No ON CONFLICT: a seeded key meeting another key fails
 the seeding. Then `vlmbatch reconcile --grace 0` publishes their claim tokens (the project's own path for
@@ -36,7 +36,7 @@ SEED_CHUNK = 1_000_000
 # A seeded job's question; `%s` is its number. No manifest row of bench/scale.py asks this.
 SEED_QUESTION = "What is shown in seeded view %s?"
 
-# As schema/enqueue.py _MOVE_STAGED writes a staged row, but from generate_series; input_key as
+# As schema/ledger/enqueue.py _MOVE_STAGED writes a staged row, but from generate_series; input_key as
 # JobSpec.input_key() computes it for one spec of these images and this question: the first 32 hex
 # digits of the SHA-256 of the length-prefixed parts (`prefix` holds the image part).
 _SEED = """
@@ -55,7 +55,7 @@ class Seeded:
     run_id: int
     jobs: int
     insert_s: float  # the INSERTs and their counters
-    statistics_s: float  # schema.enqueue.refresh_statistics
+    statistics_s: float  # schema.ledger.enqueue.refresh_statistics
     reconcile_s: float  # `vlmbatch reconcile --grace 0`, publishing the seeded jobs' tokens
     tokens: int  # the queue's length after it
 
@@ -75,8 +75,8 @@ def create_run(sessions: Any, *, manifest: Path, submit_args: Sequence[str], que
     """The run that `vlmbatch submit MANIFEST SUBMIT_ARGS` will reuse (its --run name, the settings its
     flags give), and the manifest's first job spec, as submit reads it."""
     from vlmbatch.producer.cli.options import build_run_settings
-    from vlmbatch.producer.sources import open_source
-    from vlmbatch.schema.runs import get_or_create_run
+    from vlmbatch.producer.sources.open import open_source
+    from vlmbatch.schema.ledger.runs import get_or_create_run
 
     flags = submit_flags(manifest, submit_args)
     assert flags["run_name"] and flags["model"], "the seeded run needs --run and --model"
@@ -93,10 +93,10 @@ def seed_jobs(sessions: Any, *, run_id: int, template: Any, jobs: int, log: bool
     INSERTs (with their counters) and of refreshing the statistics."""
     from sqlalchemy import text
 
-    from vlmbatch.schema.counters import Bucket, CountDeltas
-    from vlmbatch.schema.enqueue import refresh_statistics, staged_row
-    from vlmbatch.schema.models import JobSpec
-    from vlmbatch.schema.states import JobState
+    from vlmbatch.schema.contracts.models import JobSpec
+    from vlmbatch.schema.contracts.states import JobState
+    from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+    from vlmbatch.schema.ledger.enqueue import refresh_statistics, staged_row
 
     assert template.params is None and not (template.meta or {}).get("custom_id"), "not part of the seeded key"
     _, images, _, reference, metadata, params = staged_row(template)
@@ -146,7 +146,7 @@ def seed_ledger(
     db: str, env: dict[str, str], *, manifest: Path, submit_args: Sequence[str], queue: str, jobs: int, per_message: int
 ) -> Seeded:
     """A run of `jobs` seeded jobs with their tokens, ready for `vlmbatch submit MANIFEST SUBMIT_ARGS`."""
-    from vlmbatch.schema.database import open_ledger
+    from vlmbatch.schema.ledger.database import open_ledger
 
     engine, sessions = open_ledger(db, auto_migrate=False)
     try:

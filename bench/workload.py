@@ -103,8 +103,8 @@ def ledger_span(database_url: str, run_id: int, label: str) -> Measured:
     """The pipeline's throughput over its own span in the ledger: first claim to last committed result."""
     from sqlalchemy import func, select
 
-    from vlmbatch.schema.database import open_ledger
-    from vlmbatch.schema.tables import Attempt, Job
+    from vlmbatch.schema.ledger.database import open_ledger
+    from vlmbatch.schema.ledger.tables import Attempt, Job
 
     _, sessions = open_ledger(database_url, auto_migrate=False)
     with sessions() as session:
@@ -142,8 +142,8 @@ def wait_for_run(database_url: str, run_id: int, *, timeout: float) -> None:
     """Poll the ledger until none of the run's jobs is queued or running."""
     from sqlalchemy import func, select
 
-    from vlmbatch.schema.database import open_ledger
-    from vlmbatch.schema.tables import Job
+    from vlmbatch.schema.ledger.database import open_ledger
+    from vlmbatch.schema.ledger.tables import Job
 
     _, sessions = open_ledger(database_url, auto_migrate=False)
     deadline = time.monotonic() + timeout

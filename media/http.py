@@ -25,7 +25,7 @@ from urllib.parse import urljoin
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from vlmbatch.schema.errors import (
+from vlmbatch.schema.contracts.errors import (
     InputForbidden,
     InputNotFound,
     InputOptedOut,
@@ -35,7 +35,7 @@ from vlmbatch.schema.errors import (
 )
 
 if TYPE_CHECKING:
-    from vlmbatch.schema.settings import Settings
+    from vlmbatch.schema.contracts.settings import Settings
 
 MAX_REDIRECTS = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -1,6 +1,6 @@
 """Hardened image decoding: untrusted bytes in, an RGB `PIL.Image.Image` out, or an input error.
 
-Taxonomy (DESIGN.md, `schema/errors.py`):
+Taxonomy (DESIGN.md, `schema/contracts/errors.py`):
 - `InputUnreadable`: empty, not an image at all, or an allowed format that is corrupt or truncated.
 - `InputUnsupported`: a format Pillow recognizes but we do not allow (ICO, PSD, AVIF, HEIF, ...), or an
   allowed format whose mode, compression or codec we cannot decode.
@@ -18,7 +18,7 @@ from typing import cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from vlmbatch.schema.errors import InputTooLarge, InputUnreadable, InputUnsupported
+from vlmbatch.schema.contracts.errors import InputTooLarge, InputUnreadable, InputUnsupported
 
 # Trial order is most common first. MPO (multi-picture JPEG) arrives through the JPEG opener.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")

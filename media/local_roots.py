@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from vlmbatch.schema.errors import InputUnsupported
+from vlmbatch.schema.contracts.errors import InputUnsupported
 
 # A run's source that names a file (a manifest) allows that file's folder; a folder allows itself.
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from vlmbatch.media.local_roots import local_path as local_path  # re-exported: sources import it from here
-from vlmbatch.schema.errors import (
+from vlmbatch.schema.contracts.errors import (
     InputNotFound,
     InputTooLarge,
     InputUnreadable,
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from vlmbatch.media.http import HttpImages, HttpOptions
-    from vlmbatch.schema.settings import Settings
+    from vlmbatch.schema.contracts.settings import Settings
 
 # S3 error codes that mean "try again later" (throttling, server-side trouble).
 _TRANSIENT_CODES = frozenset(

@@ -16,9 +16,13 @@ from itertools import islice
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.producer.sources import RowErrors, Source, SpecCheck, checked_rows
-from vlmbatch.schema.counters import read_counts
-from vlmbatch.schema.enqueue import (
+from vlmbatch.producer.sources.base import RowErrors, Source, SpecCheck, checked_rows
+from vlmbatch.schema.contracts.errors import BrokerUnavailable
+from vlmbatch.schema.contracts.models import JobSpec, RunSettings, SubmitReport
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.grading import normalize_reference, parse_options
+from vlmbatch.schema.ledger.counters import read_counts
+from vlmbatch.schema.ledger.enqueue import (
     PostgresStaging,
     StagedRow,
     insert_jobs,
@@ -26,11 +30,7 @@ from vlmbatch.schema.enqueue import (
     refresh_statistics,
     staged_row,
 )
-from vlmbatch.schema.errors import BrokerUnavailable
-from vlmbatch.schema.grading import normalize_reference, parse_options
-from vlmbatch.schema.models import JobSpec, RunSettings, SubmitReport
-from vlmbatch.schema.runs import create_or_reuse_run, get_or_create_run
-from vlmbatch.schema.states import JobState
+from vlmbatch.schema.ledger.runs import create_or_reuse_run, get_or_create_run
 from vlmbatch.worker.transport.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
@@ -60,7 +60,7 @@ def submit(
     held: bool = False,
 ) -> SubmitReport:
     """Submit every job of `source` to the run (`held`: a new run's jobs are not claimable until it is
-    released, schema.runs.release_run). Raises SourceError (nothing written) for a bad source,
+    released, schema.ledger.runs.release_run). Raises SourceError (nothing written) for a bad source,
     RunConflict when the named run exists with other settings."""
     name = run_name or default_run_name(source.uri, question, settings)
     if sessions.kw["bind"].dialect.name == "postgresql":
@@ -151,7 +151,7 @@ def _submit_in_one_transaction(
     with sessions() as session, session.begin():
         # Before the first message: workers claim right away, and need plans made for this table's size.
         refresh_statistics(session, inserted=submitted)
-    # Claim tokens name no jobs (worker/transport/tokens.py): one per `jobs_per_message` new jobs, in
+    # Claim tokens name no jobs (schema/contracts/tokens.py): one per `jobs_per_message` new jobs, in
     # parts, each noted as published so the reconciler's grace covers the rest.
     for start in range(0, submitted, PUBLISH_PART):
         _raise_if_unpublished(_publish(publisher, queue, min(PUBLISH_PART, submitted - start)), run_id, submitted)

@@ -57,7 +57,7 @@ def _with_database(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A migrated database that every test's database is cloned from."""
-    from vlmbatch.schema.database import make_engine, upgrade
+    from vlmbatch.schema.ledger.database import make_engine, upgrade
 
     name = f"vlmbatch_tpl_{os.getpid()}"
     with psycopg.connect(_admin_dsn(), autocommit=True) as admin:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.states import TERMINAL_STATES, AttemptOutcome
-from vlmbatch.schema.tables import Attempt, Job
+from vlmbatch.schema.contracts.states import TERMINAL_STATES, AttemptOutcome
+from vlmbatch.schema.ledger.tables import Attempt, Job
 
 
 def running_attempts_on_terminal_jobs(session: Session) -> int:

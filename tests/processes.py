@@ -15,8 +15,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import Job
 
 VLMBATCH = [sys.executable, "-m", "vlmbatch.producer.cli"]
 

@@ -48,12 +48,12 @@ def main() -> int:
 
     from bench.workload import write_images
     from vlmbatch.media.stores import ObjectStores
-    from vlmbatch.producer.sources import open_source
+    from vlmbatch.producer.sources.open import open_source
     from vlmbatch.producer.submit import submit
-    from vlmbatch.schema.database import open_ledger
-    from vlmbatch.schema.models import RunSettings, SamplingSettings
-    from vlmbatch.schema.settings import Settings
-    from vlmbatch.schema.tables import Attempt, Job, Result
+    from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
+    from vlmbatch.schema.contracts.settings import Settings
+    from vlmbatch.schema.ledger.database import open_ledger
+    from vlmbatch.schema.ledger.tables import Attempt, Job, Result
     from vlmbatch.worker.engines.thread import EngineThread
     from vlmbatch.worker.engines.vllm_engine import VllmEngine
     from vlmbatch.worker.pipeline.pipeline import Pipeline

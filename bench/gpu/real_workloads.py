@@ -161,11 +161,11 @@ def _pipeline_longtail(
     from sqlalchemy import select, update
 
     from vlmbatch.media.stores import ObjectStores
-    from vlmbatch.producer.sources import open_source
+    from vlmbatch.producer.sources.open import open_source
     from vlmbatch.producer.submit import submit
-    from vlmbatch.schema.database import open_ledger
-    from vlmbatch.schema.models import RunSettings, SamplingSettings
-    from vlmbatch.schema.tables import Job
+    from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
+    from vlmbatch.schema.ledger.database import open_ledger
+    from vlmbatch.schema.ledger.tables import Job
     from vlmbatch.worker.engines.thread import EngineThread
     from vlmbatch.worker.engines.vllm_engine import VllmEngine
     from vlmbatch.worker.pipeline.pipeline import Pipeline

@@ -121,7 +121,7 @@ def run_raw(args: argparse.Namespace, model: Path, images: list[Path], annotate:
 
 def pipeline_settings(args: argparse.Namespace, model: Path, database_url: str) -> Any:
     """The settings of the pipeline's engine, matching the raw engine's (`engine_kwargs`)."""
-    from vlmbatch.schema.settings import Settings
+    from vlmbatch.schema.contracts.settings import Settings
 
     kwargs = engine_kwargs(args, model)
     return Settings(
@@ -144,10 +144,10 @@ def run_pipeline(
     args: argparse.Namespace, model: Path, images_dir: Path, annotate_dir: Path, work: Path
 ) -> dict[str, Any]:
     from vlmbatch.media.stores import ObjectStores
-    from vlmbatch.producer.sources import open_source
+    from vlmbatch.producer.sources.open import open_source
     from vlmbatch.producer.submit import submit
-    from vlmbatch.schema.database import open_ledger
-    from vlmbatch.schema.models import RunSettings, SamplingSettings
+    from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
+    from vlmbatch.schema.ledger.database import open_ledger
     from vlmbatch.worker.engines.thread import EngineThread
     from vlmbatch.worker.engines.vllm_engine import VllmEngine
     from vlmbatch.worker.pipeline.pipeline import Pipeline

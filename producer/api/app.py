@@ -34,7 +34,7 @@ from vlmbatch.producer.api.files import (
     too_large,
 )
 from vlmbatch.producer.api.keys import ApiKeys, RequireApiKey
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.transport.publisher import Publisher
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Any
 
 from vlmbatch.producer.api.errors import ApiError
 from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource
-from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.contracts.errors import SourceError
 
 # Bad lines listed in `errors.data` at most (the first ones): a million bad lines make a short answer.
 MAX_LISTED_ERRORS = 1000

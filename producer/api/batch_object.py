@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 from vlmbatch.producer.api.errors import ApiError
 from vlmbatch.producer.api.files import epoch
 from vlmbatch.producer.api.ids import batch_id, file_id
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.status import run_status
-from vlmbatch.schema.tables import ApiBatch, Run
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.status import run_status
+from vlmbatch.schema.ledger.tables import ApiBatch, Run
 
 # "24h" is OpenAI's one window; more hours are accepted (a team's overnight-plus-weekend batch). Shorter
 # ones are refused: a large batch would expire before its first job ran.

@@ -27,15 +27,15 @@ from vlmbatch.producer.api.ids import batch_id, parse_batch_id
 from vlmbatch.producer.reports.export import ExportFilter, export_run
 from vlmbatch.producer.sources.openai_batch import CHAT_URLS, OpenAIBatchSource
 from vlmbatch.producer.submit import publish_run, submit
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.errors import BrokerUnavailable, SourceError
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.resubmit import cancel_run
-from vlmbatch.schema.runs import release_run
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.status import run_status
-from vlmbatch.schema.tables import ApiBatch, ApiFile, Run
+from vlmbatch.schema.contracts.errors import BrokerUnavailable, SourceError
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.resubmit import cancel_run
+from vlmbatch.schema.ledger.runs import release_run
+from vlmbatch.schema.ledger.status import run_status
+from vlmbatch.schema.ledger.tables import ApiBatch, ApiFile, Run
 from vlmbatch.worker.transport.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class BatchService:
         }
 
     def cancel(self, public_id: str) -> dict[str, Any]:
-        """Cancel the batch: its run's queued and running jobs end `cancelled` (schema.resubmit.cancel_run);
+        """Cancel the batch: its run's queued and running jobs end `cancelled` (schema.ledger.resubmit.cancel_run);
         a `validating` batch is marked, and its submit cancels every job it inserted, none published."""
         current = self.retrieve(public_id)
         if current["status"] not in _CANCELLABLE:

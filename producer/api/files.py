@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.ids import file_id, parse_file_id
-from vlmbatch.schema.tables import ApiFile
+from vlmbatch.schema.ledger.tables import ApiFile
 
 UPLOAD_PURPOSE = "batch"
 OUTPUT_PURPOSE = "batch_output"

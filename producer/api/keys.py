@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vlmbatch.producer.api.errors import ApiError
 from vlmbatch.producer.browser.auth import Access
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 
 _HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
 

@@ -33,8 +33,8 @@ from vlmbatch.producer.browser.ledger import open_readonly_ledger
 from vlmbatch.producer.browser.pages import message_page, run_page, runs_page
 from vlmbatch.producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
 from vlmbatch.producer.browser.thumbnails import Thumbnailer
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import JobState
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import JobState
 
 log = logging.getLogger(__name__)
 

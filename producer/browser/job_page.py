@@ -11,7 +11,7 @@ from __future__ import annotations
 from vlmbatch.producer.browser.pages import job_path, run_path
 from vlmbatch.producer.browser.queries import JobDetail
 from vlmbatch.producer.browser.rendering import render
-from vlmbatch.schema.tables import Result
+from vlmbatch.schema.ledger.tables import Result
 
 MAX_TRACE_CHARS = 200_000
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.database import _sqlite_on_begin, make_engine, make_session_factory
+from vlmbatch.schema.ledger.database import _sqlite_on_begin, make_engine, make_session_factory
 
 
 def open_readonly_ledger(url: str) -> tuple[Engine, sessionmaker[Session]]:

@@ -8,7 +8,7 @@ from vlmbatch.producer.browser.layout import number, when
 from vlmbatch.producer.browser.queries import CORRECTNESS, ErrorGroup, JobPage, ResultFilter, RunSummary
 from vlmbatch.producer.browser.rendering import render
 from vlmbatch.producer.reports.display import duration
-from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.contracts.models import RunSettings
 
 
 def run_path(run_id: int) -> str:

@@ -1,7 +1,7 @@
 """The browser's read queries. Every list is keyset-paged on a primary key (`WHERE id > :after ORDER BY id
 LIMIT n`), never OFFSET, so that page 20,000 of a run costs what page 1 does.
 
-Correctness is a job's, judged on its standing samples (`schema.standing`, the one definition the export
+Correctness is a job's, judged on its standing samples (`schema.ledger.standing`, the one definition the export
 and the stats use too: the current attempt's results, or every sampling round of an accept-until-M job):
 `correct` when any of them is graded correct, `incorrect` when some are graded and none is correct,
 `ungraded` when it has samples and none is graded (no grader, or no reference).
@@ -18,11 +18,11 @@ from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.producer.reports.display import preview
-from vlmbatch.schema.keyset import Keyset
-from vlmbatch.schema.standing import attempt_stands, result_stands
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.status import Progress, run_progress
-from vlmbatch.schema.tables import Attempt, Job, Result, Run
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.keyset import Keyset
+from vlmbatch.schema.ledger.standing import attempt_stands, result_stands
+from vlmbatch.schema.ledger.status import Progress, run_progress
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
 
 Correctness = Literal["correct", "incorrect", "ungraded"]
 CORRECTNESS: tuple[Correctness, ...] = get_args(Correctness)
@@ -93,7 +93,7 @@ class JobDetail:
     run: Run
     attempts: list[Attempt]
     results: dict[int, list[Result]]
-    # The attempts whose results stand (schema.standing).
+    # The attempts whose results stand (schema.ledger.standing).
     standing_attempts: frozenset[int] = frozenset()
 
     @property

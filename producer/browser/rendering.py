@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 from vlmbatch.producer.browser import layout
 from vlmbatch.producer.reports.display import duration
-from vlmbatch.schema.states import JobState
+from vlmbatch.schema.contracts.states import JobState
 
 # C0 controls other than tab, newline and carriage return, and DEL: invalid in HTML text.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from vlmbatch.media.images import decode_image
 from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.stores import ObjectStore
-from vlmbatch.schema.errors import ErrorType, JobError
+from vlmbatch.schema.contracts.errors import ErrorType, JobError
 
 log = logging.getLogger(__name__)
 

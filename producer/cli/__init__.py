@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vlmbatch.schema.errors import VlmbatchError
+from vlmbatch.schema.contracts.errors import VlmbatchError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

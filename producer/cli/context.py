@@ -8,8 +8,8 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.database import open_ledger
 from vlmbatch.worker.transport.celery_app import make_celery
 from vlmbatch.worker.transport.publisher import Publisher, publisher_for
 

@@ -6,7 +6,7 @@ import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
-from vlmbatch.schema.database import current_revision, make_engine, upgrade
+from vlmbatch.schema.ledger.database import current_revision, make_engine, upgrade
 
 
 @cli.group("db")

@@ -9,10 +9,10 @@ import click
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import table
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
-from vlmbatch.schema.runs import get_run
-from vlmbatch.schema.states import JobState
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
+from vlmbatch.schema.ledger.runs import get_run
 
 
 def _states(value: str) -> list[JobState]:

@@ -13,7 +13,7 @@ import click
 from pydantic import ValidationError
 
 from vlmbatch.producer.sources.parquet import ColumnChoice
-from vlmbatch.schema.models import (
+from vlmbatch.schema.contracts.models import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,
@@ -21,7 +21,7 @@ from vlmbatch.schema.models import (
     RunSettings,
     SamplingSettings,
 )
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The runs.name column's width.

@@ -18,8 +18,8 @@ from vlmbatch.producer.reports.export import (
     export_run,
 )
 from vlmbatch.producer.reports.stats import PERCENTILES, RunStats, Totals, run_stats
-from vlmbatch.schema.runs import get_run
-from vlmbatch.schema.states import JobState
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.runs import get_run
 
 
 def _finished_states(value: str) -> tuple[JobState, ...]:

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from vlmbatch.producer.reports.display import duration
 from vlmbatch.producer.reports.stats import Totals
-from vlmbatch.schema.errors import ErrorType, is_storage_problem
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.status import Progress
+from vlmbatch.schema.contracts.errors import ErrorType, is_storage_problem
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.status import Progress
 
 BAR_WIDTH = 30
 # Escape sequences (CSI, OSC and other ESC-introduced ones) and every other control character: text

@@ -13,10 +13,10 @@ from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import progress_line, status_block, table
 from vlmbatch.producer.reports.stats import run_accounting
-from vlmbatch.schema.liveness import workers_alive
-from vlmbatch.schema.runs import get_run
-from vlmbatch.schema.status import run_progress, run_status
-from vlmbatch.schema.tables import Run
+from vlmbatch.schema.ledger.liveness import workers_alive
+from vlmbatch.schema.ledger.runs import get_run
+from vlmbatch.schema.ledger.status import run_progress, run_status
+from vlmbatch.schema.ledger.tables import Run
 
 
 @cli.command("status")

@@ -29,7 +29,7 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
     from vlmbatch.producer.api.server import build_server_app, listening_socket, serve
     from vlmbatch.producer.browser.app import build_app
     from vlmbatch.producer.browser.auth import MIN_TOKEN_CHARS
-    from vlmbatch.worker.process.log_format import configure_logging
+    from vlmbatch.worker.telemetry.log_format import configure_logging
 
     ctx = load_context(browser_host=host, browser_port=port, browser_token=token)
     settings = ctx.settings

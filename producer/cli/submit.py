@@ -21,12 +21,13 @@ from vlmbatch.producer.cli.options import (
     with_engine_args,
 )
 from vlmbatch.producer.cli.render import progress_line, table, terminal_safe
-from vlmbatch.producer.sources import open_source, source_notes
+from vlmbatch.producer.sources.base import source_notes
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.models import SubmitReport
-from vlmbatch.schema.runs import get_run
-from vlmbatch.schema.status import run_progress, run_status
+from vlmbatch.schema.contracts.models import SubmitReport
+from vlmbatch.schema.ledger.runs import get_run
+from vlmbatch.schema.ledger.status import run_progress, run_status
 from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 
 

@@ -34,8 +34,8 @@ def worker_command(loglevel: str, gpus: str | None, engine_arg: tuple[str, ...],
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)  # before any CUDA library is loaded
         if flags.get("tensor_parallel_size") is None:
             flags["tensor_parallel_size"] = len(chosen)
-    from vlmbatch.worker.process.log_format import configure_logging
     from vlmbatch.worker.process.main import run_celery_worker
+    from vlmbatch.worker.telemetry.log_format import configure_logging
 
     settings = with_engine_args(load_context(**flags).settings, engine_arg)
     configure_logging(loglevel, fmt=settings.log_format, worker=settings.resolved_worker_id())
@@ -69,7 +69,7 @@ def workers_command(
     import socket
 
     from vlmbatch.worker.process.launcher import parse_gpus, plan_workers, run_workers, visible_gpus
-    from vlmbatch.worker.process.log_format import configure_logging
+    from vlmbatch.worker.telemetry.log_format import configure_logging
 
     configure_logging(loglevel)
     chosen = parse_gpus(gpus) if gpus else visible_gpus()

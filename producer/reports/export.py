@@ -2,7 +2,7 @@
 output format, streamed in flat memory.
 
 What is exported: the *standing* results of a run, i.e. the result rows (one per sample) of the attempts
-made since each job's last (re)submission (`schema.standing`: the current attempt, or every sampling
+made since each job's last (re)submission (`schema.ledger.standing`: the current attempt, or every sampling
 round of an accept-until-M job), for jobs in the selected finished states (default `succeeded`).
 Attempts before a resubmission are history and never exported. Filters:
 `only_correct` keeps samples graded correct (`correct IS TRUE`); `max_trace_tokens` drops samples whose
@@ -89,8 +89,8 @@ from vlmbatch.producer.reports.records import (
     iter_records,
     standing_results,
 )
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Run
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import Run
 
 # The OpenAI format's split: jobs with standing samples go to the output file, the others to the errors.
 _WITH_SAMPLES = (JobState.SUCCEEDED, JobState.TRUNCATED)

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypedDict
 
 from sqlalchemy.orm import InstrumentedAttribute
 
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 
 # How a field is typed in Parquet; `json` is free-form (stored as JSON text), `timings` a struct of floats.
 ArrowType = Literal["string", "int64", "bool", "float64", "strings", "json"]

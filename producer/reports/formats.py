@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
 from vlmbatch.producer.reports.fields import FIELDS, ExportRecord, parquet_schema
-from vlmbatch.schema.prompts import with_image_tokens
-from vlmbatch.schema.reasoning import join_trace
+from vlmbatch.schema.contracts.placement import with_image_tokens
+from vlmbatch.schema.contracts.reasoning import join_trace
 
 ExportFormat = Literal["jsonl", "parquet", "sft", "internvl", "openai"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft", "internvl", "openai")

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from vlmbatch.producer.reports.fields import ExportRecord
 from vlmbatch.producer.reports.records import FailedJob
-from vlmbatch.schema.states import JobState
+from vlmbatch.schema.contracts.states import JobState
 
 
 def custom_id(job_id: int, metadata: dict[str, Any] | None) -> str:

@@ -11,10 +11,10 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.reports.fields import SELECTED, TIMING_FIELDS, ExportRecord
-from vlmbatch.schema.runs import run_settings
-from vlmbatch.schema.standing import result_stands
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Attempt, Job, Result, Run
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.runs import run_settings
+from vlmbatch.schema.ledger.standing import result_stands
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
 
 # Samples per page (about): large enough that round trips don't dominate, small enough that a page of
 # 16k-token traces (~64 KB each) stays well under 100 MB.
@@ -41,7 +41,7 @@ class ExportFilter:
 
 def standing_results(run_id: int, states: Sequence[JobState]) -> ColumnElement[bool]:
     """Join-and-filter condition for the standing results of `run_id`'s jobs in `states`: the results of
-    the attempts made since each job's last (re)submission (schema.standing). Use with
+    the attempts made since each job's last (re)submission (schema.ledger.standing). Use with
     `select(...).select_from(Result).join(Job, Job.id == Result.job_id)`."""
     return and_(
         Job.run_id == run_id,

@@ -8,7 +8,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.producer.reports.display import preview
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 
 PREVIEW_CHARS = 40
 

@@ -34,10 +34,10 @@ from sqlalchemy import ColumnElement, and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.producer.reports.records import standing_results
-from vlmbatch.schema.standing import attempt_stands
-from vlmbatch.schema.states import TERMINAL_STATES, JobState
-from vlmbatch.schema.status import run_status
-from vlmbatch.schema.tables import Attempt, Job, Result, Run
+from vlmbatch.schema.contracts.states import TERMINAL_STATES, JobState
+from vlmbatch.schema.ledger.standing import attempt_stands
+from vlmbatch.schema.ledger.status import run_status
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
 
 PERCENTILES = (50, 90, 99)
 TRUNCATED_FINISH_REASON = "length"

@@ -7,10 +7,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from vlmbatch.producer.sources import Row, SpecCheck
+from vlmbatch.producer.sources.base import Row, SpecCheck
 from vlmbatch.producer.sources.images import looks_like_image
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import JobSpec
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import JobSpec
 
 
 class FolderSource:

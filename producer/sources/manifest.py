@@ -28,10 +28,10 @@ from pydantic import ValidationError
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
-from vlmbatch.producer.sources import Row, RowSource
+from vlmbatch.producer.sources.base import Row, RowSource
 from vlmbatch.producer.sources.locations import resolve_image_ref
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import SAMPLING_COLUMNS, JobParams, JobSpec
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import SAMPLING_COLUMNS, JobParams, JobSpec
 
 CSV_IMAGE_SEPARATOR = ";"
 PARQUET_BATCH_ROWS = 8192

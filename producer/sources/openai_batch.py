@@ -31,11 +31,11 @@ from pydantic import ValidationError
 
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path
-from vlmbatch.producer.sources import Row, RowSource
+from vlmbatch.producer.sources.base import Row, RowSource
 from vlmbatch.producer.sources.locations import decode_data_uri, stage_bytes
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import JobParams, JobSpec
-from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import JobParams, JobSpec
+from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
 
 # Lines read to tell a batch file from a manifest.
 SNIFFED_LINES = 10

@@ -24,11 +24,11 @@ from pydantic import ValidationError
 
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import S3Objects, local_path
-from vlmbatch.producer.sources import Row, RowSource
+from vlmbatch.producer.sources.base import Row, RowSource
 from vlmbatch.producer.sources.locations import resolve_image_ref, stage_bytes
 from vlmbatch.producer.sources.manifest import _jsonable
-from vlmbatch.schema.errors import JobError, SourceError
-from vlmbatch.schema.models import JobSpec
+from vlmbatch.schema.contracts.errors import JobError, SourceError
+from vlmbatch.schema.contracts.models import JobSpec
 
 # Rows decoded at once: a few MB of images each, so a batch stays small whatever the row group size.
 BATCH_ROWS = 64

@@ -11,7 +11,7 @@ source before anything is written.
   must not leak into the prompt). The filter `options` turns a list, or a Python-list
   string as MMMU stores it, into lettered lines `A. …`.
 - Every resulting question is checked against the row's images (`<image N>` placeholders,
-  schema.prompts): a mismatch is an error of that row.
+  schema.contracts.placement): a mismatch is an error of that row.
 
 A row error names the row (`line 12: prompt template: 'options' is undefined`) and refuses the submit
 like any malformed row. The rendered text is what the job stores: the ledger shows what the model saw.
@@ -28,11 +28,11 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from vlmbatch.producer.sources import Row, RowErrors, Source, SpecCheck, checked_rows
+from vlmbatch.producer.sources.base import Row, RowErrors, Source, SpecCheck, checked_rows
 from vlmbatch.producer.sources.manifest import ManifestSource
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import JobSpec
-from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import JobSpec
+from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
 
 # Given to a source as its question when the question comes from here (several questions, or a
 # template): a row that still carries it brought no question of its own. No row can hold a NUL.

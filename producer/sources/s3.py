@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from vlmbatch.media.stores import make_s3_client, split_s3_uri
-from vlmbatch.producer.sources import Row, SpecCheck
+from vlmbatch.producer.sources.base import Row, SpecCheck
 from vlmbatch.producer.sources.images import looks_like_image
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import JobSpec
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import JobSpec
 
 PAGE_SIZE = 1000
 

@@ -29,10 +29,10 @@ from pydantic import ValidationError
 
 from vlmbatch.media.shards import ScannedMember, TarMember, scan_members
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
-from vlmbatch.producer.sources import Row, RowSource
+from vlmbatch.producer.sources.base import Row, RowSource
 from vlmbatch.producer.sources.parquet import ColumnChoice
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import JobSpec
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import JobSpec
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"})
 TEXT_EXTENSIONS = frozenset({"txt", "cls"})

@@ -4,7 +4,7 @@ Four graders, picked per run: `choice` (a multiple-choice letter A to E, or one 
 `options` metadata column, stated as the letter or as the option's text), `numeric` (a number, within a
 tolerance), `exact` (normalized text) and `boxed` (the last `\\boxed{...}`, compared as a number when
 both sides are one, as normalized text otherwise). Each extracts the model's answer from the answer
-part of an output (the text after `</think>`; `schema.reasoning.split_trace` separates it) and compares
+part of an output (the text after `</think>`; `schema.contracts.reasoning.split_trace` separates it) and compares
 it with the reference, which is parsed the same way.
 
 `boxed` and `numeric` then ask Hugging Face `math-verify` whatever our own comparison did not show equal:
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from vlmbatch.schema.contracts.models import GraderName
 from vlmbatch.schema.grading.choice import CHOICE_LETTERS, extract_choice, parse_options
 from vlmbatch.schema.grading.latex import BOX_OPEN, extract_boxed
 from vlmbatch.schema.grading.numbers import (
@@ -44,7 +45,6 @@ from vlmbatch.schema.grading.numbers import (
 )
 from vlmbatch.schema.grading.symbolic import MATH_VERIFY_VERSION, symbolically_equal
 from vlmbatch.schema.grading.text import normalize_exact
-from vlmbatch.schema.models import GraderName
 
 GRADERS: Final[tuple[GraderName, ...]] = typing.get_args(GraderName)
 _SYMBOLIC: Final[frozenset[GraderName]] = frozenset({"boxed", "numeric"})

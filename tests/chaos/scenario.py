@@ -21,9 +21,9 @@ from tests.chaos.fleet import VLMBATCH, Fleet
 from tests.chaos.services import PrivatePostgres, PrivateRedis, free_port
 from tests.chaos.workload import build_workload
 from tests.ledger_invariants import running_attempts_on_terminal_jobs
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 
 QUEUE = "vlmbatch-chaos"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fixtures.bad_images import decompression_bomb_png, empty, good_jpeg, not_an_image, truncated_jpeg
-from vlmbatch.schema.errors import ErrorType
+from vlmbatch.schema.contracts.errors import ErrorType
 
 HOSTILE_SHARE = 0.05
 TOO_LONG_SHARE = 0.02

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.engines.thread import EngineThread
 from vlmbatch.worker.smoke_model import build_model_folder
 

@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import service_env, start_worker, stop_worker, vlmbatch_json, wait_until_done
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 from vlmbatch.worker.process.main import EXIT_ENGINE_DEAD
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]

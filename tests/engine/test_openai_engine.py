@@ -24,12 +24,12 @@ from tests.engine.conftest import MAX_MODEL_LEN, engine_settings
 from tests.fixtures.bad_images import decompression_bomb_png, empty, good_jpeg, not_an_image, truncated_jpeg
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, submit_folder
 from tests.processes import free_port
-from vlmbatch.schema.errors import ConfigurationError, EngineDead, ErrorType
-from vlmbatch.schema.models import SamplingSettings
-from vlmbatch.schema.resubmit import cancel_run
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.contracts.errors import ConfigurationError, EngineDead, ErrorType
+from vlmbatch.schema.contracts.models import SamplingSettings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.resubmit import cancel_run
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 from vlmbatch.worker.engines.base import GenerationRequest
 from vlmbatch.worker.engines.openai import OpenAIEngine
 from vlmbatch.worker.engines.openai.telemetry import parse_metrics

@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.engine.conftest import engine_settings
 from tests.fixtures.embedded import write_mmmu_parquet, write_shards
 from tests.integration.pipeline_helpers import running_pipeline
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.models import RunSettings, SamplingSettings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 from vlmbatch.worker.engines.thread import EngineThread
 from vlmbatch.worker.transport.publisher import NullPublisher
 

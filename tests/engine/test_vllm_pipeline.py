@@ -17,12 +17,12 @@ from tests.fixtures.bad_images import (
     truncated_jpeg,
 )
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, submit_folder
-from vlmbatch.schema.claims import claim_jobs
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.outcomes import AttemptReport, record_outcomes
-from vlmbatch.schema.reconcile import requeue_expired_leases
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result, utcnow
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.claims import claim_jobs
+from vlmbatch.schema.ledger.outcomes import AttemptReport, record_outcomes
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, utcnow
 from vlmbatch.worker.engines.thread import EngineThread
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
@@ -245,7 +245,7 @@ def test_graded_sampling_until_accepted_exports_sft_records_that_datasets_loads(
     import datasets
 
     from vlmbatch.producer.reports.export import ExportFilter, export_run
-    from vlmbatch.schema.tables import Run
+    from vlmbatch.schema.ledger.tables import Run
 
     folder = tmp_path / "set"
     rows = []

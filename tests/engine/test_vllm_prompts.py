@@ -16,13 +16,13 @@ from sqlalchemy import select
 from tests.engine.conftest import engine_settings
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.models import RunSettings, SamplingSettings
-from vlmbatch.schema.prompts import user_layout
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Attempt, Job
+from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
+from vlmbatch.schema.contracts.placement import user_layout
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import Attempt, Job
 from vlmbatch.worker.engines.base import GenerationRequest
 from vlmbatch.worker.engines.thread import EngineThread
 from vlmbatch.worker.transport.publisher import NullPublisher

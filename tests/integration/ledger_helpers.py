@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.enqueue import insert_jobs
-from vlmbatch.schema.models import JobSpec, RunSettings
-from vlmbatch.schema.runs import create_or_reuse_run
+from vlmbatch.schema.contracts.models import JobSpec, RunSettings
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.enqueue import insert_jobs
+from vlmbatch.schema.ledger.runs import create_or_reuse_run
 
 
 def ledger(url: str) -> sessionmaker[Session]:

@@ -10,12 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.stores import ObjectStore, ObjectStores
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.models import RunSettings, SamplingSettings
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.engines.fake import FakeBehaviour, FakeEngine
 from vlmbatch.worker.pipeline.pipeline import Pipeline

@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import VLMBATCH, service_env, start_worker, stop_worker
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.tables import Job, Run
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Job, Run
 
 KEY = "sk-test-batch-api-key-0123456789"
 GOOD = 5

@@ -24,12 +24,12 @@ from vlmbatch.producer.api.app import build_api
 from vlmbatch.producer.api.keys import hashed_key
 from vlmbatch.producer.api.server import build_server_app
 from vlmbatch.producer.browser.app import build_app
-from vlmbatch.schema.claims import claim_next
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.outcomes import AttemptReport, SampleRecord, record_outcomes
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import ApiBatch, ApiFile, Attempt, Job
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.claims import claim_next
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.outcomes import AttemptReport, SampleRecord, record_outcomes
+from vlmbatch.schema.ledger.tables import ApiBatch, ApiFile, Attempt, Job
 
 KEY = "sk-lifecycle-key-0123456789abcdef"
 DONE = {"completed", "failed", "cancelled", "expired"}

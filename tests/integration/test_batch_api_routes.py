@@ -22,9 +22,9 @@ from tests.processes import VLMBATCH
 from vlmbatch.producer.api.app import build_api
 from vlmbatch.producer.api.server import build_server_app
 from vlmbatch.producer.browser.app import build_app
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.tables import ApiBatch, Job
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import ApiBatch, Job
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 KEY = "sk-routes-key-0123456789abcdef"

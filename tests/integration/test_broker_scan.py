@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.transport.broker_scan import jobs_covered, touch_unacked
 from vlmbatch.worker.transport.celery_app import make_celery
 from vlmbatch.worker.transport.publisher import RedisPublisher

@@ -12,8 +12,8 @@ from sqlalchemy import create_engine, func, select
 
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import free_port, vlmbatch
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.tables import Job, Run
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Job, Run
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def test_a_user_mistake_is_one_line_and_exit_status_2(
 
 def test_the_browser_answers_a_unicode_digit_with_400_not_500(sqlite_url: str) -> None:
     from vlmbatch.producer.browser.app import build_app
-    from vlmbatch.schema.settings import Settings
+    from vlmbatch.schema.contracts.settings import Settings
 
     open_ledger(sqlite_url)
     app = build_app(Settings(database_url=sqlite_url), token=None)

@@ -6,7 +6,7 @@
 - infra/k8s: every manifest listed in kustomization.yaml, validated strictly (unknown fields rejected)
   against the Kubernetes API schemas shipped by the `kubernetes-validate` dev dependency; KEDA's
   ScaledObject (a CRD, in no such package) against KEDA_SCALEDOBJECT_SCHEMA below.
-- The environment a worker gets from each loads into `schema.settings.Settings` and points at the real
+- The environment a worker gets from each loads into `schema.contracts.settings.Settings` and points at the real
   services, with secrets replaced by placeholders.
 """
 
@@ -26,7 +26,7 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.transport.celery_app import prefetch_multiplier, task_concurrency
 
 REPO = Path(__file__).resolve().parents[2]

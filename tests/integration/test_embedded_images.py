@@ -28,13 +28,13 @@ from tests.fixtures.embedded import (
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import ObjectStores, make_s3_client
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.errors import ErrorType, SourceError
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.errors import ErrorType, SourceError
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 MAX_BYTES = 1 << 20

@@ -24,10 +24,10 @@ MAX_GROWTH_PER_10X_MIB = 30
 _SUBMIT_CHILD = """
 import json, resource, sys
 import pyarrow.parquet
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.models import RunSettings
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 def peak_mib():

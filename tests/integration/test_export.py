@@ -25,13 +25,13 @@ from tests.integration.test_stats import build_graded_run
 from tests.processes import vlmbatch_json
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.reports.export import ExportFilter, ExportFormat, export_run, parquet_schema
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.errors import RunNotFound
-from vlmbatch.schema.models import RunSettings, SamplingSettings
-from vlmbatch.schema.resubmit import resubmit_jobs
-from vlmbatch.schema.runs import create_or_reuse_run, get_run
-from vlmbatch.schema.states import TERMINAL_STATES, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result, Run, utcnow
+from vlmbatch.schema.contracts.errors import RunNotFound
+from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
+from vlmbatch.schema.contracts.states import TERMINAL_STATES, JobState
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.resubmit import resubmit_jobs
+from vlmbatch.schema.ledger.runs import create_or_reuse_run, get_run
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run, utcnow
 
 QUESTION = "What is shown?"
 TERMINAL = sorted(TERMINAL_STATES)
@@ -556,10 +556,10 @@ import json, resource, sys
 from pathlib import Path
 import pyarrow.parquet
 from vlmbatch.producer.reports.export import ExportFilter, export_run, parquet_schema
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.errors import RunNotFound
-from vlmbatch.schema.runs import get_run
-from vlmbatch.schema.states import TERMINAL_STATES
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.contracts.errors import RunNotFound
+from vlmbatch.schema.ledger.runs import get_run
+from vlmbatch.schema.contracts.states import TERMINAL_STATES
 
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

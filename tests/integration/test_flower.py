@@ -14,7 +14,7 @@ from typing import Any
 from tests.conftest import fill_bucket
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import free_port, service_env, start_worker, stop_worker, vlmbatch_json, wait_until_done
-from vlmbatch.schema.database import open_ledger
+from vlmbatch.schema.ledger.database import open_ledger
 
 
 def _get(url: str) -> Any:

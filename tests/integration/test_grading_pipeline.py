@@ -11,10 +11,10 @@ from sqlalchemy import select
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from vlmbatch.producer.reports.export import ExportFilter, iter_records
-from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading import grader_version
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result, Run
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
 from vlmbatch.worker.engines.fake import FakeBehaviour
 
 

@@ -18,13 +18,13 @@ from tests.integration.ledger_helpers import make_run
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for
 from tests.processes import vlmbatch
 from vlmbatch.producer.browser.app import build_app
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.errors import ErrorType, SourceError
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.errors import ErrorType, SourceError
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 LOOPBACK = {"Host": "127.0.0.1:8800"}

@@ -20,9 +20,9 @@ from sqlalchemy import select
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
 from vlmbatch.media.http import HttpImages, HttpOptions
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.errors import (
+from vlmbatch.schema.contracts.errors import (
     ErrorType,
     InputForbidden,
     InputNotFound,
@@ -30,10 +30,10 @@ from vlmbatch.schema.errors import (
     InputTooLarge,
     StorageTransient,
 )
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 MAX_BYTES = 64 * 1024

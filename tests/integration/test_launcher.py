@@ -16,9 +16,9 @@ from sqlalchemy import select
 
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import VLMBATCH, service_env, vlmbatch_json, wait_until_done
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Attempt
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Attempt
 
 
 def _workers(launcher: subprocess.Popen[bytes], *, not_pid: int | None = None, timeout: float = 60) -> dict[str, int]:

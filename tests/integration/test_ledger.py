@@ -9,15 +9,15 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tests.integration.ledger_helpers import ledger, make_run
-from vlmbatch.schema.claims import claim_jobs, claim_next
-from vlmbatch.schema.enqueue import insert_jobs
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.liveness import renew_leases
-from vlmbatch.schema.models import JobSpec
-from vlmbatch.schema.outcomes import AttemptReport, SampleRecord, record_outcomes
-from vlmbatch.schema.reconcile import requeue_expired_leases
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result, Worker, utcnow
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.models import JobSpec
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.claims import claim_jobs, claim_next
+from vlmbatch.schema.ledger.enqueue import insert_jobs
+from vlmbatch.schema.ledger.liveness import renew_leases
+from vlmbatch.schema.ledger.outcomes import AttemptReport, SampleRecord, record_outcomes
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Worker, utcnow
 
 
 def _sample(index: int = 0, answer: str = "42") -> SampleRecord:
@@ -239,7 +239,7 @@ def test_leases_are_timed_by_the_database_clock_not_the_workers(
 ) -> None:
     """A worker host whose clock runs ten minutes slow claims and renews; a reconciler on a correct host
     must not take the live lease back (with host clocks the lease would have expired before it began)."""
-    from vlmbatch.schema import clock, tables
+    from vlmbatch.schema.ledger import clock, tables
 
     sessions = ledger(postgres_url)
     _, ids = make_run(sessions, jobs=2)

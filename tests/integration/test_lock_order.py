@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.integration.ledger_helpers import ledger, make_run
 from tests.ledger_invariants import running_attempts_on_terminal_jobs
-from vlmbatch.schema.claims import ClaimedJob, claim_next
-from vlmbatch.schema.liveness import renew_leases
-from vlmbatch.schema.outcomes import AttemptReport, SampleRecord, record_outcomes
-from vlmbatch.schema.reconcile import requeue_expired_leases
-from vlmbatch.schema.resubmit import cancel_run
-from vlmbatch.schema.states import TERMINAL_STATES, AttemptOutcome, JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.states import TERMINAL_STATES, AttemptOutcome, JobState
+from vlmbatch.schema.ledger.claims import ClaimedJob, claim_next
+from vlmbatch.schema.ledger.liveness import renew_leases
+from vlmbatch.schema.ledger.outcomes import AttemptReport, SampleRecord, record_outcomes
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.resubmit import cancel_run
+from vlmbatch.schema.ledger.tables import Job
 
 ROUNDS = 4
 JOBS = 300

@@ -12,13 +12,13 @@ from sqlalchemy import select
 
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import service_env, start_worker, stop_worker, wait_until_done
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.enqueue import insert_jobs
-from vlmbatch.schema.models import JobSpec, RunSettings
-from vlmbatch.schema.runs import create_or_reuse_run
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.models import JobSpec, RunSettings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.enqueue import insert_jobs
+from vlmbatch.schema.ledger.runs import create_or_reuse_run
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.transport.celery_app import RUN_JOBS_TASK, make_celery
 from vlmbatch.worker.transport.publisher import CeleryPublisher
 

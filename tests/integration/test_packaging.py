@@ -49,7 +49,10 @@ def test_the_wheel_holds_only_the_vlmbatch_package_and_every_module(tmp_path: Pa
     # Unpacked on its own, without site-packages or the repository: the package imports by its name.
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    probe = "import sys; sys.path.insert(0, sys.argv[1]); import vlmbatch.schema.reasoning as r; print(r.__file__)"
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import vlmbatch.schema.contracts.reasoning as r; print(r.__file__)"
+    )
     done = subprocess.run([sys.executable, "-S", "-c", probe, str(site)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith(str(site))

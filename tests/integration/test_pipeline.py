@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from tests.fixtures.bad_images import good_jpeg, write_mixed_folder
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for, submit_folder
 from vlmbatch.media.stores import ObjectStores
-from vlmbatch.schema import outcomes
-from vlmbatch.schema.errors import EngineDead, ErrorType, StorageTransient
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.contracts.errors import EngineDead, ErrorType, StorageTransient
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger import outcomes
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 from vlmbatch.worker.engines.base import Generation, GenerationRequest
 from vlmbatch.worker.engines.fake import FakeBehaviour, FakeEngine
 

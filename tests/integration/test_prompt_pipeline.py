@@ -17,13 +17,13 @@ from sqlalchemy import select
 from tests.fixtures.bad_images import good_jpeg, good_png, not_an_image
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
 from vlmbatch.media.stores import ObjectStores
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.engines.base import GenerationRequest
 from vlmbatch.worker.engines.fake import FakeBehaviour, FakeEngine
 from vlmbatch.worker.transport.publisher import NullPublisher

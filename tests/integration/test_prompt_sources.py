@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import select
 
 from tests.fixtures.bad_images import good_jpeg, good_png
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.tables import Job, Run
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Job, Run
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 MMMU_TEMPLATE = "{{ question }}\n{{ options | options }}\nAnswer with the option's letter."

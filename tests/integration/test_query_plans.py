@@ -17,15 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.integration.ledger_helpers import make_run
 from vlmbatch.producer.browser.queries import ResultFilter, job_page
-from vlmbatch.schema.claims import QueueClaimer, claim_jobs, claim_next
-from vlmbatch.schema.database import make_engine, make_session_factory
-from vlmbatch.schema.enqueue import refresh_statistics
-from vlmbatch.schema.liveness import renew_leases
-from vlmbatch.schema.reconcile import requeue_expired_leases
-from vlmbatch.schema.resubmit import select_for_resubmit
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.status import run_progress
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.claims import QueueClaimer, claim_jobs, claim_next
+from vlmbatch.schema.ledger.database import make_engine, make_session_factory
+from vlmbatch.schema.ledger.enqueue import refresh_statistics
+from vlmbatch.schema.ledger.liveness import renew_leases
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.resubmit import select_for_resubmit
+from vlmbatch.schema.ledger.status import run_progress
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.transport.reconciler import reconcile
 
 # Three runs of 100,000 jobs each, laid out as submits and workers leave them: the oldest run is

@@ -11,9 +11,9 @@ import redis
 from sqlalchemy import update
 
 from tests.integration.ledger_helpers import ledger, make_run
-from vlmbatch.schema.enqueue import mark_published
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.tables import Run, utcnow
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.enqueue import mark_published
+from vlmbatch.schema.ledger.tables import Run, utcnow
 from vlmbatch.worker.transport.celery_app import make_celery
 from vlmbatch.worker.transport.publisher import RedisPublisher
 from vlmbatch.worker.transport.reconciler import reconcile
@@ -85,8 +85,8 @@ def test_tokens_lost_from_the_queue_are_published_again_and_spare_ones_are_not(
 def test_a_held_run_is_neither_claimed_nor_given_tokens_until_released(database_url: str, queue_name: str) -> None:
     """A Batch API batch still validating holds its run: a token of its queue claims none of its jobs
     (one may still be cancelled before any runs), and the reconciler publishes none for them."""
-    from vlmbatch.schema.claims import QueueClaimer
-    from vlmbatch.schema.runs import release_run
+    from vlmbatch.schema.ledger.claims import QueueClaimer
+    from vlmbatch.schema.ledger.runs import release_run
 
     sessions = ledger(database_url)
     run_id, _ = make_run(sessions, jobs=3, queue=queue_name)

@@ -13,10 +13,10 @@ from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from tests.integration.test_pipeline import FlakyStore
 from tests.processes import service_env, start_worker, stop_worker, vlmbatch_json, wait_until_done
-from vlmbatch.schema.claims import claim_jobs
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result, utcnow
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.claims import claim_jobs
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, utcnow
 from vlmbatch.worker.engines.fake import FakeBehaviour
 
 
@@ -121,7 +121,7 @@ def test_reconcile_republishes_jobs_whose_messages_redis_lost(
 
     worker = start_worker(env, tmp_path / "worker.log")
     try:
-        from vlmbatch.schema.database import open_ledger
+        from vlmbatch.schema.ledger.database import open_ledger
 
         _, sessions = open_ledger(postgres_url)
         counts = wait_until_done(sessions, submitted["run"], timeout=120)
@@ -136,7 +136,7 @@ def test_reconcile_takes_back_expired_leases_and_republishes_them(
     env = service_env(database_url=postgres_url, broker_url=redis_url, queue=queue_name)
     submitted = vlmbatch_json(["submit", str(_folder(tmp_path / "imgs", 3)), "--question", "What?", "--json"], env)
     assert isinstance(submitted, dict)
-    from vlmbatch.schema.database import open_ledger
+    from vlmbatch.schema.ledger.database import open_ledger
 
     _, sessions = open_ledger(postgres_url)
     with sessions() as session, session.begin():

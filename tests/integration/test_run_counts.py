@@ -1,4 +1,4 @@
-"""The run counters (schema.counters) equal a real count of the jobs after every kind of state change:
+"""The run counters (schema.ledger.counters) equal a real count of the jobs after every kind of state change:
 submit (again), claims, successes, permanent and transient failures with retries, truncation, lease
 expiry, resubmission and cancellation, on SQLite and PostgreSQL."""
 
@@ -13,14 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from tests.integration.test_pipeline import FlakyStore
-from vlmbatch.schema import outcomes
-from vlmbatch.schema.claims import claim_next
-from vlmbatch.schema.counters import read_counts
-from vlmbatch.schema.reconcile import requeue_expired_leases
-from vlmbatch.schema.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.status import run_status
-from vlmbatch.schema.tables import Attempt, Job, Run
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger import outcomes
+from vlmbatch.schema.ledger.claims import claim_next
+from vlmbatch.schema.ledger.counters import read_counts
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
+from vlmbatch.schema.ledger.status import run_status
+from vlmbatch.schema.ledger.tables import Attempt, Job, Run
 
 
 def _folder(path: Path, good: int) -> Path:

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import fill_bucket
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.s3 import PAGE_SIZE
-from vlmbatch.schema.errors import SourceError
+from vlmbatch.schema.contracts.errors import SourceError
 
 
 def _touch(path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""One definition of the standing results (schema/standing.py) behind the browser, the export and the
+"""One definition of the standing results (schema/ledger/standing.py) behind the browser, the export and the
 stats. The oracle is the scenario itself: which attempts wrote which samples, and which of them came
 before a resubmit, known from the claims the test made, not from any query."""
 
@@ -13,12 +13,12 @@ from tests.integration.ledger_helpers import ledger, make_run
 from vlmbatch.producer.browser import queries
 from vlmbatch.producer.reports.export import export_run
 from vlmbatch.producer.reports.stats import run_stats
-from vlmbatch.schema.claims import claim_jobs
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.outcomes import AttemptReport, SampleRecord, record_outcomes
-from vlmbatch.schema.resubmit import resubmit_jobs
-from vlmbatch.schema.states import AttemptOutcome
-from vlmbatch.schema.tables import Run
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.claims import claim_jobs
+from vlmbatch.schema.ledger.outcomes import AttemptReport, SampleRecord, record_outcomes
+from vlmbatch.schema.ledger.resubmit import resubmit_jobs
+from vlmbatch.schema.ledger.tables import Run
 
 Sample = tuple[int, int, int]  # (job, attempt, sample index)
 

@@ -20,15 +20,15 @@ from tests.integration.pipeline_helpers import running_pipeline, settings_for, s
 from tests.processes import vlmbatch
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.reports.stats import nearest_rank, run_accounting, run_stats
-from vlmbatch.schema.claims import claim_jobs
-from vlmbatch.schema.enqueue import insert_jobs
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.models import JobSpec, RunSettings
-from vlmbatch.schema.outcomes import AttemptReport, SampleRecord, Timings, record_outcomes
-from vlmbatch.schema.resubmit import resubmit_jobs
-from vlmbatch.schema.runs import create_or_reuse_run, get_run
-from vlmbatch.schema.states import AttemptOutcome
-from vlmbatch.schema.tables import Attempt, Job, Run
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.models import JobSpec, RunSettings
+from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.claims import claim_jobs
+from vlmbatch.schema.ledger.enqueue import insert_jobs
+from vlmbatch.schema.ledger.outcomes import AttemptReport, SampleRecord, Timings, record_outcomes
+from vlmbatch.schema.ledger.resubmit import resubmit_jobs
+from vlmbatch.schema.ledger.runs import create_or_reuse_run, get_run
+from vlmbatch.schema.ledger.tables import Attempt, Job, Run
 
 
 @dataclass(frozen=True)

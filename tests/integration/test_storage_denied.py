@@ -23,12 +23,12 @@ from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for
 from tests.processes import free_port, vlmbatch, vlmbatch_json
 from vlmbatch.media.stores import S3Objects
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.errors import ErrorType, StorageDenied
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt
+from vlmbatch.schema.contracts.errors import ErrorType, StorageDenied
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.tables import Attempt
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 BUCKET = "guarded"
@@ -140,8 +140,8 @@ def test_a_denied_job_is_retried_a_few_times_then_failed_as_a_storage_problem_an
 def test_storage_denied_allows_fewer_retries_than_a_generous_run_cap() -> None:
     from datetime import datetime
 
-    from vlmbatch.schema.claims import ClaimedJob
-    from vlmbatch.schema.outcomes import Timings
+    from vlmbatch.schema.ledger.claims import ClaimedJob
+    from vlmbatch.schema.ledger.outcomes import Timings
     from vlmbatch.worker.pipeline.attempt import failure_report
 
     run = RunSettings(max_transient_retries=10)

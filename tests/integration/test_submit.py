@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from vlmbatch.producer.sources import open_source
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.tables import Job, Run
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Job, Run
 
 
 class RecordingPublisher:

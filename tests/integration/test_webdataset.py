@@ -17,16 +17,17 @@ from tests.fixtures.embedded import write_shards
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
 from vlmbatch.media.shards import parse_member_uri
 from vlmbatch.media.stores import ObjectStores
-from vlmbatch.producer.sources import Source, open_source, source_notes
+from vlmbatch.producer.sources.base import Source, source_notes
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.producer.sources.webdataset import WebDatasetSource
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.errors import ErrorType, SourceError
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.errors import ErrorType, SourceError
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 

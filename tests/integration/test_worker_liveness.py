@@ -1,4 +1,4 @@
-"""Worker liveness rows (schema/liveness.py), on SQLite and PostgreSQL: a heartbeat writes its worker's
+"""Worker liveness rows (schema/ledger/liveness.py), on SQLite and PostgreSQL: a heartbeat writes its worker's
 row and no job row; a job lives while its claim's lease or its worker's row does; a job the ledger gives
 a worker that no longer runs it is taken back by that worker's next beat."""
 
@@ -10,11 +10,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tests.integration.ledger_helpers import ledger, make_run
-from vlmbatch.schema.claims import claim_jobs
-from vlmbatch.schema.liveness import PRUNE_AFTER, prune_workers, renew_leases, workers_alive
-from vlmbatch.schema.reconcile import requeue_expired_leases
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Worker, utcnow
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.claims import claim_jobs
+from vlmbatch.schema.ledger.liveness import PRUNE_AFTER, prune_workers, renew_leases, workers_alive
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.tables import Attempt, Job, Worker, utcnow
 
 
 def _lapse_claim_leases(session: Session) -> None:

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from tests.conftest import fill_bucket
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import service_env, start_worker, stop_worker, vlmbatch_json, wait_until_done
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.tables import Attempt
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Attempt
 
 JOBS = 12
 

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import settings_for, submit_folder
 from vlmbatch.media.stores import ObjectStores
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.tables import Attempt, Job
 from vlmbatch.worker.engines.base import EngineStats, Generation, GenerationRequest
 from vlmbatch.worker.engines.fake import FakeBehaviour, FakeEngine
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
@@ -201,7 +201,7 @@ def test_a_claim_waiting_for_room_when_the_worker_stops_is_told_so(sqlite_url: s
 
 
 def test_a_stopped_worker_hands_its_jobs_back_and_deletes_its_heartbeat_row(postgres_url: str, tmp_path: Path) -> None:
-    from vlmbatch.schema.tables import Worker
+    from vlmbatch.schema.ledger.tables import Worker
 
     settings = settings_for(postgres_url, heartbeat_seconds=0.2)
     engine = FakeEngine("fake-model", FakeBehaviour(latency_s=30.0))

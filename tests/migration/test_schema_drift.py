@@ -6,8 +6,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from vlmbatch.schema.database import make_engine, upgrade
-from vlmbatch.schema.tables import Base
+from vlmbatch.schema.ledger.database import make_engine, upgrade
+from vlmbatch.schema.ledger.tables import Base
 
 
 def test_migrated_database_matches_the_models(database_url: str) -> None:

@@ -7,8 +7,8 @@ from datetime import datetime
 
 from vlmbatch.producer.browser.pages import message_page, runs_page
 from vlmbatch.producer.browser.queries import RunSummary
-from vlmbatch.schema.status import Progress, StatusReport
-from vlmbatch.schema.tables import Run
+from vlmbatch.schema.ledger.status import Progress, StatusReport
+from vlmbatch.schema.ledger.tables import Run
 
 HOSTILE = "<script>alert('run')</script>"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlmbatch.worker.transport.tokens import MAX_TOKEN_JOBS, token_jobs
+from vlmbatch.schema.contracts.tokens import MAX_TOKEN_JOBS, token_jobs
 
 
 @pytest.mark.parametrize(

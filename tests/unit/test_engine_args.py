@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from vlmbatch.schema.errors import ConfigurationError
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.errors import ConfigurationError
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.engines.engine_args import (
     check_engine_settings,
     engine_args,

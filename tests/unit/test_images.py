@@ -14,7 +14,7 @@ from PIL import Image, ImageFile
 
 from tests.fixtures import bad_images
 from vlmbatch.media.images import decode_image
-from vlmbatch.schema.errors import InputTooLarge, InputUnreadable, InputUnsupported, JobError
+from vlmbatch.schema.contracts.errors import InputTooLarge, InputUnreadable, InputUnsupported, JobError
 
 SOURCE = "s3://bucket/prefix/input-0001.jpg"
 MAX_BYTES = 10 << 20

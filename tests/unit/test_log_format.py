@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from vlmbatch.worker.process.log_format import ContextFilter, JsonFormatter, RedactingFormatter, log_context, redact
+from vlmbatch.worker.telemetry.log_format import ContextFilter, JsonFormatter, RedactingFormatter, log_context, redact
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vlmbatch.schema.reasoning import split_trace
-from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.schema.contracts.reasoning import split_trace
+from vlmbatch.schema.contracts.states import AttemptOutcome
 from vlmbatch.worker.engines.base import Completion
 from vlmbatch.worker.pipeline.output import attempt_outcome, to_sample
 

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from vlmbatch.producer.sources.prompts import CLI_QUESTION, Prompting, PromptTemplate, format_options
-from vlmbatch.schema.errors import SourceError
-from vlmbatch.schema.models import JobParams, JobSpec, RunSettings, SamplingSettings
-from vlmbatch.schema.prompts import PlaceholderMismatch, user_layout, with_image_tokens
+from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.models import JobParams, JobSpec, RunSettings, SamplingSettings
+from vlmbatch.schema.contracts.placement import PlaceholderMismatch, user_layout, with_image_tokens
 
 
 def test_a_question_without_placeholders_gets_its_images_first() -> None:

@@ -7,8 +7,8 @@ from datetime import datetime
 
 from PIL import Image
 
-from vlmbatch.schema.claims import ClaimedJob
-from vlmbatch.schema.models import RunSettings, SamplingSettings
+from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
+from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.worker.engines.openai.protocol import chat_body
 from vlmbatch.worker.pipeline.inputs import build_request
 

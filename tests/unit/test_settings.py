@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from PIL.Image import Image
 
-from vlmbatch.schema.models import SamplingSettings
-from vlmbatch.schema.prompts import UserLayout
+from vlmbatch.schema.contracts.models import SamplingSettings
+from vlmbatch.schema.contracts.placement import UserLayout
 
 # vLLM's messages when a prompt does not fit the context: at render, once images are expanded, or from
 # its server (in-process and remote engines see the same texts).
@@ -41,7 +41,7 @@ class GenerationRequest:
     constraint: AnswerConstraint | None = None
     # The system turn, if any.
     system: str | None = None
-    # The user turn in order: text pieces and indexes into `images` (schema.prompts.user_layout); None:
+    # The user turn in order: text pieces and indexes into `images` (schema.contracts.placement.user_layout); None:
     # the images first, then the question.
     layout: UserLayout | None = None
     # A per-request sampling seed (engines that cannot honour one refuse the request).

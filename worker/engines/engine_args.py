@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vlmbatch.schema.errors import ConfigurationError
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.errors import ConfigurationError
+from vlmbatch.schema.contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from vlmbatch.schema.errors import JobCancelled, PromptTooLong
+from vlmbatch.schema.contracts.errors import JobCancelled, PromptTooLong
 from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest
 
 # Prompt tokens the fake charges per image tile (InternVL: 256 per 448 px tile).

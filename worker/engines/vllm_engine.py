@@ -16,7 +16,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from vlmbatch.schema.errors import (
+from vlmbatch.schema.contracts.errors import (
     ConfigurationError,
     EngineDead,
     EngineOutOfMemory,
@@ -24,8 +24,8 @@ from vlmbatch.schema.errors import (
     JobCancelled,
     PromptTooLong,
 )
-from vlmbatch.schema.reasoning import THINK_CLOSE, THINK_OPEN
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.reasoning import THINK_CLOSE, THINK_OPEN
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.engines.base import (
     Completion,
     EngineStats,

@@ -15,12 +15,12 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.claims import ClaimedJob, QueueClaimer, claim_next
-from vlmbatch.schema.keyset import Keyset
-from vlmbatch.schema.reconcile import requeue_expired_leases
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.claims import ClaimedJob, QueueClaimer, claim_next
+from vlmbatch.schema.ledger.keyset import Keyset
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.tables import Job
 from vlmbatch.worker.pipeline.capacity import Capacity
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 
@@ -148,7 +148,7 @@ class Admission:
 def _run_drained(session: Session, *, run_id: int) -> bool:
     """True when none of the run's jobs is queued or running (after taking back expired leases)."""
     requeue_expired_leases(session, run_id=run_id)
-    # One probe of ix_jobs_run_state_id per state (schema.keyset): exact, and as cheap as the counters.
+    # One probe of ix_jobs_run_state_id per state (schema.ledger.keyset): exact, and as cheap as the counters.
     dialect = session.get_bind().dialect.name
     for state in (JobState.QUEUED, JobState.RUNNING):
         keys = Keyset([(Job.run_id, run_id), (Job.state, state.value)])

@@ -7,9 +7,9 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
+from vlmbatch.schema.contracts.models import JobParams, RunSettings
 from vlmbatch.schema.grading import grade, grader_version
-from vlmbatch.schema.models import JobParams, RunSettings
-from vlmbatch.schema.outcomes import SampleRecord
+from vlmbatch.schema.ledger.outcomes import SampleRecord
 from vlmbatch.worker.engines.base import AnswerConstraint
 
 

@@ -16,12 +16,12 @@ from PIL.Image import Image
 from sqlalchemy.orm import Session
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
-from vlmbatch.schema.claims import ClaimedJob
-from vlmbatch.schema.errors import InternalError, JobCancelled, JobError
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.outcomes import AttemptReport, Timings, retry_delay
-from vlmbatch.schema.states import AttemptOutcome
-from vlmbatch.schema.tables import Run
+from vlmbatch.schema.contracts.errors import InternalError, JobCancelled, JobError
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.claims import ClaimedJob
+from vlmbatch.schema.ledger.outcomes import AttemptReport, Timings, retry_delay
+from vlmbatch.schema.ledger.tables import Run
 from vlmbatch.worker.engines.base import Engine, Generation
 from vlmbatch.worker.pipeline.answers import needs_more_samples, review
 from vlmbatch.worker.pipeline.capacity import TimeShare

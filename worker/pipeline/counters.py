@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from vlmbatch.schema.outcomes import AttemptReport
-from vlmbatch.worker.process.metrics import WorkerMetrics
+from vlmbatch.schema.ledger.outcomes import AttemptReport
+from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 
 
 @dataclass

@@ -13,7 +13,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from vlmbatch.schema.database import transaction
+from vlmbatch.schema.ledger.database import transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

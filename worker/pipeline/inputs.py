@@ -13,14 +13,14 @@ from PIL.Image import Image
 
 from vlmbatch.media.images import decode_image
 from vlmbatch.media.stores import ObjectStore
-from vlmbatch.schema.claims import ClaimedJob
-from vlmbatch.schema.errors import InputUnsupported
-from vlmbatch.schema.models import JobParams, RunSettings
-from vlmbatch.schema.prompts import PlaceholderMismatch, has_placeholders, user_layout
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.errors import InputUnsupported
+from vlmbatch.schema.contracts.models import JobParams, RunSettings
+from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.worker.engines.base import GenerationRequest
 from vlmbatch.worker.pipeline.answers import constraint_of
-from vlmbatch.worker.process.metrics import WorkerMetrics
+from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 
 
 @dataclass(frozen=True)

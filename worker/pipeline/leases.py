@@ -1,4 +1,4 @@
-"""Keeping claimed jobs ours: every heartbeat beats the worker's liveness row (schema/liveness.py), learns
+"""Keeping claimed jobs ours: every heartbeat beats the worker's liveness row (schema/ledger/liveness.py), learns
 which attempts in flight it no longer holds, and watches the engine for a hang (requests in flight, no
 token for `engine_hang_seconds`)."""
 
@@ -11,13 +11,13 @@ from functools import partial
 
 from sqlalchemy.exc import DBAPIError
 
-from vlmbatch.schema.errors import EngineDead
-from vlmbatch.schema.liveness import renew_leases
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.errors import EngineDead
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.liveness import renew_leases
 from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.watchdog import HangWatchdog
-from vlmbatch.worker.process.metrics import WorkerMetrics
+from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vlmbatch.schema.outcomes import SampleRecord
-from vlmbatch.schema.reasoning import split_trace
-from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.schema.contracts.reasoning import split_trace
+from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.outcomes import SampleRecord
 from vlmbatch.worker.engines.base import Completion
 
 

@@ -28,12 +28,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.stores import ObjectStore
-from vlmbatch.schema.claims import ClaimedJob
-from vlmbatch.schema.errors import EngineDead, ErrorType, InternalError, JobError
-from vlmbatch.schema.liveness import retire
-from vlmbatch.schema.outcomes import AttemptReport
-from vlmbatch.schema.settings import Settings
-from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.schema.contracts.errors import EngineDead, ErrorType, InternalError, JobError
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.claims import ClaimedJob
+from vlmbatch.schema.ledger.liveness import retire
+from vlmbatch.schema.ledger.outcomes import AttemptReport
 from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.admission import Admission, WorkerStopping
 from vlmbatch.worker.pipeline.attempt import AttemptClock, RunContext, failure_report, load_run_context, run_attempt
@@ -44,8 +44,8 @@ from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage, SharedImag
 from vlmbatch.worker.pipeline.leases import Heartbeat
 from vlmbatch.worker.pipeline.supervision import supervise
 from vlmbatch.worker.pipeline.writing import OutcomeWriter, write_reports_safely
-from vlmbatch.worker.process.log_format import log_context
-from vlmbatch.worker.process.metrics import WorkerMetrics
+from vlmbatch.worker.telemetry.log_format import log_context
+from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 from vlmbatch.worker.transport.publisher import Publisher
 
 __all__ = ["Counters", "Pipeline", "WorkerStopping"]

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.database import transaction
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.outcomes import AttemptReport, record_outcomes
-from vlmbatch.schema.states import AttemptOutcome
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.database import transaction
+from vlmbatch.schema.ledger.outcomes import AttemptReport, record_outcomes
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,15 @@ import signal
 import threading
 from collections.abc import Callable
 
-from vlmbatch.schema.database import open_ledger
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.database import open_ledger
 from vlmbatch.worker.pipeline.pipeline import Pipeline
 from vlmbatch.worker.pipeline.supervision import BackgroundTaskDied
+from vlmbatch.worker.process.maintenance import Maintenance
 from vlmbatch.worker.process.runtime import build_pipeline
+from vlmbatch.worker.process.tasks import register_tasks
 from vlmbatch.worker.transport.celery_app import make_celery, task_concurrency
-from vlmbatch.worker.transport.maintenance import Maintenance
 from vlmbatch.worker.transport.publisher import NullPublisher, publisher_for
-from vlmbatch.worker.transport.tasks import register_tasks
 
 log = logging.getLogger(__name__)
 

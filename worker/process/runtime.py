@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.stores import ObjectStores
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.pipeline import Pipeline
 from vlmbatch.worker.transport.publisher import Publisher

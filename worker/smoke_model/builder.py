@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vlmbatch.schema.reasoning import THINK_CLOSE
+from vlmbatch.schema.contracts.reasoning import THINK_CLOSE
 from vlmbatch.worker.smoke_model.shapes import TINY, ModelShape
 from vlmbatch.worker.smoke_model.tokenizer import ENDOFTEXT, IM_END, TOKENIZER_CONFIG, token_id, train_tokenizer
 from vlmbatch.worker.smoke_model.weights import write_weights

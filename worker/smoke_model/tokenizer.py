@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from vlmbatch.schema.reasoning import THINK_CLOSE, THINK_OPEN
+from vlmbatch.schema.contracts.reasoning import THINK_CLOSE, THINK_OPEN
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -1,4 +1,4 @@
-"""What the broker holds of a queue's claim tokens (worker/transport/tokens.py), so that the reconciler
+"""What the broker holds of a queue's claim tokens (schema/contracts/tokens.py), so that the reconciler
 can publish tokens for the queued jobs that have none (Redis restarted without its data, a publish that
 never happened, a worker that died holding tokens).
 
@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, cast
 
-from vlmbatch.worker.transport.tokens import token_jobs
+from vlmbatch.schema.contracts.tokens import token_jobs
 
 # kombu's Redis transport: priority queues live in lists named queue + separator + step.
 _PRIORITY_SEPARATOR = "\x06\x16"

@@ -1,4 +1,4 @@
-"""The Celery application: JSON-only messages that are claim tokens (worker/transport/tokens.py: "claim up
+"""The Celery application: JSON-only messages that are claim tokens (schema/contracts/tokens.py: "claim up
 to N queued jobs of this queue"; the database holds everything else).
 
 Reliability comes from the ledger, not the broker: a message only asks a worker to claim jobs. Once
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 
 RUN_JOBS_TASK = "vlmbatch.run_jobs"
 

@@ -1,5 +1,5 @@
 """Publishing claim tokens: each message asks a worker of the queue to claim up to `jobs_per_message`
-queued jobs from the ledger (worker/transport/tokens.py says why messages carry no job ids)."""
+queued jobs from the ledger (schema/contracts/tokens.py says why messages carry no job ids)."""
 
 from __future__ import annotations
 

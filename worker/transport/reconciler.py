@@ -3,7 +3,7 @@ time on PostgreSQL) and on demand by `vlmbatch reconcile`.
 
 1. Jobs whose lease expired (their claim's lease and their worker's heartbeat row both lapsed: it died or
    froze) go back to the queue, or fail for good once they
-   used their attempts (schema.reconcile). Their claim tokens are published at once. Rows of workers
+   used their attempts (schema.ledger.reconcile). Their claim tokens are published at once. Rows of workers
    silent for an hour are deleted.
 2. Queued jobs that no claim token covers (Redis lost its data, the producer died between commit and
    publish, a worker died holding tokens) get tokens. Messages carry no job ids (worker/transport/
@@ -28,11 +28,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.liveness import prune_workers
-from vlmbatch.schema.reconcile import requeue_expired_leases
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Run, RunCount
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.liveness import prune_workers
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.tables import Run, RunCount
 from vlmbatch.worker.transport.broker_scan import jobs_covered
 from vlmbatch.worker.transport.publisher import Publisher
 

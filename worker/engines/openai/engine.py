@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from vlmbatch.schema.errors import (
+from vlmbatch.schema.contracts.errors import (
     ConfigurationError,
     EngineDead,
     InputUnsupported,
@@ -19,7 +19,7 @@ from vlmbatch.schema.errors import (
     JobError,
     PromptTooLong,
 )
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.engines.base import EngineStats, Generation, GenerationRequest, is_prompt_too_long
 from vlmbatch.worker.engines.openai.probe import MM_KWARGS_REFUSED, probe_template, wait_for_model
 from vlmbatch.worker.engines.openai.protocol import Sample, absorb, chat_body, completions, error_message

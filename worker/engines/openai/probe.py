@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from vlmbatch.schema.errors import ConfigurationError, EngineDead
-from vlmbatch.schema.reasoning import THINK_CLOSE, THINK_OPEN
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.errors import ConfigurationError, EngineDead
+from vlmbatch.schema.contracts.reasoning import THINK_CLOSE, THINK_OPEN
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.engines.openai.protocol import error_message
 
 log = logging.getLogger(__name__)

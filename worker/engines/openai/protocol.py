@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from PIL.Image import Image
 
-from vlmbatch.schema.reasoning import THINK_CLOSE
+from vlmbatch.schema.contracts.reasoning import THINK_CLOSE
 from vlmbatch.worker.engines.base import Completion, GenerationRequest
 
 # Tokens per streamed chunk: a sign of life every second or two of a trace, without per-token JSON.

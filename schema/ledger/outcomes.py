@@ -12,11 +12,11 @@ from typing import cast
 from sqlalchemy import Boolean, Table, bindparam, case, insert, select, true, update
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.counters import Bucket, CountDeltas
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 
 # Transient retries back off exponentially from this base, with full jitter, up to the cap.
 RETRY_BASE_SECONDS = 2.0
@@ -131,7 +131,7 @@ def record_outcomes(session: Session, reports: Sequence[AttemptReport]) -> list[
 
 
 def _count(session: Session, holding: dict[tuple[int, int], int], job_values: list[dict[str, object]]) -> None:
-    """Every written job left `running` for its next state (schema.counters)."""
+    """Every written job left `running` for its next state (schema.ledger.counters)."""
     runs = {job_id: run_id for (job_id, _attempt), run_id in holding.items()}
     deltas = CountDeltas()
     # One move per job, even should a batch carry the same report twice.
@@ -145,7 +145,7 @@ def _count(session: Session, holding: dict[tuple[int, int], int], job_values: li
 def _still_holding(session: Session, reports: Sequence[AttemptReport]) -> dict[tuple[int, int], int]:
     """(job, attempt) pairs whose attempt still holds its running job, with the job's run, locked until
     the transaction ends (on SQLite the BEGIN IMMEDIATE transaction already excludes other writers)."""
-    # Ascending id: the ledger's one lock order (schema/locks.py), jobs before attempts.
+    # Ascending id: the ledger's one lock order (schema/ledger/locks.py), jobs before attempts.
     stmt = (
         select(Job.id, Job.current_attempt_id, Job.run_id)
         .where(Job.id.in_({r.job_id for r in reports}), Job.state == JobState.RUNNING.value)

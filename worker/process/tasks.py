@@ -1,4 +1,4 @@
-"""The one Celery task: a claim token (worker/transport/tokens.py) asks this worker's pipeline to claim
+"""The one Celery task: a claim token (schema/contracts/tokens.py) asks this worker's pipeline to claim
 up to N queued jobs of its queue.
 
 The task returns (and its message is acknowledged) once its jobs are claimed: from then on each job is
@@ -13,10 +13,10 @@ from celery import Celery
 from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
+from vlmbatch.schema.contracts.tokens import token_jobs
 from vlmbatch.worker.pipeline.admission import WorkerStopping
 from vlmbatch.worker.pipeline.pipeline import Pipeline
 from vlmbatch.worker.transport.celery_app import RUN_JOBS_TASK
-from vlmbatch.worker.transport.tokens import token_jobs
 
 log = logging.getLogger(__name__)
 # How long a task waits before handing back a message it could not claim because the database failed.

@@ -1,11 +1,11 @@
-"""Alembic environment: runs against the engine vlmbatch hands in (schema.database.alembic_config)."""
+"""Alembic environment: runs against the engine vlmbatch hands in (schema.ledger.database.alembic_config)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Engine
 
-from vlmbatch.schema.tables import Base
+from vlmbatch.schema.ledger.tables import Base
 
 engine = context.config.attributes.get("engine")
 if not isinstance(engine, Engine):

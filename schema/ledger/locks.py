@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.ledger.tables import Job
 
 
 def jobs_locked_in_order(session: Session, where: ColumnElement[bool]) -> Select[Any]:

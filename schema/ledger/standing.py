@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement, and_, or_, select
 
-from vlmbatch.schema.states import AttemptOutcome
-from vlmbatch.schema.tables import Attempt, Job, Result
+from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 
 
 def attempt_stands() -> ColumnElement[bool]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vlmbatch.schema.models import DEFAULT_MODEL
+from vlmbatch.schema.contracts.models import DEFAULT_MODEL
 
 EngineKind = Literal["vllm", "fake", "openai"]
 

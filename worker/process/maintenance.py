@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.settings import Settings
+from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.pipeline.pipeline import Pipeline
 from vlmbatch.worker.transport.broker_scan import queue_depth, touch_unacked
 from vlmbatch.worker.transport.publisher import Publisher

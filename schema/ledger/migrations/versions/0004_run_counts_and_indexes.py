@@ -5,7 +5,7 @@ Revises: 0003_result_grader
 Create Date: 2026-12-01 09:40:00
 
 - `run_counts`: jobs per (run, state, error type), kept by the state-changing statements
-  (schema.counters); filled here from the jobs already in the ledger.
+  (schema.ledger.counters); filled here from the jobs already in the ledger.
 - `ix_jobs_run_state` becomes `ix_jobs_run_state_id` (run, state, id) for keyset pages in one state;
   `ix_jobs_run_id` (run, id) for unfiltered pages; partial indexes for failed jobs by error type and for
   running jobs by attempt id (heartbeats, lease expiry). `ix_jobs_running_lease` goes: with

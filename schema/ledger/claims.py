@@ -14,12 +14,12 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.counters import Bucket, CountDeltas
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading.choice import parse_options
-from vlmbatch.schema.keyset import Keyset
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run, RunCount
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.keyset import Keyset
+from vlmbatch.schema.ledger.tables import Attempt, Job, Run, RunCount
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ClaimedJob:
     attempts_used: int = 1
     # Graded-correct samples the job already has (accept-until-M runs).
     accepted_samples: int = 0
-    # The job's own request settings (schema.models.JobParams as JSON), for every attempt.
+    # The job's own request settings (schema.contracts.models.JobParams as JSON), for every attempt.
     params: dict[str, Any] | None = None
     # The question's options, from the job's `options` metadata column (the choice grader reads them).
     options: tuple[str, ...] | None = None
@@ -99,7 +99,7 @@ def claim_next(
     stmt = select(Job).join(Run, Run.id == Job.run_id)
     if model is not None:
         stmt = stmt.where(Run.model == model)
-    if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.keyset)
+    if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.ledger.keyset)
         queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
         stmt = queued.page(stmt.where(_past_backoff(now)), dialect=session.get_bind().dialect.name)
     else:
@@ -126,7 +126,7 @@ def runs_with_queued_jobs(session: Session, *, queue: str, model: str | None = N
 
 @dataclass
 class QueueClaimer:
-    """Claims the oldest claimable jobs of one queue's runs for a claim token (worker/transport/tokens.py).
+    """Claims the oldest claimable jobs of one queue's runs for a claim token (schema/contracts/tokens.py).
 
     It remembers which runs had queued jobs, so that a claim costs one index range per run it takes from
     (ix_jobs_run_state_id) and looks the runs up again only when those come up short."""

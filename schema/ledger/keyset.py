@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, tuple_
 
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.ledger.tables import Job
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.tables import utcnow
+from vlmbatch.schema.ledger.tables import utcnow
 
 _POSTGRES_NOW = text("SELECT clock_timestamp() AT TIME ZONE 'utc'")
 

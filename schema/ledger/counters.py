@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import RunCount
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.tables import RunCount
 
 # Counter rows per (run, state, error type) on PostgreSQL. SQLite serialises writers anyway: one row.
 SHARDS = 16

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vlmbatch.schema.states import JobState
+from vlmbatch.schema.contracts.states import JobState
 
 # Skywork-R1V3's own recommendation (model card): sample, don't decode greedily.
 DEFAULT_TEMPERATURE = 0.6

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from vlmbatch.schema.states import AttemptOutcome, JobState
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -56,7 +56,7 @@ class Run(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     model: Mapped[str] = mapped_column(String(500))
     queue: Mapped[str] = mapped_column(String(200))
-    # schema.models.RunSettings as JSON.
+    # schema.contracts.models.RunSettings as JSON.
     settings: Mapped[dict[str, Any]]
     source: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -96,7 +96,7 @@ class Job(Base):
             postgresql_where=text("state = 'running'"),
             sqlite_where=text("state = 'running'"),
         ),
-        # A worker's running jobs: its heartbeat reads them (schema/liveness.py) and writes none.
+        # A worker's running jobs: its heartbeat reads them (schema/ledger/liveness.py) and writes none.
         Index(
             "ix_jobs_running_owner",
             "lease_owner",
@@ -141,7 +141,7 @@ class Job(Base):
     accepted_samples: Mapped[int] = mapped_column(Integer, default=0)
     # Overrides for the next attempt (e.g. a larger max_tokens from `resubmit`), copied onto it.
     overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # The job's own request settings (schema.models.JobParams), for every attempt; None: the run's.
+    # The job's own request settings (schema.contracts.models.JobParams), for every attempt; None: the run's.
     params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -150,7 +150,7 @@ class Job(Base):
 
 class RunCount(Base):
     """Jobs of a run per (state, error type), kept by the statements that change job states, in their
-    transaction (schema.counters): status, the browser and the drain check read these few rows instead of
+    transaction (schema.ledger.counters): status, the browser and the drain check read these few rows instead of
     counting millions of jobs. `error_type` is '' except for failed jobs. Each count is split over a few
     `shard` rows so that concurrent workers rarely wait on one another's counter row."""
 
@@ -169,7 +169,7 @@ class RunCount(Base):
 
 
 class Worker(Base):
-    """A worker process's heartbeat (schema/liveness.py): while `expires_at` is ahead of the database's
+    """A worker process's heartbeat (schema/ledger/liveness.py): while `expires_at` is ahead of the database's
     clock, the jobs it runs (`jobs.lease_owner`) are alive. One row written per worker per beat, instead
     of one per running job."""
 

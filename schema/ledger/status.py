@@ -8,11 +8,11 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.counters import read_counts
-from vlmbatch.schema.models import StatusReport
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job
+from vlmbatch.schema.contracts.models import StatusReport
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import read_counts
+from vlmbatch.schema.ledger.tables import Job
 
 # Throughput is measured over this trailing window: long enough to smooth bursts, short enough to react.
 RATE_WINDOW = timedelta(minutes=5)
@@ -37,7 +37,7 @@ class Progress:
 
 
 def run_status(session: Session, run_id: int) -> StatusReport:
-    """Counts per state and per error type, read from the run's counters (schema.counters), not the jobs."""
+    """Counts per state and per error type, read from the run's counters (schema.ledger.counters), not the jobs."""
     counts = StatusReport.empty_counts()
     kept = read_counts(session, run_id)
     counts.update(kept.by_state)

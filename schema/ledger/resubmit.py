@@ -10,11 +10,11 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.counters import Bucket, CountDeltas
-from vlmbatch.schema.locks import jobs_locked_in_order
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.locks import jobs_locked_in_order
+from vlmbatch.schema.ledger.tables import Attempt, Job, Run
 
 RESUBMITTABLE = (JobState.FAILED, JobState.TRUNCATED, JobState.CANCELLED, JobState.SUCCEEDED)
 # Rows changed per statement, so that a million-job resubmit never builds one giant IN list.
@@ -87,7 +87,7 @@ def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int |
 
 
 def _lock_for_counts(session: Session, job_ids: Sequence[int], states: list[str], deltas: CountDeltas) -> list[int]:
-    """Lock the jobs of `job_ids` in `states` and count their move to `queued` (schema.counters)."""
+    """Lock the jobs of `job_ids` in `states` and count their move to `queued` (schema.ledger.counters)."""
     stmt = select(Job.id, Job.run_id, Job.state, Job.error_type).where(Job.id.in_(list(job_ids)), Job.state.in_(states))
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
@@ -110,7 +110,7 @@ def cancel_run(session: Session, *, run_id: int) -> Cancelled:
     fenced off.
 
     The run's queued and running jobs are locked first, in the ledger's one order (job rows by ascending
-    id, then their attempts: schema/locks.py). Taking attempts first deadlocks against the outcome writer
+    id, then their attempts: schema/ledger/locks.py). Taking attempts first deadlocks against the outcome writer
     and the reconciler on PostgreSQL, and cancelling queued and running jobs in two unlocked statements
     lets a claim (queued → running) or the reconciler (running → queued) move a job between them, leaving
     an attempt `running` on a cancelled job. Once locked, nothing moves them until this transaction ends.
@@ -139,7 +139,7 @@ def cancel_run(session: Session, *, run_id: int) -> Cancelled:
             .execution_options(synchronize_session=False)
         )
     queued_n = queued.rowcount  # type: ignore[attr-defined]
-    # Run counts (schema.counters): applied after the job rows are locked, like every counter update.
+    # Run counts (schema.ledger.counters): applied after the job rows are locked, like every counter update.
     deltas = CountDeltas()
     for state, n in ((JobState.QUEUED, queued_n), (JobState.RUNNING, len(running_attempts))):
         deltas.move(Bucket.of(run_id, state.value), Bucket.of(run_id, JobState.CANCELLED.value), n)

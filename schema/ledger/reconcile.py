@@ -1,7 +1,7 @@
 """Taking back jobs whose lease expired: their worker died, froze or lost the database.
 
 A running job's lease is alive while its claim's own lease (`jobs.lease_expires_at`) or its worker's
-heartbeat row (`workers.expires_at`, schema/liveness.py) is ahead of the database's clock. Once both
+heartbeat row (`workers.expires_at`, schema/ledger/liveness.py) is ahead of the database's clock. Once both
 lapsed, its attempt is marked `abandoned` and the job returns to `queued`, or fails for good once it has
 used the run's attempts (a poison job that keeps killing workers). A live lease is never touched.
 """
@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.counters import Bucket, CountDeltas
-from vlmbatch.schema.errors import ErrorType
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.states import AttemptOutcome, JobState
-from vlmbatch.schema.tables import Attempt, Job, Run, Worker
+from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.tables import Attempt, Job, Run, Worker
 
 EXPIRED = "lease held by {owner} expired (worker died, froze or lost the database)"
 

@@ -5,7 +5,7 @@ pages new entries in every index of `jobs`, per job per beat (15 s of database t
 leases on a 10^6-job ledger, bench/RESULTS.md). As in procrastinate's worker heartbeats, a beat now
 writes the worker's own row and reads its running jobs (ix_jobs_running_owner): O(its slots), and no job
 row is written. The reconciler takes a job back once its claim's lease and its worker's row have both
-lapsed (schema/reconcile.py), all by the database's clock.
+lapsed (schema/ledger/reconcile.py), all by the database's clock.
 
 Per-job leases also freed a job that a live worker no longer ran (it restarted under the same name, or
 lost the attempt); the beat keeps that: jobs the ledger says the worker runs but the worker does not,
@@ -22,10 +22,10 @@ from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.reconcile import take_back
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job, Run, Worker
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.reconcile import take_back
+from vlmbatch.schema.ledger.tables import Job, Run, Worker
 
 ORPHANED = "lease held by {owner}, which no longer runs this attempt (restarted, or lost it)"
 # Rows of workers silent this long are deleted: no row reads as "not alive", so this is only tidying.
@@ -80,7 +80,7 @@ def _take_back_orphans(session: Session, *, worker: str, job_ids: list[int], now
             Job.lease_owner == worker,
             Job.lease_expires_at < now,
         )
-        .order_by(Job.id)  # the ledger's lock order (schema/locks.py)
+        .order_by(Job.id)  # the ledger's lock order (schema/ledger/locks.py)
     )
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=Job, skip_locked=True)

@@ -6,9 +6,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.errors import RunConflict, RunNotFound
-from vlmbatch.schema.models import RunSettings
-from vlmbatch.schema.tables import Run
+from vlmbatch.schema.contracts.errors import RunConflict, RunNotFound
+from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.ledger.tables import Run
 
 # Ids are 64-bit; a larger number names no run (and would overflow the database's integer).
 _MAX_ID = 2**63 - 1

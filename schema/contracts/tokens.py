@@ -1,7 +1,7 @@
 """Claim tokens: what a broker message means.
 
 A message carries no job ids. It is a token asking a worker of its queue to claim up to N queued jobs
-(N = `jobs_per_message`) of that queue's runs, oldest first, from the ledger (schema.claims.QueueClaimer,
+(N = `jobs_per_message`) of that queue's runs, oldest first, from the ledger (schema.ledger.claims.QueueClaimer,
 FOR UPDATE SKIP LOCKED on ix_jobs_run_state_id). Why, rather than messages naming their jobs:
 
 - A lost token loses no work and a duplicated one duplicates none. The jobs stay `queued` in the
@@ -15,7 +15,7 @@ FOR UPDATE SKIP LOCKED on ix_jobs_run_state_id). Why, rather than messages namin
 What stays as it was: the queue's length tracks the work remaining (KEDA scales on it), Flower shows one
 `run_jobs` task per token, a task acknowledges its token once its jobs are claimed (then leases protect
 them), a retry after a backoff is a token published with a countdown, and expired leases have one owner
-(schema.reconcile). What changes: which jobs a token claims is the ledger's choice (oldest claimable
+(schema.ledger.reconcile). What changes: which jobs a token claims is the ledger's choice (oldest claimable
 first), so jobs that share an image, adjacent in id order, are still claimed together.
 
 A message that is not a token (a list of job ids, the format before tokens) counts as a token for as

@@ -11,11 +11,11 @@ from sqlalchemy import Insert, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from vlmbatch.schema.clock import database_now
-from vlmbatch.schema.counters import Bucket, CountDeltas
-from vlmbatch.schema.models import JobSpec
-from vlmbatch.schema.states import JobState
-from vlmbatch.schema.tables import Job, Run
+from vlmbatch.schema.contracts.models import JobSpec
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.tables import Job, Run
 
 
 def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> list[int]:
