@@ -18,6 +18,8 @@ from vlmbatch.schema.contracts.models import (
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    REPETITION_PRESETS,
+    RepetitionDetection,
     RunSettings,
     SamplingSettings,
 )
@@ -122,6 +124,19 @@ def run_options(fn: F) -> F:
             type=FiniteFloat(0, 5, min_open=True),
             default=DEFAULT_REPETITION_PENALTY,
             show_default=True,
+        ),
+        click.option(
+            "--repetition-detection",
+            metavar="PRESET|JSON",
+            help="Stop a sample that loops (finish `repetition`, job truncated): a preset ("
+            + ", ".join(REPETITION_PRESETS)
+            + ') or vLLM\'s object, e.g. \'{"max_pattern_size": 256, "min_pattern_size": 16, "min_count": 4}\'.',
+        ),
+        click.option(
+            "--thinking-budget",
+            type=click.IntRange(0),
+            help="At most this many tokens of trace; then `</think>` is forced and the model answers "
+            "(vLLM's thinking_token_budget; the result is flagged thinking_capped).",
         ),
         click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="Samples per job."),
         click.option("--max-tiles", type=click.IntRange(1), default=12, show_default=True, help="Tiles per image."),
@@ -265,6 +280,8 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         max_tokens=flags["max_tokens"],
         samples=flags["samples"],
         ignore_eos=flags["ignore_eos"],
+        repetition_detection=repetition_detection(flags["repetition_detection"]),
+        thinking_token_budget=flags["thinking_budget"],
     )
     if flags["accept"] and not flags["grader"]:
         raise click.UsageError("--accept needs a --grader to tell correct samples")
@@ -297,6 +314,28 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         json_schema=json_schema,
         system_prompt=resolve_system_prompt(flags["system_prompt"], flags["system_prompt_file"]),
     )
+
+
+def repetition_detection(value: str | None) -> RepetitionDetection | None:
+    """`--repetition-detection`: a preset's name, `off`, or vLLM's object as JSON. Raises click.UsageError."""
+    if value is None or value.strip() == "off":
+        return None
+    name = value.strip()
+    if name in REPETITION_PRESETS:
+        return REPETITION_PRESETS[name]
+    try:
+        given = json.loads(name)
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        presets = ", ".join(REPETITION_PRESETS)
+        raise click.UsageError(f"--repetition-detection {value!r}: give a preset ({presets}), off, or a JSON object")
+    try:
+        return RepetitionDetection.model_validate(given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise click.UsageError(f"--repetition-detection: {where + ': ' if where else ''}{first['msg']}") from exc
 
 
 def column_choice(flags: dict[str, Any]) -> ColumnChoice:

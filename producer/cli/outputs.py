@@ -151,8 +151,12 @@ def stats_block(stats: RunStats) -> str:
             [(t.samples, t.p50, t.p90, t.p99, t.max, t.mean)],
         ),
         f"truncated: {tr.samples} of {s.standing} samples ({_percent(tr.sample_rate) or '-'}), "
-        f"{tr.jobs} of {tr.finished_jobs} finished jobs ({_percent(tr.job_rate) or '-'})",
+        f"{tr.jobs} of {tr.finished_jobs} finished jobs ({_percent(tr.job_rate) or '-'}); "
+        + ", ".join(f"{kind} {n}" for kind, n in tr.by_finish.items()),
     ]
+    if stats.thinking_capped.samples:
+        capped = stats.thinking_capped
+        blocks.append(f"thinking budget spent (answered, not truncated): {capped.samples} samples, {capped.jobs} jobs")
     errors = sorted(set(stats.errors.jobs) | set(stats.errors.attempts))
     if errors:
         rows = [(e, stats.errors.jobs.get(e, 0), stats.errors.attempts.get(e, 0)) for e in errors]

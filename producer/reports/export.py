@@ -20,11 +20,13 @@ Formats
     {"run": "name", "run_id": 1, "job_id": 7, "attempt_id": 9, "sample_index": 0,
      "images": ["s3://bucket/a.jpg"], "question": "...", "reference": "B" | null,
      "metadata": {...} | null, "state": "succeeded",
-     "answer": "...", "reasoning": "..." | null, "raw_text": "...", "finish_reason": "stop" | "length" | null,
+     "answer": "...", "reasoning": "..." | null, "raw_text": "...",
+     "finish_reason": "stop" | "length" | "context" | "repetition" | null,
      "trace_closed": true, "prompt_tokens": 1234 | null, "completion_tokens": 456,
      "reasoning_tokens": 400 | null, "answer_tokens": 56 | null, "extracted_answer": "B" | null,
      "correct": true | null, "valid": true | null, "grader": "boxed" | null,
-     "grader_version": "vlmbatch 0.1.0; math-verify 0.9.0" | null, "gpu_seconds": 0.8 | null,
+     "grader_version": "vlmbatch 0.1.0; math-verify 0.9.0" | null, "thinking_capped": true | null,
+     "gpu_seconds": 0.8 | null,
      "timings": {"queue_wait_s": ..., "fetch_s": ..., "decode_s": ..., "generation_s": ..., "first_token_s": ...}}
 
     `prompt_tokens`, `gpu_seconds` and `timings` belong to the attempt (shared by its samples); the other

@@ -51,6 +51,8 @@ FIELDS: tuple[ExportField, ...] = (
     ExportField("valid", "bool", Result.valid),
     ExportField("grader", "string", Result.grader),
     ExportField("grader_version", "string", Result.grader_version),
+    # The thinking budget closed the trace (the sample still answered); None when the run set no budget.
+    ExportField("thinking_capped", "bool", Result.thinking_capped),
     ExportField("gpu_seconds", "float64", Attempt.gpu_seconds),
 )
 # Read flat, exported nested under "timings".
@@ -95,6 +97,7 @@ class ExportRecord(TypedDict):
     valid: bool | None
     grader: str | None
     grader_version: str | None
+    thinking_capped: bool | None
     gpu_seconds: float | None
     timings: Timings
 

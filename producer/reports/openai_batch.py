@@ -21,7 +21,9 @@ and one error line per failed or cancelled job::
 `custom_id` is the one the job came with (`metadata.custom_id`, kept by the OpenAI batch input); a job
 from a folder or manifest gets `job-<id>`. Every sample of a job is one of its `choices` (`n` > 1, or the
 rounds of an accept-until-M job), in order. A sample whose trace never closed (truncated) has
-`content: null`, its partial trace as `reasoning_content` and `finish_reason: "length"`. `created` is the
+`content: null`, its partial trace as `reasoning_content` and `finish_reason: "length"`. A sample stopped
+by the context limit or as a loop is `length` too; `vlmbatch_finish_reason` holds the stored kind (`stop`,
+`length`, `context`, `repetition`; schema/contracts/finish.py). `created` is the
 time of the export (the ledger's own times are in the `jsonl` export).
 """
 
@@ -33,6 +35,7 @@ from typing import IO, Any
 
 from vlmbatch.producer.reports.fields import ExportRecord
 from vlmbatch.producer.reports.records import FailedJob
+from vlmbatch.schema.contracts.finish import TRUNCATING
 from vlmbatch.schema.contracts.states import JobState
 
 
@@ -100,9 +103,10 @@ def _choice(index: int, sample: ExportRecord) -> dict[str, Any]:
             "reasoning_content": sample["reasoning"],
             "refusal": None,
         },
-        # The SDK knows stop, length, tool_calls, content_filter and function_call; anything but the length
-        # limit ended the sample on the model's own terms.
-        "finish_reason": "length" if sample["finish_reason"] == "length" else "stop",
+        # The SDK knows stop, length, tool_calls, content_filter and function_call: every truncating finish
+        # (max_tokens, the context, a loop stopped) is `length` there, and vlmbatch's own kind rides beside it.
+        "finish_reason": "length" if sample["finish_reason"] in TRUNCATING else "stop",
+        "vlmbatch_finish_reason": sample["finish_reason"],
         "logprobs": None,
     }
 

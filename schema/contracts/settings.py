@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     fake_latency_s: float = Field(0.0, ge=0.0)
     fake_tokens_per_second: float = Field(0.0, ge=0.0)
     fake_trace_tokens: int = Field(24, ge=1)
+    # A question holding this text loops (tests of repetition detection).
+    fake_loop_marker: str | None = None
 
     # Port of this process's Prometheus /metrics (worker and `vlmbatch run`); None: not served.
     metrics_port: int | None = Field(None, ge=1, le=65535)

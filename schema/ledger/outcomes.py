@@ -41,6 +41,8 @@ class SampleRecord:
     valid: bool | None = None
     grader: str | None = None
     grader_version: str | None = None
+    # The thinking budget closed the trace (None: no budget was set).
+    thinking_capped: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,7 @@ def _result_values(report: AttemptReport, sample: SampleRecord, now: datetime) -
         "valid": sample.valid,
         "grader": sample.grader,
         "grader_version": sample.grader_version,
+        "thinking_capped": sample.thinking_capped,
         "created_at": now,
     }
 

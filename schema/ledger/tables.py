@@ -242,6 +242,9 @@ class Result(Base):
     # What graded it (None when the run has no grader): the grader's name and `grading.grader_version`.
     grader: Mapped[str | None] = mapped_column(String(16))
     grader_version: Mapped[str | None] = mapped_column(String(100))
+    # The run's thinking budget ran out and vLLM closed the trace (the sample still answered); None when
+    # no budget was set.
+    thinking_capped: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -60,6 +60,7 @@ JSONL_KEYS = [
     "valid",
     "grader",
     "grader_version",
+    "thinking_capped",
     "gpu_seconds",
     "timings",
 ]
@@ -164,6 +165,7 @@ def test_jsonl_holds_every_field_of_each_standing_sample_and_loads_with_datasets
             "valid": None,
             "grader": None,
             "grader_version": None,
+            "thinking_capped": None,
             "gpu_seconds": attempt.gpu_seconds,
             "timings": {key: getattr(attempt, key) for key in TIMING_KEYS},
         }

@@ -38,6 +38,9 @@ from vlmbatch.worker.engines.engine_args import engine_args as build_engine_args
 
 log = logging.getLogger(__name__)
 
+# vLLM's parser for `<think>trace</think>answer` models (R1V3, DeepSeek-R1), chosen when the tokenizer has both.
+AUTO_REASONING_PARSER = "deepseek_r1"
+
 
 @dataclass
 class _Telemetry:
@@ -80,6 +83,10 @@ class VllmEngine:
         parser = self._reasoning_parser()
         if parser:
             owned["reasoning_parser"] = parser
+            if parser == AUTO_REASONING_PARSER and "reasoning_config" not in s.engine_args:
+                # The think markers by name: vLLM's thinking budgets (`--thinking-budget`) count the trace
+                # between them and force the closing one.
+                owned["reasoning_config"] = _reasoning_config()
         if s.tensor_parallel_size == 1 and "distributed_executor_backend" not in s.engine_args:
             # The model runs inside the engine-core process: one spawned interpreter fewer at start-up.
             owned["distributed_executor_backend"] = "uni"
@@ -119,7 +126,7 @@ class VllmEngine:
             self._settings.model, trust_remote_code=self._settings.trust_remote_code
         )
         vocab = tokenizer.get_vocab()
-        return "deepseek_r1" if THINK_OPEN in vocab and THINK_CLOSE in vocab else None
+        return AUTO_REASONING_PARSER if THINK_OPEN in vocab and THINK_CLOSE in vocab else None
 
     def _inspect_tokenizer(self) -> None:
         tokenizer = self._llm.tokenizer
@@ -223,6 +230,12 @@ class VllmEngine:
             extra["seed"] = request.seed
         if request.constraint is not None:
             extra["structured_outputs"] = _structured(request.constraint.choices, request.constraint.json_schema)
+        if s.repetition_detection is not None:
+            from vllm.sampling_params import RepetitionDetectionParams
+
+            extra["repetition_detection"] = RepetitionDetectionParams(**s.repetition_detection.model_dump())
+        if s.thinking_token_budget is not None:
+            extra["thinking_token_budget"] = s.thinking_token_budget
         return SamplingParams(
             n=s.samples,
             temperature=s.temperature,
@@ -258,6 +271,12 @@ def _cpu_build() -> bool:
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_cpu())
+
+
+def _reasoning_config() -> Any:
+    from vllm.config import ReasoningConfig
+
+    return ReasoningConfig(reasoning_start_str=THINK_OPEN, reasoning_end_str=THINK_CLOSE)
 
 
 def _structured(choices: tuple[str, ...] | None, json_schema: dict[str, Any] | None) -> Any:

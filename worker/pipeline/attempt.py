@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.schema.contracts.errors import InternalError, JobCancelled, JobError
-from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
 from vlmbatch.schema.contracts.states import AttemptOutcome
 from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.schema.ledger.outcomes import AttemptReport, Timings, retry_delay
@@ -56,12 +56,19 @@ class AttemptClock:
         )
 
 
-def generation_report(job: ClaimedJob, run: RunSettings, generation: Generation, timings: Timings) -> AttemptReport:
+def generation_report(
+    job: ClaimedJob,
+    run: RunSettings,
+    generation: Generation,
+    timings: Timings,
+    sampling: SamplingSettings | None = None,
+) -> AttemptReport:
     """The outcome of an attempt whose generation finished: samples split, graded and checked, the outcome
-    (succeeded or truncated), and whether an accept-until-M job needs another sampling round."""
+    (succeeded or truncated), and whether an accept-until-M job needs another sampling round. `sampling`
+    is what the engine was asked for (the job's limits name how each sample ended)."""
     opened = generation.trace_opened_by_prompt
     samples = review(
-        [to_sample(i, c, opened_by_prompt=opened) for i, c in enumerate(generation.completions)],
+        [to_sample(i, c, opened_by_prompt=opened, sampling=sampling) for i, c in enumerate(generation.completions)],
         run,
         job.reference,
         job_params(job),
@@ -135,9 +142,9 @@ async def run_attempt(
     clock.generation_s = time.perf_counter() - started
     clock.first_token_s = generation.first_token_s
     if run.settings.grader is None:
-        return generation_report(job, run.settings, generation, clock.timings())
+        return generation_report(job, run.settings, generation, clock.timings(), request.sampling)
     # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
-    return await asyncio.to_thread(generation_report, job, run.settings, generation, clock.timings())
+    return await asyncio.to_thread(generation_report, job, run.settings, generation, clock.timings(), request.sampling)
 
 
 def load_run_context(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:
