@@ -4,6 +4,7 @@ sampling settings (`submit`, `run`); the engine's flags (`worker`, `run`)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from vlmbatch.schema.contracts.models import (
 from vlmbatch.schema.contracts.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 # The runs.name column's width.
 MAX_RUN_NAME_CHARS = 200
 
@@ -180,6 +182,12 @@ def engine_options(fn: F) -> F:
         click.option("--trust-remote-code/--no-trust-remote-code", default=None, help="Run the model folder's code."),
         click.option("--enforce-eager/--no-enforce-eager", default=None, help="Skip CUDA graphs / torch.compile."),
         click.option(
+            "--profile",
+            type=click.Choice(["default", "throughput"]),
+            help="Engine defaults: `throughput` = FP8 weights and KV cache, 0.95 of GPU memory, max_num_seqs "
+            "sized from the KV pool; explicit flags and --engine-arg win [env VLMBATCH_PROFILE].",
+        ),
+        click.option(
             "--engine-arg",
             "engine_arg",
             multiple=True,
@@ -201,6 +209,7 @@ ENGINE_FLAGS = (
     "gpu_memory_utilization",
     "trust_remote_code",
     "enforce_eager",
+    "profile",
 )
 
 
@@ -214,8 +223,12 @@ def with_engine_args(settings: Settings, cli_args: tuple[str, ...]) -> Settings:
     """`settings` with the --engine-arg pairs on top of VLMBATCH_ENGINE_ARGS, checked against vLLM (one line
     naming an unknown key; a model folder with its own code and no --trust-remote-code)."""
     from vlmbatch.worker.engines.engine_args import check_engine_settings, user_engine_args
+    from vlmbatch.worker.engines.profiles import apply_profile, gpu_memory_bytes
 
     settings = settings.model_copy(update={"engine_args": user_engine_args(settings, cli_args)})
+    if settings.profile != "default" and settings.engine == "vllm":
+        settings, chosen = apply_profile(settings, gpu_bytes=gpu_memory_bytes())
+        log.info("engine profile %s: %s", settings.profile, json.dumps(chosen, sort_keys=True))
     check_engine_settings(settings)
     return settings
 

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     # Any other vLLM engine argument, as a JSON object (e.g. {"kv_cache_dtype": "fp8"}); `--engine-arg`
     # adds to it. Checked against vLLM's EngineArgs before the engine starts (worker/engines/engine_args.py).
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    # Engine-setting defaults by name (worker/engines/profiles.py): `default` changes nothing; `throughput` is
+    # FP8 weights and KV cache, 0.95 of GPU memory and max_num_seqs sized from the KV pool. Explicit settings
+    # and engine arguments win over a profile's.
+    profile: Literal["default", "throughput"] = "default"
+    # Tokens a sequence holds on average while it runs (prompt plus the trace so far), for sizing
+    # max_num_seqs from the KV pool: a 1344x896 image (~1.8k tokens) and traces of a median 2k tokens.
+    expected_context_tokens: int = Field(4096, ge=64)
 
     # The `openai` engine: jobs go to a running OpenAI-compatible vLLM server (worker/openai_engine.py).
     # Its API root, e.g. http://host:8000/v1.

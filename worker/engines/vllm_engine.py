@@ -61,6 +61,7 @@ class VllmEngine:
         self._think_close_id: int | None = None
         self._opens_trace = False
         self.telemetry = _Telemetry()
+        self.effective_engine_args: dict[str, Any] = {}
 
     @property
     def model(self) -> str:
@@ -91,6 +92,9 @@ class VllmEngine:
             # The model runs inside the engine-core process: one spawned interpreter fewer at start-up.
             owned["distributed_executor_backend"] = "uni"
         engine_args = build_engine_args(s, owned)
+        # What the engine really gets (profile, flags and --engine-arg merged): kept and logged for the run.
+        self.effective_engine_args = {k: v for k, v in engine_args.items() if k != "reasoning_config"}
+        log.info("vLLM engine arguments: %s", self.effective_engine_args)
         started = time.perf_counter()
         args = AsyncEngineArgs(**engine_args)
         # The offline engine's defaults, not the online ones: vLLM sizes the step's token budget by usage
