@@ -52,6 +52,7 @@ class _Telemetry:
     generated_tokens: int = 0
     prompt_tokens: int = 0
     max_running: int = 0
+    preemptions: int = 0
 
 
 class VllmEngine:
@@ -146,7 +147,9 @@ class VllmEngine:
 
     def stats(self) -> EngineStats:
         t = self.telemetry
-        return EngineStats(running=t.running, waiting=t.waiting, kv_cache_usage=t.kv_cache_usage)
+        return EngineStats(
+            running=t.running, waiting=t.waiting, kv_cache_usage=t.kv_cache_usage, preemptions=t.preemptions
+        )
 
     def progress(self) -> int:
         return self.telemetry.generated_tokens
@@ -328,6 +331,7 @@ def _stat_logger_factory(telemetry: _Telemetry) -> Any:
             if iteration_stats is not None:
                 telemetry.generated_tokens += iteration_stats.num_generation_tokens
                 telemetry.prompt_tokens += iteration_stats.num_prompt_tokens
+                telemetry.preemptions += getattr(iteration_stats, "num_preempted_reqs", 0)
 
         def log_engine_initialized(self) -> None:
             return None

@@ -100,6 +100,7 @@ class Pipeline:
             running=lambda: self._engine.stats().running,
             waiting=lambda: self._engine.stats().waiting,
             kv_cache_usage=lambda: self._engine.stats().kv_cache_usage or 0.0,
+            preemptions=lambda: self._engine.stats().preemptions,
         )
 
     # -- called from other threads -------------------------------------------------------------------
