@@ -24,7 +24,12 @@ inter-token latency, and the fraction of the KV-bound roofline:
 On an 80 GB H100 R1V3 does not fit in bf16: use --precision fp8 (raw rows and pipeline-default in FP8).
 
     python bench/gpu/long_trace.py --shape r1v3 --precision fp8 --n 384 --out $OUT           # H100, 9 min
+    # Longer windows: two rows a call (same warm machine, same BENCH_WORK: vLLM's compile cache is reused)
     python bench/gpu/long_trace.py --shape r1v3 --rows raw-default,pipeline-default --out $OUT
+    python bench/gpu/long_trace.py --shape r1v3 --rows raw-tuned,pipeline-profile --out $OUT
+Each row gets an equal share of what is left of --budget-s; warm-up and window shrink to fit it (a 38B
+engine starts in 30-80 s), and a row with under a minute left is skipped. With a logits processor loaded,
+vLLM 0.26 runs the V1 model runner (its V2 runner takes no custom logits processors), in every row alike.
     python bench/gpu/long_trace.py --shape tiny --precision bf16 --n 24 --median 40 --p95 120 --cap 200 \
         --warmup-s 5 --window-s 15 --budget-s 400 --out /tmp/lt                               # CPU dry run
 """
