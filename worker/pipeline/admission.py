@@ -12,15 +12,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from vlmbatch.schema.contracts.settings import Settings
-from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.claims import ClaimedJob, QueueClaimer, claim_next
-from vlmbatch.schema.ledger.keyset import Keyset
-from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
-from vlmbatch.schema.ledger.tables import Job
+from vlmbatch.schema.ledger.runs import run_drained
 from vlmbatch.worker.pipeline.capacity import Capacity
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 
@@ -140,18 +134,6 @@ class Admission:
             if jobs:
                 await self._capacity.wait_for_free(batch, timeout=FEED_POLL_S)
                 continue
-            if not self._holds_jobs_of(run_id) and await self._db.transaction(partial(_run_drained, run_id=run_id)):
+            if not self._holds_jobs_of(run_id) and await self._db.transaction(partial(run_drained, run_id=run_id)):
                 return
             await self._capacity.wait_for_free(self._capacity.total, timeout=FEED_POLL_S)
-
-
-def _run_drained(session: Session, *, run_id: int) -> bool:
-    """True when none of the run's jobs is queued or running (after taking back expired leases)."""
-    requeue_expired_leases(session, run_id=run_id)
-    # One probe of ix_jobs_run_state_id per state (schema.ledger.keyset): exact, and as cheap as the counters.
-    dialect = session.get_bind().dialect.name
-    for state in (JobState.QUEUED, JobState.RUNNING):
-        keys = Keyset([(Job.run_id, run_id), (Job.state, state.value)])
-        if session.scalar(keys.page(select(Job.id), dialect=dialect).limit(1)) is not None:
-            return False
-    return True

@@ -16,12 +16,12 @@ from PIL.Image import Image
 from sqlalchemy.orm import Session
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
-from vlmbatch.schema.contracts.errors import InternalError, JobCancelled, JobError
+from vlmbatch.schema.contracts.errors import JobCancelled, JobError
 from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.states import AttemptOutcome
 from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.schema.ledger.outcomes import AttemptReport, Timings, retry_delay
-from vlmbatch.schema.ledger.tables import Run
+from vlmbatch.schema.ledger.runs import run_facts
 from vlmbatch.worker.engines.base import Engine, Generation
 from vlmbatch.worker.pipeline.answers import needs_more_samples, review
 from vlmbatch.worker.pipeline.capacity import TimeShare
@@ -142,11 +142,7 @@ async def run_attempt(
 
 def load_run_context(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:
     """A run's settings, queue and the local folders its jobs may read (once per run, not per job)."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise InternalError(f"run {run_id} does not exist")
+    run = run_facts(session, run_id=run_id)
     return RunContext(
-        settings=RunSettings.model_validate(run.settings),
-        queue=run.queue,
-        local_roots=LocalRoots.of([source_root(run.source), *extra_roots]),
+        settings=run.settings, queue=run.queue, local_roots=LocalRoots.of([source_root(run.source), *extra_roots])
     )
