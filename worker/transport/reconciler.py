@@ -6,7 +6,7 @@ time on PostgreSQL) and on demand by `vlmbatch reconcile`.
    used their attempts (schema.ledger.reconcile). Their claim tokens are published at once. Rows of workers
    silent for an hour are deleted.
 2. Queued jobs that no claim token covers (Redis lost its data, the producer died between commit and
-   publish, a worker died holding tokens) get tokens. Messages carry no job ids (worker/transport/
+   publish, a worker died holding tokens) get tokens. Messages carry no job ids (schema/contracts/
    tokens.py), so this compares two counts per queue: the queued jobs of its runs, from their counters,
    and the jobs its tokens can still claim (broker_scan.jobs_covered: list lengths, and the few
    unacknowledged tokens of live workers). The deficit is published; spare tokens are harmless.
