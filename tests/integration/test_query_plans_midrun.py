@@ -211,3 +211,10 @@ def test_the_maintenance_pass_refreshes_what_the_workers_changed(midrun: MidRun)
     assert sorted(analyzed) == ["attempts", "jobs", "results"]
     with midrun.sessions() as session, session.begin():
         assert refresh_midrun_statistics(session) == []  # fresh now: the next pass reads one catalog row each
+
+
+def test_ledger_connections_never_jit_compile(midrun: MidRun) -> None:
+    """On statistics a run has outgrown, a page's estimated cost passed jit_above_cost and PostgreSQL spent
+    1.3 s compiling a 50-row query: the ledger's connections turn JIT off."""
+    with midrun.engine.connect() as connection:
+        assert connection.execute(text("SHOW jit")).scalar() == "off"
