@@ -282,15 +282,16 @@ def tuned_max_num_seqs(args: argparse.Namespace, model: Path, expected_context: 
 
 
 def start_pipeline(args: argparse.Namespace, model: Path, work: Path, expected_context: int) -> tuple[Any, ...]:
-    from sqlalchemy import select
-
     from vlmbatch.media.stores import ObjectStores
+    from vlmbatch.producer.reports.export import export_run
+    from vlmbatch.producer.reports.records import ExportFilter
     from vlmbatch.producer.sources.open import open_source
     from vlmbatch.producer.submit import submit
     from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
     from vlmbatch.schema.contracts.settings import Settings
+    from vlmbatch.schema.contracts.states import JobState
     from vlmbatch.schema.ledger.database import open_ledger
-    from vlmbatch.schema.ledger.tables import Job, Result
+    from vlmbatch.schema.ledger.runs import get_run
     from vlmbatch.worker.engines.profiles import apply_profile, gpu_memory_bytes
     from vlmbatch.worker.engines.thread import EngineThread
     from vlmbatch.worker.engines.vllm_engine import VllmEngine
@@ -347,9 +348,14 @@ def start_pipeline(args: argparse.Namespace, model: Path, work: Path, expected_c
         pipeline.feed_run(report.run).result()
 
     def finished() -> list[tuple[int, int]]:
+        # Read back through the export users run (jsonl), not the ledger's tables.
+        out = work / f"{args.child}-results.jsonl"
         with sessions() as session:
-            rows = session.execute(select(Job.question, Result.completion_tokens).join(Result, Result.job_id == Job.id))
-            return [(int(TAG.findall(question)[-1]), int(tokens)) for question, tokens in rows.tuples()]
+            run = get_run(session, report.run)
+        states = (JobState.SUCCEEDED, JobState.TRUNCATED)
+        export_run(sessions, run=run, fmt="jsonl", out=out, selection=ExportFilter(states=states))
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        return [(int(TAG.findall(r["question"])[-1]), int(r["completion_tokens"])) for r in records]
 
     facts = engine_facts(vllm_engine._llm.vllm_config, dict(vllm_engine.effective_engine_args))
     facts["profile"] = chosen

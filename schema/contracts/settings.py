@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     # max_num_seqs from the KV pool: a 1344x896 image (~1.8k tokens) and traces of a median 2k tokens.
     expected_context_tokens: int = Field(4096, ge=64)
 
-    # The `openai` engine: jobs go to a running OpenAI-compatible vLLM server (worker/openai_engine.py).
+    # The `openai` engine: jobs go to a running OpenAI-compatible vLLM server (worker/engines/openai/).
     # Its API root, e.g. http://host:8000/v1.
     openai_base_url: str | None = None
     # The server's --api-key, sent as a bearer token (never logged).
