@@ -423,8 +423,11 @@ def measure(
         if (window is not None and now - begun >= window[1]) or left < 3 or not thread.is_alive():
             break
         time.sleep(0.5)
-    if window is None or len(samples) < 2:
+    if window is None or first is None or len(samples) < 2:
         return {"error": "no token generated before the deadline"}
+    whole_run = samples[-1][0] < window[0]
+    if whole_run:  # the workload ended within the warm-up (small dry runs): measure all of it instead
+        window = (first - begun, samples[-1][0])
     inside = [(t, v) for t, v in samples if window[0] <= t <= window[1]] or samples[-2:]
     (t1, start), (t2, end) = inside[0], inside[-1]
     if not thread.is_alive() and t2 < window[1]:
@@ -448,6 +451,7 @@ def measure(
     done = end.get("vllm:request_success", 0.0)
     return {
         "window_s": [round(t1, 1), round(t2, 1)],
+        "window_is_whole_run": whole_run,
         "output_tps": output_tps,
         "prompt_tps": delta("vllm:prompt_tokens") / span,
         "finished_in_window": delta("vllm:request_success"),
