@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from vlmbatch.producer.sources.base import Row, SpecCheck
+from vlmbatch.producer.sources.base import Rejects, Row, SpecCheck
 from vlmbatch.producer.sources.images import looks_like_image
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import JobSpec
@@ -23,11 +23,16 @@ class FolderSource:
     def uri(self) -> str:
         return self._root.as_uri()
 
-    def validate(self, check: SpecCheck | None = None) -> None:
+    def validate(self, check: SpecCheck | None = None, rejects: Rejects | None = None) -> None:
         """`check` is unused: listed images carry no reference or metadata to check."""
         if not self._root.is_dir():
             raise SourceError(f"{self._given}: not a folder")
-        escaping = [str(link) for link, _ in self._walk() if link is not None]
+        escaping: list[str] = []
+        for link, image in self._walk():
+            if link is not None:
+                escaping.append(str(link))
+            elif rejects is not None and image is not None:
+                rejects.accept()
         if escaping:
             shown = ", ".join(escaping[:10])
             raise SourceError(f"{self._given}: {len(escaping)} path(s) lead outside the folder, refused: {shown}")

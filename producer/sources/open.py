@@ -3,10 +3,12 @@ then built. The one module that imports every source (they import `sources.base`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from vlmbatch.media.staging import Stager
+from vlmbatch.media.stores import local_path
 from vlmbatch.producer.sources.base import MANIFEST_SUFFIXES, Source
 from vlmbatch.producer.sources.folder import FolderSource
 from vlmbatch.producer.sources.manifest import ManifestSource
@@ -19,6 +21,7 @@ from vlmbatch.producer.sources.parquet import (
 )
 from vlmbatch.producer.sources.prompts import CLI_QUESTION, PromptedSource, Prompting, PromptTemplate
 from vlmbatch.producer.sources.s3 import S3PrefixSource
+from vlmbatch.producer.sources.survey import nothing_found
 from vlmbatch.producer.sources.webdataset import (
     WebDatasetSource,
     folder_holds_shards,
@@ -51,15 +54,16 @@ def open_source(
     an OpenAI batch file's `data:` images. A manifest's local images must lie in
     its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS)."""
 
+    uri = absolute_source(uri)
     asked = ((question,) if question else ()) + tuple(questions)
     prompting = Prompting(questions=asked, template=prompt_template)
     given = CLI_QUESTION if prompting.asks_source else (asked[0] if asked else None)
     columns = columns or ColumnChoice()
     stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url) if stage_to else None
-    if uri.lower().endswith(".jsonl") and is_openai_batch(uri):
+    if uri.lower().endswith(".jsonl") and is_openai_batch(uri, s3_endpoint_url=s3_endpoint_url):
         if asked or prompt_template is not None:
             raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")
-        return OpenAIBatchSource(uri, stager=stager)
+        return OpenAIBatchSource(uri, stager=stager, local_roots=local_roots, s3_endpoint_url=s3_endpoint_url)
     inner: Source
     if looks_like_shards(uri):
         inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
@@ -94,7 +98,16 @@ def open_source(
         else:
             _refuse_columns_for_manifests(uri, columns)
             inner = FolderSource(path, question=_required(given, prompting, uri))
-    return PromptedSource(inner, prompting)
+    return PromptedSource(inner, prompting, describe_empty=lambda: nothing_found(uri, s3_endpoint_url=s3_endpoint_url))
+
+
+def absolute_source(uri: str) -> str:
+    """A local SOURCE (a path, a `file://` URI, a brace pattern) as an absolute path, made once at submit:
+    the run records it, and its local root (media/local_roots.py) must not depend on where the submitter
+    stood. Remote URIs are returned as given."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return os.path.abspath(local_path(uri))  # a brace pattern's braces are kept: only the folder is joined
 
 
 def _parquet_source(
@@ -116,7 +129,9 @@ def _parquet_source(
         )
     if stager is None:
         raise SourceError(f"{uri}: embedded images need a staging root (--stage-to)")
-    return ParquetImagesSource(uri, parquet=parquet, question=question, columns=columns, stager=stager)
+    return ParquetImagesSource(
+        uri, parquet=parquet, question=question, columns=columns, stager=stager, local_roots=local_roots
+    )
 
 
 def _refuse_columns_for_manifests(uri: str, columns: ColumnChoice) -> None:
