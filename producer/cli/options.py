@@ -109,6 +109,16 @@ def run_options(fn: F) -> F:
             "default: VLMBATCH_HOME/staged].",
         ),
         click.option(
+            "--config",
+            "dataset_config",
+            help="A dataset folder's config (its card's YAML `configs`; default: the default one).",
+        ),
+        click.option(
+            "--split",
+            "dataset_split",
+            help="A dataset folder's split (Hub layouts, save_to_disk; default: train, or the only one).",
+        ),
+        click.option(
             "--strict",
             is_flag=True,
             help="Any row that cannot become a job refuses the whole submit (default: such rows are recorded "

@@ -45,9 +45,14 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         columns=column_choice(flags),
         stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
         local_roots=ctx.settings.resolved_local_roots(),
+        config=flags["dataset_config"],
+        split=flags["dataset_split"],
     )
     # The run's default name depends on everything that shapes its prompts.
     prompt_identity = "\n".join(questions) + (f"\n{template.text}" if template else "")
+    # A dataset's config and split, when named, are other runs than its default's.
+    for flag in ("dataset_config", "dataset_split"):
+        prompt_identity += f"\n{flag}={flags[flag]}" if flags[flag] else ""
     report = submit(
         sessions=ctx.sessions,
         publisher=publisher,

@@ -69,6 +69,25 @@ def open_parquet_file(uri: str, *, s3_endpoint_url: str | None) -> Any:
         raise SourceError(f"{uri}: not a readable Parquet file ({exc})") from exc
 
 
+class ArrowStreamFile:
+    """An Arrow IPC stream file, as `Dataset.save_to_disk` writes them, read like a `ParquetFile`:
+    `schema_arrow` and `iter_batches` (memory-mapped; batches cut to `batch_size` rows)."""
+
+    def __init__(self, path: str) -> None:
+        import pyarrow as pa
+
+        try:
+            self._reader = pa.ipc.open_stream(pa.memory_map(path))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise SourceError(f"{path}: not a readable Arrow stream file ({exc})") from exc
+        self.schema_arrow = self._reader.schema
+
+    def iter_batches(self, *, batch_size: int) -> Iterator[Any]:
+        for batch in self._reader:
+            for start in range(0, batch.num_rows, batch_size):
+                yield batch.slice(start, batch_size)
+
+
 def embedded_image_columns(schema: Any) -> list[str]:
     """The columns that hold images by their type (struct<bytes, path>, binary, lists of them) or by
     the `huggingface` metadata, in schema order."""
