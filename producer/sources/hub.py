@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
-from vlmbatch.producer.sources.base import Row, RowSource, Source
+from vlmbatch.producer.sources.base import Row, RowSource, Source, source_notes
 from vlmbatch.producer.sources.images import looks_like_image
 from vlmbatch.schema.contracts.errors import SourceError
 
@@ -265,13 +265,17 @@ class ChainedSource(RowSource):
         self._files = tuple(files)
         self._open_file = open_file
         self._note = note
+        self._file_notes: list[str] = []
 
     def notes(self) -> list[str]:
-        return [self._note]
+        return [self._note, *self._file_notes]
 
     def rows(self) -> Iterator[Row]:
         base = self._uri.rstrip("/") + "/"
+        self._file_notes = []  # each pass over the rows says it again
         for file in self._files:
             name = file[len(base) :] if file.startswith(base) else file.rsplit("/", 1)[-1]
-            for where, spec in self._open_file(file).rows():
+            source = self._open_file(file)
+            for where, spec in source.rows():
                 yield f"{name} {where}", spec
+            self._file_notes.extend(source_notes(source))

@@ -119,8 +119,14 @@ def open_source(
             raise SourceError(
                 f"{uri}: not a folder, an s3:// prefix, a manifest (.jsonl, .csv, .parquet) or WebDataset shards (.tar)"
             )
-        _refuse_columns_for_manifests(uri, columns)
-        inner = FolderSource(path, question=_required(given, prompting, uri))
+        # Column flags name sidecar fields (img2dataset's `files` output); without them a question is due.
+        question = given if columns != ColumnChoice() else _required(given, prompting, uri)
+        inner = FolderSource(
+            path,
+            question=question,
+            question_column=columns.question_column,
+            reference_column=columns.reference_column,
+        )
     return PromptedSource(inner, prompting, describe_empty=lambda: nothing_found(uri, s3_endpoint_url=s3_endpoint_url))
 
 

@@ -35,6 +35,8 @@ from vlmbatch.schema.contracts.models import JobSpec
 # Rows decoded at once: a few MB of images each, so a batch stays small whatever the row group size.
 BATCH_ROWS = 64
 DEFAULT_IMAGE_COLUMN = "image"
+# The columns that tell img2dataset's `parquet` output (status: success, failed_to_download, ...).
+IMG2DATASET_COLUMNS = frozenset({"status", "error_message", "key"})
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,15 @@ class ParquetImagesSource(RowSource):
         # Image-typed columns not chosen as images are left out of the metadata: bytes never reach the ledger.
         self._skipped = set(self._images) | set(embedded_image_columns(schema))
         self._skipped |= {self._question_column, self._reference_column}
+        # img2dataset's `parquet` output: a row whose download failed has status `failed_to_*` and no image.
+        self._downloads = set(schema.names) >= IMG2DATASET_COLUMNS
+        self.not_downloaded = 0
+
+    def notes(self) -> list[str]:
+        """Rows img2dataset could not download, skipped (never refused, never silent)."""
+        if not self.not_downloaded:
+            return []
+        return [f"{self._uri}: {self.not_downloaded} row(s) img2dataset did not download (status), skipped"]
 
     @property
     def image_columns(self) -> tuple[str, ...]:
@@ -139,6 +150,7 @@ class ParquetImagesSource(RowSource):
 
     def rows(self) -> Iterator[Row]:
         number = 0
+        self.not_downloaded = 0
         try:
             batches = self._parquet.iter_batches(batch_size=BATCH_ROWS)
             for batch in batches:
@@ -146,6 +158,9 @@ class ParquetImagesSource(RowSource):
                 self._stager.stage_ahead([blob for record in records for blob in self._embedded_blobs(record)])
                 for record in records:
                     number += 1
+                    if self._downloads and record.get("status") != "success":
+                        self.not_downloaded += 1
+                        continue
                     try:
                         yield f"row {number}", self._spec(record)
                     except ValueError as exc:
