@@ -31,6 +31,8 @@ DATA_SUFFIXES = (".parquet", ".arrow")
 DEFAULT_SPLIT = "train"
 DEFAULT_CONFIG = "default"
 CARD = "README.md"
+# Notes of the chained files shown at most.
+SHOWN_FILE_NOTES = 5
 # Files a listing reads at most: a folder of more shards than this is not a dataset someone lists by hand.
 MAX_LISTED = 100_000
 
@@ -268,7 +270,10 @@ class ChainedSource(RowSource):
         self._file_notes: list[str] = []
 
     def notes(self) -> list[str]:
-        return [self._note, *self._file_notes]
+        """What was chosen, then what the files report (the first few: a thousand shards, a few lines)."""
+        shown = self._file_notes[:SHOWN_FILE_NOTES]
+        more = len(self._file_notes) - len(shown)
+        return [self._note, *shown, *([f"… and {more} more file(s) with notes like these"] if more else [])]
 
     def rows(self) -> Iterator[Row]:
         base = self._uri.rstrip("/") + "/"
