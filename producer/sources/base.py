@@ -1,5 +1,7 @@
-"""What every job source is and shares: the `Source` protocol, rows with their errors, and the
-row-by-row base class. Sources import this module; only `sources.open` imports the sources."""
+"""What every job source is and shares: the `Source` protocol, rows with their errors, the policy for
+rows that cannot become jobs (`RejectPolicy`: recorded as rejects, or `--strict` all-or-nothing) and the
+`Rejects` that apply it while the rows are read, and the row-by-row base class. Sources import this
+module; only `sources.open` imports the sources."""
 
 from __future__ import annotations
 
