@@ -56,6 +56,11 @@ class LineError(ValueError):
     refuses_source = False
 
 
+class NotARequest(LineError):
+    """A line that is no request at all (not JSON, no `custom_id`, no `body`, another endpoint): the Batch
+    API refuses the whole file for it, as OpenAI does; the command line records it like any bad line."""
+
+
 def is_openai_batch(uri: str, *, s3_endpoint_url: str | None = None) -> bool:
     """Whether the `.jsonl` file at `uri` (local or on S3, whose first lines are read through the object
     store) reads as an OpenAI batch file: any of its first few JSON lines carries `custom_id` and `body`,
@@ -134,12 +139,12 @@ class OpenAIBatchSource(RowSource):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise LineError(f"invalid JSON ({exc.msg})") from exc
+            raise NotARequest(f"invalid JSON ({exc.msg})") from exc
         if not isinstance(record, dict):
-            raise LineError("not an object")
+            raise NotARequest("not an object")
         custom_id = record.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id.strip():
-            raise LineError("`custom_id` must be a non-empty string")
+            raise NotARequest("`custom_id` must be a non-empty string")
         try:
             return self._request(record, custom_id)
         except LineError as exc:
@@ -148,12 +153,12 @@ class OpenAIBatchSource(RowSource):
 
     def _request(self, record: dict[str, Any], custom_id: str) -> JobSpec:
         if record.get("method", "POST") != "POST":
-            raise LineError(f"method {record.get('method')!r}: only POST")
+            raise NotARequest(f"method {record.get('method')!r}: only POST")
         if record.get("url", CHAT_URLS[0]) not in CHAT_URLS:
-            raise LineError(f"url {record.get('url')!r}: only {CHAT_URLS[0]}")
+            raise NotARequest(f"url {record.get('url')!r}: only {CHAT_URLS[0]}")
         body = record.get("body")
         if not isinstance(body, dict):
-            raise LineError("`body` must be an object")
+            raise NotARequest("`body` must be an object")
         unknown = sorted(set(body) - _READ - _IGNORED)
         if unknown:
             raise LineError("unsupported body field(s): " + ", ".join(unknown))
