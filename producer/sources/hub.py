@@ -83,8 +83,8 @@ def _list_s3(uri: str, endpoint: str | None) -> tuple[list[str], str | None, boo
                     names.append(relative)
                 elif relative == CARD:
                     card = client.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read().decode("utf-8", "replace")
-    except (ClientError, BotoCoreError) as exc:
-        raise SourceError(f"{uri}: cannot list ({type(exc).__name__})") from exc
+    except (ClientError, BotoCoreError):
+        return [], None, False  # not a dataset then: S3PrefixSource reports the listing error
     return sorted(names), card, False
 
 
