@@ -175,8 +175,8 @@ def _inferred_patterns(uri: str, names: Sequence[str]) -> dict[str, list[str]]:
     from datasets.data_files import _get_data_files_patterns
 
     try:
-        patterns: dict[str, list[str]] = _get_data_files_patterns(lambda pattern: _matching(names, [pattern]))
-        return patterns
+        patterns = _get_data_files_patterns(lambda pattern: _matching(names, [pattern]))
+        return {str(split): list(globs) for split, globs in patterns.items()}  # its keys may be NamedSplit
     except FileNotFoundError as exc:
         raise SourceError(f"{uri}: no .parquet or .arrow files") from exc
     except ValueError as exc:  # a split name datasets refuses
