@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from sqlalchemy import Insert, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.schema.contracts.models import RowReject
+from vlmbatch.schema.ledger.dialect import insert_ignoring_duplicates
 from vlmbatch.schema.ledger.tables import Run, SubmitReject
 
 # Rejects read per query by `iter_rejects`.
@@ -31,24 +31,9 @@ def record_rejects(session: Session, *, run_id: int, rejects: Sequence[RowReject
         }
         for reject in rejects
     }
-    dialect = session.get_bind().dialect.name
-    stmt: Insert
-    if dialect == "postgresql":
-        stmt = postgresql.insert(SubmitReject).on_conflict_do_nothing(constraint="uq_submit_rejects_run_position")
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(SubmitReject).on_conflict_do_nothing(index_elements=["run_id", "position"])
-    else:  # other databases: check first, then insert
-        held = set(
-            session.scalars(
-                select(SubmitReject.position).where(
-                    SubmitReject.run_id == run_id, SubmitReject.position.in_(list(rows))
-                )
-            )
-        )
-        rows = {k: v for k, v in rows.items() if k not in held}
-        if not rows:
-            return 0
-        stmt = insert(SubmitReject)
+    stmt = insert_ignoring_duplicates(
+        session, SubmitReject, constraint="uq_submit_rejects_run_position", columns=["run_id", "position"]
+    )
     new = len(session.execute(stmt.returning(SubmitReject.id), list(rows.values())).all())
     if new:
         session.execute(update(Run).where(Run.id == run_id).values(rejected=Run.rejected + new))
