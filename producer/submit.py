@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.sources.base import RowErrors, Source, SpecCheck, checked_rows
 from vlmbatch.schema.contracts.errors import BrokerUnavailable
+from vlmbatch.schema.contracts.model_identity import identify
 from vlmbatch.schema.contracts.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.grading import normalize_reference, parse_options
@@ -67,8 +68,16 @@ def submit(
         return _submit_in_one_transaction(
             sessions=sessions, publisher=publisher, source=source, settings=settings, queue=queue, name=name, held=held
         )
-    source.validate(_reference_check(settings))
-    run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri, held=held)
+    source.validate(reference_check(settings))
+    run = create_or_reuse_run(
+        sessions,
+        name=name,
+        settings=settings,
+        queue=queue,
+        source=source.uri,
+        held=held,
+        model_fingerprint=identify(settings.model).fingerprint,
+    )
     submitted = skipped = 0
     broker_error: Exception | None = None
     for chunk in _chunks(source.specs(), SUBMIT_CHUNK):
@@ -130,10 +139,18 @@ def _submit_in_one_transaction(
     errors = RowErrors(source.uri)
     seen = submitted = 0
     with sessions() as session, session.begin():
-        run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri, held=held)
+        run = get_or_create_run(
+            session,
+            name=name,
+            settings=settings,
+            queue=queue,
+            source=source.uri,
+            held=held,
+            model_fingerprint=identify(settings.model).fingerprint,
+        )
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
-        for where, spec in checked_rows(source, _reference_check(settings)):
+        for where, spec in checked_rows(source, reference_check(settings)):
             if isinstance(spec, ValueError):
                 errors.add(where, spec)
             elif not errors.total:  # once a row is bad, only look for more bad rows
@@ -172,7 +189,7 @@ def _chunks(specs: Iterator[JobSpec], size: int) -> Iterator[list[JobSpec]]:
         yield chunk
 
 
-def _reference_check(settings: RunSettings) -> SpecCheck | None:
+def reference_check(settings: RunSettings) -> SpecCheck | None:
     """With a grader, every reference must be one the grader can read (a letter for `choice`, a number for
     `numeric`...): refusing the submit beats spending a run on answers that cannot be graded."""
     grader = settings.grader

@@ -42,6 +42,7 @@ class Admission:
         worker_id: str,
         model: str,
         capacity: Capacity,
+        fingerprint: str | None = None,
         db: DatabasePool,
         launch: Callable[[ClaimedJob], Awaitable[None]],
         stopping: Callable[[], str | None],
@@ -58,7 +59,7 @@ class Admission:
         self._holds_jobs_of = holds_jobs_of
         self._claims: asyncio.Queue[tuple[int, asyncio.Future[int]]] = asyncio.Queue()
         # Only the claim loop uses it (one task): it remembers the queue's runs with queued jobs.
-        self._claimer = QueueClaimer(queue=settings.queue, model=model)
+        self._claimer = QueueClaimer(queue=settings.queue, model=model, fingerprint=fingerprint)
 
     def _check_running(self) -> None:
         reason = self._stopping()

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.contracts.errors import EngineDead, ErrorType, InternalError, JobError
+from vlmbatch.schema.contracts.model_identity import identify
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import AttemptOutcome
 from vlmbatch.schema.ledger.claims import ClaimedJob
@@ -75,6 +76,7 @@ class Pipeline:
     ) -> None:
         self._settings = settings
         self._engine = engine
+        self._identity = identify(engine.model)
         self._publisher = publisher
         self.worker_id = worker_id
         self.counters = Counters()
@@ -154,6 +156,7 @@ class Pipeline:
             settings=self._settings,
             worker_id=self.worker_id,
             model=self._engine.model,
+            fingerprint=self._identity.fingerprint,
             capacity=self._capacity,
             db=self._db,
             launch=self._launch,
@@ -162,6 +165,7 @@ class Pipeline:
         )
         heartbeat = Heartbeat(
             settings=self._settings,
+            identity=self._identity,
             worker_id=self.worker_id,
             engine=self._engine,
             db=self._db,
@@ -170,11 +174,19 @@ class Pipeline:
             lease_lost=self._lease_lost,
             engine_hung=self._declare_fatal,
         )
-        await self._engine.start()
+        # Alive from the start, not from the first beat after a model load of minutes: `status` counts
+        # this worker while its engine loads.
+        await heartbeat.renew()
+        beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
+        try:
+            await self._engine.start()
+        except BaseException:
+            beating.cancel()
+            raise
         self._writer_task = asyncio.create_task(self._writer.run(), name="writer")
         self._background = [
             self._writer_task,
-            asyncio.create_task(heartbeat.run(), name="heartbeat"),
+            beating,
             asyncio.create_task(self._admission.claim_loop(), name="claimer"),
         ]
         for task in self._background:
