@@ -13,7 +13,7 @@ from typing import Any
 
 from vlmbatch.producer.sources.base import Source, SpecCheck
 from vlmbatch.schema.contracts.models import JobSpec, RunSettings
-from vlmbatch.schema.contracts.placement import PlaceholderMismatch, user_layout
+from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
 
 # Characters per text token: BPE tokenizers of English text average ~4.
 CHARS_PER_TOKEN = 4
@@ -63,7 +63,8 @@ def rendered(spec: JobSpec, settings: RunSettings) -> str:
         parts = user_layout(spec.question, len(spec.images))
     except PlaceholderMismatch:
         parts = (*range(len(spec.images)), spec.question)
-    user = "".join(f"[image {p + 1}: {spec.images[p]}]\n" if isinstance(p, int) else p for p in parts)
+    after = "" if has_placeholders(spec.question) else "\n"  # images first: each on a line of its own
+    user = "".join(f"[image {p + 1}: {spec.images[p]}]{after}" if isinstance(p, int) else p for p in parts)
     system = f"system: {settings.system_prompt}\n" if settings.system_prompt else ""
     return f"{system}user: {user}"
 

@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -66,12 +67,16 @@ def _refuse_empty(source: Source, source_uri: str) -> None:
         raise click.UsageError(f"{source_uri} holds no jobs: no image (or row) was found there")
 
 
-def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Publisher) -> SubmitReport:
+def _submit(
+    ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Callable[[], Publisher]
+) -> SubmitReport:
+    """Submit SOURCE; `publisher` is built only once the flags and the source passed their checks (an
+    embedded broker creates its files)."""
     source, settings, prompt_identity = _open(ctx, source_uri, flags)
     _refuse_empty(source, source_uri)
     report = submit(
         sessions=ctx.sessions,
-        publisher=publisher,
+        publisher=publisher(),
         source=source,
         settings=settings,
         queue=ctx.settings.queue,
@@ -125,7 +130,7 @@ def submit_command(source: str, **flags: Any) -> None:
     if flags["dry_run"]:
         _dry_run(ctx, source, flags)
         return
-    report = _submit(ctx, source, flags, ctx.publisher())
+    report = _submit(ctx, source, flags, ctx.publisher)
     if flags["as_json"]:
         click.echo(report.model_dump_json())
     else:
@@ -164,7 +169,7 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
         return
     # Checked before anything is submitted: a refused engine argument leaves no run behind.
     ctx.settings = with_engine_args(ctx.settings, engine_arg)
-    report = _submit(ctx, source, flags, NullPublisher())
+    report = _submit(ctx, source, flags, NullPublisher)
     with ctx.sessions() as session:
         name = get_run(session, report.run).name
     settings = ctx.settings
@@ -245,8 +250,8 @@ def _summary(ctx: CommandContext, run_id: int, elapsed: float, tokens: int) -> s
         status = run_status(session, run_id)
     lines = [
         table(
-            ["job", "image", "status", "error", "tokens", "answer"],
-            [(r.job_id, r.image, r.state, r.error_type, r.tokens, r.answer_preview) for r in rows],
+            ["job", "image", "question", "status", "error", "tokens", "answer"],
+            [(r.job_id, r.image, r.question, r.state, r.error_type, r.tokens, r.answer_preview) for r in rows],
         ),
         "",
         " ".join(f"{state} {n}" for state, n in status.counts.items() if n)
