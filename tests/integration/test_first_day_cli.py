@@ -216,3 +216,35 @@ def test_status_gives_no_eta_while_nothing_moves_and_a_duration_once_done(sqlite
     assert finished.duration_seconds is not None and finished.mean_jobs_per_second is not None
     text = vlmbatch(["status", str(run_id)], {"VLMBATCH_DATABASE_URL": sqlite_url}).stdout
     assert "finished: 3 jobs in" in text and "jobs/s on average" in text
+
+
+def test_a_worker_logs_progress_lines_and_keeps_celerys_log_in_its_log_file(
+    postgres_url: str, redis_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    from tests.processes import service_env, start_worker, stop_worker, wait_until_done
+
+    env = service_env(
+        database_url=postgres_url,
+        broker_url=redis_url,
+        queue=queue_name,
+        VLMBATCH_WORKER_ID="progress-w0",
+        VLMBATCH_FAKE_LATENCY_S="0.3",
+        VLMBATCH_MAX_NUM_SEQS="2",
+    )
+    run = vlmbatch_json(["submit", str(_folder(tmp_path / "imgs", 10)), "-q", "What?", "--json"], env)
+    assert isinstance(run, dict)
+    terminal, log_file = tmp_path / "terminal.log", tmp_path / "worker-file.log"
+    worker = start_worker(env, terminal, "--progress-every", "0.5", "--log-file", str(log_file))
+    try:
+        _, sessions = open_ledger(postgres_url)
+        wait_until_done(sessions, run["run"], timeout=120)
+        time.sleep(1.5)  # one more progress line after the last job
+    finally:
+        stop_worker(worker)
+    shown = terminal.read_text(errors="replace")
+    lines = [line for line in shown.splitlines() if "worker progress-w0: " in line]
+    assert len(lines) >= 2, shown[-3000:]
+    assert re.search(r"worker progress-w0: 10 done, [\d.]+ jobs/s, [\d,]+ output tok/s, no errors", lines[-1])
+    kept = log_file.read_text(errors="replace")
+    assert re.search(r"INFO celery\.", kept)  # Celery's records go to the file, not the terminal
+    assert not re.search(r"INFO celery\.", shown), shown[-3000:]

@@ -76,10 +76,14 @@ def explain(
 def _cause_and_fix(text: str, model: str, max_model_len: int | None, tp: int, machine: Machine) -> str | None:
     if m := _KV_TOO_SMALL.search(text):
         fits = f" (about {int(m['fits']):,} fit)" if m["fits"] else ""
-        room = "--kv-cache-memory-bytes" if machine.cpu_build else "--gpu-memory-utilization"
+        room = (
+            "a larger --kv-cache-memory-bytes"
+            if machine.cpu_build
+            else "a larger --gpu-memory-utilization, or --engine-arg quantization=fp8 --engine-arg kv_cache_dtype=fp8"
+        )
         return (
             f"the KV cache ({m['have']} GiB) cannot hold one sequence of max_model_len {int(m['len']):,} tokens "
-            f"({m['need']} GiB): pass a smaller --max-model-len{fits}, or a larger {room}"
+            f"({m['need']} GiB): pass a smaller --max-model-len{fits}, or {room}"
         )
     if _NO_KV_ROOM.search(text):
         if machine.weights_bytes is None and (loaded := _LOADED.search(text)):  # dummy weights: vLLM's count
