@@ -83,6 +83,11 @@ def resubmit_command(
     click.echo(f"\nrun {target.id}: {verb} {len(selection.job_ids) if dry_run else len(queued)} jobs")
     for state, error_type, n, why in left_out:
         click.echo(f"left out: {n} {state} jobs{f' ({error_type})' if error_type else ''}: {why}")
+    if queued and ctx.settings.uses_embedded_files():
+        click.echo(
+            f"embedded ledger: the re-queued jobs run when `vlmbatch run` works run {target.id} again (the same "
+            "SOURCE and flags), or a `vlmbatch worker` on this ledger takes them"
+        )
 
 
 def _left_out(session: Session, run_id: int) -> list[tuple[str, str | None, int, str]]:

@@ -157,6 +157,14 @@ def test_a_bare_resubmit_takes_the_retryable_failures_and_says_what_it_left_out(
     assert [(g["error_type"], g["jobs"]) for g in report["left_out"]] == [(ErrorType.INPUT_UNREADABLE.value, 1)]
     text = vlmbatch(["resubmit", str(run_id), "--dry-run"], env).stdout
     assert "left out: 1 failed jobs (input.unreadable): permanent" in text
+    with sessions() as session, session.begin():  # failed again, to be re-queued by a bare resubmit
+        session.execute(
+            update(Job)
+            .where(Job.state == JobState.QUEUED.value)
+            .values(state=JobState.FAILED.value, error_type=ErrorType.TIMEOUT.value)
+        )
+    again = vlmbatch(["resubmit", str(run_id)], env).stdout
+    assert "embedded ledger: the re-queued jobs run when `vlmbatch run` works run" in again
 
 
 def test_a_worker_serves_its_model_folder_under_another_path(sqlite_url: str, tmp_path: Path) -> None:
