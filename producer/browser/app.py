@@ -33,10 +33,15 @@ from vlmbatch.producer.browser.ledger import open_readonly_ledger
 from vlmbatch.producer.browser.pages import message_page, run_page, runs_page
 from vlmbatch.producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
 from vlmbatch.producer.browser.thumbnails import Thumbnailer
+from vlmbatch.producer.reports.stats import accuracy_line, sample_stats
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
 
 log = logging.getLogger(__name__)
+
+# Runs up to this many jobs show their accuracy on their page: it is an aggregate over every standing
+# sample, and a page view must cost the same at 10^7 jobs (larger runs point at `vlmbatch stats`).
+ACCURACY_ON_PAGE_MAX_JOBS = 100_000
 
 MAX_PAGE_SIZE = 500
 RUNS_PER_PAGE = 20
@@ -179,7 +184,8 @@ class BrowserApp:
             summary = queries.get_run(session, run_id)
             groups = queries.error_groups(session, run_id, summary.progress.report.errors)
             results = queries.job_page(session, run_id, where, limit=limit, after=after, before=before)
-            document = run_page(summary, groups, results, where=where, limit=limit)
+            accuracy = _accuracy(session, summary)
+            document = run_page(summary, groups, results, where=where, limit=limit, accuracy=accuracy)
         return html_response(200, document)
 
     def _job(self, params: dict[str, str], job_id: int) -> Response:
@@ -263,3 +269,14 @@ def security_headers() -> tuple[tuple[str, str], ...]:
 def redacted(text: str) -> str:
     """`text` with any `token=` value masked: request lines must not put the token in logs."""
     return _TOKEN_IN_LOGS.sub(r"\1***", text)
+
+
+def _accuracy(session: Session, summary: queries.RunSummary) -> str | None:
+    """A graded run's accuracy for its page (None for an ungraded run)."""
+    if (summary.run.settings or {}).get("grader") is None:
+        return None
+    if summary.progress.report.total > ACCURACY_ON_PAGE_MAX_JOBS:
+        return (
+            f"`vlmbatch stats {summary.run.id}` (computed on demand for runs over {ACCURACY_ON_PAGE_MAX_JOBS:,} jobs)"
+        )
+    return accuracy_line(sample_stats(session, summary.run.id))
