@@ -58,7 +58,8 @@ class TokenRate:
     def update(self, total_tokens: int) -> float | None:
         now = self._clock()
         self._seen.append((now, total_tokens))
-        while len(self._seen) > 2 and now - self._seen[0][0] > TOKEN_WINDOW_S:
+        # Drop the oldest reading while the next one still spans the window: two distinct times remain.
+        while len(self._seen) > 2 and now - self._seen[1][0] >= TOKEN_WINDOW_S:
             self._seen.popleft()
         (t0, n0), (t1, n1) = self._seen[0], self._seen[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else None

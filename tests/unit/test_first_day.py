@@ -213,3 +213,31 @@ def test_every_is_due_once_per_period_by_its_clock() -> None:
         now[0] = t
         seen.append(every.due())
     assert seen == [True, False, False, True, False, True]
+
+
+def test_a_log_line_never_lands_inside_the_progress_bar() -> None:
+    import io
+
+    from vlmbatch.producer.cli.progress import BarStream
+
+    terminal = io.StringIO()
+    stream = BarStream(terminal)
+    stream.draw("run [####......] 40%")
+    stream.write("model ready\n")  # a log record while the bar is shown
+    stream.draw("run [########..] 80%")
+    stream.end_bar()
+    shown = terminal.getvalue()
+    # The bar's line is cleared before the log line, which keeps a line of its own; the bar comes back below.
+    assert shown == ("\r\x1b[2Krun [####......] 40%\r\x1b[2Kmodel ready\n\r\x1b[2Krun [########..] 80%\n")
+
+
+def test_the_token_rate_is_measured_over_a_trailing_window() -> None:
+    from vlmbatch.producer.cli.progress import TOKEN_WINDOW_S, TokenRate
+
+    now = [0.0]
+    rate = TokenRate(lambda: now[0])
+    assert rate.update(0) is None
+    now[0] = 10.0
+    assert rate.update(1000) == 100.0
+    now[0] = TOKEN_WINDOW_S + 20
+    assert rate.update(1000) is not None and rate.update(1000) < 100.0  # nothing new: the rate falls

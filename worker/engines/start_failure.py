@@ -31,6 +31,8 @@ _NO_DRIVER = re.compile(
     re.IGNORECASE,
 )
 _REMOTE_CODE = re.compile(r"trust_remote_code=True|contains custom code|execute the configuration file")
+_EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception): .+$", re.MULTILINE)
+_GENERIC = ("Engine core initialization failed", "EngineDeadError", "EngineCore failed to start")
 _LOADED = re.compile(r"Model loading took (?P<gib>[\d.]+) ?GiB")
 _UNKNOWN_ARCH = re.compile(r"Model architectures? \[?'?(?P<arch>[\w', ]+?)'?\]? (?:are|is) not supported")
 
@@ -69,8 +71,17 @@ def explain(
     """One line for an engine start that failed with `text` (the exception chain and vLLM's log): the cause
     and its fix when recognised, else `fallback`; then where vLLM's full log is."""
     where = f" (vLLM's log: {log_file})" if log_file else ""
-    cause = _cause_and_fix(text, model, max_model_len, tp, machine)
+    cause = _cause_and_fix(text, model, max_model_len, tp, machine) or _root_cause(text)
     return f"the vLLM engine did not start: {cause}{where}" if cause else f"{fallback}{where}"
+
+
+def _root_cause(text: str) -> str | None:
+    """The first exception a child process's traceback ends in (vLLM's own "see root cause above" points at
+    it), when it is not the engine core's generic one."""
+    for match in _EXCEPTION_LINE.finditer(text):
+        if not any(generic in match.group(0) for generic in _GENERIC):
+            return match.group(0).strip()[:300]
+    return None
 
 
 def _cause_and_fix(text: str, model: str, max_model_len: int | None, tp: int, machine: Machine) -> str | None:
