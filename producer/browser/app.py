@@ -27,6 +27,7 @@ from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.browser import json_status, queries
 from vlmbatch.producer.browser.auth import Access
+from vlmbatch.producer.browser.charts import errors_by_type, tokens_over_time, trace_lengths
 from vlmbatch.producer.browser.job_page import job_page
 from vlmbatch.producer.browser.layout import style_source
 from vlmbatch.producer.browser.ledger import open_readonly_ledger
@@ -36,6 +37,7 @@ from vlmbatch.producer.browser.thumbnails import Thumbnailer
 from vlmbatch.producer.reports.stats import accuracy_line, sample_stats
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.recent import recent_finishes
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +187,13 @@ class BrowserApp:
             groups = queries.error_groups(session, run_id, summary.progress.report.errors)
             results = queries.job_page(session, run_id, where, limit=limit, after=after, before=before)
             accuracy = _accuracy(session, summary)
-            document = run_page(summary, groups, results, where=where, limit=limit, accuracy=accuracy)
+            finishes = recent_finishes(session, run_id)
+            charts = [
+                tokens_over_time(finishes),
+                trace_lengths(finishes),
+                errors_by_type(summary.progress.report.errors),
+            ]
+            document = run_page(summary, groups, results, where=where, limit=limit, accuracy=accuracy, charts=charts)
         return html_response(200, document)
 
     def _job(self, params: dict[str, str], job_id: int) -> Response:

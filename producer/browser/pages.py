@@ -4,6 +4,10 @@ untrusted, file names come from users, answers from the model). The job page liv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from markupsafe import Markup
+
 from vlmbatch.producer.browser.layout import number, when
 from vlmbatch.producer.browser.queries import CORRECTNESS, ErrorGroup, JobPage, ResultFilter, RunSummary
 from vlmbatch.producer.browser.rendering import render
@@ -54,6 +58,7 @@ def run_page(
     where: ResultFilter,
     limit: int,
     accuracy: str | None = None,
+    charts: Sequence[Markup] = (),
 ) -> str:
     """A run: its settings and progress (and a graded run's accuracy), its failures by error type, and a
     page of its results."""
@@ -66,6 +71,7 @@ def run_page(
         crumbs=[(run.name, run_path(run.id))],
         summary=summary,
         run_facts=facts,
+        charts=charts,
         groups=groups,
         results=results,
         where=where,
