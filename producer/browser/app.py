@@ -30,13 +30,13 @@ from vlmbatch.producer.browser.auth import Access
 from vlmbatch.producer.browser.charts import errors_by_type, tokens_over_time, trace_lengths
 from vlmbatch.producer.browser.job_page import job_page
 from vlmbatch.producer.browser.layout import style_source
-from vlmbatch.producer.browser.ledger import open_readonly_ledger
 from vlmbatch.producer.browser.pages import message_page, run_page, runs_page
 from vlmbatch.producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
 from vlmbatch.producer.browser.thumbnails import Thumbnailer
 from vlmbatch.producer.reports.stats import accuracy_line, sample_stats
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.database import open_readonly_ledger
 from vlmbatch.schema.ledger.recent import recent_finishes
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,9 @@ class BrowserApp:
         with self._sessions() as session:
             summary = queries.get_run(session, run_id)
             groups = queries.error_groups(session, run_id, summary.progress.report.errors)
-            results = queries.job_page(session, run_id, where, limit=limit, after=after, before=before)
+            results = queries.job_page(
+                session, run_id, where, limit=limit, after=after, before=before, counts=summary.progress.report
+            )
             accuracy = _accuracy(session, summary)
             finishes = recent_finishes(session, run_id)
             charts = [

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import read_counts
+from vlmbatch.schema.ledger.dialect import insert_for, lock_for_claim
 from vlmbatch.schema.ledger.reconcile import take_back
 from vlmbatch.schema.ledger.tables import Job, Run, Worker
 
@@ -47,18 +47,12 @@ def beat(
     renewal: dict[str, object] = {"beat_at": now, "expires_at": expires}
     if model is not None:
         renewal |= {"model": model, "model_fingerprint": fingerprint}
-    dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        upsert = (postgresql if dialect == "postgresql" else sqlite).insert(Worker)
-        session.execute(
-            upsert.values(name=worker, started_at=now, **renewal).on_conflict_do_update(
-                index_elements=[Worker.name], set_=renewal
-            )
+    upsert = insert_for(session, Worker)
+    session.execute(
+        upsert.values(name=worker, started_at=now, **renewal).on_conflict_do_update(
+            index_elements=[Worker.name], set_=renewal
         )
-        return
-    renewed = cast(CursorResult[Any], session.execute(update(Worker).where(Worker.name == worker).values(**renewal)))
-    if renewed.rowcount == 0:
-        session.execute(insert(Worker).values(name=worker, started_at=now, **renewal))
+    )
 
 
 def renew_leases(
@@ -101,8 +95,7 @@ def _take_back_orphans(session: Session, *, worker: str, job_ids: list[int], now
         )
         .order_by(Job.id)  # the ledger's lock order (schema/ledger/locks.py)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Job, skip_locked=True)
+    stmt = lock_for_claim(stmt, session, of=Job)
     # Requeued jobs need no message here: the reconciler publishes tokens for queued jobs none covers.
     take_back(session, session.execute(stmt).tuples(), now=now, reason=ORPHANED)
 
