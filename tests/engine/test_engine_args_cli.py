@@ -49,6 +49,7 @@ def test_a_model_folder_with_code_and_no_trust_flag_says_which_flag(tiny_model: 
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(900)  # an engine start through the command line: minutes on a loaded 2-core machine
 def test_fp8_kv_cache_reaches_the_real_engine(tiny_model: Path, tmp_path: Path) -> None:
     imgs = _images(tmp_path / "imgs", 3)
     done = vlmbatch(

@@ -16,7 +16,8 @@ import pytest
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import VLMBATCH
 
-pytestmark = pytest.mark.vllm
+# Each test starts a real engine through the command line: minutes on a loaded 2-core machine.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 PROGRESS = re.compile(r"^\S+: \d+/\d+ done \(\d+\.\d%\), [\d.]+ jobs/s, .*ETA [-:\d]+, (no errors|errors: .+)$")
 # vLLM's own log lines: "(EngineCore pid=12) INFO 12-07 18:12:42 [file.py:12] ..." or ours in its log file.
 VLLM_INFO = re.compile(r"INFO \d\d-\d\d |INFO (EngineCore|VllmWorker|MainProcess)")
