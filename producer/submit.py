@@ -31,6 +31,7 @@ from vlmbatch.producer.sources.base import (
     source_unplaced,
 )
 from vlmbatch.schema.contracts.errors import BrokerUnavailable, SourceError
+from vlmbatch.schema.contracts.model_identity import identify
 from vlmbatch.schema.contracts.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.grading import normalize_reference, parse_options
@@ -92,11 +93,19 @@ def submit(
             held=held,
             rejects=rejects,
         )
-    check = _reference_check(settings)
+    check = reference_check(settings)
     source.validate(check, rejects)  # the first pass: counts and checks, writes nothing
     _refuse(source, rejects)
     rejects.drain()  # the second pass records them where it meets them
-    run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri, held=held)
+    run = create_or_reuse_run(
+        sessions,
+        name=name,
+        settings=settings,
+        queue=queue,
+        source=source.uri,
+        held=held,
+        model_fingerprint=identify(settings.model).fingerprint,
+    )
     submitted = skipped = 0
     broker_error: Exception | None = None
     for chunk in _chunks(checked_rows(source, check), SUBMIT_CHUNK):
@@ -185,10 +194,18 @@ def _submit_in_one_transaction(
     seen = submitted = 0
     strict = rejects.policy.strict
     with sessions() as session, session.begin():
-        run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri, held=held)
+        run = get_or_create_run(
+            session,
+            name=name,
+            settings=settings,
+            queue=queue,
+            source=source.uri,
+            held=held,
+            model_fingerprint=identify(settings.model).fingerprint,
+        )
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
-        for where, spec in checked_rows(source, _reference_check(settings)):
+        for where, spec in checked_rows(source, reference_check(settings)):
             if isinstance(spec, ValueError):
                 rejects.add(where, spec)
                 if len(rejects.pending) >= STAGE_CHUNK:  # recorded as they come: memory stays flat
@@ -233,7 +250,7 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
         yield chunk
 
 
-def _reference_check(settings: RunSettings) -> SpecCheck | None:
+def reference_check(settings: RunSettings) -> SpecCheck | None:
     """With a grader, every reference must be one the grader can read (a letter for `choice`, a number for
     `numeric`...): refusing the submit beats spending a run on answers that cannot be graded."""
     grader = settings.grader

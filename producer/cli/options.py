@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from vlmbatch.producer.sources.base import RejectPolicy
 from vlmbatch.producer.sources.parquet import ColumnChoice
+from vlmbatch.schema.contracts.model_identity import canonical_model
 from vlmbatch.schema.contracts.models import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_REPETITION_PENALTY,
@@ -163,7 +164,15 @@ def run_options(fn: F) -> F:
             help="At most this many tokens of trace; then `</think>` is forced and the model answers "
             "(vLLM's thinking_token_budget; the result is flagged thinking_capped).",
         ),
-        click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="Samples per job."),
+        click.option(
+            "--samples",
+            "--n",
+            "samples",
+            type=click.IntRange(1),
+            default=1,
+            show_default=True,
+            help="Samples per job (--n: vLLM's and OpenAI's name).",
+        ),
         click.option("--max-tiles", type=click.IntRange(1), default=12, show_default=True, help="Tiles per image."),
         click.option(
             "--max-images", type=click.IntRange(1), default=4, show_default=True, help="Images per job at most."
@@ -204,6 +213,22 @@ def engine_options(fn: F) -> F:
         click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1), help="Share of GPU memory for vLLM."),
         click.option("--trust-remote-code/--no-trust-remote-code", default=None, help="Run the model folder's code."),
         click.option("--enforce-eager/--no-enforce-eager", default=None, help="Skip CUDA graphs / torch.compile."),
+        click.option("--seed", type=int, help="The engine's random seed [env VLMBATCH_SEED; default 0]."),
+        click.option("--load-format", help="vLLM's load_format; dummy: random weights [env VLMBATCH_LOAD_FORMAT]."),
+        click.option(
+            "--kv-cache-memory-bytes",
+            "kv_cache_bytes",
+            type=click.IntRange(1),
+            help="KV cache size per rank, bytes [env VLMBATCH_KV_CACHE_BYTES; default: vLLM's on GPUs, on "
+            "vLLM's CPU build a quarter of the free memory, at most 4 GiB, split between ranks].",
+        ),
+        click.option(
+            "--reasoning-parser",
+            help="vLLM reasoning parser; auto: deepseek_r1 when the tokenizer has </think>; none: off "
+            "[env VLMBATCH_REASONING_PARSER].",
+        ),
+        click.option("--quantization", help="Weight quantization, e.g. fp8 [env VLMBATCH_QUANTIZATION]."),
+        click.option("--kv-cache-dtype", help="KV cache dtype, e.g. fp8 [env VLMBATCH_KV_CACHE_DTYPE]."),
         click.option(
             "--profile",
             type=click.Choice(["default", "throughput"]),
@@ -233,6 +258,12 @@ ENGINE_FLAGS = (
     "trust_remote_code",
     "enforce_eager",
     "profile",
+    "seed",
+    "load_format",
+    "kv_cache_bytes",
+    "reasoning_parser",
+    "quantization",
+    "kv_cache_dtype",
 )
 
 
@@ -245,11 +276,14 @@ def engine_settings(flags: dict[str, Any]) -> dict[str, Any]:
 def with_engine_args(settings: Settings, cli_args: tuple[str, ...]) -> Settings:
     """`settings` with the --engine-arg pairs on top of VLMBATCH_ENGINE_ARGS, checked against vLLM (one line
     naming an unknown key; a model folder with its own code and no --trust-remote-code)."""
-    from vlmbatch.worker.engines.engine_args import check_engine_settings, user_engine_args
+    from vlmbatch.worker.engines.engine_args import apply_engine_args, check_engine_settings, user_engine_args
     from vlmbatch.worker.engines.profiles import apply_profile, gpu_memory_bytes
 
-    settings = settings.model_copy(update={"engine_args": user_engine_args(settings, cli_args)})
+    settings, warnings = apply_engine_args(settings, user_engine_args(settings, cli_args))
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if settings.profile != "default" and settings.engine == "vllm":
+        # After the engine arguments: what they set explicitly wins over the profile's defaults.
         settings, chosen = apply_profile(settings, gpu_bytes=gpu_memory_bytes())
         log.info("engine profile %s: %s", settings.profile, json.dumps(chosen, sort_keys=True))
     check_engine_settings(settings)
@@ -324,7 +358,7 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
     if flags["choices"] and flags["json_schema"]:
         raise click.UsageError("give --choices or --json-schema, not both")
     choices = None
-    if flags["choices"]:
+    if flags["choices"] is not None:
         choices = tuple(c.strip() for c in flags["choices"].split(",") if c.strip())
         if not choices:
             raise click.UsageError("--choices is empty")
@@ -339,7 +373,7 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
                 f"{flags['json_schema']}: a JSON schema must be an object, not {type(json_schema).__name__}"
             )
     return RunSettings(
-        model=flags["model"] or default_model,
+        model=canonical_model(flags["model"] or default_model),
         sampling=sampling,
         max_images_per_prompt=flags["max_images"],
         max_tiles=flags["max_tiles"],

@@ -207,6 +207,21 @@ def nearest_rank(percent: int, count: int) -> int:
     return max(1, -(-percent * count // 100))
 
 
+def sample_stats(session: Session, run_id: int) -> SampleStats:
+    """The run's standing samples: how many, graded, correct (its accuracy)."""
+    return _sample_stats(session, run_id)[0]
+
+
+def accuracy_line(stats: SampleStats) -> str | None:
+    """A graded run's accuracy in words; None when nothing is graded yet."""
+    if not stats.graded:
+        return None
+    line = f"{100 * (stats.accept_rate or 0):.1f}% of {stats.graded:,} graded samples correct"
+    if stats.jobs_graded:
+        line += f"; {stats.jobs_with_correct:,} of {stats.jobs_graded:,} graded jobs have a correct sample"
+    return line
+
+
 def _sample_stats(session: Session, run_id: int) -> tuple[SampleStats, dict[str, int], ThinkingCapped]:
     graded = Result.correct.is_not(None)
     correct = Result.correct.is_(True)

@@ -55,6 +55,8 @@ class Run(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     model: Mapped[str] = mapped_column(String(500))
+    # A local model folder's fingerprint (schema/contracts/model_identity.py); None for a hub id.
+    model_fingerprint: Mapped[str | None] = mapped_column(String(64))
     queue: Mapped[str] = mapped_column(String(200))
     # schema.contracts.models.RunSettings as JSON.
     settings: Mapped[dict[str, Any]]
@@ -194,6 +196,9 @@ class Worker(Base):
     started_at: Mapped[datetime]
     beat_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+    # The model it serves, and its fingerprint (`status` warns when no live worker serves a run's).
+    model: Mapped[str | None] = mapped_column(String(500))
+    model_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
 class Attempt(Base):

@@ -73,8 +73,15 @@ def apply_profile(settings: Settings, *, gpu_bytes: int | None = None) -> tuple[
     if settings.profile == "default":
         return settings, {"profile": "default"}
     explicit = settings.model_fields_set
-    engine_args = {**THROUGHPUT_ENGINE_ARGS, **settings.engine_args}
-    update: dict[str, Any] = {"engine_args": engine_args}
+    update: dict[str, Any] = {}
+    engine_args = dict(settings.engine_args)
+    for key, value in THROUGHPUT_ENGINE_ARGS.items():
+        if key in Settings.model_fields:  # a vlmbatch setting of that name (--quantization, --kv-cache-dtype)
+            if key not in explicit and getattr(settings, key) is None:
+                update[key] = value
+        else:
+            engine_args.setdefault(key, value)
+    update["engine_args"] = engine_args
     utilization = settings.gpu_memory_utilization
     if "gpu_memory_utilization" not in explicit:
         utilization = update["gpu_memory_utilization"] = THROUGHPUT_MEMORY_UTILIZATION
@@ -87,8 +94,8 @@ def apply_profile(settings: Settings, *, gpu_bytes: int | None = None) -> tuple[
             kv_cache_bytes=settings.kv_cache_bytes,
             utilization=utilization,
             gpus=settings.tensor_parallel_size,
-            quantization=engine_args.get("quantization"),
-            kv_cache_dtype=str(engine_args.get("kv_cache_dtype", "auto")),
+            quantization=update.get("quantization", settings.quantization),
+            kv_cache_dtype=str(update.get("kv_cache_dtype", settings.kv_cache_dtype) or "auto"),
             expected_context_tokens=settings.expected_context_tokens,
         )
         if plan is not None:
@@ -98,6 +105,8 @@ def apply_profile(settings: Settings, *, gpu_bytes: int | None = None) -> tuple[
     record.update(
         max_num_seqs=effective.max_num_seqs,
         gpu_memory_utilization=effective.gpu_memory_utilization,
+        quantization=effective.quantization,
+        kv_cache_dtype=effective.kv_cache_dtype,
         engine_args=effective.engine_args,
     )
     return effective, record
