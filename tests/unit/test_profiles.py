@@ -51,7 +51,9 @@ def test_the_pool_estimate_is_within_five_percent_of_what_vllm_measured(
 def test_the_throughput_profile_fills_fp8_memory_and_a_sized_batch(r1v3: Path) -> None:
     settings = Settings(model=str(r1v3), profile="throughput")
     effective, chosen = apply_profile(settings, gpu_bytes=H100_BYTES)
-    assert effective.engine_args == {"quantization": "fp8", "kv_cache_dtype": "fp8", "watermark": 0.05}
+    # FP8 weights and KV cache through the settings of that name (--quantization, --kv-cache-dtype).
+    assert (effective.quantization, effective.kv_cache_dtype) == ("fp8", "fp8")
+    assert effective.engine_args == {"watermark": 0.05}
     assert effective.gpu_memory_utilization == 0.95
     # An 80 GB H100 at 0.95 holds ~282k FP8 tokens: 68 sequences of 4,096.
     assert effective.max_num_seqs == chosen["kv_plan"]["max_num_seqs"] == 68
@@ -68,12 +70,9 @@ def test_explicit_flags_and_engine_args_win_over_the_profile(r1v3: Path) -> None
     )
     effective, chosen = apply_profile(settings, gpu_bytes=H100_BYTES)
     assert (effective.max_num_seqs, effective.gpu_memory_utilization) == (32, 0.8)
-    assert effective.engine_args == {
-        "quantization": "fp8",
-        "kv_cache_dtype": "auto",
-        "watermark": 0.05,
-        "max_num_batched_tokens": 8192,
-    }
+    assert effective.quantization == "fp8"
+    assert effective.kv_cache_dtype is None  # the explicit engine argument below stands
+    assert effective.engine_args == {"kv_cache_dtype": "auto", "watermark": 0.05, "max_num_batched_tokens": 8192}
     assert "kv_plan" not in chosen
 
 

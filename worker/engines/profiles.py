@@ -77,7 +77,7 @@ def apply_profile(settings: Settings, *, gpu_bytes: int | None = None) -> tuple[
     engine_args = dict(settings.engine_args)
     for key, value in THROUGHPUT_ENGINE_ARGS.items():
         if key in Settings.model_fields:  # a vlmbatch setting of that name (--quantization, --kv-cache-dtype)
-            if key not in explicit and getattr(settings, key) is None:
+            if key not in explicit and getattr(settings, key) is None and key not in engine_args:
                 update[key] = value
         else:
             engine_args.setdefault(key, value)
