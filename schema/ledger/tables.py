@@ -211,6 +211,9 @@ class Attempt(Base):
     # This attempt's share of engine time, in GPU-seconds: while N requests share the engine, each is
     # charged 1/N of its time, times the GPUs the engine holds.
     gpu_seconds: Mapped[float | None] = mapped_column(Float)
+    # SHA-256 of each image's bytes as the worker read them, in the job's image order (None: not read,
+    # or before this column): an export checks that the bytes it writes are the ones the model saw.
+    image_hashes: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Result(Base):
