@@ -6,6 +6,7 @@ meta files; and the filters that distillation needs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 import vlmbatch.producer.cli.outputs  # noqa: F401  (registers export)
-from tests.fixtures.bad_images import exif_rotated_jpeg
+from tests.fixtures.bad_images import exif_rotated_jpeg, good_jpeg
 from tests.integration.training_runs import RUNS, SYSTEM_PROMPT, folder_run, graded_run, mmmu_run, system_run
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.cli import cli
@@ -96,8 +97,6 @@ def test_each_image_is_written_once_named_by_its_content_hash_and_local_files_ar
     files = sorted(p for p in (out / "images").rglob("*") if p.is_file())
     assert len(files) == report.images_written == 3
     for path in files:
-        import hashlib
-
         assert path.stem == hashlib.sha256(path.read_bytes()).hexdigest()
     by_source = {record["source_images"][0].rsplit("/", 1)[-1]: out / record["images"][0] for record in records}
     source = tmp_path / "folder" / "a.jpg"
@@ -282,3 +281,18 @@ def test_the_command_line_writes_a_folder_and_refuses_misuse_before_writing(sqli
         assert refused.exit_code == 2, (args, refused.output)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name in ("x.jsonl", "y", "z")) == []
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
+
+
+def test_an_image_changed_since_the_worker_read_it_is_reported_not_exported(sqlite_url: str, tmp_path: Path) -> None:
+    sessions, run = folder_run(sqlite_url, tmp_path)
+    jsonl = tmp_path / "all.jsonl"
+    export_run(sessions, run=run, fmt="jsonl", out=jsonl)
+    recorded = {r["images"][0]: r["image_hashes"] for r in map(json.loads, jsonl.read_text().splitlines())}
+    source = tmp_path / "folder" / "a.jpg"
+    assert recorded[source.as_uri()] == [hashlib.sha256(source.read_bytes()).hexdigest()]  # the worker's record
+    source.write_bytes(good_jpeg(40, 30, seed=77))  # edited in place after the run
+    report, records = _export(sessions, run, "sft", tmp_path / "sft")
+    assert (report.rows, report.skipped) == (2, 1)
+    [reason] = report.skipped_shown
+    assert "a.jpg changed since the worker read it" in reason
+    assert all(not r["source_images"][0].endswith("a.jpg") for r in records)
