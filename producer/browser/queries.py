@@ -149,7 +149,7 @@ def job_page(
     """The run's jobs that pass `where`, `limit` at a time in id order: those after the key `after`, or
     (paging back) the last ones before the key `before`."""
     stmt, keys = _job_rows(run_id, where)
-    stmt = keys.page(stmt, dialect=session.get_bind().dialect.name, after=after, before=before).limit(limit + 1)
+    stmt = keys.page(stmt, session=session, after=after, before=before).limit(limit + 1)
     fetched = list(session.execute(stmt).all())
     more = len(fetched) > limit
     fetched = fetched[:limit]

@@ -224,10 +224,10 @@ def test_lease_expiry_reads_only_running_jobs(big_ledger: Ledger) -> None:
 
 
 def test_the_embedded_feeds_drain_check_probes_the_runs_state_keys(big_ledger: Ledger) -> None:
-    from vlmbatch.worker.pipeline.admission import _run_drained
+    from vlmbatch.schema.ledger.runs import run_drained
 
     with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
-        drained = _run_drained(session, run_id=big_ledger.target)
+        drained = run_drained(session, run_id=big_ledger.target)
         session.rollback()
     assert not drained
     pending = [p for p in plans if "lease_expires_at" not in p.sql]

@@ -21,18 +21,15 @@ jobs (and counts them) well before it publishes their tokens (`runs.published_at
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import queued_by_queue
 from vlmbatch.schema.ledger.liveness import prune_workers
 from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
-from vlmbatch.schema.ledger.tables import Run, RunCount
 from vlmbatch.worker.transport.broker_scan import jobs_covered
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -80,25 +77,3 @@ def reconcile(
             publisher.publish(queue, queued - covered)
             republished += queued - covered
     return ReconcileReport(expired.count, len(expired.failed), republished)
-
-
-def queued_by_queue(session: Session, *, run_id: int | None, cutoff: datetime) -> dict[str, int]:
-    """Queued jobs per queue (by the run counters, on ix_run_counts_state) of the runs whose last submit
-    published before `cutoff`. With `run_id`: that run's queue, since tokens belong to a queue."""
-    stmt = (
-        select(Run.queue, func.sum(RunCount.jobs))
-        .join(RunCount, RunCount.run_id == Run.id)
-        .where(
-            RunCount.state == JobState.QUEUED.value,
-            Run.held.is_(False),  # a batch still validating: no token may claim its jobs yet
-            or_(Run.published_at.is_(None), Run.published_at < cutoff),
-        )
-        .group_by(Run.queue)
-    )
-    if run_id is not None:
-        stmt = stmt.where(Run.queue == select(Run.queue).where(Run.id == run_id).scalar_subquery())
-    totals: dict[str, int] = defaultdict(int)
-    for queue, queued in session.execute(stmt):
-        if queued:
-            totals[queue] += int(queued)
-    return dict(totals)
