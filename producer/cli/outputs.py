@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vlmbatch.media.stores import ObjectStores
+from vlmbatch.media.stores import ObjectStores, S3Objects
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import table, terminal_safe
@@ -20,6 +20,7 @@ from vlmbatch.producer.reports.export import (
     default_errors_path,
     export_run,
 )
+from vlmbatch.producer.reports.joined import DEFAULT_SHARD_ROWS, JOIN_EXTRAS, JoinOptions, export_joined
 from vlmbatch.producer.reports.records import FINISH_KINDS, ONE_PER_JOB, OnePerJob
 from vlmbatch.producer.reports.stats import PERCENTILES, RunStats, Totals, run_stats
 from vlmbatch.schema.contracts.states import JobState
@@ -56,9 +57,10 @@ _DATASET_FORMATS = ("sft", "internvl")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="jsonl", show_default=True)
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    "out_text",
     required=True,
-    help="File to write (replaced once complete); for sft and internvl, the dataset folder.",
+    help="File to write (replaced once complete); for sft and internvl, the dataset folder; for "
+    "--join-source, a folder or s3://bucket/prefix/.",
 )
 @click.option(
     "--errors-out",
@@ -81,7 +83,11 @@ _DATASET_FORMATS = ("sft", "internvl")
     show_default=True,
     help="Of a sampled job's samples: all, the first, or the best (correct, then stopped, then shortest trace).",
 )
-@click.option("--shard-size", type=click.IntRange(1), help="sft/internvl: records per file (default: one file).")
+@click.option(
+    "--shard-size",
+    type=click.IntRange(1),
+    help="sft/internvl: records per file (default: one file); --join-source: rows per file.",
+)
 @click.option(
     "--images-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -92,11 +98,17 @@ _DATASET_FORMATS = ("sft", "internvl")
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="sft/internvl: name local images relative to this folder and copy nothing.",
 )
+@click.option(
+    "--join-source",
+    is_flag=True,
+    help="parquet: one row per source row, in source order, with its columns and one answer column per question.",
+)
+@click.option("--join-columns", help=f"--join-source: also these per question ({', '.join(JOIN_EXTRAS)}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_command(
     run: str,
     fmt: ExportFormat,
-    out: Path,
+    out_text: str,
     errors_out: Path | None,
     statuses: str | None,
     only_correct: bool,
@@ -107,12 +119,21 @@ def export_command(
     shard_size: int | None,
     images_dir: Path | None,
     image_root: Path | None,
+    join_source: bool,
+    join_columns: str | None,
     as_json: bool,
 ) -> None:
     """Write the standing samples of RUN's jobs (an id or a name) to --out: jsonl (every field), parquet
     (typed columns), sft or internvl (a dataset folder for fine-tuning: records, images, LLaMA-Factory's
     dataset_info.json, InternVL's meta; one record per sample), or openai (the OpenAI Batch output file,
     one line per job, and its error file of failed jobs)."""
+    if join_source or join_columns is not None:
+        if images_dir is not None or image_root is not None or errors_out is not None:
+            raise click.UsageError("--images-dir, --image-root and --errors-out do not apply to --join-source")
+        selection = _selection(fmt, statuses, only_correct, max_trace_tokens, min_trace_tokens, finish, one_per_job)
+        _export_joined(run, fmt, out_text, selection, join_columns, shard_size, as_json)
+        return
+    out = Path(out_text)
     _check_output(fmt, out, shard_size=shard_size, images_dir=images_dir, image_root=image_root)
     if fmt == "openai":
         errors_out = errors_out or default_errors_path(out)
@@ -120,17 +141,7 @@ def export_command(
             raise click.BadParameter("must differ from --out", param_hint="--errors-out")
     elif errors_out is not None:
         raise click.UsageError("--errors-out only applies to --format openai")
-    default = ",".join(s.value for s in JobState if s.terminal) if fmt == "openai" else JobState.SUCCEEDED.value
-    if min_trace_tokens is not None and max_trace_tokens is not None and min_trace_tokens > max_trace_tokens:
-        raise click.UsageError("--min-trace-tokens is over --max-trace-tokens")
-    selection = ExportFilter(
-        states=_finished_states(statuses or default),
-        only_correct=only_correct,
-        max_trace_tokens=max_trace_tokens,
-        min_trace_tokens=min_trace_tokens,
-        finish=_finish_kinds(finish),
-        one_per_job=one_per_job,
-    )
+    selection = _selection(fmt, statuses, only_correct, max_trace_tokens, min_trace_tokens, finish, one_per_job)
     ctx = load_context()
     with ctx.sessions() as session:
         target = get_run(session, run)
@@ -153,6 +164,61 @@ def export_command(
         dataset=dataset,
     )
     _echo_report(report, target_id=target.id, target_name=target.name, as_json=as_json)
+
+
+def _selection(
+    fmt: ExportFormat,
+    statuses: str | None,
+    only_correct: bool,
+    max_trace_tokens: int | None,
+    min_trace_tokens: int | None,
+    finish: str | None,
+    one_per_job: OnePerJob,
+) -> ExportFilter:
+    default = ",".join(s.value for s in JobState if s.terminal) if fmt == "openai" else JobState.SUCCEEDED.value
+    if min_trace_tokens is not None and max_trace_tokens is not None and min_trace_tokens > max_trace_tokens:
+        raise click.UsageError("--min-trace-tokens is over --max-trace-tokens")
+    return ExportFilter(
+        states=_finished_states(statuses or default),
+        only_correct=only_correct,
+        max_trace_tokens=max_trace_tokens,
+        min_trace_tokens=min_trace_tokens,
+        finish=_finish_kinds(finish),
+        one_per_job=one_per_job,
+    )
+
+
+def _export_joined(
+    run: str,
+    fmt: ExportFormat,
+    out: str,
+    selection: ExportFilter,
+    join_columns: str | None,
+    shard_size: int | None,
+    as_json: bool,
+) -> None:
+    """`--join-source`: checked before anything is written, then written (joined.py)."""
+    if fmt != "parquet":
+        raise click.UsageError("--join-source and --join-columns apply to --format parquet")
+    extras = tuple(part.strip() for part in (join_columns or "").split(",") if part.strip())
+    if any(extra not in JOIN_EXTRAS for extra in extras):
+        raise click.BadParameter(f"give some of {', '.join(JOIN_EXTRAS)}", param_hint="--join-columns")
+    if not out.startswith("s3://") and Path(out).exists() and not Path(out).is_dir():
+        raise click.BadParameter(f"{out} is a file; --join-source writes a folder of parts", param_hint="--out")
+    ctx = load_context()
+    with ctx.sessions() as session:
+        target = get_run(session, run)
+    options = JoinOptions(extras=extras, shard_rows=shard_size or DEFAULT_SHARD_ROWS)
+    s3 = S3Objects(ctx.settings.s3_endpoint_url) if out.startswith("s3://") else None
+    report = export_joined(ctx.sessions, run=target, out=out, selection=selection, options=options, s3=s3)
+    if as_json:
+        payload = {"run": target.id, "format": "parquet", "path": out, "rows": report.rows, "files": report.files}
+        click.echo(json.dumps(payload))
+    else:
+        click.echo(
+            f"run {target.id} ({terminal_safe(target.name)}): wrote {report.rows} source rows "
+            f"({report.questions} question(s) each) in {len(report.files)} files to {out} (parquet, joined)"
+        )
 
 
 def _check_output(

@@ -165,6 +165,37 @@ class FailedJob:
     error_message: str | None
 
 
+@dataclass(frozen=True)
+class SourceJob:
+    """A job as its source row gave it (the joined export)."""
+
+    job_id: int
+    images: list[str]
+    question: str
+    reference: str | None
+    metadata: dict[str, Any] | None
+    state: str
+
+
+def iter_jobs(sessions: sessionmaker[Session], run: Run, *, page_rows: int = PAGE_ROWS) -> Iterator[SourceJob]:
+    """Every job of `run`, whatever its state, by job id (the order its source gave them), in pages of job
+    ids like `iter_records` (flat memory)."""
+    with sessions() as session:
+        first, last = session.execute(select(func.min(Job.id), func.max(Job.id)).where(Job.run_id == run.id)).one()
+    if first is None:
+        return
+    query = (
+        select(Job.id, Job.images, Job.question, Job.reference, Job.meta, Job.state)
+        .where(Job.run_id == run.id)
+        .order_by(Job.id)
+    )
+    for low in range(first, last + 1, page_rows):
+        with sessions() as session:
+            page = session.connection().execute(query.where(Job.id >= low, Job.id < low + page_rows)).all()
+        for row in page:
+            yield SourceJob(*row)
+
+
 def iter_failed_jobs(
     sessions: sessionmaker[Session], run: Run, states: Sequence[JobState], *, page_rows: int = PAGE_ROWS
 ) -> Iterator[FailedJob]:
