@@ -10,7 +10,8 @@ another), so any set of exports loads in one `datasets.load_dataset("json", data
 - `id` (the source row's own id, '' when it had none), `custom_id`, `source_images` (the URIs the job
   read, in the job's order), the run and the sample (`run`, `run_id`, `job_id`, `attempt_id`,
   `sample_index`), `finish_reason` ('' when unknown), `trace_closed`, `graded` and `correct` (False
-  unless graded correct), `completion_tokens`.
+  unless graded correct), `valid` (False only when the answer broke the run's constraint),
+  `completion_tokens`.
 
 `<image>` appears exactly once per image: the consumers pair the n-th token with the n-th image and drop
 (LLaMA-Factory) or fail (InternVL) a record whose counts differ, so a literal `<image>` anywhere else (a
@@ -98,5 +99,7 @@ def _identity(record: ExportRecord, *, id_: bool = True) -> dict[str, Any]:
         "trace_closed": record["trace_closed"],
         "graded": record["correct"] is not None,
         "correct": record["correct"] is True,
+        # False only when the answer broke the run's constraint (--choices, --json-schema).
+        "valid": record["valid"] is not False,
         "completion_tokens": record["completion_tokens"],
     }

@@ -31,7 +31,7 @@ IMAGE_TOKEN = "<image>"
 # tokens are counted against; a single image given as a string gets `<image>\n` prepended when absent.
 RECORD_KEYS = [
     "custom_id", "source_images", "run", "run_id", "job_id", "attempt_id", "sample_index", "finish_reason",
-    "trace_closed", "graded", "correct", "completion_tokens",
+    "trace_closed", "graded", "correct", "valid", "completion_tokens",
 ]  # fmt: skip
 
 
@@ -72,6 +72,7 @@ def test_every_record_names_its_images_by_paths_that_the_trainers_open(
     report, records = _export(sessions, run, "sft", out)
     assert records and report.skipped == 0
     for record in records:
+        assert list(record) == ["messages", "images", "id", *RECORD_KEYS]
         text = "".join(message["content"] for message in record["messages"])
         assert text.count(IMAGE_TOKEN) == len(record["images"]) == len(record["source_images"])
         for path in record["images"]:
@@ -82,7 +83,9 @@ def test_every_record_names_its_images_by_paths_that_the_trainers_open(
     meta = json.loads((tmp_path / "internvl" / "internvl_meta.json").read_text())
     [entry] = meta.values()
     assert entry["length"] == len(internvl) == len(records)
+    assert entry["annotation"].endswith("jsonl") and entry["repeat_time"] == 1  # InternVL asserts the suffix
     for record in internvl:
+        assert list(record) == ["id", "image", "conversations", *RECORD_KEYS]
         assert isinstance(record["image"], list) and _internvl_image_count_ok(record)
         for path in record["image"]:
             assert os.path.isfile(os.path.join(entry["root"], path))
