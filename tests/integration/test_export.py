@@ -658,3 +658,19 @@ def test_exporting_a_mostly_unfinished_run_reads_only_the_pages_with_results(sql
     assert len(records) == 4
     reads = [s for s in statements if "results" in s]
     assert len(reads) <= 2 * len(finished) + 1, reads  # a probe and a page per finished job, a last probe
+
+
+def test_openai_export_takes_the_sample_filters(sqlite_url: str, tmp_path: Path) -> None:
+    sessions, run = _openai_run(sqlite_url, tmp_path)
+    out = tmp_path / "first.jsonl"
+    states = tuple(TERMINAL)
+    report = export_run(
+        sessions, run=run, fmt="openai", out=out, selection=ExportFilter(states=states, one_per_job="first")
+    )
+    lines = _read_lines(out)
+    assert report.rows == len(lines) == 3 and report.errors == 2
+    assert all(len(line["response"]["body"]["choices"]) == 1 for line in lines)  # n = 2, one kept
+    none = export_run(
+        sessions, run=run, fmt="openai", out=tmp_path / "none.jsonl", selection=ExportFilter(finish=("length",))
+    )
+    assert none.rows == 0 and _read_lines(tmp_path / "none.jsonl") == []
