@@ -19,11 +19,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import vlmbatch.producer.cli.outputs  # noqa: F401  (registers export)
 from tests.fixtures.bad_images import exif_rotated_jpeg, good_jpeg
-from tests.integration.training_runs import RUNS, SYSTEM_PROMPT, folder_run, graded_run, mmmu_run, system_run
+from tests.integration.training_runs import (
+    RUNS,
+    SYSTEM_PROMPT,
+    folder_run,
+    graded_run,
+    mmmu_run,
+    run_source,
+    system_run,
+)
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.reports.dataset import DatasetOptions
 from vlmbatch.producer.reports.export import ExportFilter, ExportReport, export_run
+from vlmbatch.producer.sources.open import open_source
 from vlmbatch.schema.ledger.tables import Run
 
 IMAGE_TOKEN = "<image>"
@@ -299,3 +308,27 @@ def test_an_image_changed_since_the_worker_read_it_is_reported_not_exported(sqli
     [reason] = report.skipped_shown
     assert "a.jpg changed since the worker read it" in reason
     assert all(not r["source_images"][0].endswith("a.jpg") for r in records)
+
+
+def test_s3_objects_are_copied_into_the_folder(
+    sqlite_url: str, tmp_path: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    from tests.conftest import fill_bucket
+
+    images = {f"set/{i}.jpg": good_jpeg(30 + i, 20, seed=i) for i in range(3)}
+    fill_bucket(s3_endpoint, s3_bucket, images)
+    source = open_source(f"s3://{s3_bucket}/set/", question="What?", s3_endpoint_url=s3_endpoint)
+    sessions, run = run_source(sqlite_url, source, "s3", s3_endpoint_url=s3_endpoint)
+    report = export_run(
+        sessions,
+        run=run,
+        fmt="sft",
+        out=tmp_path / "sft",
+        selection=ExportFilter(),
+        store=ObjectStores(s3_endpoint_url=s3_endpoint),
+    )
+    records = [json.loads(line) for line in report.shards[0].read_text().splitlines()]
+    assert (report.rows, report.images_written) == (3, 3)
+    for record in records:
+        key = record["source_images"][0].split(f"s3://{s3_bucket}/", 1)[1]
+        assert (tmp_path / "sft" / record["images"][0]).read_bytes() == images[key]

@@ -34,10 +34,12 @@ def run_source(
     *,
     behaviour: FakeBehaviour | None = None,
     samples: int = 1,
+    s3_endpoint_url: str | None = None,
     **run: Any,
 ) -> tuple[sessionmaker[Session], Run]:
     settings = RunSettings(model="fake-model", sampling=SamplingSettings(samples=samples), **run)
-    with running_pipeline(settings_for(url), behaviour=behaviour) as (pipeline, sessions):
+    worker = settings_for(url, s3_endpoint_url=s3_endpoint_url)
+    with running_pipeline(worker, behaviour=behaviour) as (pipeline, sessions):
         report = submit(
             sessions=sessions, publisher=NullPublisher(), source=source, settings=settings, queue="q", run_name=name
         )
