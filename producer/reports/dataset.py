@@ -162,6 +162,8 @@ def export_dataset(
     )
     if fmt == "internvl":
         _write_json(out / INTERNVL_META, _internvl_meta(name, out, options.image_root, report.shards, lengths))
+    else:  # a meta left by an earlier internvl export would name records of another format
+        (out / INTERNVL_META).unlink(missing_ok=True)
     _write_json(out / PROVENANCE, {"runs": [run_provenance(run)], "format": fmt, "selection": _selection(selection)})
     return report
 

@@ -104,15 +104,16 @@ class DatasetImages:
     def _write(self, uri: str, recorded_hash: str | None) -> str:
         data = self._checked(uri, recorded_hash)
         extension = _passthrough_extension(data)
+        source = local_path(uri) if is_local(uri) else None  # linked when written as it is
         if extension is None:  # what the model saw differs from the stored bytes: write that
             decoded = decode_image(data, max_bytes=self._max_bytes, max_pixels=self._max_pixels, source=uri)
             buffer = io.BytesIO()
             decoded.save(buffer, format="PNG")
-            data, extension = buffer.getvalue(), "png"
+            data, extension, source = buffer.getvalue(), "png", None
         digest = content_hash(data)
         target = self._images_dir / digest[:2] / f"{digest}.{extension}"
         if not target.exists():
-            self._place(target, data, source=local_path(uri) if is_local(uri) and extension != "png" else None)
+            self._place(target, data, source=source)
         return os.path.relpath(target, self._dataset_dir)
 
     def _place(self, target: Path, data: bytes, *, source: Path | None) -> None:
