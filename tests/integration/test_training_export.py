@@ -28,6 +28,7 @@ from tests.integration.training_runs import (
     run_source,
     system_run,
 )
+from vlmbatch.media.http import HttpOptions
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.reports.dataset import DatasetOptions
@@ -318,7 +319,7 @@ def test_s3_objects_are_copied_into_the_folder(
     images = {f"set/{i}.jpg": good_jpeg(30 + i, 20, seed=i) for i in range(3)}
     fill_bucket(s3_endpoint, s3_bucket, images)
     source = open_source(f"s3://{s3_bucket}/set/", question="What?", s3_endpoint_url=s3_endpoint)
-    sessions, run = run_source(sqlite_url, source, "s3", s3_endpoint_url=s3_endpoint)
+    sessions, run = run_source(sqlite_url, source, "s3", worker_settings={"s3_endpoint_url": s3_endpoint})
     report = export_run(
         sessions,
         run=run,
@@ -332,3 +333,36 @@ def test_s3_objects_are_copied_into_the_folder(
     for record in records:
         key = record["source_images"][0].split(f"s3://{s3_bucket}/", 1)[1]
         assert (tmp_path / "sft" / record["images"][0]).read_bytes() == images[key]
+
+
+def test_http_images_are_copied_into_the_folder(sqlite_url: str, tmp_path: Path) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "www"
+    served.mkdir()
+    for i in range(2):
+        (served / f"{i}.jpg").write_bytes(good_jpeg(30 + i, 20, seed=i))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        manifest = tmp_path / "urls.jsonl"
+        manifest.write_text("".join(json.dumps({"image": f"{base}/{i}.jpg"}) + "\n" for i in range(2)))
+        source = open_source(str(manifest), question="What?", s3_endpoint_url=None)
+        sessions, run = run_source(sqlite_url, source, "http", worker_settings={"http_allow_private": True})
+        store = ObjectStores(s3_endpoint_url=None, http=HttpOptions(allow_private=True))
+        report = export_run(sessions, run=run, fmt="sft", out=tmp_path / "sft", selection=ExportFilter(), store=store)
+    finally:
+        server.shutdown()
+    records = [json.loads(line) for line in report.shards[0].read_text().splitlines()]
+    assert (report.rows, report.images_written) == (2, 2)
+    for record in records:
+        name = record["source_images"][0].rsplit("/", 1)[1]
+        assert (tmp_path / "sft" / record["images"][0]).read_bytes() == (served / name).read_bytes()

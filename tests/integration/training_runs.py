@@ -34,11 +34,11 @@ def run_source(
     *,
     behaviour: FakeBehaviour | None = None,
     samples: int = 1,
-    s3_endpoint_url: str | None = None,
+    worker_settings: dict[str, Any] | None = None,
     **run: Any,
 ) -> tuple[sessionmaker[Session], Run]:
     settings = RunSettings(model="fake-model", sampling=SamplingSettings(samples=samples), **run)
-    worker = settings_for(url, s3_endpoint_url=s3_endpoint_url)
+    worker = settings_for(url, **(worker_settings or {}))
     with running_pipeline(worker, behaviour=behaviour) as (pipeline, sessions):
         report = submit(
             sessions=sessions, publisher=NullPublisher(), source=source, settings=settings, queue="q", run_name=name
