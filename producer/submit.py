@@ -17,7 +17,7 @@ from itertools import islice
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.sources.base import RowErrors, Source, SpecCheck, checked_rows
-from vlmbatch.schema.contracts.errors import BrokerUnavailable
+from vlmbatch.schema.contracts.errors import BrokerUnavailable, SourceError
 from vlmbatch.schema.contracts.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.grading import normalize_reference, parse_options
@@ -71,9 +71,11 @@ def submit(
     run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri, held=held)
     submitted = skipped = 0
     broker_error: Exception | None = None
-    for chunk in _chunks(source.specs(), SUBMIT_CHUNK):
+    for chunk in _chunks(_numbered(source), SUBMIT_CHUNK):
         with sessions() as session, session.begin():
-            new_ids = insert_jobs(session, run_id=run.id, specs=chunk)
+            new_ids = insert_jobs(
+                session, run_id=run.id, specs=[spec for _, spec in chunk], source_rows=[n for n, _ in chunk]
+            )
         if broker_error is None:  # once the broker is down, the rest still goes into the ledger
             broker_error = _publish(publisher, queue, len(new_ids))
         submitted += len(new_ids)
@@ -133,11 +135,13 @@ def _submit_in_one_transaction(
         run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri, held=held)
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
+        rows = _RowNumbers()
         for where, spec in checked_rows(source, _reference_check(settings)):
+            number = rows.of(where)
             if isinstance(spec, ValueError):
                 errors.add(where, spec)
             elif not errors.total:  # once a row is bad, only look for more bad rows
-                chunk.append(staged_row(spec))
+                chunk.append(staged_row(spec, number))
                 if len(chunk) == STAGE_CHUNK:
                     submitted += _stage(staging, chunk, run.id)
                     seen += len(chunk)
@@ -167,7 +171,31 @@ def _stage(staging: PostgresStaging, chunk: list[StagedRow], run_id: int) -> int
     return staging.move(run_id)
 
 
-def _chunks(specs: Iterator[JobSpec], size: int) -> Iterator[list[JobSpec]]:
+class _RowNumbers:
+    """The source row number of each job, in the order submit reads them: a source names every row
+    (`line 12`, `row 7`, a key, an image), and the jobs of one row's several questions come together
+    under its name (sources/prompts.py), so a new name is the next row."""
+
+    def __init__(self) -> None:
+        self._where: str | None = None
+        self._number = -1
+
+    def of(self, where: str) -> int:
+        if where != self._where:
+            self._where, self._number = where, self._number + 1
+        return self._number
+
+
+def _numbered(source: Source) -> Iterator[tuple[int, JobSpec]]:
+    """`source`'s specs with their source row numbers (its `rows()`, validated before)."""
+    rows = _RowNumbers()
+    for where, spec in source.rows():
+        if isinstance(spec, ValueError):  # validate() ran first; this only guards a source changed meanwhile
+            raise SourceError(f"{source.uri}: {where}: {spec}")
+        yield rows.of(where), spec
+
+
+def _chunks(specs: Iterator[tuple[int, JobSpec]], size: int) -> Iterator[list[tuple[int, JobSpec]]]:
     while chunk := list(islice(specs, size)):
         yield chunk
 

@@ -1,10 +1,10 @@
 """`export --format parquet --join-source`: the annotations back onto the dataset, one Parquet row per source
 row, in source order.
 
-A source row is the run of consecutive jobs (by id, the order submit read them) that share images,
-reference and metadata: the jobs of one row's several questions (`-q` repeated) are adjacent and identical
-but for their question. (The ledger does not record a job's row number: two adjacent rows that agree in
-images, reference and metadata, and differ only in their own question, read as one row of two questions.)
+A source row is the run of consecutive jobs (by id, the order submit read them) that submit numbered as
+one row (`jobs.source_row`: the jobs of one row's several questions, `-q` repeated). Jobs submitted before
+that number was recorded are grouped by what a row's jobs share: images, reference and metadata (two
+adjacent rows that agree in all three and differ only in their own question then read as one row).
 
 Columns: `row` (0-based, in source order), `images` (the URIs the jobs read), `reference`, then the source's
 own columns as its metadata holds them (a manifest's or Parquet's extra columns, a WebDataset sample's
@@ -132,6 +132,8 @@ def _source_rows(jobs: Iterator[SourceJob]) -> Iterator[_SourceRow]:
 
 
 def _row_key(job: SourceJob) -> tuple[Any, ...]:
+    if job.source_row is not None:
+        return (job.source_row,)
     return (job.images, job.reference, json.dumps(job.metadata, sort_keys=True, default=str))
 
 

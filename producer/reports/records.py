@@ -175,6 +175,8 @@ class SourceJob:
     reference: str | None
     metadata: dict[str, Any] | None
     state: str
+    # The source row's number as submit recorded it (None for jobs submitted before it was).
+    source_row: int | None
 
 
 def iter_jobs(sessions: sessionmaker[Session], run: Run, *, page_rows: int = PAGE_ROWS) -> Iterator[SourceJob]:
@@ -185,7 +187,7 @@ def iter_jobs(sessions: sessionmaker[Session], run: Run, *, page_rows: int = PAG
     if first is None:
         return
     query = (
-        select(Job.id, Job.images, Job.question, Job.reference, Job.meta, Job.state)
+        select(Job.id, Job.images, Job.question, Job.reference, Job.meta, Job.state, Job.source_row)
         .where(Job.run_id == run.id)
         .order_by(Job.id)
     )

@@ -36,8 +36,8 @@ def _rows(files: list[str]) -> list[dict[str, Any]]:
     return [row for path in files for row in pq.read_table(path).to_pylist()]
 
 
-def test_one_row_per_source_row_in_order_with_an_answer_column_per_question(sqlite_url: str, tmp_path: Path) -> None:
-    sessions, run = _two_question_run(sqlite_url, tmp_path)
+def test_one_row_per_source_row_in_order_with_an_answer_column_per_question(database_url: str, tmp_path: Path) -> None:
+    sessions, run = _two_question_run(database_url, tmp_path)  # both submit paths number the rows
     report = export_joined(
         sessions,
         run=run,
@@ -159,3 +159,16 @@ def test_join_source_from_the_command_line_and_its_misuse(sqlite_url: str, tmp_p
         refused = runner.invoke(cli, ["export", "two-questions", *args], env=env)
         assert refused.exit_code == 2, (args, refused.output)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_adjacent_rows_of_one_image_with_their_own_questions_stay_two_rows(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(good_jpeg(30, 20, seed=1))
+    manifest = tmp_path / "vqa.jsonl"
+    rows = [{"image": "a.jpg", "question": "Is it red?"}, {"image": "a.jpg", "question": "Is it round?"}]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    source = open_source(str(manifest), question=None, s3_endpoint_url=None)
+    sessions, run = run_source(database_url, source, "vqa")
+    report = export_joined(sessions, run=run, out=str(tmp_path / "j"), selection=ExportFilter(), options=JoinOptions())
+    joined = _rows(report.files)
+    assert [(r["row"], r["question"]) for r in joined] == [(0, "Is it red?"), (1, "Is it round?")]
+    assert all(r["answer"] for r in joined)
