@@ -9,6 +9,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.integration.training_runs import RUNS
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.reports.dataset import dataset_name
@@ -20,6 +22,7 @@ LOADER = ROOT / "tests" / "consumers" / "llamafactory_load.py"
 CUTOFF_LEN = 8192  # the loader's
 
 
+@pytest.mark.timeout(900)  # six runs, then LLaMA-Factory's imports (tens of seconds on 2 busy cores)
 def test_llamafactory_get_dataset_loads_every_exported_record_of_every_kind_of_run(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -51,7 +54,7 @@ def test_llamafactory_get_dataset_loads_every_exported_record_of_every_kind_of_r
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=780,
     )
     assert child.returncode == 0, child.stderr[-4000:]
     loaded = json.loads(child.stdout.strip().splitlines()[-1])
