@@ -504,8 +504,14 @@ baseline = peak_mib()
 states = tuple(TERMINAL_STATES) if sys.argv[3] == "openai" else ExportFilter().states
 selection = ExportFilter(states=states)
 store = ObjectStores(s3_endpoint_url=None)
-report = export_run(sessions, run=run, fmt=sys.argv[3], out=Path(sys.argv[2]), selection=selection, store=store)
-measured = {"rows": report.rows, "images": report.images_written, "baseline_mib": baseline, "peak_mib": peak_mib()}
+if sys.argv[3] == "joined":
+    from vlmbatch.producer.reports.joined import JoinOptions, export_joined
+    options = JoinOptions(shard_rows=10_000)
+    joined = export_joined(sessions, run=run, out=sys.argv[2], selection=selection, options=options)
+    measured = {"rows": joined.rows, "files": len(joined.files), "baseline_mib": baseline, "peak_mib": peak_mib()}
+else:
+    report = export_run(sessions, run=run, fmt=sys.argv[3], out=Path(sys.argv[2]), selection=selection, store=store)
+    measured = {"rows": report.rows, "images": report.images_written, "baseline_mib": baseline, "peak_mib": peak_mib()}
 print(json.dumps(measured))
 """
 
@@ -573,7 +579,7 @@ def _fill_large_run(url: str, images: Path) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "internvl", "openai"])
+@pytest.mark.parametrize("fmt", ["parquet", "internvl", "openai", "joined"])
 def test_exporting_200_000_samples_keeps_memory_flat(sqlite_url: str, tmp_path: Path, fmt: ExportFormat) -> None:
     _fill_large_run(sqlite_url, tmp_path / "images")
     out = tmp_path / f"large.{fmt}"
@@ -591,6 +597,9 @@ def test_exporting_200_000_samples_keeps_memory_flat(sqlite_url: str, tmp_path: 
         assert measured["rows"] == LARGE_JOBS * LARGE_SAMPLES
         metadata = pq.ParquetFile(out).metadata
         assert (metadata.num_rows, metadata.num_row_groups) == (200_000, 20)  # streamed, 10,000 rows per group
+    elif fmt == "joined":  # one row per job (a row each), in parts of 10,000 rows
+        assert (measured["rows"], measured["files"]) == (LARGE_JOBS, 3)
+        assert sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("part-*.parquet")) == LARGE_JOBS
     elif fmt == "internvl":  # a dataset folder: the records, and each image written once
         assert (measured["rows"], measured["images"]) == (LARGE_JOBS * LARGE_SAMPLES, LARGE_IMAGES)
         with (out / "records" / "part-00000.jsonl").open(encoding="utf-8") as lines:
