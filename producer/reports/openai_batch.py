@@ -8,7 +8,8 @@ One output line per finished job that has standing samples (succeeded, truncated
          "id": "chatcmpl-1-7", "object": "chat.completion", "created": 1764581000, "model": "<run's model>",
          "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
                       "message": {"role": "assistant", "content": "answer", "reasoning": "trace",
-                                  "reasoning_content": "trace", "refusal": null}}],
+                                  "reasoning_content": "trace", "refusal": null},
+                      "vlmbatch_finish_reason": "stop"}],
          "usage": {"prompt_tokens": 300, "completion_tokens": 120, "total_tokens": 420,
                    "completion_tokens_details": {"reasoning_tokens": 100}}}},
      "error": null}
@@ -20,7 +21,9 @@ and one error line per failed or cancelled job::
 
 `custom_id` is the one the job came with (`metadata.custom_id`, kept by the OpenAI batch input); a job
 from a folder or manifest gets `job-<id>`. Every sample of a job is one of its `choices` (`n` > 1, or the
-rounds of an accept-until-M job), in order. A sample whose trace never closed (truncated) has
+rounds of an accept-until-M job), in order. `finish_reason` is `length` for a sample cut short (finish
+kinds `length`, `context`, `repetition`) and `stop` otherwise; `vlmbatch_finish_reason` has the stored kind.
+A sample whose trace never closed (truncated) has
 `content: null`, its partial trace as `reasoning` (and `reasoning_content`) and `finish_reason: "length"`.
 `created` is the time of the export (the ledger's own times are in the `jsonl` export).
 """
@@ -85,8 +88,14 @@ def error_line(run_id: int, job: FailedJob, *, cancelled_as: tuple[str, str] | N
     }
 
 
+# The finish kinds that ended a sample short (docs/ARCHITECTURE.md, the outcome contract): OpenAI's
+# `length`, with vlmbatch's own kind beside it.
+_CUT_SHORT = frozenset({"length", "context", "repetition"})
+
+
 def _choice(index: int, sample: ExportRecord) -> dict[str, Any]:
     closed = sample["trace_closed"]
+    kind = sample["finish_reason"]
     return {
         "index": index,
         "message": {
@@ -97,10 +106,12 @@ def _choice(index: int, sample: ExportRecord) -> dict[str, Any]:
             "reasoning_content": sample["reasoning"],
             "refusal": None,
         },
-        # The SDK knows stop, length, tool_calls, content_filter and function_call; anything but the length
-        # limit ended the sample on the model's own terms.
-        "finish_reason": "length" if sample["finish_reason"] == "length" else "stop",
+        # The SDK knows stop, length, tool_calls, content_filter and function_call: a sample cut short (its
+        # budget, the context, a repetition stop) is `length`, the rest ended on the model's own terms.
+        "finish_reason": "length" if kind in _CUT_SHORT else "stop",
         "logprobs": None,
+        # vlmbatch's own finish kind (stop, length, context, repetition; null when unknown).
+        "vlmbatch_finish_reason": kind,
     }
 
 

@@ -683,3 +683,23 @@ def test_openai_export_takes_the_sample_filters(sqlite_url: str, tmp_path: Path)
         sessions, run=run, fmt="openai", out=tmp_path / "none.jsonl", selection=ExportFilter(finish=("length",))
     )
     assert none.rows == 0 and _read_lines(tmp_path / "none.jsonl") == []
+
+
+@pytest.mark.parametrize(("kind", "openai"), [("stop", "stop"), ("length", "length"), ("context", "length"),
+                                              ("repetition", "length"), (None, "stop")])  # fmt: skip
+def test_openai_finish_reason_maps_each_finish_kind_and_keeps_ours_beside_it(
+    sqlite_url: str, tmp_path: Path, kind: str | None, openai: str
+) -> None:
+    from openai.types.chat import ChatCompletion
+
+    sessions = ledger(sqlite_url)
+    jobs = build_graded_run(sessions)
+    with sessions() as session, session.begin():
+        session.execute(update(Result).where(Result.job_id == jobs["C"]).values(finish_reason=kind))
+        run = get_run(session, "graded")
+    out = tmp_path / "o.jsonl"
+    export_run(sessions, run=run, fmt="openai", out=out, selection=ExportFilter(states=(JobState.SUCCEEDED,)))
+    [line] = [line for line in _read_lines(out) if line["custom_id"] == f"job-{jobs['C']}"]
+    choices = line["response"]["body"]["choices"]
+    assert [(c["finish_reason"], c["vlmbatch_finish_reason"]) for c in choices] == [(openai, kind)] * 2
+    ChatCompletion.model_validate(line["response"]["body"])  # still the SDK's shape
