@@ -178,7 +178,9 @@ class BrowserApp:
         with self._sessions() as session:
             summary = queries.get_run(session, run_id)
             groups = queries.error_groups(session, run_id, summary.progress.report.errors)
-            results = queries.job_page(session, run_id, where, limit=limit, after=after, before=before)
+            results = queries.job_page(
+                session, run_id, where, limit=limit, after=after, before=before, counts=summary.progress.report
+            )
             document = run_page(summary, groups, results, where=where, limit=limit)
         return html_response(200, document)
 

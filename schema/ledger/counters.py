@@ -1,6 +1,6 @@
 """Per-run job counts kept with the state changes: every statement that moves jobs between states adds
 its deltas to `run_counts` in the same transaction, so that a count is exact whenever it is read, and
-reading it costs a few rows whatever the size of the run (DESIGN.md, "Scale").
+reading it costs a few rows whatever the size of the run (docs/ARCHITECTURE.md, "Scale").
 
 Deltas are applied last in their transaction and in one sorted order, after the job rows are locked:
 a transaction holding a counter row never waits for a job row, so counters add no deadlock. On

@@ -1,4 +1,4 @@
-"""The hot queries are served by indexes at scale (DESIGN.md, "Scale"): on a PostgreSQL ledger of 300,000
+"""The hot queries are served by indexes at scale (docs/ARCHITECTURE.md, "Scale"): on a PostgreSQL ledger of 300,000
 jobs with fresh statistics, every statement that claiming, heartbeats, lease expiry, the reconciler,
 status and the browser's pages send is EXPLAINed as it is sent, and none reads `jobs` sequentially.
 Plans, not timings: a plan that scans the table is as slow at 10^7 jobs on any machine."""

@@ -6,7 +6,7 @@ time on PostgreSQL) and on demand by `vlmbatch reconcile`.
    used their attempts (schema.ledger.reconcile). Their claim tokens are published at once. Rows of workers
    silent for an hour are deleted.
 2. Queued jobs that no claim token covers (Redis lost its data, the producer died between commit and
-   publish, a worker died holding tokens) get tokens. Messages carry no job ids (worker/transport/
+   publish, a worker died holding tokens) get tokens. Messages carry no job ids (schema/contracts/
    tokens.py), so this compares two counts per queue: the queued jobs of its runs, from their counters,
    and the jobs its tokens can still claim (broker_scan.jobs_covered: list lengths, and the few
    unacknowledged tokens of live workers). The deficit is published; spare tokens are harmless.
@@ -21,6 +21,7 @@ jobs (and counts them) well before it publishes their tokens (`runs.published_at
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import queued_by_queue
+from vlmbatch.schema.ledger.enqueue import refresh_midrun_statistics
 from vlmbatch.schema.ledger.liveness import prune_workers
 from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
 from vlmbatch.worker.transport.broker_scan import jobs_covered
@@ -37,6 +39,8 @@ from vlmbatch.worker.transport.publisher import Publisher
 DEFAULT_GRACE_SECONDS = 30.0
 # A message delivered but unacknowledged for longer than this counts as lost with its dead worker.
 DEFAULT_UNACKED_STALE_SECONDS = 300.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,12 @@ def reconcile(
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     unacked_stale_seconds: float = DEFAULT_UNACKED_STALE_SECONDS,
 ) -> ReconcileReport:
+    with sessions() as session, session.begin():
+        # First, so that this pass's own queries (and every hot query until the next) plan on statistics
+        # that know how far the runs have got.
+        analyzed = refresh_midrun_statistics(session)
+    if analyzed:
+        log.info("statistics refreshed for %s (changed since their last ANALYZE)", ", ".join(analyzed))
     with sessions() as session, session.begin():
         expired = requeue_expired_leases(session, run_id=run_id)
         prune_workers(session, now=database_now(session))
