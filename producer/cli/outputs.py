@@ -125,8 +125,9 @@ def export_command(
 ) -> None:
     """Write the standing samples of RUN's jobs (an id or a name) to --out: jsonl (every field), parquet
     (typed columns), sft or internvl (a dataset folder for fine-tuning: records, images, LLaMA-Factory's
-    dataset_info.json, InternVL's meta; one record per sample), or openai (the OpenAI Batch output file,
-    one line per job, and its error file of failed jobs)."""
+    dataset_info.json, InternVL's meta; one record per sample), openai (the OpenAI Batch output file,
+    one line per job, and its error file of failed jobs and rejected lines), or rejects (the source rows
+    recorded at submit instead of submitted)."""
     if join_source or join_columns is not None:
         if images_dir is not None or image_root is not None or errors_out is not None:
             raise click.UsageError("--images-dir, --image-root and --errors-out do not apply to --join-source")
@@ -141,6 +142,9 @@ def export_command(
             raise click.BadParameter("must differ from --out", param_hint="--errors-out")
     elif errors_out is not None:
         raise click.UsageError("--errors-out only applies to --format openai")
+    filters = (statuses, max_trace_tokens, min_trace_tokens, finish)
+    if fmt == "rejects" and (only_correct or one_per_job != "all" or any(f is not None for f in filters)):
+        raise click.UsageError("--format rejects lists the rows rejected at submit: no job filter applies")
     selection = _selection(fmt, statuses, only_correct, max_trace_tokens, min_trace_tokens, finish, one_per_job)
     ctx = load_context()
     with ctx.sessions() as session:
@@ -261,8 +265,9 @@ def _echo_report(report: ExportReport, *, target_id: int, target_name: str, as_j
             f"{report.errors} failed jobs to {report.errors_path} (openai)"
         )
     else:
+        what = "rejected rows" if fmt == "rejects" else "samples"
         click.echo(
-            f"run {target_id} ({terminal_safe(target_name)}): wrote {report.rows} samples to {report.path} ({fmt})"
+            f"run {target_id} ({terminal_safe(target_name)}): wrote {report.rows} {what} to {report.path} ({fmt})"
         )
 
 

@@ -10,8 +10,8 @@ from typing import IO, Any, Literal, Protocol
 
 from vlmbatch.producer.reports.fields import FIELDS, ExportRecord, parquet_schema
 
-ExportFormat = Literal["jsonl", "parquet", "sft", "internvl", "openai"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft", "internvl", "openai")
+ExportFormat = Literal["jsonl", "parquet", "sft", "internvl", "openai", "rejects"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft", "internvl", "openai", "rejects")
 # A Parquet row group is flushed at this many rows or this many bytes of text, whichever comes first:
 # long traces would otherwise make a 10k-row group weigh gigabytes in memory.
 ROW_GROUP_ROWS = 10_000

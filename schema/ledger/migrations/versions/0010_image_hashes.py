@@ -2,7 +2,7 @@
 number of the source row a job came from
 
 Revision ID: 0010_image_hashes
-Revises: 0008_worker_heartbeats
+Revises: 0009_submit_rejects
 Create Date: 2026-12-07 18:10:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_image_hashes"
-down_revision = "0008_worker_heartbeats"
+down_revision = "0009_submit_rejects"
 branch_labels = None
 depends_on = None
 
