@@ -108,10 +108,13 @@ def submit(
     )
     submitted = skipped = 0
     broker_error: Exception | None = None
+    numbers = _RowNumbers()
     for chunk in _chunks(checked_rows(source, check), SUBMIT_CHUNK):
-        specs = [spec for _, spec in chunk if isinstance(spec, JobSpec)]
+        numbered = [(numbers.of(where), spec) for where, spec in chunk]
+        specs = [spec for _, spec in numbered if isinstance(spec, JobSpec)]
+        source_rows = [n for n, spec in numbered if isinstance(spec, JobSpec)]
         with sessions() as session, session.begin():
-            new_ids = insert_jobs(session, run_id=run.id, specs=specs)
+            new_ids = insert_jobs(session, run_id=run.id, specs=specs, source_rows=source_rows)
             record_rejects(
                 session, run_id=run.id, rejects=[reject_of(w, e) for w, e in chunk if not isinstance(e, JobSpec)]
             )
@@ -205,7 +208,9 @@ def _submit_in_one_transaction(
         )
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
+        numbers = _RowNumbers()
         for where, spec in checked_rows(source, reference_check(settings)):
+            number = numbers.of(where)
             if isinstance(spec, ValueError):
                 rejects.add(where, spec)
                 if len(rejects.pending) >= STAGE_CHUNK:  # recorded as they come: memory stays flat
@@ -214,7 +219,7 @@ def _submit_in_one_transaction(
             rejects.accept()
             if strict and rejects.total:  # once a row is bad, only look for more bad rows
                 continue
-            chunk.append(staged_row(spec))
+            chunk.append(staged_row(spec, number))
             if len(chunk) == STAGE_CHUNK:
                 submitted += _stage(staging, chunk, run.id)
                 seen += len(chunk)
@@ -243,6 +248,21 @@ def _stage(staging: PostgresStaging, chunk: list[StagedRow], run_id: int) -> int
         return 0
     staging.copy(chunk)
     return staging.move(run_id)
+
+
+class _RowNumbers:
+    """The source row number of each job, in the order submit reads them: a source names every row
+    (`line 12`, `row 7`, a key, an image), and the jobs of one row's several questions come together
+    under its name (sources/prompts.py), so a new name is the next row."""
+
+    def __init__(self) -> None:
+        self._where: str | None = None
+        self._number = -1
+
+    def of(self, where: str) -> int:
+        if where != self._where:
+            self._where, self._number = where, self._number + 1
+        return self._number
 
 
 def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:

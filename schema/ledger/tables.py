@@ -139,6 +139,9 @@ class Job(Base):
     question: Mapped[str] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    # The 0-based number of the source row the job came from, in the order submit read them (the jobs of
+    # one row's several questions share it); None for jobs submitted before it was recorded.
+    source_row: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     # attempt_count when the job was last (re)submitted: the run's attempt cap counts from here.
@@ -231,6 +234,9 @@ class Attempt(Base):
     # This attempt's share of engine time, in GPU-seconds: while N requests share the engine, each is
     # charged 1/N of its time, times the GPUs the engine holds.
     gpu_seconds: Mapped[float | None] = mapped_column(Float)
+    # SHA-256 of each image's bytes as the worker read them, in the job's image order (None: not read,
+    # or before this column): an export checks that the bytes it writes are the ones the model saw.
+    image_hashes: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Result(Base):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -152,12 +152,15 @@ async def run_attempt(
         clock.gpu_seconds = time_share.leave(share) * tensor_parallel_size
     clock.generation_s = time.perf_counter() - started
     clock.first_token_s = generation.first_token_s
+    hashes = tuple(item.sha256 for item in loaded) if all(item.sha256 for item in loaded) else None
     if run.settings.grader is None:
-        return generation_report(job, run.settings, generation, clock.timings(), plan, request.sampling)
-    # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
-    return await asyncio.to_thread(
-        generation_report, job, run.settings, generation, clock.timings(), plan, request.sampling
-    )
+        report = generation_report(job, run.settings, generation, clock.timings(), plan, request.sampling)
+    else:
+        # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
+        report = await asyncio.to_thread(
+            generation_report, job, run.settings, generation, clock.timings(), plan, request.sampling
+        )
+    return replace(report, image_hashes=hashes)
 
 
 def load_run_context(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:

@@ -1,7 +1,7 @@
 """model identity: a run's model fingerprint, and the model each live worker serves
 
 Revision ID: 0011_model_identity
-Revises: 0009_submit_rejects
+Revises: 0010_image_hashes
 Create Date: 2026-12-07 18:20:00
 
 A run submitted with `--model ./fm` and a worker started with `--model /abs/fm` serve the same folder:
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011_model_identity"
-down_revision = "0009_submit_rejects"
+down_revision = "0010_image_hashes"
 branch_labels = None
 depends_on = None
 
