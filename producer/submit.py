@@ -30,7 +30,7 @@ from vlmbatch.schema.ledger.enqueue import (
     refresh_statistics,
     staged_row,
 )
-from vlmbatch.schema.ledger.runs import create_or_reuse_run, get_or_create_run
+from vlmbatch.schema.ledger.runs import Schedule, create_or_reuse_run, get_or_create_run
 from vlmbatch.worker.transport.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
@@ -58,17 +58,27 @@ def submit(
     run_name: str | None = None,
     question: str | None = None,
     held: bool = False,
+    schedule: Schedule | None = None,
 ) -> SubmitReport:
     """Submit every job of `source` to the run (`held`: a new run's jobs are not claimable until it is
-    released, schema.ledger.runs.release_run). Raises SourceError (nothing written) for a bad source,
-    RunConflict when the named run exists with other settings."""
+    released, schema.ledger.runs.release_run; `schedule`: its priority and weight). Raises SourceError
+    (nothing written) for a bad source, RunConflict when the named run exists with other settings."""
     name = run_name or default_run_name(source.uri, question, settings)
     if sessions.kw["bind"].dialect.name == "postgresql":
         return _submit_in_one_transaction(
-            sessions=sessions, publisher=publisher, source=source, settings=settings, queue=queue, name=name, held=held
+            sessions=sessions,
+            publisher=publisher,
+            source=source,
+            settings=settings,
+            queue=queue,
+            name=name,
+            held=held,
+            schedule=schedule,
         )
     source.validate(_reference_check(settings))
-    run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri, held=held)
+    run = create_or_reuse_run(
+        sessions, name=name, settings=settings, queue=queue, source=source.uri, held=held, schedule=schedule
+    )
     submitted = skipped = 0
     broker_error: Exception | None = None
     for chunk in _chunks(source.specs(), SUBMIT_CHUNK):
@@ -126,11 +136,14 @@ def _submit_in_one_transaction(
     queue: str,
     name: str,
     held: bool,
+    schedule: Schedule | None,
 ) -> SubmitReport:
     errors = RowErrors(source.uri)
     seen = submitted = 0
     with sessions() as session, session.begin():
-        run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri, held=held)
+        run = get_or_create_run(
+            session, name=name, settings=settings, queue=queue, source=source.uri, held=held, schedule=schedule
+        )
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
         for where, spec in checked_rows(source, _reference_check(settings)):

@@ -26,7 +26,7 @@ from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.models import SubmitReport
-from vlmbatch.schema.ledger.runs import get_run
+from vlmbatch.schema.ledger.runs import Schedule, get_run
 from vlmbatch.schema.ledger.status import run_progress, run_status
 from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 
@@ -55,6 +55,7 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         queue=ctx.settings.queue,
         run_name=flags["run_name"],
         question=prompt_identity or None,
+        schedule=Schedule(priority=flags["priority"], weight=flags["weight"]),
     )
     for note in source_notes(source):
         click.echo(note, err=True)

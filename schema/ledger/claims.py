@@ -11,15 +11,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.ledger.clock import database_now
-from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.counters import SERVED, Bucket, CountDeltas
 from vlmbatch.schema.ledger.keyset import Keyset
-from vlmbatch.schema.ledger.tables import Attempt, Job, Run, RunCount
+from vlmbatch.schema.ledger.shares import ActiveRun, active_runs, allocate, join, store_offsets
+from vlmbatch.schema.ledger.tables import Attempt, Job, Run
+
+# A claimer reads its queue's active runs again after this many claims at most (a priority or weight
+# changed, a run resumed): between reads it keeps the shares by its own claims.
+REFRESH_CLAIMS = 16
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,8 @@ def claim_next(
         stmt = stmt.where(Run.model == model)
     if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.ledger.keyset)
         queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-        stmt = queued.page(stmt.where(_past_backoff(now)), dialect=session.get_bind().dialect.name)
+        stmt = stmt.where(_past_backoff(now), _claimable_run(run_id))
+        stmt = queued.page(stmt, dialect=session.get_bind().dialect.name)
     else:
         stmt = stmt.where(_claimable(now)).order_by(Job.id)
     jobs = list(session.scalars(_lock(stmt.limit(limit), session)))
@@ -109,60 +115,84 @@ def claim_next(
 
 
 def runs_with_queued_jobs(session: Session, *, queue: str, model: str | None = None) -> list[int]:
-    """The runs of `queue` (serving `model`, when given, and not held) that have queued jobs, oldest
-    first, by their counters: ix_run_counts_state's rows of runs that ever had queued jobs, none per job."""
-    stmt = (
-        select(RunCount.run_id)
-        .join(Run, Run.id == RunCount.run_id)
-        .where(RunCount.state == JobState.QUEUED.value, Run.queue == queue, Run.held.is_(False))
-        .group_by(RunCount.run_id)
-        .having(func.sum(RunCount.jobs) > 0)
-        .order_by(RunCount.run_id)
-    )
-    if model is not None:
-        stmt = stmt.where(Run.model == model)
-    return list(session.scalars(stmt))
+    """The runs of `queue` (serving `model`, when given, neither held nor paused) that have queued jobs,
+    in the order a claim takes from them (schema.ledger.shares): by their counters, none per job."""
+    runs = active_runs(session, queue=queue, model=model)
+    join(runs)
+    return [run.run_id for run, _ in allocate(runs, sum(r.queued for r in runs))]
+
+
+def _claimable_run(run_id: int) -> Any:
+    # The run may still be claimed from: a pause takes effect at the next claim, whatever a claimer cached.
+    return exists().where(Run.id == run_id, Run.held.is_(False), Run.paused_at.is_(None))
 
 
 @dataclass
 class QueueClaimer:
-    """Claims the oldest claimable jobs of one queue's runs for a claim token (schema/contracts/tokens.py).
+    """Claims jobs of one queue's runs for a claim token (schema/contracts/tokens.py): the highest priority
+    first, a priority shared by weight (schema.ledger.shares), each run's oldest claimable jobs.
 
-    It remembers which runs had queued jobs, so that a claim costs one index range per run it takes from
-    (ix_jobs_run_state_id) and looks the runs up again only when those come up short."""
+    It keeps the queue's active runs from their counters and reads them again every REFRESH_CLAIMS claims,
+    when a run came up short, or when a run was created since; in between it advances the shares by its
+    own claims. A claim costs one index range per run it takes from (ix_jobs_run_state_id), at most
+    RUNS_PER_CLAIM of them while they have jobs."""
 
     queue: str
     model: str | None = None
-    open_runs: list[int] = field(default_factory=list)
+    runs: list[ActiveRun] = field(default_factory=list)
+    _claims_since_read: int = REFRESH_CLAIMS
+    _newest_run: int | None = None
+
+    @property
+    def open_runs(self) -> list[int]:
+        return [r.run_id for r in self.runs]
 
     def claim(self, session: Session, *, limit: int, worker: str, lease_seconds: float) -> list[ClaimedJob]:
         if limit <= 0:
             return []
         now = database_now(session)
-        jobs, drained = self._take(session, self.open_runs, limit, now)
-        if len(jobs) < limit:
-            self.open_runs = runs_with_queued_jobs(session, queue=self.queue, model=self.model)
-            more, _ = self._take(session, [r for r in self.open_runs if r not in drained], limit - len(jobs), now)
-            jobs += more
-        return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
+        newest = session.scalar(select(func.max(Run.id)))
+        joined: list[ActiveRun] = []
+        if self._claims_since_read >= REFRESH_CLAIMS or newest != self._newest_run:
+            joined = self._read(session, newest)
+        self._claims_since_read += 1
+        jobs, short = self._take(session, allocate(self.runs, limit), now)
+        if len(jobs) < limit and (short or not self.runs):
+            # Runs ran dry or their jobs back off: read them again and fill up from the others, in turn.
+            joined += self._read(session, newest)
+            rest = [r for r in self.runs if r.run_id not in short]
+            for run, _ in allocate(rest, sum(r.queued for r in rest)):
+                if len(jobs) >= limit:
+                    break
+                more, _ = self._take(session, [(run, min(run.queued, limit - len(jobs)))], now)
+                jobs += more
+        claimed = _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
+        store_offsets(session, joined)
+        return claimed
 
-    @staticmethod
-    def _take(session: Session, runs: Sequence[int], limit: int, now: datetime) -> tuple[list[Job], set[int]]:
-        """Up to `limit` claimable jobs of `runs`, run by run, locked; and the runs found short of jobs."""
+    def _read(self, session: Session, newest: int | None) -> list[ActiveRun]:
+        """Read the active runs again; return those that just joined (their offsets are to be stored)."""
+        self.runs = active_runs(session, queue=self.queue, model=self.model)
+        self._claims_since_read, self._newest_run = 0, newest
+        return join(self.runs)
+
+    def _take(
+        self, session: Session, plan: Sequence[tuple[ActiveRun, int]], now: datetime
+    ) -> tuple[list[Job], set[int]]:
+        """Up to the planned number of claimable jobs of each run, locked; and the runs found short."""
         jobs: list[Job] = []
-        drained: set[int] = set()
+        short: set[int] = set()
         dialect = session.get_bind().dialect.name
-        for run_id in runs:
-            wanted = limit - len(jobs)
-            if wanted <= 0:
-                break
-            queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-            stmt = queued.page(select(Job).where(_past_backoff(now)), dialect=dialect)
+        for run, wanted in plan:
+            queued = Keyset([(Job.run_id, run.run_id), (Job.state, JobState.QUEUED.value)])
+            stmt = queued.page(select(Job).where(_past_backoff(now), _claimable_run(run.run_id)), dialect=dialect)
             taken = list(session.scalars(_lock(stmt.limit(wanted), session)))
             if len(taken) < wanted:
-                drained.add(run_id)
+                short.add(run.run_id)
+            run.served += len(taken)
+            run.queued -= len(taken)
             jobs += taken
-        return jobs, drained
+        return jobs, short
 
 
 def _open_attempts(
@@ -210,6 +240,7 @@ def _open_attempts(
     deltas = CountDeltas()
     for job in jobs:
         deltas.move(Bucket.of(job.run_id, JobState.QUEUED.value), Bucket.of(job.run_id, JobState.RUNNING.value))
+        deltas.add(Bucket.of(job.run_id, SERVED))  # the run's share (schema.ledger.shares)
     deltas.apply(session)
     return [
         ClaimedJob(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -9,6 +11,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from vlmbatch.schema.contracts.errors import RunConflict, RunNotFound
 from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.ledger.tables import Run
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's place among its queue's runs (schema/ledger/shares.py); None: the default, or what a reused
+    run has."""
+
+    priority: int | None = None
+    weight: int | None = None
+
 
 # Ids are 64-bit; a larger number names no run (and would overflow the database's integer).
 _MAX_ID = 2**63 - 1
@@ -30,14 +42,32 @@ def run_settings(run: Run) -> RunSettings:
 
 
 def get_or_create_run(
-    session: Session, *, name: str, settings: RunSettings, queue: str, source: str | None, held: bool = False
+    session: Session,
+    *,
+    name: str,
+    settings: RunSettings,
+    queue: str,
+    source: str | None,
+    held: bool = False,
+    schedule: Schedule | None = None,
 ) -> Run:
     """Within the caller's transaction: the run called `name`, created if new (`held`: its jobs are not
-    claimable until released). Raises RunConflict when it exists with other settings."""
+    claimable until released; `schedule`: its priority and weight, None keeping a reused run's). Raises
+    RunConflict when it exists with other settings."""
     wanted = settings.model_dump(mode="json")
     run = session.scalar(select(Run).where(Run.name == name))
+    schedule = schedule or Schedule()
     if run is None:
-        run = Run(name=name, model=settings.model, queue=queue, settings=wanted, source=source, held=held)
+        run = Run(
+            name=name,
+            model=settings.model,
+            queue=queue,
+            settings=wanted,
+            source=source,
+            held=held,
+            priority=schedule.priority if schedule.priority is not None else 0,
+            weight=schedule.weight if schedule.weight is not None else 1,
+        )
         session.add(run)
         session.flush()
         return run
@@ -48,6 +78,13 @@ def get_or_create_run(
             f"{RunSettings.model_validate(run.settings).fingerprint()} vs {settings.fingerprint()}); "
             "choose another --run name"
         )
+    # More jobs for a run that may have drained long ago: its share starts level with the active runs'.
+    run.share_offset = None
+    if schedule.priority is not None:
+        run.priority = schedule.priority
+    if schedule.weight is not None:
+        run.weight = schedule.weight
+    session.flush()
     return run
 
 
@@ -59,6 +96,7 @@ def create_or_reuse_run(
     queue: str,
     source: str | None,
     held: bool = False,
+    schedule: Schedule | None = None,
 ) -> Run:
     """The run called `name`, created with `settings` if new, in a transaction of its own.
 
@@ -68,7 +106,9 @@ def create_or_reuse_run(
     for _ in range(2):  # a concurrent submit may create the same run between our read and our insert
         try:
             with sessions() as session, session.begin():
-                return get_or_create_run(session, name=name, settings=settings, queue=queue, source=source, held=held)
+                return get_or_create_run(
+                    session, name=name, settings=settings, queue=queue, source=source, held=held, schedule=schedule
+                )
         except IntegrityError:
             continue
     raise RunConflict(f"run {name!r} could not be created")

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.claims import ClaimedJob, QueueClaimer, claim_next
+from vlmbatch.schema.ledger.controls import run_paused
 from vlmbatch.schema.ledger.keyset import Keyset
 from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
 from vlmbatch.schema.ledger.tables import Job
@@ -118,7 +119,8 @@ class Admission:
                 await self._launch(job)
 
     async def feed_run(self, run_id: int) -> None:
-        """Claim the run's queued jobs as room frees up, until none is queued or running."""
+        """Claim the run's queued jobs as room frees up, until none is queued or running, or it is paused
+        and none of its jobs runs here."""
         batch = max(1, min(self._settings.jobs_per_message, self._capacity.total))
         while True:
             self._check_running()
@@ -142,6 +144,8 @@ class Admission:
                 continue
             if not self._holds_jobs_of(run_id) and await self._db.transaction(partial(_run_drained, run_id=run_id)):
                 return
+            if not self._holds_jobs_of(run_id) and await self._db.transaction(partial(run_paused, run_id=run_id)):
+                return  # paused (by `vlmbatch pause` or its breaker): what ran has finished
             await self._capacity.wait_for_free(self._capacity.total, timeout=FEED_POLL_S)
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.schema.contracts.errors import ErrorType
 from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.breaker import BreakerPolicy, Trip
 from vlmbatch.schema.ledger.database import transaction
 from vlmbatch.schema.ledger.outcomes import AttemptReport, record_outcomes
 
@@ -78,30 +79,47 @@ class OutcomeWriter:
         return batch
 
 
-def write_reports_safely(sessions: sessionmaker[Session], reports: Sequence[AttemptReport]) -> list[AttemptReport]:
-    """Commit `reports` in one transaction; return those written (the others were fenced off).
+def write_reports_safely(
+    sessions: sessionmaker[Session],
+    reports: Sequence[AttemptReport],
+    *,
+    breaker: BreakerPolicy | None = None,
+    trips: list[Trip] | None = None,
+) -> list[AttemptReport]:
+    """Commit `reports` in one transaction; return those written (the others were fenced off). The runs
+    whose circuit breaker they trip (`breaker`: its policy) are added to `trips`.
 
     A report the database refuses for its content (not for a lost connection, which the caller retries)
     must not block the others: the batch is then written report by report, and a refused one is stored
     as an `internal` failure of its attempt, with the reason, instead of its samples."""
+    found: list[Trip] = []
     try:
         with transaction(sessions) as session:
-            return record_outcomes(session, reports)
+            written = record_outcomes(session, reports, breaker=breaker, trips=found)
+        if trips is not None:
+            trips.extend(found)  # only once committed
+        return written
     except (OperationalError, InterfaceError):
         raise
     except DBAPIError:
         if len(reports) == 1:
-            return _write_as_failure(sessions, reports[0])
-    written: list[AttemptReport] = []
+            return _write_as_failure(sessions, reports[0], breaker=breaker, trips=trips)
+    written = []
     for report in reports:
-        written.extend(write_reports_safely(sessions, [report]))
+        written.extend(write_reports_safely(sessions, [report], breaker=breaker, trips=trips))
     return written
 
 
-def _write_as_failure(sessions: sessionmaker[Session], report: AttemptReport) -> list[AttemptReport]:
+def _write_as_failure(
+    sessions: sessionmaker[Session],
+    report: AttemptReport,
+    *,
+    breaker: BreakerPolicy | None,
+    trips: list[Trip] | None,
+) -> list[AttemptReport]:
     try:
         with transaction(sessions) as session:
-            record_outcomes(session, [report])
+            record_outcomes(session, [report], breaker=breaker)
     except (OperationalError, InterfaceError):
         raise
     except DBAPIError as exc:
@@ -116,5 +134,5 @@ def _write_as_failure(sessions: sessionmaker[Session], report: AttemptReport) ->
             timings=report.timings,
         )
         with transaction(sessions) as session:
-            return record_outcomes(session, [failure])
+            return record_outcomes(session, [failure], breaker=breaker, trips=trips)
     return [report]
