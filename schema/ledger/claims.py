@@ -142,6 +142,8 @@ class QueueClaimer:
     runs: list[ActiveRun] = field(default_factory=list)
     _claims_since_read: int = REFRESH_CLAIMS
     _newest_run: int | None = None
+    # The last job id each run gave to the claim in progress.
+    _taken_up_to: dict[int, int] = field(default_factory=dict)
 
     @property
     def open_runs(self) -> list[int]:
@@ -156,6 +158,7 @@ class QueueClaimer:
         if self._claims_since_read >= REFRESH_CLAIMS or newest != self._newest_run:
             joined = self._read(session, newest)
         self._claims_since_read += 1
+        self._taken_up_to = {}
         jobs, short = self._take(session, allocate(self.runs, limit), now)
         if len(jobs) < limit and (short or not self.runs):
             # Runs ran dry or their jobs back off: read them again and fill up from the others, in turn.
@@ -185,8 +188,13 @@ class QueueClaimer:
         dialect = session.get_bind().dialect.name
         for run, wanted in plan:
             queued = Keyset([(Job.run_id, run.run_id), (Job.state, JobState.QUEUED.value)])
-            stmt = queued.page(select(Job).where(_past_backoff(now), _claimable_run(run.run_id)), dialect=dialect)
+            stmt = select(Job).where(_past_backoff(now), _claimable_run(run.run_id))
+            # After the jobs this claim took already: they are still `queued` (and locked by us) until
+            # the claim's UPDATE.
+            stmt = queued.page(stmt, dialect=dialect, after=self._taken_up_to.get(run.run_id))
             taken = list(session.scalars(_lock(stmt.limit(wanted), session)))
+            if taken:
+                self._taken_up_to[run.run_id] = taken[-1].id
             if len(taken) < wanted:
                 short.add(run.run_id)
             run.served += len(taken)
