@@ -10,13 +10,13 @@ from collections import Counter
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.integration.ledger_helpers import ledger, make_run
+from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.ledger.claims import ClaimedJob, QueueClaimer
 from vlmbatch.schema.ledger.controls import pause_run, resume_run, set_schedule
 from vlmbatch.schema.ledger.counters import read_counts
 from vlmbatch.schema.ledger.outcomes import AttemptReport, SampleRecord, record_outcomes
 from vlmbatch.schema.ledger.runs import Schedule, create_or_reuse_run
-from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.worker.transport.reconciler import queued_by_queue
 
 TOKEN = 16  # jobs per claim token
