@@ -57,7 +57,7 @@ def resume_command(run: str, as_json: bool) -> None:
         click.echo(f"run {target.id}: was not paused; {queued} queued jobs")
 
 
-@cli.command("priority")
+@cli.command("priority", context_settings={"ignore_unknown_options": True})  # a negative PRIORITY
 @click.argument("run")
 @click.argument("priority", type=click.IntRange(-1000, 1000))
 @click.option("--weight", type=click.IntRange(1, 1000), help="Its share of the priority's workers, too.")
