@@ -31,7 +31,6 @@ from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.contracts.errors import EngineDead, ErrorType, InternalError, JobError
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import AttemptOutcome
-from vlmbatch.schema.ledger.breaker import BreakerPolicy, Trip, engine_failed_to_start
 from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.schema.ledger.liveness import retire
 from vlmbatch.schema.ledger.outcomes import AttemptReport
@@ -44,7 +43,8 @@ from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inputs import ImageLoader, LoadedImage, SharedImages
 from vlmbatch.worker.pipeline.leases import Heartbeat
 from vlmbatch.worker.pipeline.supervision import supervise
-from vlmbatch.worker.pipeline.writing import OutcomeWriter, write_reports_safely
+from vlmbatch.worker.pipeline.tripping import BreakerWatch
+from vlmbatch.worker.pipeline.writing import OutcomeWriter
 from vlmbatch.worker.telemetry.log_format import log_context
 from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 from vlmbatch.worker.transport.publisher import Publisher
@@ -96,13 +96,7 @@ class Pipeline:
         self._loader = ImageLoader(settings=settings, store=store, metrics=self.metrics)
         self._images = SharedImages(self._load_image)
         self._capacity = Capacity(settings.resolved_inflight_jobs())
-        self._breaker = BreakerPolicy(
-            streak=settings.breaker_streak,
-            window=settings.breaker_window,
-            ratio=settings.breaker_ratio,
-            min_failures=settings.breaker_min_failures,
-            enabled=settings.breaker_enabled,
-        )
+        self._breakers = BreakerWatch(settings=settings, db=self._db, metrics=self.metrics)
         self.metrics.watch(
             in_flight=lambda: len(self._inflight),
             running=lambda: self._engine.stats().running,
@@ -181,7 +175,7 @@ class Pipeline:
         try:
             await self._engine.start()
         except Exception as exc:
-            await self._engine_failed(exc)
+            await self._breakers.engine_failed(exc, model=self._engine.model)
             raise
         self._writer_task = asyncio.create_task(self._writer.run(), name="writer")
         self._background = [
@@ -191,27 +185,6 @@ class Pipeline:
         ]
         for task in self._background:
             supervise(task, on_death=self._declare_fatal, stopping=lambda: self._closing)
-
-    async def _engine_failed(self, exc: Exception) -> None:
-        """An engine that does not start (a model that does not load): every run it would serve counts it
-        as a failure of its circuit breaker, so that a fleet crash-looping on it pauses them with the
-        reason instead of leaving them queued with none."""
-        message = f"{type(exc).__name__}: {exc}"[:2000]
-        record = partial(
-            engine_failed_to_start,
-            queue=self._settings.queue,
-            model=self._engine.model,
-            message=message,
-            policy=self._breaker,
-        )
-        try:
-            trips = await self._db.transaction(record)
-        except Exception:  # the ledger is what failed: nothing to record it in
-            log.warning("could not record the engine's failed start", exc_info=True)
-            return
-        for trip in trips:
-            self.metrics.breaker_trips.labels(run=str(trip.run_id)).inc()
-            log.error("run %s paused: %s", trip.run_id, trip.reason)
 
     def _stopping_reason(self) -> str | None:
         if self._fatal is not None:
@@ -353,19 +326,8 @@ class Pipeline:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    async def _write(self, reports: list[AttemptReport]) -> list[AttemptReport]:
-        """Commit the reports (fenced); say so when they trip a run's circuit breaker."""
-        trips: list[Trip] = []
-        write = partial(write_reports_safely, self._db.sessions, reports, breaker=self._breaker, trips=trips)
-        written = await self._db.blocking(write, retry=True)
-        for trip in trips:
-            self.metrics.breaker_trips.labels(run=str(trip.run_id)).inc()
-            with log_context(run_id=trip.run_id):
-                log.error("run %s paused: %s; `vlmbatch resume %s` once fixed", trip.run_id, trip.reason, trip.run_id)
-        return written
-
     async def _commit(self, batch: list[AttemptReport]) -> None:
-        written = await self._write(batch)
+        written = await self._breakers.write(batch)
         written_ids = {r.attempt_id for r in written}
         requeued: dict[tuple[str, float | None], list[int]] = {}
         for report in batch:
@@ -422,7 +384,7 @@ class Pipeline:
                     error_message=reason,
                 )
             )
-        written = await self._write(reports)
+        written = await self._breakers.write(reports)
         self.counters.handed_back += len(written)
         by_queue: dict[str, list[int]] = {}
         for report in written:
