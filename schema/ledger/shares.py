@@ -19,8 +19,9 @@ import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import JobState
@@ -98,13 +99,15 @@ def store_offsets(session: Session, runs: Sequence[ActiveRun]) -> None:
     """Keep the offsets of runs that just joined (the first claimer to see them wins; later claimers read
     it). Last in a claim's transaction: a runs row is locked after the job and counter rows, as the
     outcome writer does (schema/ledger/locks.py)."""
-    for run in sorted(runs, key=lambda r: r.run_id):
-        session.execute(
-            update(Run)
-            .where(Run.id == run.run_id, Run.share_offset.is_(None))
-            .values(share_offset=run.offset)
-            .execution_options(synchronize_session=False)
-        )
+    if not runs:
+        return
+    table = cast(Table, Run.__table__)
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.share_offset.is_(None))
+        .values(share_offset=bindparam("b_offset")),
+        [{"b_id": r.run_id, "b_offset": r.offset} for r in sorted(runs, key=lambda r: r.run_id)],
+    )
 
 
 def rejoin(session: Session, *, run_id: int) -> None:
