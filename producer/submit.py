@@ -30,7 +30,7 @@ from vlmbatch.schema.ledger.enqueue import (
     refresh_statistics,
     staged_row,
 )
-from vlmbatch.schema.ledger.runs import Schedule, create_or_reuse_run, get_or_create_run
+from vlmbatch.schema.ledger.runs import Schedule, create_or_reuse_run, get_or_create_run, reschedule
 from vlmbatch.worker.transport.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
@@ -88,6 +88,8 @@ def submit(
             broker_error = _publish(publisher, queue, len(new_ids))
         submitted += len(new_ids)
         skipped += len(chunk) - len(new_ids)
+    with sessions() as session, session.begin():
+        reschedule(session, run_id=run.id, schedule=schedule or Schedule())
     _raise_if_unpublished(broker_error, run.id, submitted)
     return SubmitReport(run=run.id, submitted=submitted, skipped=skipped)
 
@@ -160,6 +162,7 @@ def _submit_in_one_transaction(
         seen += len(chunk)
         run_id = run.id
         staging.count()
+        reschedule(session, run_id=run_id, schedule=schedule or Schedule())
         mark_published(session, run_id=run_id)
     with sessions() as session, session.begin():
         # Before the first message: workers claim right away, and need plans made for this table's size.

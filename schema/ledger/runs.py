@@ -52,8 +52,8 @@ def get_or_create_run(
     schedule: Schedule | None = None,
 ) -> Run:
     """Within the caller's transaction: the run called `name`, created if new (`held`: its jobs are not
-    claimable until released; `schedule`: its priority and weight, None keeping a reused run's). Raises
-    RunConflict when it exists with other settings."""
+    claimable until released; `schedule`: a new run's priority and weight, `reschedule` changes a reused
+    run's). Raises RunConflict when it exists with other settings."""
     wanted = settings.model_dump(mode="json")
     run = session.scalar(select(Run).where(Run.name == name))
     schedule = schedule or Schedule()
@@ -78,14 +78,19 @@ def get_or_create_run(
             f"{RunSettings.model_validate(run.settings).fingerprint()} vs {settings.fingerprint()}); "
             "choose another --run name"
         )
-    # More jobs for a run that may have drained long ago: its share starts level with the active runs'.
-    run.share_offset = None
-    if schedule.priority is not None:
-        run.priority = schedule.priority
-    if schedule.weight is not None:
-        run.weight = schedule.weight
-    session.flush()
     return run
+
+
+def reschedule(session: Session, *, run_id: int, schedule: Schedule) -> None:
+    """After a submit added jobs to the run (in its transaction, after its job and counter writes: the
+    ledger's lock order): its priority and weight, when given, and its share starts level with the active
+    runs' (it may have drained long ago, schema.ledger.shares)."""
+    values: dict[str, object] = {"share_offset": None}
+    if schedule.priority is not None:
+        values["priority"] = schedule.priority
+    if schedule.weight is not None:
+        values["weight"] = schedule.weight
+    session.execute(update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False))
 
 
 def create_or_reuse_run(

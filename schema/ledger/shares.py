@@ -96,17 +96,21 @@ def join(runs: Sequence[ActiveRun]) -> list[ActiveRun]:
 
 
 def store_offsets(session: Session, runs: Sequence[ActiveRun]) -> None:
-    """Keep the offsets of runs that just joined (the first claimer to see them wins; later claimers read
-    it). Last in a claim's transaction: a runs row is locked after the job and counter rows, as the
-    outcome writer does (schema/ledger/locks.py)."""
+    """Keep the offsets of runs that just joined: the first claimer to see them wins, later claimers read
+    it. A runs row another transaction holds (a submit, a pause) is skipped, never waited for: the next
+    claim stores it, and a claim never waits on a runs row while holding job and counter rows."""
     if not runs:
+        return
+    free = select(Run.id).where(Run.id.in_([r.run_id for r in runs]), Run.share_offset.is_(None))
+    if session.get_bind().dialect.name == "postgresql":
+        free = free.with_for_update(skip_locked=True)
+    ids = set(session.scalars(free.order_by(Run.id)))
+    if not ids:
         return
     table = cast(Table, Run.__table__)
     session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c.share_offset.is_(None))
-        .values(share_offset=bindparam("b_offset")),
-        [{"b_id": r.run_id, "b_offset": r.offset} for r in sorted(runs, key=lambda r: r.run_id)],
+        update(table).where(table.c.id == bindparam("b_id")).values(share_offset=bindparam("b_offset")),
+        [{"b_id": r.run_id, "b_offset": r.offset} for r in sorted(runs, key=lambda r: r.run_id) if r.run_id in ids],
     )
 
 
