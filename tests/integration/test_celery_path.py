@@ -51,4 +51,10 @@ def test_500_jobs_from_s3_through_redis_and_a_celery_worker_land_in_postgres_onc
         "total": JOBS,
         "counts": {"queued": 0, "running": 0, "succeeded": JOBS, "failed": 0, "truncated": 0, "cancelled": 0},
         "errors": {},
+        "priority": 0,
+        "weight": 1,
+        "paused": False,
+        "paused_since": None,
+        "pause_reason": None,
+        "breaker_trips": 0,
     }
