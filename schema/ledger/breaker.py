@@ -2,11 +2,12 @@
 itself, with the reason and its first error, instead of draining its queue into errors overnight.
 
 What counts (`classify`): failures of the store (storage.denied: credentials; storage.transient: network),
-of the engine (engine.dead, engine.oom, an engine that does not start) and internal errors count towards
-both rules; input.unsupported and prompt.too_long (one row's, unless every job has them: a wrong model
-or template) count towards the streak only; every other outcome, per-row errors included
-(input.unreadable, input.too_large, input.not_found of a bad URL...), breaks the streak and is a good
-attempt in the window. A hand-back without an error (the worker stopped) and a cancel count for nothing.
+of the engine (engine.dead, once per death and run however many jobs it handed back; engine.oom; an
+engine that does not start) and internal errors count towards both rules; input.unsupported and
+prompt.too_long (one row's, unless every job has them: a wrong model or template) count towards the streak
+only; every other outcome, per-row errors included (input.unreadable, input.too_large, input.not_found of
+a bad URL...), breaks the streak and is a good attempt in the window. A hand-back without an error (the
+worker stopped) and a cancel count for nothing.
 
 The rules (`BreakerPolicy`, settings `VLMBATCH_BREAKER_*`): `streak` such failures in a row, or at least
 `min_failures` of them making `ratio` of the last `window` attempts (a sliding window kept as two tumbling
@@ -97,9 +98,17 @@ def record_events(session: Session, events: Sequence[Event], *, policy: BreakerP
     """Count `events` into their runs' breakers (in the caller's transaction, after its job and counter
     writes); pause the runs whose breaker trips, and return those trips."""
     by_run: dict[int, list[Event]] = {}
+    dead: set[int] = set()
     for event in events:
-        if event.verdict is not Verdict.NEUTRAL:
-            by_run.setdefault(event.run_id, []).append(event)
+        if event.verdict is Verdict.NEUTRAL:
+            continue
+        if event.error_type == ErrorType.ENGINE_DEAD.value:
+            # One engine's death hands all its jobs back in one batch: one failure, not hundreds (a single
+            # OOM on one worker of a fleet must not pause the run; a crash loop does, death after death).
+            if event.run_id in dead:
+                continue
+            dead.add(event.run_id)
+        by_run.setdefault(event.run_id, []).append(event)
     if not by_run:
         return []
     rows = {row.run_id: row for row in session.scalars(select(RunBreaker).where(RunBreaker.run_id.in_(sorted(by_run))))}

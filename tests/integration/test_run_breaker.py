@@ -158,7 +158,7 @@ def test_a_run_with_ten_percent_unreadable_images_never_trips(database_url: str,
     ("error", "trips"),
     [
         (ErrorType.STORAGE_DENIED, True),
-        (ErrorType.ENGINE_DEAD, True),
+        (ErrorType.ENGINE_OOM, True),
         (ErrorType.INPUT_UNSUPPORTED, True),  # on every job: systematic
         (ErrorType.INPUT_UNREADABLE, False),
         (ErrorType.INPUT_TOO_LARGE, False),
@@ -198,3 +198,22 @@ def test_the_window_rule_trips_on_a_fifth_of_systemic_failures_and_not_below(dat
             ]
             record_outcomes(session, reports, breaker=policy)
         assert (_run(sessions, run_id).paused_at is not None) is trips
+
+
+def test_one_engine_death_counts_once_however_many_jobs_it_handed_back(database_url: str) -> None:
+    sessions = ledger(database_url)
+    run_id, _ = make_run(sessions, jobs=120)
+    policy = BreakerPolicy(streak=3, window=500, ratio=0.2, min_failures=3)
+    for death in range(3):
+        with sessions() as session, session.begin():
+            claimed = claim_next(session, limit=40, worker=f"w{death}", lease_seconds=60, run_id=run_id)
+            handed_back = [
+                AttemptReport(c.job_id, c.attempt_id, AttemptOutcome.ABANDONED, ErrorType.ENGINE_DEAD, "engine died")
+                for c in claimed
+            ]
+            record_outcomes(session, handed_back, breaker=policy)
+        with sessions() as session:
+            breaker = session.get(RunBreaker, run_id)
+            assert breaker is not None and breaker.streak == death + 1
+    run = _run(sessions, run_id)
+    assert run.pause_reason is not None and "3 failures in a row" in run.pause_reason  # a crash loop trips it
