@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, aliased
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.ledger.clock import database_now
-from vlmbatch.schema.ledger.counters import SERVED, Bucket, CountDeltas
+from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
 from vlmbatch.schema.ledger.keyset import Keyset
 from vlmbatch.schema.ledger.shares import ActiveRun, active_runs, allocate, join, store_offsets
 from vlmbatch.schema.ledger.tables import Attempt, Job, Run
@@ -299,7 +299,6 @@ def _open_attempts(
     deltas = CountDeltas()
     for job in jobs:
         deltas.move(Bucket.of(job.run_id, JobState.QUEUED.value), Bucket.of(job.run_id, JobState.RUNNING.value))
-        deltas.add(Bucket.of(job.run_id, SERVED))  # the run's share (schema.ledger.shares)
     deltas.apply(session)
     return [
         ClaimedJob(

@@ -23,9 +23,6 @@ from vlmbatch.schema.ledger.tables import RunCount
 
 # Counter rows per (run, state, error type) on PostgreSQL. SQLite serialises writers anyway: one row.
 SHARDS = 16
-# Not a job state: the jobs ever claimed of a run (its share of the fleet, schema.ledger.shares), kept
-# with the state counts so that a claim adds it in the upsert it makes anyway.
-SERVED = "served"
 
 
 @dataclass(frozen=True, order=True)
@@ -98,7 +95,7 @@ def read_counts(session: Session, run_id: int) -> RunCounts:
         .where(RunCount.run_id == run_id)
         .group_by(RunCount.state, RunCount.error_type)
     )
-    for state, error_type, n in session.execute(stmt.where(RunCount.state != SERVED)):
+    for state, error_type, n in session.execute(stmt):
         count = int(n or 0)
         by_state[state] = by_state.get(state, 0) + count
         if state == JobState.FAILED.value and error_type and count:

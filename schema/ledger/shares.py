@@ -1,16 +1,17 @@
 """Which runs a claim takes from: the highest priority first, and a priority's jobs shared by weight.
 
-Stride scheduling on counters. Every claim adds the jobs it took to the run's `served` counter (a
-run_counts row like the state counts, sharded the same way, schema.ledger.counters). A run's pass is
-`(served + share_offset) / weight`; a claim of N jobs hands them out a quantum at a time to the run of
-the lowest pass, whose pass then grows by quantum / weight. Runs of equal weight thus take turns claim by
-claim, a run of weight 2 gets twice the jobs, and a run that joins (new, resumed, resubmitted, moved to
-another priority) gets the lowest pass of those already active as its start (`share_offset`): level with
-them, neither owed what they were served before it came nor left waiting behind it. A new small run is
-therefore served from the very next claim, and finishes long before a large one of the same priority.
+Stride scheduling on the run counters (schema.ledger.counters). A run's service is its jobs out of the
+queue (claimed: running or finished; a job requeued for a retry counts again once claimed again), read from
+its counters; its pass is `(served + share_offset) / weight`. A claim of N jobs hands them out a quantum at
+a time to the run of the lowest pass, whose pass then grows by quantum / weight. Runs of equal weight thus
+take turns claim by claim, a run of weight 2 gets twice the jobs, and a run that joins (new, resumed,
+resubmitted, moved to another priority) gets the lowest pass of those already active as its start
+(`share_offset`): level with them, neither owed what they were served before it came nor left waiting
+behind it. A new small run is therefore served from the very next claim, and finishes long before a large
+one of the same priority.
 
-What a claim reads is a few counter rows per active run (ix_run_counts_state), never the jobs table,
-and what it writes is one more counter row in the multi-row upsert a claim makes anyway.
+What a claim reads is a few counter rows per active run (ix_run_counts_state and the counters' primary
+key), never the jobs table, and it writes no more than it did: the state counts it moves anyway.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import JobState
-from vlmbatch.schema.ledger.counters import SERVED
 from vlmbatch.schema.ledger.tables import Run, RunCount
 
 # A claim takes from this many runs at most (one index range each): with hundreds of active runs a claim
 # costs a few ranges, not one per run, and the turns go round over successive claims instead.
-RUNS_PER_CLAIM = 8
+RUNS_PER_CLAIM = 4
 
 
 @dataclass
@@ -52,8 +52,8 @@ class ActiveRun:
 
 def active_runs(session: Session, *, queue: str, model: str | None = None) -> list[ActiveRun]:
     """The runs of `queue` (serving `model`, when given) whose jobs may be claimed (not held, not paused)
-    and that have queued jobs, with their served counts: a few counter rows per run. Those that just
-    joined have no offset yet (`join` gives them one)."""
+    and that have queued jobs, with their jobs out of the queue (`served`): a few counter rows per run.
+    Those that just joined have no offset yet (`join` gives them one)."""
     stmt = (
         select(Run.id, Run.priority, Run.weight, Run.share_offset, func.sum(RunCount.jobs))
         .join(Run, Run.id == RunCount.run_id)
@@ -75,7 +75,7 @@ def active_runs(session: Session, *, queue: str, model: str | None = None) -> li
     if runs:
         served = (
             select(RunCount.run_id, func.sum(RunCount.jobs))
-            .where(RunCount.state == SERVED, RunCount.run_id.in_([r.run_id for r in runs]))
+            .where(RunCount.run_id.in_([r.run_id for r in runs]), RunCount.state != JobState.QUEUED.value)
             .group_by(RunCount.run_id)
         )
         by_run = {run_id: int(n or 0) for run_id, n in session.execute(served)}
