@@ -16,7 +16,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
-    column,
+    bindparam,
     exists,
     func,
     insert,
@@ -26,8 +26,8 @@ from sqlalchemy import (
     true,
     tuple_,
     update,
-    values,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
@@ -234,9 +234,18 @@ def _heads_at_once(session: Session, wanted: dict[int, int], after: dict[int, in
     """PostgreSQL: the next claimable jobs of several runs in one statement (a claim shared among runs
     costs one round trip, not one per run): a LATERAL range of ix_jobs_run_state_id per run, each bounded
     on both sides as schema.ledger.keyset explains, locked with SKIP LOCKED."""
-    plan = values(
-        column("run_id", BigInteger), column("wanted", BigInteger), column("after", BigInteger), name="plan"
-    ).data([(run_id, n, after.get(run_id, 0)) for run_id, n in sorted(wanted.items())])
+    # The plan as three arrays (unnest), not a VALUES list: one statement text for any plan, compiled once.
+    runs = sorted(wanted)
+    arrays = {
+        "plan_runs": runs,
+        "plan_wanted": [wanted[r] for r in runs],
+        "plan_after": [after.get(r, 0) for r in runs],
+    }
+    plan = (
+        func.unnest(*(bindparam(name, type_=postgresql.ARRAY(BigInteger)) for name in arrays))
+        .table_valued("run_id", "wanted", "after")
+        .render_derived(name="plan")
+    )
     queued = literal(JobState.QUEUED.value)
     head = (
         select(Job)
@@ -251,7 +260,7 @@ def _heads_at_once(session: Session, wanted: dict[int, int], after: dict[int, in
         .with_for_update(skip_locked=True)
         .lateral("head")
     )
-    return list(session.scalars(select(aliased(Job, head)).select_from(plan).join(head, true())))
+    return list(session.scalars(select(aliased(Job, head)).select_from(plan).join(head, true()), arrays))
 
 
 def _open_attempts(
