@@ -12,7 +12,7 @@ from vlmbatch.producer.browser.queries import RunSummary
 
 def run_summary(summary: RunSummary) -> dict[str, Any]:
     """One run: its identity, counts per state and error type, priority and weight, whether it is paused
-(since when, why), throughput and ETA."""
+    (since when, why), throughput and ETA."""
     run, progress = summary.run, summary.progress
     report = progress.report
     return {
