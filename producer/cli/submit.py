@@ -123,6 +123,15 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
         click.echo("", err=True)
     with ctx.sessions() as session:
         status = run_status(session, report.run)
+    if status.paused:  # by `vlmbatch pause` or its circuit breaker: what ran here has finished
+        elapsed, tokens = time.monotonic() - started, pipeline.counters.completion_tokens
+        click.echo(status.model_dump_json() if flags["as_json"] else _summary(ctx, report.run, elapsed, tokens))
+        click.echo(
+            f"run {report.run} is paused: {terminal_safe(status.pause_reason or '')}; "
+            f"`vlmbatch resume {report.run}`, then `vlmbatch run` again, finishes it",
+            err=True,
+        )
+        sys.exit(3)
     if flags["as_json"]:
         click.echo(status.model_dump_json())
         return

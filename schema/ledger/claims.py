@@ -130,14 +130,6 @@ def claim_next(
     return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
 
 
-def runs_with_queued_jobs(session: Session, *, queue: str, model: str | None = None) -> list[int]:
-    """The runs of `queue` (serving `model`, when given, neither held nor paused) that have queued jobs,
-    in the order a claim takes from them (schema.ledger.shares): by their counters, none per job."""
-    runs = active_runs(session, queue=queue, model=model)
-    join(runs)
-    return [run.run_id for run, _ in allocate(runs, sum(r.queued for r in runs))]
-
-
 def _claimable_run(run_id: int) -> Any:
     # The run may still be claimed from: a pause takes effect at the next claim, whatever a claimer cached.
     return exists().where(Run.id == run_id, Run.held.is_(False), Run.paused_at.is_(None))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.fixtures.bad_images import good_jpeg, truncated_jpeg
+from tests.fixtures.bad_images import good_jpeg, truncated_jpeg, unsupported_format
 from tests.integration.ledger_helpers import ledger, make_run
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
 from tests.integration.test_storage_denied import BUCKET, guarded_s3  # noqa: F401  (the fixture)
@@ -217,3 +217,23 @@ def test_one_engine_death_counts_once_however_many_jobs_it_handed_back(database_
             assert breaker is not None and breaker.streak == death + 1
     run = _run(sessions, run_id)
     assert run.pause_reason is not None and "3 failures in a row" in run.pause_reason  # a crash loop trips it
+
+
+def test_vlmbatch_run_stops_once_its_run_trips_and_says_so(sqlite_url: str, tmp_path: Path) -> None:
+    from tests.processes import vlmbatch
+
+    folder = tmp_path / "unsupported"
+    folder.mkdir()
+    for i in range(12):  # every job the same unsupported input: systematic
+        (folder / f"{i:02}.jpg").write_bytes(unsupported_format())
+    env = {
+        "VLMBATCH_DATABASE_URL": sqlite_url,
+        "VLMBATCH_ENGINE": "fake",
+        "VLMBATCH_BREAKER_STREAK": "4",
+        "VLMBATCH_MAX_NUM_SEQS": "1",
+    }
+    done = vlmbatch(["run", str(folder), "-q", "What?", "--model", "fake-model"], env)
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("run 1 is paused: circuit breaker: ") and "input.unsupported" in last
+    assert "`vlmbatch resume 1`" in last
