@@ -13,6 +13,7 @@ from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import progress_line, status_block, table
 from vlmbatch.producer.reports.stats import run_accounting
+from vlmbatch.schema.contracts.models import StatusReport
 from vlmbatch.schema.ledger.liveness import workers_alive
 from vlmbatch.schema.ledger.runs import get_run
 from vlmbatch.schema.ledger.status import run_progress, run_status
@@ -35,10 +36,10 @@ def status_command(run: str | None, as_json: bool, watch: bool, interval: float)
                 click.echo(json.dumps([r.model_dump() for r in reports]))
                 return
             rows = [
-                (r.id, r.name, rep.total, *(rep.counts[s] for s in rep.counts))
+                (r.id, r.name, rep.total, *(rep.counts[s] for s in rep.counts), _steering(rep))
                 for r, rep in zip(runs, reports, strict=True)
             ]
-            headers = ["id", "name", "total", *(reports[0].counts if reports else [])]
+            headers = ["id", "name", "total", *(reports[0].counts if reports else []), "priority / paused"]
             click.echo(table(headers, rows) if rows else "no runs yet")
             return
         target = get_run(session, run)
@@ -63,3 +64,12 @@ def status_command(run: str | None, as_json: bool, watch: bool, interval: float)
         if progress.finished:
             return
         time.sleep(interval)
+
+
+def _steering(report: StatusReport) -> str:
+    place = f"{report.priority}" + (f" x{report.weight}" if report.weight != 1 else "")
+    if report.paused:
+        return place + (
+            ", breaker tripped" if (report.pause_reason or "").startswith("circuit breaker") else ", paused"
+        )
+    return place
