@@ -23,12 +23,12 @@ from datetime import datetime
 from enum import Enum
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.errors import ErrorType
 from vlmbatch.schema.contracts.states import AttemptOutcome
 from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.dialect import insert_for, lock_for_update
 from vlmbatch.schema.ledger.shares import active_runs
 from vlmbatch.schema.ledger.tables import Run, RunBreaker
 
@@ -122,8 +122,7 @@ def record_events(session: Session, events: Sequence[Event], *, policy: BreakerP
         return []
     _ensure_rows(session, touched)
     locked = select(RunBreaker).where(RunBreaker.run_id.in_(touched)).order_by(RunBreaker.run_id)
-    if session.get_bind().dialect.name == "postgresql":
-        locked = locked.with_for_update()
+    locked = lock_for_update(locked, session)
     trips = []
     for row in session.scalars(locked.execution_options(populate_existing=True)):
         rule = _count(row, by_run[row.run_id], policy)
@@ -138,8 +137,7 @@ def _dirty(row: RunBreaker | None) -> bool:
 
 
 def _ensure_rows(session: Session, run_ids: Iterable[int]) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert(RunBreaker) if dialect == "postgresql" else sqlite.insert(RunBreaker)
+    insert = insert_for(session, RunBreaker)
     values = [
         {
             "run_id": r,

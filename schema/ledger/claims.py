@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Select,
     Table,
@@ -27,13 +28,13 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, aliased
 
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.dialect import claims_runs_at_once, lock_for_claim
 from vlmbatch.schema.ledger.keyset import Keyset
 from vlmbatch.schema.ledger.shares import ActiveRun, active_runs, allocate, join, store_offsets
 from vlmbatch.schema.ledger.tables import Attempt, Job, Run
@@ -78,11 +79,8 @@ def _past_backoff(now: datetime) -> Any:
 
 
 def _lock(stmt: Select[Any], session: Session) -> Select[Any]:
-    # PostgreSQL: concurrent claimers skip each other's rows instead of queueing behind them.
-    # SQLite: the BEGIN IMMEDIATE transaction already serialises writers.
-    if session.get_bind().dialect.name == "postgresql":
-        return stmt.with_for_update(of=Job, skip_locked=True)
-    return stmt
+    # Concurrent claimers skip each other's rows instead of queueing behind them.
+    return lock_for_claim(stmt, session, of=Job)
 
 
 def claim_jobs(
@@ -122,8 +120,7 @@ def claim_next(
         stmt = stmt.where(Run.model == model)
     if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.ledger.keyset)
         queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-        stmt = stmt.where(_past_backoff(now), _claimable_run(run_id))
-        stmt = queued.page(stmt, dialect=session.get_bind().dialect.name)
+        stmt = queued.page(stmt.where(_past_backoff(now), _claimable_run(run_id)), session=session)
     else:
         stmt = stmt.where(_claimable(now)).order_by(Job.id)
     jobs = list(session.scalars(_lock(stmt.limit(limit), session)))
@@ -194,7 +191,7 @@ class QueueClaimer:
         jobs: list[Job] = []
         short: set[int] = set()
         wanted = {run.run_id: n for run, n in plan if n > 0}
-        if session.get_bind().dialect.name == "postgresql" and len(wanted) > 1:
+        if len(wanted) > 1 and claims_runs_at_once(session):
             taken = _heads_at_once(session, wanted, self._taken_up_to, now)
         else:
             taken = [job for run_id, n in wanted.items() for job in self._head(session, run_id, n, now)]
@@ -218,7 +215,7 @@ class QueueClaimer:
         stmt = select(Job).where(_past_backoff(now), _claimable_run(run_id))
         # After the jobs this claim took already: they are still `queued` (and locked by us) until the
         # claim's UPDATE.
-        stmt = queued.page(stmt, dialect=session.get_bind().dialect.name, after=self._taken_up_to.get(run_id))
+        stmt = queued.page(stmt, session=session, after=self._taken_up_to.get(run_id))
         return list(session.scalars(_lock(stmt.limit(wanted), session)))
 
 
@@ -234,7 +231,7 @@ def _heads_at_once(session: Session, wanted: dict[int, int], after: dict[int, in
         "plan_after": [after.get(r, 0) for r in runs],
     }
     plan = (
-        func.unnest(*(bindparam(name, type_=postgresql.ARRAY(BigInteger)) for name in arrays))
+        func.unnest(*(bindparam(name, type_=ARRAY(BigInteger)) for name in arrays))
         .table_valued("run_id", "wanted", "after")
         .render_derived(name="plan")
     )

@@ -26,6 +26,7 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.dialect import lock_for_claim
 from vlmbatch.schema.ledger.tables import Run, RunCount
 
 # A claim takes from this many runs at most (one index range each): with hundreds of active runs a claim
@@ -102,8 +103,7 @@ def store_offsets(session: Session, runs: Sequence[ActiveRun]) -> None:
     if not runs:
         return
     free = select(Run.id).where(Run.id.in_([r.run_id for r in runs]), Run.share_offset.is_(None))
-    if session.get_bind().dialect.name == "postgresql":
-        free = free.with_for_update(skip_locked=True)
+    free = lock_for_claim(free, session, of=Run)  # skipping rows another transaction holds
     ids = set(session.scalars(free.order_by(Run.id)))
     if not ids:
         return

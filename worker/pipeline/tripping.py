@@ -1,5 +1,6 @@
-"""Outcomes written with their runs' circuit breakers (schema/ledger/breaker.py), and the trips said in the
-log and the metrics: the worker's side of a run pausing itself."""
+"""The worker's side of a run pausing itself (schema/ledger/breaker.py): the breaker's policy from the
+settings (outcomes are written with it, writing.py), engines that do not start recorded, and the trips said
+in the log and the metrics."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from functools import partial
 
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.breaker import BreakerPolicy, Trip, engine_failed_to_start
-from vlmbatch.schema.ledger.outcomes import AttemptReport
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
-from vlmbatch.worker.pipeline.writing import write_reports_safely
 from vlmbatch.worker.telemetry.log_format import log_context
 from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 
@@ -34,13 +33,9 @@ class BreakerWatch:
         self._db = db
         self._metrics = metrics
 
-    async def write(self, reports: list[AttemptReport]) -> list[AttemptReport]:
-        """Commit the reports (fenced, retried on a lost connection); return those written."""
-        trips: list[Trip] = []
-        write = partial(write_reports_safely, self._db.sessions, reports, breaker=self._policy, trips=trips)
-        written = await self._db.blocking(write, retry=True)
-        self._say(trips)
-        return written
+    @property
+    def policy(self) -> BreakerPolicy:
+        return self._policy
 
     async def engine_failed(self, exc: Exception, *, model: str) -> None:
         """An engine that does not start (a model that does not load): every run it would serve counts it
@@ -58,9 +53,10 @@ class BreakerWatch:
         except Exception:  # the ledger is what failed: nothing to record it in
             log.warning("could not record the engine's failed start", exc_info=True)
             return
-        self._say(trips)
+        self.say(trips)
 
-    def _say(self, trips: list[Trip]) -> None:
+    def say(self, trips: list[Trip]) -> None:
+        """Log each trip at ERROR and count it in `vlmbatch_breaker_trips_total{run}`."""
         for trip in trips:
             self._metrics.breaker_trips.labels(run=str(trip.run_id)).inc()
             with log_context(run_id=trip.run_id):
