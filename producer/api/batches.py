@@ -25,6 +25,7 @@ from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.files import OUTPUT_PURPOSE, UPLOAD_PURPOSE, FileStore
 from vlmbatch.producer.api.ids import batch_id, parse_batch_id
 from vlmbatch.producer.reports.export import ExportFilter, export_run
+from vlmbatch.producer.sources.base import RejectPolicy
 from vlmbatch.producer.sources.openai_batch import CHAT_URLS, OpenAIBatchSource
 from vlmbatch.producer.submit import publish_run, submit
 from vlmbatch.schema.contracts.errors import BrokerUnavailable, SourceError
@@ -257,6 +258,7 @@ class BatchService:
                     queue=self.settings.queue,
                     run_name=name,
                     schedule=self._schedule(row_id),
+                    policy=RejectPolicy(),  # a bad request is a line of the error file, as OpenAI answers it
                 ).run
             except SourceError as exc:
                 errors = [{"code": "invalid_request", "message": str(exc), "param": None, "line": None}]

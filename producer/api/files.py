@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.ids import file_id, parse_file_id
+from vlmbatch.schema.ledger.api_files import list_files
 from vlmbatch.schema.ledger.tables import ApiFile
 
 UPLOAD_PURPOSE = "batch"
@@ -22,6 +23,8 @@ OUTPUT_PURPOSE = "batch_output"
 FORM_OVERHEAD = 64 * 1024
 _COPY_CHUNK = 1024 * 1024
 _MAX_FILENAME = 500
+# OpenAI's bounds on `GET /v1/files?limit=` (and its default: the SDK pages on with `after`).
+MAX_LIST_FILES = 10_000
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -97,6 +100,26 @@ class FileStore:
             session.flush()
             session.expunge(row)
         return row
+
+    def page(self, *, purpose: str | None, after: str | None, limit: int, order: str) -> dict[str, Any]:
+        """OpenAI's file list: `limit` files (1 to MAX_LIST_FILES) of `purpose` after the file `after`, newest
+        first unless `order` is `asc`. Raises ApiError (400) for a parameter out of range."""
+        if not 1 <= limit <= MAX_LIST_FILES:
+            raise ApiError(400, f"limit must be between 1 and {MAX_LIST_FILES}", param="limit")
+        if order not in ("asc", "desc"):
+            raise ApiError(400, "order must be asc or desc", param="order")
+        after_id = parse_file_id(after) if after else None
+        with self.sessions() as session:
+            ascending = order == "asc"
+            rows = list_files(session, purpose=purpose, after_id=after_id, limit=limit + 1, ascending=ascending)
+        data = [file_object(row) for row in rows[:limit]]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(rows) > limit,
+        }
 
     def get(self, public_id: str) -> ApiFile:
         row_id = parse_file_id(public_id)

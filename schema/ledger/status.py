@@ -54,6 +54,7 @@ def run_status(session: Session, run_id: int) -> StatusReport:
         paused_since=run.paused_at if run is not None else None,
         pause_reason=run.pause_reason if run is not None else None,
         breaker_trips=breaker.trips if breaker is not None else 0,
+        rejected=(run.rejected or 0) if run is not None else 0,
     )
 
 

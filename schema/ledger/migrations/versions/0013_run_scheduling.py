@@ -1,7 +1,7 @@
 """run scheduling: priorities, weighted shares, pause and a circuit breaker per run
 
 Revision ID: 0013_run_scheduling
-Revises: 0008_worker_heartbeats
+Revises: 0009_submit_rejects
 Create Date: 2026-12-07 18:00:00
 
 Workers took a queue's runs oldest first. `runs.priority` and `runs.weight` let them take from the highest
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_run_scheduling"
-down_revision = "0008_worker_heartbeats"
+down_revision = "0009_submit_rejects"
 branch_labels = None
 depends_on = None
 
