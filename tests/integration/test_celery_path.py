@@ -44,7 +44,14 @@ def test_500_jobs_from_s3_through_redis_and_a_celery_worker_land_in_postgres_onc
     assert results_per_job == {1}  # one result each
 
     again = vlmbatch_json(["submit", source, "--question", "What is it?", "--json"], env)
-    assert again == {"run": first["run"], "submitted": 0, "skipped": JOBS}
+    assert again == {
+        "run": first["run"],
+        "submitted": 0,
+        "skipped": JOBS,
+        "rejected": 0,
+        "first_rejects": [],
+        "unplaced": 0,
+    }
     status = vlmbatch_json(["status", str(first["run"]), "--json"], env)
     assert status == {
         "run": first["run"],
@@ -57,4 +64,5 @@ def test_500_jobs_from_s3_through_redis_and_a_celery_worker_land_in_postgres_onc
         "paused_since": None,
         "pause_reason": None,
         "breaker_trips": 0,
+        "rejected": 0,
     }
