@@ -4,7 +4,7 @@ run grows a hundredfold, two sizes side by side in one run (docs/ARCHITECTURE.md
 At each size, into a fresh PostgreSQL database and Redis: `vlmbatch submit` of N jobs (wall, jobs/s,
 peak RSS); `vlmbatch reconcile` with nothing lost and again after 1% of the messages were deleted from
 Redis (wall, peak RSS, jobs whose tokens were republished); the claim of one token's jobs (the queue's
-oldest 16 queued jobs, median of 20, rolled back);
+oldest 16 queued jobs, median of 20, rolled back), and again with 100 more runs active on the queue;
 `status` and the browser's run page, `?status=queued` page and a deep keyset page (median of 5, rendered
 in-process by the browser app); 2 `vlmbatch worker` processes on the fake engine, jobs/s over the first
 WINDOW seconds after their first result; one heartbeat of a worker running 10,000 jobs (and the job rows
@@ -31,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ MESSAGE_JOBS = 16  # the default jobs_per_message
 # Every size submits with these flags (and --run scale-N): a seeded run is created with the settings they give.
 SUBMIT_ARGS = ["-q", "x", "--model", "fake-model"]
 SEED_ABOVE = 1_000_000
+# Runs active on the queue besides the measured one, for the claim's cost with many runs (priorities and
+# shares are read from their counters: the claim must cost about what it costs with one run).
+MANY_RUNS = 100
 
 
 def write_manifest(folder: Path, n: int) -> Path:
@@ -117,6 +121,9 @@ def measure(work: Path, n: int, window: float, seed_above: int) -> tuple[dict[st
             session.rollback()
 
     row["claim of one token, ms"] = median_ms(claim_once, 20)
+    with other_runs(sessions, MANY_RUNS):
+        claimer = QueueClaimer(queue=QUEUE, model="fake-model")  # 101 active runs; warm after one claim
+        row[f"claim of one token, {MANY_RUNS} runs, ms"] = median_ms(claim_once, 20)
 
     def status_once() -> None:
         with sessions() as session:
@@ -177,6 +184,38 @@ def measure(work: Path, n: int, window: float, seed_above: int) -> tuple[dict[st
     browser_engine.dispose()
     drop_database(db)
     return row, note
+
+
+@contextmanager
+def other_runs(sessions: Any, runs: int, jobs: int = 100) -> Iterator[None]:
+    """`runs` more runs with `jobs` queued jobs each on the queue (and their counters), deleted after."""
+    from sqlalchemy import text
+
+    with sessions() as session, session.begin():
+        session.execute(
+            text(
+                "WITH new_runs AS (INSERT INTO runs (name, model, queue, settings, created_at, held, priority, weight) "
+                "SELECT 'bench-many-' || r, 'fake-model', :queue, '{}', now(), false, 0, 1 "
+                "FROM generate_series(1, :runs) AS r RETURNING id) "
+                "INSERT INTO jobs (run_id, input_key, images, question, state, attempt_count, attempt_base, "
+                "transient_failures, accepted_samples, created_at, queued_at) "
+                "SELECT new_runs.id, md5(new_runs.id || '-' || i), json_build_array('file:///img.jpg'), 'x', "
+                "'queued', 0, 0, 0, 0, now(), now() FROM new_runs, generate_series(1, :jobs) AS i"
+            ),
+            {"queue": QUEUE, "runs": runs, "jobs": jobs},
+        )
+        session.execute(
+            text(
+                "INSERT INTO run_counts (run_id, state, error_type, shard, jobs) "
+                "SELECT id, 'queued', '', 0, :jobs FROM runs WHERE name LIKE 'bench-many-%'"
+            ),
+            {"jobs": jobs},
+        )
+    try:
+        yield
+    finally:
+        with sessions() as session, session.begin():
+            session.execute(text("DELETE FROM runs WHERE name LIKE 'bench-many-%'"))
 
 
 def seed(

@@ -45,7 +45,7 @@ from vlmbatch.schema.ledger.enqueue import (
     staged_row,
 )
 from vlmbatch.schema.ledger.rejects import record_rejects
-from vlmbatch.schema.ledger.runs import create_or_reuse_run, get_or_create_run
+from vlmbatch.schema.ledger.runs import Schedule, create_or_reuse_run, get_or_create_run, reschedule
 from vlmbatch.worker.transport.publisher import Publisher
 
 # Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
@@ -74,12 +74,13 @@ def submit(
     question: str | None = None,
     held: bool = False,
     policy: RejectPolicy = STRICT,
+    schedule: Schedule | None = None,
 ) -> SubmitReport:
     """Submit every job of `source` to the run (`held`: a new run's jobs are not claimable until it is
-    released, schema.ledger.runs.release_run). Rows that cannot become jobs refuse the submit under a
-    strict `policy`, else they are recorded as the run's rejects (sources.base.RejectPolicy). Raises
-    SourceError (nothing written) for a bad source, one that yields no job, or too many rejects;
-    RunConflict when the named run exists with other settings."""
+    released, schema.ledger.runs.release_run; `schedule`: its priority and weight). Rows that cannot become
+    jobs refuse the submit under a strict `policy`, else they are recorded as the run's rejects
+    (sources.base.RejectPolicy). Raises SourceError (nothing written) for a bad source, one that yields no
+    job, or too many rejects; RunConflict when the named run exists with other settings."""
     name = run_name or default_run_name(source.uri, question, settings)
     rejects = Rejects(source.uri, policy)
     if sessions.kw["bind"].dialect.name == "postgresql":
@@ -92,6 +93,7 @@ def submit(
             name=name,
             held=held,
             rejects=rejects,
+            schedule=schedule,
         )
     check = reference_check(settings)
     source.validate(check, rejects)  # the first pass: counts and checks, writes nothing
@@ -105,6 +107,7 @@ def submit(
         source=source.uri,
         held=held,
         model_fingerprint=identify(settings.model).fingerprint,
+        schedule=schedule,
     )
     submitted = skipped = 0
     broker_error: Exception | None = None
@@ -122,6 +125,8 @@ def submit(
             broker_error = _publish(publisher, queue, len(new_ids))
         submitted += len(new_ids)
         skipped += len(specs) - len(new_ids)
+    with sessions() as session, session.begin():
+        reschedule(session, run_id=run.id, schedule=schedule or Schedule())
     _raise_if_unpublished(broker_error, run.id, submitted)
     return _report(run.id, submitted, skipped, rejects, source)
 
@@ -193,6 +198,7 @@ def _submit_in_one_transaction(
     name: str,
     held: bool,
     rejects: Rejects,
+    schedule: Schedule | None,
 ) -> SubmitReport:
     seen = submitted = 0
     strict = rejects.policy.strict
@@ -205,6 +211,7 @@ def _submit_in_one_transaction(
             source=source.uri,
             held=held,
             model_fingerprint=identify(settings.model).fingerprint,
+            schedule=schedule,
         )
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
@@ -230,6 +237,7 @@ def _submit_in_one_transaction(
         seen += len(chunk)
         run_id = run.id
         staging.count()
+        reschedule(session, run_id=run_id, schedule=schedule or Schedule())
         mark_published(session, run_id=run_id)
     with sessions() as session, session.begin():
         # Before the first message: workers claim right away, and need plans made for this table's size.

@@ -9,6 +9,7 @@ from typing import Any
 from vlmbatch.producer.api.errors import ApiError
 from vlmbatch.producer.sources.openai_batch import NotARequest, OpenAIBatchSource
 from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.ledger.runs import Schedule
 
 # Bad lines listed in `errors.data` at most (the first ones): a million bad lines make a short answer.
 MAX_LISTED_ERRORS = 1000
@@ -50,3 +51,28 @@ def metadata_pairs(value: Any) -> dict[str, Any] | None:
 
 def _metadata_pair(key: Any, value: Any) -> bool:
     return isinstance(key, str) and isinstance(value, str) and len(key) <= 64 and len(value) <= 512
+
+
+# Batch metadata keys that place the batch's run among its queue's runs (`vlmbatch priority`); any other
+# metadata is the caller's own and is only stored.
+PRIORITY_KEY = "vlmbatch_priority"
+WEIGHT_KEY = "vlmbatch_weight"
+
+
+def metadata_schedule(metadata: dict[str, Any] | None) -> Schedule:
+    """The run's priority and weight from the batch's metadata (integers as strings). Raises ApiError."""
+    metadata = metadata or {}
+    return Schedule(
+        priority=_integer(metadata, PRIORITY_KEY, -1000, 1000),
+        weight=_integer(metadata, WEIGHT_KEY, 1, 1000),
+    )
+
+
+def _integer(metadata: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit() or not low <= int(text) <= high:
+        raise ApiError(400, f"metadata.{key}: an integer from {low} to {high}, not {value!r}", param="metadata")
+    return int(text)

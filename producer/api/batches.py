@@ -19,7 +19,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.staging import Stager
-from vlmbatch.producer.api.batch_input import line_errors, metadata_pairs
+from vlmbatch.producer.api.batch_input import line_errors, metadata_pairs, metadata_schedule
 from vlmbatch.producer.api.batch_object import batch_object, completion_window
 from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.files import OUTPUT_PURPOSE, UPLOAD_PURPOSE, FileStore
@@ -34,7 +34,7 @@ from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.resubmit import cancel_run
-from vlmbatch.schema.ledger.runs import release_run
+from vlmbatch.schema.ledger.runs import Schedule, release_run
 from vlmbatch.schema.ledger.status import run_status
 from vlmbatch.schema.ledger.tables import ApiBatch, ApiFile, Run
 from vlmbatch.worker.transport.publisher import Publisher
@@ -75,6 +75,7 @@ class BatchService:
             raise ApiError(400, f"endpoint {endpoint!r}: only {CHAT_URLS[0]}", param="endpoint")
         window = completion_window(body.get("completion_window"))
         metadata = metadata_pairs(body.get("metadata"))
+        metadata_schedule(metadata)  # refused now, not after the upload was read
         given = body.get("input_file_id")
         if not isinstance(given, str):
             raise ApiError(400, "input_file_id must be a file id", param="input_file_id")
@@ -256,6 +257,7 @@ class BatchService:
                     settings=RunSettings(model=self.settings.model),
                     queue=self.settings.queue,
                     run_name=name,
+                    schedule=self._schedule(row_id),
                     policy=RejectPolicy(),  # a bad request is a line of the error file, as OpenAI answers it
                 ).run
             except SourceError as exc:
@@ -268,6 +270,11 @@ class BatchService:
                 publish_run(self.sessions, self.publisher, queue=self.settings.queue, run_id=run_id)
             except BrokerUnavailable as exc:  # the jobs are in the ledger; workers or the reconciler publish them
                 log.warning("batch %s: %s", batch_id(row_id), exc)
+
+    def _schedule(self, row_id: int) -> Schedule:
+        with self.sessions() as session:
+            row = session.get(ApiBatch, row_id)
+            return metadata_schedule(row.metadata_ if row is not None else None)
 
     def _stopped(self, row_id: int) -> bool:
         with self.sessions() as session:

@@ -11,7 +11,8 @@ from vlmbatch.producer.browser.queries import RunSummary
 
 
 def run_summary(summary: RunSummary) -> dict[str, Any]:
-    """One run: its identity, counts per state and error type, throughput and ETA."""
+    """One run: its identity, counts per state and error type, priority and weight, whether it is paused
+    (since when, why), throughput and ETA."""
     run, progress = summary.run, summary.progress
     report = progress.report
     return {
@@ -27,6 +28,11 @@ def run_summary(summary: RunSummary) -> dict[str, Any]:
         "finished": progress.finished,
         "counts": report.counts,
         "errors": report.errors,
+        "priority": report.priority,
+        "weight": report.weight,
+        "paused_at": _iso(report.paused_since),
+        "pause_reason": report.pause_reason,
+        "breaker_trips": report.breaker_trips,
         "jobs_per_second": progress.jobs_per_second,
         "eta_seconds": progress.eta_seconds,
     }

@@ -47,6 +47,8 @@ def runs_page(summaries: list[RunSummary], *, next_before: int | None) -> str:
 def _run_status(summary: RunSummary) -> str:
     if summary.run.cancelled_at is not None:
         return "cancelled"
+    if summary.run.paused_at is not None:
+        return "paused"
     return "finished" if summary.progress.finished else ""
 
 
@@ -109,6 +111,13 @@ def _run_facts(summary: RunSummary) -> list[tuple[str, object]]:
             pairs.append(("Choices", ", ".join(settings.choices)))
     if run.cancelled_at is not None:
         pairs.append(("Cancelled (UTC)", when(run.cancelled_at)))
+    report = progress.report
+    pairs.append(("Priority, weight", f"{report.priority}, {report.weight}"))
+    if report.paused_since is not None:
+        pairs.append(("Paused since (UTC)", when(report.paused_since)))
+        pairs.append(("Paused because", f"{report.pause_reason}; `vlmbatch resume {run.id}` resumes it"))
+    if report.breaker_trips:
+        pairs.append(("Circuit breaker", f"tripped {report.breaker_trips} time(s)"))
     if progress.duration_seconds is not None:
         pairs.append(
             ("Took", f"{duration(progress.duration_seconds)} ({number(progress.mean_jobs_per_second)} jobs/s)")

@@ -20,7 +20,7 @@ def main() -> None:
     from pydantic import ValidationError
     from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
-    from vlmbatch.producer.cli import db, demo, ops, outputs, runs, serve, submit, work  # noqa: F401  (registers the commands)
+    from vlmbatch.producer.cli import db, demo, ops, outputs, runs, serve, steer, submit, work  # noqa: F401  (registers the commands)
 
     try:
         cli.main(standalone_mode=False)

@@ -14,6 +14,7 @@ from vlmbatch.schema.contracts.errors import RETRYABLE_ERRORS, ErrorType
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
 from vlmbatch.schema.ledger.runs import get_run
+from vlmbatch.schema.ledger.shares import rejoin
 
 
 def _states(value: str) -> list[JobState]:
@@ -61,6 +62,7 @@ def resubmit_command(
     if not dry_run and selection.job_ids:
         with ctx.sessions() as session, session.begin():
             queued = resubmit_jobs(session, job_ids=selection.job_ids, max_tokens=max_tokens)
+            rejoin(session, run_id=target.id)  # back among the active runs: level with them, not owed
         ctx.publisher().publish(target.queue, len(queued))
     groups = [
         {"status": state, "error_type": error_type, "jobs": n}

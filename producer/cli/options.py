@@ -196,6 +196,18 @@ def run_options(fn: F) -> F:
         ),
         click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: always generate max tokens."),
         click.option("--queue", help="Broker queue [env VLMBATCH_QUEUE]."),
+        click.option(
+            "--priority",
+            type=click.IntRange(-1000, 1000),
+            default=None,
+            help="Workers take from higher-priority runs of a queue first [default: 0; a reused run keeps its own].",
+        ),
+        click.option(
+            "--weight",
+            type=click.IntRange(1, 1000),
+            default=None,
+            help="This run's share of a priority's workers, relative to the other runs' [default: 1].",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
     ]
     for option in reversed(options):

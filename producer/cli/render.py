@@ -59,6 +59,14 @@ def progress_line(name: str, progress: Progress) -> str:
 def status_block(name: str, progress: Progress, cost: Totals | None = None, workers: int | None = None) -> str:
     report = progress.report
     lines = [f"run {report.run} ({terminal_safe(name)}): {report.total} jobs"]
+    if report.paused:
+        since = report.paused_since.isoformat(sep=" ", timespec="seconds") if report.paused_since else "?"
+        lines.append(f"paused since {since} UTC: {terminal_safe(report.pause_reason or '')}")
+        lines.append(f"(running jobs finish, none is claimed; `vlmbatch resume {report.run}` resumes it)")
+    if report.priority or report.weight != 1:
+        lines.append(f"priority {report.priority}, weight {report.weight}")
+    if report.breaker_trips and not report.paused:
+        lines.append(f"circuit breaker tripped {report.breaker_trips} times before (resumed since)")
     lines.append(table(["state", "jobs"], [(s.value, report.counts[s.value]) for s in JobState]))
     if report.errors:
         lines.append("")

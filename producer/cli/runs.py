@@ -15,6 +15,7 @@ from vlmbatch.producer.cli.progress import BarStream, ProgressDisplay
 from vlmbatch.producer.cli.render import status_block, table
 from vlmbatch.producer.reports.display import preview
 from vlmbatch.producer.reports.stats import run_accounting
+from vlmbatch.schema.contracts.models import StatusReport
 from vlmbatch.schema.ledger.liveness import model_unserved, workers_alive
 from vlmbatch.schema.ledger.runs import get_run
 from vlmbatch.schema.ledger.status import list_runs, run_progress, run_status
@@ -96,8 +97,27 @@ def _list_runs(session: Session, *, as_json: bool) -> None:
             preview(r.question, 40),
             rep.total,
             *(rep.counts[s] for s in rep.counts),
+            _steering(rep),
         )
         for r, rep in zip(listings, reports, strict=True)
     ]
-    headers = ["id", "name", "created (UTC)", "model", "question", "total", *(reports[0].counts if reports else [])]
+    headers = [
+        "id",
+        "name",
+        "created (UTC)",
+        "model",
+        "question",
+        "total",
+        *(reports[0].counts if reports else []),
+        "priority / paused",
+    ]
     click.echo(table(headers, rows) if rows else "no runs yet")
+
+
+def _steering(report: StatusReport) -> str:
+    place = f"{report.priority}" + (f" x{report.weight}" if report.weight != 1 else "")
+    if report.paused:
+        return place + (
+            ", breaker tripped" if (report.pause_reason or "").startswith("circuit breaker") else ", paused"
+        )
+    return place

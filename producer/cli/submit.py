@@ -33,7 +33,7 @@ from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.models import RunSettings, SubmitReport
 from vlmbatch.schema.contracts.states import JobState
-from vlmbatch.schema.ledger.runs import get_run
+from vlmbatch.schema.ledger.runs import Schedule, get_run
 from vlmbatch.schema.ledger.status import run_progress, run_status
 from vlmbatch.worker.telemetry.log_format import configure_logging
 from vlmbatch.worker.telemetry.progress_log import Every
@@ -83,6 +83,7 @@ def _submit(
         queue=ctx.settings.queue,
         run_name=flags["run_name"],
         question=prompt_identity or None,
+        schedule=Schedule(priority=flags["priority"], weight=flags["weight"]),
         policy=reject_policy(flags),
     )
     for note in [*source_notes(source), *submit_notes(report)]:
@@ -239,6 +240,15 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
     assert pipeline is not None  # every other way out of the try exits
     with ctx.sessions() as session:
         status = run_status(session, report.run)
+    if status.paused:  # by `vlmbatch pause` or its circuit breaker: what ran here has finished
+        elapsed, tokens = time.monotonic() - started, pipeline.counters.completion_tokens
+        click.echo(status.model_dump_json() if flags["as_json"] else _summary(ctx, report.run, elapsed, tokens))
+        click.echo(
+            f"run {report.run} is paused: {terminal_safe(status.pause_reason or '')}; "
+            f"`vlmbatch resume {report.run}`, then `vlmbatch run` again, finishes it",
+            err=True,
+        )
+        sys.exit(3)
     if flags["as_json"]:
         click.echo(status.model_dump_json())
         return

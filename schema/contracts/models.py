@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -230,6 +231,14 @@ class StatusReport(BaseModel):
     total: int
     counts: dict[str, int]
     errors: dict[str, int]
+    # Its place among its queue's runs, and whether it is paused: since when (UTC) and why (a reason
+    # starting "circuit breaker" when its breaker tripped).
+    priority: int = 0
+    weight: int = 1
+    paused: bool = False
+    paused_since: datetime | None = None
+    pause_reason: str | None = None
+    breaker_trips: int = 0
     # Source rows recorded as rejects at submit (never jobs): `vlmbatch export RUN --format rejects`.
     rejected: int = 0
 

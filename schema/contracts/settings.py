@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     # A message delivered but unacknowledged this long counts as lost with the worker that took it.
     unacked_stale_seconds: float = Field(300.0, gt=0.0)
 
+    # A run's circuit breaker (schema/ledger/breaker.py): it pauses a run whose attempts fail for a reason
+    # not about one row (the store's credentials or network, the engine) this many times in a row, or
+    # when at least `breaker_min_failures` of them make `breaker_ratio` of its last `breaker_window` attempts.
+    # 50 in a row is ~17 jobs of three tries each: long past a blip, long before a night's queue is spent.
+    breaker_enabled: bool = True
+    breaker_streak: int = Field(50, ge=1)
+    breaker_window: int = Field(500, ge=10)
+    breaker_ratio: float = Field(0.2, gt=0.0, le=1.0)
+    breaker_min_failures: int = Field(50, ge=1)
+
     # The fake engine (tests and control-plane benchmarks only).
     fake_latency_s: float = Field(0.0, ge=0.0)
     fake_tokens_per_second: float = Field(0.0, ge=0.0)

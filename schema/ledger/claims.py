@@ -11,16 +11,37 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, Table, and_, func, insert, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
-from vlmbatch.schema.ledger.dialect import lock_for_claim
+from vlmbatch.schema.ledger.dialect import claims_runs_at_once, lock_for_claim
 from vlmbatch.schema.ledger.keyset import Keyset
-from vlmbatch.schema.ledger.tables import Attempt, Job, Run, RunCount
+from vlmbatch.schema.ledger.shares import ActiveRun, active_runs, allocate, join, serves, store_offsets
+from vlmbatch.schema.ledger.tables import Attempt, Job, Run
+
+# A claimer reads its queue's active runs again after this many claims at most (a priority or weight
+# changed, a run resumed): between reads it keeps the shares by its own claims.
+REFRESH_CLAIMS = 16
 
 
 @dataclass(frozen=True)
@@ -101,80 +122,137 @@ def claim_next(
         stmt = stmt.where(serves(model, fingerprint))
     if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.ledger.keyset)
         queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-        stmt = queued.page(stmt.where(_past_backoff(now)), session=session)
+        stmt = queued.page(stmt.where(_past_backoff(now), _claimable_run(run_id)), session=session)
     else:
         stmt = stmt.where(_claimable(now)).order_by(Job.id)
     jobs = list(session.scalars(_lock(stmt.limit(limit), session)))
     return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
 
 
-def serves(model: str, fingerprint: str | None) -> ColumnElement[bool]:
-    """Runs a worker of `model` serves: those naming it, and with a fingerprint, those whose model is the
-    same folder under another path (schema/contracts/model_identity.py)."""
-    if fingerprint is None:
-        return Run.model == model
-    return or_(Run.model == model, Run.model_fingerprint == fingerprint)
-
-
-def runs_with_queued_jobs(
-    session: Session, *, queue: str, model: str | None = None, fingerprint: str | None = None
-) -> list[int]:
-    """The runs of `queue` (serving `model`, when given, and not held) that have queued jobs, oldest
-    first, by their counters: ix_run_counts_state's rows of runs that ever had queued jobs, none per job."""
-    stmt = (
-        select(RunCount.run_id)
-        .join(Run, Run.id == RunCount.run_id)
-        .where(RunCount.state == JobState.QUEUED.value, Run.queue == queue, Run.held.is_(False))
-        .group_by(RunCount.run_id)
-        .having(func.sum(RunCount.jobs) > 0)
-        .order_by(RunCount.run_id)
-    )
-    if model is not None:
-        stmt = stmt.where(serves(model, fingerprint))
-    return list(session.scalars(stmt))
+def _claimable_run(run_id: int) -> Any:
+    # The run may still be claimed from: a pause takes effect at the next claim, whatever a claimer cached.
+    return exists().where(Run.id == run_id, Run.held.is_(False), Run.paused_at.is_(None))
 
 
 @dataclass
 class QueueClaimer:
-    """Claims the oldest claimable jobs of one queue's runs for a claim token (schema/contracts/tokens.py).
+    """Claims jobs of one queue's runs for a claim token (schema/contracts/tokens.py): the highest priority
+    first, a priority shared by weight (schema.ledger.shares), each run's oldest claimable jobs.
 
-    It remembers which runs had queued jobs, so that a claim costs one index range per run it takes from
-    (ix_jobs_run_state_id) and looks the runs up again only when those come up short."""
+    It keeps the queue's active runs from their counters and reads them again every REFRESH_CLAIMS claims,
+    when a run came up short, or when a run was created since; in between it advances the shares by its
+    own claims. A claim costs one index range per run it takes from (ix_jobs_run_state_id), at most
+    RUNS_PER_CLAIM of them while they have jobs."""
 
     queue: str
     model: str | None = None
     fingerprint: str | None = None
-    open_runs: list[int] = field(default_factory=list)
+    runs: list[ActiveRun] = field(default_factory=list)
+    _claims_since_read: int = REFRESH_CLAIMS
+    _newest_run: int | None = None
+    # The last job id each run gave to the claim in progress.
+    _taken_up_to: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def open_runs(self) -> list[int]:
+        return [r.run_id for r in self.runs]
 
     def claim(self, session: Session, *, limit: int, worker: str, lease_seconds: float) -> list[ClaimedJob]:
         if limit <= 0:
             return []
         now = database_now(session)
-        jobs, drained = self._take(session, self.open_runs, limit, now)
-        if len(jobs) < limit:
-            self.open_runs = runs_with_queued_jobs(
-                session, queue=self.queue, model=self.model, fingerprint=self.fingerprint
-            )
-            more, _ = self._take(session, [r for r in self.open_runs if r not in drained], limit - len(jobs), now)
-            jobs += more
-        return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
+        newest = session.scalar(select(func.max(Run.id)))
+        joined: list[ActiveRun] = []
+        if self._claims_since_read >= REFRESH_CLAIMS or newest != self._newest_run:
+            joined = self._read(session, newest)
+        self._claims_since_read += 1
+        self._taken_up_to = {}
+        jobs, short = self._take(session, allocate(self.runs, limit), now)
+        if len(jobs) < limit and (short or not self.runs):
+            # Runs ran dry or their jobs back off: read them again and fill up from the others, in turn.
+            joined += self._read(session, newest)
+            rest = [r for r in self.runs if r.run_id not in short]
+            for run, _ in allocate(rest, sum(r.queued for r in rest)):
+                if len(jobs) >= limit:
+                    break
+                more, _ = self._take(session, [(run, min(run.queued, limit - len(jobs)))], now)
+                jobs += more
+        claimed = _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
+        store_offsets(session, joined)
+        return claimed
 
-    @staticmethod
-    def _take(session: Session, runs: Sequence[int], limit: int, now: datetime) -> tuple[list[Job], set[int]]:
-        """Up to `limit` claimable jobs of `runs`, run by run, locked; and the runs found short of jobs."""
+    def _read(self, session: Session, newest: int | None) -> list[ActiveRun]:
+        """Read the active runs again; return those that just joined (their offsets are to be stored)."""
+        self.runs = active_runs(session, queue=self.queue, model=self.model, fingerprint=self.fingerprint)
+        self._claims_since_read, self._newest_run = 0, newest
+        return join(self.runs)
+
+    def _take(
+        self, session: Session, plan: Sequence[tuple[ActiveRun, int]], now: datetime
+    ) -> tuple[list[Job], set[int]]:
+        """Up to the planned number of claimable jobs of each run, locked; and the runs found short."""
         jobs: list[Job] = []
-        drained: set[int] = set()
-        for run_id in runs:
-            wanted = limit - len(jobs)
-            if wanted <= 0:
-                break
-            queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-            stmt = queued.page(select(Job).where(_past_backoff(now)), session=session)
-            taken = list(session.scalars(_lock(stmt.limit(wanted), session)))
-            if len(taken) < wanted:
-                drained.add(run_id)
-            jobs += taken
-        return jobs, drained
+        short: set[int] = set()
+        wanted = {run.run_id: n for run, n in plan if n > 0}
+        if len(wanted) > 1 and claims_runs_at_once(session):
+            taken = _heads_at_once(session, wanted, self._taken_up_to, now)
+        else:
+            taken = [job for run_id, n in wanted.items() for job in self._head(session, run_id, n, now)]
+        by_run: dict[int, list[Job]] = {}
+        for job in taken:
+            by_run.setdefault(job.run_id, []).append(job)
+        for run, _ in plan:
+            mine = sorted(by_run.get(run.run_id, []), key=lambda job: job.id)
+            if mine:
+                self._taken_up_to[run.run_id] = mine[-1].id
+            if len(mine) < wanted.get(run.run_id, 0):
+                short.add(run.run_id)
+            run.served += len(mine)
+            run.queued -= len(mine)
+            jobs += mine
+        return jobs, short
+
+    def _head(self, session: Session, run_id: int, wanted: int, now: datetime) -> list[Job]:
+        """The run's next `wanted` claimable jobs, locked: one range of ix_jobs_run_state_id."""
+        queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
+        stmt = select(Job).where(_past_backoff(now), _claimable_run(run_id))
+        # After the jobs this claim took already: they are still `queued` (and locked by us) until the
+        # claim's UPDATE.
+        stmt = queued.page(stmt, session=session, after=self._taken_up_to.get(run_id))
+        return list(session.scalars(_lock(stmt.limit(wanted), session)))
+
+
+def _heads_at_once(session: Session, wanted: dict[int, int], after: dict[int, int], now: datetime) -> list[Job]:
+    """PostgreSQL: the next claimable jobs of several runs in one statement (a claim shared among runs
+    costs one round trip, not one per run): a LATERAL range of ix_jobs_run_state_id per run, each bounded
+    on both sides as schema.ledger.keyset explains, locked with SKIP LOCKED."""
+    # The plan as three arrays (unnest), not a VALUES list: one statement text for any plan, compiled once.
+    runs = sorted(wanted)
+    arrays = {
+        "plan_runs": runs,
+        "plan_wanted": [wanted[r] for r in runs],
+        "plan_after": [after.get(r, 0) for r in runs],
+    }
+    plan = (
+        func.unnest(*(bindparam(name, type_=ARRAY(BigInteger)) for name in arrays))
+        .table_valued("run_id", "wanted", "after")
+        .render_derived(name="plan")
+    )
+    queued = literal(JobState.QUEUED.value)
+    head = (
+        select(Job)
+        .where(
+            tuple_(Job.run_id, Job.state, Job.id) >= tuple_(plan.c.run_id, queued, plan.c.after + 1),
+            tuple_(Job.run_id, Job.state) <= tuple_(plan.c.run_id, queued),
+            _past_backoff(now),
+            exists().where(Run.id == plan.c.run_id, Run.held.is_(False), Run.paused_at.is_(None)).correlate_except(Run),
+        )
+        .order_by(Job.run_id, Job.state, Job.id)
+        .limit(plan.c.wanted)
+        .with_for_update(skip_locked=True)
+        .lateral("head")
+    )
+    return list(session.scalars(select(aliased(Job, head)).select_from(plan).join(head, true()), arrays))
 
 
 def _open_attempts(

@@ -111,6 +111,7 @@ def queued_by_queue(session: Session, *, run_id: int | None, cutoff: datetime) -
         .where(
             RunCount.state == JobState.QUEUED.value,
             Run.held.is_(False),  # a batch still validating: no token may claim its jobs yet
+            Run.paused_at.is_(None),  # paused: its resume publishes its tokens
             or_(Run.published_at.is_(None), Run.published_at < cutoff),
         )
         .group_by(Run.queue)

@@ -12,6 +12,8 @@ The differences, and why each exists:
 - Counter shards: PostgreSQL spreads a run's counter rows over shards so that concurrent writers do not
   queue on one row; SQLite has one writer at a time.
 - Keyset pages: PostgreSQL needs row-value bounds to use the index for the order (see keyset.py).
+- A claim shared among runs: one LATERAL statement on PostgreSQL (a round trip per claim, not per run);
+  SQLite's writer is alone and in-process, one statement per run costs it nothing.
 - Advisory locks (one migrator, one reconciler at a time): PostgreSQL's; SQLite's writers are serialised.
 - Statistics: PostgreSQL plans from sampled statistics that a bulk load makes stale; SQLite's planner
   needs none here.
@@ -125,6 +127,12 @@ def clock_now(session: Session) -> datetime | None:
 def counter_shard(session: Session, shards: int) -> int:
     """The counter shard this transaction adds its deltas to."""
     return random.randrange(shards) if _postgres(session) else 0
+
+
+def claims_runs_at_once(session: Session) -> bool:
+    """Whether a claim shared among runs takes their jobs in one statement (a LATERAL range per run over
+    unnested arrays, PostgreSQL: one round trip however many runs), not one statement per run."""
+    return _postgres(session)
 
 
 def pages_by_row_values(session: Session) -> bool:

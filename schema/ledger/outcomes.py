@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.errors import ErrorType
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.breaker import BreakerPolicy, Event, Trip, classify, record_events
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
 from vlmbatch.schema.ledger.dialect import lock_for_update
@@ -84,8 +85,15 @@ def retry_delay(failures: int, *, rng: random.Random | None = None) -> float:
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
-def record_outcomes(session: Session, reports: Sequence[AttemptReport]) -> list[AttemptReport]:
-    """Write each report whose attempt still holds its job; return those written.
+def record_outcomes(
+    session: Session,
+    reports: Sequence[AttemptReport],
+    *,
+    breaker: BreakerPolicy | None = None,
+    trips: list[Trip] | None = None,
+) -> list[AttemptReport]:
+    """Write each report whose attempt still holds its job; return those written. The written outcomes
+    count into their runs' circuit breakers (`breaker`: the policy; the runs it pauses go to `trips`).
 
     A report whose attempt no longer holds the job (the job finished, was cancelled or was claimed
     again after its lease expired) changes nothing: not the job, not the attempt, no result rows.
@@ -132,6 +140,14 @@ def record_outcomes(session: Session, reports: Sequence[AttemptReport]) -> list[
     if rows:
         session.execute(insert(cast(Table, Result.__table__)), rows)
     _count(session, holding, job_values)
+    runs = {job_id: run_id for (job_id, _attempt), run_id in holding.items()}
+    events = [
+        Event(runs[r.job_id], classify(r.outcome, r.error_type), r.error_type and r.error_type.value, r.error_message)
+        for r in written
+    ]
+    tripped = record_events(session, events, policy=breaker or BreakerPolicy(), now=now)
+    if trips is not None:
+        trips.extend(tripped)
     return written
 
 

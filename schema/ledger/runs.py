@@ -15,6 +15,16 @@ from vlmbatch.schema.ledger.keyset import Keyset
 from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
 from vlmbatch.schema.ledger.tables import Job, Run
 
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's place among its queue's runs (schema/ledger/shares.py); None: the default, or what a reused
+    run has."""
+
+    priority: int | None = None
+    weight: int | None = None
+
+
 # Ids are 64-bit; a larger number names no run (and would overflow the database's integer).
 _MAX_ID = 2**63 - 1
 
@@ -43,11 +53,14 @@ def get_or_create_run(
     source: str | None,
     held: bool = False,
     model_fingerprint: str | None = None,
+    schedule: Schedule | None = None,
 ) -> Run:
     """Within the caller's transaction: the run called `name`, created if new (`held`: its jobs are not
-    claimable until released). Raises RunConflict when it exists with other settings."""
+    claimable until released; `schedule`: a new run's priority and weight, `reschedule` changes a reused
+    run's). Raises RunConflict when it exists with other settings."""
     wanted = settings.model_dump(mode="json")
     run = session.scalar(select(Run).where(Run.name == name))
+    schedule = schedule or Schedule()
     if run is None:
         run = Run(
             name=name,
@@ -57,6 +70,8 @@ def get_or_create_run(
             settings=wanted,
             source=source,
             held=held,
+            priority=schedule.priority if schedule.priority is not None else 0,
+            weight=schedule.weight if schedule.weight is not None else 1,
         )
         session.add(run)
         session.flush()
@@ -71,6 +86,18 @@ def get_or_create_run(
     return run
 
 
+def reschedule(session: Session, *, run_id: int, schedule: Schedule) -> None:
+    """After a submit added jobs to the run (in its transaction, after its job and counter writes: the
+    ledger's lock order): its priority and weight, when given, and its share starts level with the active
+    runs' (it may have drained long ago, schema.ledger.shares)."""
+    values: dict[str, object] = {"share_offset": None}
+    if schedule.priority is not None:
+        values["priority"] = schedule.priority
+    if schedule.weight is not None:
+        values["weight"] = schedule.weight
+    session.execute(update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False))
+
+
 def create_or_reuse_run(
     sessions: sessionmaker[Session],
     *,
@@ -80,6 +107,7 @@ def create_or_reuse_run(
     source: str | None,
     held: bool = False,
     model_fingerprint: str | None = None,
+    schedule: Schedule | None = None,
 ) -> Run:
     """The run called `name`, created with `settings` if new, in a transaction of its own.
 
@@ -97,6 +125,7 @@ def create_or_reuse_run(
                     source=source,
                     held=held,
                     model_fingerprint=model_fingerprint,
+                    schedule=schedule,
                 )
         except IntegrityError:
             continue

@@ -12,7 +12,7 @@ from vlmbatch.schema.contracts.models import StatusReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import read_counts
-from vlmbatch.schema.ledger.tables import Job, Run
+from vlmbatch.schema.ledger.tables import Job, Run, RunBreaker
 
 # Throughput is measured over this trailing window: long enough to smooth bursts, short enough to react.
 RATE_WINDOW = timedelta(minutes=5)
@@ -52,8 +52,21 @@ def run_status(session: Session, run_id: int) -> StatusReport:
     counts = StatusReport.empty_counts()
     kept = read_counts(session, run_id)
     counts.update(kept.by_state)
-    rejected = session.scalar(select(Run.rejected).where(Run.id == run_id)) or 0
-    return StatusReport(run=run_id, total=kept.total, counts=counts, errors=kept.errors, rejected=rejected)
+    run = session.get(Run, run_id)
+    breaker = session.get(RunBreaker, run_id)
+    return StatusReport(
+        run=run_id,
+        total=kept.total,
+        counts=counts,
+        errors=kept.errors,
+        priority=run.priority if run is not None else 0,
+        weight=run.weight if run is not None else 1,
+        paused=run is not None and run.paused_at is not None,
+        paused_since=run.paused_at if run is not None else None,
+        pause_reason=run.pause_reason if run is not None else None,
+        breaker_trips=breaker.trips if breaker is not None else 0,
+        rejected=(run.rejected or 0) if run is not None else 0,
+    )
 
 
 def run_progress(session: Session, run_id: int) -> Progress:

@@ -69,6 +69,17 @@ class Run(Base):
     # Its queued jobs are not claimable yet: a Batch API batch still `validating` (it may be cancelled
     # before it is accepted, and then none of its jobs may run).
     held: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Scheduling among the runs of a queue (schema/ledger/shares.py): a worker takes from the highest
+    # priority first and shares a priority's jobs among its runs by weight.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    # Added to the run's served jobs in its share: set when it (re)joins its queue's active runs, so that
+    # it starts level with them instead of owed everything they were served before it came.
+    share_offset: Mapped[float | None] = mapped_column(Float)
+    # Paused by `vlmbatch pause` or by its circuit breaker (schema/ledger/breaker.py): nothing new of it is
+    # claimed; what runs finishes. `pause_reason` says why (the breaker's names its first error).
+    paused_at: Mapped[datetime | None]
+    pause_reason: Mapped[str | None] = mapped_column(Text)
     # Source rows its submits recorded as rejects (SubmitReject rows), kept here so status reads no rows.
     rejected: Mapped[int] = mapped_column(default=0, server_default=text("0"))
 
@@ -186,6 +197,27 @@ class RunCount(Base):
     error_type: Mapped[str] = mapped_column(String(32), primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True)
     jobs: Mapped[int] = mapped_column(BigInteger)
+
+
+class RunBreaker(Base):
+    """A run's circuit breaker (schema/ledger/breaker.py): its recent attempts' failures that are not about
+    one row, as a few counters updated with each batch of outcomes (no scan of attempts)."""
+
+    __tablename__ = "run_breakers"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    # Failures in a row that are not about one row (reset by any other outcome).
+    streak: Mapped[int] = mapped_column(Integer, default=0)
+    # A sliding window of attempts, as two tumbling halves: the current one and the one before it.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    previous_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    previous_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The first failure since the breaker was last reset: what the run's pause reason quotes.
+    first_error_type: Mapped[str | None] = mapped_column(String(32))
+    first_error: Mapped[str | None] = mapped_column(Text)
+    tripped_at: Mapped[datetime | None]
+    trips: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Worker(Base):

@@ -44,11 +44,25 @@ def test_500_jobs_from_s3_through_redis_and_a_celery_worker_land_in_postgres_onc
     assert results_per_job == {1}  # one result each
 
     again = vlmbatch_json(["submit", source, "--question", "What is it?", "--json"], env)
-    assert again == {"run": first["run"], "submitted": 0, "skipped": JOBS}
+    assert again == {
+        "run": first["run"],
+        "submitted": 0,
+        "skipped": JOBS,
+        "rejected": 0,
+        "first_rejects": [],
+        "unplaced": 0,
+    }
     status = vlmbatch_json(["status", str(first["run"]), "--json"], env)
     assert status == {
         "run": first["run"],
         "total": JOBS,
         "counts": {"queued": 0, "running": 0, "succeeded": JOBS, "failed": 0, "truncated": 0, "cancelled": 0},
         "errors": {},
+        "priority": 0,
+        "weight": 1,
+        "paused": False,
+        "paused_since": None,
+        "pause_reason": None,
+        "breaker_trips": 0,
+        "rejected": 0,
     }

@@ -6,6 +6,7 @@ Plans, not timings: a plan that scans the table is as slow at 10^7 jobs on any m
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +65,25 @@ SELECT run_id, state, CASE WHEN state = 'failed' THEN error_type ELSE '' END, 0,
 FROM jobs GROUP BY 1, 2, 3
 """
 
+
+# 100 more runs on the queue, 200 queued jobs each, with their counters (rolled back after the test).
+_MANY_RUNS = """
+WITH new_runs AS (
+    INSERT INTO runs (name, model, queue, settings, created_at, held, priority, weight)
+    SELECT 'many-' || r, 'fake-model', 'q', '{}', now(), false, 0, 1 FROM generate_series(1, 100) AS r
+    RETURNING id
+)
+INSERT INTO jobs (run_id, input_key, images, question, state, attempt_count, attempt_base, transient_failures,
+                  accepted_samples, created_at, queued_at)
+SELECT new_runs.id, md5(new_runs.id || '-' || i), json_build_array('file:///img/' || i || '.jpg'), 'what?',
+       'queued', 0, 0, 0, 0, now(), now()
+FROM new_runs, generate_series(1, 200) AS i
+"""
+_COUNT_MANY = """
+INSERT INTO run_counts (run_id, state, error_type, shard, jobs)
+SELECT run_id, 'queued', '', 0, count(*) FROM jobs WHERE run_id IN (SELECT id FROM runs WHERE name LIKE 'many-%')
+GROUP BY run_id
+"""
 
 _JOBS_INDEXES = ("ix_jobs_", "jobs_pkey", "uq_jobs_")
 
@@ -189,16 +209,36 @@ def test_claiming_a_runs_next_jobs_reads_its_queued_keys(big_ledger: Ledger) -> 
     _assert_streams(plans, page=64)
 
 
-def test_a_claim_token_takes_the_queues_oldest_jobs_by_their_keys(big_ledger: Ledger) -> None:
+def test_a_claim_token_shares_the_queues_runs_and_takes_their_oldest_jobs_by_their_keys(big_ledger: Ledger) -> None:
     claimer = QueueClaimer(queue="q")
     with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
         claimed = claimer.claim(session, limit=64, worker="w-plan", lease_seconds=60)
         session.rollback()
     assert len(claimed) == 64
-    # The oldest run with queued jobs first: the one submitted and waiting, not the newest.
-    assert claimer.open_runs[0] == claimed[0].run_id != big_ledger.target
+    # The two runs with queued jobs share the claim, each its oldest queued jobs.
+    by_run = Counter(c.run_id for c in claimed)
+    assert set(by_run) == set(claimer.open_runs) and len(by_run) == 2 and big_ledger.target in by_run
+    assert by_run[big_ledger.target] == 32
     _assert_indexed(plans, expect="ix_jobs_run_state_id")
-    _assert_streams(plans, page=64)
+    _assert_streams(plans, page=32)
+
+
+def test_a_claim_with_a_hundred_active_runs_reads_a_few_of_them_by_their_keys(big_ledger: Ledger) -> None:
+    """100 more runs with queued jobs on the queue: a claim still reads each run it takes from through
+    ix_jobs_run_state_id, and takes from at most RUNS_PER_CLAIM of them."""
+    from vlmbatch.schema.ledger.shares import RUNS_PER_CLAIM
+
+    with big_ledger.sessions() as session, session.begin():
+        session.execute(text(_MANY_RUNS))
+        session.execute(text(_COUNT_MANY))
+        claimer = QueueClaimer(queue="q")
+        with explained(big_ledger.engine) as plans:
+            claimed = claimer.claim(session, limit=64, worker="w-plan", lease_seconds=60)
+        runs = len(claimer.open_runs)
+        session.rollback()
+    assert len(claimed) == 64 and runs == 102
+    assert len({c.run_id for c in claimed}) == RUNS_PER_CLAIM
+    _assert_indexed(plans, expect="ix_jobs_run_state_id")
 
 
 def test_a_heartbeat_reads_its_workers_running_jobs_and_writes_none(big_ledger: Ledger) -> None:

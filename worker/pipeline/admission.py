@@ -13,6 +13,7 @@ from functools import partial
 
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.claims import ClaimedJob, QueueClaimer, claim_next
+from vlmbatch.schema.ledger.controls import run_paused
 from vlmbatch.schema.ledger.runs import run_drained
 from vlmbatch.worker.pipeline.capacity import Capacity
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
@@ -113,7 +114,8 @@ class Admission:
                 await self._runner.launch(job)
 
     async def feed_run(self, run_id: int) -> None:
-        """Claim the run's queued jobs as room frees up, until none is queued or running."""
+        """Claim the run's queued jobs as room frees up, until none is queued or running, or it is paused
+        and none of its jobs runs here."""
         batch = max(1, min(self._settings.jobs_per_message, self._capacity.total))
         while True:
             self._check_running()
@@ -139,4 +141,8 @@ class Admission:
                 partial(run_drained, run_id=run_id)
             ):
                 return
+            if not self._attempts.holds_jobs_of(run_id) and await self._db.transaction(
+                partial(run_paused, run_id=run_id)
+            ):
+                return  # paused (by `vlmbatch pause` or its breaker): what ran has finished
             await self._capacity.wait_for_free(self._capacity.total, timeout=FEED_POLL_S)

@@ -43,6 +43,7 @@ from vlmbatch.worker.pipeline.inputs import ImageLoader
 from vlmbatch.worker.pipeline.leases import Heartbeat
 from vlmbatch.worker.pipeline.running import AttemptRunner
 from vlmbatch.worker.pipeline.supervision import supervise
+from vlmbatch.worker.pipeline.tripping import BreakerWatch
 from vlmbatch.worker.pipeline.writing import Outcomes, OutcomeWriter
 from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 from vlmbatch.worker.transport.publisher import Publisher
@@ -79,6 +80,7 @@ class Pipeline:
         self._attempts = Attempts()
         self._state = StopState()
         self._capacity = Capacity(settings.resolved_inflight_jobs())
+        self._breakers = BreakerWatch(settings=settings, db=self._db, metrics=self.metrics)
         self._runs = RunContexts(db=self._db, extra_roots=settings.resolved_local_roots())
         self._outcomes = Outcomes(
             db=self._db,
@@ -90,6 +92,7 @@ class Pipeline:
             state=self._state,
             counters=self.counters,
             metrics=self.metrics,
+            breakers=self._breakers,
         )
         self._writer = OutcomeWriter(self._outcomes)
         self._runner = AttemptRunner(
@@ -185,8 +188,10 @@ class Pipeline:
         beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
         try:
             await self._engine.start()
-        except BaseException:
+        except BaseException as exc:
             beating.cancel()
+            if isinstance(exc, Exception):  # the circuit breaker counts a failed start for the queue's runs
+                await self._breakers.engine_failed(exc, model=self._engine.model)
             raise
         self._writer_task = asyncio.create_task(self._writer.run(), name="writer")
         background = [

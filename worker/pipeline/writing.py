@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.schema.contracts.errors import ErrorType
 from vlmbatch.schema.contracts.states import AttemptOutcome
+from vlmbatch.schema.ledger.breaker import BreakerPolicy, Trip
 from vlmbatch.schema.ledger.database import transaction
 from vlmbatch.schema.ledger.outcomes import AttemptReport, record_outcomes
 from vlmbatch.worker.engines.base import Engine
@@ -24,6 +25,7 @@ from vlmbatch.worker.pipeline.capacity import Capacity
 from vlmbatch.worker.pipeline.counters import Counters
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inflight import Attempts, StopState
+from vlmbatch.worker.pipeline.tripping import BreakerWatch
 from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -49,8 +51,10 @@ class Outcomes:
         state: StopState,
         counters: Counters,
         metrics: WorkerMetrics,
+        breakers: BreakerWatch,
     ) -> None:
         self._db = db
+        self._breakers = breakers
         self._engine = engine
         self._attempts = attempts
         self._runs = runs
@@ -63,7 +67,7 @@ class Outcomes:
     async def commit(self, batch: list[AttemptReport]) -> None:
         """Write a batch of reports (fenced: a superseded attempt's report changes nothing), free their
         slots, and publish tokens for the jobs they put back in the queue."""
-        written = await self._db.blocking(partial(write_reports_safely, self._db.sessions, batch), retry=True)
+        written = await self._write(batch)
         written_ids = {r.attempt_id for r in written}
         requeued: dict[tuple[str, float | None], list[int]] = {}
         for report in batch:
@@ -80,6 +84,15 @@ class Outcomes:
         await self._capacity.give(len(batch))
         for (queue, delay), job_ids in requeued.items():
             await self._publish(queue, len(job_ids), countdown=delay)
+
+    async def _write(self, reports: list[AttemptReport]) -> list[AttemptReport]:
+        """Commit the reports (fenced, retried on a lost connection), counted into their runs' circuit
+        breakers; say which runs they paused. Returns those written."""
+        trips: list[Trip] = []
+        write = partial(write_reports_safely, self._db.sessions, reports, breaker=self._breakers.policy, trips=trips)
+        written = await self._db.blocking(write, retry=True)
+        self._breakers.say(trips)
+        return written
 
     async def drop_uncommitted(self, batch: list[AttemptReport]) -> None:
         """A batch the database would not take: its jobs keep their leases until they expire, and the
@@ -114,7 +127,7 @@ class Outcomes:
                     error_message=reason,
                 )
             )
-        written = await self._db.blocking(partial(write_reports_safely, self._db.sessions, reports), retry=True)
+        written = await self._write(reports)
         self._counters.handed_back += len(written)
         by_queue: dict[str, list[int]] = {}
         for report in written:
@@ -181,30 +194,47 @@ class OutcomeWriter:
         return batch
 
 
-def write_reports_safely(sessions: sessionmaker[Session], reports: Sequence[AttemptReport]) -> list[AttemptReport]:
-    """Commit `reports` in one transaction; return those written (the others were fenced off).
+def write_reports_safely(
+    sessions: sessionmaker[Session],
+    reports: Sequence[AttemptReport],
+    *,
+    breaker: BreakerPolicy | None = None,
+    trips: list[Trip] | None = None,
+) -> list[AttemptReport]:
+    """Commit `reports` in one transaction; return those written (the others were fenced off). The runs
+    whose circuit breaker they trip (`breaker`: its policy) are added to `trips`.
 
     A report the database refuses for its content (not for a lost connection, which the caller retries)
     must not block the others: the batch is then written report by report, and a refused one is stored
     as an `internal` failure of its attempt, with the reason, instead of its samples."""
+    found: list[Trip] = []
     try:
         with transaction(sessions) as session:
-            return record_outcomes(session, reports)
+            written = record_outcomes(session, reports, breaker=breaker, trips=found)
+        if trips is not None:
+            trips.extend(found)  # only once committed
+        return written
     except (OperationalError, InterfaceError):
         raise
     except DBAPIError:
         if len(reports) == 1:
-            return _write_as_failure(sessions, reports[0])
-    written: list[AttemptReport] = []
+            return _write_as_failure(sessions, reports[0], breaker=breaker, trips=trips)
+    written = []
     for report in reports:
-        written.extend(write_reports_safely(sessions, [report]))
+        written.extend(write_reports_safely(sessions, [report], breaker=breaker, trips=trips))
     return written
 
 
-def _write_as_failure(sessions: sessionmaker[Session], report: AttemptReport) -> list[AttemptReport]:
+def _write_as_failure(
+    sessions: sessionmaker[Session],
+    report: AttemptReport,
+    *,
+    breaker: BreakerPolicy | None,
+    trips: list[Trip] | None,
+) -> list[AttemptReport]:
     try:
         with transaction(sessions) as session:
-            record_outcomes(session, [report])
+            record_outcomes(session, [report], breaker=breaker)
     except (OperationalError, InterfaceError):
         raise
     except DBAPIError as exc:
@@ -219,5 +249,5 @@ def _write_as_failure(sessions: sessionmaker[Session], report: AttemptReport) ->
             timings=report.timings,
         )
         with transaction(sessions) as session:
-            return record_outcomes(session, [failure])
+            return record_outcomes(session, [failure], breaker=breaker, trips=trips)
     return [report]

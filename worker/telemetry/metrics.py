@@ -43,6 +43,11 @@ class WorkerMetrics:
         self.fenced_writes = Counter(
             "vlmbatch_fenced_writes", "Outcomes refused because their attempt no longer held the job", registry=r
         )
+        # A run paused by its circuit breaker, counted by the worker whose outcome tripped it (run label:
+        # runs are few and long-lived; the ledger keeps the reason).
+        self.breaker_trips = Counter(
+            "vlmbatch_breaker_trips", "Runs paused by their circuit breaker", ["run"], registry=r
+        )
         self.in_flight = Gauge("vlmbatch_jobs_in_flight", "Jobs claimed by this worker", registry=r)
         self.engine_running = Gauge("vlmbatch_engine_running_requests", "Requests the engine runs", registry=r)
         self.engine_waiting = Gauge("vlmbatch_engine_waiting_requests", "Requests queued in the engine", registry=r)

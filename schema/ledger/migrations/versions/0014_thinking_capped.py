@@ -1,7 +1,7 @@
 """results.thinking_capped: a sample whose thinking budget ran out, so vLLM closed its trace
 
 Revision ID: 0014_thinking_capped
-Revises: 0011_model_identity
+Revises: 0013_run_scheduling
 Create Date: 2026-12-07 18:00:00
 
 With a thinking budget (`--thinking-budget`, vLLM's `thinking_token_budget`) a capped trace still ends
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014_thinking_capped"
-down_revision = "0011_model_identity"
+down_revision = "0013_run_scheduling"
 branch_labels = None
 depends_on = None
 
