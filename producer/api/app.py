@@ -34,6 +34,7 @@ from vlmbatch.producer.api.files import (
     too_large,
 )
 from vlmbatch.producer.api.keys import ApiKeys, RequireApiKey
+from vlmbatch.producer.api.same_origin import require_json
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -134,6 +135,7 @@ async def _call(function: Callable[..., T], **kwargs: Any) -> T:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    require_json(request.headers)
     try:
         body = json.loads(await request.body())
     except ValueError:

@@ -237,7 +237,10 @@ class BatchService:
             row.failed_at = database_now(session)
 
     def _submit_once(self, row_id: int, upload: ApiFile) -> None:
-        stager = Stager(self.settings.resolved_stage_to(), s3_endpoint_url=self.settings.s3_endpoint_url)
+        settings = self.settings
+        stager = Stager(
+            settings.resolved_stage_to(), s3_endpoint_url=settings.s3_endpoint_url, max_bytes=settings.max_image_bytes
+        )
         source = OpenAIBatchSource(upload.path, stager=stager)
         errors = line_errors(source)
         if self._stopped(row_id):  # cancelled or expired while its lines were checked

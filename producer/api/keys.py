@@ -14,6 +14,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vlmbatch.producer.api.errors import ApiError
+from vlmbatch.producer.api.same_origin import cross_origin_refusal
 from vlmbatch.producer.browser.auth import Access
 from vlmbatch.schema.contracts.settings import Settings
 
@@ -77,7 +78,8 @@ def hashed_key(key: str) -> str:
 
 class RequireApiKey:
     """Refuses (401, OpenAI's shape) a request whose `Authorization: Bearer` is none of `keys`; with no
-    keys, only requests for our own (loopback) host pass (`serve` then serves the API on loopback only)."""
+    keys, only requests for our own (loopback) host pass (`serve` then serves the API on loopback only), and
+    none that a web page of another origin sent (api/same_origin.py)."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys, *, bound_host: str) -> None:
         self._app = app
@@ -99,7 +101,10 @@ class RequireApiKey:
             verdict = self._host_check.check(
                 query_token=None, authorization=None, cookie=None, host=headers.get("host")
             )
-            return None if verdict.allowed else ApiError(403, verdict.reason, code="forbidden_host")
+            if not verdict.allowed:
+                return ApiError(403, verdict.reason, code="forbidden_host")
+            # The Host check stops DNS rebinding only: a page elsewhere can still send simple requests here.
+            return cross_origin_refusal(headers)
         scheme, _, given = (headers.get("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not self._keys.accepts(given.strip()):
             return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")

@@ -44,6 +44,7 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         columns=column_choice(flags),
         stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
         local_roots=ctx.settings.resolved_local_roots(),
+        max_image_bytes=ctx.settings.max_image_bytes,
     )
     # The run's default name depends on everything that shapes its prompts.
     prompt_identity = "\n".join(questions) + (f"\n{template.text}" if template else "")
@@ -97,6 +98,8 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
     )
     # Checked before anything is submitted: a refused engine argument leaves no run behind.
     ctx.settings = with_engine_args(ctx.settings, engine_arg)
+    if flags["stage_to"]:  # where this run's images are staged is where its worker reads them
+        ctx.settings = ctx.settings.model_copy(update={"stage_to": flags["stage_to"]})
     report = _submit(ctx, source, flags, NullPublisher())
     with ctx.sessions() as session:
         name = get_run(session, report.run).name

@@ -38,6 +38,7 @@ def open_source(
     columns: ColumnChoice | None = None,
     stage_to: str | None = None,
     local_roots: Sequence[Path] = (),
+    max_image_bytes: int | None = None,
 ) -> Source:
     """The source for `uri`: an OpenAI batch file (.jsonl whose lines carry `custom_id` and `body`), a
     manifest file (.jsonl/.csv/.parquet; a Parquet with embedded images as `datasets` writes it),
@@ -49,13 +50,14 @@ def open_source(
     the image, question and reference columns of embedded Parquet and WebDataset samples; `stage_to` is
     where embedded image bytes are staged (None: embedded bytes are refused). `stage_to` also takes
     an OpenAI batch file's `data:` images. A manifest's local images must lie in
-    its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS)."""
+    its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS). An embedded image over `max_image_bytes`
+    is a malformed row."""
 
     asked = ((question,) if question else ()) + tuple(questions)
     prompting = Prompting(questions=asked, template=prompt_template)
     given = CLI_QUESTION if prompting.asks_source else (asked[0] if asked else None)
     columns = columns or ColumnChoice()
-    stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url) if stage_to else None
+    stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url, max_bytes=max_image_bytes) if stage_to else None
     if uri.lower().endswith(".jsonl") and is_openai_batch(uri):
         if asked or prompt_template is not None:
             raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")
