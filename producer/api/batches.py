@@ -27,13 +27,13 @@ from vlmbatch.producer.api.ids import batch_id, parse_batch_id
 from vlmbatch.producer.reports.export import ExportFilter, export_run
 from vlmbatch.producer.sources.openai_batch import CHAT_URLS, OpenAIBatchSource
 from vlmbatch.producer.submit import publish_run, submit
-from vlmbatch.schema.contracts.errors import BrokerUnavailable, SourceError
+from vlmbatch.schema.contracts.errors import BrokerUnavailable, RunNotFound, SourceError
 from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.resubmit import cancel_run
-from vlmbatch.schema.ledger.runs import release_run
+from vlmbatch.schema.ledger.runs import get_run, release_run
 from vlmbatch.schema.ledger.status import run_status
 from vlmbatch.schema.ledger.tables import ApiBatch, ApiFile, Run
 from vlmbatch.worker.transport.publisher import Publisher
@@ -223,11 +223,28 @@ class BatchService:
     def _submit(self, row_id: int, upload: ApiFile) -> None:
         try:
             self._submit_once(row_id, upload)
-        except Exception:  # the batch stays `validating`; its next read submits it again
+        except Exception:
             log.exception("batch %s: the submit failed", batch_id(row_id))
+            self._end_failed_submit(row_id)
         finally:
             with self._submitting_lock:
                 self._submitting.discard(row_id)
+
+    def _end_failed_submit(self, row_id: int) -> None:
+        """A submit that failed unexpectedly ends its batch (no read validates it again): `failed`, or as a
+        cancel or expiry asked; any job it inserted is cancelled, none having been published."""
+        try:
+            if self._stopped(row_id):
+                self._end_unaccepted(row_id)
+                return
+            with self.sessions() as session, session.begin():
+                run = session.scalar(select(Run).where(Run.name == batch_id(row_id)))
+                if run is not None:
+                    cancel_run(session, run_id=run.id)
+            message = "the server failed to submit the file; its log has the details"
+            self._fail(row_id, [{"code": "server_error", "message": message, "param": None, "line": None}])
+        except Exception:  # the ledger itself is failing: the batch stays `validating`, its next read retries
+            log.exception("batch %s: ending the failed submit failed", batch_id(row_id))
 
     def _fail(self, row_id: int, errors: list[dict[str, Any]]) -> None:
         with self.sessions() as session, session.begin():
@@ -247,8 +264,11 @@ class BatchService:
             self._end_unaccepted(row_id)
             return
         run_id: int | None = None
+        name = batch_id(row_id)
+        if not errors and self._name_taken(name, source.uri):
+            message = f"a run named {name} that is not this batch's exists (made before such names were reserved)"
+            errors = [{"code": "invalid_request", "message": message, "param": None, "line": None}]
         if not errors:
-            name = batch_id(row_id)
             try:
                 run_id = submit(
                     sessions=self.sessions,
@@ -269,6 +289,15 @@ class BatchService:
                 publish_run(self.sessions, self.publisher, queue=self.settings.queue, run_id=run_id)
             except BrokerUnavailable as exc:  # the jobs are in the ledger; workers or the reconciler publish them
                 log.warning("batch %s: %s", batch_id(row_id), exc)
+
+    def _name_taken(self, name: str, source: str) -> bool:
+        """Whether another run holds the batch's name: its jobs and answers are not the batch's to take.
+        (`--run` refuses batch ids now; a ledger may hold one from before.)"""
+        with self.sessions() as session:
+            try:
+                return get_run(session, name).source != source
+            except RunNotFound:
+                return False
 
     def _stopped(self, row_id: int) -> bool:
         with self.sessions() as session:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from vlmbatch.producer.api.ids import is_batch_id
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.contracts.models import (
     DEFAULT_MAX_TOKENS,
@@ -48,6 +49,8 @@ def _run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter("is empty", ctx, param)
     if value.isdigit():
         raise click.BadParameter("may not be all digits (it would read as a run id)", ctx, param)
+    if is_batch_id(value):
+        raise click.BadParameter("batch_<number> names the runs of the Batch API's batches", ctx, param)
     if len(value) > MAX_RUN_NAME_CHARS:
         raise click.BadParameter(f"is {len(value)} characters long, over {MAX_RUN_NAME_CHARS}", ctx, param)
     if any(not ch.isprintable() for ch in value):

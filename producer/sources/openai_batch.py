@@ -79,16 +79,16 @@ class OpenAIBatchSource(RowSource):
         # 8-byte digests of the ids seen: duplicates are found in one pass, in ~60 bytes per line.
         seen: set[bytes] = set()
         try:
-            lines = self._path.open("r", encoding="utf-8")
+            lines = self._path.open("rb")
         except OSError as exc:
             raise SourceError(f"{self._uri}: cannot read the batch file ({exc})") from exc
         with lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
+            for number, raw in enumerate(lines, start=1):
+                if not raw.strip():
                     continue
                 where = f"line {number}"
                 try:
-                    spec = self._spec(line)
+                    spec = self._spec(_text(raw))
                     custom_id = (spec.meta or {})["custom_id"]
                     digest = hashlib.blake2b(custom_id.encode(), digest_size=8).digest()
                     if digest in seen:
@@ -103,9 +103,18 @@ class OpenAIBatchSource(RowSource):
 
     def _spec(self, line: str) -> JobSpec:
         try:
+            return self._checked_spec(line)
+        except RecursionError:  # the JSON, or a schema in it, nests deeper than anything parses
+            raise LineError("nested too deeply") from None
+
+    def _checked_spec(self, line: str) -> JobSpec:
+        try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise LineError(f"invalid JSON ({exc.msg})") from exc
+        # A lone surrogate comes only from a `\\ud800`-style escape: only lines with one are checked.
+        if ("\\ud" in line or "\\uD" in line) and not _encodable(record):
+            raise LineError("a string holds a lone surrogate (\\ud800-\\udfff), which is no character")
         if not isinstance(record, dict):
             raise LineError("not an object")
         custom_id = record.get("custom_id")
@@ -207,6 +216,22 @@ class OpenAIBatchSource(RowSource):
             return stage_bytes(decode_data_uri(url), self._stager)
         except ValueError as exc:
             raise LineError(str(exc)) from exc
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LineError(f"not UTF-8 (byte {exc.start + 1} of the line)") from None
+
+
+def _encodable(record: Any) -> bool:
+    """Whether every string of `record` is text that UTF-8 can hold (JSON's `\\ud800` escapes may not)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text_only(content: Any, role: str) -> str:

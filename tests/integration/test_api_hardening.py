@@ -4,6 +4,7 @@ stack in process (Starlette's test client), on an embedded SQLite ledger."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,16 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
+from tests.fixtures.bad_images import good_jpeg
 from vlmbatch.producer.api.app import build_api
 from vlmbatch.producer.api.server import build_server_app
 from vlmbatch.producer.browser.app import build_app
+from vlmbatch.producer.sources.open import open_source
+from vlmbatch.producer.submit import submit
+from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.status import run_status
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}
@@ -108,3 +114,84 @@ def test_a_batch_body_must_be_declared_json(keyless: TestClient) -> None:
     assert _sdk(keyless).batches.list().data == []
     accepted = keyless.post("/v1/batches", headers={"Content-Type": "application/json; charset=utf-8"}, content=body)
     assert accepted.status_code == 200
+
+
+def _create(http: TestClient, text: str) -> Any:
+    sdk = _sdk(http)
+    created = sdk.batches.create(
+        input_file_id=_upload(http, text), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    return _settled(sdk, created.id)
+
+
+def test_undecodable_lines_fail_the_batch_naming_them_and_reads_do_not_validate_again(
+    keyless: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    deep = '{"custom_id": "deep", "body": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+    surrogate = _line("x").replace('"x"', '"bad\\ud800id"')
+    cases = {
+        "not UTF-8": _line("a") + '{"custom_id": "b\xff"}\n',
+        "nested too deeply": _line("a") + deep,
+        "lone surrogate": _line("a") + surrogate,
+    }
+    for reason, text in cases.items():
+        raw = text.encode("utf-8", "surrogateescape") if reason != "not UTF-8" else text.encode("latin-1")
+        sdk = _sdk(keyless)
+        answer = keyless.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", raw)})
+        created = sdk.batches.create(
+            input_file_id=answer.json()["id"], endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        with caplog.at_level(logging.ERROR):
+            batch = _settled(sdk, created.id)
+            assert batch.status == "failed", (reason, batch)
+            [error] = batch.errors.data
+            assert error.line == 2 and reason in error.message, (reason, error)
+            for _ in range(3):  # reads find it ended, and validate nothing again
+                assert sdk.batches.retrieve(created.id).status == "failed"
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], reason
+
+
+def test_a_batch_does_not_take_over_a_cli_run_of_its_name(keyless: TestClient, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    _, sessions = open_ledger(settings.resolved_database_url())
+    folder = tmp_path / "cli-images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(good_jpeg(16, 16, seed=1))
+    cli_run = submit(
+        sessions=sessions,
+        publisher=NullPublisher(),
+        source=open_source(str(folder), question="What?", s3_endpoint_url=None),
+        settings=RunSettings(model="m"),
+        queue="q",
+        run_name="batch_1",  # as a ledger from before the names were reserved may hold
+    ).run
+    batch = _create(keyless, _line("a"))
+    assert batch.id == "batch_1" and batch.status == "failed"
+    assert "not this batch's" in batch.errors.data[0].message
+    with sessions() as session:
+        assert run_status(session, cli_run).counts["queued"] == 1  # the CLI run's job, untouched
+
+
+def test_json_bodies_over_the_limit_are_refused_unread(keyless: TestClient) -> None:
+    body = json.dumps({"endpoint": "/v1/chat/completions", "pad": "x" * 1024 * 1024})
+    answer = keyless.post("/v1/batches", headers={"Content-Type": "application/json"}, content=body)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: cut off while it streams
+        yield b'{"pad": "'
+        for _ in range(256):
+            yield b"x" * 4096
+        yield b'"}'
+
+    streamed = keyless.post("/v1/batches", headers={"Content-Type": "application/json"}, content=chunks())
+    assert streamed.status_code == 413
+
+
+def test_ids_are_ascii_digits_in_one_spelling(keyless: TestClient) -> None:
+    file_id = _upload(keyless, _line("a"))
+    assert file_id == "file-1" and keyless.get("/v1/files/file-1").status_code == 200
+    for alias in ("file-01", "file-\u00b2", "file-\u0661", "file-+1", "file-"):
+        answer = keyless.get(f"/v1/files/{alias}")
+        assert answer.status_code == 404, alias
+        assert answer.json()["error"]["code"] == "not_found"
+    assert keyless.get("/v1/batches", params={"limit": "\u00b2"}).status_code == 400
