@@ -51,6 +51,9 @@ def build_api(settings: Settings, *, sessions: sessionmaker[Session], publisher:
     """The Batch API over the ledger of `sessions`, publishing submitted jobs with `publisher`. Raises
     KeyFileError when the keys file cannot be read."""
     files = FileStore(sessions, (settings.home / API_FILES).resolve(), max_bytes=settings.api_max_file_bytes)
+    orphans = files.remove_orphans()
+    if orphans:
+        log.info("removed %d upload(s) a stopped server left unrecorded", orphans)
     api = _Endpoints(files, BatchService(sessions=sessions, publisher=publisher, files=files, settings=settings))
     routes = [
         Route("/files", api.create_file, methods=["POST"]),

@@ -53,7 +53,7 @@ class ApiKeys:
 
 def read_key_file(path: Path) -> tuple[bytes, ...]:
     """The digests of a keys file: `sha256:<64 hex digits>` per line; blank lines and `#` comments are
-    skipped. Raises KeyFileError naming the file (and the line) that is wrong."""
+    skipped. Raises KeyFileError naming the file (and the line) that is wrong, or a file with no key."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -68,6 +68,8 @@ def read_key_file(path: Path) -> tuple[bytes, ...]:
         if found is None:
             raise KeyFileError(f"{path}, line {number}: expected sha256:<64 hex digits> (the key's SHA-256)")
         digests.append(bytes.fromhex(found.group(1)))
+    if not digests:  # served as if no keys were set, /v1 would be open to whoever reaches it
+        raise KeyFileError(f"the API keys file {path} holds no key")
     return tuple(digests)
 
 

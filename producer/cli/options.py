@@ -41,6 +41,12 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+def _non_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty", ctx, param)
+    return value
+
+
 def _run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse names that would be ambiguous (all digits: a run id), too long to store, or unprintable."""
     if value is None:
@@ -149,7 +155,7 @@ def run_options(fn: F) -> F:
             help="Constrain the answer to JSON matching this schema file.",
         ),
         click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: always generate max tokens."),
-        click.option("--queue", help="Broker queue [env VLMBATCH_QUEUE]."),
+        click.option("--queue", callback=_non_blank, help="Broker queue [env VLMBATCH_QUEUE]."),
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
     ]
     for option in reversed(options):
@@ -274,7 +280,7 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
     if flags["choices"] and flags["json_schema"]:
         raise click.UsageError("give --choices or --json-schema, not both")
     choices = None
-    if flags["choices"]:
+    if flags["choices"] is not None:
         choices = tuple(c.strip() for c in flags["choices"].split(",") if c.strip())
         if not choices:
             raise click.UsageError("--choices is empty")

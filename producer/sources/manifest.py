@@ -166,6 +166,8 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
                 yield f"line {number}", json.loads(line)
             except json.JSONDecodeError as exc:
                 yield f"line {number}", RowError(f"invalid JSON ({exc.msg})")
+            except RecursionError:
+                yield f"line {number}", RowError("nested too deeply")
 
 
 def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:

@@ -59,7 +59,7 @@ def is_openai_batch(uri: str) -> bool:
             for line in islice((line for line in lines if line.strip()), SNIFFED_LINES):
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 return isinstance(record, dict) and "custom_id" in record and "body" in record
     except (OSError, UnicodeDecodeError):

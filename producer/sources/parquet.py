@@ -208,7 +208,7 @@ def _huggingface_image_columns(schema: Any) -> list[str]:
         return []
     try:
         features = json.loads(raw).get("info", {}).get("features", {})
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return []
     if not isinstance(features, dict):
         return []

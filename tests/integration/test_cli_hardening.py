@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from tests.fixtures.bad_images import good_jpeg
-from tests.processes import vlmbatch_json
+from tests.processes import vlmbatch, vlmbatch_json
 
 
 def _embedded_env(home: Path) -> dict[str, str]:
@@ -31,3 +31,49 @@ def test_run_reads_the_images_it_staged_under_its_own_stage_to(tmp_path: Path) -
     assert isinstance(status, dict)
     assert status["counts"]["succeeded"] == 3, status
     assert any(p.is_file() for p in elsewhere.rglob("*"))
+
+
+def _mistakes(tmp: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Each user mistake: its command line and the environment it adds."""
+    images = tmp / "imgs"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(good_jpeg(16, 16, seed=1))
+    (tmp / "a-file").write_text("not a folder")
+    (tmp / "keys.txt").write_text("# comments only\n\n")
+    (tmp / "loop.j2").write_text("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}x")
+    (tmp / "huge.j2").write_text("{{ 'a' * 10**11 }}")
+    (tmp / "deep.jsonl").write_text('{"image": "imgs/a.jpg", "q": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    bad_id = '{"custom_id": "x\\ud800", "body": {"messages": [{"role": "user", "content": "hi"}]}}\n'
+    (tmp / "surrogate.jsonl").write_text(bad_id)
+    submit = ["submit", str(images), "--question", "What?"]
+    return {
+        "engine args that are no JSON": (submit, {"VLMBATCH_ENGINE_ARGS": "{bad"}),
+        "a MySQL database URL": (submit, {"VLMBATCH_DATABASE_URL": "mysql://u@127.0.0.1/db"}),
+        "a broker URL with no port number": (submit, {"VLMBATCH_BROKER_URL": "redis://:notaport"}),
+        "a home that is a file": (submit, {"VLMBATCH_HOME": str(tmp / "a-file")}),
+        "an export to an unwritable place": (["export", "1", "--out", "/proc/x.jsonl"], {}),
+        "a smoke model in an unwritable place": (["smoke-model", "/proc/x"], {}),
+        "a manifest nested 100,000 deep": (["submit", str(tmp / "deep.jsonl"), "--question", "What?"], {}),
+        "a lone surrogate in a custom_id": (["submit", str(tmp / "surrogate.jsonl")], {}),
+        "an endless template": (["submit", str(images), "--prompt-template", str(tmp / "loop.j2")], {}),
+        "a template of 10^11 characters": (["submit", str(images), "--prompt-template", str(tmp / "huge.j2")], {}),
+        "a batch id as a run name": ([*submit, "--run", "batch_1"], {}),
+        "an empty queue": ([*submit, "--queue", ""], {}),
+        "empty choices": ([*submit, "--choices", ""], {}),
+        "a model folder that does not exist": (
+            ["run", str(images), "--question", "What?", "--engine", "vllm", "--model", "/nonexistent/model"],
+            {},
+        ),
+        "a keys file with no key": (["serve", "--port", "0"], {"VLMBATCH_API_KEYS_FILE": str(tmp / "keys.txt")}),
+    }
+
+
+def test_user_mistakes_are_one_line_and_exit_2_before_anything_is_submitted(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for mistake, (args, extra) in _mistakes(tmp_path).items():
+        env = {**_embedded_env(home), **extra}
+        done = vlmbatch(args, env, timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (mistake, done.stderr)
+    listed = vlmbatch(["status", "--json"], _embedded_env(home))
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout  # no run was made
