@@ -82,6 +82,18 @@ class HttpOptions:
         )
 
 
+def parsed_http_url(uri: str) -> httpx.URL:
+    """`uri` as an http(s) URL with a host. Raises InputUnsupported for one that does not parse (an IPv4
+    address in octal, a bad port), so that it fails as a bad input, at submit or in the worker."""
+    try:
+        url = httpx.URL(uri)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InputUnsupported(f"{uri[:200]}: not a valid URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InputUnsupported(f"{uri[:200]}: not an http(s) URL with a host")
+    return url
+
+
 def resolve_addresses(host: str, port: int) -> list[str]:
     """Every address `host` resolves to. Raises InputNotFound for a name that does not exist."""
     try:
@@ -195,9 +207,7 @@ class HttpImages:
         deadline = time.monotonic() + self._options.total_timeout
         url = uri
         for _ in range(MAX_REDIRECTS + 1):
-            target = httpx.URL(url)
-            if target.scheme not in ("http", "https") or not target.host:
-                raise InputUnsupported(f"{uri}: redirected to an unsupported URL {url[:200]!r}")
+            target = parsed_http_url(url)
             address = self._checked_address(uri, target)
             with self._slots.hold(target.host):
                 location = self._get(uri, target, address, max_bytes, deadline)

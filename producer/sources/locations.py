@@ -10,9 +10,11 @@ import binascii
 from pathlib import PurePosixPath
 from urllib.parse import unquote_to_bytes
 
+from vlmbatch.media.http import parsed_http_url
 from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.staging import Stager, StagingError
 from vlmbatch.media.stores import local_path, split_s3_uri
+from vlmbatch.schema.contracts.errors import InputUnsupported
 
 PASS_THROUGH_SCHEMES = ("s3://", "http://", "https://")
 
@@ -26,7 +28,7 @@ def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None, roots: 
     if ref.startswith("data:"):
         return stage_bytes(decode_data_uri(ref), stager)
     if ref.lower().startswith(PASS_THROUGH_SCHEMES):
-        return ref
+        return checked_remote(ref)
     if "://" in ref and not ref.startswith("file://"):
         raise ValueError(f"unsupported URI scheme in {ref[:80]!r} (use s3://, http(s)://, file://, data: or a path)")
     if base_uri.startswith("s3://") and not ref.startswith("file://") and not ref.startswith("/"):
@@ -48,6 +50,16 @@ def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None, roots: 
             raise ValueError(f"{ref!r} leads outside the source's folder")
         raise ValueError(f"{ref!r} is {roots.refusal()}")
     return resolved.as_uri()
+
+
+def checked_remote(uri: str) -> str:
+    """`uri` (s3:// or http(s)://) as given, once an http(s) one is known to parse. Raises ValueError."""
+    if uri.lower().startswith(("http://", "https://")):
+        try:
+            parsed_http_url(uri)
+        except InputUnsupported as exc:
+            raise ValueError(exc.message) from None
+    return uri
 
 
 def stage_bytes(data: bytes, stager: Stager | None) -> str:

@@ -61,7 +61,7 @@ def open_source(
     if uri.lower().endswith(".jsonl") and is_openai_batch(uri):
         if asked or prompt_template is not None:
             raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")
-        return OpenAIBatchSource(uri, stager=stager)
+        return OpenAIBatchSource(uri, stager=stager, local_roots=local_roots)
     inner: Source
     if looks_like_shards(uri):
         inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
@@ -118,7 +118,9 @@ def _parquet_source(
         )
     if stager is None:
         raise SourceError(f"{uri}: embedded images need a staging root (--stage-to)")
-    return ParquetImagesSource(uri, parquet=parquet, question=question, columns=columns, stager=stager)
+    return ParquetImagesSource(
+        uri, parquet=parquet, question=question, columns=columns, stager=stager, local_roots=local_roots
+    )
 
 
 def _refuse_columns_for_manifests(uri: str, columns: ColumnChoice) -> None:

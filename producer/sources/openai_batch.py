@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path
 from vlmbatch.producer.sources.base import Row, RowSource
-from vlmbatch.producer.sources.locations import decode_data_uri, stage_bytes
+from vlmbatch.producer.sources.locations import checked_remote, decode_data_uri, stage_bytes
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import JobParams, JobSpec
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
@@ -68,10 +69,13 @@ def is_openai_batch(uri: str) -> bool:
 
 
 class OpenAIBatchSource(RowSource):
-    def __init__(self, uri: str, *, stager: Stager | None) -> None:
+    def __init__(self, uri: str, *, stager: Stager | None, local_roots: Sequence[Path] = ()) -> None:
         self._uri = uri
         self._path = local_path(uri)
         self._root = self._path.resolve().parent
+        # Where an absolute path or file:// image may lie: the file's folder and VLMBATCH_LOCAL_ROOTS
+        # (a Batch API upload: its own folder alone), checked at submit as for every source.
+        self._roots = LocalRoots.of([self._root, *local_roots])
         # Where `data:` images are staged, content-addressed (media/staging.py, `--stage-to`).
         self._stager = stager
 
@@ -199,8 +203,10 @@ class OpenAIBatchSource(RowSource):
     def _image_uri(self, url: str) -> str:
         if url.startswith("data:"):
             return self._stage(url)
+        if url.startswith(("file://", "/")):
+            return self._local_image(url)
         if url.startswith(("s3://", "http://", "https://", "file://")):
-            return url
+            return self._remote(url)
         if "://" in url:
             raise LineError(f"unsupported image URL scheme in {url[:80]!r}")
         path = Path(url)
@@ -210,6 +216,18 @@ class OpenAIBatchSource(RowSource):
         if resolved != self._root and self._root not in resolved.parents:
             raise LineError(f"{url!r} leads outside the batch file's folder")
         return resolved.as_uri()
+
+    def _local_image(self, url: str) -> str:
+        resolved = local_path(url).resolve()
+        if not self._roots.allows(resolved):
+            raise LineError(f"{url[:200]!r} is {self._roots.refusal()}")
+        return resolved.as_uri()
+
+    def _remote(self, url: str) -> str:
+        try:
+            return checked_remote(url)
+        except ValueError as exc:
+            raise LineError(str(exc)) from None
 
     def _stage(self, url: str) -> str:
         try:

@@ -18,12 +18,14 @@ on both sides whatever the row count. On S3 the file is read by ranges, never do
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
 
+from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import S3Objects, local_path
 from vlmbatch.producer.sources.base import Row, RowSource
@@ -89,8 +91,19 @@ def wants_embedded_source(parquet: Any, columns: ColumnChoice) -> bool:
 
 
 class ParquetImagesSource(RowSource):
-    def __init__(self, uri: str, *, parquet: Any, question: str | None, columns: ColumnChoice, stager: Stager) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        parquet: Any,
+        question: str | None,
+        columns: ColumnChoice,
+        stager: Stager,
+        local_roots: Sequence[Path] = (),
+    ) -> None:
         self._uri = uri
+        # Local `path` cells lie under the file's folder or VLMBATCH_LOCAL_ROOTS, as a manifest's do.
+        self._roots = LocalRoots.of([source_root(uri), *local_roots])
         self._parquet = parquet
         self._question = question
         self._stager = stager
@@ -171,12 +184,16 @@ class ParquetImagesSource(RowSource):
             if cell.get("bytes"):
                 return [stage_bytes(cell["bytes"], self._stager)]
             if isinstance(cell.get("path"), str) and cell["path"]:
-                return [resolve_image_ref(cell["path"], base_uri=self._uri, stager=self._stager)]
+                return [resolve_image_ref(cell["path"], base_uri=self._uri, stager=self._stager, roots=self._roots)]
             return []
         if isinstance(cell, bytes):
             return [stage_bytes(cell, self._stager)]
         if isinstance(cell, str):
-            return [resolve_image_ref(cell, base_uri=self._uri, stager=self._stager)] if cell.strip() else []
+            return (
+                [resolve_image_ref(cell, base_uri=self._uri, stager=self._stager, roots=self._roots)]
+                if cell.strip()
+                else []
+            )
         raise ValueError(f"`{column}` holds {type(cell).__name__}, not an image")
 
     def _image_columns(self, schema: Any, columns: ColumnChoice) -> tuple[str, ...]:

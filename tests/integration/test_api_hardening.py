@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,3 +196,25 @@ def test_ids_are_ascii_digits_in_one_spelling(keyless: TestClient) -> None:
         assert answer.status_code == 404, alias
         assert answer.json()["error"]["code"] == "not_found"
     assert keyless.get("/v1/batches", params={"limit": "\u00b2"}).status_code == 400
+
+
+def test_uploads_a_stopped_server_left_unrecorded_are_removed_at_start(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    _, sessions = open_ledger(settings.resolved_database_url())
+    with TestClient(
+        build_api(settings, sessions=sessions, publisher=NullPublisher()), base_url="http://127.0.0.1"
+    ) as api:
+        answer = api.post("/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", _line("a").encode())})
+        assert answer.status_code == 200
+    files = tmp_path / "api_files"
+    [recorded] = list(files.glob("upload-*"))
+    orphan, fresh = files / "upload-killed", files / "upload-in-flight"
+    for folder in (orphan, fresh):
+        folder.mkdir()
+        (folder / "input.jsonl").write_bytes(b"x" * 4096)  # a server killed mid-copy left these
+    an_hour_ago = time.time() - 2 * 3600
+    for path in (orphan, recorded):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    build_api(settings, sessions=sessions, publisher=NullPublisher())  # a server starting again
+    assert not orphan.exists()
+    assert recorded.is_dir() and fresh.is_dir()  # a recorded file stays; another server may be mid-upload
