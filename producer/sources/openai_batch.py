@@ -44,6 +44,15 @@ CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 # Body fields read, and those accepted without effect (the run decides the model; nothing streams).
 _READ = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "response_format"}
 _IGNORED = {"model", "stream", "user", "metadata", "store"}
+_NUMBER = (int, float)
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "max_tokens": int,
+    "max_completion_tokens": int,
+    "seed": int,
+    "n": int,
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+}
 
 
 class LineError(ValueError):
@@ -261,6 +270,7 @@ def _text_only(content: Any, role: str) -> str:
 
 
 def _params(body: dict[str, Any], system: str | None) -> JobParams:
+    _strict_types(body)
     max_tokens = body.get("max_completion_tokens")
     legacy = body.get("max_tokens")
     if max_tokens is not None and legacy is not None and max_tokens != legacy:
@@ -280,6 +290,15 @@ def _params(body: dict[str, Any], system: str | None) -> JobParams:
         error = exc.errors()[0]
         field = {"samples": "n"}.get(str(error["loc"][0]), str(error["loc"][0])) if error["loc"] else "body"
         raise LineError(f"`{field}`: {error['msg']}") from exc
+
+
+def _strict_types(body: dict[str, Any]) -> None:
+    """As OpenAI does: `"n": true` or `"max_tokens": "100"` refuse the line rather than being coerced."""
+    for field, kinds in _TYPES.items():
+        value = body.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            wanted = "an integer" if kinds is int else "a number"
+            raise LineError(f"`{field}` must be {wanted}, not {json.dumps(value)[:40]}")
 
 
 def _answer_schema(response_format: Any) -> dict[str, Any] | None:

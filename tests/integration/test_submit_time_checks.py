@@ -80,3 +80,18 @@ def test_a_manifest_url_that_does_not_parse_is_a_malformed_row(tmp_path: Path) -
 def test_the_worker_types_a_url_that_does_not_parse_as_unsupported() -> None:
     with pytest.raises(InputUnsupported, match="not a valid URL"):
         HttpImages(HttpOptions(attempts=1)).fetch(OCTAL_URL, max_bytes=1024)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("n", True), ("max_tokens", "100"), ("max_completion_tokens", 10.0), ("seed", "7"), ("temperature", "0.5"),
+     ("top_p", False)],
+)  # fmt: skip
+def test_batch_line_fields_of_the_wrong_type_are_refused_not_coerced(tmp_path: Path, field: str, value: object) -> None:
+    (tmp_path / "a.jpg").write_bytes(good_jpeg(8, 8, seed=1))
+    content = [{"type": "image_url", "image_url": {"url": "a.jpg"}}, {"type": "text", "text": "What is it?"}]
+    body = {"messages": [{"role": "user", "content": content}], field: value}
+    batch = tmp_path / "typed.jsonl"
+    batch.write_text(json.dumps({"custom_id": "a", "body": body}) + "\n")
+    with pytest.raises(SourceError, match=f"`{field}` must be"):
+        open_source(str(batch), question=None, s3_endpoint_url=None).validate()
