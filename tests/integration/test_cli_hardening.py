@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from tests.fixtures.bad_images import good_jpeg
-from tests.processes import vlmbatch, vlmbatch_json
+from tests.processes import service_env, vlmbatch, vlmbatch_json
 
 
 def _embedded_env(home: Path) -> dict[str, str]:
@@ -77,3 +77,21 @@ def test_user_mistakes_are_one_line_and_exit_2_before_anything_is_submitted(tmp_
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (mistake, done.stderr)
     listed = vlmbatch(["status", "--json"], _embedded_env(home))
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout  # no run was made
+
+
+def test_metadata_postgresql_cannot_store_is_a_malformed_row(
+    tmp_path: Path, postgres_url: str, redis_url: str, queue_name: str
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(good_jpeg(16, 16, seed=2))
+    manifest = tmp_path / "meta.jsonl"
+    manifest.write_text(
+        '{"image": "a.jpg", "question": "What?", "score": NaN}\n'
+        '{"image": "a.jpg", "question": "Where?", "note": "nul \\u0000 here"}\n'
+        '{"image": "a.jpg", "question": "Who?", "ok": 1.5}\n'
+    )
+    env = service_env(database_url=postgres_url, broker_url=redis_url, queue=queue_name)
+    done = vlmbatch(["submit", str(manifest)], env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "2 malformed row(s)" in done.stderr and "NaN" in done.stderr and "NUL" in done.stderr
+    listed = vlmbatch(["status", "--json"], env)
+    assert json.loads(listed.stdout) == []
