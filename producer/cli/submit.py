@@ -72,11 +72,27 @@ def submit_command(source: str, **flags: Any) -> None:
 
     Submitting the same source again adds nothing: jobs are unique per run, images and question."""
     ctx = load_context(queue=flags["queue"])
+    _check_broker(ctx.settings.resolved_broker_url())
     report = _submit(ctx, source, flags, ctx.publisher())
     if flags["as_json"]:
         click.echo(report.model_dump_json())
     else:
         click.echo(f"run {report.run}: {report.submitted} jobs submitted, {report.skipped} already there")
+
+
+def _check_broker(url: str) -> None:
+    """Refuse, before anything is written, a Redis broker that answers but refuses us (a database index it
+    does not have). One that is down is no refusal: the jobs go into the ledger, and are published later."""
+    if not url.startswith(("redis://", "rediss://")):
+        return
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except redis.exceptions.ResponseError as exc:
+        raise click.UsageError(f"the broker refuses this connection: {exc}") from None
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return
 
 
 @cli.command("run")

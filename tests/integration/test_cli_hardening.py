@@ -33,7 +33,7 @@ def test_run_reads_the_images_it_staged_under_its_own_stage_to(tmp_path: Path) -
     assert any(p.is_file() for p in elsewhere.rglob("*"))
 
 
-def _mistakes(tmp: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+def _mistakes(tmp: Path, redis_url: str) -> dict[str, tuple[list[str], dict[str, str]]]:
     """Each user mistake: its command line and the environment it adds."""
     images = tmp / "imgs"
     images.mkdir()
@@ -50,6 +50,10 @@ def _mistakes(tmp: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
         "engine args that are no JSON": (submit, {"VLMBATCH_ENGINE_ARGS": "{bad"}),
         "a MySQL database URL": (submit, {"VLMBATCH_DATABASE_URL": "mysql://u@127.0.0.1/db"}),
         "a broker URL with no port number": (submit, {"VLMBATCH_BROKER_URL": "redis://:notaport"}),
+        "a Redis database index the server lacks": (
+            submit,
+            {"VLMBATCH_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/99", "VLMBATCH_DATABASE_URL": ""},
+        ),
         "a home that is a file": (submit, {"VLMBATCH_HOME": str(tmp / "a-file")}),
         "an export to an unwritable place": (["export", "1", "--out", "/proc/x.jsonl"], {}),
         "a smoke model in an unwritable place": (["smoke-model", "/proc/x"], {}),
@@ -68,9 +72,9 @@ def _mistakes(tmp: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     }
 
 
-def test_user_mistakes_are_one_line_and_exit_2_before_anything_is_submitted(tmp_path: Path) -> None:
+def test_user_mistakes_are_one_line_and_exit_2_before_anything_is_submitted(tmp_path: Path, redis_url: str) -> None:
     home = tmp_path / "home"
-    for mistake, (args, extra) in _mistakes(tmp_path).items():
+    for mistake, (args, extra) in _mistakes(tmp_path, redis_url).items():
         env = {**_embedded_env(home), **extra}
         done = vlmbatch(args, env, timeout=120)
         lines = done.stderr.strip().splitlines()
