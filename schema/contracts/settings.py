@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     @classmethod
     def _a_ledger_we_speak(cls, value: str | None) -> str | None:
         if value and value.split(":", 1)[0].split("+", 1)[0].lower() not in ("postgresql", "sqlite"):
-            raise ValueError("the ledger is PostgreSQL (postgresql://...) or SQLite (sqlite:///...)")
+            raise ValueError("the database URL is not valid: the ledger is PostgreSQL or SQLite")
         return value
 
     @field_validator("broker_url")
