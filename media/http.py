@@ -144,7 +144,9 @@ def opted_out(header_values: list[str], user_agent: str) -> bool:
             if not colon:
                 robot, directive = "", token
             robot = robot.strip().lower()
-            if directive.strip().lower() in _OPT_OUT_DIRECTIVES and robot in ("", "*", ours):
+            # Directives are comma-separated, but servers also send them space-separated ("noindex noai").
+            said = {word.lower() for word in directive.split()}
+            if said & _OPT_OUT_DIRECTIVES and robot in ("", "*", ours):
                 return True
     return False
 
