@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,10 +238,8 @@ class BatchService:
             if self._stopped(row_id):
                 self._end_unaccepted(row_id)
                 return
-            with self.sessions() as session, session.begin():
-                run = session.scalar(select(Run).where(Run.name == batch_id(row_id)))
-                if run is not None:
-                    cancel_run(session, run_id=run.id)
+            with self.sessions() as session, session.begin(), suppress(RunNotFound):
+                cancel_run(session, run_id=get_run(session, batch_id(row_id)).id)
             message = "the server failed to submit the file; its log has the details"
             self._fail(row_id, [{"code": "server_error", "message": message, "param": None, "line": None}])
         except Exception:  # the ledger itself is failing: the batch stays `validating`, its next read retries
