@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 from tests.fixtures.bad_images import good_jpeg
@@ -45,8 +47,14 @@ def _mistakes(tmp: Path, redis_url: str) -> dict[str, tuple[list[str], dict[str,
     (tmp / "deep.jsonl").write_text('{"image": "imgs/a.jpg", "q": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     bad_id = '{"custom_id": "x\\ud800", "body": {"messages": [{"role": "user", "content": "hi"}]}}\n'
     (tmp / "surrogate.jsonl").write_text(bad_id)
+    with tarfile.open(tmp / "deep.tar", "w") as shard:
+        for name, data in (("s1.jpg", good_jpeg(16, 16, seed=3)), ("s1.json", b"[" * 200_000 + b"]" * 200_000)):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            shard.addfile(member, io.BytesIO(data))
     submit = ["submit", str(images), "--question", "What?"]
     return {
+        "WebDataset .json nested 200,000 deep": (["submit", str(tmp / "deep.tar"), "--question", "What?"], {}),
         "engine args that are no JSON": (submit, {"VLMBATCH_ENGINE_ARGS": "{bad"}),
         "a MySQL database URL": (submit, {"VLMBATCH_DATABASE_URL": "mysql://u@127.0.0.1/db"}),
         "a broker URL with no port number": (submit, {"VLMBATCH_BROKER_URL": "redis://:notaport"}),

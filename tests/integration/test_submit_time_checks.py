@@ -95,3 +95,12 @@ def test_batch_line_fields_of_the_wrong_type_are_refused_not_coerced(tmp_path: P
     batch.write_text(json.dumps({"custom_id": "a", "body": body}) + "\n")
     with pytest.raises(SourceError, match=f"`{field}` must be"):
         open_source(str(batch), question=None, s3_endpoint_url=None).validate()
+
+
+def test_huggingface_metadata_nested_too_deep_is_ignored_not_a_crash(tmp_path: Path) -> None:
+    deep = json.dumps({"info": {"features": "X"}}).replace('"X"', "[" * 100_000 + "]" * 100_000)
+    table = pa.table({"picture": [good_jpeg(8, 8, seed=4)], "question": ["What?"]})
+    pq.write_table(table.replace_schema_metadata({"huggingface": deep}), tmp_path / "deep.parquet")
+    source = open_source(str(tmp_path / "deep.parquet"), question=None, s3_endpoint_url=None, stage_to=str(tmp_path))
+    source.validate()  # the image column is found by its type; the metadata is not read
+    assert [len(spec.images) for spec in source.specs()] == [1]
