@@ -257,21 +257,20 @@ class BatchService:
         stager = Stager(
             settings.resolved_stage_to(), s3_endpoint_url=settings.s3_endpoint_url, max_bytes=settings.max_image_bytes
         )
+        # The source remembers what it staged of each line: the submit's own reads decode no `data:` again.
         source = OpenAIBatchSource(upload.path, stager=stager)
-        if self._stopped(row_id):  # cancelled or expired before its submit began
+        errors = line_errors(source)
+        if self._stopped(row_id):  # cancelled or expired while its lines were checked
             self._end_unaccepted(row_id)
             return
         run_id: int | None = None
         name = batch_id(row_id)
-        errors: list[dict[str, Any]] = []
-        if self._name_taken(name, source.uri):
+        if not errors and self._name_taken(name, source.uri):
             message = f"a run named {name} that is not this batch's exists (made before such names were reserved)"
             errors = [{"code": "invalid_request", "message": message, "param": None, "line": None}]
-        else:
-            # The submit validates as it reads (a `data:` image is decoded and staged once per pass); only a
-            # refused file is read again, for OpenAI's `errors.data` line by line.
+        if not errors:
             try:
-                report = submit(
+                run_id = submit(
                     sessions=self.sessions,
                     publisher=HeldPublisher(self.sessions, run_name=name),
                     held=True,  # no worker claims its jobs until the batch is accepted
@@ -279,14 +278,9 @@ class BatchService:
                     settings=RunSettings(model=self.settings.model),
                     queue=self.settings.queue,
                     run_name=name,
-                )
-                run_id = report.run
-                if not report.submitted + report.skipped:
-                    errors = line_errors(source)  # no request at all: `empty_file`
+                ).run
             except SourceError as exc:
-                errors = line_errors(source) or [
-                    {"code": "invalid_request", "message": str(exc), "param": None, "line": None}
-                ]
+                errors = [{"code": "invalid_request", "message": str(exc), "param": None, "line": None}]
         if errors or run_id is None:
             self._fail(row_id, errors)
             return

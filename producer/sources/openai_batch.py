@@ -13,7 +13,8 @@ back) and is part of the job's identity. A duplicate `custom_id` or an invalid l
 submit, naming every bad line, before anything is written.
 
 `data:` images never enter the ledger: their bytes are staged once to content-addressed objects under
-`--stage-to` (media/staging.py, a folder or an S3 prefix), and the job references the object. A `data:`
+`--stage-to` (media/staging.py, a folder or an S3 prefix), and the job references the object. A source
+remembers what it staged, so the reads of one submit (validation, then insert) decode each image once. A `data:`
 URI whose bytes are no image is staged like any other and fails its own job at the worker
 (`input.unreadable`).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -44,6 +46,8 @@ CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 # Body fields read, and those accepted without effect (the run decides the model; nothing streams).
 _READ = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "response_format"}
 _IGNORED = {"model", "stream", "user", "metadata", "store"}
+# `data:` images whose staged URI a source remembers (~150 bytes each).
+_REMEMBERED_STAGES = 65_536
 _NUMBER = (int, float)
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "max_tokens": int,
@@ -85,8 +89,11 @@ class OpenAIBatchSource(RowSource):
         # Where an absolute path or file:// image may lie: the file's folder and VLMBATCH_LOCAL_ROOTS
         # (a Batch API upload: its own folder alone), checked at submit as for every source.
         self._roots = LocalRoots.of([self._root, *local_roots])
-        # Where `data:` images are staged, content-addressed (media/staging.py, `--stage-to`).
+        # Where `data:` images are staged, content-addressed (media/staging.py, `--stage-to`), and what
+        # this source staged lately: a submit reads the file more than once (validation, then insert), and
+        # decodes each `data:` image once.
         self._stager = stager
+        self._staged: OrderedDict[tuple[int, int], str] = OrderedDict()
 
     def rows(self) -> Iterator[Row]:
         # 8-byte digests of the ids seen: duplicates are found in one pass, in ~60 bytes per line.
@@ -239,10 +246,20 @@ class OpenAIBatchSource(RowSource):
             raise LineError(str(exc)) from None
 
     def _stage(self, url: str) -> str:
+        # Keyed by the URI's length and (SipHash, seeded per process) hash: no copy of a 100 MB URI is kept.
+        key = (len(url), hash(url))
+        staged = self._staged.get(key)
+        if staged is not None:
+            self._staged.move_to_end(key)
+            return staged
         try:
-            return stage_bytes(decode_data_uri(url), self._stager)
+            staged = stage_bytes(decode_data_uri(url), self._stager)
         except ValueError as exc:
             raise LineError(str(exc)) from exc
+        self._staged[key] = staged
+        if len(self._staged) > _REMEMBERED_STAGES:
+            self._staged.popitem(last=False)
+        return staged
 
 
 def _text(raw: bytes) -> str:

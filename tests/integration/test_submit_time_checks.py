@@ -104,3 +104,27 @@ def test_huggingface_metadata_nested_too_deep_is_ignored_not_a_crash(tmp_path: P
     source = open_source(str(tmp_path / "deep.parquet"), question=None, s3_endpoint_url=None, stage_to=str(tmp_path))
     source.validate()  # the image column is found by its type; the metadata is not read
     assert [len(spec.images) for spec in source.specs()] == [1]
+
+
+def test_a_batch_files_data_images_are_decoded_once_over_every_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    from vlmbatch.producer.sources import openai_batch
+
+    uris = ["data:image/jpeg;base64," + base64.b64encode(good_jpeg(8, 8, seed=i)).decode() for i in range(3)]
+    batch = tmp_path / "inline.jsonl"
+    batch.write_text("".join(_batch_line(f"r{i}", uris[i % 3]) for i in range(6)))
+    decoded: list[int] = []
+    real = openai_batch.decode_data_uri
+
+    def counting(uri: str) -> bytes:
+        decoded.append(len(uri))
+        return real(uri)
+
+    monkeypatch.setattr(openai_batch, "decode_data_uri", counting)
+    source = open_source(str(batch), question=None, s3_endpoint_url=None, stage_to=str(tmp_path / "staged"))
+    source.validate()  # validation, as the Batch API's line check and a SQLite submit do
+    specs = list(source.specs())  # then the insert's read
+    assert len(specs) == 6 and len(decoded) == 3  # each distinct image once
