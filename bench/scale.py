@@ -1,5 +1,5 @@
 """Scale benchmark: what each per-pass, per-claim, per-heartbeat, per-status and per-page cost does as a
-run grows a hundredfold, two sizes side by side in one run (DESIGN.md, "Scale": each must stay flat).
+run grows a hundredfold, two sizes side by side in one run (docs/ARCHITECTURE.md, "Scale": each must stay flat).
 
 At each size, into a fresh PostgreSQL database and Redis: `vlmbatch submit` of N jobs (wall, jobs/s,
 peak RSS); `vlmbatch reconcile` with nothing lost and again after 1% of the messages were deleted from

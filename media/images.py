@@ -1,6 +1,6 @@
 """Hardened image decoding: untrusted bytes in, an RGB `PIL.Image.Image` out, or an input error.
 
-Taxonomy (DESIGN.md, `schema/contracts/errors.py`):
+Taxonomy (docs/ARCHITECTURE.md, `schema/contracts/errors.py`):
 - `InputUnreadable`: empty, not an image at all, or an allowed format that is corrupt or truncated.
 - `InputUnsupported`: a format Pillow recognizes but we do not allow (ICO, PSD, AVIF, HEIF, ...), or an
   allowed format whose mode, compression or codec we cannot decode.

@@ -5,10 +5,11 @@
   loop of its own).
 - `pipeline/`: claimed job → fetch → decode → engine → fenced write: `admission`, `attempt`, `writing`,
   `leases`, `capacity`, `watchdog`, with `pipeline` owning the jobs in flight and the lifecycle.
-- `transport/`: Celery (`celery_app`, `tasks`), claim tokens (`tokens`) and publishing them (`publisher`),
-  reading the broker (`broker_scan`), the `reconciler` and a worker's periodic duties (`maintenance`).
-- `process/`: entry points (`main`), building the parts from settings (`runtime`), several workers per
-  host (`launcher`), `metrics` and `log_format`.
+- `transport/`: the Celery app (`celery_app`), publishing claim tokens (`publisher`; their format is
+  schema/contracts/tokens.py), reading the broker (`broker_scan`) and the `reconciler`.
+- `process/`: entry points (`main`), the Celery task (`tasks`), a worker's periodic duties (`maintenance`),
+  building the parts from settings (`runtime`), several workers per host (`launcher`).
+- `telemetry/`: `metrics` and `log_format`.
 - `smoke_model/`: the tiny random-weight model of R1V3's architecture that tests, benchmarks and the demo
   run through the real vLLM code path (`vlmbatch smoke-model DIR`).
 """

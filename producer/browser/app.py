@@ -29,12 +29,12 @@ from vlmbatch.producer.browser import json_status, queries
 from vlmbatch.producer.browser.auth import Access
 from vlmbatch.producer.browser.job_page import job_page
 from vlmbatch.producer.browser.layout import style_source
-from vlmbatch.producer.browser.ledger import open_readonly_ledger
 from vlmbatch.producer.browser.pages import message_page, run_page, runs_page
 from vlmbatch.producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
 from vlmbatch.producer.browser.thumbnails import Thumbnailer
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.database import open_readonly_ledger
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,9 @@ class BrowserApp:
         with self._sessions() as session:
             summary = queries.get_run(session, run_id)
             groups = queries.error_groups(session, run_id, summary.progress.report.errors)
-            results = queries.job_page(session, run_id, where, limit=limit, after=after, before=before)
+            results = queries.job_page(
+                session, run_id, where, limit=limit, after=after, before=before, counts=summary.progress.report
+            )
             document = run_page(summary, groups, results, where=where, limit=limit)
         return html_response(200, document)
 

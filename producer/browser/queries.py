@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.producer.reports.display import preview
+from vlmbatch.schema.contracts.models import StatusReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.keyset import Keyset
 from vlmbatch.schema.ledger.standing import attempt_stands, result_stands
@@ -145,11 +146,15 @@ def job_page(
     limit: int,
     after: int | None = None,
     before: int | None = None,
+    counts: StatusReport | None = None,
 ) -> JobPage:
     """The run's jobs that pass `where`, `limit` at a time in id order: those after the key `after`, or
-    (paging back) the last ones before the key `before`."""
+    (paging back) the last ones before the key `before`. With the run's `counts`, a filter that its
+    counters say matches no job is answered from them (a walk would find nothing, after a long look)."""
+    if counts is not None and _counted_empty(where, counts):
+        return JobPage([], next_after=None, prev_before=None)
     stmt, keys = _job_rows(run_id, where)
-    stmt = keys.page(stmt, dialect=session.get_bind().dialect.name, after=after, before=before).limit(limit + 1)
+    stmt = keys.page(stmt, session=session, after=after, before=before).limit(limit + 1)
     fetched = list(session.execute(stmt).all())
     more = len(fetched) > limit
     fetched = fetched[:limit]
@@ -191,9 +196,21 @@ def job_image(session: Session, job_id: int, index: int) -> tuple[str, str | Non
     return str(row.images[index]), row.source
 
 
+def _counted_empty(where: ResultFilter, counts: StatusReport) -> bool:
+    if where.state is not None and not counts.counts.get(where.state.value, 0):
+        return True
+    return (
+        where.error_type is not None
+        and where.state in (None, JobState.FAILED)
+        and not counts.errors.get(where.error_type, 0)
+    )
+
+
 def _job_rows(run_id: int, where: ResultFilter) -> tuple[Select[Any], Keyset]:
     """The list's columns and conditions, and the keys it is paged on: each filter has an index whose
-    leading columns it fixes (ix_jobs_run_id, ix_jobs_run_state_id, ix_jobs_run_failed_error)."""
+    leading columns it fixes (ix_jobs_run_id, ix_jobs_run_state_id, ix_jobs_run_failed_error). An error
+    type with no state lists the failed jobs of that type (what the run's error counts count): filtering
+    every job of the run for it would walk the whole run to fill a page when errors are rare."""
     stmt = select(
         Job.id,
         Job.images,
@@ -206,12 +223,12 @@ def _job_rows(run_id: int, where: ResultFilter) -> tuple[Select[Any], Keyset]:
         Attempt.completion_tokens,
     ).outerjoin(Attempt, Attempt.id == Job.current_attempt_id)
     keys = Keyset([(Job.run_id, run_id)])
-    if where.state == JobState.FAILED and where.error_type is not None:
+    if where.error_type is not None and where.state in (None, JobState.FAILED):
         stmt = stmt.where(Job.state == JobState.FAILED.value)  # the partial index's predicate
         keys = Keyset([(Job.run_id, run_id), (Job.error_type, where.error_type)])
     elif where.state is not None:
         keys = Keyset([(Job.run_id, run_id), (Job.state, where.state.value)])
-    if where.error_type is not None and where.state != JobState.FAILED:
+    if where.error_type is not None and where.state not in (None, JobState.FAILED):
         stmt = stmt.where(Job.error_type == where.error_type)
     if where.correctness is not None:
         stmt = stmt.where(_correctness(where.correctness))
@@ -232,28 +249,38 @@ def _correctness(wanted: Correctness) -> ColumnElement[bool]:
 
 
 def _with_samples(session: Session, fetched: Sequence[Any]) -> list[JobRow]:
-    """Rows with their standing samples counted and graded, and the first sample's answer previewed."""
-    attempt_ids = [row.current_attempt_id for row in fetched if row.current_attempt_id is not None]
+    """Rows with their standing samples counted and graded, and the first sample's answer previewed.
+
+    Driven from the page's jobs by primary key, each figure a subquery correlated on the job (probing the
+    results' and attempts' job indexes): a plan with no join order to choose, so a run that finished
+    millions of jobs since the last ANALYZE still costs the page's rows, not a scan of results or jobs."""
+    if not fetched:
+        return []
+    standing = result_stands()
+
+    def tally(condition: ColumnElement[bool] | None = None) -> Any:
+        where = [Result.job_id == Job.id, standing] + ([condition] if condition is not None else [])
+        return select(func.count()).where(*where).correlate(Job).scalar_subquery()
+
+    first_answer = (
+        select(func.substr(Result.answer, 1, PREVIEW_CHARS + 1))
+        .where(Result.job_id == Job.id, Result.attempt_id == Job.current_attempt_id, Result.sample_index == 0)
+        .correlate(Job)
+        .limit(1)
+        .scalar_subquery()
+    )
+    stmt = select(
+        Job.id, tally(), tally(Result.correct.is_not(None)), tally(Result.correct.is_(True)), first_answer
+    ).where(Job.id.in_([row.id for row in fetched]))
     tallies: dict[int, tuple[int, int, int]] = {}
-    previews: dict[int, str] = {}
-    if attempt_ids:
-        graded = func.sum(case((Result.correct.is_not(None), 1), else_=0))
-        correct = func.sum(case((Result.correct.is_(True), 1), else_=0))
-        tally = (
-            select(Result.job_id, func.count(), graded, correct)
-            .join(Job, Job.id == Result.job_id)
-            .where(Result.job_id.in_([row.id for row in fetched]), result_stands())
-            .group_by(Result.job_id)
-        )
-        tallies = {a: (int(n), int(g or 0), int(c or 0)) for a, n, g, c in session.execute(tally)}
-        first = select(Result.attempt_id, func.substr(Result.answer, 1, PREVIEW_CHARS + 1)).where(
-            Result.attempt_id.in_(attempt_ids), Result.sample_index == 0
-        )
-        previews = {a: text for a, text in session.execute(first)}
+    previews: dict[int, str | None] = {}
+    for job_id, samples, graded, correct, answer in session.execute(stmt):
+        tallies[job_id] = (int(samples), int(graded), int(correct))
+        previews[job_id] = answer
     rows = []
     for row in fetched:
         samples, graded_n, correct_n = tallies.get(row.id, (0, 0, 0))
-        answer = previews.get(row.current_attempt_id)
+        answer = previews.get(row.id)
         rows.append(
             JobRow(
                 id=row.id,

@@ -1,4 +1,4 @@
-"""The error taxonomy: one exception per stored error string (DESIGN.md), rooted in `VlmbatchError`.
+"""The error taxonomy: one exception per stored error string (docs/ARCHITECTURE.md), rooted in `VlmbatchError`.
 
 A job that fails stores `error_type` (the stable string) and the exception's message on its attempt.
 Permanent errors never retry; transient ones retry with backoff up to the run's cap.

@@ -161,7 +161,7 @@ class JobSpec(BaseModel):
         return meta
 
     def input_key(self) -> str:
-        """The job's identity within a run: a hash of its image URIs and question (DESIGN.md, job row
+        """The job's identity within a run: a hash of its image URIs and question (docs/ARCHITECTURE.md, job row
         unique per run + images + question). Hashed so that the unique index stays small whatever the
         length of the question; every part is length-prefixed, so no two jobs can collide by splitting
         their text differently. A job's own request settings and an OpenAI batch line's `custom_id` are part

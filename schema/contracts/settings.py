@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # adds to it. Checked against vLLM's EngineArgs before the engine starts (worker/engines/engine_args.py).
     engine_args: dict[str, Any] = Field(default_factory=dict)
 
-    # The `openai` engine: jobs go to a running OpenAI-compatible vLLM server (worker/openai_engine.py).
+    # The `openai` engine: jobs go to a running OpenAI-compatible vLLM server (worker/engines/openai/).
     # Its API root, e.g. http://host:8000/v1.
     openai_base_url: str | None = None
     # The server's --api-key, sent as a bearer token (never logged).

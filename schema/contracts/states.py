@@ -1,4 +1,4 @@
-"""Job states and attempt outcomes (DESIGN.md, job lifecycle)."""
+"""Job states and attempt outcomes (docs/ARCHITECTURE.md, "Job lifecycle")."""
 
 from __future__ import annotations
 

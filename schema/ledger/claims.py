@@ -18,6 +18,7 @@ from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.dialect import lock_for_claim
 from vlmbatch.schema.ledger.keyset import Keyset
 from vlmbatch.schema.ledger.tables import Attempt, Job, Run, RunCount
 
@@ -57,11 +58,8 @@ def _past_backoff(now: datetime) -> Any:
 
 
 def _lock(stmt: Select[Any], session: Session) -> Select[Any]:
-    # PostgreSQL: concurrent claimers skip each other's rows instead of queueing behind them.
-    # SQLite: the BEGIN IMMEDIATE transaction already serialises writers.
-    if session.get_bind().dialect.name == "postgresql":
-        return stmt.with_for_update(of=Job, skip_locked=True)
-    return stmt
+    # Concurrent claimers skip each other's rows instead of queueing behind them.
+    return lock_for_claim(stmt, session, of=Job)
 
 
 def claim_jobs(
@@ -101,7 +99,7 @@ def claim_next(
         stmt = stmt.where(Run.model == model)
     if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.ledger.keyset)
         queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-        stmt = queued.page(stmt.where(_past_backoff(now)), dialect=session.get_bind().dialect.name)
+        stmt = queued.page(stmt.where(_past_backoff(now)), session=session)
     else:
         stmt = stmt.where(_claimable(now)).order_by(Job.id)
     jobs = list(session.scalars(_lock(stmt.limit(limit), session)))
@@ -151,13 +149,12 @@ class QueueClaimer:
         """Up to `limit` claimable jobs of `runs`, run by run, locked; and the runs found short of jobs."""
         jobs: list[Job] = []
         drained: set[int] = set()
-        dialect = session.get_bind().dialect.name
         for run_id in runs:
             wanted = limit - len(jobs)
             if wanted <= 0:
                 break
             queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-            stmt = queued.page(select(Job).where(_past_backoff(now)), dialect=dialect)
+            stmt = queued.page(select(Job).where(_past_backoff(now)), session=session)
             taken = list(session.scalars(_lock(stmt.limit(wanted), session)))
             if len(taken) < wanted:
                 drained.add(run_id)

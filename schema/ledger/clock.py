@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.ledger.dialect import clock_now
 from vlmbatch.schema.ledger.tables import utcnow
 
 _POSTGRES_NOW = text("SELECT clock_timestamp() AT TIME ZONE 'utc'")
@@ -19,9 +20,5 @@ _POSTGRES_NOW = text("SELECT clock_timestamp() AT TIME ZONE 'utc'")
 
 def database_now(session: Session) -> datetime:
     """The database's current time as naive UTC (the one representation the ledger stores)."""
-    if session.get_bind().dialect.name == "postgresql":
-        now = session.scalar(_POSTGRES_NOW)
-        if not isinstance(now, datetime):
-            raise RuntimeError(f"the database returned {now!r} for its clock")
-        return now
-    return utcnow()
+    now = clock_now(session)
+    return utcnow() if now is None else now

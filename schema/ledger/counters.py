@@ -1,6 +1,6 @@
 """Per-run job counts kept with the state changes: every statement that moves jobs between states adds
 its deltas to `run_counts` in the same transaction, so that a count is exact whenever it is read, and
-reading it costs a few rows whatever the size of the run (DESIGN.md, "Scale").
+reading it costs a few rows whatever the size of the run (docs/ARCHITECTURE.md, "Scale").
 
 Deltas are applied last in their transaction and in one sorted order, after the job rows are locked:
 a transaction holding a counter row never waits for a job row, so counters add no deadlock. On
@@ -10,16 +10,16 @@ claiming and writing at once rarely queue on the same counter row; readers sum t
 
 from __future__ import annotations
 
-import random
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import JobState
-from vlmbatch.schema.ledger.tables import RunCount
+from vlmbatch.schema.ledger.dialect import counter_shard, insert_for
+from vlmbatch.schema.ledger.tables import Run, RunCount
 
 # Counter rows per (run, state, error type) on PostgreSQL. SQLite serialises writers anyway: one row.
 SHARDS = 16
@@ -58,13 +58,12 @@ class CountDeltas:
         self._deltas.clear()
         if not changes:
             return
-        dialect = session.get_bind().dialect.name
-        shard = random.randrange(SHARDS) if dialect == "postgresql" else 0
+        shard = counter_shard(session, SHARDS)
         rows = [
             {"run_id": b.run_id, "state": b.state, "error_type": b.error_type, "shard": shard, "jobs": n}
             for b, n in changes
         ]
-        insert = postgresql.insert(RunCount) if dialect == "postgresql" else sqlite.insert(RunCount)
+        insert = insert_for(session, RunCount)
         stmt = insert.on_conflict_do_update(
             index_elements=["run_id", "state", "error_type", "shard"],
             set_={"jobs": RunCount.jobs + insert.excluded.jobs},
@@ -101,3 +100,25 @@ def read_counts(session: Session, run_id: int) -> RunCounts:
         if state == JobState.FAILED.value and error_type and count:
             errors[error_type] = count
     return RunCounts(by_state=by_state, errors=dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))))
+
+
+def queued_by_queue(session: Session, *, run_id: int | None, cutoff: datetime) -> dict[str, int]:
+    """Queued jobs per queue (by the run counters, on ix_run_counts_state) of the runs whose last submit
+    published before `cutoff`. With `run_id`: that run's queue, since tokens belong to a queue."""
+    stmt = (
+        select(Run.queue, func.sum(RunCount.jobs))
+        .join(RunCount, RunCount.run_id == Run.id)
+        .where(
+            RunCount.state == JobState.QUEUED.value,
+            Run.held.is_(False),  # a batch still validating: no token may claim its jobs yet
+            or_(Run.published_at.is_(None), Run.published_at < cutoff),
+        )
+        .group_by(Run.queue)
+    )
+    if run_id is not None:
+        stmt = stmt.where(Run.queue == select(Run.queue).where(Run.id == run_id).scalar_subquery())
+    totals: dict[str, int] = defaultdict(int)
+    for queue, queued in session.execute(stmt):
+        if queued:
+            totals[queue] += int(queued)
+    return dict(totals)

@@ -7,14 +7,14 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.models import JobSpec
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.dialect import analyze_changed_tables, analyze_jobs_if_grown, insert_ignoring_duplicates
 from vlmbatch.schema.ledger.tables import Job, Run
 
 
@@ -49,21 +49,8 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
                 "queued_at": now,
             },
         )
-    dialect = session.get_bind().dialect.name
     table = Job.__table__
-    stmt: Insert
-    if dialect == "postgresql":
-        stmt = postgresql.insert(Job).on_conflict_do_nothing(constraint="uq_jobs_run_input")
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(Job).on_conflict_do_nothing(index_elements=["run_id", "input_key"])
-    else:  # other databases: check first, then insert
-        existing = set(
-            session.scalars(select(Job.input_key).where(Job.run_id == run_id, Job.input_key.in_(list(rows))))
-        )
-        stmt = insert(Job)
-        rows = {k: v for k, v in rows.items() if k not in existing}
-        if not rows:
-            return []
+    stmt = insert_ignoring_duplicates(session, Job, constraint="uq_jobs_run_input", columns=["run_id", "input_key"])
     result = session.execute(stmt.returning(table.c.id), list(rows.values()))
     ids = sorted(row[0] for row in result)
     _count_queued(session, run_id, len(ids))
@@ -171,14 +158,23 @@ def mark_published(session: Session, *, run_id: int) -> None:
 ANALYZE_GROWTH = 0.1
 
 
+# Tables the workers change row by row all run long, and how much change makes their statistics stale
+# for the hot queries' plans: a run 4% done already turned a 10 ms page into 500 ms on stale statistics.
+MIDRUN_TABLES = ("jobs", "attempts", "results")
+MIDRUN_STALE_FRACTION = 0.02
+MIDRUN_STALE_FLOOR = 1000
+
+
+def refresh_midrun_statistics(session: Session) -> list[str]:
+    """ANALYZE the tables that finished attempts changed past MIDRUN_STALE_FRACTION of their rows since
+    their last ANALYZE (the maintenance pass calls this); return their names."""
+    return analyze_changed_tables(
+        session, tables=MIDRUN_TABLES, fraction=MIDRUN_STALE_FRACTION, floor=MIDRUN_STALE_FLOOR
+    )
+
+
 def refresh_statistics(session: Session, *, inserted: int) -> bool:
     """ANALYZE `jobs` (PostgreSQL) when `inserted` rows grew it by more than ANALYZE_GROWTH, or it was
     never analysed; return whether it ran. ANALYZE reads a fixed-size sample, so it costs about the
     same at 10^7 rows as at 10^5."""
-    if inserted <= 0 or session.get_bind().dialect.name != "postgresql":
-        return False
-    estimated = float(session.scalar(text("SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass")) or -1)
-    if estimated >= 0 and inserted <= ANALYZE_GROWTH * estimated:
-        return False
-    session.execute(text("ANALYZE jobs"))
-    return True
+    return analyze_jobs_if_grown(session, inserted=inserted, growth=ANALYZE_GROWTH)

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, and_, tuple_
+from sqlalchemy.orm import Session
 
+from vlmbatch.schema.ledger.dialect import pages_by_row_values
 from vlmbatch.schema.ledger.tables import Job
 
 
@@ -33,13 +35,13 @@ class Keyset:
     prefix: Sequence[tuple[Any, Any]]
 
     def page(
-        self, stmt: Select[Any], *, dialect: str, after: int | None = None, before: int | None = None
+        self, stmt: Select[Any], *, session: Session, after: int | None = None, before: int | None = None
     ) -> Select[Any]:
         """`stmt` narrowed to the jobs after the key `after` in id order or, with `before`, those before
         it in descending id order (the caller reverses them). The caller adds the LIMIT."""
         columns = [column for column, _ in self.prefix]
         values = [value for _, value in self.prefix]
-        if dialect != "postgresql":
+        if not pages_by_row_values(session):
             stmt = stmt.where(*(column == value for column, value in self.prefix))
             if before is not None:
                 return stmt.where(Job.id < before).order_by(Job.id.desc())

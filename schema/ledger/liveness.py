@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.dialect import insert_for, lock_for_claim
 from vlmbatch.schema.ledger.reconcile import take_back
 from vlmbatch.schema.ledger.tables import Job, Run, Worker
 
@@ -36,18 +36,12 @@ def beat(session: Session, *, worker: str, lease_seconds: float, now: datetime) 
     """Mark `worker` alive until `now + lease_seconds`."""
     expires = now + timedelta(seconds=lease_seconds)
     renewal = {"beat_at": now, "expires_at": expires}
-    dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        upsert = (postgresql if dialect == "postgresql" else sqlite).insert(Worker)
-        session.execute(
-            upsert.values(name=worker, started_at=now, **renewal).on_conflict_do_update(
-                index_elements=[Worker.name], set_=renewal
-            )
+    upsert = insert_for(session, Worker)
+    session.execute(
+        upsert.values(name=worker, started_at=now, **renewal).on_conflict_do_update(
+            index_elements=[Worker.name], set_=renewal
         )
-        return
-    renewed = cast(CursorResult[Any], session.execute(update(Worker).where(Worker.name == worker).values(**renewal)))
-    if renewed.rowcount == 0:
-        session.execute(insert(Worker).values(name=worker, started_at=now, **renewal))
+    )
 
 
 def renew_leases(session: Session, *, worker: str, attempt_ids: Sequence[int], lease_seconds: float) -> set[int]:
@@ -82,8 +76,7 @@ def _take_back_orphans(session: Session, *, worker: str, job_ids: list[int], now
         )
         .order_by(Job.id)  # the ledger's lock order (schema/ledger/locks.py)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Job, skip_locked=True)
+    stmt = lock_for_claim(stmt, session, of=Job)
     # Requeued jobs need no message here: the reconciler publishes tokens for queued jobs none covers.
     take_back(session, session.execute(stmt).tuples(), now=now, reason=ORPHANED)
 

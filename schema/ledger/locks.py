@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.ledger.dialect import lock_for_update
 from vlmbatch.schema.ledger.tables import Job
 
 
@@ -21,6 +22,4 @@ def jobs_locked_in_order(session: Session, where: ColumnElement[bool]) -> Select
     (`FOR NO KEY UPDATE`, the lock an UPDATE takes anyway). Use it as `Job.id.in_(...)` in an UPDATE.
     SQLite's BEGIN IMMEDIATE transaction already serialises writers."""
     ids = select(Job.id).where(where).order_by(Job.id)
-    if session.get_bind().dialect.name == "postgresql":
-        ids = ids.with_for_update(key_share=True)
-    return ids
+    return lock_for_update(ids, session, key_share=True)

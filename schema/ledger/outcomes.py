@@ -16,6 +16,7 @@ from vlmbatch.schema.contracts.errors import ErrorType
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.dialect import lock_for_update
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 
 # Transient retries back off exponentially from this base, with full jitter, up to the cap.
@@ -151,8 +152,7 @@ def _still_holding(session: Session, reports: Sequence[AttemptReport]) -> dict[t
         .where(Job.id.in_({r.job_id for r in reports}), Job.state == JobState.RUNNING.value)
         .order_by(Job.id)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
+    stmt = lock_for_update(stmt, session)
     return {
         (job_id, attempt_id): run_id for job_id, attempt_id, run_id in session.execute(stmt) if attempt_id is not None
     }

@@ -21,6 +21,7 @@ from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.dialect import lock_for_claim
 from vlmbatch.schema.ledger.tables import Attempt, Job, Run, Worker
 
 EXPIRED = "lease held by {owner} expired (worker died, froze or lost the database)"
@@ -58,8 +59,7 @@ def requeue_expired_leases(session: Session, *, run_id: int | None = None, limit
     )
     if run_id is not None:
         stmt = stmt.where(Job.run_id == run_id)
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Job, skip_locked=True)
+    stmt = lock_for_claim(stmt, session, of=Job)
     return take_back(session, session.execute(stmt).tuples(), now=now, reason=EXPIRED)
 
 

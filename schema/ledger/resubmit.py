@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
+from vlmbatch.schema.ledger.dialect import lock_for_update
 from vlmbatch.schema.ledger.locks import jobs_locked_in_order
 from vlmbatch.schema.ledger.tables import Attempt, Job, Run
 
@@ -89,8 +90,7 @@ def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int |
 def _lock_for_counts(session: Session, job_ids: Sequence[int], states: list[str], deltas: CountDeltas) -> list[int]:
     """Lock the jobs of `job_ids` in `states` and count their move to `queued` (schema.ledger.counters)."""
     stmt = select(Job.id, Job.run_id, Job.state, Job.error_type).where(Job.id.in_(list(job_ids)), Job.state.in_(states))
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
+    stmt = lock_for_update(stmt, session)
     locked = []
     for job_id, run_id, state, error_type in session.execute(stmt):
         deltas.move(Bucket.of(run_id, state, error_type), Bucket.of(run_id, JobState.QUEUED.value))

@@ -1,14 +1,19 @@
-"""Runs: create or reuse by name, look up by id or name."""
+"""Runs: create or reuse by name, look up by id or name; what a worker needs to know of a run."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.contracts.errors import RunConflict, RunNotFound
+from vlmbatch.schema.contracts.errors import InternalError, RunConflict, RunNotFound
 from vlmbatch.schema.contracts.models import RunSettings
-from vlmbatch.schema.ledger.tables import Run
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.keyset import Keyset
+from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
+from vlmbatch.schema.ledger.tables import Job, Run
 
 # Ids are 64-bit; a larger number names no run (and would overflow the database's integer).
 _MAX_ID = 2**63 - 1
@@ -77,3 +82,31 @@ def create_or_reuse_run(
 def release_run(session: Session, *, run_id: int) -> None:
     """Make a held run's queued jobs claimable (in the caller's transaction)."""
     session.execute(update(Run).where(Run.id == run_id).values(held=False))
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a worker reads of a run once, before its first job: settings, queue, and where its source is."""
+
+    settings: RunSettings
+    queue: str
+    source: str | None
+
+
+def run_facts(session: Session, *, run_id: int) -> RunFacts:
+    """The facts of run `run_id`. Raises InternalError when it does not exist (a claimed job's run does)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise InternalError(f"run {run_id} does not exist")
+    return RunFacts(settings=RunSettings.model_validate(run.settings), queue=run.queue, source=run.source)
+
+
+def run_drained(session: Session, *, run_id: int) -> bool:
+    """True when none of the run's jobs is queued or running (after taking back expired leases)."""
+    requeue_expired_leases(session, run_id=run_id)
+    # One probe of ix_jobs_run_state_id per state (keyset.py): exact, and as cheap as the counters.
+    for state in (JobState.QUEUED, JobState.RUNNING):
+        keys = Keyset([(Job.run_id, run_id), (Job.state, state.value)])
+        if session.scalar(keys.page(select(Job.id), session=session).limit(1)) is not None:
+            return False
+    return True

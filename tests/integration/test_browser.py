@@ -34,11 +34,10 @@ from tests.processes import VLMBATCH
 from vlmbatch.producer.api.app import build_api
 from vlmbatch.producer.api.server import build_server_app, listening_socket
 from vlmbatch.producer.browser.app import build_app
-from vlmbatch.producer.browser.ledger import open_readonly_ledger
 from vlmbatch.schema.contracts.errors import ErrorType
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
-from vlmbatch.schema.ledger.database import open_ledger
+from vlmbatch.schema.ledger.database import open_ledger, open_readonly_ledger
 from vlmbatch.schema.ledger.tables import Job, Result
 from vlmbatch.worker.engines.base import Completion, Generation, GenerationRequest
 from vlmbatch.worker.engines.fake import FakeEngine

@@ -1,4 +1,4 @@
-"""The hot queries are served by indexes at scale (DESIGN.md, "Scale"): on a PostgreSQL ledger of 300,000
+"""The hot queries are served by indexes at scale (docs/ARCHITECTURE.md, "Scale"): on a PostgreSQL ledger of 300,000
 jobs with fresh statistics, every statement that claiming, heartbeats, lease expiry, the reconciler,
 status and the browser's pages send is EXPLAINed as it is sent, and none reads `jobs` sequentially.
 Plans, not timings: a plan that scans the table is as slow at 10^7 jobs on any machine."""
@@ -224,10 +224,10 @@ def test_lease_expiry_reads_only_running_jobs(big_ledger: Ledger) -> None:
 
 
 def test_the_embedded_feeds_drain_check_probes_the_runs_state_keys(big_ledger: Ledger) -> None:
-    from vlmbatch.worker.pipeline.admission import _run_drained
+    from vlmbatch.schema.ledger.runs import run_drained
 
     with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
-        drained = _run_drained(session, run_id=big_ledger.target)
+        drained = run_drained(session, run_id=big_ledger.target)
         session.rollback()
     assert not drained
     pending = [p for p in plans if "lease_expires_at" not in p.sql]

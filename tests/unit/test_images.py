@@ -1,4 +1,4 @@
-"""Specification of `worker.images.decode_image`: hostile bytes fail with one input error, odd-but-valid
+"""Specification of `media.images.decode_image`: hostile bytes fail with one input error, odd-but-valid
 images come out RGB at their upright size."""
 
 from __future__ import annotations

@@ -55,6 +55,8 @@ def test_the_code_as_it_is_keeps_every_contract(tmp_path: Path) -> None:
         # the ledger importing the worker, and the contracts importing the ledger
         ("schema/ledger/claims.py", "vlmbatch.worker.transport.publisher", "The stack"),
         ("schema/contracts/models.py", "vlmbatch.schema.ledger.tables", "schema: the ledger over grading"),
+        # the worker reading the ledger's tables itself instead of asking schema.ledger
+        ("worker/pipeline/attempt.py", "vlmbatch.schema.ledger.tables", "Only schema reads the ledger tables"),
         # media reaching up into the producer
         ("media/stores.py", "vlmbatch.producer.sources.base", "The stack"),
     ],

@@ -9,20 +9,15 @@ for every job that could not be claimed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from functools import partial
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from vlmbatch.schema.contracts.settings import Settings
-from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.claims import ClaimedJob, QueueClaimer, claim_next
-from vlmbatch.schema.ledger.keyset import Keyset
-from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
-from vlmbatch.schema.ledger.tables import Job
+from vlmbatch.schema.ledger.runs import run_drained
 from vlmbatch.worker.pipeline.capacity import Capacity
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
+from vlmbatch.worker.pipeline.inflight import Attempts, StopState
+from vlmbatch.worker.pipeline.running import AttemptRunner
 
 # Jobs claimed in one transaction at most, when several messages wait to be claimed.
 CLAIM_BATCH = 1024
@@ -43,25 +38,24 @@ class Admission:
         model: str,
         capacity: Capacity,
         db: DatabasePool,
-        launch: Callable[[ClaimedJob], Awaitable[None]],
-        stopping: Callable[[], str | None],
-        holds_jobs_of: Callable[[int], bool],
+        attempts: Attempts,
+        state: StopState,
+        runner: AttemptRunner,
     ) -> None:
         self._settings = settings
         self._worker_id = worker_id
         self._model = model
         self._capacity = capacity
         self._db = db
-        self._launch = launch
-        # Why the worker takes no more work (None while it does).
-        self._stopping = stopping
-        self._holds_jobs_of = holds_jobs_of
+        self._attempts = attempts
+        self._state = state
+        self._runner = runner
         self._claims: asyncio.Queue[tuple[int, asyncio.Future[int]]] = asyncio.Queue()
         # Only the claim loop uses it (one task): it remembers the queue's runs with queued jobs.
         self._claimer = QueueClaimer(queue=settings.queue, model=model)
 
     def _check_running(self) -> None:
-        reason = self._stopping()
+        reason = self._state.reason
         if reason is not None:
             raise WorkerStopping(reason)
 
@@ -75,7 +69,7 @@ class Admission:
         for start in range(0, jobs, step):
             part = min(step, jobs - start)
             await self._capacity.take(part)
-            if self._stopping() is not None:
+            if self._state.reason is not None:
                 await self._capacity.give(part)
                 self._check_running()
             done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -115,7 +109,7 @@ class Admission:
                 await self._capacity.give(part - mine)
                 done.set_result(mine)
             for job in jobs:
-                await self._launch(job)
+                await self._runner.launch(job)
 
     async def feed_run(self, run_id: int) -> None:
         """Claim the run's queued jobs as room frees up, until none is queued or running."""
@@ -136,22 +130,12 @@ class Admission:
                 )
                 await self._capacity.give(taken - len(jobs))
                 for job in jobs:
-                    await self._launch(job)
+                    await self._runner.launch(job)
             if jobs:
                 await self._capacity.wait_for_free(batch, timeout=FEED_POLL_S)
                 continue
-            if not self._holds_jobs_of(run_id) and await self._db.transaction(partial(_run_drained, run_id=run_id)):
+            if not self._attempts.holds_jobs_of(run_id) and await self._db.transaction(
+                partial(run_drained, run_id=run_id)
+            ):
                 return
             await self._capacity.wait_for_free(self._capacity.total, timeout=FEED_POLL_S)
-
-
-def _run_drained(session: Session, *, run_id: int) -> bool:
-    """True when none of the run's jobs is queued or running (after taking back expired leases)."""
-    requeue_expired_leases(session, run_id=run_id)
-    # One probe of ix_jobs_run_state_id per state (schema.ledger.keyset): exact, and as cheap as the counters.
-    dialect = session.get_bind().dialect.name
-    for state in (JobState.QUEUED, JobState.RUNNING):
-        keys = Keyset([(Job.run_id, run_id), (Job.state, state.value)])
-        if session.scalar(keys.page(select(Job.id), dialect=dialect).limit(1)) is not None:
-            return False
-    return True

@@ -6,11 +6,28 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from vlmbatch.schema.contracts.models import JobParams, RunSettings
 from vlmbatch.schema.grading import grade, grader_version
+from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.schema.ledger.outcomes import SampleRecord
 from vlmbatch.worker.engines.base import AnswerConstraint
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a job asks beyond its run, worked out once per attempt: its own request settings (`params`:
+    an OpenAI batch line's sampling, system prompt, answer format) and the answer constraint that the
+    request enforces and the review checks."""
+
+    params: JobParams | None
+    constraint: AnswerConstraint | None
+
+    @classmethod
+    def of(cls, job: ClaimedJob, settings: RunSettings) -> JobPlan:
+        params = JobParams.model_validate(job.params) if job.params else None
+        return cls(params=params, constraint=constraint_of(settings, params))
 
 
 def constraint_of(settings: RunSettings, params: JobParams | None = None) -> AnswerConstraint | None:
@@ -41,17 +58,16 @@ def review(
     samples: Sequence[SampleRecord],
     settings: RunSettings,
     reference: str | None,
-    params: JobParams | None = None,
+    constraint: AnswerConstraint | None = None,
     *,
     options: Sequence[str] | None = None,
 ) -> list[SampleRecord]:
     """Samples with their constraint check, extracted answer, correctness and grader filled in.
 
-    With a constraint (the run's, or the job's own answer format in `params`), an answer that breaks it is
+    With a constraint (the run's, or the job's own answer format: JobPlan), an answer that breaks it is
     recorded as invalid and never counts as correct. A sample whose trace never closed has no answer to
     grade. `options` are the job's (the choice grader maps an option's text to its letter). Grading may wait
     on a symbolic comparison (up to `grading.symbolic.SYMBOLIC_TIMEOUT_S`), so call this off the event loop."""
-    constraint = constraint_of(settings, params)
     reviewed = []
     for sample in samples:
         valid = obeys(sample.answer, constraint) if constraint is not None else None

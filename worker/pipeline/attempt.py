@@ -1,7 +1,9 @@
-"""One attempt of one job: its images loaded, one engine request, and the report the writer commits.
+"""One attempt of one job: its images loaded, one engine request, and the report the writer commits;
+and the run context every attempt of a run shares (`RunContexts`: loaded once per run, not per job).
 
 The decisions are plain functions of their inputs (`generation_report`, `failure_report`), testable without
-an event loop or an engine; `run_attempt` is the coroutine that strings the steps together.
+an event loop or an engine; `run_attempt` is the coroutine that strings the steps together. What the job
+asks beyond its run (`JobPlan`: its params and answer constraint) is worked out once, at its start.
 """
 
 from __future__ import annotations
@@ -10,22 +12,24 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from PIL.Image import Image
 from sqlalchemy.orm import Session
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
-from vlmbatch.schema.contracts.errors import InternalError, JobCancelled, JobError
+from vlmbatch.schema.contracts.errors import JobCancelled, JobError
 from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.states import AttemptOutcome
 from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.schema.ledger.outcomes import AttemptReport, Timings, retry_delay
-from vlmbatch.schema.ledger.tables import Run
+from vlmbatch.schema.ledger.runs import run_facts
 from vlmbatch.worker.engines.base import Engine, Generation
-from vlmbatch.worker.pipeline.answers import needs_more_samples, review
+from vlmbatch.worker.pipeline.answers import JobPlan, needs_more_samples, review
 from vlmbatch.worker.pipeline.capacity import TimeShare
-from vlmbatch.worker.pipeline.inputs import LoadedImage, build_request, job_params
+from vlmbatch.worker.pipeline.db_pool import DatabasePool
+from vlmbatch.worker.pipeline.inputs import LoadedImage, build_request
 from vlmbatch.worker.pipeline.output import attempt_outcome, to_sample
 
 
@@ -56,7 +60,9 @@ class AttemptClock:
         )
 
 
-def generation_report(job: ClaimedJob, run: RunSettings, generation: Generation, timings: Timings) -> AttemptReport:
+def generation_report(
+    job: ClaimedJob, run: RunSettings, generation: Generation, timings: Timings, plan: JobPlan | None = None
+) -> AttemptReport:
     """The outcome of an attempt whose generation finished: samples split, graded and checked, the outcome
     (succeeded or truncated), and whether an accept-until-M job needs another sampling round."""
     opened = generation.trace_opened_by_prompt
@@ -64,7 +70,7 @@ def generation_report(job: ClaimedJob, run: RunSettings, generation: Generation,
         [to_sample(i, c, opened_by_prompt=opened) for i, c in enumerate(generation.completions)],
         run,
         job.reference,
-        job_params(job),
+        (plan or JobPlan.of(job, run)).constraint,
         options=job.options,
     )
     accepted = sum(1 for s in samples if s.correct)
@@ -123,8 +129,14 @@ async def run_attempt(
     images: list[Image] = [item.image for item in loaded]
     clock.fetch_s = sum(item.fetch_s for item in loaded)
     clock.decode_s = sum(item.decode_s for item in loaded)
+    plan = JobPlan.of(job, run.settings)
     request = build_request(
-        request_id=request_id, job=job, settings=run.settings, images=images, worker_max_tiles=worker_max_tiles
+        request_id=request_id,
+        job=job,
+        settings=run.settings,
+        images=images,
+        worker_max_tiles=worker_max_tiles,
+        plan=plan,
     )
     started = time.perf_counter()
     share = time_share.enter()
@@ -135,18 +147,46 @@ async def run_attempt(
     clock.generation_s = time.perf_counter() - started
     clock.first_token_s = generation.first_token_s
     if run.settings.grader is None:
-        return generation_report(job, run.settings, generation, clock.timings())
+        return generation_report(job, run.settings, generation, clock.timings(), plan)
     # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
-    return await asyncio.to_thread(generation_report, job, run.settings, generation, clock.timings())
+    return await asyncio.to_thread(generation_report, job, run.settings, generation, clock.timings(), plan)
 
 
 def load_run_context(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:
     """A run's settings, queue and the local folders its jobs may read (once per run, not per job)."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise InternalError(f"run {run_id} does not exist")
+    run = run_facts(session, run_id=run_id)
     return RunContext(
-        settings=RunSettings.model_validate(run.settings),
-        queue=run.queue,
-        local_roots=LocalRoots.of([source_root(run.source), *extra_roots]),
+        settings=run.settings, queue=run.queue, local_roots=LocalRoots.of([source_root(run.source), *extra_roots])
     )
+
+
+class RunContexts:
+    """The contexts of the runs this worker has jobs of, each loaded from the ledger once: jobs of a new run
+    arrive hundreds at a time, and all of them wait on the one load."""
+
+    def __init__(self, *, db: DatabasePool, extra_roots: Sequence[Path]) -> None:
+        self._db = db
+        self._extra_roots = list(extra_roots)
+        self._known: dict[int, RunContext] = {}
+        self._loading: dict[int, asyncio.Future[RunContext]] = {}
+
+    def known(self, run_id: int) -> RunContext | None:
+        """The run's context if it is loaded already (no database call)."""
+        return self._known.get(run_id)
+
+    async def get(self, run_id: int) -> RunContext:
+        run = self._known.get(run_id)
+        if run is not None:
+            return run
+        loading = self._loading.get(run_id)
+        if loading is None:
+            loading = asyncio.ensure_future(
+                self._db.transaction(partial(load_run_context, run_id=run_id, extra_roots=self._extra_roots))
+            )
+            self._loading[run_id] = loading
+        try:
+            run = await asyncio.shield(loading)
+        finally:
+            self._loading.pop(run_id, None)
+        self._known[run_id] = run
+        return run

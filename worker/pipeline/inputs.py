@@ -14,12 +14,12 @@ from PIL.Image import Image
 from vlmbatch.media.images import decode_image
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.contracts.errors import InputUnsupported
-from vlmbatch.schema.contracts.models import JobParams, RunSettings
+from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.worker.engines.base import GenerationRequest
-from vlmbatch.worker.pipeline.answers import constraint_of
+from vlmbatch.worker.pipeline.answers import JobPlan
 from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 
 
@@ -123,18 +123,20 @@ class SharedImages:
         return await asyncio.shield(shared.loading)
 
 
-def job_params(job: ClaimedJob) -> JobParams | None:
-    """The job's own request settings, if it has any."""
-    return JobParams.model_validate(job.params) if job.params else None
-
-
 def build_request(
-    *, request_id: str, job: ClaimedJob, settings: RunSettings, images: list[Image], worker_max_tiles: int
+    *,
+    request_id: str,
+    job: ClaimedJob,
+    settings: RunSettings,
+    images: list[Image],
+    worker_max_tiles: int,
+    plan: JobPlan | None = None,
 ) -> GenerationRequest:
     """The engine request for one attempt: the run's settings under the job's own (`params`), under the
     attempt's overrides (a resubmit's max_tokens). Raises InputUnsupported for more images than the run
     allows, or a question whose image placeholders do not match its images."""
-    params = job_params(job)
+    plan = plan or JobPlan.of(job, settings)
+    params = plan.params
     sampling = params.sampling(settings.sampling) if params is not None else settings.sampling
     if job.overrides and "max_tokens" in job.overrides:
         sampling = sampling.model_copy(update={"max_tokens": int(job.overrides["max_tokens"])})
@@ -152,7 +154,7 @@ def build_request(
         question=job.question,
         sampling=sampling,
         max_tiles=min(settings.max_tiles, worker_max_tiles),
-        constraint=constraint_of(settings, params),
+        constraint=plan.constraint,
         system=params.system if params is not None and params.system else settings.system_prompt,
         layout=layout,
         seed=params.seed if params is not None else None,

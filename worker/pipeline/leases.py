@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from sqlalchemy.exc import DBAPIError
@@ -16,6 +15,7 @@ from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.liveness import renew_leases
 from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
+from vlmbatch.worker.pipeline.inflight import Attempts, StopState
 from vlmbatch.worker.pipeline.watchdog import HangWatchdog
 from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 
@@ -31,18 +31,16 @@ class Heartbeat:
         engine: Engine,
         db: DatabasePool,
         metrics: WorkerMetrics,
-        attempts_in_flight: Callable[[], Sequence[int]],
-        lease_lost: Callable[[int], Awaitable[None]],
-        engine_hung: Callable[[EngineDead], None],
+        attempts: Attempts,
+        state: StopState,
     ) -> None:
         self._settings = settings
         self._worker_id = worker_id
         self._engine = engine
         self._db = db
         self._metrics = metrics
-        self._attempts_in_flight = attempts_in_flight
-        self._lease_lost = lease_lost
-        self._engine_hung = engine_hung
+        self._attempts = attempts
+        self._state = state
 
     async def run(self) -> None:
         """Beat every `heartbeat_seconds` until cancelled, or until the engine is declared hung."""
@@ -52,7 +50,7 @@ class Heartbeat:
             stats = self._engine.stats()
             hung_for = watchdog.observe(self._engine.progress(), busy=stats.running + stats.waiting > 0)
             if hung_for is not None:
-                self._engine_hung(
+                self._state.declare_fatal(
                     EngineDead(f"engine hung: no token for {hung_for:.0f}s with {stats.running} requests running")
                 )
                 return
@@ -61,7 +59,7 @@ class Heartbeat:
     async def renew(self) -> None:
         # Every attempt not yet committed, written-but-pending ones included: the job is ours until then.
         # An idle worker beats too: jobs the ledger still gives its name (a predecessor's) are taken back.
-        attempt_ids = list(self._attempts_in_flight())
+        attempt_ids = self._attempts.ids()
         try:
             lost = await self._db.transaction(
                 partial(
@@ -77,4 +75,6 @@ class Heartbeat:
         self._metrics.lease_renewals.inc(len(attempt_ids) - len(lost))
         self._metrics.leases_lost.inc(len(lost))
         for attempt_id in lost:  # cancelled, or taken back: free the engine's slot now
-            await self._lease_lost(attempt_id)
+            entry = self._attempts.get(attempt_id)
+            if entry is not None:
+                await self._engine.abort(entry.request_id)

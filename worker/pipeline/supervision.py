@@ -9,25 +9,24 @@ exits non-zero for its supervisor to restart it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+
+from vlmbatch.worker.pipeline.inflight import StopState
 
 
 class BackgroundTaskDied(Exception):
     """A background task of the pipeline ended while the worker was running."""
 
 
-def supervise(
-    task: asyncio.Task[None], *, on_death: Callable[[BaseException], None], stopping: Callable[[], bool]
-) -> None:
-    """Call `on_death` with a BackgroundTaskDied when `task` ends while `stopping()` is false."""
+def supervise(task: asyncio.Task[None], state: StopState) -> None:
+    """Declare a BackgroundTaskDied fatal when `task` ends while the worker is not stopping."""
 
     def ended(done: asyncio.Task[None]) -> None:
-        if done.cancelled() or stopping():
+        if done.cancelled() or state.closing:
             return
         error = done.exception()
         reason = f"{type(error).__name__}: {error}" if error is not None else "it returned"
         died = BackgroundTaskDied(f"the {done.get_name()} task stopped ({reason})")
         died.__cause__ = error
-        on_death(died)
+        state.declare_fatal(died)
 
     task.add_done_callback(ended)

@@ -21,7 +21,7 @@ from vlmbatch.worker.transport.publisher import NullPublisher, publisher_for
 
 log = logging.getLogger(__name__)
 
-# Exit statuses that ask the supervisor for a restart (DESIGN.md, worker engine).
+# Exit statuses that ask the supervisor for a restart (docs/ARCHITECTURE.md, "Worker engine").
 EXIT_ENGINE_DEAD = 3
 EXIT_CONSUMER_STALLED = 4
 # A background task of the pipeline (writer, heartbeat, claimer) died (worker/pipeline/supervision.py).

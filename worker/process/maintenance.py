@@ -18,10 +18,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.dialect import advisory_lock
 from vlmbatch.worker.pipeline.pipeline import Pipeline
 from vlmbatch.worker.transport.broker_scan import queue_depth, touch_unacked
 from vlmbatch.worker.transport.publisher import Publisher
@@ -117,17 +118,8 @@ class Maintenance:
 
     @contextmanager
     def _leader(self) -> Iterator[bool]:
-        if self._db_engine.dialect.name != "postgresql":
-            yield True
-            return
-        with self._db_engine.connect() as connection:
-            got = bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _RECONCILE_LOCK_KEY}).scalar())
-            try:
-                yield got
-            finally:
-                if got:
-                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _RECONCILE_LOCK_KEY})
-                connection.commit()
+        with advisory_lock(self._db_engine, _RECONCILE_LOCK_KEY, wait=False) as got:
+            yield got
 
 
 def held_delivery_tags() -> list[str]:

@@ -2,7 +2,8 @@
 up to N queued jobs of its queue.
 
 The task returns (and its message is acknowledged) once its jobs are claimed: from then on each job is
-protected by its lease in the database, not by the message (DESIGN.md: Redis is only transport)."""
+protected by its lease in the database, not by the message (docs/ARCHITECTURE.md: Redis is only
+transport)."""
 
 from __future__ import annotations
 

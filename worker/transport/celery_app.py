@@ -2,7 +2,7 @@
 to N queued jobs of this queue"; the database holds everything else).
 
 Reliability comes from the ledger, not the broker: a message only asks a worker to claim jobs. Once
-claimed, a job is protected by its lease (DESIGN.md); a lost or duplicated message is harmless because
+claimed, a job is protected by its lease (docs/ARCHITECTURE.md); a lost or duplicated message is harmless because
 jobs stay queued in the ledger until claimed, the reconciler publishes tokens for queued jobs that have
 none, and claims are fenced.
 """
@@ -20,7 +20,7 @@ RUN_JOBS_TASK = "vlmbatch.run_jobs"
 
 
 def make_celery(settings: Settings, *, name: str = "vlmbatch") -> Celery:
-    """A Celery app configured from `settings`; tasks are registered by the worker (worker.tasks)."""
+    """A Celery app configured from `settings`; tasks are registered by the worker (worker.process.tasks)."""
     broker_url = settings.resolved_broker_url()
     if broker_url.startswith("sqla+sqlite:///"):  # the embedded broker: a SQLite file next to the ledger
         Path(broker_url.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

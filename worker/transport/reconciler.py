@@ -6,7 +6,7 @@ time on PostgreSQL) and on demand by `vlmbatch reconcile`.
    used their attempts (schema.ledger.reconcile). Their claim tokens are published at once. Rows of workers
    silent for an hour are deleted.
 2. Queued jobs that no claim token covers (Redis lost its data, the producer died between commit and
-   publish, a worker died holding tokens) get tokens. Messages carry no job ids (worker/transport/
+   publish, a worker died holding tokens) get tokens. Messages carry no job ids (schema/contracts/
    tokens.py), so this compares two counts per queue: the queued jobs of its runs, from their counters,
    and the jobs its tokens can still claim (broker_scan.jobs_covered: list lengths, and the few
    unacknowledged tokens of live workers). The deficit is published; spare tokens are harmless.
@@ -21,18 +21,17 @@ jobs (and counts them) well before it publishes their tokens (`runs.published_at
 
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import queued_by_queue
+from vlmbatch.schema.ledger.enqueue import refresh_midrun_statistics
 from vlmbatch.schema.ledger.liveness import prune_workers
 from vlmbatch.schema.ledger.reconcile import requeue_expired_leases
-from vlmbatch.schema.ledger.tables import Run, RunCount
 from vlmbatch.worker.transport.broker_scan import jobs_covered
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -40,6 +39,8 @@ from vlmbatch.worker.transport.publisher import Publisher
 DEFAULT_GRACE_SECONDS = 30.0
 # A message delivered but unacknowledged for longer than this counts as lost with its dead worker.
 DEFAULT_UNACKED_STALE_SECONDS = 300.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ def reconcile(
     unacked_stale_seconds: float = DEFAULT_UNACKED_STALE_SECONDS,
 ) -> ReconcileReport:
     with sessions() as session, session.begin():
+        # First, so that this pass's own queries (and every hot query until the next) plan on statistics
+        # that know how far the runs have got.
+        analyzed = refresh_midrun_statistics(session)
+    if analyzed:
+        log.info("statistics refreshed for %s (changed since their last ANALYZE)", ", ".join(analyzed))
+    with sessions() as session, session.begin():
         expired = requeue_expired_leases(session, run_id=run_id)
         prune_workers(session, now=database_now(session))
     for queue, job_ids in expired.by_queue.items():
@@ -80,25 +87,3 @@ def reconcile(
             publisher.publish(queue, queued - covered)
             republished += queued - covered
     return ReconcileReport(expired.count, len(expired.failed), republished)
-
-
-def queued_by_queue(session: Session, *, run_id: int | None, cutoff: datetime) -> dict[str, int]:
-    """Queued jobs per queue (by the run counters, on ix_run_counts_state) of the runs whose last submit
-    published before `cutoff`. With `run_id`: that run's queue, since tokens belong to a queue."""
-    stmt = (
-        select(Run.queue, func.sum(RunCount.jobs))
-        .join(RunCount, RunCount.run_id == Run.id)
-        .where(
-            RunCount.state == JobState.QUEUED.value,
-            Run.held.is_(False),  # a batch still validating: no token may claim its jobs yet
-            or_(Run.published_at.is_(None), Run.published_at < cutoff),
-        )
-        .group_by(Run.queue)
-    )
-    if run_id is not None:
-        stmt = stmt.where(Run.queue == select(Run.queue).where(Run.id == run_id).scalar_subquery())
-    totals: dict[str, int] = defaultdict(int)
-    for queue, queued in session.execute(stmt):
-        if queued:
-            totals[queue] += int(queued)
-    return dict(totals)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
+from vlmbatch.schema.ledger.dialect import batch_migrations
 from vlmbatch.schema.ledger.tables import Base
 
 engine = context.config.attributes.get("engine")
@@ -15,7 +16,7 @@ with engine.connect() as connection:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=batch_migrations(connection),
         compare_type=True,
     )
     with context.begin_transaction():

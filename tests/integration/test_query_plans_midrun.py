@@ -1,0 +1,220 @@
+"""Hot queries keep their plans while a run moves from all-queued to mostly finished, with the statistics
+that submit left (no ANALYZE after the workers' changes, autovacuum off as on every machine of ours):
+the state a user looks at. Each state is a run of JOBS jobs submitted and analysed as `vlmbatch submit`
+leaves it, then 10%, 50% or 90% finished as workers leave them (attempts and results written, a mix of
+succeeded, failed and truncated). Plans, not timings: no statement reads `jobs` or `results`
+sequentially, sorts or hashes what it scans of them, and the maintenance pass's statistics refresh
+analyses exactly the tables that changed."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from tests.conftest import POSTGRES_URL, _admin_dsn, _with_database
+from tests.integration.ledger_helpers import make_run
+from vlmbatch.producer.browser.queries import ResultFilter, get_run, job_page
+from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.claims import QueueClaimer
+from vlmbatch.schema.ledger.database import make_engine, make_session_factory
+from vlmbatch.schema.ledger.enqueue import refresh_midrun_statistics, refresh_statistics
+
+JOBS = 60_000
+_DML = re.compile(r"^\s*(SELECT|UPDATE|INSERT|DELETE|WITH)\b", re.I)
+_HOT_TABLES = ("jobs", "results")
+_INDEX_PREFIXES = {
+    "jobs": ("ix_jobs_", "jobs_pkey", "uq_jobs_"),
+    "results": ("ix_results_", "results_pkey", "uq_results_"),
+}
+
+_SUBMIT = f"""
+INSERT INTO jobs (run_id, input_key, images, question, state, attempt_count, attempt_base, transient_failures,
+                  accepted_samples, created_at, queued_at)
+SELECT :run, md5(i::text), json_build_array('file:///img/' || i || '.jpg'), 'what?', 'queued', 0, 0, 0, 0,
+       now(), now()
+FROM generate_series(1, {JOBS}) AS i
+"""
+# Workers finish the oldest jobs first: 2% fail, ~3% are truncated, the rest succeed.
+_ATTEMPTS = """
+INSERT INTO attempts (job_id, number, worker, outcome, started_at, finished_at, prompt_tokens, completion_tokens)
+SELECT id, 1, 'w', CASE WHEN id % 50 = 0 THEN 'failed' WHEN id % 37 = 0 THEN 'truncated' ELSE 'succeeded' END,
+       now(), now(), 300, 100
+FROM jobs WHERE run_id = :run AND id <= :last
+"""
+_JOBS_DONE = """
+UPDATE jobs SET state = a.outcome, current_attempt_id = a.id, attempt_count = 1, finished_at = now(),
+       error_type = CASE WHEN a.outcome = 'failed' THEN 'input.unreadable' END,
+       error_message = CASE WHEN a.outcome = 'failed' THEN 'cannot decode' END
+FROM attempts a WHERE a.job_id = jobs.id AND jobs.run_id = :run
+"""
+_RESULTS = """
+INSERT INTO results (job_id, attempt_id, sample_index, answer, reasoning, raw_text, finish_reason, trace_closed,
+                     completion_tokens, correct, created_at)
+SELECT job_id, id, 0, 'B', 'because', '<think>because</think>B', CASE WHEN outcome = 'truncated' THEN 'length'
+       ELSE 'stop' END, outcome = 'succeeded', 100, CASE WHEN job_id % 3 = 0 THEN false ELSE true END, now()
+FROM attempts WHERE outcome <> 'failed'
+"""
+_COUNT = """
+INSERT INTO run_counts (run_id, state, error_type, shard, jobs)
+SELECT run_id, state, CASE WHEN state = 'failed' THEN error_type ELSE '' END, 0, count(*) FROM jobs GROUP BY 1, 2, 3
+"""
+
+
+@dataclass(frozen=True)
+class Plan:
+    sql: str
+    tree: dict[str, Any]
+
+    def nodes(self) -> Iterator[dict[str, Any]]:
+        stack = [self.tree]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.get("Plans", []))
+
+    def scans(self, node: dict[str, Any] | None = None) -> list[str]:
+        """`type:relation-or-index` of the scans of the hot tables under `node` (the whole plan by default)."""
+        found = []
+        stack = [node or self.tree]
+        while stack:
+            current = stack.pop()
+            stack.extend(current.get("Plans", []))
+            if "Scan" not in current["Node Type"]:
+                continue
+            relation, index = current.get("Relation Name", ""), current.get("Index Name", "")
+            if relation in _HOT_TABLES or any(index.startswith(_INDEX_PREFIXES[t]) for t in _HOT_TABLES):
+                found.append(f"{current['Node Type']}:{index or relation}")
+        return found
+
+
+@contextmanager
+def explained(engine: Engine) -> Iterator[list[Plan]]:
+    """EXPLAIN every statement the engine sends, as it is sent (its parameters bound)."""
+    plans: list[Plan] = []
+
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if executemany or not _DML.match(statement):
+            return
+        with conn.connection.dbapi_connection.cursor() as probe:
+            probe.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
+            plans.append(Plan(statement, probe.fetchone()[0][0]["Plan"]))
+
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        yield plans
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+
+
+def assert_flat(plans: list[Plan]) -> None:
+    """No sequential scan of jobs or results, and nothing sorted or hashed that was read from them."""
+    assert plans
+    for plan in plans:
+        scans = plan.scans()
+        assert not [s for s in scans if s.startswith("Seq Scan")], f"sequential scan in: {plan.sql}"
+        for node in plan.nodes():
+            if node["Node Type"] in ("Sort", "Hash", "Incremental Sort"):
+                assert not plan.scans(node), f"{node['Node Type']} over a hot table in: {plan.sql}"
+
+
+@dataclass(frozen=True)
+class MidRun:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    run_id: int
+    finished: float
+
+
+@pytest.fixture(scope="module", params=[0.1, 0.5, 0.9], ids=["10pct", "50pct", "90pct"])
+def midrun(request: pytest.FixtureRequest, postgres_template: str) -> Iterator[MidRun]:
+    name = f"vlmbatch_midrun_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    engine = make_engine(_with_database(POSTGRES_URL, name))
+    sessions = make_session_factory(engine)
+    run_id = make_run(sessions, name="mid", jobs=0)[0]
+    with sessions() as session, session.begin():
+        session.execute(text(_SUBMIT), {"run": run_id})
+    with sessions() as session, session.begin():  # what submit does after its bulk load
+        assert refresh_statistics(session, inserted=JOBS)
+    finished: float = request.param
+    with sessions() as session, session.begin():
+        first = int(session.scalar(text("SELECT min(id) FROM jobs WHERE run_id = :r"), {"r": run_id}) or 0)
+        session.execute(text(_ATTEMPTS), {"run": run_id, "last": first + int(JOBS * finished) - 1})
+        session.execute(text(_JOBS_DONE), {"run": run_id})
+        session.execute(text(_RESULTS))
+        session.execute(text("DELETE FROM run_counts"))
+        session.execute(text(_COUNT))
+        session.execute(text("SELECT pg_stat_force_next_flush()"))  # the counters the refresh reads
+    yield MidRun(engine, sessions, run_id, finished)
+    engine.dispose()
+    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ResultFilter(),
+        ResultFilter(state=JobState.SUCCEEDED),
+        ResultFilter(state=JobState.TRUNCATED),
+        ResultFilter(state=JobState.QUEUED),
+        ResultFilter(state=JobState.FAILED, error_type="input.unreadable"),
+        ResultFilter(error_type="input.unreadable"),
+    ],
+    ids=["all", "succeeded", "truncated", "queued", "failed-by-error", "error"],
+)
+def test_run_pages_keep_their_plans_on_stale_statistics(midrun: MidRun, where: ResultFilter) -> None:
+    with explained(midrun.engine) as plans, midrun.sessions() as session:
+        summary = get_run(session, midrun.run_id)
+        page = job_page(session, midrun.run_id, where, limit=50, counts=summary.progress.report)
+    assert page.rows
+    assert_flat(plans)
+
+
+def test_a_filter_the_counters_say_is_empty_reads_no_job(midrun: MidRun) -> None:
+    with midrun.sessions() as session:
+        summary = get_run(session, midrun.run_id)
+        with explained(midrun.engine) as plans:
+            page = job_page(
+                session, midrun.run_id, ResultFilter(state=JobState.CANCELLED), limit=50, counts=summary.progress.report
+            )
+            no_such_error = job_page(
+                session, midrun.run_id, ResultFilter(error_type="engine.oom"), limit=50, counts=summary.progress.report
+            )
+    assert page.rows == [] and no_such_error.rows == []
+    assert plans == []
+
+
+def test_a_claim_keeps_its_plan_on_stale_statistics(midrun: MidRun) -> None:
+    claimer = QueueClaimer(queue="q")
+    with explained(midrun.engine) as plans, midrun.sessions() as session, session.begin():
+        claimed = claimer.claim(session, limit=64, worker="w-plan", lease_seconds=60)
+        session.rollback()
+    assert len(claimed) == 64
+    assert_flat(plans)
+
+
+def test_the_maintenance_pass_refreshes_what_the_workers_changed(midrun: MidRun) -> None:
+    with midrun.sessions() as session, session.begin():
+        analyzed = refresh_midrun_statistics(session)
+    # jobs changed by the finished fraction (>= 2% of its rows); attempts and results were never analysed.
+    assert sorted(analyzed) == ["attempts", "jobs", "results"]
+    with midrun.sessions() as session, session.begin():
+        assert refresh_midrun_statistics(session) == []  # fresh now: the next pass reads one catalog row each
+
+
+def test_ledger_connections_never_jit_compile(midrun: MidRun) -> None:
+    """On statistics a run has outgrown, a page's estimated cost passed jit_above_cost and PostgreSQL spent
+    1.3 s compiling a 50-row query: the ledger's connections turn JIT off."""
+    with midrun.engine.connect() as connection:
+        assert connection.execute(text("SHOW jit")).scalar() == "off"
