@@ -5,7 +5,6 @@ decoded and staged (media/staging.py), so that no image bytes ever reach the led
 
 from __future__ import annotations
 
-import base64
 import binascii
 from pathlib import PurePosixPath
 from urllib.parse import unquote_to_bytes
@@ -76,12 +75,14 @@ def stage_bytes(data: bytes, stager: Stager | None) -> str:
 
 def decode_data_uri(uri: str) -> bytes:
     """The bytes of a `data:[<type>][;base64],<payload>` URI (RFC 2397). Raises ValueError."""
-    header, comma, payload = uri[len("data:") :].partition(",")
-    if not comma:
+    # One copy of the payload at most: a `data:` image may be 100 MB of text.
+    comma = uri.find(",", len("data:"))
+    if comma < 0:
         raise ValueError("a data: URI without a comma")
-    if header.endswith(";base64"):
-        try:
-            return base64.b64decode(payload, validate=True)
+    payload = uri[comma + 1 :]
+    if uri[:comma].endswith(";base64"):
+        try:  # binascii reads an ASCII str in place (base64.b64decode would encode it to bytes first)
+            return binascii.a2b_base64(payload, strict_mode=True)
         except (binascii.Error, ValueError) as exc:
             raise ValueError("a data: URI whose base64 payload is invalid") from exc
     return unquote_to_bytes(payload)
