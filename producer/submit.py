@@ -4,8 +4,10 @@ are published, so a token never finds them missing; a crash in between leaves qu
 for which the reconciler publishes some.
 
 On PostgreSQL the whole submit is one transaction: rows stream into a temporary table by COPY while they
-are validated, and a malformed row rolls everything back, run included. Elsewhere (SQLite) the source
-is validated in a first pass, then inserted in chunks."""
+are validated, and a refusal (a malformed row under `--strict`, too many rejects, no job at all) rolls
+everything back, run included. Elsewhere (SQLite) the source is validated in a first pass, then inserted
+in chunks. Either way the source is read as often as before rejects existed: they are recorded where the
+inserting pass meets them."""
 
 from __future__ import annotations
 
@@ -16,8 +18,19 @@ from itertools import islice
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vlmbatch.producer.sources.base import RowErrors, Source, SpecCheck, checked_rows
-from vlmbatch.schema.contracts.errors import BrokerUnavailable
+from vlmbatch.producer.sources.base import (
+    STRICT,
+    RejectPolicy,
+    Rejects,
+    Row,
+    Source,
+    SpecCheck,
+    checked_rows,
+    reject_of,
+    source_empty_message,
+    source_unplaced,
+)
+from vlmbatch.schema.contracts.errors import BrokerUnavailable, SourceError
 from vlmbatch.schema.contracts.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.grading import normalize_reference, parse_options
@@ -30,6 +43,7 @@ from vlmbatch.schema.ledger.enqueue import (
     refresh_statistics,
     staged_row,
 )
+from vlmbatch.schema.ledger.rejects import record_rejects
 from vlmbatch.schema.ledger.runs import create_or_reuse_run, get_or_create_run
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -58,28 +72,68 @@ def submit(
     run_name: str | None = None,
     question: str | None = None,
     held: bool = False,
+    policy: RejectPolicy = STRICT,
 ) -> SubmitReport:
     """Submit every job of `source` to the run (`held`: a new run's jobs are not claimable until it is
-    released, schema.ledger.runs.release_run). Raises SourceError (nothing written) for a bad source,
+    released, schema.ledger.runs.release_run). Rows that cannot become jobs refuse the submit under a
+    strict `policy`, else they are recorded as the run's rejects (sources.base.RejectPolicy). Raises
+    SourceError (nothing written) for a bad source, one that yields no job, or too many rejects;
     RunConflict when the named run exists with other settings."""
     name = run_name or default_run_name(source.uri, question, settings)
+    rejects = Rejects(source.uri, policy)
     if sessions.kw["bind"].dialect.name == "postgresql":
         return _submit_in_one_transaction(
-            sessions=sessions, publisher=publisher, source=source, settings=settings, queue=queue, name=name, held=held
+            sessions=sessions,
+            publisher=publisher,
+            source=source,
+            settings=settings,
+            queue=queue,
+            name=name,
+            held=held,
+            rejects=rejects,
         )
-    source.validate(_reference_check(settings))
+    check = _reference_check(settings)
+    source.validate(check, rejects)  # the first pass: counts and checks, writes nothing
+    _refuse(source, rejects)
+    rejects.drain()  # the second pass records them where it meets them
     run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri, held=held)
     submitted = skipped = 0
     broker_error: Exception | None = None
-    for chunk in _chunks(source.specs(), SUBMIT_CHUNK):
+    for chunk in _chunks(checked_rows(source, check), SUBMIT_CHUNK):
+        specs = [spec for _, spec in chunk if isinstance(spec, JobSpec)]
         with sessions() as session, session.begin():
-            new_ids = insert_jobs(session, run_id=run.id, specs=chunk)
+            new_ids = insert_jobs(session, run_id=run.id, specs=specs)
+            record_rejects(
+                session, run_id=run.id, rejects=[reject_of(w, e) for w, e in chunk if not isinstance(e, JobSpec)]
+            )
         if broker_error is None:  # once the broker is down, the rest still goes into the ledger
             broker_error = _publish(publisher, queue, len(new_ids))
         submitted += len(new_ids)
-        skipped += len(chunk) - len(new_ids)
+        skipped += len(specs) - len(new_ids)
     _raise_if_unpublished(broker_error, run.id, submitted)
-    return SubmitReport(run=run.id, submitted=submitted, skipped=skipped)
+    return _report(run.id, submitted, skipped, rejects, source)
+
+
+def _refuse(source: Source, rejects: Rejects) -> None:
+    """Raise SourceError when the rows read refuse the submit: too many rejects, or no job at all (never
+    an empty run in silence: the error says what was looked for and what was found)."""
+    rejects.settle()
+    if rejects.rows:
+        return
+    if rejects.total:
+        rejects.errors.raise_if_any()
+    raise SourceError(source_empty_message(source))
+
+
+def _report(run_id: int, submitted: int, skipped: int, rejects: Rejects, source: Source) -> SubmitReport:
+    return SubmitReport(
+        run=run_id,
+        submitted=submitted,
+        skipped=skipped,
+        rejected=rejects.total,
+        first_rejects=rejects.first,
+        unplaced=source_unplaced(source),
+    )
 
 
 def publish_run(sessions: sessionmaker[Session], publisher: Publisher, *, queue: str, run_id: int) -> None:
@@ -126,23 +180,30 @@ def _submit_in_one_transaction(
     queue: str,
     name: str,
     held: bool,
+    rejects: Rejects,
 ) -> SubmitReport:
-    errors = RowErrors(source.uri)
     seen = submitted = 0
+    strict = rejects.policy.strict
     with sessions() as session, session.begin():
         run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri, held=held)
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
         for where, spec in checked_rows(source, _reference_check(settings)):
             if isinstance(spec, ValueError):
-                errors.add(where, spec)
-            elif not errors.total:  # once a row is bad, only look for more bad rows
-                chunk.append(staged_row(spec))
-                if len(chunk) == STAGE_CHUNK:
-                    submitted += _stage(staging, chunk, run.id)
-                    seen += len(chunk)
-                    chunk = []
-        errors.raise_if_any()  # rolls back: nothing of this submit remains, not even a new run
+                rejects.add(where, spec)
+                if len(rejects.pending) >= STAGE_CHUNK:  # recorded as they come: memory stays flat
+                    record_rejects(session, run_id=run.id, rejects=rejects.drain())
+                continue
+            rejects.accept()
+            if strict and rejects.total:  # once a row is bad, only look for more bad rows
+                continue
+            chunk.append(staged_row(spec))
+            if len(chunk) == STAGE_CHUNK:
+                submitted += _stage(staging, chunk, run.id)
+                seen += len(chunk)
+                chunk = []
+        _refuse(source, rejects)  # raising rolls back: nothing of this submit remains, not even a new run
+        record_rejects(session, run_id=run.id, rejects=rejects.drain())
         submitted += _stage(staging, chunk, run.id)
         seen += len(chunk)
         run_id = run.id
@@ -157,7 +218,7 @@ def _submit_in_one_transaction(
         _raise_if_unpublished(_publish(publisher, queue, min(PUBLISH_PART, submitted - start)), run_id, submitted)
         with sessions() as marking, marking.begin():
             mark_published(marking, run_id=run_id)
-    return SubmitReport(run=run_id, submitted=submitted, skipped=seen - submitted)
+    return _report(run_id, submitted, seen - submitted, rejects, source)
 
 
 def _stage(staging: PostgresStaging, chunk: list[StagedRow], run_id: int) -> int:
@@ -167,8 +228,8 @@ def _stage(staging: PostgresStaging, chunk: list[StagedRow], run_id: int) -> int
     return staging.move(run_id)
 
 
-def _chunks(specs: Iterator[JobSpec], size: int) -> Iterator[list[JobSpec]]:
-    while chunk := list(islice(specs, size)):
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    while chunk := list(islice(rows, size)):
         yield chunk
 
 

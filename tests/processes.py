@@ -48,15 +48,18 @@ def service_env(
     return env
 
 
-def vlmbatch(args: list[str], env: Mapping[str, str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a vlmbatch command with `env`'s settings on top of this process's non-vlmbatch environment."""
+def vlmbatch(
+    args: list[str], env: Mapping[str, str], *, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a vlmbatch command with `env`'s settings on top of this process's non-vlmbatch environment
+    (in `cwd`, where given: relative SOURCE paths are the user's)."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("VLMBATCH_") or k.startswith("VLMBATCH_TEST_")}
     full.update(env)
-    return subprocess.run([*VLMBATCH, *args], env=full, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*VLMBATCH, *args], env=full, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def vlmbatch_json(args: list[str], env: Mapping[str, str], *, timeout: float = 120) -> object:
-    done = vlmbatch(args, env, timeout=timeout)
+def vlmbatch_json(args: list[str], env: Mapping[str, str], *, timeout: float = 120, cwd: Path | None = None) -> object:
+    done = vlmbatch(args, env, timeout=timeout, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -1,8 +1,9 @@
 """The Batch API as a Starlette application (mounted under /v1 by `vlmbatch serve`).
 
-Routes: `POST /files`, `GET /files/{id}`, `GET /files/{id}/content`, `DELETE /files/{id}`,
-`POST /batches`, `GET /batches` (`after`, `limit`), `GET /batches/{id}`, `POST /batches/{id}/cancel`.
-Ledger and file work runs in the thread pool; every refusal is an OpenAI-shaped error (api/errors.py)."""
+Routes: `POST /files`, `GET /files` (`purpose`, `limit`, `after`, `order`), `GET /files/{id}`, `GET
+/files/{id}/content`, `DELETE /files/{id}`, `POST /batches`, `GET /batches` (`after`, `limit`), `GET
+/batches/{id}`, `POST /batches/{id}/cancel`. Ledger and file work runs in the thread pool; every refusal
+is an OpenAI-shaped error (api/errors.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from vlmbatch.producer.api.batches import BatchService
 from vlmbatch.producer.api.errors import ApiError
 from vlmbatch.producer.api.files import (
     FORM_OVERHEAD,
+    MAX_LIST_FILES,
     UPLOAD_PURPOSE,
     FileStore,
     TooLarge,
@@ -57,6 +59,7 @@ def build_api(settings: Settings, *, sessions: sessionmaker[Session], publisher:
     api = _Endpoints(files, BatchService(sessions=sessions, publisher=publisher, files=files, settings=settings))
     routes = [
         Route("/files", api.create_file, methods=["POST"]),
+        Route("/files", api.list_files, methods=["GET"]),
         Route("/files/{file_id}", api.get_file, methods=["GET"]),
         Route("/files/{file_id}", api.delete_file, methods=["DELETE"]),
         Route("/files/{file_id}/content", api.file_content, methods=["GET"]),
@@ -94,6 +97,20 @@ class _Endpoints:
         except TooLarge:
             raise too_large(files.max_bytes) from None
         return JSONResponse(created)
+
+    async def list_files(self, request: Request) -> Response:
+        query = request.query_params
+        given = query.get("limit", str(MAX_LIST_FILES))
+        if not given.isdigit():
+            raise ApiError(400, "limit must be a whole number", param="limit")
+        page = await _call(
+            self.files.page,
+            purpose=query.get("purpose") or None,
+            after=query.get("after"),
+            limit=int(given),
+            order=query.get("order", "desc"),
+        )
+        return JSONResponse(page)
 
     async def get_file(self, request: Request) -> Response:
         row = await run_in_threadpool(self.files.get, request.path_params["file_id"])

@@ -1,12 +1,13 @@
 """What `POST /v1/batches` checks of its request and of the input file: metadata pairs within OpenAI's
-limits, and the file's malformed lines as OpenAI's `errors.data` (the batch then fails, nothing queued)."""
+limits, and the file's lines that are no request as OpenAI's `errors.data` (the batch then fails, nothing
+queued)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from vlmbatch.producer.api.errors import ApiError
-from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource
+from vlmbatch.producer.sources.openai_batch import NotARequest, OpenAIBatchSource
 from vlmbatch.schema.contracts.errors import SourceError
 
 # Bad lines listed in `errors.data` at most (the first ones): a million bad lines make a short answer.
@@ -15,13 +16,16 @@ MAX_METADATA_PAIRS = 16
 
 
 def line_errors(source: OpenAIBatchSource) -> list[dict[str, Any]]:
-    """OpenAI's `errors.data` entries for the file's malformed lines (the first MAX_LISTED_ERRORS)."""
+    """OpenAI's `errors.data` entries for the file's lines that refuse it whole (the first
+    MAX_LISTED_ERRORS): lines that are no request at all, or repeat a `custom_id`. Any other bad line is
+    recorded by the submit as a reject and answered in the batch's error file."""
     errors: list[dict[str, Any]] = []
     lines = 0
     try:
         for where, spec in source.rows():
             lines += 1
-            if isinstance(spec, ValueError) and len(errors) < MAX_LISTED_ERRORS:
+            refusing = isinstance(spec, NotARequest) or bool(getattr(spec, "refuses_source", False))
+            if refusing and len(errors) < MAX_LISTED_ERRORS:
                 number = where.rsplit(" ", 1)[-1]
                 line = int(number) if number.isdigit() else None
                 errors.append({"code": "invalid_request", "message": str(spec), "param": None, "line": line})

@@ -52,9 +52,10 @@ def batch_object(session: Session, row: ApiBatch) -> dict[str, Any]:
     if run is not None:
         report = run_status(session, run.id)
         counts = report.counts
-        total = report.total
+        # Lines rejected at submit are requests of the batch that failed (its error file has them).
+        total = report.total + report.rejected
         completed = counts[JobState.SUCCEEDED.value] + counts[JobState.TRUNCATED.value]
-        failed = counts[JobState.FAILED.value] + counts[JobState.CANCELLED.value]
+        failed = counts[JobState.FAILED.value] + counts[JobState.CANCELLED.value] + report.rejected
         unfinished = bool(counts[JobState.QUEUED.value] or counts[JobState.RUNNING.value])
     status = _status(row, run, cancelling_at=cancelling_at, unfinished=unfinished)
     finished = epoch(row.finished_at)

@@ -26,6 +26,7 @@ from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.files import OUTPUT_PURPOSE, UPLOAD_PURPOSE, FileStore
 from vlmbatch.producer.api.ids import batch_id, parse_batch_id
 from vlmbatch.producer.reports.export import ExportFilter, export_run
+from vlmbatch.producer.sources.base import RejectPolicy
 from vlmbatch.producer.sources.openai_batch import CHAT_URLS, OpenAIBatchSource
 from vlmbatch.producer.submit import publish_run, submit
 from vlmbatch.schema.contracts.errors import BrokerUnavailable, RunNotFound, SourceError
@@ -257,7 +258,7 @@ class BatchService:
         stager = Stager(
             settings.resolved_stage_to(), s3_endpoint_url=settings.s3_endpoint_url, max_bytes=settings.max_image_bytes
         )
-        # The source remembers what it staged of each line: the submit's own reads decode no `data:` again.
+        # The source remembers the `data:` images it staged: the submit that follows decodes none again.
         source = OpenAIBatchSource(upload.path, stager=stager)
         errors = line_errors(source)
         if self._stopped(row_id):  # cancelled or expired while its lines were checked
@@ -278,6 +279,7 @@ class BatchService:
                     settings=RunSettings(model=self.settings.model),
                     queue=self.settings.queue,
                     run_name=name,
+                    policy=RejectPolicy(),  # a bad request is a line of the error file, as OpenAI answers it
                 ).run
             except SourceError as exc:
                 errors = [{"code": "invalid_request", "message": str(exc), "param": None, "line": None}]

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.ids import file_id, parse_file_id
+from vlmbatch.schema.ledger.api_files import list_files
 from vlmbatch.schema.ledger.api_uploads import recorded_paths
 from vlmbatch.schema.ledger.tables import ApiFile
 
@@ -29,6 +30,8 @@ UPLOAD_NAME = "input.jsonl"
 ORPHAN_AGE_SECONDS = 3600.0
 _ORPHAN_CHUNK = 500
 _MAX_FILENAME = 500
+# OpenAI's bounds on `GET /v1/files?limit=` (and its default: the SDK pages on with `after`).
+MAX_LIST_FILES = 10_000
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -121,6 +124,26 @@ class FileStore:
             session.flush()
             session.expunge(row)
         return row
+
+    def page(self, *, purpose: str | None, after: str | None, limit: int, order: str) -> dict[str, Any]:
+        """OpenAI's file list: `limit` files (1 to MAX_LIST_FILES) of `purpose` after the file `after`, newest
+        first unless `order` is `asc`. Raises ApiError (400) for a parameter out of range."""
+        if not 1 <= limit <= MAX_LIST_FILES:
+            raise ApiError(400, f"limit must be between 1 and {MAX_LIST_FILES}", param="limit")
+        if order not in ("asc", "desc"):
+            raise ApiError(400, "order must be asc or desc", param="order")
+        after_id = parse_file_id(after) if after else None
+        with self.sessions() as session:
+            ascending = order == "asc"
+            rows = list_files(session, purpose=purpose, after_id=after_id, limit=limit + 1, ascending=ascending)
+        data = [file_object(row) for row in rows[:limit]]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(rows) > limit,
+        }
 
     def get(self, public_id: str) -> ApiFile:
         row_id = parse_file_id(public_id)

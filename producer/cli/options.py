@@ -13,6 +13,7 @@ import click
 from pydantic import ValidationError
 
 from vlmbatch.producer.api.ids import is_batch_id
+from vlmbatch.producer.sources.base import RejectPolicy
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.contracts.models import (
     DEFAULT_MAX_TOKENS,
@@ -115,6 +116,28 @@ def run_options(fn: F) -> F:
             "--stage-to",
             help="Folder or s3:// prefix where embedded images are staged once [env VLMBATCH_STAGE_TO; "
             "default: VLMBATCH_HOME/staged].",
+        ),
+        click.option(
+            "--config",
+            "dataset_config",
+            help="A dataset folder's config (its card's YAML `configs`; default: the default one).",
+        ),
+        click.option(
+            "--split",
+            "dataset_split",
+            help="A dataset folder's split (Hub layouts, save_to_disk; default: train, or the only one).",
+        ),
+        click.option(
+            "--strict",
+            is_flag=True,
+            help="Any row that cannot become a job refuses the whole submit (default: such rows are recorded "
+            "as the run's rejects and the rest is submitted).",
+        ),
+        click.option(
+            "--max-rejects",
+            type=click.IntRange(0),
+            help="Refuse the submit (nothing written) past this many rejected rows [default: 1% of the rows, "
+            "at least 100].",
         ),
         click.option(
             "--run",
@@ -306,6 +329,13 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         json_schema=json_schema,
         system_prompt=resolve_system_prompt(flags["system_prompt"], flags["system_prompt_file"]),
     )
+
+
+def reject_policy(flags: dict[str, Any]) -> RejectPolicy:
+    """What the submit does with rows that cannot become jobs (--strict, --max-rejects)."""
+    if flags["strict"] and flags["max_rejects"] is not None:
+        raise click.UsageError("--max-rejects does not apply with --strict (no row may be rejected)")
+    return RejectPolicy(strict=flags["strict"], max_rejects=flags["max_rejects"])
 
 
 def column_choice(flags: dict[str, Any]) -> ColumnChoice:

@@ -68,7 +68,8 @@ def export_command(
 ) -> None:
     """Write the standing samples of RUN's jobs (an id or a name) to --out: jsonl (every field), parquet
     (typed columns), sft or internvl (chat records with the trace, for fine-tuning; one per sample), or
-    openai (the OpenAI Batch output file, one line per job, and its error file of failed jobs)."""
+    openai (the OpenAI Batch output file, one line per job, and its error file of failed jobs and rejected
+    lines), or rejects (the source rows recorded at submit instead of submitted)."""
     if fmt == "openai":
         if only_correct or max_trace_tokens is not None:
             raise click.UsageError("--only-correct and --max-trace-tokens do not apply to --format openai")
@@ -77,6 +78,8 @@ def export_command(
             raise click.BadParameter("must differ from --out", param_hint="--errors-out")
     elif errors_out is not None:
         raise click.UsageError("--errors-out only applies to --format openai")
+    if fmt == "rejects" and (statuses or only_correct or max_trace_tokens is not None):
+        raise click.UsageError("--format rejects lists the rows rejected at submit: no job filter applies")
     default = ",".join(s.value for s in JobState if s.terminal) if fmt == "openai" else JobState.SUCCEEDED.value
     selection = ExportFilter(
         states=_finished_states(statuses or default), only_correct=only_correct, max_trace_tokens=max_trace_tokens
@@ -101,8 +104,9 @@ def export_command(
             f"{report.errors} failed jobs to {report.errors_path} (openai)"
         )
     else:
+        what = "rejected rows" if fmt == "rejects" else "samples"
         click.echo(
-            f"run {target.id} ({terminal_safe(target.name)}): wrote {report.rows} samples to {report.path} ({fmt})"
+            f"run {target.id} ({terminal_safe(target.name)}): wrote {report.rows} {what} to {report.path} ({fmt})"
         )
 
 

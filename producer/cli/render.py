@@ -66,6 +66,11 @@ def status_block(name: str, progress: Progress, cost: Totals | None = None, work
                 f"storage problem: {denied} jobs were refused by the object store (credentials or permissions); "
                 f"fix access, then `vlmbatch resubmit {report.run} --error-type {ErrorType.STORAGE_DENIED.value}`"
             )
+    if report.rejected:
+        lines.append("")
+        lines.append(
+            f"{report.rejected} rows rejected at submit (not jobs): `vlmbatch export {report.run} --format rejects`"
+        )
     lines.append("")
     lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
     if workers is not None:

@@ -16,6 +16,7 @@ from vlmbatch.producer.cli.options import (
     column_choice,
     engine_options,
     engine_settings,
+    reject_policy,
     resolve_questions,
     run_options,
     with_engine_args,
@@ -45,9 +46,14 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
         local_roots=ctx.settings.resolved_local_roots(),
         max_image_bytes=ctx.settings.max_image_bytes,
+        config=flags["dataset_config"],
+        split=flags["dataset_split"],
     )
     # The run's default name depends on everything that shapes its prompts.
     prompt_identity = "\n".join(questions) + (f"\n{template.text}" if template else "")
+    # A dataset's config and split, when named, are other runs than its default's.
+    for flag in ("dataset_config", "dataset_split"):
+        prompt_identity += f"\n{flag}={flags[flag]}" if flags[flag] else ""
     report = submit(
         sessions=ctx.sessions,
         publisher=publisher,
@@ -56,10 +62,26 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
         queue=ctx.settings.queue,
         run_name=flags["run_name"],
         question=prompt_identity or None,
+        policy=reject_policy(flags),
     )
-    for note in source_notes(source):
+    for note in [*source_notes(source), *submit_notes(report)]:
         click.echo(note, err=True)
     return report
+
+
+def submit_notes(report: SubmitReport) -> list[str]:
+    """What the submit report says besides its counts: rejected rows (the first ones), images no
+    placeholder placed."""
+    notes = []
+    if report.rejected:
+        notes.append(
+            f"{report.rejected} row(s) rejected, not submitted (`vlmbatch export {report.run} --format rejects` "
+            "lists them all):"
+        )
+        notes.extend(f"  {terminal_safe(r.where)}: {terminal_safe(r.reason)}" for r in report.first_rejects[:10])
+    if report.unplaced:
+        notes.append(f"{report.unplaced} row(s) place fewer images than they have: the others go before the text")
+    return notes
 
 
 @cli.command("submit")

@@ -63,9 +63,13 @@ scripts read them::
     the two as its untyped Json feature, and one whose jobs agree as a string or list column.)
 
 `openai`: the OpenAI Batch API's output file, one line per job, and its error file (`<out>.errors.jsonl`
-unless named), one line per failed or cancelled job: every job's `custom_id` once across the two.
+unless named), one line per failed or cancelled job and per input line rejected at submit: every
+`custom_id` once across the two.
 openai_batch.py has the line format. It takes every finished state by default, and no sample filter
 (a filter would drop jobs from both files).
+
+`rejects`: the source rows recorded at submit instead of submitted (schema.ledger.rejects), one JSON
+object per row: `{"run_id": 1, "where": "line 12", "line": 12 | null, "reason": "...", "custom_id": ... | null}`.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.reports.fields import parquet_schema
 from vlmbatch.producer.reports.formats import EXPORT_FORMATS, ROW_GROUP_ROWS, ExportFormat, open_writer
-from vlmbatch.producer.reports.openai_batch import OpenAIBatchWriter, error_line, write_line
+from vlmbatch.producer.reports.openai_batch import OpenAIBatchWriter, error_line, reject_line, write_line
 from vlmbatch.producer.reports.records import (
     PAGE_ROWS,
     ExportFilter,
@@ -90,6 +94,7 @@ from vlmbatch.producer.reports.records import (
     standing_results,
 )
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.rejects import iter_rejects
 from vlmbatch.schema.ledger.tables import Run
 
 # The OpenAI format's split: jobs with standing samples go to the output file, the others to the errors.
@@ -157,6 +162,8 @@ def export_run(
             page_rows=page_rows,
             cancelled_as=cancelled_as,
         )
+    if fmt == "rejects":
+        return _export_rejects(sessions, run=run, out=out)
     rows = 0
     with _replacing(out) as partial:
         writer = open_writer(fmt, partial, row_group_rows=row_group_rows)
@@ -202,9 +209,24 @@ def _export_openai(
             for job in iter_failed_jobs(sessions, run, without, page_rows=page_rows):
                 write_line(file, error_line(run.id, job, cancelled_as=cancelled_as))
                 errors += 1
+            for reject in iter_rejects(sessions, run.id):
+                write_line(file, reject_line(run.id, reject))
+                errors += 1
     return ExportReport(
         run_id=run.id, format="openai", path=out, rows=writer.lines, errors_path=errors_out, errors=errors
     )
+
+
+def _export_rejects(sessions: sessionmaker[Session], *, run: Run, out: Path) -> ExportReport:
+    rows = 0
+    with _replacing(out) as partial, partial.open("w", encoding="utf-8", newline="\n") as file:
+        for reject in iter_rejects(sessions, run.id):
+            number = reject.where.rsplit(" ", 1)[-1]
+            line = int(number) if reject.where.startswith(("line ", "row ")) and number.isdigit() else None
+            record = {"run_id": run.id, "where": reject.where, "line": line, "reason": reject.reason}
+            write_line(file, record | {"custom_id": reject.custom_id})
+            rows += 1
+    return ExportReport(run_id=run.id, format="rejects", path=out, rows=rows)
 
 
 @contextmanager

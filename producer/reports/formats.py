@@ -12,8 +12,8 @@ from vlmbatch.producer.reports.fields import FIELDS, ExportRecord, parquet_schem
 from vlmbatch.schema.contracts.placement import with_image_tokens
 from vlmbatch.schema.contracts.reasoning import join_trace
 
-ExportFormat = Literal["jsonl", "parquet", "sft", "internvl", "openai"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft", "internvl", "openai")
+ExportFormat = Literal["jsonl", "parquet", "sft", "internvl", "openai", "rejects"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft", "internvl", "openai", "rejects")
 # A Parquet row group is flushed at this many rows or this many bytes of text, whichever comes first:
 # long traces would otherwise make a 10k-row group weigh gigabytes in memory.
 ROW_GROUP_ROWS = 10_000

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from vlmbatch.producer.reports.fields import ExportRecord
 from vlmbatch.producer.reports.records import FailedJob
+from vlmbatch.schema.contracts.models import RowReject
 from vlmbatch.schema.contracts.states import JobState
 
 
@@ -87,6 +88,17 @@ def error_line(run_id: int, job: FailedJob, *, cancelled_as: tuple[str, str] | N
         "custom_id": custom_id(job.job_id, job.metadata),
         "response": None,
         "error": {"code": code, "message": message},
+    }
+
+
+def reject_line(run_id: int, reject: RowReject) -> dict[str, Any]:
+    """The error line of an input line rejected at submit (it never became a job): OpenAI's own shape
+    for a request it refused, with the line's `custom_id` (null when the line had none to read)."""
+    return {
+        "id": f"batch_req_{run_id}_rejected_{reject.where.replace(' ', '_')}",
+        "custom_id": reject.custom_id,
+        "response": None,
+        "error": {"code": "invalid_request", "message": f"{reject.where}: {reject.reason}"},
     }
 
 

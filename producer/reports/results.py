@@ -34,7 +34,8 @@ def result_rows(session: Session, run_id: int, *, limit: int = 50) -> list[Resul
     )
     rows = []
     for job, tokens, answer in session.execute(stmt):
-        image = job.images[0].rsplit("/", 1)[-1] + (f" (+{len(job.images) - 1})" if len(job.images) > 1 else "")
+        image = job.images[0].rsplit("/", 1)[-1] if job.images else "(text only)"
+        image += f" (+{len(job.images) - 1})" if len(job.images) > 1 else ""
         shown = preview(answer, PREVIEW_CHARS)
         rows.append(ResultRow(job.id, image, job.state, job.error_type, tokens, shown))
     return rows

@@ -1,13 +1,16 @@
-"""What every job source is and shares: the `Source` protocol, rows with their errors, and the
-row-by-row base class. Sources import this module; only `sources.open` imports the sources."""
+"""What every job source is and shares: the `Source` protocol, rows with their errors, the policy for
+rows that cannot become jobs (`RejectPolicy`: recorded as rejects, or `--strict` all-or-nothing) and the
+`Rejects` that apply it while the rows are read, and the row-by-row base class. Sources import this
+module; only `sources.open` imports the sources."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from vlmbatch.schema.contracts.errors import SourceError
-from vlmbatch.schema.contracts.models import JobSpec
+from vlmbatch.schema.contracts.models import JobSpec, RowReject
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -21,12 +24,13 @@ MAX_REPORTED_ERRORS = 20
 
 
 class Source(Protocol):
-    """A stream of job specs. `validate` raises SourceError naming every problem it finds."""
+    """A stream of job specs. `validate` raises SourceError naming every problem it finds; given
+    `rejects`, it hands malformed rows to them instead (and raises only for the source as a whole)."""
 
     @property
     def uri(self) -> str: ...
 
-    def validate(self, check: SpecCheck | None = None) -> None: ...
+    def validate(self, check: SpecCheck | None = None, rejects: Rejects | None = None) -> None: ...
 
     def specs(self) -> Iterator[JobSpec]: ...
 
@@ -71,6 +75,78 @@ class RowErrors:
         )
 
 
+# The default --max-rejects: 1% of the rows read, and never fewer than this.
+MIN_MAX_REJECTS = 100
+
+
+@dataclass(frozen=True)
+class RejectPolicy:
+    """What a submit does with rows that cannot become jobs. `strict`: any such row refuses the whole
+    submit (nothing written). Otherwise they are recorded as rejects and the rest is submitted, unless
+    there are more than `max_rejects` of them (default: 1% of the rows, at least MIN_MAX_REJECTS), which
+    says the source itself is wrong (a misnamed column): then nothing is written either."""
+
+    strict: bool = False
+    max_rejects: int | None = None
+
+    def limit(self, rows: int) -> int:
+        if self.max_rejects is not None:
+            return self.max_rejects
+        return max(rows // 100, MIN_MAX_REJECTS)
+
+
+STRICT = RejectPolicy(strict=True)
+
+
+class Rejects:
+    """Counts a source's rows as they are read and keeps its malformed ones: `settle` refuses the submit
+    when the policy says so; `pending` are those not yet recorded in the ledger (the caller drains them)."""
+
+    def __init__(self, uri: str, policy: RejectPolicy) -> None:
+        self.policy = policy
+        self.errors = RowErrors(uri)
+        self.rows = 0  # well-formed rows (jobs before prompting) seen
+        self.first: list[RowReject] = []
+        self.pending: list[RowReject] = []
+        self._uri = uri
+        # A row error that refuses its source whatever the policy (a duplicate custom_id: recorded as a
+        # reject, its id would name both a job and a refused line).
+        self._refusing = False
+
+    @property
+    def total(self) -> int:
+        return self.errors.total
+
+    def accept(self, n: int = 1) -> None:
+        self.rows += n
+
+    def add(self, where: str, error: ValueError) -> None:
+        self.errors.add(where, error)
+        self._refusing = self._refusing or bool(getattr(error, "refuses_source", False))
+        reject = reject_of(where, error)
+        if len(self.first) < MAX_REPORTED_ERRORS:
+            self.first.append(reject)
+        if not self.policy.strict:
+            self.pending.append(reject)
+
+    def settle(self) -> None:
+        """Raise SourceError (nothing is written) when the rejects so far refuse the submit."""
+        if self.policy.strict or self._refusing:
+            self.errors.raise_if_any()
+            return
+        limit = self.policy.limit(self.rows + self.total)
+        if self.total > limit:
+            shown = "\n  ".join(self.errors.shown[:5])
+            raise SourceError(
+                f"{self._uri}: {self.total} of {self.rows + self.total} rows cannot become jobs, more than "
+                f"--max-rejects ({limit}); nothing was submitted (a wrong column or flag?):\n  {shown}"
+            )
+
+    def drain(self) -> list[RowReject]:
+        pending, self.pending = self.pending, []
+        return pending
+
+
 def checked_rows(source: Source, check: SpecCheck | None) -> Iterator[Row]:
     """`source.rows()` with `check` applied to every well-formed spec."""
     for where, spec in source.rows():
@@ -97,18 +173,38 @@ class RowSource:
     def rows(self) -> Iterator[Row]:
         raise NotImplementedError
 
-    def validate(self, check: SpecCheck | None = None) -> None:
-        errors = RowErrors(self._uri)
+    def validate(self, check: SpecCheck | None = None, rejects: Rejects | None = None) -> None:
+        collected = rejects or Rejects(self._uri, STRICT)
         for where, spec in checked_rows(self, check):
             if isinstance(spec, ValueError):
-                errors.add(where, spec)
-        errors.raise_if_any()
+                collected.add(where, spec)
+            else:
+                collected.accept()
+        if rejects is None:
+            collected.settle()
 
     def specs(self) -> Iterator[JobSpec]:
         for where, spec in self.rows():
             if isinstance(spec, ValueError):  # validate() runs first; this only guards a file changed meanwhile
                 raise SourceError(f"{self._uri}: {where}: {spec}")
             yield spec
+
+
+def reject_of(where: str, error: ValueError) -> RowReject:
+    """The reject recorded for a malformed row (an OpenAI batch line's error carries its `custom_id`)."""
+    return RowReject(where=where, reason=str(error), custom_id=getattr(error, "custom_id", None))
+
+
+def source_empty_message(source: Source) -> str:
+    """The one line that says a source yields no job: what was looked for, and what was found."""
+    describe = getattr(source, "empty_message", None)
+    return str(describe()) if callable(describe) else f"{source.uri}: no rows, nothing to submit"
+
+
+def source_unplaced(source: Source) -> int:
+    """Rows whose text places fewer images than they have (the others went before the text)."""
+    unplaced = getattr(source, "unplaced", None)
+    return int(unplaced) if isinstance(unplaced, int) else 0
 
 
 def source_notes(source: Source) -> list[str]:

@@ -1,14 +1,14 @@
 """A manifest file (.jsonl, .csv or .parquet), local or on S3, one job per row.
 
 Columns: `image` (a URI, path, http(s) URL or base64 `data:` URI; several as a list in JSONL/Parquet or
-`;`-separated in CSV), optional `question` (overrides the CLI question), optional `reference` (the
-ground-truth answer), optional `max_tokens`, `temperature`, `top_p`, `seed` (this row's sampling, in place of
-the run's), and any other columns, kept as the job's metadata. Relative paths are resolved against the
-manifest's own folder; local paths (relative, absolute or `file://`) must stay inside that folder or a
-folder of `VLMBATCH_LOCAL_ROOTS`.
+`;`-separated in CSV; none, or an empty cell, for a text-only request), optional `question` (overrides
+the CLI question), optional `reference` (the ground-truth answer), optional `max_tokens`, `temperature`,
+`top_p`, `seed` (this row's sampling, in place of the run's), and any other columns, kept as the job's
+metadata. Relative paths are resolved against the manifest's own folder; local paths (relative, absolute
+or `file://`) must stay inside that folder or a folder of `VLMBATCH_LOCAL_ROOTS`.
 
-Malformed rows refuse the whole submit: `validate` reads the manifest once and reports every bad row
-with its line number, before a single job is written. A half-submitted manifest is worse than none.
+Malformed rows are reported with their line number: recorded as the run's rejects, or, under `--strict`,
+refusing the whole submit before a single job is written (producer/sources/base.py, RejectPolicy).
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ class ManifestSource(RowSource):
             raise RowError("not an object")
         images = record.get("image")
         if images is None or images == "" or images == []:
-            raise RowError("missing `image`")
-        if isinstance(images, str):
+            uris: list[str] = []  # a text-only request
+        elif isinstance(images, str):
             uris = [images]
         elif isinstance(images, list) and all(isinstance(u, str) for u in images):
             uris = list(images)

@@ -3,15 +3,26 @@ then built. The one module that imports every source (they import `sources.base`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vlmbatch.media.staging import Stager
+from vlmbatch.media.stores import local_path
 from vlmbatch.producer.sources.base import MANIFEST_SUFFIXES, Source
 from vlmbatch.producer.sources.folder import FolderSource
+from vlmbatch.producer.sources.hub import (
+    ChainedSource,
+    expand_pattern,
+    is_save_to_disk,
+    list_data_files,
+    resolve_layout,
+    save_to_disk_layout,
+)
 from vlmbatch.producer.sources.manifest import ManifestSource
 from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource, is_openai_batch
 from vlmbatch.producer.sources.parquet import (
+    ArrowStreamFile,
     ColumnChoice,
     ParquetImagesSource,
     open_parquet_file,
@@ -19,9 +30,12 @@ from vlmbatch.producer.sources.parquet import (
 )
 from vlmbatch.producer.sources.prompts import CLI_QUESTION, PromptedSource, Prompting, PromptTemplate
 from vlmbatch.producer.sources.s3 import S3PrefixSource
+from vlmbatch.producer.sources.survey import nothing_found
 from vlmbatch.producer.sources.webdataset import (
+    SHARD_SUFFIX,
     WebDatasetSource,
     folder_holds_shards,
+    is_brace_pattern,
     looks_like_shards,
     prefix_holds_shards,
 )
@@ -39,6 +53,8 @@ def open_source(
     stage_to: str | None = None,
     local_roots: Sequence[Path] = (),
     max_image_bytes: int | None = None,
+    config: str | None = None,
+    split: str | None = None,
 ) -> Source:
     """The source for `uri`: an OpenAI batch file (.jsonl whose lines carry `custom_id` and `body`), a
     manifest file (.jsonl/.csv/.parquet; a Parquet with embedded images as `datasets` writes it),
@@ -50,53 +66,128 @@ def open_source(
     the image, question and reference columns of embedded Parquet and WebDataset samples; `stage_to` is
     where embedded image bytes are staged (None: embedded bytes are refused). `stage_to` also takes
     an OpenAI batch file's `data:` images. A manifest's local images must lie in
-    its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS). An embedded image over `max_image_bytes`
-    is a malformed row."""
+    its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS). A folder or prefix of Parquet shards
+    (the Hub's layouts), a Parquet glob or brace pattern, and a `save_to_disk` folder are read file by
+    file (producer/sources/hub.py); `config` and `split` choose among a dataset's files. An embedded
+    image over `max_image_bytes` is a malformed row."""
 
+    uri = absolute_source(uri)
     asked = ((question,) if question else ()) + tuple(questions)
     prompting = Prompting(questions=asked, template=prompt_template)
     given = CLI_QUESTION if prompting.asks_source else (asked[0] if asked else None)
     columns = columns or ColumnChoice()
     stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url, max_bytes=max_image_bytes) if stage_to else None
-    if uri.lower().endswith(".jsonl") and is_openai_batch(uri):
+    if uri.lower().endswith(".jsonl") and is_openai_batch(uri, s3_endpoint_url=s3_endpoint_url):
         if asked or prompt_template is not None:
             raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")
-        return OpenAIBatchSource(uri, stager=stager, local_roots=local_roots)
+        return OpenAIBatchSource(uri, stager=stager, local_roots=local_roots, s3_endpoint_url=s3_endpoint_url)
     inner: Source
-    if looks_like_shards(uri):
-        inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
-    elif uri.lower().endswith(".parquet"):
-        inner = _parquet_source(
-            uri,
+
+    def one_file(file: str) -> Source:
+        return _parquet_source(
+            file,
             question=given,
             columns=columns,
             stager=stager,
             s3_endpoint_url=s3_endpoint_url,
             local_roots=local_roots,
         )
+
+    _refuse_choice_in_one_file(uri, config, split)
+    if uri.lower().endswith(".parquet") and (is_brace_pattern(uri) or any(c in uri for c in "*?[")):
+        matched = expand_pattern(uri, s3_endpoint_url=s3_endpoint_url)
+        inner = ChainedSource(uri, matched, one_file, f"{uri}: {len(matched)} Parquet file(s)")
+    elif looks_like_shards(uri):
+        inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
+    elif uri.lower().endswith(".parquet"):
+        inner = one_file(uri)
     elif uri.lower().endswith(MANIFEST_SUFFIXES):
         _refuse_columns_for_manifests(uri, columns)
         inner = ManifestSource(
             uri, question=given, s3_endpoint_url=s3_endpoint_url, stager=stager, local_roots=local_roots
         )
+    elif _holds_shards(uri, s3_endpoint_url):  # img2dataset's metadata-only .parquet beside its shards
+        inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
+    elif (hub := _dataset_folder(uri, s3_endpoint_url, config=config, split=split)) is not None:
+        files, note = hub
+        opener = one_file if not files[0].endswith(".arrow") else _arrow_opener(given, columns, stager, local_roots)
+        inner = ChainedSource(uri, files, opener, note)
     elif uri.startswith("s3://"):
-        if prefix_holds_shards(uri, s3_endpoint_url=s3_endpoint_url):
-            inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
-        else:
-            _refuse_columns_for_manifests(uri, columns)
-            inner = S3PrefixSource(uri, question=_required(given, prompting, uri), s3_endpoint_url=s3_endpoint_url)
+        _refuse_columns_for_manifests(uri, columns)
+        inner = S3PrefixSource(uri, question=_required(given, prompting, uri), s3_endpoint_url=s3_endpoint_url)
     else:
         path = Path(uri.removeprefix("file://"))
         if not path.is_dir():
             raise SourceError(
                 f"{uri}: not a folder, an s3:// prefix, a manifest (.jsonl, .csv, .parquet) or WebDataset shards (.tar)"
             )
-        if folder_holds_shards(path):
-            inner = WebDatasetSource(uri, question=given, columns=columns, s3_endpoint_url=s3_endpoint_url)
-        else:
-            _refuse_columns_for_manifests(uri, columns)
-            inner = FolderSource(path, question=_required(given, prompting, uri))
-    return PromptedSource(inner, prompting)
+        # Column flags name sidecar fields (img2dataset's `files` output); without them a question is due.
+        question = given if columns != ColumnChoice() else _required(given, prompting, uri)
+        inner = FolderSource(
+            path,
+            question=question,
+            question_column=columns.question_column,
+            reference_column=columns.reference_column,
+        )
+    return PromptedSource(inner, prompting, describe_empty=lambda: nothing_found(uri, s3_endpoint_url=s3_endpoint_url))
+
+
+def _refuse_choice_in_one_file(uri: str, config: str | None, split: str | None) -> None:
+    if (config or split) and uri.lower().endswith((*MANIFEST_SUFFIXES, SHARD_SUFFIX)):
+        raise SourceError(f"{uri}: --config and --split choose among a dataset folder's files, not in one file")
+
+
+def _holds_shards(uri: str, s3_endpoint_url: str | None) -> bool:
+    if uri.startswith("s3://"):
+        return prefix_holds_shards(uri, s3_endpoint_url=s3_endpoint_url)
+    path = local_path(uri)
+    return path.is_dir() and folder_holds_shards(path)
+
+
+def _dataset_folder(
+    uri: str, s3_endpoint_url: str | None, *, config: str | None, split: str | None
+) -> tuple[tuple[str, ...], str] | None:
+    """The chosen files of a folder or prefix that holds Parquet or Arrow files and no image (a Hub
+    dataset, a save_to_disk folder), and the line saying what was chosen; None for any other folder."""
+    if not uri.startswith("s3://") and not local_path(uri).is_dir():
+        return None
+    names, card, images = list_data_files(uri, s3_endpoint_url=s3_endpoint_url)
+    if not names or images:
+        if config or split:
+            raise SourceError(f"{uri}: --config and --split choose among Parquet or Arrow files; there are none")
+        return None
+    if is_save_to_disk(names):
+        if uri.startswith("s3://"):
+            raise SourceError(f"{uri}: a save_to_disk folder on S3: copy it locally, or save it with to_parquet")
+        layout = save_to_disk_layout(local_path(uri), split=split)
+    else:
+        layout = resolve_layout(uri, names, card, config=config, split=split)
+    return layout.files, layout.note
+
+
+def _arrow_opener(
+    question: str | None, columns: ColumnChoice, stager: Stager | None, local_roots: Sequence[Path]
+) -> Callable[[str], Source]:
+    """The source of one `save_to_disk` Arrow file: its images are `datasets` Image structs, as in Parquet."""
+
+    def open_file(file: str) -> Source:
+        if stager is None:
+            raise SourceError(f"{file}: embedded images need a staging root (--stage-to)")
+        arrow = ArrowStreamFile(file)
+        return ParquetImagesSource(
+            file, parquet=arrow, question=question, columns=columns, stager=stager, local_roots=local_roots
+        )
+
+    return open_file
+
+
+def absolute_source(uri: str) -> str:
+    """A local SOURCE (a path, a `file://` URI, a brace pattern) as an absolute path, made once at submit:
+    the run records it, and its local root (media/local_roots.py) must not depend on where the submitter
+    stood. Remote URIs are returned as given."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return os.path.abspath(local_path(uri))  # a brace pattern's braces are kept: only the folder is joined
 
 
 def _parquet_source(

@@ -13,8 +13,7 @@ back) and is part of the job's identity. A duplicate `custom_id` or an invalid l
 submit, naming every bad line, before anything is written.
 
 `data:` images never enter the ledger: their bytes are staged once to content-addressed objects under
-`--stage-to` (media/staging.py, a folder or an S3 prefix), and the job references the object. A source
-remembers what it staged, so the reads of one submit (validation, then insert) decode each image once. A `data:`
+`--stage-to` (media/staging.py, a folder or an S3 prefix), and the job references the object. A `data:`
 URI whose bytes are no image is staged like any other and fails its own job at the worker
 (`input.unreadable`).
 """
@@ -22,21 +21,23 @@ URI whose bytes are no image is staged like any other and fails its own job at t
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import ValidationError
 
-from vlmbatch.media.local_roots import LocalRoots
+from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
-from vlmbatch.media.stores import local_path
+from vlmbatch.media.stores import S3Objects, local_path
 from vlmbatch.producer.sources.base import Row, RowSource
-from vlmbatch.producer.sources.locations import checked_remote, decode_data_uri, stage_bytes
-from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.producer.sources.locations import resolve_image_ref
+from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobParams, JobSpec
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
 
@@ -46,8 +47,6 @@ CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 # Body fields read, and those accepted without effect (the run decides the model; nothing streams).
 _READ = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "response_format"}
 _IGNORED = {"model", "stream", "user", "metadata", "store"}
-# `data:` images whose staged URI a source remembers (~150 bytes each).
-_REMEMBERED_STAGES = 65_536
 _NUMBER = (int, float)
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "max_tokens": int,
@@ -57,38 +56,69 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "temperature": _NUMBER,
     "top_p": _NUMBER,
 }
+# `data:` images whose staged URI a source remembers (~150 bytes each).
+_REMEMBERED_STAGES = 65_536
 
 
 class LineError(ValueError):
-    pass
+    """A line that cannot become a job; `custom_id` is the line's, where it could be read.
+    `refuses_source`: the whole file is refused whatever the policy (sources.base.Rejects)."""
+
+    custom_id: str | None = None
+    refuses_source = False
 
 
-def is_openai_batch(uri: str) -> bool:
-    """Whether the local `.jsonl` file at `uri` reads as an OpenAI batch file: its first line that is a
-    JSON object (among the first few, so one broken line does not hide the format) has `custom_id` and
-    `body`."""
-    path = local_path(uri)
+class NotARequest(LineError):
+    """A line that is no request at all (not JSON, no `custom_id`, no `body`, another endpoint): the Batch
+    API refuses the whole file for it, as OpenAI does; the command line records it like any bad line."""
+
+
+def is_openai_batch(uri: str, *, s3_endpoint_url: str | None = None) -> bool:
+    """Whether the `.jsonl` file at `uri` (local or on S3, whose first lines are read through the object
+    store) reads as an OpenAI batch file: any of its first few JSON lines carries `custom_id` and `body`,
+    so a broken first line does not hide the format (its error then names the real problem)."""
     try:
-        with path.open("r", encoding="utf-8") as lines:
+        with open_lines(uri, s3_endpoint_url=s3_endpoint_url) as lines:
             for line in islice((line for line in lines if line.strip()), SNIFFED_LINES):
                 try:
                     record = json.loads(line)
                 except (ValueError, RecursionError):
                     continue
-                return isinstance(record, dict) and "custom_id" in record and "body" in record
-    except (OSError, UnicodeDecodeError):
+                if isinstance(record, dict) and "custom_id" in record and "body" in record:
+                    return True
+    except (SourceError, UnicodeDecodeError):
         return False
     return False
 
 
+@contextmanager
+def open_lines(uri: str, *, s3_endpoint_url: str | None) -> Iterator[IO[str]]:
+    """The file's lines as text, local or streamed from S3 (by ranges, never downloaded whole).
+    Raises SourceError when it cannot be opened."""
+    try:
+        if uri.startswith("s3://"):
+            raw: IO[bytes] = S3Objects(s3_endpoint_url).open_reader(uri)
+        else:
+            raw = local_path(uri).open("rb")
+    except (OSError, JobError) as exc:
+        raise SourceError(f"{uri}: cannot read the batch file ({getattr(exc, 'message', exc)})") from exc
+    with io.TextIOWrapper(raw, encoding="utf-8") as text:
+        yield text
+
+
 class OpenAIBatchSource(RowSource):
-    def __init__(self, uri: str, *, stager: Stager | None, local_roots: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        stager: Stager | None,
+        local_roots: Sequence[Path] = (),
+        s3_endpoint_url: str | None = None,
+    ) -> None:
         self._uri = uri
-        self._path = local_path(uri)
-        self._root = self._path.resolve().parent
-        # Where an absolute path or file:// image may lie: the file's folder and VLMBATCH_LOCAL_ROOTS
-        # (a Batch API upload: its own folder alone), checked at submit as for every source.
-        self._roots = LocalRoots.of([self._root, *local_roots])
+        self._endpoint = s3_endpoint_url
+        # Local images may come from the file's own folder and VLMBATCH_LOCAL_ROOTS, as for a manifest.
+        self._roots = LocalRoots.of([source_root(uri), *local_roots])
         # Where `data:` images are staged, content-addressed (media/staging.py, `--stage-to`), and what
         # this source staged lately: a submit reads the file more than once (validation, then insert), and
         # decodes each `data:` image once.
@@ -98,21 +128,20 @@ class OpenAIBatchSource(RowSource):
     def rows(self) -> Iterator[Row]:
         # 8-byte digests of the ids seen: duplicates are found in one pass, in ~60 bytes per line.
         seen: set[bytes] = set()
-        try:
-            lines = self._path.open("rb")
-        except OSError as exc:
-            raise SourceError(f"{self._uri}: cannot read the batch file ({exc})") from exc
-        with lines:
-            for number, raw in enumerate(lines, start=1):
-                if not raw.strip():
+        with open_lines(self._uri, s3_endpoint_url=self._endpoint) as lines:
+            for number, line in enumerate(_decoded(lines, self._uri), start=1):
+                if not line.strip():
                     continue
                 where = f"line {number}"
                 try:
-                    spec = self._spec(_text(raw))
+                    spec = self._spec(line)
                     custom_id = (spec.meta or {})["custom_id"]
                     digest = hashlib.blake2b(custom_id.encode(), digest_size=8).digest()
                     if digest in seen:
-                        raise LineError(f"duplicate custom_id {custom_id!r}")
+                        duplicate = LineError(f"duplicate custom_id {custom_id!r}")
+                        duplicate.custom_id = custom_id
+                        duplicate.refuses_source = True  # as OpenAI does: ids must name one request each
+                        raise duplicate
                     seen.add(digest)
                 except LineError as exc:
                     yield where, exc
@@ -125,28 +154,35 @@ class OpenAIBatchSource(RowSource):
         try:
             return self._checked_spec(line)
         except RecursionError:  # the JSON, or a schema in it, nests deeper than anything parses
-            raise LineError("nested too deeply") from None
+            raise NotARequest("nested too deeply") from None
 
     def _checked_spec(self, line: str) -> JobSpec:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise LineError(f"invalid JSON ({exc.msg})") from exc
+            raise NotARequest(f"invalid JSON ({exc.msg})") from exc
         # A lone surrogate comes only from a `\\ud800`-style escape: only lines with one are checked.
         if ("\\ud" in line or "\\uD" in line) and not _encodable(record):
-            raise LineError("a string holds a lone surrogate (\\ud800-\\udfff), which is no character")
+            raise NotARequest("a string holds a lone surrogate (\\ud800-\\udfff), which is no character")
         if not isinstance(record, dict):
-            raise LineError("not an object")
+            raise NotARequest("not an object")
         custom_id = record.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id.strip():
-            raise LineError("`custom_id` must be a non-empty string")
+            raise NotARequest("`custom_id` must be a non-empty string")
+        try:
+            return self._request(record, custom_id)
+        except LineError as exc:
+            exc.custom_id = custom_id  # the error file names the request it refuses
+            raise
+
+    def _request(self, record: dict[str, Any], custom_id: str) -> JobSpec:
         if record.get("method", "POST") != "POST":
-            raise LineError(f"method {record.get('method')!r}: only POST")
+            raise NotARequest(f"method {record.get('method')!r}: only POST")
         if record.get("url", CHAT_URLS[0]) not in CHAT_URLS:
-            raise LineError(f"url {record.get('url')!r}: only {CHAT_URLS[0]}")
+            raise NotARequest(f"url {record.get('url')!r}: only {CHAT_URLS[0]}")
         body = record.get("body")
         if not isinstance(body, dict):
-            raise LineError("`body` must be an object")
+            raise NotARequest("`body` must be an object")
         unknown = sorted(set(body) - _READ - _IGNORED)
         if unknown:
             raise LineError("unsupported body field(s): " + ", ".join(unknown))
@@ -181,7 +217,9 @@ class OpenAIBatchSource(RowSource):
 
     def _user_turn(self, content: Any) -> tuple[tuple[str, ...], str]:
         if isinstance(content, str):
-            raise LineError("the user message has no image (a job needs at least one `image_url` part)")
+            if not content.strip():
+                raise LineError("the user message has no text")
+            return (), content  # a text-only request
         if not isinstance(content, list):
             raise LineError("the user message's content must be a string or a list of parts")
         pieces: list[str | None] = []  # text, or None where an image goes
@@ -199,8 +237,6 @@ class OpenAIBatchSource(RowSource):
                 pieces.append(None)
             else:
                 raise LineError(f"content part of type {kind!r} is not supported (text and image_url)")
-        if not images:
-            raise LineError("the user message has no image (a job needs at least one `image_url` part)")
         texts = [p for p in pieces if p is not None]
         if not any(t.strip() for t in texts):
             raise LineError("the user message has no text")
@@ -217,56 +253,29 @@ class OpenAIBatchSource(RowSource):
         return tuple(images), question
 
     def _image_uri(self, url: str) -> str:
-        if url.startswith("data:"):
-            return self._stage(url)
-        if url.startswith(("file://", "/")):
-            return self._local_image(url)
-        if url.startswith(("s3://", "http://", "https://", "file://")):
-            return self._remote(url)
-        if "://" in url:
-            raise LineError(f"unsupported image URL scheme in {url[:80]!r}")
-        path = Path(url)
-        if path.is_absolute():
-            return path.as_uri()
-        resolved = (self._root / path).resolve()
-        if resolved != self._root and self._root not in resolved.parents:
-            raise LineError(f"{url!r} leads outside the batch file's folder")
-        return resolved.as_uri()
-
-    def _local_image(self, url: str) -> str:
-        resolved = local_path(url).resolve()
-        if not self._roots.allows(resolved):
-            raise LineError(f"{url[:200]!r} is {self._roots.refusal()}")
-        return resolved.as_uri()
-
-    def _remote(self, url: str) -> str:
-        try:
-            return checked_remote(url)
-        except ValueError as exc:
-            raise LineError(str(exc)) from None
-
-    def _stage(self, url: str) -> str:
-        # Keyed by the URI's length and (SipHash, seeded per process) hash: no copy of a 100 MB URI is kept.
-        key = (len(url), hash(url))
-        staged = self._staged.get(key)
-        if staged is not None:
+        # A `data:` image is keyed by its length and (SipHash, seeded per process) hash: no copy is kept.
+        key = (len(url), hash(url)) if url.startswith("data:") else None
+        if key is not None and key in self._staged:
             self._staged.move_to_end(key)
-            return staged
+            return self._staged[key]
         try:
-            staged = stage_bytes(decode_data_uri(url), self._stager)
+            uri = resolve_image_ref(url, base_uri=self._uri, stager=self._stager, roots=self._roots)
         except ValueError as exc:
             raise LineError(str(exc)) from exc
-        self._staged[key] = staged
-        if len(self._staged) > _REMEMBERED_STAGES:
-            self._staged.popitem(last=False)
-        return staged
+        if key is not None:
+            self._staged[key] = uri
+            if len(self._staged) > _REMEMBERED_STAGES:
+                self._staged.popitem(last=False)
+        return uri
 
 
-def _text(raw: bytes) -> str:
+def _decoded(lines: IO[str], uri: str) -> Iterator[str]:
     try:
-        return raw.decode("utf-8")
+        yield from lines
     except UnicodeDecodeError as exc:
-        raise LineError(f"not UTF-8 (byte {exc.start + 1} of the line)") from None
+        raise SourceError(f"{uri}: not valid UTF-8 text ({exc.reason})") from exc
+    except JobError as exc:  # the S3 reader failed mid-file
+        raise SourceError(f"{uri}: cannot read the batch file ({exc.message})") from exc
 
 
 def _encodable(record: Any) -> bool:

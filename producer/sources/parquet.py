@@ -39,6 +39,8 @@ from vlmbatch.schema.contracts.models import JobSpec
 # whatever the row group size; an oversize image is then refused by the stager (VLMBATCH_MAX_IMAGE_BYTES).
 BATCH_ROWS = 64
 DEFAULT_IMAGE_COLUMN = "image"
+# The columns that tell img2dataset's `parquet` output (status: success, failed_to_download, ...).
+IMG2DATASET_COLUMNS = frozenset({"status", "error_message", "key"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,25 @@ def open_parquet_file(uri: str, *, s3_endpoint_url: str | None) -> Any:
         raise SourceError(f"{uri}: not a readable Parquet file ({exc})") from exc
 
 
+class ArrowStreamFile:
+    """An Arrow IPC stream file, as `Dataset.save_to_disk` writes them, read like a `ParquetFile`:
+    `schema_arrow` and `iter_batches` (memory-mapped; batches cut to `batch_size` rows)."""
+
+    def __init__(self, path: str) -> None:
+        import pyarrow as pa
+
+        try:
+            self._reader = pa.ipc.open_stream(pa.memory_map(path))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise SourceError(f"{path}: not a readable Arrow stream file ({exc})") from exc
+        self.schema_arrow = self._reader.schema
+
+    def iter_batches(self, *, batch_size: int) -> Iterator[Any]:
+        for batch in self._reader:
+            for start in range(0, batch.num_rows, batch_size):
+                yield batch.slice(start, batch_size)
+
+
 def embedded_image_columns(schema: Any) -> list[str]:
     """The columns that hold images by their type (struct<bytes, path>, binary, lists of them) or by
     the `huggingface` metadata, in schema order."""
@@ -102,7 +123,7 @@ class ParquetImagesSource(RowSource):
         local_roots: Sequence[Path] = (),
     ) -> None:
         self._uri = uri
-        # Local `path` cells lie under the file's folder or VLMBATCH_LOCAL_ROOTS, as a manifest's do.
+        # A `path` cell naming a local file must lie in the file's folder or VLMBATCH_LOCAL_ROOTS.
         self._roots = LocalRoots.of([source_root(uri), *local_roots])
         self._parquet = parquet
         self._question = question
@@ -117,6 +138,15 @@ class ParquetImagesSource(RowSource):
         # Image-typed columns not chosen as images are left out of the metadata: bytes never reach the ledger.
         self._skipped = set(self._images) | set(embedded_image_columns(schema))
         self._skipped |= {self._question_column, self._reference_column}
+        # img2dataset's `parquet` output: a row whose download failed has status `failed_to_*` and no image.
+        self._downloads = set(schema.names) >= IMG2DATASET_COLUMNS
+        self.not_downloaded = 0
+
+    def notes(self) -> list[str]:
+        """Rows img2dataset could not download, skipped (never refused, never silent)."""
+        if not self.not_downloaded:
+            return []
+        return [f"{self._uri}: {self.not_downloaded} row(s) img2dataset did not download (status), skipped"]
 
     @property
     def image_columns(self) -> tuple[str, ...]:
@@ -124,12 +154,16 @@ class ParquetImagesSource(RowSource):
 
     def rows(self) -> Iterator[Row]:
         number = 0
+        self.not_downloaded = 0
         try:
             for batch in bounded_batches(self._parquet, max_rows=BATCH_ROWS):
                 records = batch.to_pylist()
                 self._stager.stage_ahead([blob for record in records for blob in self._embedded_blobs(record)])
                 for record in records:
                     number += 1
+                    if self._downloads and record.get("status") != "success":
+                        self.not_downloaded += 1
+                        continue
                     try:
                         yield f"row {number}", self._spec(record)
                     except ValueError as exc:
@@ -184,17 +218,16 @@ class ParquetImagesSource(RowSource):
             if cell.get("bytes"):
                 return [stage_bytes(cell["bytes"], self._stager)]
             if isinstance(cell.get("path"), str) and cell["path"]:
-                return [resolve_image_ref(cell["path"], base_uri=self._uri, stager=self._stager, roots=self._roots)]
+                return [self._ref(cell["path"])]
             return []
         if isinstance(cell, bytes):
             return [stage_bytes(cell, self._stager)]
         if isinstance(cell, str):
-            return (
-                [resolve_image_ref(cell, base_uri=self._uri, stager=self._stager, roots=self._roots)]
-                if cell.strip()
-                else []
-            )
+            return [self._ref(cell)] if cell.strip() else []
         raise ValueError(f"`{column}` holds {type(cell).__name__}, not an image")
+
+    def _ref(self, ref: str) -> str:
+        return resolve_image_ref(ref, base_uri=self._uri, stager=self._stager, roots=self._roots)
 
     def _image_columns(self, schema: Any, columns: ColumnChoice) -> tuple[str, ...]:
         if columns.image_columns:

@@ -24,8 +24,12 @@ def batch_rows(group: Any, *, max_rows: int, budget: int = BATCH_BYTES) -> int:
 
 
 def bounded_batches(parquet: Any, *, max_rows: int) -> Iterator[Any]:
-    """The record batches of `parquet` (a pyarrow ParquetFile), each row group's sized by `batch_rows`."""
-    metadata = parquet.metadata
+    """The record batches of `parquet` (a pyarrow ParquetFile), each row group's sized by `batch_rows`.
+    A source without row groups (an Arrow stream file, memory-mapped) is cut to `max_rows`."""
+    metadata = getattr(parquet, "metadata", None)
+    if metadata is None:
+        yield from parquet.iter_batches(batch_size=max_rows)
+        return
     for group in range(metadata.num_row_groups):
         rows = batch_rows(metadata.row_group(group), max_rows=max_rows)
         yield from parquet.iter_batches(batch_size=rows, row_groups=[group])

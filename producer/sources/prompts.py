@@ -12,7 +12,8 @@ source before anything is written.
   The filter `options` turns a list, or a Python-list
   string as MMMU stores it, into lettered lines `A. …`.
 - Every resulting question is checked against the row's images (`<image N>` placeholders,
-  schema.contracts.placement): a mismatch is an error of that row.
+  schema.contracts.placement): a placeholder naming an image the row lacks is an error of that row;
+  images no placeholder places go before the text, and such rows are counted (`unplaced`).
 
 A row error names the row (`line 12: prompt template: 'options' is undefined`) and refuses the submit
 like any malformed row. The rendered text is what the job stores: the ledger shows what the model saw.
@@ -22,18 +23,18 @@ from __future__ import annotations
 
 import ast
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError, Undefined
 
-from vlmbatch.producer.sources.base import Row, RowErrors, Source, SpecCheck, checked_rows
+from vlmbatch.producer.sources.base import STRICT, Rejects, Row, RowSource, Source, SpecCheck, checked_rows
 from vlmbatch.producer.sources.manifest import ManifestSource
 from vlmbatch.producer.sources.sandbox import BoundedEnvironment
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import JobSpec
-from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
+from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, unplaced_images, user_layout
 
 # Given to a source as its question when the question comes from here (several questions, or a
 # template): a row that still carries it brought no question of its own. No row can hold a NUL.
@@ -125,7 +126,7 @@ class Prompting:
 
 def _context(spec: JobSpec, question: str | None) -> dict[str, Any]:
     context: dict[str, Any] = dict(spec.meta or {})
-    context.update(images=list(spec.images), image=spec.images[0])
+    context.update(images=list(spec.images), image=spec.images[0] if spec.images else None)
     if question is not None:
         context["question"] = question
     return context
@@ -134,9 +135,15 @@ def _context(spec: JobSpec, question: str | None) -> dict[str, Any]:
 class PromptedSource:
     """A source whose specs pass through `Prompting` (one row may become several jobs)."""
 
-    def __init__(self, inner: Source, prompting: Prompting) -> None:
+    def __init__(self, inner: Source, prompting: Prompting, *, describe_empty: Callable[[], str] | None = None) -> None:
         self._inner = inner
         self._prompting = prompting
+        self._describe_empty = describe_empty
+        self.unplaced = 0  # rows whose text places fewer images than they have
+
+    def empty_message(self) -> str:
+        """What the source was looked for in, and what it holds, when it yields no job."""
+        return self._describe_empty() if self._describe_empty else f"{self.uri}: no rows, nothing to submit"
 
     @property
     def inner(self) -> Source:
@@ -152,16 +159,20 @@ class PromptedSource:
     def uri(self) -> str:
         return self._inner.uri
 
-    def validate(self, check: SpecCheck | None = None) -> None:
+    def validate(self, check: SpecCheck | None = None, rejects: Rejects | None = None) -> None:
+        collected = rejects or Rejects(self.uri, STRICT)
         if isinstance(self._inner, ManifestSource):  # it reads every row to validate: one pass does both
-            self._inner.validate(self._expanded_check(check))
-            return
-        self._inner.validate()  # the source's own checks (a listing that escapes its folder, …)
-        errors = RowErrors(self.uri)
-        for where, spec in checked_rows(self, check):
-            if isinstance(spec, ValueError):
-                errors.add(where, spec)
-        errors.raise_if_any()
+            self._inner.validate(self._expanded_check(check), collected)
+        else:
+            if not isinstance(self._inner, RowSource):  # a row source's checks are its rows, read below
+                self._inner.validate()  # the source's own checks (a listing that escapes its folder, …)
+            for where, spec in checked_rows(self, check):
+                if isinstance(spec, ValueError):
+                    collected.add(where, spec)
+                else:
+                    collected.accept()
+        if rejects is None:
+            collected.settle()
 
     def _expanded_check(self, check: SpecCheck | None) -> SpecCheck:
         def expanded(spec: JobSpec) -> None:
@@ -172,6 +183,7 @@ class PromptedSource:
         return expanded
 
     def rows(self) -> Iterator[Row]:
+        self.unplaced = 0  # counted again by each pass over the rows
         for where, spec in self._inner.rows():
             if isinstance(spec, ValueError):
                 yield where, spec
@@ -181,6 +193,8 @@ class PromptedSource:
             except ValueError as exc:
                 yield where, exc
                 continue
+            if any(unplaced_images(job.question, len(job.images)) for job in jobs if has_placeholders(job.question)):
+                self.unplaced += 1
             for job in jobs:
                 yield where, job
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from vlmbatch.media.stores import make_s3_client, split_s3_uri
-from vlmbatch.producer.sources.base import Row, SpecCheck
+from vlmbatch.producer.sources.base import Rejects, Row, SpecCheck
 from vlmbatch.producer.sources.images import looks_like_image
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import JobSpec
@@ -25,12 +25,15 @@ class S3PrefixSource:
     def uri(self) -> str:
         return self._uri
 
-    def validate(self, check: SpecCheck | None = None) -> None:
-        """`check` is unused: listed images carry no reference or metadata to check."""
+    def validate(self, check: SpecCheck | None = None, rejects: Rejects | None = None) -> None:
+        """`check` is unused: listed images carry no reference or metadata to check. With `rejects`, the
+        listing is read up to its first image, to tell an empty prefix (its rows are never malformed)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self._client.list_objects_v2(Bucket=self._bucket, Prefix=self._prefix, MaxKeys=1)
+            if rejects is not None and next(self.keys(), None) is not None:
+                rejects.accept()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "error")
             raise SourceError(f"{self._uri}: cannot list ({code})") from exc

@@ -114,11 +114,12 @@ _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class JobSpec(BaseModel):
-    """One unit of work as a source yields it: image URI(s), a question, optional reference and metadata."""
+    """One unit of work as a source yields it: image URI(s) (none for a text-only request), a question,
+    optional reference and metadata."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    images: tuple[str, ...] = Field(min_length=1)
+    images: tuple[str, ...] = ()
     question: str = Field(min_length=1)
     reference: str | None = None
     meta: dict[str, Any] | None = None
@@ -176,10 +177,26 @@ class JobSpec(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+class RowReject(BaseModel):
+    """A source row that could not become a job, recorded at submit instead of refusing the whole source:
+    where it is (`line 12`, `row 7`, `00001.tar:000000005`), why, and an OpenAI batch line's `custom_id`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    where: str
+    reason: str
+    custom_id: str | None = None
+
+
 class SubmitReport(BaseModel):
     run: int
     submitted: int
     skipped: int
+    # Rows recorded as rejects (not submitted) by this submit, and the first of them.
+    rejected: int = 0
+    first_rejects: list[RowReject] = Field(default_factory=list)
+    # Rows with images that no placeholder of their text places (they go before the text).
+    unplaced: int = 0
 
 
 class StatusReport(BaseModel):
@@ -189,6 +206,8 @@ class StatusReport(BaseModel):
     total: int
     counts: dict[str, int]
     errors: dict[str, int]
+    # Source rows recorded as rejects at submit (never jobs): `vlmbatch export RUN --format rejects`.
+    rejected: int = 0
 
     @classmethod
     def empty_counts(cls) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Where a job's images go in its user turn: `<image N>` placeholders in the question place image N there
-(1-based, as MMMU writes them), `<image>` places the next image not yet placed; a question without any
-placeholder gets its images first, then the text. Both sides use it: the producer refuses a row whose
-placeholders do not match its images, the worker lays out the engine request with it."""
+(1-based, as MMMU writes them), `<image>` places the next image not yet placed; images no placeholder
+places (all of them in a question without any) go first, then the text. Both sides use it: the producer
+refuses a row whose placeholder names an image it does not have, the worker lays out the engine request
+with it."""
 
 from __future__ import annotations
 
@@ -27,10 +28,22 @@ def user_layout(text: str, image_count: int) -> UserLayout:
     """The user turn of a job with `image_count` images and question `text`.
 
     A second mention of an image already placed stays in the text as written (MMMU's options refer back
-    to `<image 1>`). Raises PlaceholderMismatch for a placeholder naming no image (`<image 3>` of two),
-    an `<image>` with no image left, or an image that no placeholder places."""
+    to `<image 1>`). Images that no placeholder places go before the text, in their order, as in a text
+    without placeholders (ViRL writes one `<image>` for two images; MMMU's question may place `<image 1>`
+    while `<image 2>` sits in its options). Raises PlaceholderMismatch for a placeholder naming no image
+    (`<image 3>` of two) or an `<image>` with no image left."""
+    return _layout(text, image_count)[0]
+
+
+def unplaced_images(text: str, image_count: int) -> int:
+    """How many of the job's images no placeholder of `text` places (0 for a text without placeholders,
+    whose images all go first by convention). Raises PlaceholderMismatch as `user_layout` does."""
+    return _layout(text, image_count)[1]
+
+
+def _layout(text: str, image_count: int) -> tuple[UserLayout, int]:
     if "<image" not in text or not has_placeholders(text):
-        return (*range(image_count), text)
+        return (*range(image_count), text), 0
     parts: list[UserPart] = []
     placed: set[int] = set()
     position = 0
@@ -53,20 +66,15 @@ def user_layout(text: str, image_count: int) -> UserLayout:
         position = match.end()
     if position < len(text):
         parts.append(text[position:])
-    if len(placed) < image_count:
-        raise PlaceholderMismatch(
-            f"the text places {len(placed)} of the job's {image_count} images (missing: "
-            + ", ".join(f"<image {i + 1}>" for i in range(image_count) if i not in placed)
-            + ")"
-        )
-    return tuple(parts)
+    unplaced = [i for i in range(image_count) if i not in placed]
+    return (*unplaced, *parts), len(unplaced)
 
 
 def with_image_tokens(text: str, images: Sequence[str], token: str) -> tuple[str, list[str]]:
-    """The question as a training record writes it: each placed image as `token` where the job placed it,
-    and the images in the order their tokens appear (LLaMA-Factory and InternVL pair the n-th token with
-    the n-th image). A text whose placeholders do not match (a job older than placeholders) gets its
-    images first, as it was sent."""
+    """The question as a training record writes it: each image as `token` where the job placed it (the
+    unplaced ones first), and the images in the order their tokens appear (LLaMA-Factory and InternVL pair
+    the n-th token with the n-th image). A text whose placeholders do not match (a job older than
+    placeholders) gets its images first, as it was sent."""
     try:
         parts = user_layout(text, len(images))
     except PlaceholderMismatch:

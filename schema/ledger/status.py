@@ -12,7 +12,7 @@ from vlmbatch.schema.contracts.models import StatusReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import read_counts
-from vlmbatch.schema.ledger.tables import Job
+from vlmbatch.schema.ledger.tables import Job, Run
 
 # Throughput is measured over this trailing window: long enough to smooth bursts, short enough to react.
 RATE_WINDOW = timedelta(minutes=5)
@@ -41,7 +41,8 @@ def run_status(session: Session, run_id: int) -> StatusReport:
     counts = StatusReport.empty_counts()
     kept = read_counts(session, run_id)
     counts.update(kept.by_state)
-    return StatusReport(run=run_id, total=kept.total, counts=counts, errors=kept.errors)
+    rejected = session.scalar(select(Run.rejected).where(Run.id == run_id)) or 0
+    return StatusReport(run=run_id, total=kept.total, counts=counts, errors=kept.errors, rejected=rejected)
 
 
 def run_progress(session: Session, run_id: int) -> Progress:

@@ -67,6 +67,21 @@ class Run(Base):
     # Its queued jobs are not claimable yet: a Batch API batch still `validating` (it may be cancelled
     # before it is accepted, and then none of its jobs may run).
     held: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Source rows its submits recorded as rejects (SubmitReject rows), kept here so status reads no rows.
+    rejected: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+
+
+class SubmitReject(Base):
+    """A source row that could not become a job (schema.ledger.rejects): where it was and why."""
+
+    __tablename__ = "submit_rejects"
+    __table_args__ = (UniqueConstraint("run_id", "position", name="uq_submit_rejects_run_position"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    position: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    custom_id: Mapped[str | None] = mapped_column(Text)
 
 
 class Job(Base):

@@ -74,6 +74,41 @@ def test_the_model_sees_each_image_at_its_placeholder_after_the_system_turn(shar
     assert "<image 1>" not in text and "<image 2>" not in text
 
 
+def test_a_text_only_job_and_an_unplaced_image_reach_the_model_as_laid_out(shared_engine: EngineThread) -> None:
+    inner: Any = shared_engine.inner
+    loop = shared_engine._loop
+    tokenizer = inner._llm.tokenizer
+    context_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    text_only = GenerationRequest(
+        request_id="text-only",
+        images=[],
+        question="Name a prime.",
+        sampling=SamplingSettings(max_tokens=4),
+        max_tiles=12,
+    )
+    engine_input = asyncio.run_coroutine_threadsafe(inner._render(text_only), loop).result(timeout=120)
+    token_ids = list(engine_input["prompt_token_ids"])
+    assert context_id not in token_ids and "Name a prime." in tokenizer.decode(token_ids)
+    generation = asyncio.run_coroutine_threadsafe(inner.generate(text_only), loop).result(timeout=300)
+    assert generation.completions and generation.prompt_tokens == len(token_ids)
+
+    # ViRL: one `<image>` for two images; the one it does not place goes first.
+    small = Image.new("RGB", (448, 448), (200, 10, 10))  # 1 tile
+    wide = Image.new("RGB", (896, 448), (10, 10, 200))  # 2 tiles + thumbnail
+    question = "<image>\nAre they alike?"
+    virl = GenerationRequest(
+        request_id="virl",
+        images=[small, wide],
+        question=question,
+        sampling=SamplingSettings(max_tokens=4),
+        max_tiles=12,
+        layout=user_layout(question, 2),
+    )
+    engine_input = asyncio.run_coroutine_threadsafe(inner._render(virl), loop).result(timeout=120)
+    runs = _context_runs(list(engine_input["prompt_token_ids"]), context_id)
+    assert runs == [3 * TOKENS_PER_TILE, TOKENS_PER_TILE]  # the wide (unplaced) one first, then the placed one
+
+
 def test_an_mmmu_row_through_a_template_runs_on_the_real_engine(
     sqlite_url: str, tiny_model: Path, shared_engine: EngineThread, tmp_path: Path
 ) -> None:

@@ -167,6 +167,14 @@ def test_the_openai_client_runs_a_batch_cancels_another_and_pages_through_them(
     assert [b.id for b in client.batches.list(limit=2)] == [broken.id, second.id, first.id]  # the SDK pages on
     assert [b.id for b in client.batches.list(after=second.id)] == [first.id]
 
+    uploads = [upload.id, second_file.id, broken_file.id]
+    assert [f.id for f in client.files.list(purpose="batch")] == uploads[::-1]  # newest first
+    assert [f.id for f in client.files.list(purpose="batch", order="asc", limit=1)] == uploads  # the SDK pages on
+    newest = client.files.list(limit=1)
+    assert len(newest.data) == 1 and newest.has_more and newest.data[0].purpose == "batch"
+    outputs_listed = [f.id for f in client.files.list(purpose="batch_output")]
+    assert done.output_file_id in outputs_listed and done.error_file_id in outputs_listed
+
     assert client.files.delete(broken_file.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(broken_file.id)

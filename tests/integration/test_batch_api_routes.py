@@ -159,6 +159,31 @@ def test_a_batch_left_validating_by_a_stopped_server_is_submitted_once_when_next
         assert session.scalar(select(func.count()).select_from(Job)) == 4  # two runs of two jobs, once each
 
 
+def test_a_line_that_is_a_bad_request_fails_alone_and_a_text_only_line_is_a_request(
+    http: TestClient, tmp_path: Path
+) -> None:
+    sdk = _sdk(http)
+    source = tmp_path / "mixed.jsonl"
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}
+    lines = [
+        {
+            "custom_id": "img",
+            "body": {"messages": [{"role": "user", "content": [image, {"type": "text", "text": "?"}]}]},
+        },
+        {"custom_id": "text", "body": {"messages": [{"role": "user", "content": "Name a prime."}]}},
+        {"custom_id": "bad", "body": {"messages": [{"role": "user", "content": "hi"}], "stop": ["x"]}},
+    ]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    upload = sdk.files.create(file=source.open("rb"), purpose="batch")
+    batch = sdk.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    accepted = _accepted(sdk, batch.id)
+    assert accepted.status == "in_progress" and accepted.request_counts is not None
+    assert (accepted.request_counts.total, accepted.request_counts.failed) == (3, 1)
+    _, sessions = open_ledger(Settings(home=tmp_path).resolved_database_url())
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 2
+
+
 def test_run_summaries_as_json_for_scripts(http: TestClient, tmp_path: Path) -> None:
     sdk = _sdk(http)
     source = tmp_path / "three.jsonl"

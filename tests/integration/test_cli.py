@@ -29,7 +29,14 @@ def _submit_twice_then_status(env: dict[str, str], folder: Path) -> None:
     assert isinstance(first, dict)
     assert (first["submitted"], first["skipped"]) == (20, 0)
     again = vlmbatch_json(["submit", str(folder), "--question", "What is shown?", "--json"], env)
-    assert again == {"run": first["run"], "submitted": 0, "skipped": 20}
+    assert again == {
+        "run": first["run"],
+        "submitted": 0,
+        "skipped": 20,
+        "rejected": 0,
+        "first_rejects": [],
+        "unplaced": 0,
+    }
     status = vlmbatch_json(["status", str(first["run"]), "--json"], env)
     assert isinstance(status, dict)
     assert (status["total"], status["counts"]["queued"]) == (20, 20)

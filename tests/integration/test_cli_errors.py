@@ -37,12 +37,12 @@ CASES = {
         files={"schema.json": b"[1, 2]"},
     ),
     "invalid UTF-8 in a JSONL line": Case(
-        ["submit", "m.jsonl", "-q", "x"],
+        ["submit", "m.jsonl", "-q", "x", "--strict"],
         "line 2: not valid UTF-8",
         files={"m.jsonl": b'{"image": "imgs/a.jpg"}\n{"image": "imgs/\xff.jpg"}\n'},
     ),
     "invalid UTF-8 in a CSV line": Case(
-        ["submit", "m.csv", "-q", "x"],
+        ["submit", "m.csv", "-q", "x", "--strict"],
         "line 3: not valid UTF-8",
         files={"m.csv": b"image,question\nimgs/a.jpg,ok\nimgs/a.jpg,\xffbad\n"},
     ),

@@ -116,8 +116,8 @@ def test_a_manifest_naming_files_outside_its_folder_is_refused_with_each_row_num
         assert f"line {line}: " in message
     assert "line 1" not in message and "VLMBATCH_LOCAL_ROOTS" in message
 
-    # The same manifest through the CLI: one line of refusal per row, exit 2, no run created.
-    result = vlmbatch(["submit", str(manifest), "--question", "q?"], {"VLMBATCH_DATABASE_URL": sqlite_url})
+    # The same manifest through the CLI, --strict: one line of refusal per row, exit 2, no run created.
+    result = vlmbatch(["submit", str(manifest), "--question", "q?", "--strict"], {"VLMBATCH_DATABASE_URL": sqlite_url})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "line 2: " in result.stderr
 

@@ -82,7 +82,7 @@ def test_a_template_error_or_a_missing_column_refuses_the_submit_naming_the_row(
             {"image": "a.png", "question": "q1", "options": ["x", "y"]},
             {"image": "b.png", "question": "q2"},
             {"image": "c.png", "question": "q3", "options": "not a list"},
-            {"image": ["c.png", "d.png"], "question": "only <image 2>", "options": ["x"]},
+            {"image": ["c.png", "d.png"], "question": "only <image 3>", "options": ["x"]},
         ],
     )
     source = open_source(
@@ -94,7 +94,7 @@ def test_a_template_error_or_a_missing_column_refuses_the_submit_naming_the_row(
     assert "3 malformed row(s); nothing was submitted" in message
     assert "line 2: prompt template: 'options' is undefined" in message
     assert "line 3: prompt template: options 'not a list' are not a list" in message
-    assert "line 4: image placeholders: the text places 1 of the job's 2 images (missing: <image 1>)" in message
+    assert "line 4: image placeholders: <image 3> names no image: the job has 2" in message
     assert "line 1" not in message
     assert _runs(database_url) == 0
 
@@ -207,7 +207,7 @@ def test_an_openai_batch_file_with_bad_lines_is_refused_whole_naming_every_bad_l
         _line("a", [image, _text("ok")]),
         _line("a", [image, _text("the same id again")]),
         "{not json",
-        _line("c", [_text("no image")]),
+        _line("c", [_image("ftp://example.com/x.png"), _text("bad scheme")]),
         _line("d", [image, _text("x")], stop=["\n"]),
         _line("e", [_image("data:image/png;base64,***"), _text("x")]),
         _line("f", [image, _text("x")], max_tokens=0),
@@ -223,7 +223,7 @@ def test_an_openai_batch_file_with_bad_lines_is_refused_whole_naming_every_bad_l
     for expected in [
         "line 2: duplicate custom_id 'a'",
         "line 3: invalid JSON",
-        "line 4: the user message has no image",
+        "line 4: unsupported URI scheme",
         "line 5: unsupported body field(s): stop",
         "line 6: a data: URI whose base64 payload is invalid",
         "line 7: `max_tokens`: Input should be greater than or equal to 1",

@@ -109,7 +109,7 @@ def test_malformed_manifest_rows_refuse_the_whole_submit_naming_each_line(tmp_pa
             [
                 json.dumps({"image": "ok.jpg"}),
                 "{not json",
-                json.dumps({"question": "no image"}),
+                json.dumps({"image": "ok.jpg", "max_tokens": 0}),
                 json.dumps({"image": "../../etc/passwd.jpg"}),
                 json.dumps({"image": "ftp://example.com/x.jpg"}),
                 json.dumps({"image": 5}),
@@ -123,7 +123,7 @@ def test_malformed_manifest_rows_refuse_the_whole_submit_naming_each_line(tmp_pa
     assert "5 malformed row(s); nothing was submitted" in message
     for expected in [
         "line 2: invalid JSON",
-        "line 3: missing `image`",
+        "line 3: `max_tokens`: Input should be greater than or equal to 1",
         "line 4: '../../etc/passwd.jpg' leads outside",
         "line 5: unsupported URI scheme",
         "line 6: `image` must be",

@@ -111,19 +111,19 @@ def test_a_batch_files_data_images_are_decoded_once_over_every_read(
 ) -> None:
     import base64
 
-    from vlmbatch.producer.sources import openai_batch
+    from vlmbatch.producer.sources import locations
 
     uris = ["data:image/jpeg;base64," + base64.b64encode(good_jpeg(8, 8, seed=i)).decode() for i in range(3)]
     batch = tmp_path / "inline.jsonl"
     batch.write_text("".join(_batch_line(f"r{i}", uris[i % 3]) for i in range(6)))
     decoded: list[int] = []
-    real = openai_batch.decode_data_uri
+    real = locations.decode_data_uri
 
     def counting(uri: str) -> bytes:
         decoded.append(len(uri))
         return real(uri)
 
-    monkeypatch.setattr(openai_batch, "decode_data_uri", counting)
+    monkeypatch.setattr(locations, "decode_data_uri", counting)
     source = open_source(str(batch), question=None, s3_endpoint_url=None, stage_to=str(tmp_path / "staged"))
     source.validate()  # validation, as the Batch API's line check and a SQLite submit do
     specs = list(source.specs())  # then the insert's read

@@ -11,7 +11,7 @@ import pytest
 from vlmbatch.producer.sources.prompts import CLI_QUESTION, Prompting, PromptTemplate, format_options
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import JobParams, JobSpec, RunSettings, SamplingSettings
-from vlmbatch.schema.contracts.placement import PlaceholderMismatch, user_layout, with_image_tokens
+from vlmbatch.schema.contracts.placement import PlaceholderMismatch, unplaced_images, user_layout, with_image_tokens
 
 
 def test_a_question_without_placeholders_gets_its_images_first() -> None:
@@ -28,12 +28,21 @@ def test_bare_placeholders_take_the_next_image_and_a_reference_back_stays_text()
     assert user_layout("<image 1> a. Is <image 1> red?", 1) == (0, " a. Is <image 1> red?")
 
 
+def test_images_no_placeholder_places_go_before_the_text_in_their_order() -> None:
+    # MMMU: the question places <image 1>, its options hold <image 2> (left as text unless rendered).
+    assert user_layout("Which is <image 1>?", 2) == (1, "Which is ", 0, "?")
+    assert unplaced_images("Which is <image 1>?", 2) == 1
+    # ViRL: one `<image>` for two images.
+    assert user_layout("<image>\nCompare them.", 2) == (1, 0, "\nCompare them.")
+    assert unplaced_images("Only <image 2> here", 3) == 2
+    assert unplaced_images("No placeholder", 3) == 0
+
+
 @pytest.mark.parametrize(
     ("text", "images", "message"),
     [
         ("<image 3> and <image 1>", 2, "<image 3> names no image"),
         ("<image> <image> <image>", 2, "more placeholders"),
-        ("Only <image 2> here", 2, "missing: <image 1>"),
         ("<image 0>", 1, "names no image"),
     ],
 )
