@@ -102,8 +102,10 @@ def test_metadata_postgresql_cannot_store_is_a_malformed_row(
         '{"image": "a.jpg", "question": "Who?", "ok": 1.5}\n'
     )
     env = service_env(database_url=postgres_url, broker_url=redis_url, queue=queue_name)
-    done = vlmbatch(["submit", str(manifest)], env)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert "2 malformed row(s)" in done.stderr and "NaN" in done.stderr and "NUL" in done.stderr
-    listed = vlmbatch(["status", "--json"], env)
-    assert json.loads(listed.stdout) == []
+    strict = vlmbatch(["submit", str(manifest), "--strict"], env)
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr, strict.stderr
+    assert "2 malformed row(s)" in strict.stderr and "NaN" in strict.stderr and "NUL" in strict.stderr
+    assert json.loads(vlmbatch(["status", "--json"], env).stdout) == []  # nothing written
+    done = vlmbatch(["submit", str(manifest), "--json"], env)  # by default the two are the run's rejects
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout)["submitted"] == 1 and "2 row(s) rejected" in done.stderr
