@@ -12,6 +12,7 @@ install:  ## virtualenv with the CPU vLLM build and the dev tools
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(PIP_EXTRAS)]'
+	VENV=$(VENV) bash scripts/llamafactory-env.sh
 	bash scripts/img2dataset-venv.sh >/dev/null  # img2dataset's own venv, for the tests of its output
 
 services:  ## start local PostgreSQL and Redis if they are not running (Debian packages)

@@ -99,7 +99,7 @@ def seed_jobs(sessions: Any, *, run_id: int, template: Any, jobs: int, log: bool
     from vlmbatch.schema.ledger.enqueue import refresh_statistics, staged_row
 
     assert template.params is None and not (template.meta or {}).get("custom_id"), "not part of the seeded key"
-    _, images, _, reference, metadata, params = staged_row(template)
+    _, images, _, reference, metadata, params, _ = staged_row(template)
     prefix = f"{len(template.images)}|" + "".join(f"{len(p)}:{p}" for p in template.images)
     started = time.perf_counter()
     for first in range(1, jobs + 1, SEED_CHUNK):

@@ -207,6 +207,26 @@ class S3Objects:
             raise InputUnreadable(f"{uri}: truncated, {len(data)} of {size} bytes at offset {offset}")
         return data
 
+    def upload_file(self, path: str, uri: str, *, part_bytes: int = 16 << 20) -> None:
+        """Write the local file `path` to the object `uri`, in parts of `part_bytes` (a multipart upload
+        once the file is larger than one part; boto3's transfer manager, parts in parallel). Raises
+        StorageDenied or StorageTransient."""
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        bucket, key = split_s3_uri(uri)
+        config = TransferConfig(multipart_threshold=part_bytes, multipart_chunksize=part_bytes)
+        try:
+            self._s3().upload_file(path, bucket, key, Config=config)
+        except ClientError as exc:
+            raise _classify_client_error(uri, exc) from exc
+        except NoCredentialsError as exc:
+            raise StorageDenied(f"{uri}: no S3 credentials found") from exc
+        except BotoCoreError as exc:
+            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
+        except Exception as exc:  # the transfer manager wraps part failures (S3UploadFailedError)
+            raise StorageTransient(f"{uri}: upload failed: {exc}") from exc
+
     def open_reader(self, uri: str, *, buffer_size: int = 1 << 20) -> io.BufferedReader:
         """A seekable reader over the object that fetches only the ranges read (Parquet footers, row
         groups). Raises the same errors as `fetch`."""

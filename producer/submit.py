@@ -31,6 +31,7 @@ from vlmbatch.producer.sources.base import (
     source_unplaced,
 )
 from vlmbatch.schema.contracts.errors import BrokerUnavailable, SourceError
+from vlmbatch.schema.contracts.model_identity import identify
 from vlmbatch.schema.contracts.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.grading import normalize_reference, parse_options
@@ -92,17 +93,28 @@ def submit(
             held=held,
             rejects=rejects,
         )
-    check = _reference_check(settings)
+    check = reference_check(settings)
     source.validate(check, rejects)  # the first pass: counts and checks, writes nothing
     _refuse(source, rejects)
     rejects.drain()  # the second pass records them where it meets them
-    run = create_or_reuse_run(sessions, name=name, settings=settings, queue=queue, source=source.uri, held=held)
+    run = create_or_reuse_run(
+        sessions,
+        name=name,
+        settings=settings,
+        queue=queue,
+        source=source.uri,
+        held=held,
+        model_fingerprint=identify(settings.model).fingerprint,
+    )
     submitted = skipped = 0
     broker_error: Exception | None = None
+    numbers = _RowNumbers()
     for chunk in _chunks(checked_rows(source, check), SUBMIT_CHUNK):
-        specs = [spec for _, spec in chunk if isinstance(spec, JobSpec)]
+        numbered = [(numbers.of(where), spec) for where, spec in chunk]
+        specs = [spec for _, spec in numbered if isinstance(spec, JobSpec)]
+        source_rows = [n for n, spec in numbered if isinstance(spec, JobSpec)]
         with sessions() as session, session.begin():
-            new_ids = insert_jobs(session, run_id=run.id, specs=specs)
+            new_ids = insert_jobs(session, run_id=run.id, specs=specs, source_rows=source_rows)
             record_rejects(
                 session, run_id=run.id, rejects=[reject_of(w, e) for w, e in chunk if not isinstance(e, JobSpec)]
             )
@@ -185,10 +197,20 @@ def _submit_in_one_transaction(
     seen = submitted = 0
     strict = rejects.policy.strict
     with sessions() as session, session.begin():
-        run = get_or_create_run(session, name=name, settings=settings, queue=queue, source=source.uri, held=held)
+        run = get_or_create_run(
+            session,
+            name=name,
+            settings=settings,
+            queue=queue,
+            source=source.uri,
+            held=held,
+            model_fingerprint=identify(settings.model).fingerprint,
+        )
         staging = PostgresStaging(session)
         chunk: list[StagedRow] = []
-        for where, spec in checked_rows(source, _reference_check(settings)):
+        numbers = _RowNumbers()
+        for where, spec in checked_rows(source, reference_check(settings)):
+            number = numbers.of(where)
             if isinstance(spec, ValueError):
                 rejects.add(where, spec)
                 if len(rejects.pending) >= STAGE_CHUNK:  # recorded as they come: memory stays flat
@@ -197,7 +219,7 @@ def _submit_in_one_transaction(
             rejects.accept()
             if strict and rejects.total:  # once a row is bad, only look for more bad rows
                 continue
-            chunk.append(staged_row(spec))
+            chunk.append(staged_row(spec, number))
             if len(chunk) == STAGE_CHUNK:
                 submitted += _stage(staging, chunk, run.id)
                 seen += len(chunk)
@@ -228,12 +250,27 @@ def _stage(staging: PostgresStaging, chunk: list[StagedRow], run_id: int) -> int
     return staging.move(run_id)
 
 
+class _RowNumbers:
+    """The source row number of each job, in the order submit reads them: a source names every row
+    (`line 12`, `row 7`, a key, an image), and the jobs of one row's several questions come together
+    under its name (sources/prompts.py), so a new name is the next row."""
+
+    def __init__(self) -> None:
+        self._where: str | None = None
+        self._number = -1
+
+    def of(self, where: str) -> int:
+        if where != self._where:
+            self._where, self._number = where, self._number + 1
+        return self._number
+
+
 def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
     while chunk := list(islice(rows, size)):
         yield chunk
 
 
-def _reference_check(settings: RunSettings) -> SpecCheck | None:
+def reference_check(settings: RunSettings) -> SpecCheck | None:
     """With a grader, every reference must be one the grader can read (a letter for `choice`, a number for
     `numeric`...): refusing the submit beats spending a run on answers that cannot be graded."""
     grader = settings.grader

@@ -27,16 +27,23 @@ from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.browser import json_status, queries
 from vlmbatch.producer.browser.auth import Access
+from vlmbatch.producer.browser.charts import errors_by_type, tokens_over_time, trace_lengths
 from vlmbatch.producer.browser.job_page import job_page
 from vlmbatch.producer.browser.layout import style_source
 from vlmbatch.producer.browser.pages import message_page, run_page, runs_page
 from vlmbatch.producer.browser.queries import CORRECTNESS, Correctness, NotFound, ResultFilter
 from vlmbatch.producer.browser.thumbnails import Thumbnailer
+from vlmbatch.producer.reports.stats import accuracy_line, sample_stats
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.database import open_readonly_ledger
+from vlmbatch.schema.ledger.recent import recent_finishes
 
 log = logging.getLogger(__name__)
+
+# Runs up to this many jobs show their accuracy on their page: it is an aggregate over every standing
+# sample, and a page view must cost the same at 10^7 jobs (larger runs point at `vlmbatch stats`).
+ACCURACY_ON_PAGE_MAX_JOBS = 100_000
 
 MAX_PAGE_SIZE = 500
 RUNS_PER_PAGE = 20
@@ -181,7 +188,14 @@ class BrowserApp:
             results = queries.job_page(
                 session, run_id, where, limit=limit, after=after, before=before, counts=summary.progress.report
             )
-            document = run_page(summary, groups, results, where=where, limit=limit)
+            accuracy = _accuracy(session, summary)
+            finishes = recent_finishes(session, run_id)
+            charts = [
+                tokens_over_time(finishes),
+                trace_lengths(finishes),
+                errors_by_type(summary.progress.report.errors),
+            ]
+            document = run_page(summary, groups, results, where=where, limit=limit, accuracy=accuracy, charts=charts)
         return html_response(200, document)
 
     def _job(self, params: dict[str, str], job_id: int) -> Response:
@@ -265,3 +279,14 @@ def security_headers() -> tuple[tuple[str, str], ...]:
 def redacted(text: str) -> str:
     """`text` with any `token=` value masked: request lines must not put the token in logs."""
     return _TOKEN_IN_LOGS.sub(r"\1***", text)
+
+
+def _accuracy(session: Session, summary: queries.RunSummary) -> str | None:
+    """A graded run's accuracy for its page (None for an ungraded run)."""
+    if (summary.run.settings or {}).get("grader") is None:
+        return None
+    if summary.progress.report.total > ACCURACY_ON_PAGE_MAX_JOBS:
+        return (
+            f"`vlmbatch stats {summary.run.id}` (computed on demand for runs over {ACCURACY_ON_PAGE_MAX_JOBS:,} jobs)"
+        )
+    return accuracy_line(sample_stats(session, summary.run.id))

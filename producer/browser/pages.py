@@ -4,6 +4,10 @@ untrusted, file names come from users, answers from the model). The job page liv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from markupsafe import Markup
+
 from vlmbatch.producer.browser.layout import number, when
 from vlmbatch.producer.browser.queries import CORRECTNESS, ErrorGroup, JobPage, ResultFilter, RunSummary
 from vlmbatch.producer.browser.rendering import render
@@ -47,17 +51,27 @@ def _run_status(summary: RunSummary) -> str:
 
 
 def run_page(
-    summary: RunSummary, groups: list[ErrorGroup], results: JobPage, *, where: ResultFilter, limit: int
+    summary: RunSummary,
+    groups: list[ErrorGroup],
+    results: JobPage,
+    *,
+    where: ResultFilter,
+    limit: int,
+    accuracy: str | None = None,
+    charts: Sequence[Markup] = (),
 ) -> str:
-    """A run: its settings and progress, its failures by error type, and a page of its results."""
+    """A run: its settings and progress (and a graded run's accuracy), its failures by error type, and a
+    page of its results."""
     run = summary.run
     errors = summary.progress.report.errors
+    facts = _run_facts(summary) + ([("Accuracy", accuracy)] if accuracy else [])
     return render(
         "run.html",
         title=f"Run {run.name}",
         crumbs=[(run.name, run_path(run.id))],
         summary=summary,
-        run_facts=_run_facts(summary),
+        run_facts=facts,
+        charts=charts,
         groups=groups,
         results=results,
         where=where,
@@ -95,8 +109,13 @@ def _run_facts(summary: RunSummary) -> list[tuple[str, object]]:
             pairs.append(("Choices", ", ".join(settings.choices)))
     if run.cancelled_at is not None:
         pairs.append(("Cancelled (UTC)", when(run.cancelled_at)))
-    pairs.append(("Rate", f"{number(progress.jobs_per_second)} jobs/s"))
-    pairs.append(("ETA", duration(progress.eta_seconds)))
+    if progress.duration_seconds is not None:
+        pairs.append(
+            ("Took", f"{duration(progress.duration_seconds)} ({number(progress.mean_jobs_per_second)} jobs/s)")
+        )
+    else:
+        pairs.append(("Rate", f"{number(progress.jobs_per_second)} jobs/s"))
+        pairs.append(("ETA", duration(progress.eta_seconds)))
     return pairs
 
 

@@ -62,6 +62,8 @@ class JobRow:
     samples: int
     graded: int
     correct: int
+    # The job's text, cut to a preview (two questions about one image are two rows).
+    question: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ def _job_rows(run_id: int, where: ResultFilter) -> tuple[Select[Any], Keyset]:
         Job.finished_at,
         Job.current_attempt_id,
         Attempt.completion_tokens,
+        func.substr(Job.question, 1, PREVIEW_CHARS + 1).label("question"),
     ).outerjoin(Attempt, Attempt.id == Job.current_attempt_id)
     keys = Keyset([(Job.run_id, run_id)])
     if where.error_type is not None and where.state in (None, JobState.FAILED):
@@ -295,6 +298,7 @@ def _with_samples(session: Session, fetched: Sequence[Any]) -> list[JobRow]:
                 samples=samples,
                 graded=graded_n,
                 correct=correct_n,
+                question=preview(row.question, PREVIEW_CHARS) or "",
             )
         )
     return rows

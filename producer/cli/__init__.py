@@ -10,6 +10,7 @@ from vlmbatch.schema.contracts.errors import VlmbatchError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="vlmbatch", prog_name="vlmbatch", message="%(prog)s %(version)s")
 def cli() -> None:
     """vlmbatch: push image+question jobs through a vision-language reasoning model, with a SQL ledger
     that never loses or duplicates a result."""

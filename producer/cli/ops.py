@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import click
+from sqlalchemy.orm import Session
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import table
-from vlmbatch.schema.contracts.errors import ErrorType
+from vlmbatch.schema.contracts.errors import RETRYABLE_ERRORS, ErrorType
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
 from vlmbatch.schema.ledger.runs import get_run
@@ -24,28 +25,38 @@ def _states(value: str) -> list[JobState]:
 
 @cli.command("resubmit")
 @click.argument("run")
-@click.option("--status", "statuses", default="failed,truncated", show_default=True, help="States to resubmit.")
+@click.option(
+    "--status",
+    "statuses",
+    help="States to resubmit, e.g. failed,truncated [default: failed jobs of the retryable error types].",
+)
 @click.option(
     "--error-type",
     "error_types",
     multiple=True,
     type=click.Choice([e.value for e in ErrorType]),
-    help="Only failed jobs with this error type (repeatable).",
+    help="Only failed jobs with this error type (repeatable); any type may be named.",
 )
 @click.option("--max-tokens", type=click.IntRange(1), help="A new max_tokens for the new attempts.")
 @click.option("--dry-run", is_flag=True, help="Show what would be resubmitted, change nothing.")
 @click.option("--json", "as_json", is_flag=True)
 def resubmit_command(
-    run: str, statuses: str, error_types: tuple[str, ...], max_tokens: int | None, dry_run: bool, as_json: bool
+    run: str, statuses: str | None, error_types: tuple[str, ...], max_tokens: int | None, dry_run: bool, as_json: bool
 ) -> None:
-    """Queue new attempts for RUN's jobs in the given states (and error types), keeping all history."""
+    """Queue new attempts for RUN's jobs in the given states (and error types), keeping all history. Bare,
+    only failed jobs whose error may pass on another attempt (storage.transient, timeout, engine.oom,
+    engine.dead, internal); it lists what it left out and why."""
     ctx = load_context()
-    states = _states(statuses)
+    bare = statuses is None and not error_types
+    states = _states(statuses or JobState.FAILED.value)
+    if bare:
+        error_types = tuple(e.value for e in RETRYABLE_ERRORS)
     if JobState.QUEUED in states or JobState.RUNNING in states:
         raise click.BadParameter("only finished jobs can be resubmitted", param_hint="--status")
     with ctx.sessions() as session:
         target = get_run(session, run)
         selection = select_for_resubmit(session, run_id=target.id, states=states, error_types=error_types)
+        left_out = _left_out(session, target.id) if bare else []
     queued: list[int] = []
     if not dry_run and selection.job_ids:
         with ctx.sessions() as session, session.begin():
@@ -63,12 +74,34 @@ def resubmit_command(
             "resubmitted": len(queued),
             "groups": groups,
             "job_ids": selection.job_ids,
+            "left_out": [{"status": st, "error_type": e, "jobs": n, "why": why} for st, e, n, why in left_out],
         }
         click.echo(json.dumps(payload))
         return
     click.echo(table(["status", "error type", "jobs"], [(g["status"], g["error_type"], g["jobs"]) for g in groups]))
     verb = "would resubmit" if dry_run else "resubmitted"
     click.echo(f"\nrun {target.id}: {verb} {len(selection.job_ids) if dry_run else len(queued)} jobs")
+    for state, error_type, n, why in left_out:
+        click.echo(f"left out: {n} {state} jobs{f' ({error_type})' if error_type else ''}: {why}")
+    if queued and ctx.settings.uses_embedded_files():
+        click.echo(
+            f"embedded ledger: the re-queued jobs run when `vlmbatch run` works run {target.id} again (the same "
+            "SOURCE and flags), or a `vlmbatch worker` on this ledger takes them"
+        )
+
+
+def _left_out(session: Session, run_id: int) -> list[tuple[str, str | None, int, str]]:
+    """What a bare resubmit does not take: permanent failures and truncated jobs, with the reason."""
+    others = select_for_resubmit(session, run_id=run_id, states=[JobState.FAILED, JobState.TRUNCATED])
+    retryable = {e.value for e in RETRYABLE_ERRORS}
+    rows = []
+    for (state, error_type), n in sorted(others.groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        if state == JobState.FAILED.value and error_type not in retryable:
+            why = f"permanent for the same input; fix it, then `--error-type {error_type}`"
+            rows.append((state, error_type, n, why))
+        elif state == JobState.TRUNCATED.value:
+            rows.append((state, None, n, "truncated jobs only when asked: `--status truncated --max-tokens N`"))
+    return rows
 
 
 @cli.command("cancel")

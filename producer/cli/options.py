@@ -4,6 +4,7 @@ sampling settings (`submit`, `run`); the engine's flags (`worker`, `run`)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +16,21 @@ from pydantic import ValidationError
 from vlmbatch.producer.api.ids import is_batch_id
 from vlmbatch.producer.sources.base import RejectPolicy
 from vlmbatch.producer.sources.parquet import ColumnChoice
+from vlmbatch.schema.contracts.model_identity import canonical_model
 from vlmbatch.schema.contracts.models import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_REPETITION_PENALTY,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    REPETITION_PRESETS,
+    RepetitionDetection,
     RunSettings,
     SamplingSettings,
 )
 from vlmbatch.schema.contracts.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 # The runs.name column's width.
 MAX_RUN_NAME_CHARS = 200
 
@@ -155,7 +160,28 @@ def run_options(fn: F) -> F:
             default=DEFAULT_REPETITION_PENALTY,
             show_default=True,
         ),
-        click.option("--samples", type=click.IntRange(1), default=1, show_default=True, help="Samples per job."),
+        click.option(
+            "--repetition-detection",
+            metavar="PRESET|JSON",
+            help="Stop a sample that loops (finish `repetition`, job truncated): a preset ("
+            + ", ".join(REPETITION_PRESETS)
+            + ') or vLLM\'s object, e.g. \'{"max_pattern_size": 256, "min_pattern_size": 16, "min_count": 4}\'.',
+        ),
+        click.option(
+            "--thinking-budget",
+            type=click.IntRange(0),
+            help="At most this many tokens of trace; then `</think>` is forced and the model answers "
+            "(vLLM's thinking_token_budget; the result is flagged thinking_capped).",
+        ),
+        click.option(
+            "--samples",
+            "--n",
+            "samples",
+            type=click.IntRange(1),
+            default=1,
+            show_default=True,
+            help="Samples per job (--n: vLLM's and OpenAI's name).",
+        ),
         click.option("--max-tiles", type=click.IntRange(1), default=12, show_default=True, help="Tiles per image."),
         click.option(
             "--max-images", type=click.IntRange(1), default=4, show_default=True, help="Images per job at most."
@@ -196,6 +222,28 @@ def engine_options(fn: F) -> F:
         click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1), help="Share of GPU memory for vLLM."),
         click.option("--trust-remote-code/--no-trust-remote-code", default=None, help="Run the model folder's code."),
         click.option("--enforce-eager/--no-enforce-eager", default=None, help="Skip CUDA graphs / torch.compile."),
+        click.option("--seed", type=int, help="The engine's random seed [env VLMBATCH_SEED; default 0]."),
+        click.option("--load-format", help="vLLM's load_format; dummy: random weights [env VLMBATCH_LOAD_FORMAT]."),
+        click.option(
+            "--kv-cache-memory-bytes",
+            "kv_cache_bytes",
+            type=click.IntRange(1),
+            help="KV cache size per rank, bytes [env VLMBATCH_KV_CACHE_BYTES; default: vLLM's on GPUs, on "
+            "vLLM's CPU build a quarter of the free memory, at most 4 GiB, split between ranks].",
+        ),
+        click.option(
+            "--reasoning-parser",
+            help="vLLM reasoning parser; auto: deepseek_r1 when the tokenizer has </think>; none: off "
+            "[env VLMBATCH_REASONING_PARSER].",
+        ),
+        click.option("--quantization", help="Weight quantization, e.g. fp8 [env VLMBATCH_QUANTIZATION]."),
+        click.option("--kv-cache-dtype", help="KV cache dtype, e.g. fp8 [env VLMBATCH_KV_CACHE_DTYPE]."),
+        click.option(
+            "--profile",
+            type=click.Choice(["default", "throughput"]),
+            help="Engine defaults: `throughput` = FP8 weights and KV cache, 0.95 of GPU memory, max_num_seqs "
+            "sized from the KV pool; explicit flags and --engine-arg win [env VLMBATCH_PROFILE].",
+        ),
         click.option(
             "--engine-arg",
             "engine_arg",
@@ -218,6 +266,13 @@ ENGINE_FLAGS = (
     "gpu_memory_utilization",
     "trust_remote_code",
     "enforce_eager",
+    "profile",
+    "seed",
+    "load_format",
+    "kv_cache_bytes",
+    "reasoning_parser",
+    "quantization",
+    "kv_cache_dtype",
 )
 
 
@@ -230,9 +285,16 @@ def engine_settings(flags: dict[str, Any]) -> dict[str, Any]:
 def with_engine_args(settings: Settings, cli_args: tuple[str, ...]) -> Settings:
     """`settings` with the --engine-arg pairs on top of VLMBATCH_ENGINE_ARGS, checked against vLLM (one line
     naming an unknown key; a model folder with its own code and no --trust-remote-code)."""
-    from vlmbatch.worker.engines.engine_args import check_engine_settings, user_engine_args
+    from vlmbatch.worker.engines.engine_args import apply_engine_args, check_engine_settings, user_engine_args
+    from vlmbatch.worker.engines.profiles import apply_profile, gpu_memory_bytes
 
-    settings = settings.model_copy(update={"engine_args": user_engine_args(settings, cli_args)})
+    settings, warnings = apply_engine_args(settings, user_engine_args(settings, cli_args))
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if settings.profile != "default" and settings.engine == "vllm":
+        # After the engine arguments: what they set explicitly wins over the profile's defaults.
+        settings, chosen = apply_profile(settings, gpu_bytes=gpu_memory_bytes())
+        log.info("engine profile %s: %s", settings.profile, json.dumps(chosen, sort_keys=True))
     check_engine_settings(settings)
     return settings
 
@@ -297,6 +359,8 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         max_tokens=flags["max_tokens"],
         samples=flags["samples"],
         ignore_eos=flags["ignore_eos"],
+        repetition_detection=repetition_detection(flags["repetition_detection"]),
+        thinking_token_budget=flags["thinking_budget"],
     )
     if flags["accept"] and not flags["grader"]:
         raise click.UsageError("--accept needs a --grader to tell correct samples")
@@ -318,7 +382,7 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
                 f"{flags['json_schema']}: a JSON schema must be an object, not {type(json_schema).__name__}"
             )
     return RunSettings(
-        model=flags["model"] or default_model,
+        model=canonical_model(flags["model"] or default_model),
         sampling=sampling,
         max_images_per_prompt=flags["max_images"],
         max_tiles=flags["max_tiles"],
@@ -329,6 +393,28 @@ def _build_run_settings(default_model: str, **flags: Any) -> RunSettings:
         json_schema=json_schema,
         system_prompt=resolve_system_prompt(flags["system_prompt"], flags["system_prompt_file"]),
     )
+
+
+def repetition_detection(value: str | None) -> RepetitionDetection | None:
+    """`--repetition-detection`: a preset's name, `off`, or vLLM's object as JSON. Raises click.UsageError."""
+    if value is None or value.strip() == "off":
+        return None
+    name = value.strip()
+    if name in REPETITION_PRESETS:
+        return REPETITION_PRESETS[name]
+    try:
+        given = json.loads(name)
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        presets = ", ".join(REPETITION_PRESETS)
+        raise click.UsageError(f"--repetition-detection {value!r}: give a preset ({presets}), off, or a JSON object")
+    try:
+        return RepetitionDetection.model_validate(given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise click.UsageError(f"--repetition-detection: {where + ': ' if where else ''}{first['msg']}") from exc
 
 
 def reject_policy(flags: dict[str, Any]) -> RejectPolicy:

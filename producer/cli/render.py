@@ -48,7 +48,11 @@ def progress_line(name: str, progress: Progress) -> str:
         f"{terminal_safe(name)} [{bar}] {100 * progress.done / total:5.1f}% {progress.done}/{report.total} "
         f"ok {c[JobState.SUCCEEDED.value]} fail {c[JobState.FAILED.value]} "
         f"trunc {c[JobState.TRUNCATED.value]} run {c[JobState.RUNNING.value]} | "
-        f"{progress.jobs_per_second:.1f} jobs/s | ETA {duration(progress.eta_seconds)}"
+        + (
+            f"done in {duration(progress.duration_seconds)}"
+            if progress.duration_seconds is not None
+            else f"{progress.jobs_per_second:.1f} jobs/s | ETA {duration(progress.eta_seconds)}"
+        )
     )
 
 
@@ -72,7 +76,13 @@ def status_block(name: str, progress: Progress, cost: Totals | None = None, work
             f"{report.rejected} rows rejected at submit (not jobs): `vlmbatch export {report.run} --format rejects`"
         )
     lines.append("")
-    lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
+    if progress.duration_seconds is not None:
+        lines.append(
+            f"finished: {progress.done} jobs in {duration(progress.duration_seconds)} "
+            f"({progress.mean_jobs_per_second or 0:.2f} jobs/s on average)"
+        )
+    else:
+        lines.append(f"rate {progress.jobs_per_second:.2f} jobs/s, ETA {duration(progress.eta_seconds)}")
     if workers is not None:
         lines.append(f"workers alive (heartbeat current, all queues): {workers}")
     if cost is not None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import CommandContext, load_context
 from vlmbatch.producer.cli.options import (
+    F,
+    FiniteFloat,
     build_run_settings,
     column_choice,
     engine_options,
@@ -21,18 +25,26 @@ from vlmbatch.producer.cli.options import (
     run_options,
     with_engine_args,
 )
-from vlmbatch.producer.cli.render import progress_line, table, terminal_safe
-from vlmbatch.producer.sources.base import source_notes
+from vlmbatch.producer.cli.progress import BarStream, ProgressDisplay
+from vlmbatch.producer.cli.render import table, terminal_safe
+from vlmbatch.producer.sources.base import Source, source_notes
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
-from vlmbatch.schema.contracts.models import SubmitReport
+from vlmbatch.schema.contracts.models import RunSettings, SubmitReport
+from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.runs import get_run
 from vlmbatch.schema.ledger.status import run_progress, run_status
+from vlmbatch.worker.telemetry.log_format import configure_logging
+from vlmbatch.worker.telemetry.progress_log import Every
 from vlmbatch.worker.transport.publisher import NullPublisher, Publisher
 
+if TYPE_CHECKING:
+    from vlmbatch.worker.pipeline.pipeline import Pipeline
 
-def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Publisher) -> SubmitReport:
+
+def _open(ctx: CommandContext, source_uri: str, flags: dict[str, Any]) -> tuple[Source, RunSettings, str]:
+    """The source, the run's settings and what names its prompts; one-line errors for bad flags."""
     questions = resolve_questions(flags["question"], flags["question_file"], flags["questions_file"])
     settings = build_run_settings(ctx.settings.model, **flags)
     template = PromptTemplate.from_file(flags["prompt_template"]) if flags["prompt_template"] else None
@@ -54,9 +66,19 @@ def _submit(ctx: CommandContext, source_uri: str, flags: dict[str, Any], publish
     # A dataset's config and split, when named, are other runs than its default's.
     for flag in ("dataset_config", "dataset_split"):
         prompt_identity += f"\n{flag}={flags[flag]}" if flags[flag] else ""
+    return source, settings, prompt_identity
+
+
+def _submit(
+    ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Callable[[], Publisher]
+) -> SubmitReport:
+    """Submit SOURCE; `publisher` is built only once the flags and the source passed their checks (an
+    embedded broker creates its files)."""
+    source, settings, prompt_identity = _open(ctx, source_uri, flags)
+    # An empty source is refused by submit itself: one line naming what was looked for and found.
     report = submit(
         sessions=ctx.sessions,
-        publisher=publisher,
+        publisher=publisher(),
         source=source,
         settings=settings,
         queue=ctx.settings.queue,
@@ -84,9 +106,38 @@ def submit_notes(report: SubmitReport) -> list[str]:
     return notes
 
 
+def _dry_run(ctx: CommandContext, source_uri: str, flags: dict[str, Any]) -> None:
+    from vlmbatch.producer.cli.dry_run import dry_run, report_lines
+    from vlmbatch.producer.submit import reference_check
+
+    source, settings, _ = _open(ctx, source_uri, flags)
+    result = dry_run(source, settings, preview=flags["preview"], check=reference_check(settings))
+    if not result.jobs:
+        raise click.UsageError(f"{source_uri} holds no jobs: no image (or row) was found there")
+    if flags["as_json"]:
+        click.echo(json.dumps(result.summary(settings)))
+    else:
+        click.echo("\n".join(report_lines(result, settings, rate=flags["rate"])))
+
+
+def dry_run_options(fn: F) -> F:
+    for option in reversed(
+        [
+            click.option("--dry-run", is_flag=True, help="Validate SOURCE and show the run; write nothing."),
+            click.option(
+                "--preview", type=click.IntRange(0), default=3, show_default=True, help="Dry run: prompts shown."
+            ),
+            click.option("--rate", type=FiniteFloat(0, min_open=True), help="Dry run: jobs/s, for a GPU-time guess."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 @cli.command("submit")
 @click.argument("source")
 @run_options
+@dry_run_options
 def submit_command(source: str, **flags: Any) -> None:
     """Submit SOURCE (a folder, an s3://bucket/prefix, a .jsonl/.csv/.parquet manifest, a Parquet with
     embedded images, WebDataset .tar shards (a file, a {00000..00009} pattern, a folder or prefix), or an
@@ -94,8 +145,11 @@ def submit_command(source: str, **flags: Any) -> None:
 
     Submitting the same source again adds nothing: jobs are unique per run, images and question."""
     ctx = load_context(queue=flags["queue"])
+    if flags["dry_run"]:
+        _dry_run(ctx, source, flags)
+        return
     _check_broker(ctx.settings.resolved_broker_url())
-    report = _submit(ctx, source, flags, ctx.publisher())
+    report = _submit(ctx, source, flags, ctx.publisher)
     if flags["as_json"]:
         click.echo(report.model_dump_json())
     else:
@@ -121,10 +175,18 @@ def _check_broker(url: str) -> None:
 @click.argument("source")
 @run_options
 @engine_options
+@dry_run_options
+@click.option("--verbose", is_flag=True, default=None, help="vLLM's warnings and errors on the terminal too.")
+@click.option(
+    "--progress-every",
+    type=FiniteFloat(0, min_open=True),
+    help="Seconds between progress lines when stderr is not a terminal [default 30].",
+)
 def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
-    """Submit SOURCE, then work the run in this process until it is done (no broker needed)."""
+    """Submit SOURCE, then work the run in this process until it is done (no broker needed). vLLM's log
+    goes to VLMBATCH_HOME/logs/run-ID.log."""
     from vlmbatch.worker.pipeline.admission import WorkerStopping
-    from vlmbatch.worker.process.main import run_embedded
+    from vlmbatch.worker.process.main import run_embedded, start_embedded
 
     ctx = load_context(
         queue=flags["queue"],
@@ -132,35 +194,68 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
         # The engine serves this run: its limits are the run's.
         max_tiles=flags["max_tiles"],
         max_images_per_prompt=flags["max_images"],
+        verbose=flags.pop("verbose"),
+        progress_every=flags.pop("progress_every"),
         **engine_settings(flags),
     )
+    if flags["dry_run"]:
+        _dry_run(ctx, source, flags)
+        return
     # Checked before anything is submitted: a refused engine argument leaves no run behind.
     ctx.settings = with_engine_args(ctx.settings, engine_arg)
     if flags["stage_to"]:  # where this run's images are staged is where its worker reads them
         ctx.settings = ctx.settings.model_copy(update={"stage_to": flags["stage_to"]})
-    report = _submit(ctx, source, flags, NullPublisher())
+    report = _submit(ctx, source, flags, NullPublisher)
     with ctx.sessions() as session:
         name = get_run(session, report.run).name
+    settings = ctx.settings
+    if settings.log_file is None:
+        log_file = (settings.home / "logs" / f"run-{report.run}.log").resolve()
+        settings = settings.model_copy(update={"log_file": log_file})
     interactive = sys.stderr.isatty() and not flags["as_json"]
+    stream = BarStream()
+    configure_logging(
+        fmt=settings.log_format,
+        log_file=settings.log_file,
+        verbose=settings.verbose,
+        terminal_format="%(message)s",
+        stream=stream,
+    )
     if not flags["as_json"]:
         click.echo(
-            f"run {report.run} ({terminal_safe(name)}): {report.submitted} new jobs, {report.skipped} already there",
+            f"run {report.run} ({terminal_safe(name)}): {report.submitted} new jobs, {report.skipped} already there; "
+            f"log {settings.log_file}",
             err=True,
         )
     started = time.monotonic()
+    display = ProgressDisplay(
+        name,
+        stream=stream,
+        interactive=interactive,
+        every=Every(settings.progress_every),
+        clock=time.monotonic,
+    )
 
-    def tick() -> None:
-        if interactive:
-            with ctx.sessions() as session:
-                click.echo("\r" + progress_line(name, run_progress(session, report.run)), nl=False, err=True)
+    def tick(pipeline: Pipeline) -> None:
+        if flags["as_json"]:
+            return
+        with ctx.sessions() as session:
+            display.update(run_progress(session, report.run), tokens=pipeline.counters.completion_tokens)
 
+    pipeline: Pipeline | None = None
     try:
-        pipeline = run_embedded(ctx.settings, run_id=report.run, on_tick=tick)
+        pipeline = start_embedded(settings)
+        run_embedded(settings, run_id=report.run, on_tick=tick, pipeline=pipeline)
+        tick(pipeline)
     except WorkerStopping as exc:  # the engine or a background task died; its jobs were handed back
-        click.echo(f"\nerror: the worker stopped ({exc}); `vlmbatch run` again resumes the run", err=True)
+        display.close()
+        click.echo(f"error: the worker stopped ({exc}); `vlmbatch run` again resumes the run", err=True)
         sys.exit(3)
-    if interactive:
-        click.echo("", err=True)
+    except KeyboardInterrupt:
+        display.close()
+        _interrupted(ctx, report.run, pipeline)
+    display.close()
+    assert pipeline is not None  # every other way out of the try exits
     with ctx.sessions() as session:
         status = run_status(session, report.run)
     if flags["as_json"]:
@@ -169,22 +264,41 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
     click.echo(_summary(ctx, report.run, time.monotonic() - started, pipeline.counters.completion_tokens))
 
 
+def _interrupted(ctx: CommandContext, run_id: int, pipeline: Pipeline | None) -> None:
+    """Ctrl-C: the pipeline stopped and handed its jobs back; say how many, and how to go on."""
+    with ctx.sessions() as session:
+        left = run_status(session, run_id).counts[JobState.QUEUED.value]
+    handed = pipeline.counters.handed_back if pipeline is not None else 0
+    resume = shlex.join(["vlmbatch", *sys.argv[1:]])
+    click.echo(
+        f"interrupted: {handed} jobs in flight were handed back, {left} jobs of run {run_id} are queued; "
+        f"`{resume}` resumes the run",
+        err=True,
+    )
+    sys.exit(130)
+
+
 def _summary(ctx: CommandContext, run_id: int, elapsed: float, tokens: int) -> str:
     from vlmbatch.producer.reports.results import result_rows
+    from vlmbatch.producer.reports.stats import accuracy_line, sample_stats
 
     with ctx.sessions() as session:
         rows = result_rows(session, run_id, limit=50)
         status = run_status(session, run_id)
+        graded = (get_run(session, run_id).settings or {}).get("grader") is not None
+        accuracy = accuracy_line(sample_stats(session, run_id)) if graded else None
     lines = [
         table(
-            ["job", "image", "status", "error", "tokens", "answer"],
-            [(r.job_id, r.image, r.state, r.error_type, r.tokens, r.answer_preview) for r in rows],
+            ["job", "image", "question", "status", "error", "tokens", "answer"],
+            [(r.job_id, r.image, r.question, r.state, r.error_type, r.tokens, r.answer_preview) for r in rows],
         ),
         "",
         " ".join(f"{state} {n}" for state, n in status.counts.items() if n)
         + (f" | errors {json.dumps(status.errors)}" if status.errors else ""),
         f"{status.total} jobs in {elapsed:.1f}s, {tokens} tokens generated by this process",
     ]
+    if accuracy:
+        lines.append(f"accuracy: {accuracy}")
     if status.total > len(rows):
         lines.insert(1, f"(first {len(rows)} of {status.total} jobs; `vlmbatch export` writes them all)")
     return "\n".join(lines)

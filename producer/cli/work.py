@@ -22,6 +22,13 @@ VLMBATCH = (sys.executable, "-m", "vlmbatch.producer.cli")
 @click.option("--max-images-per-prompt", type=click.IntRange(1), help="Images per prompt (limit_mm_per_prompt).")
 @click.option("--queue", help="Broker queue to consume [env VLMBATCH_QUEUE].")
 @click.option("--gpus", help="Pin this worker to these GPUs (CUDA_VISIBLE_DEVICES); TP defaults to their number.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="vLLM's and Celery's logs go here; the terminal keeps vlmbatch's own lines [env VLMBATCH_LOG_FILE].",
+)
+@click.option("--verbose", is_flag=True, default=None, help="With --log-file: vLLM's warnings on the terminal too.")
+@click.option("--progress-every", type=click.FloatRange(0, min_open=True), help="Seconds between progress lines.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker_command(loglevel: str, gpus: str | None, engine_arg: tuple[str, ...], **flags: object) -> None:
     """Run a worker: one engine, consuming the broker queue until stopped (SIGTERM: graceful)."""
@@ -38,7 +45,15 @@ def worker_command(loglevel: str, gpus: str | None, engine_arg: tuple[str, ...],
     from vlmbatch.worker.telemetry.log_format import configure_logging
 
     settings = with_engine_args(load_context(**flags).settings, engine_arg)
-    configure_logging(loglevel, fmt=settings.log_format, worker=settings.resolved_worker_id())
+    if settings.log_file is not None:
+        settings = settings.model_copy(update={"log_file": settings.log_file.resolve()})
+    configure_logging(
+        loglevel,
+        fmt=settings.log_format,
+        worker=settings.resolved_worker_id(),
+        log_file=settings.log_file,
+        verbose=settings.verbose,
+    )
     sys.exit(run_celery_worker(settings, loglevel=loglevel))
 
 
@@ -51,6 +66,7 @@ def smoke_model_command(directory: Path, seed: int) -> None:
 
     path = build_model_folder(directory, seed=seed)
     click.echo(str(path))
+    click.echo(f"run it: vlmbatch run IMAGES -q 'Describe the image.' --model {path} --trust-remote-code", err=True)
 
 
 @cli.command("workers")

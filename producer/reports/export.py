@@ -4,11 +4,12 @@ output format, streamed in flat memory.
 What is exported: the *standing* results of a run, i.e. the result rows (one per sample) of the attempts
 made since each job's last (re)submission (`schema.ledger.standing`: the current attempt, or every sampling
 round of an accept-until-M job), for jobs in the selected finished states (default `succeeded`).
-Attempts before a resubmission are history and never exported. Filters:
-`only_correct` keeps samples graded correct (`correct IS TRUE`); `max_trace_tokens` drops samples whose
-`reasoning_tokens` exceed it (samples with unknown reasoning tokens are kept).
+Attempts before a resubmission are history and never exported. Filters (every format, records.py's
+`ExportFilter`): `only_correct` keeps samples graded correct (`correct IS TRUE`); `min_trace_tokens` and
+`max_trace_tokens` bound `reasoning_tokens` (samples with unknown reasoning tokens are kept); `finish`
+keeps samples of the finish kinds named; `one_per_job` keeps each job's first or best sample.
 
-Rows are read in pages (windows of job ids, ordered by job then sample), one short transaction per page:
+Rows are read in pages (windows of job ids, ordered by job, attempt, then sample), one short transaction per page:
 memory stays flat for millions of rows, and no long transaction holds SQLite's write lock (every ledger
 transaction is `BEGIN IMMEDIATE`) or PostgreSQL's snapshot while the file is written. The file appears
 under its name only once complete (written to `<out>.partial` first).
@@ -18,13 +19,15 @@ Formats
 `jsonl`: one JSON object per sample::
 
     {"run": "name", "run_id": 1, "job_id": 7, "attempt_id": 9, "sample_index": 0,
-     "images": ["s3://bucket/a.jpg"], "question": "...", "reference": "B" | null,
+     "images": ["s3://bucket/a.jpg"], "question": "...", "system": "..." | null, "reference": "B" | null,
      "metadata": {...} | null, "state": "succeeded",
-     "answer": "...", "reasoning": "..." | null, "raw_text": "...", "finish_reason": "stop" | "length" | null,
+     "answer": "...", "reasoning": "..." | null, "raw_text": "...",
+     "finish_reason": "stop" | "length" | "context" | "repetition" | null,
      "trace_closed": true, "prompt_tokens": 1234 | null, "completion_tokens": 456,
      "reasoning_tokens": 400 | null, "answer_tokens": 56 | null, "extracted_answer": "B" | null,
      "correct": true | null, "valid": true | null, "grader": "boxed" | null,
-     "grader_version": "vlmbatch 0.1.0; math-verify 0.9.0" | null, "gpu_seconds": 0.8 | null,
+     "grader_version": "vlmbatch 0.1.0; math-verify 0.9.0" | null, "thinking_capped": true | null,
+     "gpu_seconds": 0.8 | null,
      "timings": {"queue_wait_s": ..., "fetch_s": ..., "decode_s": ..., "generation_s": ..., "first_token_s": ...}}
 
     `prompt_tokens`, `gpu_seconds` and `timings` belong to the attempt (shared by its samples); the other
@@ -35,38 +38,17 @@ Formats
 bool flags, float64 seconds, `images` as list<string>, `timings` as a struct of float64, and `metadata` as a
 JSON string (free-form, so no struct type could fit every run). Written in row groups as it streams.
 
-`sft`: one chat record per sample that LLaMA-Factory (ShareGPT style with `messages` and `images`) and
-similar fine-tuning frameworks read directly::
-
-    {"messages": [
-        {"role": "user", "content": "<image><image>question", "reasoning_content": ""},
-        {"role": "assistant", "content": "<think>\\ntrace\\n</think>\\n\\nanswer", "reasoning_content": "trace"}],
-     "images": ["s3://bucket/a.jpg", "s3://bucket/b.jpg"], "job_id": 7, "attempt_id": 9,
-     "sample_index": 0, "correct": true, "valid": true | null}
-
-    The user turn holds one `<image>` placeholder per image, in order, before the question. Both turns
-    carry the same keys and every value is a string (empty when there is nothing), so Arrow infers one
-    struct type for `messages` (with mismatched keys, `datasets` falls back to an untyped Json feature).
-    A trace that never closed (a truncated sample, exported only when asked for with `states`) is written
-    as it was produced: `<think>\\ntrace` with no `</think>` and no answer.
-
-`internvl`: one LLaVA-style record per sample, as InternVL's (and Qwen-VL's LLaVA-format) fine-tuning
-scripts read them::
-
-    {"id": "7-9-0", "image": "s3://bucket/a.jpg",
-     "conversations": [{"from": "human", "value": "<image>\\nquestion"},
-                       {"from": "gpt", "value": "<think>\\ntrace\\n</think>\\n\\nanswer"}]}
-
-    `id` is `<job>-<attempt>-<sample>`. Several images: `"image": [...]` and the human turn starts
-    `Image-1: <image>\\nImage-2: <image>\\n`; no image: no `image` key. The reply is written like `sft`'s.
-    (`image` is a string or a list, as InternVL's format has it: `datasets` loads a file that mixes
-    the two as its untyped Json feature, and one whose jobs agree as a string or list column.)
+`sft` and `internvl`: a dataset folder (dataset.py) that LLaMA-Factory (`dataset_dir: DIR`, ShareGPT
+`messages` and `images`) and InternVL (`--meta_path DIR/internvl_meta.json`, `conversations` and `image`)
+load as they are: records in `records/`, each image once in `images/` named by content hash, as the
+model saw it, paths relative to DIR; `dataset_info.json`, the InternVL meta and `provenance.json`. One
+record per sample; training.py has the record format, the same keys and types for every run.
 
 `openai`: the OpenAI Batch API's output file, one line per job, and its error file (`<out>.errors.jsonl`
 unless named), one line per failed or cancelled job and per input line rejected at submit: every
-`custom_id` once across the two.
-openai_batch.py has the line format. It takes every finished state by default, and no sample filter
-(a filter would drop jobs from both files).
+`custom_id` once across the two. openai_batch.py has the line format. It takes every finished state by
+default. A sample filter keeps a job's line with the samples that pass as its choices; a job none of
+whose samples pass has no line.
 
 `rejects`: the source rows recorded at submit instead of submitted (schema.ledger.rejects), one JSON
 object per row: `{"run_id": 1, "where": "line 12", "line": 12 | null, "reason": "...", "custom_id": ... | null}`.
@@ -78,11 +60,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from vlmbatch.media.stores import ObjectStore
+from vlmbatch.producer.reports.dataset import DatasetOptions, export_dataset
 from vlmbatch.producer.reports.fields import parquet_schema
 from vlmbatch.producer.reports.formats import EXPORT_FORMATS, ROW_GROUP_ROWS, ExportFormat, open_writer
 from vlmbatch.producer.reports.openai_batch import OpenAIBatchWriter, error_line, reject_line, write_line
@@ -124,6 +108,11 @@ class ExportReport:
     # `openai` only: the error file and its lines (failed and cancelled jobs).
     errors_path: Path | None = None
     errors: int = 0
+    # `sft` and `internvl` (a dataset folder): record files, images written, samples left out and why.
+    shards: tuple[Path, ...] = ()
+    images_written: int = 0
+    skipped: int = 0
+    skipped_shown: tuple[str, ...] = ()
 
 
 def default_errors_path(out: Path) -> Path:
@@ -142,16 +131,42 @@ def export_run(
     page_rows: int = PAGE_ROWS,
     row_group_rows: int = ROW_GROUP_ROWS,
     cancelled_as: tuple[str, str] | None = None,
+    store: ObjectStore | None = None,
+    dataset: DatasetOptions | None = None,
 ) -> ExportReport:
     """Write `run`'s standing samples that pass `selection` to `out` in `fmt`; return how many were written.
 
     `openai` writes one line per job of the selected states to `out` and the failed and cancelled ones to
     `errors_out` (default `default_errors_path(out)`), a cancelled job's error as `cancelled_as` (code,
-    message) when given; it raises ValueError for a sample filter. A file is
-    replaced only once the export is complete; on any error the partial files are removed and the error
-    propagates (database errors, OSError when a file cannot be written).
+    message) when given. `sft` and `internvl` write a dataset folder at `out` (dataset.py), reading the
+    images through `store` (required for them). A file is replaced only once the export is complete; on
+    any error the partial files are removed and the error propagates (database errors, OSError when a
+    file cannot be written, DatasetFolderRefused).
     """
     selection = selection or ExportFilter()
+    if fmt in ("sft", "internvl"):
+        if store is None:
+            raise ValueError(f"the {fmt} format reads the images: give a store")
+        folder = export_dataset(
+            sessions,
+            run=run,
+            fmt="sft" if fmt == "sft" else "internvl",
+            out=out,
+            store=store,
+            selection=selection,
+            options=dataset or DatasetOptions(),
+            page_rows=page_rows,
+        )
+        return ExportReport(
+            run_id=run.id,
+            format=fmt,
+            path=out,
+            rows=folder.rows,
+            shards=tuple(folder.shards),
+            images_written=folder.images_written,
+            skipped=folder.skipped,
+            skipped_shown=tuple(folder.skipped_shown),
+        )
     if fmt == "openai":
         return _export_openai(
             sessions,
@@ -186,8 +201,6 @@ def _export_openai(
     page_rows: int,
     cancelled_as: tuple[str, str] | None,
 ) -> ExportReport:
-    if selection.only_correct or selection.max_trace_tokens is not None:
-        raise ValueError("the openai format takes no sample filter: every job's custom_id goes to one of its files")
     errors_out = errors_out or default_errors_path(out)
     if errors_out.resolve() == out.resolve():
         raise ValueError("the openai format's error file must differ from its output file")
@@ -200,8 +213,8 @@ def _export_openai(
         writer = OpenAIBatchWriter(partial_out, run_id=run.id, model=run.model, created=int(time.time()))
         try:
             if with_samples:
-                only_jobs = ExportFilter(states=with_samples)
-                for record in iter_records(sessions, run, only_jobs, page_rows=page_rows):
+                jobs = replace(selection, states=with_samples)
+                for record in iter_records(sessions, run, jobs, page_rows=page_rows):
                     writer.write(record)
         finally:
             writer.close()

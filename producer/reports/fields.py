@@ -33,6 +33,9 @@ FIELDS: tuple[ExportField, ...] = (
     ExportField("sample_index", "int64", Result.sample_index),
     ExportField("images", "strings", Job.images),
     ExportField("question", "string", Job.question),
+    # The system turn the job was sent with: its own (`JobParams.system`, an OpenAI batch line's), else
+    # the run's `--system-prompt`; None without one. Read from the job's params, completed per record.
+    ExportField("system", "string", Job.params),
     ExportField("reference", "string", Job.reference),
     ExportField("metadata", "json", Job.meta),
     ExportField("state", "string", Job.state),
@@ -51,7 +54,11 @@ FIELDS: tuple[ExportField, ...] = (
     ExportField("valid", "bool", Result.valid),
     ExportField("grader", "string", Result.grader),
     ExportField("grader_version", "string", Result.grader_version),
+    # The thinking budget closed the trace (the sample still answered); None when the run set no budget.
+    ExportField("thinking_capped", "bool", Result.thinking_capped),
     ExportField("gpu_seconds", "float64", Attempt.gpu_seconds),
+    # SHA-256 of each image's bytes as the worker read them, in `images` order; None before it was recorded.
+    ExportField("image_hashes", "strings", Attempt.image_hashes),
 )
 # Read flat, exported nested under "timings".
 TIMINGS: tuple[ExportField, ...] = tuple(ExportField(name, "float64", getattr(Attempt, name)) for name in TIMING_FIELDS)
@@ -78,6 +85,7 @@ class ExportRecord(TypedDict):
     sample_index: int
     images: list[str]
     question: str
+    system: str | None
     reference: str | None
     metadata: dict[str, Any] | None
     state: str
@@ -95,7 +103,9 @@ class ExportRecord(TypedDict):
     valid: bool | None
     grader: str | None
     grader_version: str | None
+    thinking_capped: bool | None
     gpu_seconds: float | None
+    image_hashes: list[str] | None
     timings: Timings
 
 

@@ -1,5 +1,5 @@
-"""The export formats' writers: JSON lines (`jsonl`, `sft` and `internvl` chat records) and Parquet in row
-groups. The `openai` format has a module of its own (openai_batch.py)."""
+"""The export formats' file writers: JSON lines (`jsonl`) and Parquet in row groups. The `openai` format has a
+module of its own (openai_batch.py), and `sft` / `internvl` write dataset folders (dataset.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
 from vlmbatch.producer.reports.fields import FIELDS, ExportRecord, parquet_schema
-from vlmbatch.schema.contracts.placement import with_image_tokens
-from vlmbatch.schema.contracts.reasoning import join_trace
 
 ExportFormat = Literal["jsonl", "parquet", "sft", "internvl", "openai", "rejects"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft", "internvl", "openai", "rejects")
@@ -18,47 +16,8 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "parquet", "sft", "internvl
 # long traces would otherwise make a 10k-row group weigh gigabytes in memory.
 ROW_GROUP_ROWS = 10_000
 ROW_GROUP_BYTES = 64 << 20
-IMAGE_PLACEHOLDER = "<image>"
 _JSON_FIELDS = tuple(f.name for f in FIELDS if f.arrow == "json")
 _TEXT_FIELDS = ("question", "answer", "reasoning", "raw_text")
-
-
-def sft_record(record: ExportRecord) -> dict[str, Any]:
-    """The `sft` chat record of one exported sample (format in the module docstring)."""
-    trace = (record["reasoning"] or "").strip()
-    reply = join_trace(trace, record["answer"], closed=record["trace_closed"])
-    # Images where the job's text placed them (`<image N>`), else first; the list in token order.
-    prompt, images = with_image_tokens(record["question"], record["images"], IMAGE_PLACEHOLDER)
-    return {
-        "messages": [
-            {"role": "user", "content": prompt, "reasoning_content": ""},
-            {"role": "assistant", "content": reply, "reasoning_content": trace},
-        ],
-        "images": images,
-        "job_id": record["job_id"],
-        # (job, attempt, sample) identifies a sample: accept-until-M rounds reuse sample indexes.
-        "attempt_id": record["attempt_id"],
-        "sample_index": record["sample_index"],
-        "correct": record["correct"],
-        "valid": record["valid"],
-    }
-
-
-def internvl_record(record: ExportRecord) -> dict[str, Any]:
-    """The `internvl` record of one exported sample: LLaVA-style `conversations` as InternVL's fine-tuning
-    reads them (format in export.py's docstring)."""
-    images = record["images"]
-    if len(images) == 1:
-        prompt = f"{IMAGE_PLACEHOLDER}\n{record['question']}"
-    else:
-        numbered = "".join(f"Image-{n}: {IMAGE_PLACEHOLDER}\n" for n in range(1, len(images) + 1))
-        prompt = numbered + record["question"]
-    reply = join_trace(record["reasoning"], record["answer"], closed=record["trace_closed"])
-    line: dict[str, Any] = {"id": f"{record['job_id']}-{record['attempt_id']}-{record['sample_index']}"}
-    if images:
-        line["image"] = images[0] if len(images) == 1 else images
-    line["conversations"] = [{"from": "human", "value": prompt}, {"from": "gpt", "value": reply}]
-    return line
 
 
 class RecordWriter(Protocol):
@@ -117,13 +76,9 @@ def open_writer(
     fmt: ExportFormat, path: Path, *, row_group_rows: int = ROW_GROUP_ROWS, row_group_bytes: int = ROW_GROUP_BYTES
 ) -> RecordWriter:
     """A writer of `fmt` records into `path`. Raises ValueError for an unknown format (and for `openai`,
-    which writes a line per job and an error file: `export_run` opens its writer)."""
+    `sft` and `internvl`, which write more than one file: `export_run` calls their writers)."""
     if fmt == "jsonl":
         return _JsonLinesWriter(path, lambda record: record)
-    if fmt == "sft":
-        return _JsonLinesWriter(path, sft_record)
-    if fmt == "internvl":
-        return _JsonLinesWriter(path, internvl_record)
     if fmt == "parquet":
         return _ParquetWriter(path, row_group_rows=row_group_rows, row_group_bytes=row_group_bytes)
     raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")

@@ -7,8 +7,9 @@ One output line per finished job that has standing samples (succeeded, truncated
      "response": {"status_code": 200, "request_id": "req_1_7_9", "body": {
          "id": "chatcmpl-1-7", "object": "chat.completion", "created": 1764581000, "model": "<run's model>",
          "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
-                      "message": {"role": "assistant", "content": "answer", "reasoning_content": "trace",
-                                  "refusal": null}}],
+                      "message": {"role": "assistant", "content": "answer", "reasoning": "trace",
+                                  "reasoning_content": "trace", "refusal": null},
+                      "vlmbatch_finish_reason": "stop"}],
          "usage": {"prompt_tokens": 300, "completion_tokens": 120, "total_tokens": 420,
                    "completion_tokens_details": {"reasoning_tokens": 100}}}},
      "error": null}
@@ -20,9 +21,11 @@ and one error line per failed or cancelled job::
 
 `custom_id` is the one the job came with (`metadata.custom_id`, kept by the OpenAI batch input); a job
 from a folder or manifest gets `job-<id>`. Every sample of a job is one of its `choices` (`n` > 1, or the
-rounds of an accept-until-M job), in order. A sample whose trace never closed (truncated) has
-`content: null`, its partial trace as `reasoning_content` and `finish_reason: "length"`. `created` is the
-time of the export (the ledger's own times are in the `jsonl` export).
+rounds of an accept-until-M job), in order. `finish_reason` is `length` for a sample cut short (finish
+kinds `length`, `context`, `repetition`) and `stop` otherwise; `vlmbatch_finish_reason` has the stored kind.
+A sample whose trace never closed (truncated) has
+`content: null`, its partial trace as `reasoning` (and `reasoning_content`) and `finish_reason: "length"`.
+`created` is the time of the export (the ledger's own times are in the `jsonl` export).
 """
 
 from __future__ import annotations
@@ -32,15 +35,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from vlmbatch.producer.reports.fields import ExportRecord
+from vlmbatch.producer.reports.identity import custom_id
 from vlmbatch.producer.reports.records import FailedJob
+from vlmbatch.schema.contracts.finish import TRUNCATING
 from vlmbatch.schema.contracts.models import RowReject
 from vlmbatch.schema.contracts.states import JobState
-
-
-def custom_id(job_id: int, metadata: dict[str, Any] | None) -> str:
-    """The job's `custom_id` from its metadata, or a stable one derived from its id."""
-    given = (metadata or {}).get("custom_id")
-    return given if isinstance(given, str) and given else f"job-{job_id}"
 
 
 def output_line(run_id: int, model: str, created: int, samples: list[ExportRecord]) -> dict[str, Any]:
@@ -104,18 +103,23 @@ def reject_line(run_id: int, reject: RowReject) -> dict[str, Any]:
 
 def _choice(index: int, sample: ExportRecord) -> dict[str, Any]:
     closed = sample["trace_closed"]
+    kind = sample["finish_reason"]
     return {
         "index": index,
         "message": {
             "role": "assistant",
             "content": sample["answer"] if closed else None,
+            # vLLM's current name (its ChatMessage since 0.1x), and the older one that earlier readers use.
+            "reasoning": sample["reasoning"],
             "reasoning_content": sample["reasoning"],
             "refusal": None,
         },
-        # The SDK knows stop, length, tool_calls, content_filter and function_call; anything but the length
-        # limit ended the sample on the model's own terms.
-        "finish_reason": "length" if sample["finish_reason"] == "length" else "stop",
+        # The SDK knows stop, length, tool_calls, content_filter and function_call: every truncating finish
+        # (max_tokens, the context, a loop stopped) is `length` there, and vlmbatch's own kind rides beside it.
+        "finish_reason": "length" if kind in TRUNCATING else "stop",
         "logprobs": None,
+        # vlmbatch's own finish kind (stop, length, context, repetition; null when unknown).
+        "vlmbatch_finish_reason": kind,
     }
 
 

@@ -17,6 +17,7 @@ PREVIEW_CHARS = 40
 class ResultRow:
     job_id: int
     image: str
+    question: str
     state: str
     error_type: str | None
     tokens: int | None
@@ -37,5 +38,6 @@ def result_rows(session: Session, run_id: int, *, limit: int = 50) -> list[Resul
         image = job.images[0].rsplit("/", 1)[-1] if job.images else "(text only)"
         image += f" (+{len(job.images) - 1})" if len(job.images) > 1 else ""
         shown = preview(answer, PREVIEW_CHARS)
-        rows.append(ResultRow(job.id, image, job.state, job.error_type, tokens, shown))
+        question = preview(job.question, PREVIEW_CHARS) or ""
+        rows.append(ResultRow(job.id, image, question, job.state, job.error_type, tokens, shown))
     return rows

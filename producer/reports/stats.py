@@ -13,7 +13,9 @@ a table into memory. *Standing* samples are the results of each finished job's c
      "samples": {"standing": 8, "graded": 5, "correct": 2, "accept_rate": 0.4,
                  "jobs_graded": 3, "jobs_with_correct": 2, "job_accept_rate": 0.667},
      "trace_tokens": {"samples": 8, "p50": 40, "p90": 100, "p99": 100, "max": 100, "mean": 47.5},
-     "truncation": {"samples": 1, "sample_rate": 0.125, "jobs": 1, "finished_jobs": 6, "job_rate": 0.167},
+     "truncation": {"samples": 1, "sample_rate": 0.125, "jobs": 1, "finished_jobs": 6, "job_rate": 0.167,
+                    "by_finish": {"length": 1, "context": 0, "repetition": 0}},
+     "thinking_capped": {"samples": 0, "jobs": 0},
      "cost": {"all_attempts": {"attempts": 8, "prompt_tokens": 550, "completion_tokens": 1410,
                                "reasoning_tokens": 1380, "answer_tokens": 30, "gpu_seconds": 21.5},
               "standing": {...the same keys, over the current attempts of finished jobs...}}}
@@ -22,8 +24,11 @@ a table into memory. *Standing* samples are the results of each finished job's c
   `job_accept_rate` = jobs with at least one correct standing sample / jobs with a graded one.
 - Percentiles are nearest-rank over the standing samples' `reasoning_tokens`: pN is the smallest value
   that at least N% of the samples do not exceed. Samples without a reasoning count are left out.
-- A truncated sample stopped on the length limit (`finish_reason = "length"`); `job_rate` is truncated
-  jobs over finished jobs.
+- A truncated sample ended without an answer of its own: on `max_tokens` (`length`), on the context
+  limit (`context`) or stopped as a loop (`repetition`), counted apart in `by_finish`; `job_rate` is
+  truncated jobs over finished jobs.
+- `thinking_capped`: standing samples (and their jobs) whose thinking budget ran out, so vLLM closed the
+  trace and the model answered: they succeeded, and are not truncation.
 - Rates and trace statistics are null when there is nothing to divide by or measure.
 """
 
@@ -34,14 +39,16 @@ from sqlalchemy import ColumnElement, and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.producer.reports.records import standing_results
+from vlmbatch.schema.contracts.finish import CONTEXT, LENGTH, REPETITION
 from vlmbatch.schema.contracts.states import TERMINAL_STATES, JobState
 from vlmbatch.schema.ledger.standing import attempt_stands
 from vlmbatch.schema.ledger.status import run_status
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
 
 PERCENTILES = (50, 90, 99)
-TRUNCATED_FINISH_REASON = "length"
 _FINISHED = sorted(TERMINAL_STATES)
+# The truncating finish kinds (finish.TRUNCATING), in the order `by_finish` lists them.
+_TRUNCATING = (LENGTH, CONTEXT, REPETITION)
 
 
 class _Frozen(BaseModel):
@@ -102,6 +109,13 @@ class Truncation(_Frozen):
     jobs: int
     finished_jobs: int
     job_rate: float | None
+    # Truncated samples by how they ended (schema/contracts/finish.py).
+    by_finish: dict[str, int]
+
+
+class ThinkingCapped(_Frozen):
+    samples: int
+    jobs: int
 
 
 class RunStats(_Frozen):
@@ -114,13 +128,15 @@ class RunStats(_Frozen):
     samples: SampleStats
     trace_tokens: TraceTokens
     truncation: Truncation
+    thinking_capped: ThinkingCapped
     cost: Accounting
 
 
 def run_stats(session: Session, run: Run) -> RunStats:
     """All statistics of `run`, in a handful of aggregate queries."""
     status = run_status(session, run.id)
-    samples, truncated_samples = _sample_stats(session, run.id)
+    samples, by_finish, capped = _sample_stats(session, run.id)
+    truncated_samples = sum(by_finish.values())
     finished = sum(status.counts[s.value] for s in _FINISHED)
     truncated_jobs = status.counts[JobState.TRUNCATED.value]
     return RunStats(
@@ -136,7 +152,9 @@ def run_stats(session: Session, run: Run) -> RunStats:
             jobs=truncated_jobs,
             finished_jobs=finished,
             job_rate=_rate(truncated_jobs, finished),
+            by_finish=by_finish,
         ),
+        thinking_capped=capped,
         cost=run_accounting(session, run.id),
     )
 
@@ -189,9 +207,25 @@ def nearest_rank(percent: int, count: int) -> int:
     return max(1, -(-percent * count // 100))
 
 
-def _sample_stats(session: Session, run_id: int) -> tuple[SampleStats, int]:
+def sample_stats(session: Session, run_id: int) -> SampleStats:
+    """The run's standing samples: how many, graded, correct (its accuracy)."""
+    return _sample_stats(session, run_id)[0]
+
+
+def accuracy_line(stats: SampleStats) -> str | None:
+    """A graded run's accuracy in words; None when nothing is graded yet."""
+    if not stats.graded:
+        return None
+    line = f"{100 * (stats.accept_rate or 0):.1f}% of {stats.graded:,} graded samples correct"
+    if stats.jobs_graded:
+        line += f"; {stats.jobs_with_correct:,} of {stats.jobs_graded:,} graded jobs have a correct sample"
+    return line
+
+
+def _sample_stats(session: Session, run_id: int) -> tuple[SampleStats, dict[str, int], ThinkingCapped]:
     graded = Result.correct.is_not(None)
     correct = Result.correct.is_(True)
+    capped = Result.thinking_capped.is_(True)
     row = session.execute(
         select(
             func.count(),
@@ -199,13 +233,17 @@ def _sample_stats(session: Session, run_id: int) -> tuple[SampleStats, int]:
             _count_if(correct),
             func.count(distinct(case((graded, Result.job_id)))),
             func.count(distinct(case((correct, Result.job_id)))),
-            _count_if(Result.finish_reason == TRUNCATED_FINISH_REASON),
+            *(_count_if(Result.finish_reason == kind) for kind in _TRUNCATING),
+            _count_if(capped),
+            func.count(distinct(case((capped, Result.job_id)))),
         )
         .select_from(Result)
         .join(Job, Job.id == Result.job_id)
         .where(standing_results(run_id, _FINISHED))
     ).one()
-    standing, n_graded, n_correct, jobs_graded, jobs_correct, truncated = (int(v or 0) for v in row)
+    standing, n_graded, n_correct, jobs_graded, jobs_correct, *by_kind, capped_samples, capped_jobs = (
+        int(v or 0) for v in row
+    )
     stats = SampleStats(
         standing=standing,
         graded=n_graded,
@@ -215,7 +253,7 @@ def _sample_stats(session: Session, run_id: int) -> tuple[SampleStats, int]:
         jobs_with_correct=jobs_correct,
         job_accept_rate=_rate(jobs_correct, jobs_graded),
     )
-    return stats, truncated
+    return stats, dict(zip(_TRUNCATING, by_kind, strict=True)), ThinkingCapped(samples=capped_samples, jobs=capped_jobs)
 
 
 def _attempt_errors(session: Session, run_id: int) -> dict[str, int]:

@@ -4,9 +4,11 @@ per line, `{"custom_id", "method", "url", "body": {"model", "messages", …}}`, 
 What a line may say: system (or developer) messages and one user message, whose content is text and
 `image_url` parts (`data:` URIs, `s3://`, `http(s)://`, `file://` or paths relative to the file's folder,
 which may not leave it); `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `n`
-(samples), and `response_format` of type `json_schema` (or `json_object`) as a constraint on the answer.
-`model` is ignored (the run's model answers); any other field refuses the line rather than being dropped
-silently. Images placed after some text keep their place (`<image>` placeholders in the stored question).
+(samples), `response_format` of type `json_schema` (or `json_object`) as a constraint on the answer, and
+vLLM's `repetition_detection` (`{"max_pattern_size", "min_pattern_size", "min_count"}`) and
+`thinking_token_budget`. `model` is ignored (the run's model answers); any other field refuses the line
+rather than being dropped silently. Images placed after some text keep their place (`<image>` placeholders
+in the stored question).
 
 The line's `custom_id` is kept in the job's metadata (`meta["custom_id"]`, what the `openai` export writes
 back) and is part of the job's identity. A duplicate `custom_id` or an invalid line refuses the whole
@@ -45,7 +47,19 @@ from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeho
 SNIFFED_LINES = 10
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 # Body fields read, and those accepted without effect (the run decides the model; nothing streams).
-_READ = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "response_format"}
+_READ = {
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "n",
+    "response_format",
+    # vLLM's own request fields, by its names (its server and `vllm run-batch` read them from the body).
+    "repetition_detection",
+    "thinking_token_budget",
+}
 _IGNORED = {"model", "stream", "user", "metadata", "store"}
 _NUMBER = (int, float)
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -309,6 +323,8 @@ def _params(body: dict[str, Any], system: str | None) -> JobParams:
         "seed": body.get("seed"),
         "samples": body.get("n"),
         "json_schema": _answer_schema(body.get("response_format")),
+        "repetition_detection": body.get("repetition_detection"),
+        "thinking_token_budget": body.get("thinking_token_budget"),
     }
     try:
         return JobParams.model_validate({k: v for k, v in given.items() if v is not None})

@@ -29,6 +29,17 @@ class ErrorType(StrEnum):
     STORAGE_DENIED = "storage.denied"
 
 
+# What a bare `vlmbatch resubmit RUN` re-queues (docs/ARCHITECTURE.md, the outcome contract): failures that
+# may pass on another attempt. Every other error is permanent for the same input and settings.
+RETRYABLE_ERRORS = (
+    ErrorType.STORAGE_TRANSIENT,
+    ErrorType.TIMEOUT,
+    ErrorType.ENGINE_OOM,
+    ErrorType.ENGINE_DEAD,
+    ErrorType.INTERNAL,
+)
+
+
 class VlmbatchError(Exception):
     """Something went wrong in vlmbatch."""
 

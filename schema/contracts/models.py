@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vlmbatch.schema.contracts.states import JobState
 
@@ -20,6 +20,36 @@ DEFAULT_MAX_TOKENS = 16384
 DEFAULT_MODEL = "Skywork/Skywork-R1V3-38B"
 
 GraderName = Literal["choice", "numeric", "exact", "boxed"]
+
+
+class RepetitionDetection(BaseModel):
+    """vLLM's n-gram repetition detection (`SamplingParams.repetition_detection`, vLLM >= 0.17; the same
+    field names): a sample stops, finish `repetition`, once its last `min_count` blocks of some length
+    between `min_pattern_size` and `max_pattern_size` tokens are identical. vLLM checks every running
+    request after every step, in Python: the cost grows with `max_pattern_size - min_pattern_size`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_pattern_size: int = Field(ge=1, le=4096)
+    # 0 is vLLM's "from 1".
+    min_pattern_size: int = Field(0, ge=0, le=4096)
+    min_count: int = Field(ge=2, le=1000)
+
+    @model_validator(mode="after")
+    def _sizes_in_order(self) -> RepetitionDetection:
+        if self.min_pattern_size > self.max_pattern_size:
+            raise ValueError("min_pattern_size must not exceed max_pattern_size")
+        return self
+
+
+# Presets by name (`--repetition-detection reasoning`). `reasoning`: loops of a reasoning trace are phrases
+# to paragraphs repeated word for word (16 to 256 tokens); four repeats before a stop so that separator
+# runs, ellipses and short formula rows (under 16 tokens a period) never trigger it. A starting point, not
+# a value tuned on R1V3's own traces; its at most 1,024 tokens of loop before the stop are small beside a
+# 16k budget.
+REPETITION_PRESETS: dict[str, RepetitionDetection] = {
+    "reasoning": RepetitionDetection(min_pattern_size=16, max_pattern_size=256, min_count=4),
+}
 
 
 class SamplingSettings(BaseModel):
@@ -35,10 +65,16 @@ class SamplingSettings(BaseModel):
     samples: int = Field(1, ge=1, le=256)
     # Benchmarks only: generate exactly max_tokens tokens.
     ignore_eos: bool = False
+    # Stop a looping sample early (finish `repetition`); None: off, as in vLLM.
+    repetition_detection: RepetitionDetection | None = None
+    # vLLM's `thinking_token_budget`: at most this many tokens inside `<think>`, then `</think>` is forced
+    # and the model answers (the result is flagged `thinking_capped`); None: unbounded.
+    thinking_token_budget: int | None = Field(None, ge=0, le=1_000_000)
 
 
-# RunSettings fields added after the first release (see `RunSettings.fingerprint`).
+# RunSettings fields added after the first release (see `RunSettings.fingerprint`), and SamplingSettings ones.
 _LATER_FIELDS = ("system_prompt",)
+_LATER_SAMPLING_FIELDS = ("repetition_detection", "thinking_token_budget")
 
 
 class RunSettings(BaseModel):
@@ -70,6 +106,9 @@ class RunSettings(BaseModel):
         for name in _LATER_FIELDS:
             if settings[name] is None:
                 del settings[name]
+        for name in _LATER_SAMPLING_FIELDS:
+            if settings["sampling"][name] is None:
+                del settings["sampling"][name]
         payload = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
@@ -90,12 +129,22 @@ class JobParams(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**63)
     samples: int | None = Field(None, ge=1, le=256)
     json_schema: dict[str, Any] | None = None
+    # vLLM's own request fields, as an OpenAI batch line names them.
+    repetition_detection: RepetitionDetection | None = None
+    thinking_token_budget: int | None = Field(None, ge=0, le=1_000_000)
 
     def sampling(self, run: SamplingSettings) -> SamplingSettings:
         """The run's sampling with this job's fields in place of the run's."""
         update = {
             name: value
-            for name in ("max_tokens", "temperature", "top_p", "samples")
+            for name in (
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "samples",
+                "repetition_detection",
+                "thinking_token_budget",
+            )
             if (value := getattr(self, name)) is not None
         }
         return run.model_copy(update=update) if update else run

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vlmbatch.schema.contracts.model_identity import canonical_model
 from vlmbatch.schema.contracts.models import DEFAULT_MODEL
 
 EngineKind = Literal["vllm", "fake", "openai"]
@@ -55,11 +56,24 @@ class Settings(BaseSettings):
     seed: int = 0
     # vLLM's load_format; "dummy" fills random weights (benchmarks of a model's shape without its weights).
     load_format: str | None = None
-    # KV cache size in bytes; None lets vLLM size it from gpu_memory_utilization.
+    # KV cache size in bytes, per tensor-parallel rank; None: vLLM sizes it from gpu_memory_utilization on
+    # GPUs, and on vLLM's CPU build vlmbatch gives it a quarter of the free memory, at most 4 GiB, split
+    # between the ranks (worker/engines/cpu_build.py).
     kv_cache_bytes: int | None = Field(None, ge=1)
+    # vLLM's weight quantization (e.g. "fp8": a 38B model in bf16 leaves no KV room on one 80 GB GPU) and
+    # KV cache dtype; None: the model's own.
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
     # Any other vLLM engine argument, as a JSON object (e.g. {"kv_cache_dtype": "fp8"}); `--engine-arg`
     # adds to it. Checked against vLLM's EngineArgs before the engine starts (worker/engines/engine_args.py).
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    # Engine-setting defaults by name (worker/engines/profiles.py): `default` changes nothing; `throughput` is
+    # FP8 weights and KV cache, 0.95 of GPU memory and max_num_seqs sized from the KV pool. Explicit settings
+    # and engine arguments win over a profile's.
+    profile: Literal["default", "throughput"] = "default"
+    # Tokens a sequence holds on average while it runs (prompt plus the trace so far), for sizing
+    # max_num_seqs from the KV pool: a 1344x896 image (~1.8k tokens) and traces of a median 2k tokens.
+    expected_context_tokens: int = Field(4096, ge=64)
 
     # The `openai` engine: jobs go to a running OpenAI-compatible vLLM server (worker/engines/openai/).
     # Its API root, e.g. http://host:8000/v1.
@@ -106,9 +120,18 @@ class Settings(BaseSettings):
     fake_latency_s: float = Field(0.0, ge=0.0)
     fake_tokens_per_second: float = Field(0.0, ge=0.0)
     fake_trace_tokens: int = Field(24, ge=1)
+    # A question holding this text loops (tests of repetition detection).
+    fake_loop_marker: str | None = None
 
     # Port of this process's Prometheus /metrics (worker and `vlmbatch run`); None: not served.
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    # Where vLLM's logs (and a worker's Celery logs) go; None: standard error. `vlmbatch run` sets one in
+    # VLMBATCH_HOME/logs for each run.
+    log_file: Path | None = None
+    # vLLM's warnings and errors on standard error too (with a log_file).
+    verbose: bool = False
+    # Seconds between two plain progress lines when standard error is not a terminal (`run`, workers).
+    progress_every: float = Field(30.0, gt=0.0)
     # "json" logs one JSON object per line with run/job/attempt ids (for log pipelines); "text" for people.
     log_format: Literal["text", "json"] = "text"
 
@@ -175,6 +198,12 @@ class Settings(BaseSettings):
         except ValueError as exc:  # caught here, not as a traceback when the first message is sent
             raise ValueError(f"not a valid URL ({exc})") from None
         return value
+
+    @field_validator("model")
+    @classmethod
+    def _local_model_resolved(cls, value: str) -> str:
+        # `./fm` and `/abs/fm` are one model (schema/contracts/model_identity.py).
+        return canonical_model(value)
 
     @model_validator(mode="after")
     def _production_names_its_services(self) -> Settings:

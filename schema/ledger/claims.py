@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
@@ -69,6 +69,7 @@ def claim_jobs(
     worker: str,
     lease_seconds: float,
     model: str | None = None,
+    fingerprint: str | None = None,
 ) -> list[ClaimedJob]:
     """Claim those of `job_ids` that are claimable (and whose run serves `model`, when given)."""
     if not job_ids:
@@ -76,7 +77,7 @@ def claim_jobs(
     now = database_now(session)
     stmt = select(Job).join(Run, Run.id == Job.run_id).where(Job.id.in_(list(job_ids)), _claimable(now))
     if model is not None:
-        stmt = stmt.where(Run.model == model)
+        stmt = stmt.where(serves(model, fingerprint))
     jobs = list(session.scalars(_lock(stmt.order_by(Job.id), session)))
     return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
 
@@ -89,6 +90,7 @@ def claim_next(
     lease_seconds: float,
     run_id: int | None = None,
     model: str | None = None,
+    fingerprint: str | None = None,
 ) -> list[ClaimedJob]:
     """Claim up to `limit` claimable jobs, oldest first (the embedded worker's feed)."""
     if limit <= 0:
@@ -96,7 +98,7 @@ def claim_next(
     now = database_now(session)
     stmt = select(Job).join(Run, Run.id == Job.run_id)
     if model is not None:
-        stmt = stmt.where(Run.model == model)
+        stmt = stmt.where(serves(model, fingerprint))
     if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.ledger.keyset)
         queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
         stmt = queued.page(stmt.where(_past_backoff(now)), session=session)
@@ -106,7 +108,17 @@ def claim_next(
     return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
 
 
-def runs_with_queued_jobs(session: Session, *, queue: str, model: str | None = None) -> list[int]:
+def serves(model: str, fingerprint: str | None) -> ColumnElement[bool]:
+    """Runs a worker of `model` serves: those naming it, and with a fingerprint, those whose model is the
+    same folder under another path (schema/contracts/model_identity.py)."""
+    if fingerprint is None:
+        return Run.model == model
+    return or_(Run.model == model, Run.model_fingerprint == fingerprint)
+
+
+def runs_with_queued_jobs(
+    session: Session, *, queue: str, model: str | None = None, fingerprint: str | None = None
+) -> list[int]:
     """The runs of `queue` (serving `model`, when given, and not held) that have queued jobs, oldest
     first, by their counters: ix_run_counts_state's rows of runs that ever had queued jobs, none per job."""
     stmt = (
@@ -118,7 +130,7 @@ def runs_with_queued_jobs(session: Session, *, queue: str, model: str | None = N
         .order_by(RunCount.run_id)
     )
     if model is not None:
-        stmt = stmt.where(Run.model == model)
+        stmt = stmt.where(serves(model, fingerprint))
     return list(session.scalars(stmt))
 
 
@@ -131,6 +143,7 @@ class QueueClaimer:
 
     queue: str
     model: str | None = None
+    fingerprint: str | None = None
     open_runs: list[int] = field(default_factory=list)
 
     def claim(self, session: Session, *, limit: int, worker: str, lease_seconds: float) -> list[ClaimedJob]:
@@ -139,7 +152,9 @@ class QueueClaimer:
         now = database_now(session)
         jobs, drained = self._take(session, self.open_runs, limit, now)
         if len(jobs) < limit:
-            self.open_runs = runs_with_queued_jobs(session, queue=self.queue, model=self.model)
+            self.open_runs = runs_with_queued_jobs(
+                session, queue=self.queue, model=self.model, fingerprint=self.fingerprint
+            )
             more, _ = self._take(session, [r for r in self.open_runs if r not in drained], limit - len(jobs), now)
             jobs += more
         return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)

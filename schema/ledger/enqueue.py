@@ -18,8 +18,11 @@ from vlmbatch.schema.ledger.dialect import analyze_changed_tables, analyze_jobs_
 from vlmbatch.schema.ledger.tables import Job, Run
 
 
-def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> list[int]:
-    """Insert the jobs of `specs` that the run does not hold yet; return the new jobs' ids.
+def insert_jobs(
+    session: Session, *, run_id: int, specs: Sequence[JobSpec], source_rows: Sequence[int] | None = None
+) -> list[int]:
+    """Insert the jobs of `specs` that the run does not hold yet; return the new jobs' ids. `source_rows`
+    gives each spec's source row number (`jobs.source_row`), when known.
 
     Duplicates within `specs` and against the ledger are skipped (ON CONFLICT DO NOTHING on the
     (run, input_key) unique constraint), so resubmitting a source adds nothing.
@@ -28,7 +31,7 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
         return []
     now = database_now(session)
     rows: dict[str, dict[str, object]] = {}
-    for spec in specs:
+    for n, spec in enumerate(specs):
         key = spec.input_key()
         rows.setdefault(
             key,
@@ -39,6 +42,7 @@ def insert_jobs(session: Session, *, run_id: int, specs: Sequence[JobSpec]) -> l
                 "question": spec.question,
                 "reference": spec.reference,
                 "meta": spec.meta,
+                "source_row": source_rows[n] if source_rows is not None else None,
                 "params": spec.params.model_dump(mode="json", exclude_none=True) if spec.params else None,
                 "state": "queued",
                 "attempt_count": 0,
@@ -69,12 +73,12 @@ def _count_queued(session: Session, run_id: int, n: int) -> None:
 _STAGING = "vlmbatch_submit_staging"
 _CREATE_STAGING = (
     f"CREATE TEMP TABLE {_STAGING} (input_key text, images text, question text, reference text, "
-    "metadata text, params text) ON COMMIT DROP"
+    "metadata text, params text, source_row bigint) ON COMMIT DROP"
 )
 _MOVE_STAGED = f"""
-INSERT INTO jobs (run_id, input_key, images, question, reference, metadata, params, state, attempt_count,
-                  attempt_base, transient_failures, accepted_samples, created_at, queued_at)
-SELECT %(run_id)s, input_key, images::json, question, reference, metadata::json, params::json, 'queued',
+INSERT INTO jobs (run_id, input_key, images, question, reference, metadata, params, source_row, state,
+                  attempt_count, attempt_base, transient_failures, accepted_samples, created_at, queued_at)
+SELECT %(run_id)s, input_key, images::json, question, reference, metadata::json, params::json, source_row, 'queued',
        0, 0, 0, 0,
        now() AT TIME ZONE 'utc', clock_timestamp() AT TIME ZONE 'utc'
 FROM {_STAGING}
@@ -82,15 +86,15 @@ ON CONFLICT ON CONSTRAINT uq_jobs_run_input DO NOTHING
 """
 
 
-# input_key, images (JSON), question, reference, metadata (JSON), params (JSON)
-StagedRow = tuple[str, str, str, str | None, str | None, str | None]
+# input_key, images (JSON), question, reference, metadata (JSON), params (JSON), source row
+StagedRow = tuple[str, str, str, str | None, str | None, str | None, int | None]
 
 
-def staged_row(spec: JobSpec) -> StagedRow:
-    """A job spec as the text columns COPY writes into the staging table."""
+def staged_row(spec: JobSpec, source_row: int | None = None) -> StagedRow:
+    """A job spec (from source row number `source_row`) as the columns COPY writes into the staging table."""
     meta = json.dumps(spec.meta, ensure_ascii=False) if spec.meta is not None else None
     params = spec.params.canonical() if spec.params is not None else None
-    return spec.input_key(), _json_list(spec.images), spec.question, spec.reference, meta, params
+    return spec.input_key(), _json_list(spec.images), spec.question, spec.reference, meta, params, source_row
 
 
 def _json_list(items: Sequence[str]) -> str:
@@ -122,7 +126,7 @@ class PostgresStaging:
     def copy(self, rows: Iterable[StagedRow]) -> int:
         count = 0
         with self._raw.cursor() as cursor:
-            columns = "input_key, images, question, reference, metadata, params"
+            columns = "input_key, images, question, reference, metadata, params, source_row"
             with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)

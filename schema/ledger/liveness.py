@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.counters import read_counts
 from vlmbatch.schema.ledger.dialect import insert_for, lock_for_claim
 from vlmbatch.schema.ledger.reconcile import take_back
 from vlmbatch.schema.ledger.tables import Job, Run, Worker
@@ -32,10 +33,20 @@ ORPHANED = "lease held by {owner}, which no longer runs this attempt (restarted,
 PRUNE_AFTER = timedelta(hours=1)
 
 
-def beat(session: Session, *, worker: str, lease_seconds: float, now: datetime) -> None:
-    """Mark `worker` alive until `now + lease_seconds`."""
+def beat(
+    session: Session,
+    *,
+    worker: str,
+    lease_seconds: float,
+    now: datetime,
+    model: str | None = None,
+    fingerprint: str | None = None,
+) -> None:
+    """Mark `worker` (serving `model`) alive until `now + lease_seconds`."""
     expires = now + timedelta(seconds=lease_seconds)
-    renewal = {"beat_at": now, "expires_at": expires}
+    renewal: dict[str, object] = {"beat_at": now, "expires_at": expires}
+    if model is not None:
+        renewal |= {"model": model, "model_fingerprint": fingerprint}
     upsert = insert_for(session, Worker)
     session.execute(
         upsert.values(name=worker, started_at=now, **renewal).on_conflict_do_update(
@@ -44,12 +55,20 @@ def beat(session: Session, *, worker: str, lease_seconds: float, now: datetime) 
     )
 
 
-def renew_leases(session: Session, *, worker: str, attempt_ids: Sequence[int], lease_seconds: float) -> set[int]:
+def renew_leases(
+    session: Session,
+    *,
+    worker: str,
+    attempt_ids: Sequence[int],
+    lease_seconds: float,
+    model: str | None = None,
+    fingerprint: str | None = None,
+) -> set[int]:
     """One heartbeat of `worker`, whose attempts in flight are `attempt_ids`: keep its jobs alive; take
     back the jobs it holds in the ledger but no longer runs; return the attempt ids it no longer holds
     (lease taken back by the reconciler, job cancelled or finished elsewhere)."""
     now = database_now(session)
-    beat(session, worker=worker, lease_seconds=lease_seconds, now=now)
+    beat(session, worker=worker, lease_seconds=lease_seconds, now=now, model=model, fingerprint=fingerprint)
     in_flight = set(attempt_ids)
     running = session.execute(
         select(Job.id, Job.current_attempt_id, Job.lease_expires_at).where(
@@ -97,3 +116,25 @@ def workers_alive(session: Session) -> int:
     """Workers whose heartbeat is current (`vlmbatch status RUN`): a few rows per worker host."""
     now = database_now(session)
     return int(session.scalar(select(func.count()).select_from(Worker).where(Worker.expires_at >= now)) or 0)
+
+
+def model_unserved(session: Session, run_id: int) -> str | None:
+    """A warning when the run has queued jobs and no live worker serves its model (by path or by
+    fingerprint), naming what the live workers serve; None otherwise (or when no worker is alive: then
+    `workers alive 0` says it)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        return None
+    queued = read_counts(session, run_id).by_state.get(JobState.QUEUED.value, 0)
+    if not queued:
+        return None
+    now = database_now(session)
+    served = session.execute(
+        select(Worker.model, Worker.model_fingerprint).where(Worker.expires_at >= now).distinct()
+    ).all()
+    if not served:
+        return None
+    if any(m == run.model or (f is not None and f == run.model_fingerprint) for m, f in served):
+        return None
+    serving = ", ".join(sorted({m or "(unknown)" for m, _ in served}))
+    return f"{queued:,} jobs queued for model {run.model}; live workers serve {serving}"

@@ -42,6 +42,8 @@ class SampleRecord:
     valid: bool | None = None
     grader: str | None = None
     grader_version: str | None = None
+    # The thinking budget closed the trace (None: no budget was set).
+    thinking_capped: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class AttemptReport:
     accepted: int = 0
     # Accept-until-M: the attempt succeeded but the job needs more correct samples, so it is queued again.
     resample: bool = False
+    # SHA-256 of each image's bytes as read, in the job's order (attempts that read them).
+    image_hashes: tuple[str, ...] | None = None
 
 
 def retry_delay(failures: int, *, rng: random.Random | None = None) -> float:
@@ -189,6 +193,7 @@ _ATTEMPT_FIELDS = (
     "generation_s",
     "first_token_s",
     "gpu_seconds",
+    "image_hashes",
 )
 
 
@@ -209,6 +214,7 @@ def _attempt_values(report: AttemptReport, now: datetime) -> dict[str, object]:
         "generation_s": t.generation_s,
         "first_token_s": t.first_token_s,
         "gpu_seconds": t.gpu_seconds,
+        "image_hashes": list(report.image_hashes) if report.image_hashes is not None else None,
     }
     return {"b_id": report.attempt_id, **{f"b_{k}": v for k, v in values.items()}}
 
@@ -231,6 +237,7 @@ def _result_values(report: AttemptReport, sample: SampleRecord, now: datetime) -
         "valid": sample.valid,
         "grader": sample.grader,
         "grader_version": sample.grader_version,
+        "thinking_capped": sample.thinking_capped,
         "created_at": now,
     }
 

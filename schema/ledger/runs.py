@@ -35,14 +35,29 @@ def run_settings(run: Run) -> RunSettings:
 
 
 def get_or_create_run(
-    session: Session, *, name: str, settings: RunSettings, queue: str, source: str | None, held: bool = False
+    session: Session,
+    *,
+    name: str,
+    settings: RunSettings,
+    queue: str,
+    source: str | None,
+    held: bool = False,
+    model_fingerprint: str | None = None,
 ) -> Run:
     """Within the caller's transaction: the run called `name`, created if new (`held`: its jobs are not
     claimable until released). Raises RunConflict when it exists with other settings."""
     wanted = settings.model_dump(mode="json")
     run = session.scalar(select(Run).where(Run.name == name))
     if run is None:
-        run = Run(name=name, model=settings.model, queue=queue, settings=wanted, source=source, held=held)
+        run = Run(
+            name=name,
+            model=settings.model,
+            model_fingerprint=model_fingerprint,
+            queue=queue,
+            settings=wanted,
+            source=source,
+            held=held,
+        )
         session.add(run)
         session.flush()
         return run
@@ -64,6 +79,7 @@ def create_or_reuse_run(
     queue: str,
     source: str | None,
     held: bool = False,
+    model_fingerprint: str | None = None,
 ) -> Run:
     """The run called `name`, created with `settings` if new, in a transaction of its own.
 
@@ -73,7 +89,15 @@ def create_or_reuse_run(
     for _ in range(2):  # a concurrent submit may create the same run between our read and our insert
         try:
             with sessions() as session, session.begin():
-                return get_or_create_run(session, name=name, settings=settings, queue=queue, source=source, held=held)
+                return get_or_create_run(
+                    session,
+                    name=name,
+                    settings=settings,
+                    queue=queue,
+                    source=source,
+                    held=held,
+                    model_fingerprint=model_fingerprint,
+                )
         except IntegrityError:
             continue
     raise RunConflict(f"run {name!r} could not be created")

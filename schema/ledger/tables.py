@@ -55,6 +55,8 @@ class Run(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     model: Mapped[str] = mapped_column(String(500))
+    # A local model folder's fingerprint (schema/contracts/model_identity.py); None for a hub id.
+    model_fingerprint: Mapped[str | None] = mapped_column(String(64))
     queue: Mapped[str] = mapped_column(String(200))
     # schema.contracts.models.RunSettings as JSON.
     settings: Mapped[dict[str, Any]]
@@ -137,6 +139,9 @@ class Job(Base):
     question: Mapped[str] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    # The 0-based number of the source row the job came from, in the order submit read them (the jobs of
+    # one row's several questions share it); None for jobs submitted before it was recorded.
+    source_row: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     # attempt_count when the job was last (re)submitted: the run's attempt cap counts from here.
@@ -194,6 +199,9 @@ class Worker(Base):
     started_at: Mapped[datetime]
     beat_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+    # The model it serves, and its fingerprint (`status` warns when no live worker serves a run's).
+    model: Mapped[str | None] = mapped_column(String(500))
+    model_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
 class Attempt(Base):
@@ -226,6 +234,9 @@ class Attempt(Base):
     # This attempt's share of engine time, in GPU-seconds: while N requests share the engine, each is
     # charged 1/N of its time, times the GPUs the engine holds.
     gpu_seconds: Mapped[float | None] = mapped_column(Float)
+    # SHA-256 of each image's bytes as the worker read them, in the job's image order (None: not read,
+    # or before this column): an export checks that the bytes it writes are the ones the model saw.
+    image_hashes: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Result(Base):
@@ -257,6 +268,9 @@ class Result(Base):
     # What graded it (None when the run has no grader): the grader's name and `grading.grader_version`.
     grader: Mapped[str | None] = mapped_column(String(16))
     grader_version: Mapped[str | None] = mapped_column(String(100))
+    # The run's thinking budget ran out and vLLM closed the trace (the sample still answered); None when
+    # no budget was set.
+    thinking_capped: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

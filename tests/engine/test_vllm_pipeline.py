@@ -244,6 +244,7 @@ def test_graded_sampling_until_accepted_exports_sft_records_that_datasets_loads(
 
     import datasets
 
+    from vlmbatch.media.stores import ObjectStores
     from vlmbatch.producer.reports.export import ExportFilter, export_run
     from vlmbatch.schema.ledger.tables import Run
 
@@ -278,15 +279,23 @@ def test_graded_sampling_until_accepted_exports_sft_records_that_datasets_loads(
     assert all(j.accepted_samples >= 1 for j in jobs)
     assert all(extracted in ("A", "B") and correct == (extracted == "A") for extracted, correct in graded)
 
-    out = tmp_path / "sft.jsonl"
-    report = export_run(sessions, run=run, fmt="sft", out=out, selection=ExportFilter(only_correct=True))
+    out = tmp_path / "sft"
+    report = export_run(
+        sessions,
+        run=run,
+        fmt="sft",
+        out=out,
+        selection=ExportFilter(only_correct=True),
+        store=ObjectStores(s3_endpoint_url=None),
+    )
     assert report.rows == sum(1 for _, correct in graded if correct)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
-    loaded = datasets.load_dataset("json", data_files=str(out))["train"]
+    loaded = datasets.load_dataset("json", data_files=[str(p) for p in report.shards])["train"]
     assert len(loaded) == report.rows
     for record in loaded:
         user, assistant = record["messages"]
         assert user["content"] == "<image>Which letter?" and len(record["images"]) == 1
+        assert (out / record["images"][0]).is_file() and record["id"] in {str(i) for i in range(6)}
         assert assistant["content"].startswith("<think>\n") and "</think>" in assistant["content"]
         assert assistant["content"].rstrip().endswith("A") and record["correct"] is True
 
@@ -315,3 +324,4 @@ def test_graded_sampling_until_accepted_exports_sft_records_that_datasets_loads(
         for c in completion.choices:  # the tiny model's traces are noise, sometimes empty
             assert c.message.content in ("A", "B") and c.finish_reason == "stop"
             assert isinstance(getattr(c.message, "reasoning_content"), str)  # noqa: B009 (an extra field)
+            assert getattr(c.message, "reasoning") == getattr(c.message, "reasoning_content")  # noqa: B009

@@ -34,6 +34,7 @@ from tests.processes import VLMBATCH
 from vlmbatch.producer.api.app import build_api
 from vlmbatch.producer.api.server import build_server_app, listening_socket
 from vlmbatch.producer.browser.app import build_app
+from vlmbatch.producer.reports.stats import sample_stats
 from vlmbatch.schema.contracts.errors import ErrorType
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
@@ -259,6 +260,36 @@ def test_a_run_page_breaks_failures_down_by_error_type_with_example_jobs(ledger:
             assert f'href="/jobs/{ledger.jobs[name]}"' in section, name
 
 
+def test_a_run_page_shows_each_jobs_question_and_thumbnail_and_the_runs_accuracy(
+    ledger: Ledger, browser: Browser
+) -> None:
+    html = browser.page(f"/runs/{ledger.run_id}?limit=500")
+    table = html[html.index('id="results-table"') :]
+    assert table.count('<td class="question">Which letter?</td>') == len(ledger.errors) - 1  # one asks its own
+    for job_id in ledger.jobs.values():
+        assert f'<img class="thumb" src="/jobs/{job_id}/images/0"' in table
+    with open_ledger(ledger.url)[1]() as session:
+        stats = sample_stats(session, ledger.run_id)
+    assert stats.graded > 0
+    assert f"{100 * (stats.accept_rate or 0):.1f}% of {stats.graded} graded samples correct" in html
+    queued = browser.page(f"/runs/{ledger.queued_run_id}")
+    assert "graded samples correct" not in queued  # not a graded run
+
+
+def test_a_run_page_draws_its_charts_as_svg_bars(ledger: Ledger, browser: Browser) -> None:
+    html = browser.page(f"/runs/{ledger.run_id}")
+    charts = html[html.index('id="charts"') : html.index('id="errors"')]
+    assert charts.count('<svg class="chart"') == 3 and "<script" not in charts
+    for title in ("Output tokens/s", "Trace length, tokens", "Failed jobs by error type"):
+        assert title in charts
+    bad = {e for e in ledger.errors.values() if e is not None}
+    assert charts.count('<rect class="bar"') >= 2 + len(bad)  # tokens and lengths drawn, one bar per error type
+    for error in bad:
+        assert f"<title>{error}: " in charts
+    queued = browser.page(f"/runs/{ledger.queued_run_id}")
+    assert queued.count("nothing yet") == 3
+
+
 @pytest.mark.parametrize(
     ("query", "wanted"),
     [
@@ -460,6 +491,12 @@ def test_a_person_finds_a_failure_and_reads_a_trace_in_chromium(sqlite_ledger: L
             driver.save_screenshot(str(ARTIFACTS / "1-runs.png"))
             driver.find_element(By.CSS_SELECTOR, f'a[href="/runs/{ledger.run_id}"]').click()
             wait.until(lambda d: d.find_elements(By.ID, "results-table"))
+            # Thumbnails load lazily: the first rows' once the table is in view (a placeholder counts too).
+            driver.execute_script("document.getElementById('results-table').scrollIntoView()")
+            first = "return [...document.querySelectorAll('img.thumb')].slice(0, 3)"
+            wait.until(lambda d: d.execute_script(f"{first}.every(i => i.complete && i.naturalWidth > 0);"))
+            driver.execute_script("window.scrollTo(0, 0)")
+            assert "graded samples correct" in driver.find_element(By.TAG_NAME, "main").text
             driver.save_screenshot(str(ARTIFACTS / "2-run.png"))
 
             Select(driver.find_element(By.NAME, "status")).select_by_value("failed")

@@ -4,6 +4,7 @@ SDK's classes); filtered by job state, grade and trace length, in flat memory.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -23,8 +24,10 @@ from tests.integration.ledger_helpers import ledger
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for, submit_folder
 from tests.integration.test_stats import build_graded_run
 from tests.processes import vlmbatch_json
+from vlmbatch.media.local_roots import local_path
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.reports.export import ExportFilter, ExportFormat, export_run, parquet_schema
+from vlmbatch.producer.reports.training import sft_record
 from vlmbatch.schema.contracts.errors import RunNotFound
 from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
 from vlmbatch.schema.contracts.states import TERMINAL_STATES, JobState
@@ -43,6 +46,7 @@ JSONL_KEYS = [
     "sample_index",
     "images",
     "question",
+    "system",
     "reference",
     "metadata",
     "state",
@@ -60,13 +64,12 @@ JSONL_KEYS = [
     "valid",
     "grader",
     "grader_version",
+    "thinking_capped",
     "gpu_seconds",
+    "image_hashes",
     "timings",
 ]
 TIMING_KEYS = ["queue_wait_s", "fetch_s", "decode_s", "generation_s", "first_token_s"]
-MESSAGE_TYPE = pa.list_(
-    pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string())])
-)
 
 
 def _manifest_run(url: str, tmp_path: Path) -> tuple[sessionmaker[Session], Run]:
@@ -147,6 +150,7 @@ def test_jsonl_holds_every_field_of_each_standing_sample_and_loads_with_datasets
             "sample_index": result.sample_index,
             "images": job.images,
             "question": QUESTION,
+            "system": None,
             "reference": job.reference,
             "metadata": job.meta,
             "state": "succeeded",
@@ -164,10 +168,15 @@ def test_jsonl_holds_every_field_of_each_standing_sample_and_loads_with_datasets
             "valid": None,
             "grader": None,
             "grader_version": None,
+            "thinking_capped": None,
             "gpu_seconds": attempt.gpu_seconds,
+            "image_hashes": attempt.image_hashes,
             "timings": {key: getattr(attempt, key) for key in TIMING_KEYS},
         }
         assert record["prompt_tokens"] and record["timings"]["generation_s"] is not None
+        assert record["image_hashes"] == [
+            hashlib.sha256(local_path(uri).read_bytes()).hexdigest() for uri in job.images
+        ]
     two_images = [r for r in records if len(r["images"]) == 2]
     assert len(two_images) == 3
     assert [Path(uri).name for uri in two_images[0]["images"]] == ["a.jpg", "b.jpg"]
@@ -232,43 +241,6 @@ def test_parquet_carries_each_jobs_metadata_as_json_text(sqlite_url: str, tmp_pa
     assert [json.loads(row["metadata"]) for row in rows] == [{"letter": "A", "page": 0}, {"letter": "F", "page": 5}]
 
 
-def test_sft_records_are_chat_turns_with_one_image_placeholder_per_image_and_the_trace(
-    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sessions, run = _manifest_run(sqlite_url, tmp_path)
-    out = tmp_path / "sft.jsonl"
-    records = _export(sessions, run, "sft", out)
-
-    ledger_rows = _standing(sessions, run.id)
-    assert len(records) == 9
-    for record in records:
-        job, _, result = ledger_rows[(record["job_id"], record["sample_index"])]
-        trace = (result.reasoning or "").strip()
-        assert trace
-        assert record == {
-            "messages": [
-                {"role": "user", "content": "<image>" * len(job.images) + QUESTION, "reasoning_content": ""},
-                {
-                    "role": "assistant",
-                    "content": f"<think>\n{trace}\n</think>\n\n{result.answer.strip()}",
-                    "reasoning_content": trace,
-                },
-            ],
-            "images": job.images,
-            "job_id": job.id,
-            "attempt_id": result.attempt_id,
-            "sample_index": result.sample_index,
-            "correct": None,
-            "valid": None,
-        }
-    assert sum(r["messages"][0]["content"].startswith("<image><image>What") for r in records) == 3
-
-    dataset = _load_dataset("json", out, tmp_path, monkeypatch)
-    assert dataset.data.schema.field("messages").type == MESSAGE_TYPE  # one struct type, not untyped JSON
-    assert dataset.data.schema.field("images").type == pa.list_(pa.string())
-    assert dataset.to_list() == records
-
-
 @pytest.mark.parametrize(
     ("selection", "expected"),
     [
@@ -297,8 +269,10 @@ def test_a_truncated_sample_goes_to_sft_as_the_unclosed_trace_it_was(sqlite_url:
     jobs = build_graded_run(sessions)
     with sessions() as session:
         run = get_run(session, "graded")
-    [record] = _export(sessions, run, "sft", tmp_path / "sft.jsonl", states=(JobState.TRUNCATED,))
+    [sample] = _export(sessions, run, "jsonl", tmp_path / "t.jsonl", states=(JobState.TRUNCATED,))
+    record = sft_record(sample, ["images/d.jpg"])  # type: ignore[arg-type]
     assert record["messages"][1]["content"] == f"<think>\ntrace 0 of job {jobs['D']}"
+    assert (record["finish_reason"], record["trace_closed"], record["graded"]) == ("length", False, False)
 
 
 def test_only_finished_states_can_be_exported() -> None:
@@ -331,50 +305,6 @@ def test_a_resubmitted_job_exports_only_the_samples_of_its_standing_attempt(sqli
     assert len(records) == 6
     assert all(r["attempt_id"] == current[r["job_id"]] for r in records)
     assert [r["attempt_id"] for r in records if r["job_id"] == again] == [second, second]
-
-
-def test_internvl_records_are_llava_conversations_with_the_trace(
-    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sessions, run = _manifest_run(sqlite_url, tmp_path)
-    records = _export(sessions, run, "internvl", tmp_path / "internvl.jsonl")
-    ledger_rows = _standing(sessions, run.id)
-    assert len(records) == 9
-    for record in records:
-        job_id, attempt_id, sample_index = (int(part) for part in record["id"].split("-"))
-        job, attempt, result = ledger_rows[(job_id, sample_index)]
-        assert attempt.id == attempt_id
-        trace = (result.reasoning or "").strip()
-        assert trace
-        if len(job.images) == 1:
-            image: str | list[str] = job.images[0]
-            prompt = f"<image>\n{QUESTION}"
-        else:
-            image, prompt = job.images, f"Image-1: <image>\nImage-2: <image>\n{QUESTION}"
-        assert record == {
-            "id": f"{job.id}-{attempt.id}-{result.sample_index}",
-            "image": image,
-            "conversations": [
-                {"from": "human", "value": prompt},
-                {"from": "gpt", "value": f"<think>\n{trace}\n</think>\n\n{result.answer.strip()}"},
-            ],
-        }
-    assert sum(isinstance(r["image"], list) for r in records) == 3
-
-    # `image` is a string or a list, as InternVL has it: `datasets` loads it as its untyped Json feature,
-    # and a file whose jobs agree on one image each as a string column.
-    dataset = _load_dataset("json", tmp_path / "internvl.jsonl", tmp_path, monkeypatch)
-    assert dataset.column_names == ["id", "image", "conversations"]
-    assert dataset.data.schema.field("conversations").type == pa.list_(
-        pa.struct([("from", pa.string()), ("value", pa.string())])
-    )
-    assert dataset.to_list() == records
-    single = tmp_path / "single" / "internvl.jsonl"
-    single.parent.mkdir()
-    single.write_text("".join(json.dumps(r) + "\n" for r in records if isinstance(r["image"], str)))
-    one_image = _load_dataset("json", single, tmp_path, monkeypatch)
-    assert one_image.data.schema.field("image").type == pa.string()
-    assert one_image.to_list() == [r for r in records if isinstance(r["image"], str)]
 
 
 def _openai_run(url: str, tmp_path: Path) -> tuple[sessionmaker[Session], Run]:
@@ -450,7 +380,9 @@ def test_openai_export_writes_batch_output_and_error_lines_with_each_custom_id_o
             _, attempt, result = ledger_rows[(job_id, choice.index)]
             assert choice.finish_reason == "stop"
             assert choice.message.role == "assistant" and choice.message.content == result.answer
-            assert getattr(choice.message, "reasoning_content") == result.reasoning  # noqa: B009 (an extra field)
+            # vLLM's current name, and the older one (extra fields of the SDK's message).
+            assert getattr(choice.message, "reasoning") == result.reasoning  # noqa: B009
+            assert getattr(choice.message, "reasoning_content") == result.reasoning  # noqa: B009
         usage = completion.usage
         assert usage is not None
         samples = [ledger_rows[(job_id, i)][2] for i in (0, 1)]
@@ -505,7 +437,7 @@ def test_openai_export_from_the_command_line(sqlite_url: str, tmp_path: Path) ->
     assert named.exit_code == 0, named.output
     assert f"wrote 5 jobs to {out} and 1 failed jobs to {errors} (openai)" in named.output
     assert len(_read_lines(errors)) == 1
-    for args in (["--only-correct"], ["--errors-out", str(tmp_path / "r.jsonl")]):
+    for args in (["--errors-out", str(tmp_path / "r.jsonl")],):
         refused = runner.invoke(
             cli, ["export", "graded", "--format", "openai", "--out", str(tmp_path / "r.jsonl"), *args], env=env
         )
@@ -526,8 +458,8 @@ def test_export_by_run_name_or_id_from_the_command_line(sqlite_url: str, tmp_pat
 
     out = tmp_path / "sft" / "graded.jsonl"
     args = ["--status", "succeeded,truncated", "--only-correct", "--max-trace-tokens", "50", "--json"]
-    report = vlmbatch_json(["export", "graded", "--format", "sft", "--out", str(out), *args], env)
-    assert report == {"run": run_id, "format": "sft", "path": str(out), "rows": 1}
+    report = vlmbatch_json(["export", "graded", "--format", "jsonl", "--out", str(out), *args], env)
+    assert report == {"run": run_id, "format": "jsonl", "path": str(out), "rows": 1}
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     assert (record["job_id"], record["sample_index"], record["correct"]) == (jobs["A"], 0, True)
 
@@ -547,6 +479,7 @@ def test_export_by_run_name_or_id_from_the_command_line(sqlite_url: str, tmp_pat
 
 LARGE_JOBS = 25_000
 LARGE_SAMPLES = 8  # 200,000 result rows
+LARGE_IMAGES = 500
 TRACE = " ".join(f"step {i}: the region at the left holds a shape." for i in range(8))  # ~380 characters
 MAX_GROWTH_MIB = 150
 # Exports in a fresh process, so that its peak RSS measures the export alone. pyarrow is loaded before
@@ -555,6 +488,7 @@ _EXPORT_CHILD = """
 import json, resource, sys
 from pathlib import Path
 import pyarrow.parquet
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.reports.export import ExportFilter, export_run, parquet_schema
 from vlmbatch.schema.ledger.database import open_ledger
 from vlmbatch.schema.contracts.errors import RunNotFound
@@ -571,8 +505,16 @@ parquet_schema()
 baseline = peak_mib()
 states = tuple(TERMINAL_STATES) if sys.argv[3] == "openai" else ExportFilter().states
 selection = ExportFilter(states=states)
-report = export_run(sessions, run=run, fmt=sys.argv[3], out=Path(sys.argv[2]), selection=selection)
-print(json.dumps({"rows": report.rows, "baseline_mib": baseline, "peak_mib": peak_mib()}))
+store = ObjectStores(s3_endpoint_url=None)
+if sys.argv[3] == "joined":
+    from vlmbatch.producer.reports.joined import JoinOptions, export_joined
+    options = JoinOptions(shard_rows=10_000)
+    joined = export_joined(sessions, run=run, out=sys.argv[2], selection=selection, options=options)
+    measured = {"rows": joined.rows, "files": len(joined.files), "baseline_mib": baseline, "peak_mib": peak_mib()}
+else:
+    report = export_run(sessions, run=run, fmt=sys.argv[3], out=Path(sys.argv[2]), selection=selection, store=store)
+    measured = {"rows": report.rows, "images": report.images_written, "baseline_mib": baseline, "peak_mib": peak_mib()}
+print(json.dumps(measured))
 """
 
 
@@ -582,9 +524,13 @@ RESULT_COLUMNS = (
 )  # fmt: skip
 
 
-def _fill_large_run(url: str) -> None:
-    """LARGE_JOBS succeeded jobs of LARGE_SAMPLES samples each. Jobs go in as one Core bulk insert; their
-    attempts and results are generated by the database itself (INSERT ... SELECT), in a second or two."""
+def _fill_large_run(url: str, images: Path) -> None:
+    """LARGE_JOBS succeeded jobs of LARGE_SAMPLES samples each, on LARGE_IMAGES local images (job i reads
+    image i mod LARGE_IMAGES). Jobs go in as one Core bulk insert; their attempts and results are
+    generated by the database itself (INSERT ... SELECT), in a second or two."""
+    images.mkdir()
+    for i in range(LARGE_IMAGES):
+        (images / f"{i:05d}.jpg").write_bytes(good_jpeg(24, 16, seed=i))
     engine, sessions = open_ledger(url)
     settings = RunSettings(sampling=SamplingSettings(samples=LARGE_SAMPLES))
     run = create_or_reuse_run(sessions, name="large", settings=settings, queue="q", source="test")
@@ -593,7 +539,7 @@ def _fill_large_run(url: str) -> None:
         {
             "run_id": run.id,
             "input_key": f"{i:064x}",
-            "images": [f"s3://bucket/images/{i:08d}.jpg"],
+            "images": [(images / f"{i % LARGE_IMAGES:05d}.jpg").as_uri()],
             "question": QUESTION,
             "reference": "B",
             "state": JobState.SUCCEEDED.value,
@@ -635,9 +581,9 @@ def _fill_large_run(url: str) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "internvl", "openai"])
+@pytest.mark.parametrize("fmt", ["parquet", "internvl", "openai", "joined"])
 def test_exporting_200_000_samples_keeps_memory_flat(sqlite_url: str, tmp_path: Path, fmt: ExportFormat) -> None:
-    _fill_large_run(sqlite_url)
+    _fill_large_run(sqlite_url, tmp_path / "images")
     out = tmp_path / f"large.{fmt}"
     child = subprocess.run(
         [sys.executable, "-c", _EXPORT_CHILD, sqlite_url, str(out), fmt],
@@ -653,10 +599,14 @@ def test_exporting_200_000_samples_keeps_memory_flat(sqlite_url: str, tmp_path: 
         assert measured["rows"] == LARGE_JOBS * LARGE_SAMPLES
         metadata = pq.ParquetFile(out).metadata
         assert (metadata.num_rows, metadata.num_row_groups) == (200_000, 20)  # streamed, 10,000 rows per group
-    elif fmt == "internvl":
-        assert measured["rows"] == LARGE_JOBS * LARGE_SAMPLES
-        with out.open(encoding="utf-8") as lines:
+    elif fmt == "joined":  # one row per job (a row each), in parts of 10,000 rows
+        assert (measured["rows"], measured["files"]) == (LARGE_JOBS, 3)
+        assert sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("part-*.parquet")) == LARGE_JOBS
+    elif fmt == "internvl":  # a dataset folder: the records, and each image written once
+        assert (measured["rows"], measured["images"]) == (LARGE_JOBS * LARGE_SAMPLES, LARGE_IMAGES)
+        with (out / "records" / "part-00000.jsonl").open(encoding="utf-8") as lines:
             assert sum(1 for _ in lines) == 200_000
+        assert len(list((out / "images").rglob("*.jpg"))) == LARGE_IMAGES
     else:  # one line per job, its eight samples as eight choices
         assert measured["rows"] == LARGE_JOBS
         with out.open(encoding="utf-8") as lines:
@@ -719,3 +669,39 @@ def test_exporting_a_mostly_unfinished_run_reads_only_the_pages_with_results(sql
     assert len(records) == 4
     reads = [s for s in statements if "results" in s]
     assert len(reads) <= 2 * len(finished) + 1, reads  # a probe and a page per finished job, a last probe
+
+
+def test_openai_export_takes_the_sample_filters(sqlite_url: str, tmp_path: Path) -> None:
+    sessions, run = _openai_run(sqlite_url, tmp_path)
+    out = tmp_path / "first.jsonl"
+    states = tuple(TERMINAL)
+    report = export_run(
+        sessions, run=run, fmt="openai", out=out, selection=ExportFilter(states=states, one_per_job="first")
+    )
+    lines = _read_lines(out)
+    assert report.rows == len(lines) == 3 and report.errors == 2
+    assert all(len(line["response"]["body"]["choices"]) == 1 for line in lines)  # n = 2, one kept
+    none = export_run(
+        sessions, run=run, fmt="openai", out=tmp_path / "none.jsonl", selection=ExportFilter(finish=("length",))
+    )
+    assert none.rows == 0 and _read_lines(tmp_path / "none.jsonl") == []
+
+
+@pytest.mark.parametrize(("kind", "openai"), [("stop", "stop"), ("length", "length"), ("context", "length"),
+                                              ("repetition", "length"), (None, "stop")])  # fmt: skip
+def test_openai_finish_reason_maps_each_finish_kind_and_keeps_ours_beside_it(
+    sqlite_url: str, tmp_path: Path, kind: str | None, openai: str
+) -> None:
+    from openai.types.chat import ChatCompletion
+
+    sessions = ledger(sqlite_url)
+    jobs = build_graded_run(sessions)
+    with sessions() as session, session.begin():
+        session.execute(update(Result).where(Result.job_id == jobs["C"]).values(finish_reason=kind))
+        run = get_run(session, "graded")
+    out = tmp_path / "o.jsonl"
+    export_run(sessions, run=run, fmt="openai", out=out, selection=ExportFilter(states=(JobState.SUCCEEDED,)))
+    [line] = [line for line in _read_lines(out) if line["custom_id"] == f"job-{jobs['C']}"]
+    choices = line["response"]["body"]["choices"]
+    assert [(c["finish_reason"], c["vlmbatch_finish_reason"]) for c in choices] == [(openai, kind)] * 2
+    ChatCompletion.model_validate(line["response"]["body"])  # still the SDK's shape

@@ -154,7 +154,15 @@ GRADED_RUN_STATS = {
     },
     "trace_tokens": {"samples": 8, "p50": 40, "p90": 100, "p99": 100, "max": 100, "mean": 47.5},
     # finished jobs: A B C D E F.
-    "truncation": {"samples": 1, "sample_rate": 1 / 8, "jobs": 1, "finished_jobs": 6, "job_rate": 1 / 6},
+    "truncation": {
+        "samples": 1,
+        "sample_rate": 1 / 8,
+        "jobs": 1,
+        "finished_jobs": 6,
+        "job_rate": 1 / 6,
+        "by_finish": {"length": 1, "context": 0, "repetition": 0},
+    },
+    "thinking_capped": {"samples": 0, "jobs": 0},
     "cost": {
         # attempts: A1 A2 B C D E F1 F2 (G never ran).
         "all_attempts": {
@@ -231,7 +239,14 @@ def test_a_run_with_nothing_finished_has_null_rates_and_no_trace_statistics(sqli
         "job_accept_rate": None,
     }
     assert stats["trace_tokens"] == {"samples": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    assert stats["truncation"] == {"samples": 0, "sample_rate": None, "jobs": 0, "finished_jobs": 0, "job_rate": None}
+    assert stats["truncation"] == {
+        "samples": 0,
+        "sample_rate": None,
+        "jobs": 0,
+        "finished_jobs": 0,
+        "job_rate": None,
+        "by_finish": {"length": 0, "context": 0, "repetition": 0},
+    }
     zero = {"attempts": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "answer_tokens": 0}
     assert stats["cost"] == {"all_attempts": {**zero, "gpu_seconds": 0.0}, "standing": {**zero, "gpu_seconds": 0.0}}
 
@@ -274,6 +289,7 @@ def test_a_pipeline_run_reports_its_input_errors_truncations_and_the_cost_its_at
         "jobs": 1,
         "finished_jobs": 1,
         "job_rate": 1.0,
+        "by_finish": {"length": 2, "context": 0, "repetition": 0},
     }
 
 

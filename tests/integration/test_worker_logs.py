@@ -41,7 +41,9 @@ def test_json_worker_logs_carry_the_ids_of_each_job_and_nothing_else(
     lines = log_file.read_text().splitlines()
     entries = [json.loads(line) for line in lines]  # a banner or a bare print would fail here
     assert entries and all(entry["worker"] == "logs-w0" for entry in entries)
-    finished = {e["attempt_id"]: e for e in entries if e["logger"].endswith("pipeline") and "succeeded" in e["message"]}
+    finished = {
+        e["attempt_id"]: e for e in entries if e["logger"].endswith("pipeline.running") and "succeeded" in e["message"]
+    }
     with sessions() as session:
         attempts = session.execute(select(Attempt.id, Attempt.job_id)).all()
     assert len(attempts) == JOBS

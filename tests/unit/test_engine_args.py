@@ -14,7 +14,6 @@ from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.engines.engine_args import (
     check_engine_settings,
     engine_args,
-    owned_engine_args,
     parse_engine_arg,
     refusal,
     user_engine_args,
@@ -55,7 +54,7 @@ def test_the_command_line_adds_to_the_environments_engine_args(monkeypatch: pyte
 def test_settings_vlmbatch_owns_win_over_a_conflicting_engine_arg(caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(tensor_parallel_size=2, engine_args={"tensor_parallel_size": 4, "kv_cache_dtype": "fp8"})
     with caplog.at_level(logging.WARNING):
-        merged = engine_args(settings, owned_engine_args(settings))
+        merged = engine_args(settings)
     assert (merged["tensor_parallel_size"], merged["kv_cache_dtype"]) == (2, "fp8")
     assert "--tensor-parallel-size" in caplog.text
 

@@ -81,6 +81,8 @@ class EngineStats:
     running: int
     waiting: int
     kv_cache_usage: float | None = None
+    # Requests the engine preempted (KV cache full: their KV dropped, recomputed later), since it started.
+    preemptions: int = 0
 
 
 class Engine(Protocol):

@@ -17,27 +17,34 @@ from typing import Any
 
 from vlmbatch.schema.contracts.errors import ConfigurationError
 from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.worker.engines.arg_names import did_you_mean, engine_arg_names
 
 log = logging.getLogger(__name__)
 
-# Engine arguments that vlmbatch sets from its own settings, and the flag that sets each: these keep their
-# names, and win over a conflicting --engine-arg (with a warning).
+# Engine arguments that a vlmbatch setting also sets: the setting, and the flag that sets it. Given as an
+# engine argument, such a value becomes the setting, unless the flag (or its VLMBATCH_* variable) set it too:
+# then the flag wins and the warning says so.
+SETTING_FOR: dict[str, tuple[str, str]] = {
+    "tensor_parallel_size": ("tensor_parallel_size", "--tensor-parallel-size"),
+    "max_num_seqs": ("max_num_seqs", "--max-num-seqs"),
+    "max_model_len": ("max_model_len", "--max-model-len"),
+    "gpu_memory_utilization": ("gpu_memory_utilization", "--gpu-memory-utilization"),
+    "trust_remote_code": ("trust_remote_code", "--trust-remote-code"),
+    "enforce_eager": ("enforce_eager", "--enforce-eager"),
+    "seed": ("seed", "--seed"),
+    "load_format": ("load_format", "--load-format"),
+    "kv_cache_memory_bytes": ("kv_cache_bytes", "--kv-cache-memory-bytes"),
+    "reasoning_parser": ("reasoning_parser", "--reasoning-parser"),
+    "quantization": ("quantization", "--quantization"),
+    "kv_cache_dtype": ("kv_cache_dtype", "--kv-cache-dtype"),
+}
+# Engine arguments vlmbatch keeps for itself, and what sets each instead.
 OWNED: dict[str, str] = {
     "model": "--model",
-    "tensor_parallel_size": "--tensor-parallel-size",
-    "max_num_seqs": "--max-num-seqs",
-    "max_model_len": "--max-model-len",
-    "gpu_memory_utilization": "--gpu-memory-utilization",
-    "trust_remote_code": "--trust-remote-code",
-    "enforce_eager": "--enforce-eager",
-    "seed": "VLMBATCH_SEED",
-    "limit_mm_per_prompt": "--max-images-per-prompt",
-    "mm_processor_kwargs": "--max-tiles",
     "interleave_mm_strings": "(always on: images go where the prompt places them)",
-    "kv_cache_memory_bytes": "VLMBATCH_KV_CACHE_BYTES",
-    "load_format": "VLMBATCH_LOAD_FORMAT",
-    "reasoning_parser": "VLMBATCH_REASONING_PARSER",
+    "limit_mm_per_prompt": "--max-images on run, --max-images-per-prompt on worker",
 }
+_IMAGES_FLAG = OWNED["limit_mm_per_prompt"]
 
 
 def parse_engine_arg(text: str) -> tuple[str, Any]:
@@ -62,6 +69,49 @@ def user_engine_args(settings: Settings, cli_args: tuple[str, ...] = ()) -> dict
     return merged
 
 
+def apply_engine_args(settings: Settings, given: dict[str, Any]) -> tuple[Settings, list[str]]:
+    """`settings` with the user's engine arguments `given` in place: one that a vlmbatch setting also sets
+    becomes that setting (unless the setting was given too: the flag wins), `limit_mm_per_prompt`'s image
+    count and `mm_processor_kwargs`' `max_dynamic_patch` become the image and tile limits, the rest pass
+    through to vLLM. Returns the settings and a warning per argument not honoured, naming the flag to use."""
+    warnings: list[str] = []
+    update: dict[str, Any] = {}
+    passed: dict[str, Any] = {}
+    explicit = settings.model_fields_set
+
+    def take(field: str, flag: str, key: str, value: Any) -> None:
+        if field in explicit and getattr(settings, field) != value:
+            warnings.append(
+                f"engine argument {key}={value!r} ignored: {flag} sets it ({getattr(settings, field)!r} given)"
+            )
+        else:
+            update[field] = value
+
+    for key, value in given.items():
+        if key in SETTING_FOR:
+            take(*SETTING_FOR[key], key, value)
+        elif key == "limit_mm_per_prompt" and isinstance(value, dict) and set(value) <= {"image"}:
+            if "image" in value:
+                take("max_images_per_prompt", _IMAGES_FLAG, key, value["image"])
+        elif key == "mm_processor_kwargs" and isinstance(value, dict):
+            rest = {k: v for k, v in value.items() if k != "max_dynamic_patch"}
+            if "max_dynamic_patch" in value:
+                take("max_tiles", "--max-tiles", key, value["max_dynamic_patch"])
+            if rest:
+                passed[key] = rest
+        elif key in OWNED:
+            warnings.append(f"engine argument {key}={value!r} ignored: vlmbatch sets it (use {OWNED[key]})")
+        else:
+            passed[key] = value
+    if update:
+        # Validated as the setting itself would be (a negative size, a wrong type: one line).
+        values = {name: getattr(settings, name) for name in explicit if name != "engine_args"} | update
+        settings = Settings(**values, engine_args=passed)
+    else:
+        settings = settings.model_copy(update={"engine_args": passed})
+    return settings, warnings
+
+
 def owned_engine_args(settings: Settings) -> dict[str, Any]:
     s = settings
     args: dict[str, Any] = dict(
@@ -79,29 +129,30 @@ def owned_engine_args(settings: Settings) -> dict[str, Any]:
         mm_processor_kwargs={"max_dynamic_patch": s.max_tiles},
         kv_cache_memory_bytes=s.kv_cache_bytes,
     )
-    if s.load_format:
-        args["load_format"] = s.load_format
+    for name in ("load_format", "quantization", "kv_cache_dtype"):
+        if getattr(s, name):
+            args[name] = getattr(s, name)
     return args
 
 
-def engine_args(settings: Settings, owned: dict[str, Any]) -> dict[str, Any]:
-    """`owned` (what vlmbatch sets) with the user's engine arguments added; a user argument that names an
-    owned one is dropped with a warning that names the flag to use instead."""
-    merged = dict(owned)
+def engine_args(settings: Settings, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What vLLM's EngineArgs gets: the user's engine arguments applied (`apply_engine_args`, a warning for
+    each one not honoured), what vlmbatch sets from its settings, then `extra` (what the engine adds: the
+    reasoning parser it picked, the CPU build's KV size)."""
+    settings, warnings = apply_engine_args(settings, settings.engine_args)
+    for warning in warnings:
+        log.warning("%s", warning)
+    merged = owned_engine_args(settings) | (extra or {})
     for key, value in settings.engine_args.items():
-        if key in OWNED:
-            if value != owned.get(key):
-                log.warning("engine argument %s=%r ignored: vlmbatch sets %s (use %s)", key, value, key, OWNED[key])
-            continue
-        merged[key] = value
+        merged[key] = {**value, **merged[key]} if key == "mm_processor_kwargs" else value
     return merged
 
 
 def check_engine_settings(settings: Settings) -> None:
     """What can be known before the engine starts, in one line each: unknown engine arguments, a model
     path that does not exist, and a model folder that ships its own code without `--trust-remote-code`.
-    Raises ConfigurationError. Only the `vllm` engine takes engine arguments; it imports vLLM (a few
-    seconds)."""
+    Raises ConfigurationError. Only the `vllm` engine takes engine arguments; their names are read from
+    vLLM's source (no import: well under a second)."""
     if settings.engine != "vllm":
         if settings.engine_args:
             raise ConfigurationError(
@@ -113,16 +164,18 @@ def check_engine_settings(settings: Settings) -> None:
     _check_remote_code(settings)
     if not settings.engine_args:
         return
-    known = _engine_arg_names()
+    known = engine_arg_names() or _imported_engine_arg_names()
     unknown = sorted(set(settings.engine_args) - known)
     if unknown:
+        hints = [f"{name} (did you mean {hint}?)" if (hint := did_you_mean(name, known)) else name for name in unknown]
         raise ConfigurationError(
-            f"unknown vLLM engine argument {', '.join(unknown)} (vLLM's EngineArgs has no such field; "
-            "names are as on `vllm serve --help`, with underscores)"
+            f"unknown vLLM engine argument {', '.join(hints)}: vLLM's EngineArgs has no such field "
+            "(names are as on `vllm serve --help`, with underscores)"
         )
 
 
-def _engine_arg_names() -> set[str]:
+def _imported_engine_arg_names() -> frozenset[str]:
+    # Only when the source could not be read (an unusual vLLM install): importing vLLM takes seconds.
     # On a CPU build vLLM warns at import that Triton has no CPU backend: harmless, and a refusal here must
     # stay one line.
     logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
@@ -133,7 +186,7 @@ def _engine_arg_names() -> set[str]:
         from vllm.engine.arg_utils import AsyncEngineArgs
     except ImportError as exc:
         raise ConfigurationError(f"vLLM is not installed here ({exc}): pip install 'vlmbatch[gpu]'") from exc
-    return {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
 
 
 def refusal(exc: Exception) -> str:

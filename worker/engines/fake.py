@@ -1,8 +1,11 @@
 """A deterministic engine for control-plane tests and benchmarks: no model, same interface.
 
 It answers `<think>…</think>answer` with word-level token counts, honours max_tokens (a long trace is
-cut and reported as `length`), refuses prompts over its context like vLLM does, and can take time
-per request so that concurrency is observable. Never the only proof of a feature (STYLE.md).
+cut and reported as `length`) and its context (cut there, reported as `length`, as vLLM does), refuses
+prompts over its context like vLLM does, and can take time per request so that concurrency is observable.
+A question holding `loop_marker` loops (one phrase forever): it runs to its limit, or stops `repetition`
+where vLLM's repetition detection would; a thinking budget caps the trace and forces `</think>`. Never the
+only proof of a feature (STYLE.md).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from vlmbatch.schema.contracts.errors import JobCancelled, PromptTooLong
+from vlmbatch.schema.contracts.models import RepetitionDetection
 from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest
 
 # Prompt tokens the fake charges per image tile (InternVL: 256 per 448 px tile).
@@ -35,6 +39,13 @@ class FakeBehaviour:
     # Keep every request in `FakeEngine.requests`, in the order they reached the engine (tests of
     # message layout and of request order); off by default so long benchmarks hold nothing per request.
     record_requests: bool = False
+    # A question holding this text makes its samples loop (tests of repetition detection); None: never.
+    loop_marker: str | None = None
+
+
+# The phrase a looping sample repeats: LOOP_PERIOD distinct words.
+LOOP_PHRASE = tuple(f"again{i}" for i in range(20))
+LOOP_PERIOD = len(LOOP_PHRASE)
 
 
 class FakeEngine:
@@ -89,7 +100,8 @@ class FakeEngine:
         self.max_in_flight = max(self.max_in_flight, len(self._in_flight))
         started = time.perf_counter()
         try:
-            completions = [self._complete(request, i) for i in range(request.sampling.samples)]
+            room = b.max_model_len - prompt_tokens
+            completions = [self._complete(request, i, room) for i in range(request.sampling.samples)]
             longest = max(c.num_tokens for c in completions)
             delay = b.latency_s + (longest / b.tokens_per_second if b.tokens_per_second else 0.0)
             if delay > 0:
@@ -109,15 +121,25 @@ class FakeEngine:
             trace_opened_by_prompt=True,
         )
 
-    def _complete(self, request: GenerationRequest, sample: int) -> Completion:
+    def _complete(self, request: GenerationRequest, sample: int, room: int) -> Completion:
         size = "x".join(f"{im.width}x{im.height}" for im in request.images)
         digest = hashlib.sha256(f"{request.question}|{sample}|{size}".encode()).hexdigest()
+        s = request.sampling
+        # vLLM stops at whichever comes first, the job's max_tokens or the context, and says `length` for both.
+        limit = min(s.max_tokens, room)
+        marker = self._behaviour.loop_marker
+        if marker is not None and marker in request.question and not s.ignore_eos:
+            return _loop(limit, s.repetition_detection)
         words = [f"w{digest[i % 32]}" for i in range(self._behaviour.trace_tokens)]
         words[:3] = ["looking", "at", size]
-        max_tokens = request.sampling.max_tokens
-        if request.sampling.ignore_eos or len(words) + 2 > max_tokens:
-            trace = (words * (max_tokens // max(1, len(words)) + 1))[:max_tokens]
-            return Completion(text=" ".join(trace), num_tokens=max_tokens, finish_reason="length")
+        budget = s.thinking_token_budget
+        if budget is not None and len(words) >= budget:
+            # vLLM forces `</think>` once the budget is spent, counting the newline R1V3's prompt puts after
+            # `<think>`: the budget's last token is the `</think>`.
+            words = words[: max(0, budget - 1)]
+        if s.ignore_eos or len(words) + 2 > limit:
+            trace = (words * (limit // max(1, len(words)) + 1))[:limit]
+            return Completion(text=" ".join(trace), num_tokens=limit, finish_reason="length")
         if self._behaviour.answer_cycle:
             cycle = self._behaviour.answer_cycle
             answer = cycle[self._answers_given % len(cycle)]
@@ -128,6 +150,23 @@ class FakeEngine:
             answer = f"answer-{digest[:8]}"
         text = " ".join(words) + "</think>" + answer
         return Completion(text=text, num_tokens=len(words) + 2, finish_reason="stop", reasoning_tokens=len(words) + 1)
+
+
+def _loop(limit: int, detection: RepetitionDetection | None) -> Completion:
+    """A sample that repeats LOOP_PHRASE from its first token: stopped where vLLM's detector first sees
+    `min_count` copies of a period in its range (the phrase's periods are multiples of LOOP_PERIOD), else
+    cut at `limit`."""
+    stop_at = None
+    if detection is not None:
+        smallest = max(1, detection.min_pattern_size)
+        periods = [p for p in range(LOOP_PERIOD, detection.max_pattern_size + 1, LOOP_PERIOD) if p >= smallest]
+        if periods:
+            stop_at = periods[0] * detection.min_count
+    tokens = limit if stop_at is None else min(limit, stop_at)
+    # vLLM checks the length limit before repetition: a loop caught on the last allowed token is `length`.
+    reason = "repetition" if stop_at is not None and stop_at < limit else "length"
+    trace = (LOOP_PHRASE * (tokens // LOOP_PERIOD + 1))[:tokens]
+    return Completion(text=" ".join(trace), num_tokens=tokens, finish_reason=reason)
 
 
 def _tiles(pixels: int, max_tiles: int) -> int:

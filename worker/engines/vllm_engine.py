@@ -33,10 +33,23 @@ from vlmbatch.worker.engines.base import (
     GenerationRequest,
     is_prompt_too_long,
 )
-from vlmbatch.worker.engines.engine_args import check_engine_settings, owned_engine_args, refusal
+from vlmbatch.worker.engines.cpu_build import (
+    KV_CACHE_CAP_BYTES,
+    KV_CACHE_FRACTION,
+    available_memory_bytes,
+    default_kv_cache_bytes,
+    prepare_cpu_environment,
+    usable_cores,
+)
+from vlmbatch.worker.engines.engine_args import apply_engine_args, check_engine_settings, refusal
 from vlmbatch.worker.engines.engine_args import engine_args as build_engine_args
+from vlmbatch.worker.engines.engine_logs import log_tail, route_vllm_logs, stderr_into
+from vlmbatch.worker.engines.start_failure import Machine, explain, weights_bytes
 
 log = logging.getLogger(__name__)
+
+# vLLM's parser for `<think>trace</think>answer` models (R1V3, DeepSeek-R1), chosen when the tokenizer has both.
+AUTO_REASONING_PARSER = "deepseek_r1"
 
 
 @dataclass
@@ -49,6 +62,7 @@ class _Telemetry:
     generated_tokens: int = 0
     prompt_tokens: int = 0
     max_running: int = 0
+    preemptions: int = 0
 
 
 class VllmEngine:
@@ -58,13 +72,19 @@ class VllmEngine:
         self._think_close_id: int | None = None
         self._opens_trace = False
         self.telemetry = _Telemetry()
+        self.effective_engine_args: dict[str, Any] = {}
 
     @property
     def model(self) -> str:
         return self._settings.model
 
     async def start(self) -> None:
-        """Build the engine (start-up takes seconds on CPU, minutes for a 38B model on a GPU)."""
+        """Build the engine (start-up takes seconds on CPU, minutes for a 38B model on a GPU). Raises
+        ConfigurationError with one line naming the cause and the fix when it does not start."""
+        s = self._settings
+        check_engine_settings(s)
+        if s.log_file is not None:  # before vLLM's first import: every vLLM process reads it then
+            route_vllm_logs(os.environ, s.log_file, verbose=s.verbose)
         from vlmbatch.worker.engines.vllm_compat import install
 
         install()
@@ -73,18 +93,30 @@ class VllmEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        s = self._settings
-        check_engine_settings(s)
-        owned = owned_engine_args(s)
-        owned["disable_log_stats"] = False
+        cpu = _cpu_build()
+        s, warnings = apply_engine_args(s, s.engine_args)
+        for warning in warnings:
+            log.warning("%s", warning)
+        self._settings = s
+        extra: dict[str, Any] = {"disable_log_stats": False}
         parser = self._reasoning_parser()
         if parser:
-            owned["reasoning_parser"] = parser
+            extra["reasoning_parser"] = parser
+            if parser == AUTO_REASONING_PARSER and "reasoning_config" not in s.engine_args:
+                # The think markers by name: vLLM's thinking budgets (`--thinking-budget`) count the trace
+                # between them and force the closing one.
+                extra["reasoning_config"] = _reasoning_config()
         if s.tensor_parallel_size == 1 and "distributed_executor_backend" not in s.engine_args:
             # The model runs inside the engine-core process: one spawned interpreter fewer at start-up.
-            owned["distributed_executor_backend"] = "uni"
-        engine_args = build_engine_args(s, owned)
+            extra["distributed_executor_backend"] = "uni"
+        if cpu:
+            self._cpu_defaults(extra)
+        engine_args = build_engine_args(s, extra)
+        # What the engine really gets (profile, flags and --engine-arg merged): kept and logged for the run.
+        self.effective_engine_args = {k: v for k, v in engine_args.items() if k != "reasoning_config"}
+        log.info("vLLM engine arguments: %s", self.effective_engine_args)
         started = time.perf_counter()
+        log.info("loading model %s ...", s.model)
         args = AsyncEngineArgs(**engine_args)
         # The offline engine's defaults, not the online ones: vLLM sizes the step's token budget by usage
         # context (on an H200, max_num_batched_tokens 16384 for `LLM` against 2048 for an engine of its
@@ -93,19 +125,77 @@ class VllmEngine:
         # the config fills the defaults into `args`, so both calls name the context. Not on vLLM's CPU
         # build: there the offline default (4096) measured slower through the pipeline on 2 cores, whose
         # front end shares the cores with the engine (0.83 against 0.99 x raw, bench/RESULTS.md).
-        usage = UsageContext.ENGINE_CONTEXT if _cpu_build() else UsageContext.LLM_CLASS
+        usage = UsageContext.ENGINE_CONTEXT if cpu else UsageContext.LLM_CLASS
+        quiet = None if s.verbose else s.log_file
         try:  # vLLM's own validation of the settings, before any process starts: one line if it refuses
-            args.create_engine_config(usage)
+            with stderr_into(quiet):
+                args.create_engine_config(usage)
         except Exception as exc:
-            raise ConfigurationError(f"vLLM refused the engine settings: {refusal(exc)}") from exc
+            raise self._start_failure(exc, cpu, refused=True) from exc
         try:
-            self._llm = AsyncLLM.from_engine_args(
-                args, usage_context=usage, stat_loggers=[_stat_logger_factory(self.telemetry)]
-            )
-        except Exception as exc:  # the engine core's own log, above, has the details
-            raise ConfigurationError(f"the vLLM engine did not start: {refusal(exc)}") from exc
+            with stderr_into(quiet):
+                self._llm = AsyncLLM.from_engine_args(
+                    args, usage_context=usage, stat_loggers=[_stat_logger_factory(self.telemetry)]
+                )
+        except Exception as exc:
+            raise self._start_failure(exc, cpu, refused=False) from exc
         self._inspect_tokenizer()
-        log.info("vLLM engine for %s ready in %.1fs", s.model, time.perf_counter() - started)
+        log.info(
+            "model %s ready in %.0f s, KV cache %s tokens",
+            s.model,
+            time.perf_counter() - started,
+            f"{self.kv_cache_tokens():,}" if self.kv_cache_tokens() else "?",
+        )
+
+    def kv_cache_tokens(self) -> int | None:
+        """Tokens the engine's KV cache holds (vLLM reports its blocks once the engine runs)."""
+        cache = getattr(getattr(self._llm, "vllm_config", None), "cache_config", None)
+        blocks, size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
+        return int(blocks * size) if blocks and size else None
+
+    def _cpu_defaults(self, extra: dict[str, Any]) -> None:
+        """What vLLM's CPU build needs and does not choose itself (worker/engines/cpu_build.py)."""
+        s = self._settings
+        ranks = s.tensor_parallel_size
+        try:
+            prepare_cpu_environment(os.environ, ranks=ranks, cores=usable_cores())
+        except ValueError as exc:
+            raise ConfigurationError(f"{exc}: pass a smaller --tensor-parallel-size") from exc
+        if s.kv_cache_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kv = default_kv_cache_bytes(available_memory_bytes(), ranks)
+            if kv is not None:
+                extra["kv_cache_memory_bytes"] = kv
+                log.info(
+                    "vLLM's CPU build: KV cache %.2f GiB per rank (%d%% of free memory, at most %d GiB, over "
+                    "%d rank(s); --kv-cache-memory-bytes sets it)",
+                    kv / 2**30,
+                    int(KV_CACHE_FRACTION * 100),
+                    KV_CACHE_CAP_BYTES // 2**30,
+                    ranks,
+                )
+
+    def _start_failure(self, exc: Exception, cpu: bool, *, refused: bool) -> ConfigurationError:
+        s = self._settings
+        chain: list[str] = []
+        cause: BaseException | None = exc
+        while cause is not None and len(chain) < 5:
+            chain.append(f"{type(cause).__name__}: {cause}")
+            cause = cause.__cause__ or cause.__context__
+        text = "\n".join(chain) + "\n" + log_tail(s.log_file)
+        machine = Machine(
+            weights_bytes=weights_bytes(s.model), gpu_bytes=_gpu_bytes(cpu), gpus=_gpu_count(cpu), cpu_build=cpu
+        )
+        what = "vLLM refused the engine settings" if refused else "the vLLM engine did not start"
+        line = explain(
+            text,
+            model=s.model,
+            max_model_len=s.max_model_len,
+            tp=s.tensor_parallel_size,
+            machine=machine,
+            fallback=f"{what}: {refusal(exc)}",
+            log_file=s.log_file,
+        )
+        return ConfigurationError(line)
 
     def _reasoning_parser(self) -> str | None:
         choice = self._settings.reasoning_parser
@@ -119,7 +209,7 @@ class VllmEngine:
             self._settings.model, trust_remote_code=self._settings.trust_remote_code
         )
         vocab = tokenizer.get_vocab()
-        return "deepseek_r1" if THINK_OPEN in vocab and THINK_CLOSE in vocab else None
+        return AUTO_REASONING_PARSER if THINK_OPEN in vocab and THINK_CLOSE in vocab else None
 
     def _inspect_tokenizer(self) -> None:
         tokenizer = self._llm.tokenizer
@@ -135,7 +225,9 @@ class VllmEngine:
 
     def stats(self) -> EngineStats:
         t = self.telemetry
-        return EngineStats(running=t.running, waiting=t.waiting, kv_cache_usage=t.kv_cache_usage)
+        return EngineStats(
+            running=t.running, waiting=t.waiting, kv_cache_usage=t.kv_cache_usage, preemptions=t.preemptions
+        )
 
     def progress(self) -> int:
         return self.telemetry.generated_tokens
@@ -223,6 +315,12 @@ class VllmEngine:
             extra["seed"] = request.seed
         if request.constraint is not None:
             extra["structured_outputs"] = _structured(request.constraint.choices, request.constraint.json_schema)
+        if s.repetition_detection is not None:
+            from vllm.sampling_params import RepetitionDetectionParams
+
+            extra["repetition_detection"] = RepetitionDetectionParams(**s.repetition_detection.model_dump())
+        if s.thinking_token_budget is not None:
+            extra["thinking_token_budget"] = s.thinking_token_budget
         return SamplingParams(
             n=s.samples,
             temperature=s.temperature,
@@ -258,6 +356,34 @@ def _cpu_build() -> bool:
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_cpu())
+
+
+def _reasoning_config() -> Any:
+    from vllm.config import ReasoningConfig
+
+    return ReasoningConfig(reasoning_start_str=THINK_OPEN, reasoning_end_str=THINK_CLOSE)
+
+
+def _gpu_bytes(cpu: bool) -> int | None:
+    if cpu:
+        return None
+    try:
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+    except Exception:  # no driver: the message says so; sizes are only a hint
+        return None
+
+
+def _gpu_count(cpu: bool) -> int:
+    if cpu:
+        return 0
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:
+        return 0
 
 
 def _structured(choices: tuple[str, ...] | None, json_schema: dict[str, Any] | None) -> Any:
@@ -305,6 +431,7 @@ def _stat_logger_factory(telemetry: _Telemetry) -> Any:
             if iteration_stats is not None:
                 telemetry.generated_tokens += iteration_stats.num_generation_tokens
                 telemetry.prompt_tokens += iteration_stats.num_prompt_tokens
+                telemetry.preemptions += getattr(iteration_stats, "num_preempted_reqs", 0)
 
         def log_engine_initialized(self) -> None:
             return None

@@ -37,6 +37,7 @@ class Admission:
         worker_id: str,
         model: str,
         capacity: Capacity,
+        fingerprint: str | None = None,
         db: DatabasePool,
         attempts: Attempts,
         state: StopState,
@@ -52,7 +53,7 @@ class Admission:
         self._runner = runner
         self._claims: asyncio.Queue[tuple[int, asyncio.Future[int]]] = asyncio.Queue()
         # Only the claim loop uses it (one task): it remembers the queue's runs with queued jobs.
-        self._claimer = QueueClaimer(queue=settings.queue, model=model)
+        self._claimer = QueueClaimer(queue=settings.queue, model=model, fingerprint=fingerprint)
 
     def _check_running(self) -> None:
         reason = self._state.reason

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.schema.contracts.errors import JobCancelled, JobError
-from vlmbatch.schema.contracts.models import RunSettings
+from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
 from vlmbatch.schema.contracts.states import AttemptOutcome
 from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.schema.ledger.outcomes import AttemptReport, Timings, retry_delay
@@ -61,13 +61,19 @@ class AttemptClock:
 
 
 def generation_report(
-    job: ClaimedJob, run: RunSettings, generation: Generation, timings: Timings, plan: JobPlan | None = None
+    job: ClaimedJob,
+    run: RunSettings,
+    generation: Generation,
+    timings: Timings,
+    plan: JobPlan | None = None,
+    sampling: SamplingSettings | None = None,
 ) -> AttemptReport:
     """The outcome of an attempt whose generation finished: samples split, graded and checked, the outcome
-    (succeeded or truncated), and whether an accept-until-M job needs another sampling round."""
+    (succeeded or truncated), and whether an accept-until-M job needs another sampling round. `sampling`
+    is what the engine was asked for (the job's limits name how each sample ended)."""
     opened = generation.trace_opened_by_prompt
     samples = review(
-        [to_sample(i, c, opened_by_prompt=opened) for i, c in enumerate(generation.completions)],
+        [to_sample(i, c, opened_by_prompt=opened, sampling=sampling) for i, c in enumerate(generation.completions)],
         run,
         job.reference,
         (plan or JobPlan.of(job, run)).constraint,
@@ -146,10 +152,15 @@ async def run_attempt(
         clock.gpu_seconds = time_share.leave(share) * tensor_parallel_size
     clock.generation_s = time.perf_counter() - started
     clock.first_token_s = generation.first_token_s
+    hashes = tuple(item.sha256 for item in loaded) if all(item.sha256 for item in loaded) else None
     if run.settings.grader is None:
-        return generation_report(job, run.settings, generation, clock.timings(), plan)
-    # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
-    return await asyncio.to_thread(generation_report, job, run.settings, generation, clock.timings(), plan)
+        report = generation_report(job, run.settings, generation, clock.timings(), plan, request.sampling)
+    else:
+        # Grading can wait on a symbolic comparison (math-verify in a child process): not on the event loop.
+        report = await asyncio.to_thread(
+            generation_report, job, run.settings, generation, clock.timings(), plan, request.sampling
+        )
+    return replace(report, image_hashes=hashes)
 
 
 def load_run_context(session: Session, *, run_id: int, extra_roots: Sequence[Path]) -> RunContext:

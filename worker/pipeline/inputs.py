@@ -5,6 +5,7 @@ and overrides, the user turn laid out, and the run's limits checked."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ class LoadedImage:
     image: Image
     fetch_s: float
     decode_s: float
+    # SHA-256 of the bytes read (hex): recorded with the attempt, checked by the training exports.
+    sha256: str = ""
 
 
 class ImageLoader:
@@ -49,7 +52,7 @@ class ImageLoader:
         image = decode_image(data, max_bytes=self._max_bytes, max_pixels=self._max_pixels, source=uri)
         decoded = time.perf_counter()
         self._metrics.decode_seconds.observe(decoded - fetched)
-        return LoadedImage(image, fetched - started, decoded - fetched)
+        return LoadedImage(image, fetched - started, decoded - fetched, hashlib.sha256(data).hexdigest())
 
 
 # Loaded images kept after their last job ends: the jobs of one image can straddle two claims (the first

@@ -11,6 +11,7 @@ from functools import partial
 from sqlalchemy.exc import DBAPIError
 
 from vlmbatch.schema.contracts.errors import EngineDead
+from vlmbatch.schema.contracts.model_identity import ModelIdentity
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.liveness import renew_leases
 from vlmbatch.worker.engines.base import Engine
@@ -27,6 +28,7 @@ class Heartbeat:
         self,
         *,
         settings: Settings,
+        identity: ModelIdentity,
         worker_id: str,
         engine: Engine,
         db: DatabasePool,
@@ -35,6 +37,7 @@ class Heartbeat:
         state: StopState,
     ) -> None:
         self._settings = settings
+        self._identity = identity
         self._worker_id = worker_id
         self._engine = engine
         self._db = db
@@ -67,6 +70,8 @@ class Heartbeat:
                     worker=self._worker_id,
                     attempt_ids=attempt_ids,
                     lease_seconds=self._settings.lease_seconds,
+                    model=self._identity.model,
+                    fingerprint=self._identity.fingerprint,
                 )
             )
         except DBAPIError:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.schema.contracts.errors import EngineDead
+from vlmbatch.schema.contracts.model_identity import identify
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.liveness import retire
 from vlmbatch.worker.engines.base import Engine
@@ -65,6 +66,7 @@ class Pipeline:
     ) -> None:
         self._settings = settings
         self._engine = engine
+        self._identity = identify(engine.model)
         self.worker_id = worker_id
         self.counters = Counters()
         self.metrics = WorkerMetrics()
@@ -105,6 +107,7 @@ class Pipeline:
             settings=settings,
             worker_id=worker_id,
             model=engine.model,
+            fingerprint=self._identity.fingerprint,
             capacity=self._capacity,
             db=self._db,
             attempts=self._attempts,
@@ -116,6 +119,7 @@ class Pipeline:
             running=lambda: self._engine.stats().running,
             waiting=lambda: self._engine.stats().waiting,
             kv_cache_usage=lambda: self._engine.stats().kv_cache_usage or 0.0,
+            preemptions=lambda: self._engine.stats().preemptions,
         )
 
     # -- called from other threads -------------------------------------------------------------------
@@ -167,6 +171,7 @@ class Pipeline:
     async def _start(self) -> None:
         heartbeat = Heartbeat(
             settings=self._settings,
+            identity=self._identity,
             worker_id=self.worker_id,
             engine=self._engine,
             db=self._db,
@@ -174,11 +179,19 @@ class Pipeline:
             attempts=self._attempts,
             state=self._state,
         )
-        await self._engine.start()
+        # Alive from the start, not from the first beat after a model load of minutes: `status` counts
+        # this worker while its engine loads.
+        await heartbeat.renew()
+        beating = asyncio.create_task(heartbeat.run(), name="heartbeat")
+        try:
+            await self._engine.start()
+        except BaseException:
+            beating.cancel()
+            raise
         self._writer_task = asyncio.create_task(self._writer.run(), name="writer")
         background = [
             self._writer_task,
-            asyncio.create_task(heartbeat.run(), name="heartbeat"),
+            beating,
             asyncio.create_task(self._admission.claim_loop(), name="claimer"),
         ]
         for task in background:

@@ -14,6 +14,7 @@ from vlmbatch.schema.ledger.database import open_ledger
 from vlmbatch.worker.pipeline.pipeline import Pipeline
 from vlmbatch.worker.pipeline.supervision import BackgroundTaskDied
 from vlmbatch.worker.process.maintenance import Maintenance
+from vlmbatch.worker.process.progress import WorkerProgress
 from vlmbatch.worker.process.runtime import build_pipeline
 from vlmbatch.worker.process.tasks import register_tasks
 from vlmbatch.worker.transport.celery_app import make_celery, task_concurrency
@@ -69,9 +70,12 @@ def run_celery_worker(settings: Settings, *, loglevel: str = "INFO") -> int:
     for event in (pipeline.fatal_event, maintenance.stalled):
         threading.Thread(target=_stop_when_set, args=(event,), daemon=True, name="stop-watch").start()
     maintenance.start()
+    progress = WorkerProgress(f"worker {pipeline.worker_id}", pipeline.counters, every_s=settings.progress_every)
+    progress.start()
     try:
         worker.start()
     finally:
+        progress.stop()
         maintenance.stop()
         pipeline.stop(grace_s=0.0 if pipeline.fatal else settings.shutdown_grace_seconds)
     return exit_status(
@@ -115,21 +119,27 @@ def _stop_when_set(event: threading.Event) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def start_embedded(settings: Settings) -> Pipeline:
+    """The pipeline and its engine for `vlmbatch run`, started (the engine loads here)."""
+    _, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
+    pipeline = build_pipeline(settings, sessions=sessions, publisher=NullPublisher())
+    pipeline.start()
+    if settings.metrics_port:
+        pipeline.metrics.serve(settings.metrics_port, host="127.0.0.1")
+    return pipeline
+
+
 def run_embedded(
     settings: Settings,
     *,
     run_id: int,
-    on_tick: Callable[[], None] | None = None,
+    on_tick: Callable[[Pipeline], None] | None = None,
     tick_s: float = 1.0,
     pipeline: Pipeline | None = None,
 ) -> Pipeline:
     """Work one run's queue in this process until none of its jobs is queued or running."""
     if pipeline is None:
-        _, sessions = open_ledger(settings.resolved_database_url(), auto_migrate=settings.auto_migrate)
-        pipeline = build_pipeline(settings, sessions=sessions, publisher=NullPublisher())
-        pipeline.start()
-        if settings.metrics_port:
-            pipeline.metrics.serve(settings.metrics_port, host="127.0.0.1")
+        pipeline = start_embedded(settings)
     done = pipeline.feed_run(run_id)
     try:
         while True:
@@ -138,7 +148,7 @@ def run_embedded(
                 break
             except TimeoutError:
                 if on_tick is not None:
-                    on_tick()
+                    on_tick(pipeline)
     finally:
         pipeline.stop(grace_s=0.0)
     return pipeline

@@ -21,6 +21,7 @@ def build_engine(settings: Settings) -> Engine:
             latency_s=settings.fake_latency_s,
             tokens_per_second=settings.fake_tokens_per_second,
             max_model_len=settings.max_model_len or 32768,
+            loop_marker=settings.fake_loop_marker,
         )
         return FakeEngine(settings.model, behaviour)
     if settings.engine == "vllm":

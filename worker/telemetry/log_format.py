@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -81,21 +82,58 @@ class JsonFormatter(logging.Formatter):
             "message": redact(record.getMessage()),
         }
         entry.update(_ids(record))
+        progress = getattr(record, "progress", None)
+        if isinstance(progress, dict):  # worker/telemetry/progress_log.py: the numbers as fields
+            entry["progress"] = progress
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", *, fmt: str = "text", worker: str | None = None) -> None:
-    """Set up the root logger once, for the entry points (`vlmbatch worker`, `run`, `serve`)."""
-    handler = logging.StreamHandler()
-    handler.addFilter(ContextFilter(worker=worker))
+class OwnLines(logging.Filter):
+    """With a log file, the terminal gets vlmbatch's own lines; other libraries' (vLLM, Celery) only when
+    `verbose`, and then WARNING and above."""
+
+    def __init__(self, *, verbose: bool) -> None:
+        super().__init__()
+        self._verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "vlmbatch" or record.name.startswith("vlmbatch."):
+            return True
+        return self._verbose and record.levelno >= logging.WARNING
+
+
+def configure_logging(
+    level: str = "INFO",
+    *,
+    fmt: str = "text",
+    worker: str | None = None,
+    log_file: Path | None = None,
+    verbose: bool = False,
+    terminal_format: str | None = None,
+    stream: Any = None,
+) -> None:
+    """Set up the root logger once, for the entry points (`vlmbatch worker`, `run`, `serve`). With
+    `log_file`, every record goes there and the terminal keeps vlmbatch's own lines (OwnLines); a text
+    terminal then uses `terminal_format` if given. `stream`: the terminal's (default: standard error)."""
+    terminal = logging.StreamHandler(stream)
+    terminal.addFilter(ContextFilter(worker=worker))
+    full = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        terminal.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        terminal.setFormatter(RedactingFormatter(terminal_format if log_file and terminal_format else full))
+    handlers: list[logging.Handler] = [terminal]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        terminal.addFilter(OwnLines(verbose=verbose))
+        into_file = logging.FileHandler(log_file, encoding="utf-8")
+        into_file.addFilter(ContextFilter(worker=worker))
+        into_file.setFormatter(JsonFormatter() if fmt == "json" else RedactingFormatter(full))
+        handlers.append(into_file)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     # Warnings (Celery's "running as root", deprecations) become records too, not bare lines on stderr.
-    logging.captureWarnings(fmt == "json")
+    logging.captureWarnings(fmt == "json" or log_file is not None)

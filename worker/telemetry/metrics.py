@@ -48,6 +48,10 @@ class WorkerMetrics:
         self.engine_waiting = Gauge("vlmbatch_engine_waiting_requests", "Requests queued in the engine", registry=r)
         self.kv_cache_usage = Gauge("vlmbatch_engine_kv_cache_usage", "Share of the KV cache in use", registry=r)
         self.queue_depth = Gauge("vlmbatch_queue_depth", "Messages waiting in the broker queue", registry=r)
+        # A gauge read from the engine's own count (vLLM's vllm:num_preemptions), which only grows.
+        self.engine_preemptions = Gauge(
+            "vlmbatch_engine_preemptions", "Requests the engine preempted (KV cache full) since it started", registry=r
+        )
 
     def watch(
         self,
@@ -56,12 +60,14 @@ class WorkerMetrics:
         running: Callable[[], float],
         waiting: Callable[[], float],
         kv_cache_usage: Callable[[], float],
+        preemptions: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """Gauges read at scrape time."""
         self.in_flight.set_function(in_flight)
         self.engine_running.set_function(running)
         self.engine_waiting.set_function(waiting)
         self.kv_cache_usage.set_function(kv_cache_usage)
+        self.engine_preemptions.set_function(preemptions)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> bool:
         """Serve /metrics on `port`; a busy port is logged, not fatal (metrics are not worth a dead worker)."""

@@ -62,6 +62,11 @@ def chat_body(request: GenerationRequest, *, model: str, max_model_len: int | No
     }
     if request.seed is not None:
         body["seed"] = request.seed
+    # vLLM's own request fields (its server reads them from the body, as `SamplingParams` names them).
+    if s.repetition_detection is not None:
+        body["repetition_detection"] = s.repetition_detection.model_dump()
+    if s.thinking_token_budget is not None:
+        body["thinking_token_budget"] = s.thinking_token_budget
     constraint = request.constraint
     if constraint is not None:
         structured = {"choice": list(constraint.choices)} if constraint.choices else {"json": constraint.json_schema}
