@@ -4,10 +4,11 @@ Every hop (the first request and each of at most `MAX_REDIRECTS` redirects) is r
 when any address is private, loopback, link-local or otherwise not global (`input.forbidden`, unless
 `http_allow_private`), and then connected to *that* address (the Host header and TLS SNI keep the
 name), so a second DNS answer cannot slip an internal address in between check and use. Bodies are
-streamed under the byte cap and a whole-download deadline; `X-Robots-Tag: noai` / `noimageai` opt an
-image out (`input.opted_out`); 429, 5xx and timeouts are retried with exponential backoff, then fail
-`storage.transient` (which the pipeline retries again later, up to the run's cap). At most
-`per_host` requests per host are in flight from one process.
+streamed under the byte cap, and one deadline holds over each whole download (connect, headers and
+body: media/deadline.py); `X-Robots-Tag: noai` / `noimageai` opt an image out (`input.opted_out`); 429,
+5xx and timeouts are retried with exponential backoff, then fail `storage.transient` (which the pipeline
+retries again later, up to the run's cap). At most `per_host` requests per host are in flight from one
+process.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import urljoin
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from vlmbatch.media.deadline import DeadlineBackend, deadline_transport
 from vlmbatch.schema.contracts.errors import (
     InputForbidden,
     InputNotFound,
@@ -43,6 +45,12 @@ _RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 _OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 
 Resolver = Callable[[str, int], list[str]]
+# IPv6 forms that embed an IPv4 address in their last 32 bits (RFC 6052 NAT64, RFC 7915 SIIT, RFC 4291
+# IPv4-compatible), and RFC 8215's local-use NAT64 prefix.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,18 @@ class HttpOptions:
         )
 
 
+def parsed_http_url(uri: str) -> httpx.URL:
+    """`uri` as an http(s) URL with a host. Raises InputUnsupported for one that does not parse (an IPv4
+    address in octal, a bad port), so that it fails as a bad input, at submit or in the worker."""
+    try:
+        url = httpx.URL(uri)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InputUnsupported(f"{uri[:200]}: not a valid URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InputUnsupported(f"{uri[:200]}: not an http(s) URL with a host")
+    return url
+
+
 def resolve_addresses(host: str, port: int) -> list[str]:
     """Every address `host` resolves to. Raises InputNotFound for a name that does not exist."""
     try:
@@ -86,11 +106,33 @@ def resolve_addresses(host: str, port: int) -> list[str]:
 
 
 def is_public_address(address: str) -> bool:
-    """Whether `address` is a global unicast address (not private, loopback, link-local, reserved...)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Whether `address` is a global unicast address (not private, loopback, link-local, reserved...).
+    An IPv6 address that embeds an IPv4 one (mapped, NAT64, 6to4, Teredo, IPv4-compatible, SIIT) is
+    judged by the IPv4 address it leads to."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:  # where its IPv4 address sits depends on the local prefix length
+            return False
+        embedded = embedded_ipv4(ip)
+        if embedded is not None:
+            ip = embedded
     return ip.is_global and not ip.is_multicast
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries to (through a translator or a tunnel), if it carries one."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client: where the packets go
+    last32 = ipaddress.IPv4Address(ip.packed[-4:])
+    if ip in _NAT64 or ip in _SIIT:
+        return last32
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # `::` and `::1` are no IPv4 addresses
+        return last32
+    return None
 
 
 def opted_out(header_values: list[str], user_agent: str) -> bool:
@@ -102,7 +144,9 @@ def opted_out(header_values: list[str], user_agent: str) -> bool:
             if not colon:
                 robot, directive = "", token
             robot = robot.strip().lower()
-            if directive.strip().lower() in _OPT_OUT_DIRECTIVES and robot in ("", "*", ours):
+            # Directives are comma-separated, but servers also send them space-separated ("noindex noai").
+            said = {word.lower() for word in directive.split()}
+            if said & _OPT_OUT_DIRECTIVES and robot in ("", "*", ours):
                 return True
     return False
 
@@ -148,6 +192,7 @@ class HttpImages:
         self._slots = _HostSlots(options.per_host)
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
+        self._deadlines = DeadlineBackend()
 
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
         """The image's bytes. Raises InputNotFound, InputForbidden, InputOptedOut, InputTooLarge,
@@ -164,9 +209,7 @@ class HttpImages:
         deadline = time.monotonic() + self._options.total_timeout
         url = uri
         for _ in range(MAX_REDIRECTS + 1):
-            target = httpx.URL(url)
-            if target.scheme not in ("http", "https") or not target.host:
-                raise InputUnsupported(f"{uri}: redirected to an unsupported URL {url[:200]!r}")
+            target = parsed_http_url(url)
             address = self._checked_address(uri, target)
             with self._slots.hold(target.host):
                 location = self._get(uri, target, address, max_bytes, deadline)
@@ -197,9 +240,15 @@ class HttpImages:
         extensions: dict[str, Any] = {"sni_hostname": target.host} if target.scheme == "https" else {}
         headers = {"Host": host_header, "User-Agent": self._options.user_agent}
         try:
-            with self._http().stream("GET", pinned, headers=headers, extensions=extensions) as response:
+            # The deadline holds from the connect on, through headers and body, however they trickle.
+            with (
+                self._deadlines.until(deadline),
+                self._http().stream("GET", pinned, headers=headers, extensions=extensions) as response,
+            ):
                 return self._read(uri, response, max_bytes, deadline)
         except httpx.TimeoutException as exc:
+            if time.monotonic() >= deadline:
+                raise StorageTransient(f"{uri}: the download took over {self._options.total_timeout:g} s") from exc
             raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
             raise StorageTransient(f"{uri}: {type(exc).__name__}: {exc}") from exc
@@ -240,5 +289,10 @@ class HttpImages:
                     pool=self._options.total_timeout,
                 )
                 # No proxies from the environment: the address checked is the address connected to.
-                self._client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+                self._client = httpx.Client(
+                    timeout=timeout,
+                    follow_redirects=False,
+                    trust_env=False,
+                    transport=deadline_transport(self._deadlines),
+                )
             return self._client

@@ -41,8 +41,11 @@ class StagingError(Exception):
 class Stager:
     """Stages bytes under `root` and returns the staged object's URI (`file://…` or `s3://…`)."""
 
-    def __init__(self, root: str, *, s3_endpoint_url: str | None) -> None:
+    def __init__(self, root: str, *, s3_endpoint_url: str | None, max_bytes: int | None = None) -> None:
+        """`max_bytes`: the largest image staged (VLMBATCH_MAX_IMAGE_BYTES, the worker's own limit), so
+        that an oversize one fails its row at submit rather than its job later."""
         self._root = root.rstrip("/")
+        self._max_bytes = max_bytes
         self._endpoint = s3_endpoint_url
         self._client: S3Client | None = None
         self._recent: OrderedDict[str, str] = OrderedDict()
@@ -74,7 +77,13 @@ class Stager:
             self._executor = None
 
     def stage(self, data: bytes) -> str:
-        """The URI of the object holding `data`, written if it is not there yet. Raises StagingError."""
+        """The URI of the object holding `data`, written if it is not there yet. Raises StagingError (an
+        image over `max_bytes` too)."""
+        if self._max_bytes is not None and len(data) > self._max_bytes:
+            raise StagingError(
+                f"an embedded image of {len(data)} bytes is over the limit of {self._max_bytes} "
+                "(VLMBATCH_MAX_IMAGE_BYTES)"
+            )
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             known = self._recent.get(digest)

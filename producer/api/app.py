@@ -36,6 +36,7 @@ from vlmbatch.producer.api.files import (
     too_large,
 )
 from vlmbatch.producer.api.keys import ApiKeys, RequireApiKey
+from vlmbatch.producer.api.same_origin import require_json
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.transport.publisher import Publisher
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 API_FILES = "api_files"
 DEFAULT_LIST_LIMIT = 20
+# A JSON request (a batch: a file id, a window, 16 metadata pairs) is a few KB; nothing larger is read.
+MAX_JSON_BODY = 64 * 1024
 T = TypeVar("T")
 
 
@@ -50,6 +53,9 @@ def build_api(settings: Settings, *, sessions: sessionmaker[Session], publisher:
     """The Batch API over the ledger of `sessions`, publishing submitted jobs with `publisher`. Raises
     KeyFileError when the keys file cannot be read."""
     files = FileStore(sessions, (settings.home / API_FILES).resolve(), max_bytes=settings.api_max_file_bytes)
+    orphans = files.remove_orphans()
+    if orphans:
+        log.info("removed %d upload(s) a stopped server left unrecorded", orphans)
     api = _Endpoints(files, BatchService(sessions=sessions, publisher=publisher, files=files, settings=settings))
     routes = [
         Route("/files", api.create_file, methods=["POST"]),
@@ -77,7 +83,7 @@ class _Endpoints:
         files = self.files
         limit = files.max_bytes + FORM_OVERHEAD
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise too_large(files.max_bytes)
         bounded = Request(request.scope, receive=limited_receive(request.receive, limit))
         try:
@@ -125,7 +131,7 @@ class _Endpoints:
 
     async def list_batches(self, request: Request) -> Response:
         given = request.query_params.get("limit", str(DEFAULT_LIST_LIMIT))
-        if not given.isdigit():
+        if not (given.isascii() and given.isdigit()):
             raise ApiError(400, "limit must be a whole number", param="limit")
         after = request.query_params.get("after")
         return JSONResponse(await _call(self.batches.page, after=after, limit=int(given)))
@@ -151,13 +157,24 @@ async def _call(function: Callable[..., T], **kwargs: Any) -> T:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    require_json(request.headers)
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_JSON_BODY:
+        raise _body_too_large()
+    bounded = Request(request.scope, receive=limited_receive(request.receive, MAX_JSON_BODY))
     try:
-        body = json.loads(await request.body())
-    except ValueError:
+        body = json.loads(await bounded.body())
+    except TooLarge:
+        raise _body_too_large() from None
+    except (ValueError, RecursionError):
         raise ApiError(400, "the request body must be a JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
+
+
+def _body_too_large() -> ApiError:
+    return ApiError(413, f"the request body is larger than {MAX_JSON_BODY} bytes", code="request_too_large")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,13 @@ from vlmbatch.producer.reports.export import ExportFilter, export_run
 from vlmbatch.producer.sources.base import RejectPolicy
 from vlmbatch.producer.sources.openai_batch import CHAT_URLS, OpenAIBatchSource
 from vlmbatch.producer.submit import publish_run, submit
-from vlmbatch.schema.contracts.errors import BrokerUnavailable, SourceError
+from vlmbatch.schema.contracts.errors import BrokerUnavailable, RunNotFound, SourceError
 from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.resubmit import cancel_run
-from vlmbatch.schema.ledger.runs import Schedule, release_run
+from vlmbatch.schema.ledger.runs import Schedule, get_run, release_run
 from vlmbatch.schema.ledger.status import run_status
 from vlmbatch.schema.ledger.tables import ApiBatch, ApiFile, Run
 from vlmbatch.worker.transport.publisher import Publisher
@@ -225,11 +226,26 @@ class BatchService:
     def _submit(self, row_id: int, upload: ApiFile) -> None:
         try:
             self._submit_once(row_id, upload)
-        except Exception:  # the batch stays `validating`; its next read submits it again
+        except Exception:
             log.exception("batch %s: the submit failed", batch_id(row_id))
+            self._end_failed_submit(row_id)
         finally:
             with self._submitting_lock:
                 self._submitting.discard(row_id)
+
+    def _end_failed_submit(self, row_id: int) -> None:
+        """A submit that failed unexpectedly ends its batch (no read validates it again): `failed`, or as a
+        cancel or expiry asked; any job it inserted is cancelled, none having been published."""
+        try:
+            if self._stopped(row_id):
+                self._end_unaccepted(row_id)
+                return
+            with self.sessions() as session, session.begin(), suppress(RunNotFound):
+                cancel_run(session, run_id=get_run(session, batch_id(row_id)).id)
+            message = "the server failed to submit the file; its log has the details"
+            self._fail(row_id, [{"code": "server_error", "message": message, "param": None, "line": None}])
+        except Exception:  # the ledger itself is failing: the batch stays `validating`, its next read retries
+            log.exception("batch %s: ending the failed submit failed", batch_id(row_id))
 
     def _fail(self, row_id: int, errors: list[dict[str, Any]]) -> None:
         with self.sessions() as session, session.begin():
@@ -239,15 +255,22 @@ class BatchService:
             row.failed_at = database_now(session)
 
     def _submit_once(self, row_id: int, upload: ApiFile) -> None:
-        stager = Stager(self.settings.resolved_stage_to(), s3_endpoint_url=self.settings.s3_endpoint_url)
+        settings = self.settings
+        stager = Stager(
+            settings.resolved_stage_to(), s3_endpoint_url=settings.s3_endpoint_url, max_bytes=settings.max_image_bytes
+        )
+        # The source remembers the `data:` images it staged: the submit that follows decodes none again.
         source = OpenAIBatchSource(upload.path, stager=stager)
         errors = line_errors(source)
         if self._stopped(row_id):  # cancelled or expired while its lines were checked
             self._end_unaccepted(row_id)
             return
         run_id: int | None = None
+        name = batch_id(row_id)
+        if not errors and self._name_taken(name, source.uri):
+            message = f"a run named {name} that is not this batch's exists (made before such names were reserved)"
+            errors = [{"code": "invalid_request", "message": message, "param": None, "line": None}]
         if not errors:
-            name = batch_id(row_id)
             try:
                 run_id = submit(
                     sessions=self.sessions,
@@ -275,6 +298,15 @@ class BatchService:
         with self.sessions() as session:
             row = session.get(ApiBatch, row_id)
             return metadata_schedule(row.metadata_ if row is not None else None)
+
+    def _name_taken(self, name: str, source: str) -> bool:
+        """Whether another run holds the batch's name: its jobs and answers are not the batch's to take.
+        (`--run` refuses batch ids now; a ledger may hold one from before.)"""
+        with self.sessions() as session:
+            try:
+                return get_run(session, name).source != source
+            except RunNotFound:
+                return False
 
     def _stopped(self, row_id: int) -> bool:
         with self.sessions() as session:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.ids import file_id, parse_file_id
 from vlmbatch.schema.ledger.api_files import list_files
+from vlmbatch.schema.ledger.api_uploads import recorded_paths
 from vlmbatch.schema.ledger.tables import ApiFile
 
 UPLOAD_PURPOSE = "batch"
@@ -22,6 +25,10 @@ OUTPUT_PURPOSE = "batch_output"
 # Multipart framing and the `purpose` field around the file's own bytes.
 FORM_OVERHEAD = 64 * 1024
 _COPY_CHUNK = 1024 * 1024
+UPLOAD_NAME = "input.jsonl"
+# An upload folder with no file row this old was left by a server that died mid-upload.
+ORPHAN_AGE_SECONDS = 3600.0
+_ORPHAN_CHUNK = 500
 _MAX_FILENAME = 500
 # OpenAI's bounds on `GET /v1/files?limit=` (and its default: the SDK pages on with `after`).
 MAX_LIST_FILES = 10_000
@@ -79,7 +86,7 @@ class FileStore:
         """Copy an uploaded file into the folder (at most `max_bytes`) and record it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         # A folder of its own: relative image paths in the file (confined to its folder) reach no other file.
-        name = Path(tempfile.mkdtemp(dir=self.folder, prefix="upload-")) / "input.jsonl"
+        name = Path(tempfile.mkdtemp(dir=self.folder, prefix="upload-")) / UPLOAD_NAME
         size = 0
         try:
             with name.open("wb") as out:
@@ -92,6 +99,23 @@ class FileStore:
             shutil.rmtree(name.parent, ignore_errors=True)
             raise
         return file_object(self.record(name, filename[:_MAX_FILENAME] or "upload.jsonl", UPLOAD_PURPOSE, size))
+
+    def remove_orphans(self, *, older_than: float = ORPHAN_AGE_SECONDS) -> int:
+        """Delete upload folders no file row records (an upload cut off by a crash), left for
+        `older_than` seconds (another server on this home may be mid-upload); how many were removed."""
+        if not self.folder.is_dir():
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        folders = (p for p in self.folder.glob("upload-*") if p.is_dir() and p.stat().st_mtime < cutoff)
+        for chunk in iter(lambda: list(islice(folders, _ORPHAN_CHUNK)), []):
+            with self.sessions() as session:
+                kept = recorded_paths(session, (str(folder / UPLOAD_NAME) for folder in chunk))
+            for folder in chunk:
+                if str(folder / UPLOAD_NAME) not in kept:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+        return removed
 
     def record(self, path: Path, filename: str, purpose: str, size: int) -> ApiFile:
         with self.sessions() as session, session.begin():

@@ -14,6 +14,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vlmbatch.producer.api.errors import ApiError
+from vlmbatch.producer.api.same_origin import cross_origin_refusal
 from vlmbatch.producer.browser.auth import Access
 from vlmbatch.schema.contracts.settings import Settings
 
@@ -52,7 +53,7 @@ class ApiKeys:
 
 def read_key_file(path: Path) -> tuple[bytes, ...]:
     """The digests of a keys file: `sha256:<64 hex digits>` per line; blank lines and `#` comments are
-    skipped. Raises KeyFileError naming the file (and the line) that is wrong."""
+    skipped. Raises KeyFileError naming the file (and the line) that is wrong, or a file with no key."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -67,6 +68,8 @@ def read_key_file(path: Path) -> tuple[bytes, ...]:
         if found is None:
             raise KeyFileError(f"{path}, line {number}: expected sha256:<64 hex digits> (the key's SHA-256)")
         digests.append(bytes.fromhex(found.group(1)))
+    if not digests:  # served as if no keys were set, /v1 would be open to whoever reaches it
+        raise KeyFileError(f"the API keys file {path} holds no key")
     return tuple(digests)
 
 
@@ -77,7 +80,8 @@ def hashed_key(key: str) -> str:
 
 class RequireApiKey:
     """Refuses (401, OpenAI's shape) a request whose `Authorization: Bearer` is none of `keys`; with no
-    keys, only requests for our own (loopback) host pass (`serve` then serves the API on loopback only)."""
+    keys, only requests for our own (loopback) host pass (`serve` then serves the API on loopback only), and
+    none that a web page of another origin sent (api/same_origin.py)."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys, *, bound_host: str) -> None:
         self._app = app
@@ -99,7 +103,10 @@ class RequireApiKey:
             verdict = self._host_check.check(
                 query_token=None, authorization=None, cookie=None, host=headers.get("host")
             )
-            return None if verdict.allowed else ApiError(403, verdict.reason, code="forbidden_host")
+            if not verdict.allowed:
+                return ApiError(403, verdict.reason, code="forbidden_host")
+            # The Host check stops DNS rebinding only: a page elsewhere can still send simple requests here.
+            return cross_origin_refusal(headers)
         scheme, _, given = (headers.get("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not self._keys.accepts(given.strip()):
             return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")

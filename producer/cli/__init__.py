@@ -18,6 +18,7 @@ def cli() -> None:
 
 def main() -> None:
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
     from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
     from vlmbatch.producer.cli import db, demo, ops, outputs, runs, serve, steer, submit, work  # noqa: F401  (registers the commands)
@@ -39,6 +40,13 @@ def main() -> None:
         _fail(f"the database URL is not valid: {exc}")
     except (OperationalError, InterfaceError) as exc:
         _fail(f"cannot use the database: {exc.orig or exc}")
+    except SettingsError as exc:  # a VLMBATCH_* setting that does not even parse (JSON ones)
+        _fail(f"invalid setting: {exc}" + (f" ({exc.__cause__})" if exc.__cause__ else ""))
+    except RecursionError:
+        _fail("the input nests too deeply to read")
+    except OSError as exc:  # a path that cannot be written or read, a port in use
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}")
 
 
 def _fail(message: str, status: int = 2, *, whole: bool = False) -> None:

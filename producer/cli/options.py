@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from vlmbatch.producer.api.ids import is_batch_id
 from vlmbatch.producer.sources.base import RejectPolicy
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.contracts.model_identity import canonical_model
@@ -46,6 +47,12 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+def _non_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty", ctx, param)
+    return value
+
+
 def _run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse names that would be ambiguous (all digits: a run id), too long to store, or unprintable."""
     if value is None:
@@ -54,6 +61,8 @@ def _run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter("is empty", ctx, param)
     if value.isdigit():
         raise click.BadParameter("may not be all digits (it would read as a run id)", ctx, param)
+    if is_batch_id(value):
+        raise click.BadParameter("batch_<number> names the runs of the Batch API's batches", ctx, param)
     if len(value) > MAX_RUN_NAME_CHARS:
         raise click.BadParameter(f"is {len(value)} characters long, over {MAX_RUN_NAME_CHARS}", ctx, param)
     if any(not ch.isprintable() for ch in value):
@@ -195,7 +204,7 @@ def run_options(fn: F) -> F:
             help="Constrain the answer to JSON matching this schema file.",
         ),
         click.option("--ignore-eos", is_flag=True, hidden=True, help="Benchmarks: always generate max tokens."),
-        click.option("--queue", help="Broker queue [env VLMBATCH_QUEUE]."),
+        click.option("--queue", callback=_non_blank, help="Broker queue [env VLMBATCH_QUEUE]."),
         click.option(
             "--priority",
             type=click.IntRange(-1000, 1000),

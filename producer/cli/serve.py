@@ -55,7 +55,12 @@ def serve_command(host: str | None, port: int | None, token: str | None, logleve
     api_on = bool(keys) or _is_loopback(settings.browser_host)
     api = build_api(settings, sessions=ctx.sessions, publisher=ctx.publisher()) if api_on else api_off(API_OFF)
     app = build_server_app(build_app(settings, token=secret), api)
-    sock = listening_socket(settings.browser_host, settings.browser_port)
+    try:
+        sock = listening_socket(settings.browser_host, settings.browser_port)
+    except OSError as exc:
+        raise click.UsageError(
+            f"cannot listen on {settings.browser_host}:{settings.browser_port}: {exc.strerror}"
+        ) from None
     bound_host, bound_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     click.echo(

@@ -57,6 +57,7 @@ def _open(ctx: CommandContext, source_uri: str, flags: dict[str, Any]) -> tuple[
         columns=column_choice(flags),
         stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
         local_roots=ctx.settings.resolved_local_roots(),
+        max_image_bytes=ctx.settings.max_image_bytes,
         config=flags["dataset_config"],
         split=flags["dataset_split"],
     )
@@ -148,11 +149,27 @@ def submit_command(source: str, **flags: Any) -> None:
     if flags["dry_run"]:
         _dry_run(ctx, source, flags)
         return
+    _check_broker(ctx.settings.resolved_broker_url())
     report = _submit(ctx, source, flags, ctx.publisher)
     if flags["as_json"]:
         click.echo(report.model_dump_json())
     else:
         click.echo(f"run {report.run}: {report.submitted} jobs submitted, {report.skipped} already there")
+
+
+def _check_broker(url: str) -> None:
+    """Refuse, before anything is written, a Redis broker that answers but refuses us (a database index it
+    does not have). One that is down is no refusal: the jobs go into the ledger, and are published later."""
+    if not url.startswith(("redis://", "rediss://")):
+        return
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except redis.exceptions.ResponseError as exc:
+        raise click.UsageError(f"the broker refuses this connection: {exc}") from None
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return
 
 
 @cli.command("run")
@@ -187,6 +204,8 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
         return
     # Checked before anything is submitted: a refused engine argument leaves no run behind.
     ctx.settings = with_engine_args(ctx.settings, engine_arg)
+    if flags["stage_to"]:  # where this run's images are staged is where its worker reads them
+        ctx.settings = ctx.settings.model_copy(update={"stage_to": flags["stage_to"]})
     report = _submit(ctx, source, flags, NullPublisher)
     with ctx.sessions() as session:
         name = get_run(session, report.run).name

@@ -5,14 +5,15 @@ decoded and staged (media/staging.py), so that no image bytes ever reach the led
 
 from __future__ import annotations
 
-import base64
 import binascii
 from pathlib import PurePosixPath
 from urllib.parse import unquote_to_bytes
 
+from vlmbatch.media.http import parsed_http_url
 from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.staging import Stager, StagingError
 from vlmbatch.media.stores import local_path, split_s3_uri
+from vlmbatch.schema.contracts.errors import InputUnsupported
 
 PASS_THROUGH_SCHEMES = ("s3://", "http://", "https://")
 
@@ -26,7 +27,7 @@ def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None, roots: 
     if ref.startswith("data:"):
         return stage_bytes(decode_data_uri(ref), stager)
     if ref.lower().startswith(PASS_THROUGH_SCHEMES):
-        return ref
+        return checked_remote(ref)
     if "://" in ref and not ref.startswith("file://"):
         raise ValueError(f"unsupported URI scheme in {ref[:80]!r} (use s3://, http(s)://, file://, data: or a path)")
     if base_uri.startswith("s3://") and not ref.startswith("file://") and not ref.startswith("/"):
@@ -50,6 +51,16 @@ def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None, roots: 
     return resolved.as_uri()
 
 
+def checked_remote(uri: str) -> str:
+    """`uri` (s3:// or http(s)://) as given, once an http(s) one is known to parse. Raises ValueError."""
+    if uri.lower().startswith(("http://", "https://")):
+        try:
+            parsed_http_url(uri)
+        except InputUnsupported as exc:
+            raise ValueError(exc.message) from None
+    return uri
+
+
 def stage_bytes(data: bytes, stager: Stager | None) -> str:
     """Stage embedded image bytes. Raises ValueError when this source has nowhere to stage them."""
     if stager is None:
@@ -64,12 +75,14 @@ def stage_bytes(data: bytes, stager: Stager | None) -> str:
 
 def decode_data_uri(uri: str) -> bytes:
     """The bytes of a `data:[<type>][;base64],<payload>` URI (RFC 2397). Raises ValueError."""
-    header, comma, payload = uri[len("data:") :].partition(",")
-    if not comma:
+    # One copy of the payload at most: a `data:` image may be 100 MB of text.
+    comma = uri.find(",", len("data:"))
+    if comma < 0:
         raise ValueError("a data: URI without a comma")
-    if header.endswith(";base64"):
-        try:
-            return base64.b64decode(payload, validate=True)
+    payload = uri[comma + 1 :]
+    if uri[:comma].endswith(";base64"):
+        try:  # binascii reads an ASCII str in place (base64.b64decode would encode it to bytes first)
+            return binascii.a2b_base64(payload, strict_mode=True)
         except (binascii.Error, ValueError) as exc:
             raise ValueError("a data: URI whose base64 payload is invalid") from exc
     return unquote_to_bytes(payload)

@@ -30,6 +30,7 @@ from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
 from vlmbatch.producer.sources.base import Row, RowSource
 from vlmbatch.producer.sources.locations import resolve_image_ref
+from vlmbatch.producer.sources.parquet_batches import bounded_batches
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import SAMPLING_COLUMNS, JobParams, JobSpec
 
@@ -165,6 +166,8 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
                 yield f"line {number}", json.loads(line)
             except json.JSONDecodeError as exc:
                 yield f"line {number}", RowError(f"invalid JSON ({exc.msg})")
+            except RecursionError:
+                yield f"line {number}", RowError("nested too deeply")
 
 
 def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -212,7 +215,7 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
     if "image" not in parquet.schema_arrow.names:
         raise SourceError(f"{path}: the Parquet schema has no `image` column")
     row = 0
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+    for batch in bounded_batches(parquet, max_rows=PARQUET_BATCH_ROWS):
         for record in batch.to_pylist():
             row += 1
             yield f"row {row}", record

@@ -52,6 +52,7 @@ def open_source(
     columns: ColumnChoice | None = None,
     stage_to: str | None = None,
     local_roots: Sequence[Path] = (),
+    max_image_bytes: int | None = None,
     config: str | None = None,
     split: str | None = None,
 ) -> Source:
@@ -67,14 +68,15 @@ def open_source(
     an OpenAI batch file's `data:` images. A manifest's local images must lie in
     its own folder or under `local_roots` (VLMBATCH_LOCAL_ROOTS). A folder or prefix of Parquet shards
     (the Hub's layouts), a Parquet glob or brace pattern, and a `save_to_disk` folder are read file by
-    file (producer/sources/hub.py); `config` and `split` choose among a dataset's files."""
+    file (producer/sources/hub.py); `config` and `split` choose among a dataset's files. An embedded
+    image over `max_image_bytes` is a malformed row."""
 
     uri = absolute_source(uri)
     asked = ((question,) if question else ()) + tuple(questions)
     prompting = Prompting(questions=asked, template=prompt_template)
     given = CLI_QUESTION if prompting.asks_source else (asked[0] if asked else None)
     columns = columns or ColumnChoice()
-    stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url) if stage_to else None
+    stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url, max_bytes=max_image_bytes) if stage_to else None
     if uri.lower().endswith(".jsonl") and is_openai_batch(uri, s3_endpoint_url=s3_endpoint_url):
         if asked or prompt_template is not None:
             raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -60,6 +61,17 @@ _READ = {
     "thinking_token_budget",
 }
 _IGNORED = {"model", "stream", "user", "metadata", "store"}
+_NUMBER = (int, float)
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "max_tokens": int,
+    "max_completion_tokens": int,
+    "seed": int,
+    "n": int,
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+}
+# `data:` images whose staged URI a source remembers (~150 bytes each).
+_REMEMBERED_STAGES = 65_536
 
 
 class LineError(ValueError):
@@ -84,7 +96,7 @@ def is_openai_batch(uri: str, *, s3_endpoint_url: str | None = None) -> bool:
             for line in islice((line for line in lines if line.strip()), SNIFFED_LINES):
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if isinstance(record, dict) and "custom_id" in record and "body" in record:
                     return True
@@ -121,8 +133,11 @@ class OpenAIBatchSource(RowSource):
         self._endpoint = s3_endpoint_url
         # Local images may come from the file's own folder and VLMBATCH_LOCAL_ROOTS, as for a manifest.
         self._roots = LocalRoots.of([source_root(uri), *local_roots])
-        # Where `data:` images are staged, content-addressed (media/staging.py, `--stage-to`).
+        # Where `data:` images are staged, content-addressed (media/staging.py, `--stage-to`), and what
+        # this source staged lately: a submit reads the file more than once (validation, then insert), and
+        # decodes each `data:` image once.
         self._stager = stager
+        self._staged: OrderedDict[tuple[int, int], str] = OrderedDict()
 
     def rows(self) -> Iterator[Row]:
         # 8-byte digests of the ids seen: duplicates are found in one pass, in ~60 bytes per line.
@@ -151,9 +166,18 @@ class OpenAIBatchSource(RowSource):
 
     def _spec(self, line: str) -> JobSpec:
         try:
+            return self._checked_spec(line)
+        except RecursionError:  # the JSON, or a schema in it, nests deeper than anything parses
+            raise NotARequest("nested too deeply") from None
+
+    def _checked_spec(self, line: str) -> JobSpec:
+        try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise NotARequest(f"invalid JSON ({exc.msg})") from exc
+        # A lone surrogate comes only from a `\\ud800`-style escape: only lines with one are checked.
+        if ("\\ud" in line or "\\uD" in line) and not _encodable(record):
+            raise NotARequest("a string holds a lone surrogate (\\ud800-\\udfff), which is no character")
         if not isinstance(record, dict):
             raise NotARequest("not an object")
         custom_id = record.get("custom_id")
@@ -243,10 +267,20 @@ class OpenAIBatchSource(RowSource):
         return tuple(images), question
 
     def _image_uri(self, url: str) -> str:
+        # A `data:` image is keyed by its length and (SipHash, seeded per process) hash: no copy is kept.
+        key = (len(url), hash(url)) if url.startswith("data:") else None
+        if key is not None and key in self._staged:
+            self._staged.move_to_end(key)
+            return self._staged[key]
         try:
-            return resolve_image_ref(url, base_uri=self._uri, stager=self._stager, roots=self._roots)
+            uri = resolve_image_ref(url, base_uri=self._uri, stager=self._stager, roots=self._roots)
         except ValueError as exc:
             raise LineError(str(exc)) from exc
+        if key is not None:
+            self._staged[key] = uri
+            if len(self._staged) > _REMEMBERED_STAGES:
+                self._staged.popitem(last=False)
+        return uri
 
 
 def _decoded(lines: IO[str], uri: str) -> Iterator[str]:
@@ -258,6 +292,15 @@ def _decoded(lines: IO[str], uri: str) -> Iterator[str]:
         raise SourceError(f"{uri}: cannot read the batch file ({exc.message})") from exc
 
 
+def _encodable(record: Any) -> bool:
+    """Whether every string of `record` is text that UTF-8 can hold (JSON's `\\ud800` escapes may not)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text_only(content: Any, role: str) -> str:
     if isinstance(content, str):
         return content
@@ -267,6 +310,7 @@ def _text_only(content: Any, role: str) -> str:
 
 
 def _params(body: dict[str, Any], system: str | None) -> JobParams:
+    _strict_types(body)
     max_tokens = body.get("max_completion_tokens")
     legacy = body.get("max_tokens")
     if max_tokens is not None and legacy is not None and max_tokens != legacy:
@@ -288,6 +332,15 @@ def _params(body: dict[str, Any], system: str | None) -> JobParams:
         error = exc.errors()[0]
         field = {"samples": "n"}.get(str(error["loc"][0]), str(error["loc"][0])) if error["loc"] else "body"
         raise LineError(f"`{field}`: {error['msg']}") from exc
+
+
+def _strict_types(body: dict[str, Any]) -> None:
+    """As OpenAI does: `"n": true` or `"max_tokens": "100"` refuse the line rather than being coerced."""
+    for field, kinds in _TYPES.items():
+        value = body.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            wanted = "an integer" if kinds is int else "a number"
+            raise LineError(f"`{field}` must be {wanted}, not {json.dumps(value)[:40]}")
 
 
 def _answer_schema(response_format: Any) -> dict[str, Any] | None:

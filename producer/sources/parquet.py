@@ -7,7 +7,9 @@ only when the bytes are null), a list of them for multi-image rows, or several c
 lists keep their order, so a job's images are the row's, in column order. Plain binary columns and
 strings (URIs, paths, URLs, `data:` URIs) work too.
 
-Submit streams the file a small batch of rows at a time (one row group's pages at most) and stages each
+Submit streams the file a small batch of rows at a time (one row group's pages at most, and about 64 MB
+decoded: a decompression bomb is read row by row, and an image over VLMBATCH_MAX_IMAGE_BYTES refuses its
+row) and stages each
 image's bytes once, content-addressed (media/staging.py); the job stores only the staged object's URI.
 The worker then reads one small object per image instead of a Parquet row group, and memory stays flat
 on both sides whatever the row count. On S3 the file is read by ranges, never downloaded whole.
@@ -29,10 +31,12 @@ from vlmbatch.media.stores import S3Objects, local_path
 from vlmbatch.producer.sources.base import Row, RowSource
 from vlmbatch.producer.sources.locations import resolve_image_ref, stage_bytes
 from vlmbatch.producer.sources.manifest import _jsonable
+from vlmbatch.producer.sources.parquet_batches import bounded_batches
 from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobSpec
 
-# Rows decoded at once: a few MB of images each, so a batch stays small whatever the row group size.
+# Rows decoded at once at most (fewer when they are large: parquet_batches.py), so a batch stays small
+# whatever the row group size; an oversize image is then refused by the stager (VLMBATCH_MAX_IMAGE_BYTES).
 BATCH_ROWS = 64
 DEFAULT_IMAGE_COLUMN = "image"
 # The columns that tell img2dataset's `parquet` output (status: success, failed_to_download, ...).
@@ -152,8 +156,7 @@ class ParquetImagesSource(RowSource):
         number = 0
         self.not_downloaded = 0
         try:
-            batches = self._parquet.iter_batches(batch_size=BATCH_ROWS)
-            for batch in batches:
+            for batch in bounded_batches(self._parquet, max_rows=BATCH_ROWS):
                 records = batch.to_pylist()
                 self._stager.stage_ahead([blob for record in records for blob in self._embedded_blobs(record)])
                 for record in records:
@@ -255,7 +258,7 @@ def _huggingface_image_columns(schema: Any) -> list[str]:
         return []
     try:
         features = json.loads(raw).get("info", {}).get("features", {})
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return []
     if not isinstance(features, dict):
         return []

@@ -8,7 +8,8 @@ source before anything is written.
   row's or the command line's), `images` (the list of URIs), `image` (the first) and every metadata
   column (`options`, `query`, …). It runs in Jinja2's sandbox with `StrictUndefined`: a column the row
   lacks is an error of that row, not an empty string. `reference` is left out on purpose (the ground truth
-  must not leak into the prompt). The filter `options` turns a list, or a Python-list
+  must not leak into the prompt). A render is bounded in output, time and loop steps (sources/sandbox.py).
+  The filter `options` turns a list, or a Python-list
   string as MMMU stores it, into lettered lines `A. …`.
 - Every resulting question is checked against the row's images (`<image N>` placeholders,
   schema.contracts.placement): a placeholder naming an image the row lacks is an error of that row;
@@ -26,11 +27,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateError, Undefined
 
 from vlmbatch.producer.sources.base import STRICT, Rejects, Row, RowSource, Source, SpecCheck, checked_rows
 from vlmbatch.producer.sources.manifest import ManifestSource
+from vlmbatch.producer.sources.sandbox import BoundedEnvironment
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import JobSpec
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, unplaced_images, user_layout
@@ -61,8 +62,9 @@ class PromptTemplate:
     """A Jinja2 template of the user text, rendered in the sandbox with strict undefined variables."""
 
     def __init__(self, text: str, *, name: str = "<template>") -> None:
-        environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+        environment = BoundedEnvironment()
         environment.filters["options"] = format_options
+        self._environment = environment
         self.name = name
         self.text = text
         try:
@@ -82,7 +84,7 @@ class PromptTemplate:
         """The rendered text, stripped. Raises ValueError naming what went wrong (a missing column, a
         filter refusing its input, a sandbox violation, an empty result)."""
         try:
-            text = self._template.render(dict(context)).strip()
+            text = self._environment.render(self._template, context).strip()
         except (TemplateError, ValueError, TypeError, ArithmeticError, LookupError) as exc:
             raise ValueError(f"prompt template: {exc}") from exc
         if not text:

@@ -179,6 +179,8 @@ class WebDatasetSource(RowSource):
                     fields = json.loads(content)
                 except ValueError as exc:
                     raise ValueError(f"`{key}.json` is not valid JSON") from exc
+                except RecursionError:
+                    raise ValueError(f"`{key}.json` nests too deeply") from None
                 meta.update(fields if isinstance(fields, dict) else {"json": fields})
             else:
                 meta[extension] = content.decode("utf-8", errors="replace").strip()

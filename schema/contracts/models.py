@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -157,6 +158,11 @@ class JobParams(BaseModel):
 SAMPLING_COLUMNS = ("max_tokens", "temperature", "top_p", "seed")
 
 
+# NUL as JSON writes it: `\u0000` after an even number of backslashes (an odd one would be `\\u0000`,
+# a backslash and the text "u0000").
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 class JobSpec(BaseModel):
     """One unit of work as a source yields it: image URI(s) (none for a text-only request), a question,
     optional reference and metadata."""
@@ -185,6 +191,25 @@ class JobSpec(BaseModel):
         if text is not None and "\x00" in text:
             raise ValueError("holds a NUL character")
         return text
+
+    @field_validator("meta")
+    @classmethod
+    def _storable_meta(cls, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        # What PostgreSQL's JSON refuses at insert (NaN, Infinity, NUL, a lone surrogate), refused here
+        # with the row's number instead; and nesting too deep to serialise at all.
+        if meta is None:
+            return None
+        try:
+            text = json.dumps(meta, ensure_ascii=False, allow_nan=False)
+            text.encode("utf-8")
+        except ValueError as exc:  # NaN / Infinity; UnicodeEncodeError is a ValueError too
+            reason = "a lone surrogate" if isinstance(exc, UnicodeEncodeError) else "NaN or Infinity"
+            raise ValueError(f"metadata holds {reason}, which JSON cannot store") from None
+        except RecursionError:
+            raise ValueError("metadata nests too deeply") from None
+        if _ESCAPED_NUL.search(text):  # PostgreSQL refuses it in json
+            raise ValueError("metadata holds a NUL character")
+        return meta
 
     def input_key(self) -> str:
         """The job's identity within a run: a hash of its image URIs and question (docs/ARCHITECTURE.md, job row

@@ -10,6 +10,7 @@ import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -191,6 +192,22 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_ledger_we_speak(cls, value: str | None) -> str | None:
+        if value and value.split(":", 1)[0].split("+", 1)[0].lower() not in ("postgresql", "sqlite"):
+            raise ValueError("the database URL is not valid: the ledger is PostgreSQL or SQLite")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _a_broker_url_that_parses(cls, value: str | None) -> str | None:
+        try:
+            _ = urlsplit(value).port if value else None
+        except ValueError as exc:  # caught here, not as a traceback when the first message is sent
+            raise ValueError(f"not a valid URL ({exc})") from None
+        return value
 
     @field_validator("model")
     @classmethod

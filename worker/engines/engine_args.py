@@ -149,10 +149,10 @@ def engine_args(settings: Settings, extra: dict[str, Any] | None = None) -> dict
 
 
 def check_engine_settings(settings: Settings) -> None:
-    """What can be known before the engine starts, in one line each: unknown engine arguments, and a model
-    folder that ships its own code without `--trust-remote-code`. Raises ConfigurationError. Only the
-    `vllm` engine takes engine arguments; their names are read from vLLM's source (no import: well under a
-    second)."""
+    """What can be known before the engine starts, in one line each: unknown engine arguments, a model
+    path that does not exist, and a model folder that ships its own code without `--trust-remote-code`.
+    Raises ConfigurationError. Only the `vllm` engine takes engine arguments; their names are read from
+    vLLM's source (no import: well under a second)."""
     if settings.engine != "vllm":
         if settings.engine_args:
             raise ConfigurationError(
@@ -160,6 +160,7 @@ def check_engine_settings(settings: Settings) -> None:
                 "(start the vLLM server with them instead)"
             )
         return
+    _check_model_path(settings)
     _check_remote_code(settings)
     if not settings.engine_args:
         return
@@ -200,6 +201,14 @@ def refusal(exc: Exception) -> str:
             return "; ".join(m for m in messages if m)[:500]
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else type(exc).__name__)[:500]
+
+
+def _check_model_path(settings: Settings) -> None:
+    # A model given as a path (not a hub id such as `org/name`) must exist: vLLM would fail only once the
+    # engine starts, after the jobs are in.
+    model = settings.model
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise ConfigurationError(f"the model folder {model} does not exist")
 
 
 def _check_remote_code(settings: Settings) -> None:

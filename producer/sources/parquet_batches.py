@@ -1,0 +1,35 @@
+"""Reading a Parquet file a record batch at a time, bounded in bytes rather than rows: a batch decodes to
+about BATCH_BYTES at most, judged from each row group's metadata, so a file of huge cells (a
+decompression bomb: 4 KB of zstd that decodes to gigabytes) is read row by row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+BATCH_BYTES = 64 * 1024 * 1024
+_DICTIONARY_ENCODINGS = frozenset({"PLAIN_DICTIONARY", "RLE_DICTIONARY"})
+
+
+def batch_rows(group: Any, *, max_rows: int, budget: int = BATCH_BYTES) -> int:
+    """Rows of the row group `group` (pyarrow's RowGroupMetaData) to decode at once: as many as fit
+    `budget` by the group's uncompressed size per row, at most `max_rows`. A dictionary-encoded column
+    may decode one value into every row, so its whole uncompressed size counts for each row."""
+    per_row = group.total_byte_size / max(group.num_rows, 1)
+    for index in range(group.num_columns):
+        column = group.column(index)
+        if _DICTIONARY_ENCODINGS & set(column.encodings):
+            per_row += column.total_uncompressed_size
+    return int(max(1, min(max_rows, budget // max(per_row, 1))))
+
+
+def bounded_batches(parquet: Any, *, max_rows: int) -> Iterator[Any]:
+    """The record batches of `parquet` (a pyarrow ParquetFile), each row group's sized by `batch_rows`.
+    A source without row groups (an Arrow stream file, memory-mapped) is cut to `max_rows`."""
+    metadata = getattr(parquet, "metadata", None)
+    if metadata is None:
+        yield from parquet.iter_batches(batch_size=max_rows)
+        return
+    for group in range(metadata.num_row_groups):
+        rows = batch_rows(metadata.row_group(group), max_rows=max_rows)
+        yield from parquet.iter_batches(batch_size=rows, row_groups=[group])
