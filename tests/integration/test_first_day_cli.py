@@ -126,7 +126,7 @@ def test_first_day_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     ):
         done = vlmbatch(args, env)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "holds no jobs" in vlmbatch(["submit", str(empty), "-q", "What?"], env).stderr
+    assert "no images, manifests" in vlmbatch(["submit", str(empty), "-q", "What?"], env).stderr
     assert not (tmp_path / "home").exists()
     version = vlmbatch(["--version"], env)
     assert version.returncode == 0 and re.fullmatch(r"vlmbatch \S+\n", version.stdout)
