@@ -83,6 +83,9 @@ class EngineStats:
     kv_cache_usage: float | None = None
     # Requests the engine preempted (KV cache full: their KV dropped, recomputed later), since it started.
     preemptions: int = 0
+    # Why the engine is dead, when it knows it is (vLLM's `errored`): a request that reached it after its
+    # core died may wait forever, so the heartbeat asks rather than waiting for an error to surface.
+    dead: str | None = None
 
 
 class Engine(Protocol):

@@ -225,8 +225,14 @@ class VllmEngine:
 
     def stats(self) -> EngineStats:
         t = self.telemetry
+        llm = self._llm
+        dead = str(llm.dead_error) if llm is not None and llm.errored else None
         return EngineStats(
-            running=t.running, waiting=t.waiting, kv_cache_usage=t.kv_cache_usage, preemptions=t.preemptions
+            running=t.running,
+            waiting=t.waiting,
+            kv_cache_usage=t.kv_cache_usage,
+            preemptions=t.preemptions,
+            dead=dead,
         )
 
     def progress(self) -> int:

@@ -51,6 +51,9 @@ class Heartbeat:
         while True:
             await asyncio.sleep(self._settings.heartbeat_seconds)
             stats = self._engine.stats()
+            if stats.dead is not None:
+                self._state.declare_fatal(EngineDead(f"engine died: {stats.dead}"))
+                return
             hung_for = watchdog.observe(self._engine.progress(), busy=stats.running + stats.waiting > 0)
             if hung_for is not None:
                 self._state.declare_fatal(
