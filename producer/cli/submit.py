@@ -27,7 +27,7 @@ from vlmbatch.producer.cli.options import (
 )
 from vlmbatch.producer.cli.progress import BarStream, ProgressDisplay
 from vlmbatch.producer.cli.render import table, terminal_safe
-from vlmbatch.producer.sources.base import Source, source_notes
+from vlmbatch.producer.sources.base import Source, source_empty_message, source_notes
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
@@ -75,7 +75,10 @@ def _submit(
     """Submit SOURCE; `publisher` is built only once the flags and the source passed their checks (an
     embedded broker creates its files)."""
     source, settings, prompt_identity = _open(ctx, source_uri, flags)
-    # An empty source is refused by submit itself: one line naming what was looked for and found.
+    # A source with no row at all is refused before the ledger or the broker is touched (nothing written),
+    # in the line submit would give: what was looked for and what was found. One row is read.
+    if next(iter(source.rows()), None) is None:
+        raise click.UsageError(source_empty_message(source))
     report = submit(
         sessions=ctx.sessions,
         publisher=publisher(),
