@@ -22,7 +22,7 @@ MAX_GROWTH_PER_10X_MIB = 30
 
 # pyarrow is loaded before the baseline: its libraries are code, not memory that grows with the rows.
 _SUBMIT_CHILD = """
-import json, resource, sys
+import json, sys
 import pyarrow.parquet
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
@@ -31,7 +31,9 @@ from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 def peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries the peak RSS across fork and exec, so ru_maxrss would
+    # report at least the size of the test process that started this one.
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 
 _, sessions = open_ledger(sys.argv[1])
 baseline = peak_mib()

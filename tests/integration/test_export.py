@@ -485,7 +485,7 @@ MAX_GROWTH_MIB = 150
 # Exports in a fresh process, so that its peak RSS measures the export alone. pyarrow is loaded before
 # the baseline: its libraries are code, not memory that grows with the run.
 _EXPORT_CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 import pyarrow.parquet
 from vlmbatch.media.stores import ObjectStores
@@ -496,7 +496,9 @@ from vlmbatch.schema.ledger.runs import get_run
 from vlmbatch.schema.contracts.states import TERMINAL_STATES
 
 def peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries the peak RSS across fork and exec, so ru_maxrss would
+    # report at least the size of the test process that started this one.
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 
 _, sessions = open_ledger(sys.argv[1], auto_migrate=False)
 with sessions() as session:
