@@ -17,8 +17,9 @@ from vlmbatch.producer.api.errors import ApiError
 from vlmbatch.producer.api.files import epoch
 from vlmbatch.producer.api.ids import batch_id, file_id
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.api_batches import BatchRow
+from vlmbatch.schema.ledger.runs import RunView, find_run
 from vlmbatch.schema.ledger.status import run_status
-from vlmbatch.schema.ledger.tables import ApiBatch, Run
 
 # "24h" is OpenAI's one window; more hours are accepted (a team's overnight-plus-weekend batch). Shorter
 # ones are refused: a large batch would expire before its first job ran.
@@ -40,9 +41,9 @@ def completion_window(value: Any) -> timedelta:
     return timedelta(hours=hours)
 
 
-def batch_object(session: Session, row: ApiBatch) -> dict[str, Any]:
+def batch_object(session: Session, row: BatchRow) -> dict[str, Any]:
     """The batch object of `row` as OpenAI's API returns it."""
-    run = session.get(Run, row.run_id) if row.run_id is not None else None
+    run = find_run(session, run_id=row.run_id) if row.run_id is not None else None
     # A run cancelled by expiry is no cancel of the batch; one cancelled by `vlmbatch cancel` is.
     cancelling_at = row.cancelling_at
     if cancelling_at is None and row.expired_at is None and run is not None:
@@ -79,11 +80,11 @@ def batch_object(session: Session, row: ApiBatch) -> dict[str, Any]:
         "cancelling_at": epoch(cancelling_at),
         "cancelled_at": finished if status == "cancelled" else None,
         "request_counts": {"total": total, "completed": completed, "failed": failed},
-        "metadata": row.metadata_,
+        "metadata": row.metadata,
     }
 
 
-def _status(row: ApiBatch, run: Run | None, *, cancelling_at: object, unfinished: bool) -> str:
+def _status(row: BatchRow, run: RunView | None, *, cancelling_at: object, unfinished: bool) -> str:
     if row.failed_at is not None:
         return "failed"
     if row.expired_at is not None:

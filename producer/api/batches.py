@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.staging import Stager
@@ -33,11 +32,13 @@ from vlmbatch.schema.contracts.errors import BrokerUnavailable, RunNotFound, Sou
 from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger import api_batches
+from vlmbatch.schema.ledger.api_files import FileRow, get_file
 from vlmbatch.schema.ledger.clock import database_now
+from vlmbatch.schema.ledger.enqueue import mark_published_named
 from vlmbatch.schema.ledger.resubmit import cancel_run
-from vlmbatch.schema.ledger.runs import Schedule, get_run, release_run
+from vlmbatch.schema.ledger.runs import RunView, Schedule, find_run, get_run
 from vlmbatch.schema.ledger.status import run_status
-from vlmbatch.schema.ledger.tables import ApiBatch, ApiFile, Run
 from vlmbatch.worker.transport.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -84,18 +85,14 @@ class BatchService:
         if upload.purpose != UPLOAD_PURPOSE:
             raise ApiError(400, f"{given} is not a batch input file", param="input_file_id")
         with self.sessions() as session, session.begin():
-            now = database_now(session)
-            row = ApiBatch(
+            row_id = api_batches.create_batch(
+                session,
                 input_file_id=upload.id,
                 endpoint=endpoint,
                 completion_window=body["completion_window"],
-                metadata_=metadata,
-                created_at=now,
-                expires_at=now + window,
+                metadata=metadata,
+                window=window,
             )
-            session.add(row)
-            session.flush()
-            row_id = row.id
         self._start_submit(row_id, upload)
         return self.retrieve(batch_id(row_id))
 
@@ -109,7 +106,7 @@ class BatchService:
         # Off the request too: a large run's export takes a while; meanwhile the batch reads `finalizing`.
         self._submits.submit(self._finalize_if_done, row_id)
         with self.sessions() as session:
-            row = session.get(ApiBatch, row_id)
+            row = api_batches.get_batch(session, batch_id=row_id)
             if row is None:
                 raise not_found("batch", public_id)
             return batch_object(session, row)
@@ -118,11 +115,9 @@ class BatchService:
         """Batches newest first, `limit` of them after the batch `after` (OpenAI's cursor paging)."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ApiError(400, f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit")
-        query = select(ApiBatch.id).order_by(ApiBatch.id.desc()).limit(limit + 1)
-        if after:
-            query = query.where(ApiBatch.id < parse_batch_id(after, param="after"))
+        before = parse_batch_id(after, param="after") if after else None
         with self.sessions() as session:
-            ids = list(session.scalars(query))
+            ids = api_batches.batch_ids(session, before=before, limit=limit + 1)
         page = [self.retrieve(batch_id(i)) for i in ids[:limit]]
         return {
             "object": "list",
@@ -140,14 +135,7 @@ class BatchService:
             raise ApiError(409, f"Cannot cancel a batch with status {current['status']}.", code="batch_not_cancellable")
         row_id = parse_batch_id(public_id)
         with self.sessions() as session, session.begin():
-            session.execute(
-                update(ApiBatch).where(_open(), ApiBatch.id == row_id).values(cancelling_at=database_now(session))
-            )
-            # Read after the mark: a submit that was accepted first has set the run (it publishes it);
-            # one accepted after sees the mark and cancels its jobs itself (_accept).
-            row = session.get(ApiBatch, row_id)
-            if row is not None and row.run_id is not None and row.expired_at is None:
-                cancel_run(session, run_id=row.run_id)
+            api_batches.cancel_batch(session, batch_id=row_id)
         return self.retrieve(public_id)
 
     # -- the deadline ------------------------------------------------------------------------------------
@@ -155,29 +143,24 @@ class BatchService:
     def expire_due(self) -> int:
         """Expire every batch past its deadline with work unfinished; how many were expired."""
         with self.sessions() as session:
-            stmt = select(ApiBatch.id).where(_open(), ApiBatch.expires_at <= database_now(session))
-            due = list(session.scalars(stmt))
+            due = api_batches.due_batch_ids(session)
         return sum(self._expire_if_due(row_id) for row_id in due)
 
     def _expire_if_due(self, row_id: int) -> bool:
         """Past its deadline, a batch with jobs still queued or running (or still validating) expires: those
         jobs are cancelled (no worker takes them; running ones are aborted), what finished stays."""
         with self.sessions() as session:  # a read first: most reads find nothing due, and take no write lock
-            row = session.get(ApiBatch, row_id)
+            row = api_batches.get_batch(session, batch_id=row_id)
             now = database_now(session)
-            if row is None or row.expires_at is None or row.expires_at > now or not _is_open(row):
+            if row is None or row.expires_at is None or row.expires_at > now or not row.is_open:
                 return False
             if row.run_id is not None:
                 counts = run_status(session, row.run_id).counts
                 if not (counts[JobState.QUEUED.value] or counts[JobState.RUNNING.value]):
                     return False  # everything ran, if late: the batch completes
         with self.sessions() as session, session.begin():
-            marked = session.execute(update(ApiBatch).where(_open(), ApiBatch.id == row_id).values(expired_at=now))
-            if _rowcount(marked) != 1:
+            if not api_batches.expire_batch(session, batch_id=row_id, now=now):
                 return False  # cancelled, failed or finished meanwhile
-            run_id = session.scalar(select(ApiBatch.run_id).where(ApiBatch.id == row_id))
-            if run_id is not None:  # without one, the submit under way cancels what it inserts (_accept)
-                cancel_run(session, run_id=run_id)
         log.info("batch %s expired: its completion window passed with work unfinished", batch_id(row_id))
         return True
 
@@ -203,12 +186,10 @@ class BatchService:
         """Submit again a batch left `validating` (the server stopped during its submit): submits are
         idempotent (the run is named after the batch, jobs are unique per run), so what went in stays once."""
         with self.sessions() as session:
-            row = session.get(ApiBatch, row_id)
+            row = api_batches.get_batch(session, batch_id=row_id)
             if row is None or row.run_id is not None or row.failed_at is not None or row.finished_at is not None:
                 return
-            upload = session.get(ApiFile, row.input_file_id)
-            if upload is not None:
-                session.expunge(upload)
+            upload = get_file(session, file_id=row.input_file_id)
         if upload is None:
             self._fail(
                 row_id, [{"code": "invalid_file", "message": "the input file was deleted", "param": None, "line": None}]
@@ -216,14 +197,14 @@ class BatchService:
             return
         self._start_submit(row_id, upload)
 
-    def _start_submit(self, row_id: int, upload: ApiFile) -> None:
+    def _start_submit(self, row_id: int, upload: FileRow) -> None:
         with self._submitting_lock:
             if row_id in self._submitting:
                 return  # this process is submitting it already
             self._submitting.add(row_id)
         self._submits.submit(self._submit, row_id, upload)
 
-    def _submit(self, row_id: int, upload: ApiFile) -> None:
+    def _submit(self, row_id: int, upload: FileRow) -> None:
         try:
             self._submit_once(row_id, upload)
         except Exception:
@@ -249,12 +230,9 @@ class BatchService:
 
     def _fail(self, row_id: int, errors: list[dict[str, Any]]) -> None:
         with self.sessions() as session, session.begin():
-            row = session.get(ApiBatch, row_id)
-            assert row is not None
-            row.errors = {"object": "list", "data": errors}
-            row.failed_at = database_now(session)
+            api_batches.fail_batch(session, batch_id=row_id, errors=errors)
 
-    def _submit_once(self, row_id: int, upload: ApiFile) -> None:
+    def _submit_once(self, row_id: int, upload: FileRow) -> None:
         settings = self.settings
         stager = Stager(
             settings.resolved_stage_to(), s3_endpoint_url=settings.s3_endpoint_url, max_bytes=settings.max_image_bytes
@@ -296,8 +274,8 @@ class BatchService:
 
     def _schedule(self, row_id: int) -> Schedule:
         with self.sessions() as session:
-            row = session.get(ApiBatch, row_id)
-            return metadata_schedule(row.metadata_ if row is not None else None)
+            row = api_batches.get_batch(session, batch_id=row_id)
+            return metadata_schedule(row.metadata if row is not None else None)
 
     def _name_taken(self, name: str, source: str) -> bool:
         """Whether another run holds the batch's name: its jobs and answers are not the batch's to take.
@@ -310,37 +288,20 @@ class BatchService:
 
     def _stopped(self, row_id: int) -> bool:
         with self.sessions() as session:
-            row = session.get(ApiBatch, row_id)
+            row = api_batches.get_batch(session, batch_id=row_id)
             return row is None or row.cancelling_at is not None or row.expired_at is not None
 
     def _accept(self, row_id: int, run_id: int) -> bool:
         """Give the batch its run unless it was cancelled or expired while validating; then (in the same
         transaction, so no message can go out in between) every job the submit inserted is cancelled."""
         with self.sessions() as session, session.begin():
-            accepted = session.execute(
-                update(ApiBatch)
-                .where(ApiBatch.id == row_id, ApiBatch.cancelling_at.is_(None), ApiBatch.expired_at.is_(None))
-                .values(run_id=run_id)
-            )
-            if _rowcount(accepted) == 1:
-                release_run(session, run_id=run_id)
-                return True
-            cancel_run(session, run_id=run_id)
-            session.execute(update(ApiBatch).where(ApiBatch.id == row_id).values(run_id=run_id))
-        return False
+            return api_batches.accept_batch(session, batch_id=row_id, run_id=run_id)
 
     def _end_unaccepted(self, row_id: int) -> None:
         """End a batch cancelled or expired before its submit: with the run a submit cut short by a restart
         left (all its jobs cancelled, files written as for any run), or as it is, with no files."""
         with self.sessions() as session, session.begin():
-            row = session.get(ApiBatch, row_id)
-            assert row is not None
-            run = session.scalar(select(Run).where(Run.name == batch_id(row_id)))
-            if run is not None:
-                cancel_run(session, run_id=run.id)
-                row.run_id = run.id
-            else:
-                row.finished_at = database_now(session)
+            api_batches.end_unaccepted_batch(session, batch_id=row_id, run_name=batch_id(row_id))
 
     # -- output files ------------------------------------------------------------------------------------
 
@@ -350,27 +311,24 @@ class BatchService:
             return  # another thread is writing a batch's files; a later read tries again
         try:
             with self.sessions() as session:
-                row = session.get(ApiBatch, row_id)
+                row = api_batches.get_batch(session, batch_id=row_id)
                 if row is None or row.run_id is None or row.finished_at is not None:
                     return
                 counts = run_status(session, row.run_id).counts
                 if counts[JobState.QUEUED.value] or counts[JobState.RUNNING.value]:
                     return
-                run = session.get(Run, row.run_id)
+                run = find_run(session, run_id=row.run_id)
                 assert run is not None
                 expired = row.expired_at is not None
-                session.expunge(run)
             with self.sessions() as session, session.begin():
-                session.execute(
-                    update(ApiBatch).where(ApiBatch.id == row_id).values(finalizing_at=database_now(session))
-                )
+                api_batches.mark_finalizing(session, batch_id=row_id)
             self._export(row_id, run, expired=expired)
         except Exception:  # the batch stays `finalizing`; its next read tries again
             log.exception("batch %s: writing its output files failed", batch_id(row_id))
         finally:
             self._finalizing.release()
 
-    def _export(self, row_id: int, run: Run, *, expired: bool) -> None:
+    def _export(self, row_id: int, run: RunView, *, expired: bool) -> None:
         folder = self.files.folder
         folder.mkdir(parents=True, exist_ok=True)
         name = batch_id(row_id)
@@ -389,11 +347,7 @@ class BatchService:
         output = self._keep(out, f"{name}_output.jsonl", report.rows)
         failed = self._keep(errors_out, f"{name}_errors.jsonl", report.errors)
         with self.sessions() as session, session.begin():
-            session.execute(
-                update(ApiBatch)
-                .where(ApiBatch.id == row_id, ApiBatch.finished_at.is_(None))
-                .values(output_file_id=output, error_file_id=failed, finished_at=database_now(session))
-            )
+            api_batches.finish_batch(session, batch_id=row_id, output_file_id=output, error_file_id=failed)
 
     def _keep(self, path: Path, filename: str, lines: int) -> int | None:
         if not lines:
@@ -412,24 +366,5 @@ class HeldPublisher:
 
     def publish(self, queue: str, jobs: int, *, countdown: float | None = None) -> int:
         with self._sessions() as session, session.begin():
-            session.execute(update(Run).where(Run.name == self._run_name).values(published_at=database_now(session)))
+            mark_published_named(session, run_name=self._run_name)
         return 0
-
-
-def _open() -> Any:
-    """Batches still open: not cancelled, expired, failed or finished."""
-    return (
-        ApiBatch.cancelling_at.is_(None)
-        & ApiBatch.expired_at.is_(None)
-        & ApiBatch.failed_at.is_(None)
-        & ApiBatch.finished_at.is_(None)
-    )
-
-
-def _is_open(row: ApiBatch) -> bool:
-    return row.cancelling_at is None and row.expired_at is None and row.failed_at is None and row.finished_at is None
-
-
-def _rowcount(result: Any) -> int:
-    assert isinstance(result, CursorResult)
-    return int(result.rowcount)

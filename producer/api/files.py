@@ -16,9 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.producer.api.errors import ApiError, not_found
 from vlmbatch.producer.api.ids import file_id, parse_file_id
-from vlmbatch.schema.ledger.api_files import list_files
+from vlmbatch.schema.ledger.api_files import FileRow, delete_file, get_file, list_files, record_file
 from vlmbatch.schema.ledger.api_uploads import recorded_paths
-from vlmbatch.schema.ledger.tables import ApiFile
 
 UPLOAD_PURPOSE = "batch"
 OUTPUT_PURPOSE = "batch_output"
@@ -62,7 +61,7 @@ def epoch(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.replace(tzinfo=UTC).timestamp())
 
 
-def file_object(row: ApiFile) -> dict[str, Any]:
+def file_object(row: FileRow) -> dict[str, Any]:
     """OpenAI's file object."""
     return {
         "id": file_id(row.id),
@@ -117,13 +116,9 @@ class FileStore:
                     removed += 1
         return removed
 
-    def record(self, path: Path, filename: str, purpose: str, size: int) -> ApiFile:
+    def record(self, path: Path, filename: str, purpose: str, size: int) -> FileRow:
         with self.sessions() as session, session.begin():
-            row = ApiFile(filename=filename, purpose=purpose, bytes=size, path=str(path))
-            session.add(row)
-            session.flush()
-            session.expunge(row)
-        return row
+            return record_file(session, filename=filename, purpose=purpose, size=size, path=str(path))
 
     def page(self, *, purpose: str | None, after: str | None, limit: int, order: str) -> dict[str, Any]:
         """OpenAI's file list: `limit` files (1 to MAX_LIST_FILES) of `purpose` after the file `after`, newest
@@ -145,21 +140,18 @@ class FileStore:
             "has_more": len(rows) > limit,
         }
 
-    def get(self, public_id: str) -> ApiFile:
+    def get(self, public_id: str) -> FileRow:
         row_id = parse_file_id(public_id)
         with self.sessions() as session:
-            row = session.get(ApiFile, row_id)
-            if row is None:
-                raise not_found("file", public_id)
-            session.expunge(row)
+            row = get_file(session, file_id=row_id)
+        if row is None:
+            raise not_found("file", public_id)
         return row
 
     def delete(self, public_id: str) -> dict[str, Any]:
         row = self.get(public_id)
         with self.sessions() as session, session.begin():
-            found = session.get(ApiFile, row.id)
-            if found is not None:
-                session.delete(found)
+            delete_file(session, file_id=row.id)
         path = Path(row.path)
         path.unlink(missing_ok=True)
         if path.parent.name.startswith("upload-"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from vlmbatch.producer.browser.pages import job_path, run_path
 from vlmbatch.producer.browser.queries import JobDetail
 from vlmbatch.producer.browser.rendering import render
-from vlmbatch.schema.ledger.tables import Result
 
 MAX_TRACE_CHARS = 200_000
 
@@ -30,17 +29,7 @@ def job_page(detail: JobDetail) -> str:
         standing=detail.standing,
         attempts=detail.attempts,
         standing_attempts=detail.standing_attempts,
-        superseded=_superseded(detail),
+        superseded=detail.superseded,
         image_path=image_path,
         max_trace=MAX_TRACE_CHARS,
     )
-
-
-def _superseded(detail: JobDetail) -> list[tuple[int | str, list[Result]]]:
-    """(attempt number, samples) of attempts whose result no longer stands (the job was resubmitted)."""
-    numbers = {attempt.id: attempt.number for attempt in detail.attempts}
-    return [
-        (numbers.get(attempt_id, "?"), results)
-        for attempt_id, results in detail.results.items()
-        if attempt_id not in detail.standing_attempts
-    ]

@@ -35,7 +35,7 @@ from vlmbatch.producer.reports.provenance import run_provenance
 from vlmbatch.producer.reports.records import PAGE_ROWS, ExportFilter, iter_records
 from vlmbatch.producer.reports.training import internvl_record, sft_record
 from vlmbatch.schema.contracts.errors import JobError, VlmbatchError
-from vlmbatch.schema.ledger.tables import Run
+from vlmbatch.schema.ledger.runs import RunView
 
 DatasetFormat = Literal["sft", "internvl"]
 RECORDS_DIR = "records"
@@ -105,7 +105,7 @@ def check_dataset_folder(out: Path) -> None:
             raise DatasetFolderRefused(f"{out} holds files an export did not write ({', '.join(foreign[:5])})")
 
 
-def dataset_name(run: Run) -> str:
+def dataset_name(run: RunView) -> str:
     """The dataset's name in dataset_info.json and the InternVL meta."""
     return f"vlmbatch_{run.name}"
 
@@ -113,7 +113,7 @@ def dataset_name(run: Run) -> str:
 def export_dataset(
     sessions: sessionmaker[Session],
     *,
-    run: Run,
+    run: RunView,
     fmt: DatasetFormat,
     out: Path,
     store: ObjectStore,

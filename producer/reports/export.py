@@ -70,16 +70,10 @@ from vlmbatch.producer.reports.dataset import DatasetOptions, export_dataset
 from vlmbatch.producer.reports.fields import parquet_schema
 from vlmbatch.producer.reports.formats import EXPORT_FORMATS, ROW_GROUP_ROWS, ExportFormat, open_writer
 from vlmbatch.producer.reports.openai_batch import OpenAIBatchWriter, error_line, reject_line, write_line
-from vlmbatch.producer.reports.records import (
-    PAGE_ROWS,
-    ExportFilter,
-    iter_failed_jobs,
-    iter_records,
-    standing_results,
-)
+from vlmbatch.producer.reports.records import PAGE_ROWS, ExportFilter, iter_failed_jobs, iter_records
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.rejects import iter_rejects
-from vlmbatch.schema.ledger.tables import Run
+from vlmbatch.schema.ledger.runs import RunView
 
 # The OpenAI format's split: jobs with standing samples go to the output file, the others to the errors.
 _WITH_SAMPLES = (JobState.SUCCEEDED, JobState.TRUNCATED)
@@ -94,7 +88,6 @@ __all__ = [
     "export_run",
     "iter_records",
     "parquet_schema",
-    "standing_results",
 ]
 
 
@@ -123,7 +116,7 @@ def default_errors_path(out: Path) -> Path:
 def export_run(
     sessions: sessionmaker[Session],
     *,
-    run: Run,
+    run: RunView,
     fmt: ExportFormat,
     out: Path,
     selection: ExportFilter | None = None,
@@ -194,7 +187,7 @@ def export_run(
 def _export_openai(
     sessions: sessionmaker[Session],
     *,
-    run: Run,
+    run: RunView,
     out: Path,
     errors_out: Path | None,
     selection: ExportFilter,
@@ -230,7 +223,7 @@ def _export_openai(
     )
 
 
-def _export_rejects(sessions: sessionmaker[Session], *, run: Run, out: Path) -> ExportReport:
+def _export_rejects(sessions: sessionmaker[Session], *, run: RunView, out: Path) -> ExportReport:
     rows = 0
     with _replacing(out) as partial, partial.open("w", encoding="utf-8", newline="\n") as file:
         for reject in iter_rejects(sessions, run.id):

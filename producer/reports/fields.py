@@ -7,10 +7,6 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
-from sqlalchemy.orm import InstrumentedAttribute
-
-from vlmbatch.schema.ledger.tables import Attempt, Job, Result
-
 # How a field is typed in Parquet; `json` is free-form (stored as JSON text), `timings` a struct of floats.
 ArrowType = Literal["string", "int64", "bool", "float64", "strings", "json"]
 
@@ -19,8 +15,9 @@ ArrowType = Literal["string", "int64", "bool", "float64", "strings", "json"]
 class ExportField:
     name: str
     arrow: ArrowType
-    # The column it is read from; None for the run's own fields, added to every record.
-    source: InstrumentedAttribute[Any] | None
+    # The column it is read from, "<entity>.<attribute>" of the ledger (schema.ledger.export_reads); None
+    # for the run's own fields, added to every record.
+    source: str | None
 
 
 TIMING_FIELDS = ("queue_wait_s", "fetch_s", "decode_s", "generation_s", "first_token_s")
@@ -28,40 +25,40 @@ TIMING_FIELDS = ("queue_wait_s", "fetch_s", "decode_s", "generation_s", "first_t
 FIELDS: tuple[ExportField, ...] = (
     ExportField("run", "string", None),
     ExportField("run_id", "int64", None),
-    ExportField("job_id", "int64", Result.job_id),
-    ExportField("attempt_id", "int64", Result.attempt_id),
-    ExportField("sample_index", "int64", Result.sample_index),
-    ExportField("images", "strings", Job.images),
-    ExportField("question", "string", Job.question),
+    ExportField("job_id", "int64", "result.job_id"),
+    ExportField("attempt_id", "int64", "result.attempt_id"),
+    ExportField("sample_index", "int64", "result.sample_index"),
+    ExportField("images", "strings", "job.images"),
+    ExportField("question", "string", "job.question"),
     # The system turn the job was sent with: its own (`JobParams.system`, an OpenAI batch line's), else
     # the run's `--system-prompt`; None without one. Read from the job's params, completed per record.
-    ExportField("system", "string", Job.params),
-    ExportField("reference", "string", Job.reference),
-    ExportField("metadata", "json", Job.meta),
-    ExportField("state", "string", Job.state),
-    ExportField("answer", "string", Result.answer),
-    ExportField("reasoning", "string", Result.reasoning),
-    ExportField("raw_text", "string", Result.raw_text),
-    ExportField("finish_reason", "string", Result.finish_reason),
-    ExportField("trace_closed", "bool", Result.trace_closed),
-    ExportField("prompt_tokens", "int64", Attempt.prompt_tokens),
-    ExportField("completion_tokens", "int64", Result.completion_tokens),
-    ExportField("reasoning_tokens", "int64", Result.reasoning_tokens),
-    ExportField("answer_tokens", "int64", Result.answer_tokens),
-    ExportField("extracted_answer", "string", Result.extracted_answer),
-    ExportField("correct", "bool", Result.correct),
+    ExportField("system", "string", "job.params"),
+    ExportField("reference", "string", "job.reference"),
+    ExportField("metadata", "json", "job.meta"),
+    ExportField("state", "string", "job.state"),
+    ExportField("answer", "string", "result.answer"),
+    ExportField("reasoning", "string", "result.reasoning"),
+    ExportField("raw_text", "string", "result.raw_text"),
+    ExportField("finish_reason", "string", "result.finish_reason"),
+    ExportField("trace_closed", "bool", "result.trace_closed"),
+    ExportField("prompt_tokens", "int64", "attempt.prompt_tokens"),
+    ExportField("completion_tokens", "int64", "result.completion_tokens"),
+    ExportField("reasoning_tokens", "int64", "result.reasoning_tokens"),
+    ExportField("answer_tokens", "int64", "result.answer_tokens"),
+    ExportField("extracted_answer", "string", "result.extracted_answer"),
+    ExportField("correct", "bool", "result.correct"),
     # Whether the answer met the run's constraint (--choices, --json-schema); None without one.
-    ExportField("valid", "bool", Result.valid),
-    ExportField("grader", "string", Result.grader),
-    ExportField("grader_version", "string", Result.grader_version),
+    ExportField("valid", "bool", "result.valid"),
+    ExportField("grader", "string", "result.grader"),
+    ExportField("grader_version", "string", "result.grader_version"),
     # The thinking budget closed the trace (the sample still answered); None when the run set no budget.
-    ExportField("thinking_capped", "bool", Result.thinking_capped),
-    ExportField("gpu_seconds", "float64", Attempt.gpu_seconds),
+    ExportField("thinking_capped", "bool", "result.thinking_capped"),
+    ExportField("gpu_seconds", "float64", "attempt.gpu_seconds"),
     # SHA-256 of each image's bytes as the worker read them, in `images` order; None before it was recorded.
-    ExportField("image_hashes", "strings", Attempt.image_hashes),
+    ExportField("image_hashes", "strings", "attempt.image_hashes"),
 )
 # Read flat, exported nested under "timings".
-TIMINGS: tuple[ExportField, ...] = tuple(ExportField(name, "float64", getattr(Attempt, name)) for name in TIMING_FIELDS)
+TIMINGS: tuple[ExportField, ...] = tuple(ExportField(name, "float64", f"attempt.{name}") for name in TIMING_FIELDS)
 # What the SQL selection reads, in order: every field with a source, then the timings.
 SELECTED: tuple[ExportField, ...] = tuple(f for f in FIELDS if f.source is not None) + TIMINGS
 

@@ -36,7 +36,7 @@ from vlmbatch.media.stores import S3Objects
 from vlmbatch.producer.reports.fields import ExportRecord
 from vlmbatch.producer.reports.records import PAGE_ROWS, ExportFilter, SourceJob, iter_jobs, iter_records
 from vlmbatch.schema.contracts.states import TERMINAL_STATES
-from vlmbatch.schema.ledger.tables import Run
+from vlmbatch.schema.ledger.runs import RunView
 
 JOIN_EXTRAS = ("trace", "finish", "correct")
 DEFAULT_SHARD_ROWS = 1_000_000
@@ -67,7 +67,7 @@ class _SourceRow:
 def export_joined(
     sessions: sessionmaker[Session],
     *,
-    run: Run,
+    run: RunView,
     out: str,
     selection: ExportFilter,
     options: JoinOptions,
@@ -154,7 +154,7 @@ class _Answers:
 
 
 def _first_sample_per_job(
-    sessions: sessionmaker[Session], run: Run, selection: ExportFilter, page_rows: int
+    sessions: sessionmaker[Session], run: RunView, selection: ExportFilter, page_rows: int
 ) -> _Answers:
     one = selection.one_per_job if selection.one_per_job != "all" else "first"
     states = tuple(s for s in selection.states if s in TERMINAL_STATES)

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from vlmbatch.schema.contracts.models import RunSettings
-from vlmbatch.schema.ledger.tables import Run
+from vlmbatch.schema.ledger.runs import RunView
 
 # The files that say what a model is: its config, and the index of its weight files (sharded checkpoints).
 _FINGERPRINTED = ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
-def run_provenance(run: Run) -> dict[str, Any]:
+def run_provenance(run: RunView) -> dict[str, Any]:
     """The provenance entry of one run (module docstring)."""
     settings = RunSettings.model_validate(run.settings)
     folder = _model_folder(run.model)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.producer.reports.display import preview
-from vlmbatch.schema.ledger.tables import Attempt, Job, Result
+from vlmbatch.schema.ledger.browser_reads import first_job_outcomes
 
 PREVIEW_CHARS = 40
 
@@ -25,19 +24,11 @@ class ResultRow:
 
 
 def result_rows(session: Session, run_id: int, *, limit: int = 50) -> list[ResultRow]:
-    stmt = (
-        select(Job, Attempt.completion_tokens, Result.answer)
-        .outerjoin(Attempt, Attempt.id == Job.current_attempt_id)
-        .outerjoin(Result, and_(Result.attempt_id == Job.current_attempt_id, Result.sample_index == 0))
-        .where(Job.run_id == run_id)
-        .order_by(Job.id)
-        .limit(limit)
-    )
     rows = []
-    for job, tokens, answer in session.execute(stmt):
+    for job in first_job_outcomes(session, run_id=run_id, limit=limit):
         image = job.images[0].rsplit("/", 1)[-1] if job.images else "(text only)"
         image += f" (+{len(job.images) - 1})" if len(job.images) > 1 else ""
-        shown = preview(answer, PREVIEW_CHARS)
+        shown = preview(job.answer, PREVIEW_CHARS)
         question = preview(job.question, PREVIEW_CHARS) or ""
-        rows.append(ResultRow(job.id, image, question, job.state, job.error_type, tokens, shown))
+        rows.append(ResultRow(job.id, image, question, job.state, job.error_type, job.completion_tokens, shown))
     return rows

@@ -1,8 +1,9 @@
 """What a run produced and what it cost: accept rate, trace lengths, truncation, errors, tokens and GPU time.
 
-Every number is computed in SQL (counts, sums, and a window function for the percentiles); nothing loads
-a table into memory. *Standing* samples are the results of each finished job's current attempt (what
-`vlmbatch export` writes); earlier attempts of resubmitted or retried jobs count only towards cost.
+Every number is computed in SQL (counts, sums, and a window function for the percentiles:
+schema.ledger.run_tallies); nothing loads a table into memory. *Standing* samples are the results of each
+finished job's current attempt (what `vlmbatch export` writes); earlier attempts of resubmitted or retried
+jobs count only towards cost.
 
 `vlmbatch stats --json` prints `RunStats.model_dump(mode="json")`::
 
@@ -35,15 +36,20 @@ a table into memory. *Standing* samples are the results of each finished job's c
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
-from vlmbatch.producer.reports.records import standing_results
 from vlmbatch.schema.contracts.finish import CONTEXT, LENGTH, REPETITION
 from vlmbatch.schema.contracts.states import TERMINAL_STATES, JobState
-from vlmbatch.schema.ledger.standing import attempt_stands
+from vlmbatch.schema.ledger.run_tallies import (
+    AttemptSums,
+    attempt_errors,
+    attempt_sums,
+    sample_tallies,
+    trace_tally,
+    trace_tokens_at_ranks,
+)
+from vlmbatch.schema.ledger.runs import RunView
 from vlmbatch.schema.ledger.status import run_status
-from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
 
 PERCENTILES = (50, 90, 99)
 _FINISHED = sorted(TERMINAL_STATES)
@@ -132,7 +138,7 @@ class RunStats(_Frozen):
     cost: Accounting
 
 
-def run_stats(session: Session, run: Run) -> RunStats:
+def run_stats(session: Session, run: RunView) -> RunStats:
     """All statistics of `run`, in a handful of aggregate queries."""
     status = run_status(session, run.id)
     samples, by_finish, capped = _sample_stats(session, run.id)
@@ -143,7 +149,7 @@ def run_stats(session: Session, run: Run) -> RunStats:
         run=run.id,
         name=run.name,
         jobs=JobCounts(total=status.total, by_state=status.counts),
-        errors=ErrorCounts(jobs=status.errors, attempts=_attempt_errors(session, run.id)),
+        errors=ErrorCounts(jobs=status.errors, attempts=attempt_errors(session, run_id=run.id)),
         samples=samples,
         trace_tokens=trace_tokens(session, run.id),
         truncation=Truncation(
@@ -161,44 +167,27 @@ def run_stats(session: Session, run: Run) -> RunStats:
 
 def run_accounting(session: Session, run_id: int) -> Accounting:
     """Token and GPU-second totals of `run_id`, over all attempts and over the standing ones."""
-    everything = Job.run_id == run_id
-    standing = and_(everything, Job.state.in_([s.value for s in _FINISHED]), attempt_stands())
-    return Accounting(all_attempts=_totals(session, everything), standing=_totals(session, standing))
+    return Accounting(
+        all_attempts=_totals(attempt_sums(session, run_id=run_id)),
+        standing=_totals(attempt_sums(session, run_id=run_id, standing_in=_FINISHED)),
+    )
 
 
 def trace_tokens(session: Session, run_id: int) -> TraceTokens:
-    """Nearest-rank percentiles, max and mean of the standing samples' reasoning tokens.
-
-    The percentiles come from one sorted pass in the database (`row_number()` over the sorted column,
-    on SQLite and PostgreSQL alike): only the rows at the wanted ranks travel back.
-    """
-    tokens = Result.reasoning_tokens
-    where = and_(standing_results(run_id, _FINISHED), tokens.is_not(None))
-    count, largest, mean = session.execute(
-        select(func.count(), func.max(tokens), func.avg(tokens))
-        .select_from(Result)
-        .join(Job, Job.id == Result.job_id)
-        .where(where)
-    ).one()
-    if not count:
+    """Nearest-rank percentiles, max and mean of the standing samples' reasoning tokens (the percentiles
+    from one sorted pass in the database: schema.ledger.run_tallies.trace_tokens_at_ranks)."""
+    tally = trace_tally(session, run_id=run_id, finished=_FINISHED)
+    if not tally.samples:
         return TraceTokens(samples=0, p50=None, p90=None, p99=None, max=None, mean=None)
-    ranks = {p: nearest_rank(p, count) for p in PERCENTILES}
-    ranked = (
-        select(tokens.label("tokens"), func.row_number().over(order_by=tokens).label("rank"))
-        .select_from(Result)
-        .join(Job, Job.id == Result.job_id)
-        .where(where)
-        .subquery()
-    )
-    rows = session.execute(select(ranked.c.rank, ranked.c.tokens).where(ranked.c.rank.in_(set(ranks.values()))))
-    at_rank = {int(rank): int(value) for rank, value in rows.tuples()}
+    ranks = {p: nearest_rank(p, tally.samples) for p in PERCENTILES}
+    at_rank = trace_tokens_at_ranks(session, run_id=run_id, finished=_FINISHED, ranks=ranks.values())
     return TraceTokens(
-        samples=count,
+        samples=tally.samples,
         p50=at_rank[ranks[50]],
         p90=at_rank[ranks[90]],
         p99=at_rank[ranks[99]],
-        max=largest,
-        mean=float(mean),
+        max=tally.largest,
+        mean=tally.mean,
     )
 
 
@@ -223,78 +212,28 @@ def accuracy_line(stats: SampleStats) -> str | None:
 
 
 def _sample_stats(session: Session, run_id: int) -> tuple[SampleStats, dict[str, int], ThinkingCapped]:
-    graded = Result.correct.is_not(None)
-    correct = Result.correct.is_(True)
-    capped = Result.thinking_capped.is_(True)
-    row = session.execute(
-        select(
-            func.count(),
-            func.count(Result.correct),
-            _count_if(correct),
-            func.count(distinct(case((graded, Result.job_id)))),
-            func.count(distinct(case((correct, Result.job_id)))),
-            *(_count_if(Result.finish_reason == kind) for kind in _TRUNCATING),
-            _count_if(capped),
-            func.count(distinct(case((capped, Result.job_id)))),
-        )
-        .select_from(Result)
-        .join(Job, Job.id == Result.job_id)
-        .where(standing_results(run_id, _FINISHED))
-    ).one()
-    standing, n_graded, n_correct, jobs_graded, jobs_correct, *by_kind, capped_samples, capped_jobs = (
-        int(v or 0) for v in row
-    )
+    tally = sample_tallies(session, run_id=run_id, finished=_FINISHED, truncating=_TRUNCATING)
     stats = SampleStats(
-        standing=standing,
-        graded=n_graded,
-        correct=n_correct,
-        accept_rate=_rate(n_correct, n_graded),
-        jobs_graded=jobs_graded,
-        jobs_with_correct=jobs_correct,
-        job_accept_rate=_rate(jobs_correct, jobs_graded),
+        standing=tally.standing,
+        graded=tally.graded,
+        correct=tally.correct,
+        accept_rate=_rate(tally.correct, tally.graded),
+        jobs_graded=tally.jobs_graded,
+        jobs_with_correct=tally.jobs_with_correct,
+        job_accept_rate=_rate(tally.jobs_with_correct, tally.jobs_graded),
     )
-    return stats, dict(zip(_TRUNCATING, by_kind, strict=True)), ThinkingCapped(samples=capped_samples, jobs=capped_jobs)
+    return stats, tally.by_finish, ThinkingCapped(samples=tally.capped_samples, jobs=tally.capped_jobs)
 
 
-def _attempt_errors(session: Session, run_id: int) -> dict[str, int]:
-    rows = session.execute(
-        select(Attempt.error_type, func.count())
-        .join(Job, Job.id == Attempt.job_id)
-        .where(Job.run_id == run_id, Attempt.error_type.is_not(None))
-        .group_by(Attempt.error_type)
-        .order_by(func.count().desc(), Attempt.error_type)
-    ).tuples()
-    return {str(error_type): int(n) for error_type, n in rows}
-
-
-def _totals(session: Session, where: ColumnElement[bool]) -> Totals:
-    attempts, prompt, completion, reasoning, answer, gpu = session.execute(
-        select(
-            func.count(Attempt.id),
-            func.sum(Attempt.prompt_tokens),
-            func.sum(Attempt.completion_tokens),
-            func.sum(Attempt.reasoning_tokens),
-            func.sum(Attempt.answer_tokens),
-            func.sum(Attempt.gpu_seconds),
-        )
-        .select_from(Attempt)
-        .join(Job, Job.id == Attempt.job_id)
-        .where(where)
-    ).one()
-    # SUM over no rows (or only nulls) is NULL: nothing spent.
+def _totals(sums: AttemptSums) -> Totals:
     return Totals(
-        attempts=int(attempts),
-        prompt_tokens=int(prompt or 0),
-        completion_tokens=int(completion or 0),
-        reasoning_tokens=int(reasoning or 0),
-        answer_tokens=int(answer or 0),
-        gpu_seconds=float(gpu or 0.0),
+        attempts=sums.attempts,
+        prompt_tokens=sums.prompt_tokens,
+        completion_tokens=sums.completion_tokens,
+        reasoning_tokens=sums.reasoning_tokens,
+        answer_tokens=sums.answer_tokens,
+        gpu_seconds=sums.gpu_seconds,
     )
-
-
-def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    # SUM(CASE ...) rather than COUNT(*) FILTER (...): the same SQL on every SQLite version and PostgreSQL.
-    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
 def _rate(part: int, whole: int) -> float | None:

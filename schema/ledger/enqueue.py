@@ -157,6 +157,11 @@ def mark_published(session: Session, *, run_id: int) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(published_at=database_now(session)))
 
 
+def mark_published_named(session: Session, *, run_name: str) -> None:
+    """`mark_published` for the run called `run_name`, if it exists yet."""
+    session.execute(update(Run).where(Run.name == run_name).values(published_at=database_now(session)))
+
+
 # A bulk load that grows `jobs` by more than this fraction refreshes its statistics at once: autovacuum
 # may be off, and lags a bulk load when on; stale statistics turned a 0.1 ms claim into 500 ms.
 ANALYZE_GROWTH = 0.1

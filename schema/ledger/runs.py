@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +27,30 @@ class Schedule:
     weight: int | None = None
 
 
+class RunView(Protocol):
+    """What readers outside the ledger (exports, reports) read of a run: a run row as `get_run` returns it
+    satisfies it, without its readers naming the ledger's tables."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def settings(self) -> dict[str, Any]: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def cancelled_at(self) -> datetime | None: ...
+    @property
+    def paused_at(self) -> datetime | None: ...
+
+
 # Ids are 64-bit; a larger number names no run (and would overflow the database's integer).
 _MAX_ID = 2**63 - 1
 
@@ -40,7 +66,15 @@ def get_run(session: Session, ref: str | int) -> Run:
     return run
 
 
-def run_settings(run: Run) -> RunSettings:
+def find_run(session: Session, *, run_id: int) -> RunView | None:
+    """The run `run_id`, detached from the session (it outlives it); None when there is none."""
+    run = session.get(Run, run_id)
+    if run is not None:
+        session.expunge(run)
+    return run
+
+
+def run_settings(run: RunView) -> RunSettings:
     return RunSettings.model_validate(run.settings)
 
 
