@@ -3,18 +3,15 @@ publish claim tokens for them (one per `jobs_per_message` jobs). Jobs are commit
 are published, so a token never finds them missing; a crash in between leaves queued jobs without tokens,
 for which the reconciler publishes some.
 
-On PostgreSQL the whole submit is one transaction: rows stream into a temporary table by COPY while they
-are validated, and a refusal (a malformed row under `--strict`, too many rejects, no job at all) rolls
-everything back, run included. Elsewhere (SQLite) the source is validated in a first pass, then inserted
-in chunks. Either way the source is read as often as before rejects existed: they are recorded where the
-inserting pass meets them."""
+One path for both databases: the source is read once, row by row, and each row handed to the ledger's
+writes (schema.ledger.submit_writes), which hold the one difference: on PostgreSQL the whole submit is one
+transaction (a refusal at the end rolls everything back, run included); on SQLite chunks are committed and
+published as they come, after a first pass that checks the source and writes nothing."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
-from itertools import islice
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,11 +19,9 @@ from vlmbatch.producer.sources.base import (
     STRICT,
     RejectPolicy,
     Rejects,
-    Row,
     Source,
     SpecCheck,
     checked_rows,
-    reject_of,
     source_empty_message,
     source_unplaced,
 )
@@ -36,24 +31,10 @@ from vlmbatch.schema.contracts.models import JobSpec, RunSettings, SubmitReport
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.grading import normalize_reference, parse_options
 from vlmbatch.schema.ledger.counters import read_counts
-from vlmbatch.schema.ledger.enqueue import (
-    PostgresStaging,
-    StagedRow,
-    insert_jobs,
-    mark_published,
-    refresh_statistics,
-    staged_row,
-)
-from vlmbatch.schema.ledger.rejects import record_rejects
-from vlmbatch.schema.ledger.runs import Schedule, create_or_reuse_run, get_or_create_run, reschedule
+from vlmbatch.schema.ledger.enqueue import mark_published
+from vlmbatch.schema.ledger.runs import Schedule
+from vlmbatch.schema.ledger.submit_writes import PUBLISH_PART, JobWrites, job_writes
 from vlmbatch.worker.transport.publisher import Publisher
-
-# Jobs inserted per transaction: large enough to amortise round trips, small enough to stream.
-SUBMIT_CHUNK = 5000
-# Rows per COPY into PostgreSQL's staging table (and per INSERT ... SELECT out of it).
-STAGE_CHUNK = 50_000
-# Jobs whose claim tokens are published between two marks of the run as published.
-PUBLISH_PART = 100_000
 
 
 def default_run_name(source_uri: str, question: str | None, settings: RunSettings) -> str:
@@ -82,53 +63,60 @@ def submit(
     (sources.base.RejectPolicy). Raises SourceError (nothing written) for a bad source, one that yields no
     job, or too many rejects; RunConflict when the named run exists with other settings."""
     name = run_name or default_run_name(source.uri, question, settings)
+    check = reference_check(settings)
     rejects = Rejects(source.uri, policy)
-    if sessions.kw["bind"].dialect.name == "postgresql":
-        return _submit_in_one_transaction(
-            sessions=sessions,
-            publisher=publisher,
-            source=source,
+    strict = policy.strict
+
+    def check_first() -> None:  # a pass that counts and checks, and writes nothing
+        counted = Rejects(source.uri, policy)
+        source.validate(check, counted)
+        _refuse(source, counted)
+
+    broker_error: Exception | None = None
+    with job_writes(sessions, check_first=check_first) as writes:
+        run_id = writes.open_run(
+            name=name,
             settings=settings,
             queue=queue,
-            name=name,
+            source=source.uri,
             held=held,
-            rejects=rejects,
+            model_fingerprint=identify(settings.model).fingerprint,
             schedule=schedule,
         )
-    check = reference_check(settings)
-    source.validate(check, rejects)  # the first pass: counts and checks, writes nothing
-    _refuse(source, rejects)
-    rejects.drain()  # the second pass records them where it meets them
-    run = create_or_reuse_run(
-        sessions,
-        name=name,
-        settings=settings,
-        queue=queue,
-        source=source.uri,
-        held=held,
-        model_fingerprint=identify(settings.model).fingerprint,
-        schedule=schedule,
-    )
-    submitted = skipped = 0
-    broker_error: Exception | None = None
-    numbers = _RowNumbers()
-    for chunk in _chunks(checked_rows(source, check), SUBMIT_CHUNK):
-        numbered = [(numbers.of(where), spec) for where, spec in chunk]
-        specs = [spec for _, spec in numbered if isinstance(spec, JobSpec)]
-        source_rows = [n for n, spec in numbered if isinstance(spec, JobSpec)]
-        with sessions() as session, session.begin():
-            new_ids = insert_jobs(session, run_id=run.id, specs=specs, source_rows=source_rows)
-            record_rejects(
-                session, run_id=run.id, rejects=[reject_of(w, e) for w, e in chunk if not isinstance(e, JobSpec)]
-            )
-        if broker_error is None:  # once the broker is down, the rest still goes into the ledger
-            broker_error = _publish(publisher, queue, len(new_ids))
-        submitted += len(new_ids)
-        skipped += len(specs) - len(new_ids)
-    with sessions() as session, session.begin():
-        reschedule(session, run_id=run.id, schedule=schedule or Schedule())
-    _raise_if_unpublished(broker_error, run.id, submitted)
-    return _report(run.id, submitted, skipped, rejects, source)
+        numbers = _RowNumbers()
+        for where, spec in checked_rows(source, check):
+            number = numbers.of(where)
+            if isinstance(spec, ValueError):
+                rejects.add(where, spec)
+                writes.reject(rejects.drain())
+            else:
+                rejects.accept()
+                if strict and rejects.total:  # once a row is bad, only look for more bad rows
+                    continue
+                writes.add(spec, number)
+            broker_error = _publish_committed(writes, publisher, queue, broker_error)
+        _refuse(source, rejects)  # raising rolls back what is not committed: in one transaction, everything
+        writes.finish_rows()
+        broker_error = _publish_committed(writes, publisher, queue, broker_error)
+        writes.finish_run(schedule or Schedule())
+    # Claim tokens name no jobs (schema/contracts/tokens.py): one per `jobs_per_message` new jobs.
+    broker_error = _publish_committed(writes, publisher, queue, broker_error)
+    _raise_if_unpublished(broker_error, run_id, writes.inserted)
+    return _report(run_id, writes.inserted, writes.offered - writes.inserted, rejects, source)
+
+
+def _publish_committed(
+    writes: JobWrites, publisher: Publisher, queue: str, broker_error: Exception | None
+) -> Exception | None:
+    """Publish claim tokens for the jobs committed since the last call, part by part, each noted as
+    published; once the broker is down, the rest still goes into the ledger (the error is returned)."""
+    for part in writes.committed_parts():
+        if broker_error is not None:
+            break
+        broker_error = _publish(publisher, queue, part)
+        if broker_error is None:
+            writes.note_published()
+    return broker_error
 
 
 def _refuse(source: Source, rejects: Rejects) -> None:
@@ -188,76 +176,6 @@ def _raise_if_unpublished(error: Exception | None, run_id: int, submitted: int) 
         )
 
 
-def _submit_in_one_transaction(
-    *,
-    sessions: sessionmaker[Session],
-    publisher: Publisher,
-    source: Source,
-    settings: RunSettings,
-    queue: str,
-    name: str,
-    held: bool,
-    rejects: Rejects,
-    schedule: Schedule | None,
-) -> SubmitReport:
-    seen = submitted = 0
-    strict = rejects.policy.strict
-    with sessions() as session, session.begin():
-        run = get_or_create_run(
-            session,
-            name=name,
-            settings=settings,
-            queue=queue,
-            source=source.uri,
-            held=held,
-            model_fingerprint=identify(settings.model).fingerprint,
-            schedule=schedule,
-        )
-        staging = PostgresStaging(session)
-        chunk: list[StagedRow] = []
-        numbers = _RowNumbers()
-        for where, spec in checked_rows(source, reference_check(settings)):
-            number = numbers.of(where)
-            if isinstance(spec, ValueError):
-                rejects.add(where, spec)
-                if len(rejects.pending) >= STAGE_CHUNK:  # recorded as they come: memory stays flat
-                    record_rejects(session, run_id=run.id, rejects=rejects.drain())
-                continue
-            rejects.accept()
-            if strict and rejects.total:  # once a row is bad, only look for more bad rows
-                continue
-            chunk.append(staged_row(spec, number))
-            if len(chunk) == STAGE_CHUNK:
-                submitted += _stage(staging, chunk, run.id)
-                seen += len(chunk)
-                chunk = []
-        _refuse(source, rejects)  # raising rolls back: nothing of this submit remains, not even a new run
-        record_rejects(session, run_id=run.id, rejects=rejects.drain())
-        submitted += _stage(staging, chunk, run.id)
-        seen += len(chunk)
-        run_id = run.id
-        staging.count()
-        reschedule(session, run_id=run_id, schedule=schedule or Schedule())
-        mark_published(session, run_id=run_id)
-    with sessions() as session, session.begin():
-        # Before the first message: workers claim right away, and need plans made for this table's size.
-        refresh_statistics(session, inserted=submitted)
-    # Claim tokens name no jobs (schema/contracts/tokens.py): one per `jobs_per_message` new jobs, in
-    # parts, each noted as published so the reconciler's grace covers the rest.
-    for start in range(0, submitted, PUBLISH_PART):
-        _raise_if_unpublished(_publish(publisher, queue, min(PUBLISH_PART, submitted - start)), run_id, submitted)
-        with sessions() as marking, marking.begin():
-            mark_published(marking, run_id=run_id)
-    return _report(run_id, submitted, seen - submitted, rejects, source)
-
-
-def _stage(staging: PostgresStaging, chunk: list[StagedRow], run_id: int) -> int:
-    if not chunk:
-        return 0
-    staging.copy(chunk)
-    return staging.move(run_id)
-
-
 class _RowNumbers:
     """The source row number of each job, in the order submit reads them: a source names every row
     (`line 12`, `row 7`, a key, an image), and the jobs of one row's several questions come together
@@ -271,11 +189,6 @@ class _RowNumbers:
         if where != self._where:
             self._where, self._number = where, self._number + 1
         return self._number
-
-
-def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    while chunk := list(islice(rows, size)):
-        yield chunk
 
 
 def reference_check(settings: RunSettings) -> SpecCheck | None:

@@ -8,15 +8,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.integration.ledger_helpers import make_run
+from tests.integration.plans import Plan, explained
 from vlmbatch.producer.browser.queries import ResultFilter, job_page
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.claims import QueueClaimer, claim_jobs, claim_next
@@ -57,7 +56,6 @@ FROM generate_series(1, {JOBS}) AS i,
                           WHEN i % 100 < 85 THEN 'succeeded' WHEN i % 100 < 91 THEN 'failed'
                           WHEN i % 100 < 96 THEN 'truncated' ELSE 'cancelled' END AS state) AS s
 """
-_DML = re.compile(r"^\s*(SELECT|UPDATE|INSERT|DELETE|WITH)\b", re.I)
 _ABOUT_JOBS = re.compile(r"\b(FROM|JOIN|UPDATE|INTO) jobs\b", re.I)
 _COUNT = """
 INSERT INTO run_counts (run_id, state, error_type, shard, jobs)
@@ -84,49 +82,6 @@ INSERT INTO run_counts (run_id, state, error_type, shard, jobs)
 SELECT run_id, 'queued', '', 0, count(*) FROM jobs WHERE run_id IN (SELECT id FROM runs WHERE name LIKE 'many-%')
 GROUP BY run_id
 """
-
-_JOBS_INDEXES = ("ix_jobs_", "jobs_pkey", "uq_jobs_")
-
-
-@dataclass(frozen=True)
-class Plan:
-    sql: str
-    tree: dict[str, Any]
-
-    def nodes(self) -> Iterator[dict[str, Any]]:
-        stack = [self.tree]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(node.get("Plans", []))
-
-    def scans_of_jobs(self) -> list[str]:
-        """The scan nodes reading `jobs`: their type and index."""
-        return [
-            f"{node['Node Type']}:{node.get('Index Name', '')}"
-            for node in self.nodes()
-            if "Scan" in node["Node Type"]
-            and (node.get("Relation Name") == "jobs" or node.get("Index Name", "").startswith(_JOBS_INDEXES))
-        ]
-
-
-@contextmanager
-def explained(engine: Engine) -> Iterator[list[Plan]]:
-    """EXPLAIN every single-parameter-set statement about `jobs` the engine sends, as it is sent."""
-    plans: list[Plan] = []
-
-    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if executemany or not (_DML.match(statement) and _ABOUT_JOBS.search(statement)):
-            return
-        with conn.connection.dbapi_connection.cursor() as probe:
-            probe.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
-            plans.append(Plan(statement, probe.fetchone()[0][0]["Plan"]))
-
-    event.listen(engine, "before_cursor_execute", explain)
-    try:
-        yield plans
-    finally:
-        event.remove(engine, "before_cursor_execute", explain)
 
 
 @dataclass(frozen=True)
@@ -193,7 +148,7 @@ def _queued_ids(ledger: Ledger, n: int) -> list[int]:
 
 def test_claiming_by_message_ids_reads_the_primary_key(big_ledger: Ledger) -> None:
     ids = _queued_ids(big_ledger, 16)
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session, session.begin():
         claimed = claim_jobs(session, job_ids=ids, worker="w-plan", lease_seconds=60, model=None)
         session.rollback()
     assert len(claimed) == 16
@@ -201,7 +156,7 @@ def test_claiming_by_message_ids_reads_the_primary_key(big_ledger: Ledger) -> No
 
 
 def test_claiming_a_runs_next_jobs_reads_its_queued_keys(big_ledger: Ledger) -> None:
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session, session.begin():
         claimed = claim_next(session, limit=64, worker="w-plan", lease_seconds=60, run_id=big_ledger.target)
         session.rollback()
     assert len(claimed) == 64
@@ -211,7 +166,7 @@ def test_claiming_a_runs_next_jobs_reads_its_queued_keys(big_ledger: Ledger) -> 
 
 def test_a_claim_token_shares_the_queues_runs_and_takes_their_oldest_jobs_by_their_keys(big_ledger: Ledger) -> None:
     claimer = QueueClaimer(queue="q")
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session, session.begin():
         claimed = claimer.claim(session, limit=64, worker="w-plan", lease_seconds=60)
         session.rollback()
     assert len(claimed) == 64
@@ -232,7 +187,7 @@ def test_a_claim_with_a_hundred_active_runs_reads_a_few_of_them_by_their_keys(bi
         session.execute(text(_MANY_RUNS))
         session.execute(text(_COUNT_MANY))
         claimer = QueueClaimer(queue="q")
-        with explained(big_ledger.engine) as plans:
+        with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans:
             claimed = claimer.claim(session, limit=64, worker="w-plan", lease_seconds=60)
         runs = len(claimer.open_runs)
         session.rollback()
@@ -247,7 +202,7 @@ def test_a_heartbeat_reads_its_workers_running_jobs_and_writes_none(big_ledger: 
             session.scalars(select(Job.current_attempt_id).where(Job.lease_owner == "w-1", Job.state == "running"))
         )
     assert len(attempts) > 100
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session, session.begin():
         lost = renew_leases(session, worker="w-1", attempt_ids=attempts, lease_seconds=60)
         session.rollback()
     assert lost == set()
@@ -256,7 +211,7 @@ def test_a_heartbeat_reads_its_workers_running_jobs_and_writes_none(big_ledger: 
 
 
 def test_lease_expiry_reads_only_running_jobs(big_ledger: Ledger) -> None:
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session, session.begin():
         requeued = requeue_expired_leases(session, limit=100)
         session.rollback()
     assert requeued.count == 100
@@ -266,7 +221,7 @@ def test_lease_expiry_reads_only_running_jobs(big_ledger: Ledger) -> None:
 def test_the_embedded_feeds_drain_check_probes_the_runs_state_keys(big_ledger: Ledger) -> None:
     from vlmbatch.schema.ledger.runs import run_drained
 
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session, session.begin():
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session, session.begin():
         drained = run_drained(session, run_id=big_ledger.target)
         session.rollback()
     assert not drained
@@ -278,7 +233,7 @@ def test_the_embedded_feeds_drain_check_probes_the_runs_state_keys(big_ledger: L
 
 
 def test_status_reads_counters_and_the_recent_finishes(big_ledger: Ledger) -> None:
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session:
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session:
         progress = run_progress(session, big_ledger.target)
     with big_ledger.sessions() as session:
         real = dict(
@@ -308,7 +263,7 @@ def test_status_reads_counters_and_the_recent_finishes(big_ledger: Ledger) -> No
 @pytest.mark.parametrize("depth", ["first", "deep"])
 def test_browser_pages_are_keyset_index_scans(big_ledger: Ledger, where: ResultFilter, expect: str, depth: str) -> None:
     after = 0 if depth == "first" else _near_the_end(big_ledger, where)
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session:
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session:
         page = job_page(session, big_ledger.target, where, limit=50, after=after)
     assert page.rows
     assert all(row.id > after for row in page.rows)
@@ -328,7 +283,7 @@ def _near_the_end(ledger: Ledger, where: ResultFilter) -> int:
 
 
 def test_resubmit_selection_reads_the_runs_failed_keys(big_ledger: Ledger) -> None:
-    with explained(big_ledger.engine) as plans, big_ledger.sessions() as session:
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans, big_ledger.sessions() as session:
         selection = select_for_resubmit(session, run_id=big_ledger.target, states=[JobState.FAILED])
     assert len(selection.job_ids) == 3600
     _assert_indexed(plans, expect="ix_jobs_run_failed_error")
@@ -352,7 +307,7 @@ def test_reconciler_reads_no_queued_job(big_ledger: Ledger, redis_url: str) -> N
             select(func.count()).select_from(Job).where(Job.state == "running", Job.lease_expires_at < func.now())
         )
     publisher = _CountingPublisher()
-    with explained(big_ledger.engine) as plans:
+    with explained(big_ledger.engine, about=_ABOUT_JOBS) as plans:
         report = reconcile(
             sessions=big_ledger.sessions,
             publisher=publisher,

@@ -8,20 +8,18 @@ analyses exactly the tables that changed."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.conftest import POSTGRES_URL, _admin_dsn, _with_database
 from tests.integration.ledger_helpers import make_run
+from tests.integration.plans import Plan, explained
 from vlmbatch.producer.browser.queries import ResultFilter, get_run, job_page
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.claims import QueueClaimer
@@ -29,12 +27,6 @@ from vlmbatch.schema.ledger.database import make_engine, make_session_factory
 from vlmbatch.schema.ledger.enqueue import refresh_midrun_statistics, refresh_statistics
 
 JOBS = 60_000
-_DML = re.compile(r"^\s*(SELECT|UPDATE|INSERT|DELETE|WITH)\b", re.I)
-_HOT_TABLES = ("jobs", "results")
-_INDEX_PREFIXES = {
-    "jobs": ("ix_jobs_", "jobs_pkey", "uq_jobs_"),
-    "results": ("ix_results_", "results_pkey", "uq_results_"),
-}
 
 _SUBMIT = f"""
 INSERT INTO jobs (run_id, input_key, images, question, state, attempt_count, attempt_base, transient_failures,
@@ -67,52 +59,6 @@ _COUNT = """
 INSERT INTO run_counts (run_id, state, error_type, shard, jobs)
 SELECT run_id, state, CASE WHEN state = 'failed' THEN error_type ELSE '' END, 0, count(*) FROM jobs GROUP BY 1, 2, 3
 """
-
-
-@dataclass(frozen=True)
-class Plan:
-    sql: str
-    tree: dict[str, Any]
-
-    def nodes(self) -> Iterator[dict[str, Any]]:
-        stack = [self.tree]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(node.get("Plans", []))
-
-    def scans(self, node: dict[str, Any] | None = None) -> list[str]:
-        """`type:relation-or-index` of the scans of the hot tables under `node` (the whole plan by default)."""
-        found = []
-        stack = [node or self.tree]
-        while stack:
-            current = stack.pop()
-            stack.extend(current.get("Plans", []))
-            if "Scan" not in current["Node Type"]:
-                continue
-            relation, index = current.get("Relation Name", ""), current.get("Index Name", "")
-            if relation in _HOT_TABLES or any(index.startswith(_INDEX_PREFIXES[t]) for t in _HOT_TABLES):
-                found.append(f"{current['Node Type']}:{index or relation}")
-        return found
-
-
-@contextmanager
-def explained(engine: Engine) -> Iterator[list[Plan]]:
-    """EXPLAIN every statement the engine sends, as it is sent (its parameters bound)."""
-    plans: list[Plan] = []
-
-    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if executemany or not _DML.match(statement):
-            return
-        with conn.connection.dbapi_connection.cursor() as probe:
-            probe.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
-            plans.append(Plan(statement, probe.fetchone()[0][0]["Plan"]))
-
-    event.listen(engine, "before_cursor_execute", explain)
-    try:
-        yield plans
-    finally:
-        event.remove(engine, "before_cursor_execute", explain)
 
 
 def assert_flat(plans: list[Plan]) -> None:
