@@ -14,6 +14,7 @@ from vlmbatch.producer.reports.fields import (
     Timings,
     parquet_schema,
 )
+from vlmbatch.schema.ledger.export_reads import has_column
 
 
 def test_record_type_has_the_table_fields_in_order() -> None:
@@ -34,3 +35,9 @@ def test_selection_reads_every_sourced_field_once() -> None:
     assert len(names) == len(set(names))
     assert set(names) == {f.name for f in FIELDS if f.source is not None} | set(TIMING_FIELDS)
     assert {"run", "run_id"}.isdisjoint(names)  # the run's own fields are added, not selected
+
+
+def test_every_selected_field_names_a_ledger_column() -> None:
+    unreadable = [f"{f.name}: {f.source}" for f in SELECTED if f.source is None or not has_column(f.source)]
+    assert unreadable == []
+    assert not has_column("result.no_such_column") and not has_column("runs.name")

@@ -57,6 +57,10 @@ def test_the_code_as_it_is_keeps_every_contract(tmp_path: Path) -> None:
         ("schema/contracts/models.py", "vlmbatch.schema.ledger.tables", "schema: the ledger over grading"),
         # the worker reading the ledger's tables itself instead of asking schema.ledger
         ("worker/pipeline/attempt.py", "vlmbatch.schema.ledger.tables", "Only schema reads the ledger tables"),
+        # the producer's reports, server and browser querying the tables instead of asking schema.ledger
+        ("producer/reports/stats.py", "vlmbatch.schema.ledger.tables", "Only schema reads the ledger tables"),
+        ("producer/api/batches.py", "vlmbatch.schema.ledger.tables", "Only schema reads the ledger tables"),
+        ("producer/browser/queries.py", "vlmbatch.schema.ledger.tables", "Only schema reads the ledger tables"),
         # media reaching up into the producer
         ("media/stores.py", "vlmbatch.producer.sources.base", "The stack"),
     ],
