@@ -6,22 +6,23 @@ Correctness is a job's, judged on its standing samples (schema.ledger.standing, 
 export and the stats use too): `correct` when any of them is graded correct, `incorrect` when some are
 graded and none is correct, `ungraded` when it has samples and none is graded (no grader, or no reference).
 
-The run and job pages render the ledger's rows as they are (`run_row`, `JobDetail`): the templates show
-most of their columns.
+What the pages read comes back as plain rows (`JobListing`, `SampleTally`, `JobDetail`'s views) or, for a
+run, as `runs.RunView`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.keyset import Keyset
+from vlmbatch.schema.ledger.runs import RunView
 from vlmbatch.schema.ledger.standing import attempt_stands, result_stands
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
 
@@ -67,23 +68,96 @@ class SampleTally:
 
 
 @dataclass(frozen=True)
-class JobDetail:
-    """A job with its run, every attempt (oldest first) and every result row, grouped by attempt."""
+class JobView:
+    """A job as its page shows it."""
 
-    job: Job
-    run: Run
-    attempts: list[Attempt]
-    results: dict[int, list[Result]]
+    id: int
+    run_id: int
+    images: list[str]
+    question: str
+    reference: str | None
+    meta: dict[str, Any] | None
+    params: dict[str, Any] | None
+    # What the next attempt changes (a resubmit's overrides).
+    overrides: dict[str, Any] | None
+    state: str
+    error_type: str | None
+    error_message: str | None
+    attempt_count: int
+    queued_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    """An attempt of a job as its page shows it: outcome, tokens and timings."""
+
+    id: int
+    number: int
+    worker: str
+    outcome: str
+    error_type: str | None
+    error_message: str | None
+    overrides: dict[str, Any] | None
+    started_at: datetime
+    finished_at: datetime | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    reasoning_tokens: int | None
+    answer_tokens: int | None
+    queue_wait_s: float | None
+    fetch_s: float | None
+    decode_s: float | None
+    generation_s: float | None
+    first_token_s: float | None
+    gpu_seconds: float | None
+
+
+@dataclass(frozen=True)
+class SampleView:
+    """A result row (one sample of an attempt) as the job page shows it."""
+
+    id: int
+    attempt_id: int
+    sample_index: int
+    answer: str
+    reasoning: str | None
+    finish_reason: str | None
+    trace_closed: bool
+    completion_tokens: int
+    reasoning_tokens: int | None
+    answer_tokens: int | None
+    extracted_answer: str | None
+    correct: bool | None
+    valid: bool | None
+
+
+_View = TypeVar("_View", JobView, AttemptView, SampleView)
+
+
+def _view(cls: type[_View], row: object) -> _View:
+    """The row's columns that `cls` names, as a `cls`."""
+    return cls(**{field.name: getattr(row, field.name) for field in fields(cls)})
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    """A job with its run, every attempt (oldest first) and every sample, grouped by attempt."""
+
+    job: JobView
+    run: RunView
+    attempts: list[AttemptView]
+    results: dict[int, list[SampleView]]
     # The attempts whose results stand (schema.ledger.standing).
     standing_attempts: frozenset[int] = frozenset()
 
     @property
-    def standing(self) -> list[Result]:
+    def standing(self) -> list[SampleView]:
         """The standing samples, oldest attempt first."""
         return [r for attempt_id, rs in self.results.items() if attempt_id in self.standing_attempts for r in rs]
 
     @property
-    def superseded(self) -> list[tuple[int | str, list[Result]]]:
+    def superseded(self) -> list[tuple[int | str, list[SampleView]]]:
         """(attempt number, samples) of attempts whose results no longer stand (the job was resubmitted)."""
         numbers = {attempt.id: attempt.number for attempt in self.attempts}
         return [
@@ -93,7 +167,7 @@ class JobDetail:
         ]
 
 
-def newest_runs(session: Session, *, before: int | None, limit: int) -> list[Run]:
+def newest_runs(session: Session, *, before: int | None, limit: int) -> list[RunView]:
     """Up to `limit` runs, newest first (ids below `before`, when given)."""
     stmt = select(Run).order_by(Run.id.desc()).limit(limit)
     if before is not None:
@@ -101,7 +175,7 @@ def newest_runs(session: Session, *, before: int | None, limit: int) -> list[Run
     return list(session.scalars(stmt))
 
 
-def run_row(session: Session, *, run_id: int) -> Run | None:
+def run_row(session: Session, *, run_id: int) -> RunView | None:
     """The run `run_id`; None when there is none."""
     return session.get(Run, run_id)
 
@@ -160,15 +234,21 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail | None:
         return None
     run = session.get(Run, job.run_id)
     assert run is not None  # a foreign key
-    attempts = list(session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)))
-    results: dict[int, list[Result]] = {}
+    attempts = session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number))
+    results: dict[int, list[SampleView]] = {}
     stmt = select(Result).where(Result.job_id == job_id).order_by(Result.attempt_id, Result.sample_index)
     for result in session.scalars(stmt):
-        results.setdefault(result.attempt_id, []).append(result)
+        results.setdefault(result.attempt_id, []).append(_view(SampleView, result))
     standing = session.scalars(
         select(Attempt.id).join(Job, Job.id == Attempt.job_id).where(Job.id == job_id, attempt_stands())
     )
-    return JobDetail(job=job, run=run, attempts=attempts, results=results, standing_attempts=frozenset(standing))
+    return JobDetail(
+        job=_view(JobView, job),
+        run=run,
+        attempts=[_view(AttemptView, attempt) for attempt in attempts],
+        results=results,
+        standing_attempts=frozenset(standing),
+    )
 
 
 def job_images(session: Session, *, job_id: int) -> tuple[list[str], str | None] | None:
