@@ -17,7 +17,8 @@ class CustomIds:
     A job's own id (`metadata.custom_id`: an OpenAI batch line's, or a manifest's or WebDataset `.json`'s
     column, which nothing keeps unique) is kept unless an earlier job of the export took it; a job without
     one, or whose id was taken, gets `job-<id>` (then `job-<id>-2`, ...: a row may call itself `job-7`).
-    Records come in job order, so the first job keeps a repeated id and the export is the same every time.
+    The first to ask keeps a repeated id: records come by job (the `openai` output file before its error
+    file), so an export of the same jobs names them the same every time.
     Memory: an 8-byte digest per id (~60 bytes a job); a digest collision only renames, never repeats."""
 
     def __init__(self) -> None:

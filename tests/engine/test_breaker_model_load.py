@@ -7,7 +7,9 @@ Restarts one after another, counted across them, are test_run_breaker.py's (fake
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -43,8 +45,14 @@ def test_a_worker_whose_model_does_not_load_trips_the_breaker_of_its_runs(
     assert isinstance(submitted, dict)
     logs = [tmp_path / f"worker-{n}.log" for n in range(2)]
     workers = [start_worker(env, log) for log in logs]
-    for worker, log in zip(workers, logs, strict=True):
-        assert worker.wait(timeout=400) != 0, log.read_text()[-3000:]
+    try:
+        for worker, log in zip(workers, logs, strict=True):
+            assert worker.wait(timeout=400) != 0, log.read_text()[-3000:]
+    finally:  # a worker that started after all is not left serving, nor its engine processes
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
     _, sessions = open_ledger(postgres_url)
     with sessions() as session:
         run = session.get(Run, submitted["run"])

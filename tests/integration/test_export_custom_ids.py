@@ -15,13 +15,16 @@ from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.reports.export import ExportFilter, export_run
+from vlmbatch.schema.contracts.models import RowReject
 from vlmbatch.schema.contracts.states import TERMINAL_STATES, JobState
+from vlmbatch.schema.ledger.rejects import record_rejects
 from vlmbatch.schema.ledger.tables import Job, Run, utcnow
 
 
 def _run_with_repeated_custom_ids(url: str, tmp_path: Path) -> tuple[sessionmaker[Session], Run, dict[str, int]]:
     """Jobs `first` and `second` share the manifest's custom_id `dup`; `plain` has none (so `job-<id>`);
-    `squatter`, a failed job added after them, calls itself `job-<plain's id>`."""
+    `squatter`, a failed job added after them, calls itself `job-<plain's id>`; a line rejected at submit
+    (a later submit's) says `dup` too."""
     rows: list[dict[str, Any]] = [
         {"image": "a.jpg", "custom_id": "dup", "name": "first"},
         {"image": "b.jpg", "custom_id": "dup", "name": "second"},
@@ -50,6 +53,7 @@ def _run_with_repeated_custom_ids(url: str, tmp_path: Path) -> tuple[sessionmake
         session.add(squatter)
         session.flush()
         ids["squatter"] = squatter.id
+        record_rejects(session, run_id=run_id, rejects=[RowReject(where="line 3", reason="bad", custom_id="dup")])
     with sessions() as session:
         return sessions, session.get_one(Run, run_id), ids
 
@@ -72,13 +76,15 @@ def test_the_openai_export_names_each_job_once_when_a_manifest_repeats_a_custom_
         ChatCompletion.model_validate(line["response"]["body"])
     for line in errors:
         BatchError.model_validate(line["error"])
-    named = {line["custom_id"]: int(line["id"].rsplit("_", 1)[1]) for line in outputs + errors}
-    assert len(named) == len(outputs) + len(errors) == 4  # no id twice across the two files
+    named = {line["custom_id"]: line["id"] for line in outputs + errors}
+    assert len(named) == len(outputs) + len(errors) == 5  # no id twice across the two files
     assert named == {
-        "dup": ids["first"],  # the first job keeps the row's own id
-        f"job-{ids['second']}": ids["second"],  # the repeat is renamed
-        f"job-{ids['plain']}": ids["plain"],
-        f"job-{ids['squatter']}": ids["squatter"],  # a row's id that is another job's derived one
+        "dup": f"batch_req_{run.id}_{ids['first']}",  # the first job keeps the row's own id
+        f"job-{ids['second']}": f"batch_req_{run.id}_{ids['second']}",  # the repeat is renamed
+        f"job-{ids['plain']}": f"batch_req_{run.id}_{ids['plain']}",
+        # a row's id that is another job's derived one
+        f"job-{ids['squatter']}": f"batch_req_{run.id}_{ids['squatter']}",
+        "rejected-line_3": f"batch_req_{run.id}_rejected_line_3",  # a rejected line's, taken by a job
     }
 
 
