@@ -93,7 +93,8 @@ def is_openai_batch(uri: str, *, s3_endpoint_url: str | None = None) -> bool:
     store) reads as an OpenAI batch file: any of its first few JSON lines carries `custom_id` and `body`,
     so a broken first line does not hide the format (its error then names the real problem). Only the
     first SNIFFED_CHARS of a line are read: a line with a 140 MB `data:` image is judged by its keys
-    before the image, not parsed whole (the source reads it once, later)."""
+    before the image, not parsed whole (the source reads it once, later); a key after a value longer
+    than that is not seen (OpenAI's own order puts `custom_id` first, `body` last)."""
     try:
         with open_lines(uri, s3_endpoint_url=s3_endpoint_url) as lines:
             for line in islice(_line_heads(lines), SNIFFED_LINES):
