@@ -6,8 +6,9 @@ The metadata is the file's own word, and a hostile file may understate its sizes
 checked too: each row group's first row is decoded alone first and the batch size is cut to fit its
 actual size, and once a batch decodes over BATCH_BYTES the rest of the group is read row by row. The
 first-row read fetches the group's column chunks again (a ParquetFile reads a chunk whole): twice the
-bytes of a Parquet source on S3, the price of not trusting its footer. What is left: a lying group whose first row is small and whose later rows are huge decodes one oversize
-batch (at most `max_rows` rows) before it is caught; no reader option bounds Arrow's decoding in bytes."""
+bytes of a Parquet source on S3, the price of not trusting its footer. What is left: a lying group whose
+first row is small and whose later rows are huge decodes one oversize batch (at most `max_rows` rows)
+before it is caught; no reader option bounds Arrow's decoding in bytes."""
 
 from __future__ import annotations
 
