@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vlmbatch.media.stores import ObjectStore
 from vlmbatch.producer.reports.dataset_images import DatasetImages
 from vlmbatch.producer.reports.fields import ExportRecord
+from vlmbatch.producer.reports.identity import CustomIds
 from vlmbatch.producer.reports.provenance import run_provenance
 from vlmbatch.producer.reports.records import PAGE_ROWS, ExportFilter, iter_records
 from vlmbatch.producer.reports.training import internvl_record, sft_record
@@ -135,6 +136,7 @@ def export_dataset(
     )
     shape = sft_record if fmt == "sft" else internvl_record
     report = DatasetReport()
+    custom_ids = CustomIds()
     partial = out / f"{RECORDS_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
@@ -145,7 +147,7 @@ def export_dataset(
                 paths = _image_paths(images, record, report)
                 if paths is None:
                     continue
-                shards.write(shape(record, paths))
+                shards.write(shape(record, paths, custom_id=custom_ids.of_job(record["job_id"], record["metadata"])))
                 report.rows += 1
             lengths = shards.lengths
         final = out / RECORDS_DIR

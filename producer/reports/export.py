@@ -69,6 +69,7 @@ from vlmbatch.media.stores import ObjectStore
 from vlmbatch.producer.reports.dataset import DatasetOptions, export_dataset
 from vlmbatch.producer.reports.fields import parquet_schema
 from vlmbatch.producer.reports.formats import EXPORT_FORMATS, ROW_GROUP_ROWS, ExportFormat, open_writer
+from vlmbatch.producer.reports.identity import CustomIds
 from vlmbatch.producer.reports.openai_batch import OpenAIBatchWriter, error_line, reject_line, write_line
 from vlmbatch.producer.reports.records import PAGE_ROWS, ExportFilter, iter_failed_jobs, iter_records
 from vlmbatch.schema.contracts.states import JobState
@@ -203,7 +204,10 @@ def _export_openai(
     with ExitStack() as stack:  # both files appear only once both are complete
         partial_out = stack.enter_context(_replacing(out))
         partial_errors = stack.enter_context(_replacing(errors_out))
-        writer = OpenAIBatchWriter(partial_out, run_id=run.id, model=run.model, created=int(time.time()))
+        custom_ids = CustomIds()  # one id space across the output and error files
+        writer = OpenAIBatchWriter(
+            partial_out, run_id=run.id, model=run.model, created=int(time.time()), custom_ids=custom_ids
+        )
         try:
             if with_samples:
                 jobs = replace(selection, states=with_samples)
@@ -213,10 +217,11 @@ def _export_openai(
             writer.close()
         with partial_errors.open("w", encoding="utf-8", newline="\n") as file:
             for job in iter_failed_jobs(sessions, run, without, page_rows=page_rows):
-                write_line(file, error_line(run.id, job, cancelled_as=cancelled_as))
+                name = custom_ids.of_job(job.job_id, job.metadata)
+                write_line(file, error_line(run.id, job, custom_id=name, cancelled_as=cancelled_as))
                 errors += 1
             for reject in iter_rejects(sessions, run.id):
-                write_line(file, reject_line(run.id, reject))
+                write_line(file, reject_line(run.id, reject, custom_ids))
                 errors += 1
     return ExportReport(
         run_id=run.id, format="openai", path=out, rows=writer.lines, errors_path=errors_out, errors=errors

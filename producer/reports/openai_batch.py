@@ -19,11 +19,12 @@ and one error line per failed or cancelled job::
     {"id": "batch_req_1_8", "custom_id": "request-8", "response": null,
      "error": {"code": "input.unreadable", "message": "..."}}
 
-`custom_id` is the one the job came with (`metadata.custom_id`, kept by the OpenAI batch input); a job
-from a folder or manifest gets `job-<id>`. Every sample of a job is one of its `choices` (`n` > 1, or the
-rounds of an accept-until-M job), in order. `finish_reason` is `length` for a sample cut short (finish
-kinds `length`, `context`, `repetition`) and `stop` otherwise; `vlmbatch_finish_reason` has the stored kind.
-A sample whose trace never closed (truncated) has
+`custom_id` is the one the job came with (`metadata.custom_id`, kept by the OpenAI batch input, or a
+manifest's column) while no earlier job of the export took it; a job without one gets `job-<id>`
+(identity.CustomIds: every id once across the output and error files). Every sample of a job is one of
+its `choices` (`n` > 1, or the rounds of an accept-until-M job), in order. `finish_reason` is `length`
+for a sample cut short (finish kinds `length`, `context`, `repetition`) and `stop` otherwise;
+`vlmbatch_finish_reason` has the stored kind. A sample whose trace never closed (truncated) has
 `content: null`, its partial trace as `reasoning` (and `reasoning_content`) and `finish_reason: "length"`.
 `created` is the time of the export (the ledger's own times are in the `jsonl` export).
 """
@@ -35,14 +36,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from vlmbatch.producer.reports.fields import ExportRecord
-from vlmbatch.producer.reports.identity import custom_id
+from vlmbatch.producer.reports.identity import CustomIds
 from vlmbatch.producer.reports.records import FailedJob
 from vlmbatch.schema.contracts.finish import TRUNCATING
 from vlmbatch.schema.contracts.models import RowReject
 from vlmbatch.schema.contracts.states import JobState
 
 
-def output_line(run_id: int, model: str, created: int, samples: list[ExportRecord]) -> dict[str, Any]:
+def output_line(
+    run_id: int, model: str, created: int, samples: list[ExportRecord], *, custom_id: str
+) -> dict[str, Any]:
     """The output line of one job, from its standing samples (in order; at least one)."""
     first = samples[0]
     job_id = first["job_id"]
@@ -66,7 +69,7 @@ def output_line(run_id: int, model: str, created: int, samples: list[ExportRecor
     }
     return {
         "id": _line_id(run_id, job_id),
-        "custom_id": custom_id(job_id, first["metadata"]),
+        "custom_id": custom_id,
         "response": {
             "status_code": 200,
             "request_id": f"req_{run_id}_{job_id}_{samples[-1]['attempt_id']}",
@@ -76,7 +79,9 @@ def output_line(run_id: int, model: str, created: int, samples: list[ExportRecor
     }
 
 
-def error_line(run_id: int, job: FailedJob, *, cancelled_as: tuple[str, str] | None = None) -> dict[str, Any]:
+def error_line(
+    run_id: int, job: FailedJob, *, custom_id: str, cancelled_as: tuple[str, str] | None = None
+) -> dict[str, Any]:
     """The error line of a failed or cancelled job: its stable error type as `code`; a cancelled job's
     (code, message) is `cancelled_as` when given (an expired batch's `batch_expired`)."""
     code, message = job.error_type or job.state, job.error_message or f"job {job.state}"
@@ -84,18 +89,20 @@ def error_line(run_id: int, job: FailedJob, *, cancelled_as: tuple[str, str] | N
         code, message = cancelled_as
     return {
         "id": _line_id(run_id, job.job_id),
-        "custom_id": custom_id(job.job_id, job.metadata),
+        "custom_id": custom_id,
         "response": None,
         "error": {"code": code, "message": message},
     }
 
 
-def reject_line(run_id: int, reject: RowReject) -> dict[str, Any]:
+def reject_line(run_id: int, reject: RowReject, custom_ids: CustomIds) -> dict[str, Any]:
     """The error line of an input line rejected at submit (it never became a job): OpenAI's own shape
-    for a request it refused, with the line's `custom_id` (null when the line had none to read)."""
+    for a request it refused, with the line's `custom_id` (null when the line had none to read; renamed
+    `rejected-<where>` when a job of the export has it)."""
+    where = reject.where.replace(" ", "_")
     return {
-        "id": f"batch_req_{run_id}_rejected_{reject.where.replace(' ', '_')}",
-        "custom_id": reject.custom_id,
+        "id": f"batch_req_{run_id}_rejected_{where}",
+        "custom_id": None if reject.custom_id is None else custom_ids.claim(reject.custom_id, f"rejected-{where}"),
         "response": None,
         "error": {"code": "invalid_request", "message": f"{reject.where}: {reject.reason}"},
     }
@@ -131,9 +138,10 @@ class OpenAIBatchWriter:
     """Writes output lines, one per job: a job's samples arrive together (records come by job, then
     sample), so only the current job's samples are held."""
 
-    def __init__(self, path: Path, *, run_id: int, model: str, created: int) -> None:
+    def __init__(self, path: Path, *, run_id: int, model: str, created: int, custom_ids: CustomIds) -> None:
         self._file: IO[str] = path.open("w", encoding="utf-8", newline="\n")
         self._run_id, self._model, self._created = run_id, model, created
+        self._custom_ids = custom_ids
         self._job: list[ExportRecord] = []
         self.lines = 0
 
@@ -144,7 +152,9 @@ class OpenAIBatchWriter:
 
     def _flush(self) -> None:
         if self._job:
-            write_line(self._file, output_line(self._run_id, self._model, self._created, self._job))
+            first = self._job[0]
+            name = self._custom_ids.of_job(first["job_id"], first["metadata"])
+            write_line(self._file, output_line(self._run_id, self._model, self._created, self._job, custom_id=name))
             self.lines += 1
             self._job = []
 

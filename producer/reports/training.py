@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vlmbatch.producer.reports.fields import ExportRecord
-from vlmbatch.producer.reports.identity import custom_id, row_id
+from vlmbatch.producer.reports.identity import CustomIds, row_id
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, UserPart, user_layout
 from vlmbatch.schema.contracts.reasoning import join_trace
 
@@ -49,8 +49,9 @@ def user_parts(question: str, image_count: int) -> tuple[tuple[UserPart, ...], b
     return parts, placed
 
 
-def sft_record(record: ExportRecord, image_paths: Sequence[str]) -> dict[str, Any]:
-    """The `sft` record of one sample whose images were written to `image_paths` (in the job's order)."""
+def sft_record(record: ExportRecord, image_paths: Sequence[str], *, custom_id: str | None = None) -> dict[str, Any]:
+    """The `sft` record of one sample whose images were written to `image_paths` (in the job's order).
+    `custom_id`: the job's in its export (identity.CustomIds); by default the job's own or `job-<id>`."""
     parts, _ = user_parts(record["question"], len(image_paths))
     prompt = "".join(IMAGE_TOKEN if isinstance(part, int) else defuse(part) for part in parts)
     trace = defuse((record["reasoning"] or "").strip())
@@ -63,10 +64,12 @@ def sft_record(record: ExportRecord, image_paths: Sequence[str]) -> dict[str, An
         {"role": "assistant", "content": reply, "reasoning_content": trace},
     ]
     images = [image_paths[part] for part in parts if isinstance(part, int)]
-    return {"messages": messages, "images": images, **_identity(record)}
+    return {"messages": messages, "images": images, **_identity(record, custom_id)}
 
 
-def internvl_record(record: ExportRecord, image_paths: Sequence[str]) -> dict[str, Any]:
+def internvl_record(
+    record: ExportRecord, image_paths: Sequence[str], *, custom_id: str | None = None
+) -> dict[str, Any]:
     """The `internvl` record of one sample. `image` is always a list (InternVL's multi-image path, which
     counts `<image>` against it and never adds one), so every record has one type."""
     parts, placed = user_parts(record["question"], len(image_paths))
@@ -81,13 +84,16 @@ def internvl_record(record: ExportRecord, image_paths: Sequence[str]) -> dict[st
     turns = [{"from": "system", "value": defuse(record["system"])}] if record["system"] else []
     turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": reply}]
     images = [image_paths[part] for part in parts if isinstance(part, int)]
-    return {"id": row_id(record["metadata"]), "image": images, "conversations": turns, **_identity(record, id_=False)}
+    identity = _identity(record, custom_id, id_=False)
+    return {"id": row_id(record["metadata"]), "image": images, "conversations": turns, **identity}
 
 
-def _identity(record: ExportRecord, *, id_: bool = True) -> dict[str, Any]:
+def _identity(record: ExportRecord, custom_id: str | None, *, id_: bool = True) -> dict[str, Any]:
     head = {"id": row_id(record["metadata"])} if id_ else {}
+    if custom_id is None:
+        custom_id = CustomIds().of_job(record["job_id"], record["metadata"])
     return head | {
-        "custom_id": custom_id(record["job_id"], record["metadata"]),
+        "custom_id": custom_id,
         "source_images": list(record["images"]),
         "run": record["run"],
         "run_id": record["run_id"],

@@ -43,8 +43,9 @@ from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobParams, JobSpec
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
 
-# Lines read to tell a batch file from a manifest.
+# Lines read to tell a batch file from a manifest, and how much of each.
 SNIFFED_LINES = 10
+SNIFFED_CHARS = 1 << 20
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 # Body fields read, and those accepted without effect (the run decides the model; nothing streams).
 _READ = {
@@ -90,19 +91,61 @@ class NotARequest(LineError):
 def is_openai_batch(uri: str, *, s3_endpoint_url: str | None = None) -> bool:
     """Whether the `.jsonl` file at `uri` (local or on S3, whose first lines are read through the object
     store) reads as an OpenAI batch file: any of its first few JSON lines carries `custom_id` and `body`,
-    so a broken first line does not hide the format (its error then names the real problem)."""
+    so a broken first line does not hide the format (its error then names the real problem). Only the
+    first SNIFFED_CHARS of a line are read: a line with a 140 MB `data:` image is judged by its keys
+    before the image, not parsed whole (the source reads it once, later); a key after a value longer
+    than that is not seen (OpenAI's own order puts `custom_id` first, `body` last)."""
     try:
         with open_lines(uri, s3_endpoint_url=s3_endpoint_url) as lines:
-            for line in islice((line for line in lines if line.strip()), SNIFFED_LINES):
-                try:
-                    record = json.loads(line)
-                except (ValueError, RecursionError):
-                    continue
-                if isinstance(record, dict) and "custom_id" in record and "body" in record:
+            for line in islice(_line_heads(lines), SNIFFED_LINES):
+                if {"custom_id", "body"} <= _top_level_keys(line):
                     return True
     except (SourceError, UnicodeDecodeError):
         return False
     return False
+
+
+def _line_heads(lines: IO[str]) -> Iterator[str]:
+    """The first SNIFFED_CHARS of each non-blank line; the rest of a longer line is skipped unread."""
+    while head := lines.readline(SNIFFED_CHARS):
+        rest = head
+        while not rest.endswith("\n") and (rest := lines.readline(SNIFFED_CHARS)):
+            pass
+        if head.strip():
+            yield head
+
+
+def _top_level_keys(text: str) -> set[str]:
+    """The keys of the JSON object that `text` begins, as far as `text` reaches (a key whose value is cut
+    off counts): each key, then its whole value skipped by the JSON decoder."""
+    decoder, keys = json.JSONDecoder(), set[str]()
+    at = _skip_space(text, 0)
+    if not text.startswith("{", at):
+        return keys
+    at += 1
+    try:
+        while True:
+            at = _skip_space(text, at)
+            if not text.startswith('"', at):
+                return keys
+            key, at = decoder.raw_decode(text, at)
+            keys.add(key)
+            at = _skip_space(text, at)
+            if not text.startswith(":", at):
+                return keys
+            _, at = decoder.raw_decode(text, _skip_space(text, at + 1))
+            at = _skip_space(text, at)
+            if not text.startswith(",", at):
+                return keys
+            at += 1
+    except (ValueError, RecursionError):  # cut off, or not JSON
+        return keys
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
 
 
 @contextmanager

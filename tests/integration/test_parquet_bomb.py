@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.conftest import fill_bucket
+from tests.fixtures.lying_parquet import understate_sizes
 from vlmbatch.media.stores import make_s3_client
 from vlmbatch.producer.sources.parquet_batches import batch_rows
 
@@ -77,6 +78,18 @@ def test_a_decompression_bomb_is_read_row_by_row_and_its_cells_refused(tmp_path:
     assert f"{ROWS} malformed row(s)" in report["refused"] and "VLMBATCH_MAX_IMAGE_BYTES" in report["refused"]
     assert report["peak_mib"] < MAX_PEAK_MIB, report
     assert not any(p.is_file() for p in (tmp_path / "staged").rglob("*"))  # nothing oversize was staged
+
+
+def test_a_bomb_whose_metadata_understates_its_sizes_is_still_read_row_by_row(tmp_path: Path) -> None:
+    bomb = tmp_path / "liar.parquet"
+    write_bomb(bomb)
+    understate_sizes(bomb)
+    group = pq.ParquetFile(bomb).metadata.row_group(0)
+    assert group.total_byte_size == 16 and group.column(0).total_uncompressed_size == 16
+    assert batch_rows(group, max_rows=64) == 64  # by its metadata alone, the whole group in one batch
+    report = _validate_in_a_child(str(bomb), str(tmp_path / "staged"))
+    assert f"{ROWS} malformed row(s)" in report["refused"] and "VLMBATCH_MAX_IMAGE_BYTES" in report["refused"]
+    assert report["peak_mib"] < MAX_PEAK_MIB, report
 
 
 def test_the_same_bomb_on_s3_is_read_by_ranges_row_by_row(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
