@@ -17,7 +17,7 @@ from tests.engine.conftest import engine_settings
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline
 from vlmbatch.producer.sources.open import open_source
-from vlmbatch.producer.sources.prompts import PromptTemplate
+from vlmbatch.producer.sources.prompts import Prompting, PromptTemplate
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
 from vlmbatch.schema.contracts.placement import user_layout
@@ -124,7 +124,7 @@ def test_an_mmmu_row_through_a_template_runs_on_the_real_engine(
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), question=None, s3_endpoint_url=None, prompt_template=template),
+            source=open_source(str(manifest), prompting=Prompting(template=template), s3_endpoint_url=None),
             settings=RunSettings(
                 model=str(tiny_model), sampling=SamplingSettings(max_tokens=32), system_prompt="Think first."
             ),
@@ -151,7 +151,7 @@ def test_a_per_row_seed_fails_its_job_on_the_cpu_build_and_the_engine_lives_on(
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), question=None, s3_endpoint_url=None),
+            source=open_source(str(manifest), s3_endpoint_url=None),
             settings=RunSettings(model=str(tiny_model)),
             queue="q",
         )
