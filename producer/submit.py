@@ -81,8 +81,7 @@ def submit(
     released, schema.ledger.runs.release_run; `schedule`: its priority and weight). Rows that cannot become
     jobs refuse the submit under a strict `policy`, else they are recorded as the run's rejects
     (sources.base.RejectPolicy). Raises SourceError (nothing written) for a bad source, one that yields no
-    job, or too many rejects; RunConflict when the named run exists with other settings. Without
-    `run_name`, the run's name is derived from the source, `settings` and `name_basis` (default_run_name)."""
+    job, or too many rejects; RunConflict when the named run exists with other settings."""
     name = run_name or default_run_name(source.uri, name_basis, settings)
     rejects = Rejects(source.uri, policy)
     if sessions.kw["bind"].dialect.name == "postgresql":
