@@ -105,8 +105,9 @@ class Prompting:
         object.__setattr__(self, "questions", tuple(self.questions))
 
     @classmethod
-    def of(cls, *questions: str, template: PromptTemplate | None = None) -> Prompting:
-        return cls(questions=questions, template=template)
+    def of(cls, question: str | None, *, template: PromptTemplate | None = None) -> Prompting:
+        """One question asked of every row (None or empty: none)."""
+        return cls(questions=(question,) if question else (), template=template)
 
     @property
     def asks_source(self) -> bool:

@@ -47,7 +47,7 @@ def _run(
     """Submit `uri` and work the run to its end; its jobs in id order."""
     source = open_source(
         uri,
-        prompting=Prompting.of(question) if question else None,
+        prompting=Prompting.of(question),
         s3_endpoint_url=settings.s3_endpoint_url,
         columns=columns,
         stage_to=stage_to,
