@@ -7,6 +7,10 @@ seam's side of each conflict block (the side with `stores=`; else the current br
 open_source and submit call to cli's form, adding the Prompting import where it is used.
 
     python scripts/merge_aid_prompting.py $(git diff --name-only --diff-filter=U | grep '^tests/\\|^bench/')
+
+Tried both ways (seam merged into cli, cli into seam): it leaves every test file clean; bench/scale_seed.py
+keeps cli's create_run by hand (with seam's `stores=ObjectStores()` for `s3_endpoint_url=None`). The
+sources (producer/sources/open.py, producer/cli/submit.py) and docs/ARCHITECTURE.md are merged by hand.
 """
 
 from __future__ import annotations
