@@ -55,6 +55,7 @@ def _write_shards(folder: Path, images: list[bytes], per_shard: int) -> None:
 
 def _measure(label: str, uri: str, work: Path, endpoint: str | None, **open_args: Any) -> dict[str, Any]:
     from vlmbatch.producer.sources.open import open_source
+    from vlmbatch.producer.sources.prompts import Prompting
     from vlmbatch.producer.submit import submit
     from vlmbatch.schema.contracts.models import RunSettings
     from vlmbatch.schema.contracts.settings import Settings
@@ -68,14 +69,14 @@ def _measure(label: str, uri: str, work: Path, endpoint: str | None, **open_args
     )
     _, sessions = open_ledger(database)
     started = time.perf_counter()
-    source = open_source(uri, question="What is shown?", s3_endpoint_url=endpoint, **open_args)
+    source = open_source(uri, prompting=Prompting.of("What is shown?"), s3_endpoint_url=endpoint, **open_args)
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
         source=source,
         settings=RunSettings(model="fake-model"),
         queue="q",
-        question="What is shown?",
+        name_basis="What is shown?",
     )
     submit_s = time.perf_counter() - started
     pipeline = build_pipeline(settings, sessions=sessions, publisher=NullPublisher())

@@ -64,8 +64,8 @@ class Seeded:
         return self.insert_s + self.statistics_s + self.reconcile_s
 
 
-def submit_flags(manifest: Path, submit_args: Sequence[str]) -> dict[str, Any]:
-    """The flags `vlmbatch submit MANIFEST SUBMIT_ARGS` parses, by its own click command."""
+def submit_params(manifest: Path, submit_args: Sequence[str]) -> dict[str, Any]:
+    """The parameters `vlmbatch submit MANIFEST SUBMIT_ARGS` parses, by its own click command."""
     from vlmbatch.producer.cli.submit import submit_command
 
     return dict(submit_command.make_context("submit", [str(manifest), *submit_args]).params)
@@ -74,18 +74,21 @@ def submit_flags(manifest: Path, submit_args: Sequence[str]) -> dict[str, Any]:
 def create_run(sessions: Any, *, manifest: Path, submit_args: Sequence[str], queue: str) -> tuple[int, Any]:
     """The run that `vlmbatch submit MANIFEST SUBMIT_ARGS` will reuse (its --run name, the settings its
     flags give), and the manifest's first job spec, as submit reads it."""
-    from vlmbatch.producer.cli.options import build_run_settings
+    from vlmbatch.producer.cli.asked_options import AskedOptions
+    from vlmbatch.producer.cli.options import group_of
+    from vlmbatch.producer.cli.run_options import RunOptions, SamplingOptions, build_run_settings
     from vlmbatch.producer.sources.open import open_source
     from vlmbatch.schema.ledger.runs import get_or_create_run
 
-    flags = submit_flags(manifest, submit_args)
-    assert flags["run_name"] and flags["model"], "the seeded run needs --run and --model"
-    settings = build_run_settings(flags["model"], **flags)
-    source = open_source(str(manifest), question=None, questions=flags["question"], s3_endpoint_url=None)
+    params = submit_params(manifest, submit_args)
+    asked, run = group_of(AskedOptions, params), group_of(RunOptions, params)
+    assert run.run_name and run.model, "the seeded run needs --run and --model"
+    settings = build_run_settings(run.model, asked=asked, run=run, sampling=group_of(SamplingOptions, params))
+    source = open_source(str(manifest), prompting=asked.prompting(), s3_endpoint_url=None)
     template = next(iter(source.specs()))
     with sessions() as session, session.begin():
-        run = get_or_create_run(session, name=flags["run_name"], settings=settings, queue=queue, source=source.uri)
-        return run.id, template
+        run_row = get_or_create_run(session, name=run.run_name, settings=settings, queue=queue, source=source.uri)
+        return run_row.id, template
 
 
 def seed_jobs(sessions: Any, *, run_id: int, template: Any, jobs: int, log: bool = True) -> tuple[float, float]:

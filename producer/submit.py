@@ -37,10 +37,11 @@ from vlmbatch.schema.ledger.submit_writes import PUBLISH_PART, JobWrites, job_wr
 from vlmbatch.worker.transport.publisher import Publisher
 
 
-def default_run_name(source_uri: str, question: str | None, settings: RunSettings) -> str:
-    """A stable name, so that submitting the same source with the same settings twice reuses the run."""
+def default_run_name(source_uri: str, name_basis: str | None, settings: RunSettings) -> str:
+    """A stable name, so that submitting the same source with the same settings twice reuses the run;
+    `name_basis` is what else tells this run from another (what is asked, a dataset's config)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", source_uri.rstrip("/").rsplit("/", 1)[-1]).strip("-") or "run"
-    digest = hashlib.sha256(f"{source_uri}\n{question}\n{settings.fingerprint()}".encode()).hexdigest()[:8]
+    digest = hashlib.sha256(f"{source_uri}\n{name_basis}\n{settings.fingerprint()}".encode()).hexdigest()[:8]
     return f"{stem[:60]}-{digest}"
 
 
@@ -52,7 +53,7 @@ def submit(
     settings: RunSettings,
     queue: str,
     run_name: str | None = None,
-    question: str | None = None,
+    name_basis: str | None = None,
     held: bool = False,
     policy: RejectPolicy = STRICT,
     schedule: Schedule | None = None,
@@ -62,7 +63,7 @@ def submit(
     jobs refuse the submit under a strict `policy`, else they are recorded as the run's rejects
     (sources.base.RejectPolicy). Raises SourceError (nothing written) for a bad source, one that yields no
     job, or too many rejects; RunConflict when the named run exists with other settings."""
-    name = run_name or default_run_name(source.uri, question, settings)
+    name = run_name or default_run_name(source.uri, name_basis, settings)
     check = reference_check(settings)
     rejects = Rejects(source.uri, policy)
     strict = policy.strict

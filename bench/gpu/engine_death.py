@@ -49,6 +49,7 @@ def main() -> int:
     from bench.workload import write_images
     from vlmbatch.media.stores import ObjectStores
     from vlmbatch.producer.sources.open import open_source
+    from vlmbatch.producer.sources.prompts import Prompting
     from vlmbatch.producer.submit import submit
     from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
     from vlmbatch.schema.contracts.settings import Settings
@@ -85,7 +86,7 @@ def main() -> int:
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(work / "death-images"), question="Describe.", s3_endpoint_url=None),
+        source=open_source(str(work / "death-images"), prompting=Prompting.of("Describe."), s3_endpoint_url=None),
         settings=RunSettings(
             model=str(model),
             max_images_per_prompt=1,

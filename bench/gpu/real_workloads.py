@@ -162,6 +162,7 @@ def _pipeline_longtail(
 
     from vlmbatch.media.stores import ObjectStores
     from vlmbatch.producer.sources.open import open_source
+    from vlmbatch.producer.sources.prompts import Prompting
     from vlmbatch.producer.submit import submit
     from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
     from vlmbatch.schema.ledger.database import open_ledger
@@ -176,7 +177,7 @@ def _pipeline_longtail(
     database_url = f"sqlite:///{work / 'longtail.db'}"
     settings = pipeline_settings(args, model, database_url)
     _, sessions = open_ledger(database_url)
-    source = open_source(str(images[0].parent), question=QUESTION, s3_endpoint_url=None)
+    source = open_source(str(images[0].parent), prompting=Prompting.of(QUESTION), s3_endpoint_url=None)
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
@@ -186,7 +187,7 @@ def _pipeline_longtail(
         ),
         queue="bench",
         run_name="longtail",
-        question=QUESTION,
+        name_basis=QUESTION,
     )
     # Each job's own length, as a per-job override (what `resubmit --max-tokens` stores): by image name.
     by_name = {path.name: n for path, n in zip(images, lengths, strict=True)}

@@ -145,6 +145,7 @@ def run_pipeline(
 ) -> dict[str, Any]:
     from vlmbatch.media.stores import ObjectStores
     from vlmbatch.producer.sources.open import open_source
+    from vlmbatch.producer.sources.prompts import Prompting
     from vlmbatch.producer.submit import submit
     from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
     from vlmbatch.schema.ledger.database import open_ledger
@@ -175,7 +176,7 @@ def run_pipeline(
     log(f"pipeline: engine ready in {start_s:.0f}s")
 
     def submit_run(folder: Path, name: str, sampling: SamplingSettings, **extra: Any) -> int:
-        source = open_source(str(folder), question=QUESTION, s3_endpoint_url=None)
+        source = open_source(str(folder), prompting=Prompting.of(QUESTION), s3_endpoint_url=None)
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
@@ -183,7 +184,7 @@ def run_pipeline(
             settings=RunSettings(model=str(model), sampling=sampling, max_images_per_prompt=1, **extra),
             queue="bench",
             run_name=name,
-            question=QUESTION,
+            name_basis=QUESTION,
         )
         return report.run
 

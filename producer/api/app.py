@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vlmbatch.producer.api.batches import BatchService
+from vlmbatch.producer.api.batches import BatchService, BatchSettings
 from vlmbatch.producer.api.errors import ApiError
 from vlmbatch.producer.api.files import (
     FORM_OVERHEAD,
@@ -35,9 +35,8 @@ from vlmbatch.producer.api.files import (
     limited_receive,
     too_large,
 )
-from vlmbatch.producer.api.keys import ApiKeys, RequireApiKey
+from vlmbatch.producer.api.keys import ApiKeys, KeySettings, RequireApiKey
 from vlmbatch.producer.api.same_origin import require_json
-from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.worker.transport.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,21 @@ MAX_JSON_BODY = 64 * 1024
 T = TypeVar("T")
 
 
-def build_api(settings: Settings, *, sessions: sessionmaker[Session], publisher: Publisher) -> ASGIApp:
+class ApiSettings(BatchSettings, KeySettings, Protocol):
+    """What the Batch API reads of the settings (Settings has it all): its batches' and keys' settings,
+    where uploads are kept and how large they may be, the host it is bound to."""
+
+    @property
+    def home(self) -> Path: ...
+
+    @property
+    def api_max_file_bytes(self) -> int: ...
+
+    @property
+    def browser_host(self) -> str: ...
+
+
+def build_api(settings: ApiSettings, *, sessions: sessionmaker[Session], publisher: Publisher) -> ASGIApp:
     """The Batch API over the ledger of `sessions`, publishing submitted jobs with `publisher`. Raises
     KeyFileError when the keys file cannot be read."""
     files = FileStore(sessions, (settings.home / API_FILES).resolve(), max_bytes=settings.api_max_file_bytes)

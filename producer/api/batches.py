@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,7 +30,6 @@ from vlmbatch.producer.sources.openai_batch import CHAT_URLS, OpenAIBatchSource
 from vlmbatch.producer.submit import publish_run, submit
 from vlmbatch.schema.contracts.errors import BrokerUnavailable, RunNotFound, SourceError
 from vlmbatch.schema.contracts.models import RunSettings
-from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger import api_batches
 from vlmbatch.schema.ledger.api_files import FileRow, get_file
@@ -52,12 +51,31 @@ EXPIRED_ERROR = ("batch_expired", "This request could not be executed before the
 _CANCELLABLE = ("validating", "in_progress", "cancelling")
 
 
+class BatchSettings(Protocol):
+    """What a batch's submit reads of the settings (Settings has them): the model and queue of its run,
+    where its `data:` images are staged."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def s3_endpoint_url(self) -> str | None: ...
+
+    @property
+    def max_image_bytes(self) -> int: ...
+
+    def resolved_stage_to(self) -> str: ...
+
+
 @dataclass
 class BatchService:
     sessions: sessionmaker[Session]
     publisher: Publisher
     files: FileStore
-    settings: Settings
+    settings: BatchSettings
 
     def __post_init__(self) -> None:
         self._finalizing = threading.Lock()

@@ -9,16 +9,27 @@ import hmac
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from pydantic import SecretStr
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vlmbatch.producer.api.errors import ApiError
 from vlmbatch.producer.api.same_origin import cross_origin_refusal
 from vlmbatch.producer.browser.auth import Access
-from vlmbatch.schema.contracts.settings import Settings
 
 _HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
+
+
+class KeySettings(Protocol):
+    """The settings that name the keys (Settings has them)."""
+
+    @property
+    def api_keys(self) -> SecretStr | None: ...
+
+    @property
+    def api_keys_file(self) -> Path | None: ...
 
 
 class KeyFileError(ValueError):
@@ -32,7 +43,7 @@ class ApiKeys:
     hashed: tuple[bytes, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ApiKeys:
+    def from_settings(cls, settings: KeySettings) -> ApiKeys:
         """The keys `settings` name. Raises KeyFileError for a missing, unreadable or malformed keys file."""
         raw = settings.api_keys.get_secret_value() if settings.api_keys else ""
         plain = tuple(key.strip().encode() for key in raw.split(",") if key.strip())

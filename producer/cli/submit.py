@@ -7,29 +7,28 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
 from vlmbatch.producer.cli import cli
+from vlmbatch.producer.cli.asked_options import AskedOptions
 from vlmbatch.producer.cli.context import CommandContext, load_context
-from vlmbatch.producer.cli.options import (
-    F,
-    FiniteFloat,
-    build_run_settings,
-    column_choice,
-    engine_options,
-    engine_settings,
-    reject_policy,
-    resolve_questions,
-    run_options,
-    with_engine_args,
-)
+from vlmbatch.producer.cli.engine_options import EngineOptions, engine_options, with_engine_args
+from vlmbatch.producer.cli.options import FiniteFloat, option_group
 from vlmbatch.producer.cli.progress import BarStream, ProgressDisplay
 from vlmbatch.producer.cli.render import table, terminal_safe
+from vlmbatch.producer.cli.run_options import (
+    OutputOptions,
+    RunOptions,
+    SamplingOptions,
+    build_run_settings,
+    run_options,
+)
+from vlmbatch.producer.cli.source_options import SourceOptions
 from vlmbatch.producer.sources.base import Source, source_empty_message, source_notes
 from vlmbatch.producer.sources.open import open_source
-from vlmbatch.producer.sources.prompts import PromptTemplate
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.models import RunSettings, SubmitReport
 from vlmbatch.schema.contracts.states import JobState
@@ -43,38 +42,50 @@ if TYPE_CHECKING:
     from vlmbatch.worker.pipeline.pipeline import Pipeline
 
 
-def _open(ctx: CommandContext, source_uri: str, flags: dict[str, Any]) -> tuple[Source, RunSettings, str]:
-    """The source, the run's settings and what names its prompts; one-line errors for bad flags."""
-    questions = resolve_questions(flags["question"], flags["question_file"], flags["questions_file"])
-    settings = build_run_settings(ctx.settings.model, **flags)
-    template = PromptTemplate.from_file(flags["prompt_template"]) if flags["prompt_template"] else None
+@dataclass(frozen=True)
+class SubmitOptions:
+    """Every flag of a submit (`submit`, `run`), by group."""
+
+    asked: AskedOptions
+    reading: SourceOptions
+    run: RunOptions
+    sampling: SamplingOptions
+    output: OutputOptions
+
+
+@dataclass(frozen=True)
+class DryRunOptions:
+    dry_run: bool
+    preview: int
+    rate: float | None
+
+
+def _open(ctx: CommandContext, source_uri: str, given: SubmitOptions) -> tuple[Source, RunSettings, str]:
+    """The source, the run's settings and what else names the run; one-line errors for bad flags."""
+    prompting = given.asked.prompting()
+    settings = build_run_settings(ctx.settings.model, asked=given.asked, run=given.run, sampling=given.sampling)
+    reading = given.reading
     source = open_source(
         source_uri,
-        question=None,
-        questions=questions,
-        prompt_template=template,
+        prompting=prompting,
         s3_endpoint_url=ctx.settings.s3_endpoint_url,
-        columns=column_choice(flags),
-        stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
+        columns=reading.columns(),
+        stage_to=reading.stage_to or ctx.settings.resolved_stage_to(),
         local_roots=ctx.settings.resolved_local_roots(),
         max_image_bytes=ctx.settings.max_image_bytes,
-        config=flags["dataset_config"],
-        split=flags["dataset_split"],
+        config=reading.dataset_config,
+        split=reading.dataset_split,
     )
-    # The run's default name depends on everything that shapes its prompts.
-    prompt_identity = "\n".join(questions) + (f"\n{template.text}" if template else "")
-    # A dataset's config and split, when named, are other runs than its default's.
-    for flag in ("dataset_config", "dataset_split"):
-        prompt_identity += f"\n{flag}={flags[flag]}" if flags[flag] else ""
-    return source, settings, prompt_identity
+    # The run's default name depends on everything that shapes its prompts, and on the dataset's choice.
+    return source, settings, prompting.identity() + reading.dataset_choice()
 
 
 def _submit(
-    ctx: CommandContext, source_uri: str, flags: dict[str, Any], publisher: Callable[[], Publisher]
+    ctx: CommandContext, source_uri: str, given: SubmitOptions, publisher: Callable[[], Publisher]
 ) -> SubmitReport:
     """Submit SOURCE; `publisher` is built only once the flags and the source passed their checks (an
     embedded broker creates its files)."""
-    source, settings, prompt_identity = _open(ctx, source_uri, flags)
+    source, settings, name_basis = _open(ctx, source_uri, given)
     # A source with no row at all is refused before the ledger or the broker is touched (nothing written),
     # in the line submit would give: what was looked for and what was found. One row is read.
     if next(iter(source.rows()), None) is None:
@@ -85,10 +96,10 @@ def _submit(
         source=source,
         settings=settings,
         queue=ctx.settings.queue,
-        run_name=flags["run_name"],
-        question=prompt_identity or None,
-        schedule=Schedule(priority=flags["priority"], weight=flags["weight"]),
-        policy=reject_policy(flags),
+        run_name=given.run.run_name,
+        name_basis=name_basis or None,
+        schedule=Schedule(priority=given.run.priority, weight=given.run.weight),
+        policy=given.reading.reject_policy(),
     )
     for note in [*source_notes(source), *submit_notes(report)]:
         click.echo(note, err=True)
@@ -110,51 +121,57 @@ def submit_notes(report: SubmitReport) -> list[str]:
     return notes
 
 
-def _dry_run(ctx: CommandContext, source_uri: str, flags: dict[str, Any]) -> None:
+def _dry_run(ctx: CommandContext, source_uri: str, given: SubmitOptions, dry: DryRunOptions) -> None:
     from vlmbatch.producer.cli.dry_run import dry_run, report_lines
     from vlmbatch.producer.submit import reference_check
 
-    source, settings, _ = _open(ctx, source_uri, flags)
-    result = dry_run(source, settings, preview=flags["preview"], check=reference_check(settings))
+    source, settings, _ = _open(ctx, source_uri, given)
+    result = dry_run(source, settings, preview=dry.preview, check=reference_check(settings))
     if not result.jobs:
         raise click.UsageError(f"{source_uri} holds no jobs: no image (or row) was found there")
-    if flags["as_json"]:
+    if given.output.as_json:
         click.echo(json.dumps(result.summary(settings)))
     else:
-        click.echo("\n".join(report_lines(result, settings, rate=flags["rate"])))
+        click.echo("\n".join(report_lines(result, settings, rate=dry.rate)))
 
 
-def dry_run_options(fn: F) -> F:
-    for option in reversed(
-        [
-            click.option("--dry-run", is_flag=True, help="Validate SOURCE and show the run; write nothing."),
-            click.option(
-                "--preview", type=click.IntRange(0), default=3, show_default=True, help="Dry run: prompts shown."
-            ),
-            click.option("--rate", type=FiniteFloat(0, min_open=True), help="Dry run: jobs/s, for a GPU-time guess."),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+dry_run_options = option_group(
+    "dry",
+    DryRunOptions,
+    [
+        click.option("--dry-run", is_flag=True, help="Validate SOURCE and show the run; write nothing."),
+        click.option("--preview", type=click.IntRange(0), default=3, show_default=True, help="Dry run: prompts shown."),
+        click.option("--rate", type=FiniteFloat(0, min_open=True), help="Dry run: jobs/s, for a GPU-time guess."),
+    ],
+)
 
 
 @cli.command("submit")
 @click.argument("source")
 @run_options
 @dry_run_options
-def submit_command(source: str, **flags: Any) -> None:
+def submit_command(
+    source: str,
+    asked: AskedOptions,
+    reading: SourceOptions,
+    run: RunOptions,
+    sampling: SamplingOptions,
+    output: OutputOptions,
+    dry: DryRunOptions,
+) -> None:
     """Submit SOURCE (a folder, an s3://bucket/prefix, a .jsonl/.csv/.parquet manifest, a Parquet with
     embedded images, WebDataset .tar shards (a file, a {00000..00009} pattern, a folder or prefix), or an
     OpenAI batch .jsonl) as jobs: one per image (or row) and question.
 
     Submitting the same source again adds nothing: jobs are unique per run, images and question."""
-    ctx = load_context(queue=flags["queue"])
-    if flags["dry_run"]:
-        _dry_run(ctx, source, flags)
+    given = SubmitOptions(asked=asked, reading=reading, run=run, sampling=sampling, output=output)
+    ctx = load_context(queue=run.queue)
+    if dry.dry_run:
+        _dry_run(ctx, source, given, dry)
         return
     _check_broker(ctx.settings.resolved_broker_url())
-    report = _submit(ctx, source, flags, ctx.publisher)
-    if flags["as_json"]:
+    report = _submit(ctx, source, given, ctx.publisher)
+    if output.as_json:
         click.echo(report.model_dump_json())
     else:
         click.echo(f"run {report.run}: {report.submitted} jobs submitted, {report.skipped} already there")
@@ -186,37 +203,49 @@ def _check_broker(url: str) -> None:
     type=FiniteFloat(0, min_open=True),
     help="Seconds between progress lines when stderr is not a terminal [default 30].",
 )
-def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
+def run_command(
+    source: str,
+    asked: AskedOptions,
+    reading: SourceOptions,
+    run: RunOptions,
+    sampling: SamplingOptions,
+    output: OutputOptions,
+    engine: EngineOptions,
+    dry: DryRunOptions,
+    verbose: bool | None,
+    progress_every: float | None,
+) -> None:
     """Submit SOURCE, then work the run in this process until it is done (no broker needed). vLLM's log
     goes to VLMBATCH_HOME/logs/run-ID.log."""
     from vlmbatch.worker.pipeline.admission import WorkerStopping
     from vlmbatch.worker.process.main import run_embedded, start_embedded
 
+    given = SubmitOptions(asked=asked, reading=reading, run=run, sampling=sampling, output=output)
     ctx = load_context(
-        queue=flags["queue"],
-        model=flags["model"],
+        queue=run.queue,
+        model=run.model,
         # The engine serves this run: its limits are the run's.
-        max_tiles=flags["max_tiles"],
-        max_images_per_prompt=flags["max_images"],
-        verbose=flags.pop("verbose"),
-        progress_every=flags.pop("progress_every"),
-        **engine_settings(flags),
+        max_tiles=run.max_tiles,
+        max_images_per_prompt=run.max_images,
+        verbose=verbose,
+        progress_every=progress_every,
+        **engine.settings(),
     )
-    if flags["dry_run"]:
-        _dry_run(ctx, source, flags)
+    if dry.dry_run:
+        _dry_run(ctx, source, given, dry)
         return
     # Checked before anything is submitted: a refused engine argument leaves no run behind.
-    ctx.settings = with_engine_args(ctx.settings, engine_arg)
-    if flags["stage_to"]:  # where this run's images are staged is where its worker reads them
-        ctx.settings = ctx.settings.model_copy(update={"stage_to": flags["stage_to"]})
-    report = _submit(ctx, source, flags, NullPublisher)
+    ctx.settings = with_engine_args(ctx.settings, engine.engine_arg)
+    if reading.stage_to:  # where this run's images are staged is where its worker reads them
+        ctx.settings = ctx.settings.model_copy(update={"stage_to": reading.stage_to})
+    report = _submit(ctx, source, given, NullPublisher)
     with ctx.sessions() as session:
         name = get_run(session, report.run).name
     settings = ctx.settings
     if settings.log_file is None:
         log_file = (settings.home / "logs" / f"run-{report.run}.log").resolve()
         settings = settings.model_copy(update={"log_file": log_file})
-    interactive = sys.stderr.isatty() and not flags["as_json"]
+    interactive = sys.stderr.isatty() and not output.as_json
     stream = BarStream()
     configure_logging(
         fmt=settings.log_format,
@@ -225,7 +254,7 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
         terminal_format="%(message)s",
         stream=stream,
     )
-    if not flags["as_json"]:
+    if not output.as_json:
         click.echo(
             f"run {report.run} ({terminal_safe(name)}): {report.submitted} new jobs, {report.skipped} already there; "
             f"log {settings.log_file}",
@@ -241,7 +270,7 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
     )
 
     def tick(pipeline: Pipeline) -> None:
-        if flags["as_json"]:
+        if output.as_json:
             return
         with ctx.sessions() as session:
             display.update(run_progress(session, report.run), tokens=pipeline.counters.completion_tokens)
@@ -264,14 +293,14 @@ def run_command(source: str, engine_arg: tuple[str, ...], **flags: Any) -> None:
         status = run_status(session, report.run)
     if status.paused:  # by `vlmbatch pause` or its circuit breaker: what ran here has finished
         elapsed, tokens = time.monotonic() - started, pipeline.counters.completion_tokens
-        click.echo(status.model_dump_json() if flags["as_json"] else _summary(ctx, report.run, elapsed, tokens))
+        click.echo(status.model_dump_json() if output.as_json else _summary(ctx, report.run, elapsed, tokens))
         click.echo(
             f"run {report.run} is paused: {terminal_safe(status.pause_reason or '')}; "
             f"`vlmbatch resume {report.run}`, then `vlmbatch run` again, finishes it",
             err=True,
         )
         sys.exit(3)
-    if flags["as_json"]:
+    if output.as_json:
         click.echo(status.model_dump_json())
         return
     click.echo(_summary(ctx, report.run, time.monotonic() - started, pipeline.counters.completion_tokens))

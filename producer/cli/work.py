@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
-from vlmbatch.producer.cli.options import engine_options, with_engine_args
+from vlmbatch.producer.cli.engine_options import EngineOptions, engine_options, with_engine_args
 
 # This command line, as a child process runs it (the launcher starts `vlmbatch worker` once per GPU group).
 VLMBATCH = (sys.executable, "-m", "vlmbatch.producer.cli")
@@ -30,7 +31,18 @@ VLMBATCH = (sys.executable, "-m", "vlmbatch.producer.cli")
 @click.option("--verbose", is_flag=True, default=None, help="With --log-file: vLLM's warnings on the terminal too.")
 @click.option("--progress-every", type=click.FloatRange(0, min_open=True), help="Seconds between progress lines.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker_command(loglevel: str, gpus: str | None, engine_arg: tuple[str, ...], **flags: object) -> None:
+def worker_command(
+    loglevel: str,
+    gpus: str | None,
+    engine: EngineOptions,
+    model: str | None,
+    max_tiles: int | None,
+    max_images_per_prompt: int | None,
+    queue: str | None,
+    log_file: Path | None,
+    verbose: bool | None,
+    progress_every: float | None,
+) -> None:
     """Run a worker: one engine, consuming the broker queue until stopped (SIGTERM: graceful)."""
     if gpus:
         import os
@@ -39,12 +51,22 @@ def worker_command(loglevel: str, gpus: str | None, engine_arg: tuple[str, ...],
 
         chosen = parse_gpus(gpus)
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)  # before any CUDA library is loaded
-        if flags.get("tensor_parallel_size") is None:
-            flags["tensor_parallel_size"] = len(chosen)
+        if engine.tensor_parallel_size is None:
+            engine = replace(engine, tensor_parallel_size=len(chosen))
     from vlmbatch.worker.process.main import run_celery_worker
     from vlmbatch.worker.telemetry.log_format import configure_logging
 
-    settings = with_engine_args(load_context(**flags).settings, engine_arg)
+    context = load_context(
+        model=model,
+        max_tiles=max_tiles,
+        max_images_per_prompt=max_images_per_prompt,
+        queue=queue,
+        log_file=log_file,
+        verbose=verbose,
+        progress_every=progress_every,
+        **engine.settings(),
+    )
+    settings = with_engine_args(context.settings, engine.engine_arg)
     if settings.log_file is not None:
         settings = settings.model_copy(update={"log_file": settings.log_file.resolve()})
     configure_logging(

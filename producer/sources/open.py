@@ -28,7 +28,7 @@ from vlmbatch.producer.sources.parquet import (
     open_parquet_file,
     wants_embedded_source,
 )
-from vlmbatch.producer.sources.prompts import CLI_QUESTION, PromptedSource, Prompting, PromptTemplate
+from vlmbatch.producer.sources.prompts import PromptedSource, Prompting
 from vlmbatch.producer.sources.s3 import S3PrefixSource
 from vlmbatch.producer.sources.survey import nothing_found
 from vlmbatch.producer.sources.webdataset import (
@@ -45,10 +45,8 @@ from vlmbatch.schema.contracts.errors import SourceError
 def open_source(
     uri: str,
     *,
-    question: str | None,
     s3_endpoint_url: str | None,
-    questions: Sequence[str] = (),
-    prompt_template: PromptTemplate | None = None,
+    prompting: Prompting | None = None,
     columns: ColumnChoice | None = None,
     stage_to: str | None = None,
     local_roots: Sequence[Path] = (),
@@ -61,8 +59,9 @@ def open_source(
     WebDataset shards (a `.tar`, a brace pattern, or a folder / prefix of shards), an `s3://bucket/prefix`,
     or a local folder.
 
-    `question` and `questions` apply to every job that does not bring its own (one job per question);
-    `prompt_template` renders each job's text from its row (producer/sources/prompts.py). `columns` names
+    `prompting` is what is asked of every row that does not bring its own question (one job per question,
+    each job's text rendered by its template: producer/sources/prompts.py); none: each row brings its own.
+    `columns` names
     the image, question and reference columns of embedded Parquet and WebDataset samples; `stage_to` is
     where embedded image bytes are staged (None: embedded bytes are refused). `stage_to` also takes
     an OpenAI batch file's `data:` images. A manifest's local images must lie in
@@ -72,13 +71,12 @@ def open_source(
     image over `max_image_bytes` is a malformed row."""
 
     uri = absolute_source(uri)
-    asked = ((question,) if question else ()) + tuple(questions)
-    prompting = Prompting(questions=asked, template=prompt_template)
-    given = CLI_QUESTION if prompting.asks_source else (asked[0] if asked else None)
+    prompting = prompting or Prompting()
+    given = prompting.default_question
     columns = columns or ColumnChoice()
     stager = Stager(stage_to, s3_endpoint_url=s3_endpoint_url, max_bytes=max_image_bytes) if stage_to else None
     if uri.lower().endswith(".jsonl") and is_openai_batch(uri, s3_endpoint_url=s3_endpoint_url):
-        if asked or prompt_template is not None:
+        if prompting.asks_anything:
             raise SourceError(f"{uri}: an OpenAI batch file brings its own messages (no --question or template)")
         return OpenAIBatchSource(uri, stager=stager, local_roots=local_roots, s3_endpoint_url=s3_endpoint_url)
     inner: Source
@@ -114,7 +112,7 @@ def open_source(
         inner = ChainedSource(uri, files, opener, note)
     elif uri.startswith("s3://"):
         _refuse_columns_for_manifests(uri, columns)
-        inner = S3PrefixSource(uri, question=_required(given, prompting, uri), s3_endpoint_url=s3_endpoint_url)
+        inner = S3PrefixSource(uri, question=_required(given, uri), s3_endpoint_url=s3_endpoint_url)
     else:
         path = Path(uri.removeprefix("file://"))
         if not path.is_dir():
@@ -122,7 +120,7 @@ def open_source(
                 f"{uri}: not a folder, an s3:// prefix, a manifest (.jsonl, .csv, .parquet) or WebDataset shards (.tar)"
             )
         # Column flags name sidecar fields (img2dataset's `files` output); without them a question is due.
-        question = given if columns != ColumnChoice() else _required(given, prompting, uri)
+        question = given if columns != ColumnChoice() else _required(given, uri)
         inner = FolderSource(
             path,
             question=question,
@@ -225,8 +223,7 @@ def _refuse_columns_for_manifests(uri: str, columns: ColumnChoice) -> None:
         )
 
 
-def _required(question: str | None, prompting: Prompting, uri: str) -> str:
-    if not question and prompting.template is None:
+def _required(question: str | None, uri: str) -> str:
+    if not question:
         raise SourceError(f"{uri}: a question is required (--question or --question-file)")
-
-    return question or CLI_QUESTION
+    return question

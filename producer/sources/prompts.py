@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,9 @@ from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import JobSpec
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, unplaced_images, user_layout
 
-# Given to a source as its question when the question comes from here (several questions, or a
-# template): a row that still carries it brought no question of its own. No row can hold a NUL.
-CLI_QUESTION = "\ue000question of the command line\ue000"  # private-use characters: no real text has them
+# The question a source gives a row that brings none when several questions or a template are asked
+# (Prompting.default_question): `expand` replaces it. Private-use characters: no real text has them.
+_ASKED_BY_PROMPTING = "\ue000question of the command line\ue000"
 _LETTERS = string.ascii_uppercase
 
 
@@ -92,21 +93,46 @@ class PromptTemplate:
         return text
 
 
+@dataclass(frozen=True)
 class Prompting:
-    """The questions and template applied to each spec a source yields."""
+    """What is asked of every row that brings no question of its own: the questions (one job each) and an
+    optional template rendering each job's text. `Prompting()` asks nothing: each row brings its own."""
 
-    def __init__(self, *, questions: Sequence[str], template: PromptTemplate | None) -> None:
-        self.questions = tuple(questions)
-        self.template = template
+    questions: tuple[str, ...] = ()
+    template: PromptTemplate | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "questions", tuple(self.questions))
+
+    @classmethod
+    def of(cls, question: str | None, *, template: PromptTemplate | None = None) -> Prompting:
+        """One question asked of every row (None or empty: none)."""
+        return cls(questions=(question,) if question else (), template=template)
 
     @property
     def asks_source(self) -> bool:
-        """Whether the source must be given CLI_QUESTION (else the single question itself)."""
+        """Whether `expand` must make the jobs (several questions, a template), not the source itself."""
         return self.template is not None or len(self.questions) > 1
+
+    @property
+    def default_question(self) -> str | None:
+        """The question a source gives a row that brings none: the one question asked, a marker `expand`
+        replaces (several questions, a template), or None (nothing asked)."""
+        if self.asks_source:
+            return _ASKED_BY_PROMPTING
+        return self.questions[0] if self.questions else None
+
+    @property
+    def asks_anything(self) -> bool:
+        return bool(self.questions) or self.template is not None
+
+    def identity(self) -> str:
+        """The text that tells this prompting from another (a run's default name hashes it)."""
+        return "\n".join(self.questions) + (f"\n{self.template.text}" if self.template else "")
 
     def expand(self, spec: JobSpec) -> list[JobSpec]:
         """The jobs of one row. Raises ValueError for a row that cannot be prompted."""
-        own = spec.question != CLI_QUESTION
+        own = spec.question != _ASKED_BY_PROMPTING
         asked: Sequence[str | None] = [spec.question] if own else (self.questions or [None])
         jobs = []
         for question in asked:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmbatch.producer.cli.options import with_engine_args
+from vlmbatch.producer.cli.engine_options import with_engine_args
 from vlmbatch.schema.contracts.settings import Settings
 
 pytestmark = [pytest.mark.vllm]

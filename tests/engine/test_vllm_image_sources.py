@@ -15,6 +15,7 @@ from tests.fixtures.embedded import write_mmmu_parquet, write_shards
 from tests.integration.pipeline_helpers import running_pipeline
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.parquet import ColumnChoice
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.errors import ErrorType
 from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
@@ -51,7 +52,7 @@ def test_an_mmmu_parquet_runs_with_each_rows_images_in_the_prompt(
     columns = ColumnChoice(reference_column="answer")
     run_id, sessions = _run_source(
         sqlite_url, tiny_model, shared_engine, str(tmp_path / "mmmu.parquet"),
-        question=None, columns=columns, stage_to=str(tmp_path / "staged"),
+        columns=columns, stage_to=str(tmp_path / "staged"),
     )  # fmt: skip
     with sessions() as session:
         jobs = {j.meta["id"]: j for j in session.scalars(select(Job).where(Job.run_id == run_id)) if j.meta}
@@ -70,7 +71,7 @@ def test_webdataset_shards_run_and_the_corrupt_member_fails_alone(
 ) -> None:
     write_shards(tmp_path / "shards")
     run_id, sessions = _run_source(
-        sqlite_url, tiny_model, shared_engine, str(tmp_path / "shards"), question="Describe it."
+        sqlite_url, tiny_model, shared_engine, str(tmp_path / "shards"), prompting=Prompting.of("Describe it.")
     )
     with sessions() as session:
         jobs = {j.meta["key"]: j for j in session.scalars(select(Job).where(Job.run_id == run_id)) if j.meta}

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.stores import ObjectStore, ObjectStores
 from vlmbatch.producer.sources.open import open_source
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.models import RunSettings, SamplingSettings
 from vlmbatch.schema.contracts.settings import Settings
@@ -71,10 +72,10 @@ def submit_folder(
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(folder), question=question, s3_endpoint_url=None),
+        source=open_source(str(folder), prompting=Prompting.of(question), s3_endpoint_url=None),
         settings=settings,
         queue="q",
-        question=question,
+        name_basis=question,
     )
     return report.run
 

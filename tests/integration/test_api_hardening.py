@@ -20,6 +20,7 @@ from vlmbatch.producer.api.app import build_api
 from vlmbatch.producer.api.server import build_server_app
 from vlmbatch.producer.browser.app import build_app
 from vlmbatch.producer.sources.open import open_source
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.settings import Settings
@@ -161,7 +162,7 @@ def test_a_batch_does_not_take_over_a_cli_run_of_its_name(keyless: TestClient, t
     cli_run = submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(folder), question="What?", s3_endpoint_url=None),
+        source=open_source(str(folder), prompting=Prompting.of("What?"), s3_endpoint_url=None),
         settings=RunSettings(model="m"),
         queue="q",
         run_name="batch_1",  # as a ledger from before the names were reserved may hold

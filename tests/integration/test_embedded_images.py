@@ -30,6 +30,7 @@ from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import ObjectStores, make_s3_client
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.parquet import ColumnChoice
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.errors import ErrorType, SourceError
 from vlmbatch.schema.contracts.models import RunSettings
@@ -45,7 +46,11 @@ def _run(
 ) -> tuple[list[Job], sessionmaker[Session]]:
     """Submit `uri` and work the run to its end; its jobs in id order."""
     source = open_source(
-        uri, question=question, s3_endpoint_url=settings.s3_endpoint_url, columns=columns, stage_to=stage_to
+        uri,
+        prompting=Prompting.of(question),
+        s3_endpoint_url=settings.s3_endpoint_url,
+        columns=columns,
+        stage_to=stage_to,
     )
     with running_pipeline(settings) as (pipeline, sessions):
         report = submit(
@@ -54,7 +59,7 @@ def _run(
             source=source,
             settings=RunSettings(model="fake-model", max_images_per_prompt=8),
             queue="q",
-            question=question,
+            name_basis=question,
         )
         pipeline.feed_run(report.run).result(timeout=120)
     with sessions() as session:
@@ -152,7 +157,9 @@ def test_jsonl_images_as_base64_data_uris_are_staged_and_run(sqlite_url: str, tm
 def test_a_broken_data_uri_is_a_malformed_row(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"image": "data:image/png;base64,%%%"}) + "\n")
-    source = open_source(str(manifest), question="q?", s3_endpoint_url=None, stage_to=str(tmp_path / "s"))
+    source = open_source(
+        str(manifest), prompting=Prompting.of("q?"), s3_endpoint_url=None, stage_to=str(tmp_path / "s")
+    )
     with pytest.raises(SourceError, match="line 1: a data: URI whose base64 payload is invalid"):
         source.validate()
 
@@ -162,7 +169,6 @@ def test_a_named_image_column_that_does_not_exist_refuses_the_source(tmp_path: P
     with pytest.raises(SourceError, match="no column image_9"):
         open_source(
             str(tmp_path / "mmmu.parquet"),
-            question=None,
             s3_endpoint_url=None,
             columns=ColumnChoice(image_columns=("image_1", "image_9")),
             stage_to=str(tmp_path / "s"),
@@ -173,7 +179,12 @@ def test_column_flags_on_a_uri_manifest_are_refused_rather_than_ignored(tmp_path
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"image": "a.jpg"}) + "\n")
     with pytest.raises(SourceError, match="apply to Parquet with images and to WebDataset"):
-        open_source(str(manifest), question="q", s3_endpoint_url=None, columns=ColumnChoice(reference_column="answer"))
+        open_source(
+            str(manifest),
+            prompting=Prompting.of("q"),
+            s3_endpoint_url=None,
+            columns=ColumnChoice(reference_column="answer"),
+        )
 
 
 def test_staging_the_same_image_to_s3_again_keeps_the_first_object(s3_endpoint: str, s3_bucket: str) -> None:
@@ -192,7 +203,7 @@ def test_a_url_list_parquet_names_its_url_column_and_keeps_the_urls_for_the_work
     table = pa.table({"url": urls, "caption": [f"caption {i}" for i in range(3)], "width": [64, 65, 66]})
     pq.write_table(table, tmp_path / "laion.parquet")
     columns = ColumnChoice(image_columns=("url",), question_column="caption")
-    source = open_source(str(tmp_path / "laion.parquet"), question=None, s3_endpoint_url=None, columns=columns,
+    source = open_source(str(tmp_path / "laion.parquet"), s3_endpoint_url=None, columns=columns,
                          stage_to=str(tmp_path / "s"))  # fmt: skip
     source.validate()
     specs = list(source.specs())

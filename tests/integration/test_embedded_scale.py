@@ -25,6 +25,7 @@ _SUBMIT_CHILD = """
 import json, sys
 import pyarrow.parquet
 from vlmbatch.producer.sources.open import open_source
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.ledger.database import open_ledger
 from vlmbatch.schema.contracts.models import RunSettings
@@ -37,9 +38,9 @@ def peak_mib():
 
 _, sessions = open_ledger(sys.argv[1])
 baseline = peak_mib()
-source = open_source(sys.argv[2], question="What is shown?", s3_endpoint_url=None, stage_to=sys.argv[3])
+source = open_source(sys.argv[2], prompting=Prompting.of("What is shown?"), s3_endpoint_url=None, stage_to=sys.argv[3])
 report = submit(sessions=sessions, publisher=NullPublisher(), source=source,
-                settings=RunSettings(model="fake-model"), queue="q", question="What is shown?")
+                settings=RunSettings(model="fake-model"), queue="q", name_basis="What is shown?")
 print(json.dumps({"submitted": report.submitted, "baseline_mib": baseline, "peak_mib": peak_mib()}))
 """
 

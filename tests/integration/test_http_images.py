@@ -21,6 +21,7 @@ from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
 from vlmbatch.media.http import HttpImages, HttpOptions
 from vlmbatch.producer.sources.open import open_source
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.errors import (
     ErrorType,
@@ -315,7 +316,7 @@ def test_a_manifest_of_urls_runs_each_job_to_its_outcome(
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), question="What is shown?", s3_endpoint_url=None),
+            source=open_source(str(manifest), prompting=Prompting.of("What is shown?"), s3_endpoint_url=None),
             settings=RunSettings(model="fake-model", max_transient_retries=0),
             queue="q",
         )

@@ -58,7 +58,7 @@ def _submit(database_url: str, manifest: Path, policy: RejectPolicy) -> SubmitRe
     return submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(manifest), question=None, s3_endpoint_url=None),
+        source=open_source(str(manifest), s3_endpoint_url=None),
         settings=RunSettings(model="m"),
         queue="q",
         run_name="r",

@@ -19,6 +19,7 @@ from tests.integration.pipeline_helpers import running_pipeline, settings_for
 from tests.integration.test_storage_denied import BUCKET, guarded_s3  # noqa: F401  (the fixture)
 from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.errors import ConfigurationError, ErrorType
 from vlmbatch.schema.contracts.models import RunSettings
@@ -66,7 +67,7 @@ def test_storage_credentials_refused_trip_the_breaker_and_resume_finishes_the_ru
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), question="What?", s3_endpoint_url=guarded_s3),
+            source=open_source(str(manifest), prompting=Prompting.of("What?"), s3_endpoint_url=guarded_s3),
             settings=RunSettings(model="fake-model"),
             queue="q",
         )
@@ -140,7 +141,7 @@ def test_a_run_with_ten_percent_unreadable_images_never_trips(database_url: str,
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(folder), question="What?", s3_endpoint_url=None),
+            source=open_source(str(folder), prompting=Prompting.of("What?"), s3_endpoint_url=None),
             settings=RunSettings(model="fake-model"),
             queue="q",
         )

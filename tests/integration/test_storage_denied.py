@@ -24,6 +24,7 @@ from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, s
 from tests.processes import free_port, vlmbatch, vlmbatch_json
 from vlmbatch.media.stores import S3Objects
 from vlmbatch.producer.sources.open import open_source
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.errors import ErrorType, StorageDenied
 from vlmbatch.schema.contracts.models import RunSettings
@@ -114,7 +115,7 @@ def test_a_denied_job_is_retried_a_few_times_then_failed_as_a_storage_problem_an
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), question="What?", s3_endpoint_url=guarded_s3),
+            source=open_source(str(manifest), prompting=Prompting.of("What?"), s3_endpoint_url=guarded_s3),
             # One retry keeps the test short; the run's cap would allow more than storage.denied's own.
             settings=RunSettings(model="fake-model", max_transient_retries=1),
             queue="q",

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from vlmbatch.producer.sources.open import open_source
+from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import RunSettings
@@ -38,7 +39,7 @@ def _submit(database_url: str, manifest: Path, publisher: RecordingPublisher) ->
     report = submit(
         sessions=sessions,
         publisher=publisher,
-        source=open_source(str(manifest), question="What?", s3_endpoint_url=None),
+        source=open_source(str(manifest), prompting=Prompting.of("What?"), s3_endpoint_url=None),
         settings=RunSettings(model="m"),
         queue="q",
         run_name="r",

@@ -7,7 +7,7 @@ import click
 import pytest
 from pydantic import ValidationError
 
-from vlmbatch.producer.cli.options import repetition_detection
+from vlmbatch.producer.cli.run_options import repetition_detection
 from vlmbatch.schema.contracts.finish import finish_kind
 from vlmbatch.schema.contracts.models import (
     REPETITION_PRESETS,

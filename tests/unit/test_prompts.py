@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from vlmbatch.producer.sources.prompts import CLI_QUESTION, Prompting, PromptTemplate, format_options
+from vlmbatch.producer.sources.prompts import Prompting, PromptTemplate, format_options
 from vlmbatch.schema.contracts.errors import SourceError
 from vlmbatch.schema.contracts.models import JobParams, JobSpec, RunSettings, SamplingSettings
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, unplaced_images, user_layout, with_image_tokens
@@ -59,14 +59,15 @@ def test_options_come_as_lettered_lines_from_a_list_or_a_python_list_string() ->
             format_options(bad)
 
 
-def _spec(**meta: object) -> JobSpec:
-    return JobSpec(images=("file:///a.jpg",), question=CLI_QUESTION, meta=dict(meta) or None)
+def _spec(prompting: Prompting, **meta: object) -> JobSpec:
+    """A row that brings no question of its own, as a source yields it under `prompting`."""
+    return JobSpec(images=("file:///a.jpg",), question=prompting.default_question, meta=dict(meta) or None)
 
 
 def test_a_template_renders_the_row_columns_with_the_options_filter() -> None:
     template = PromptTemplate("{{ question }}\n{{ options | options }}\nAnswer with a letter.")
     prompting = Prompting(questions=["Which animal?"], template=template)
-    (job,) = prompting.expand(_spec(options="['cat', 'dog']"))
+    (job,) = prompting.expand(_spec(prompting, options="['cat', 'dog']"))
     assert job.question == "Which animal?\nA. cat\nB. dog\nAnswer with a letter."
     assert job.meta == {"options": "['cat', 'dog']"}
 
@@ -74,16 +75,16 @@ def test_a_template_renders_the_row_columns_with_the_options_filter() -> None:
 def test_a_missing_column_is_an_error_of_the_row_not_an_empty_string() -> None:
     prompting = Prompting(questions=[], template=PromptTemplate("{{ query }} ({{ unit }})"))
     with pytest.raises(ValueError, match="'unit' is undefined"):
-        prompting.expand(_spec(query="How far?"))
+        prompting.expand(_spec(prompting, query="How far?"))
 
 
 def test_the_sandbox_refuses_reaching_into_python_and_the_reference_is_not_in_the_context() -> None:
     escape = Prompting(questions=["q"], template=PromptTemplate("{{ question.__class__.__mro__[1].__subclasses__() }}"))
     with pytest.raises(ValueError, match="prompt template"):
-        escape.expand(_spec())
+        escape.expand(_spec(escape))
     leak = Prompting(questions=["q"], template=PromptTemplate("{{ reference }}"))
     with pytest.raises(ValueError, match="'reference' is undefined"):
-        leak.expand(JobSpec(images=("file:///a.jpg",), question=CLI_QUESTION, reference="B"))
+        leak.expand(JobSpec(images=("file:///a.jpg",), question=leak.default_question, reference="B"))
 
 
 def test_a_template_that_does_not_parse_refuses_at_once() -> None:
@@ -93,14 +94,14 @@ def test_a_template_that_does_not_parse_refuses_at_once() -> None:
 
 def test_several_questions_make_one_job_each_and_a_row_question_stays_alone() -> None:
     prompting = Prompting(questions=["Is there a person?", "Is it indoors?"], template=None)
-    assert [j.question for j in prompting.expand(_spec())] == ["Is there a person?", "Is it indoors?"]
+    assert [j.question for j in prompting.expand(_spec(prompting))] == ["Is there a person?", "Is it indoors?"]
     own = JobSpec(images=("file:///a.jpg",), question="Own?")
     assert [j.question for j in prompting.expand(own)] == ["Own?"]
 
 
 def test_a_rendered_question_whose_placeholders_miss_an_image_is_refused() -> None:
     prompting = Prompting(questions=["Compare <image 1> and <image 3>"], template=None)
-    spec = JobSpec(images=("file:///a.jpg", "file:///b.jpg"), question=CLI_QUESTION)
+    spec = JobSpec(images=("file:///a.jpg", "file:///b.jpg"), question=prompting.default_question)
     with pytest.raises(ValueError, match="image placeholders: <image 3> names no image"):
         prompting.expand(spec)
 

@@ -3,7 +3,8 @@
 Requests are rendered with vLLM's own chat renderer (so any vLLM-supported VLM gets its own image
 placeholder and chat template) and generated with `n` samples each; vLLM's scheduler batches them
 continuously. A stat logger plugged into the engine reports running/waiting requests, KV-cache use and
-generated tokens (the worker's hang watchdog and metrics read them).
+generated tokens (the worker's hang watchdog and metrics read them). A request's rendering, sampling and
+errors are in `vllm_requests`; the stat logger is in `vllm_telemetry`.
 """
 
 from __future__ import annotations
@@ -13,31 +14,18 @@ import logging
 import os
 import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
-from vlmbatch.schema.contracts.errors import (
-    ConfigurationError,
-    EngineDead,
-    EngineOutOfMemory,
-    InputUnsupported,
-    JobCancelled,
-    PromptTooLong,
-)
+from vlmbatch.schema.contracts.errors import ConfigurationError, EngineDead, JobCancelled
 from vlmbatch.schema.contracts.reasoning import THINK_CLOSE, THINK_OPEN
 from vlmbatch.schema.contracts.settings import Settings
-from vlmbatch.worker.engines.base import (
-    Completion,
-    EngineStats,
-    Generation,
-    GenerationRequest,
-    is_prompt_too_long,
-)
+from vlmbatch.worker.engines.base import EngineStats, Generation, GenerationRequest
 from vlmbatch.worker.engines.cpu_build import (
     KV_CACHE_CAP_BYTES,
     KV_CACHE_FRACTION,
     available_memory_bytes,
     default_kv_cache_bytes,
+    is_cpu_build,
     prepare_cpu_environment,
     usable_cores,
 )
@@ -45,24 +33,13 @@ from vlmbatch.worker.engines.engine_args import apply_engine_args, check_engine_
 from vlmbatch.worker.engines.engine_args import engine_args as build_engine_args
 from vlmbatch.worker.engines.engine_logs import log_tail, route_vllm_logs, stderr_into
 from vlmbatch.worker.engines.start_failure import Machine, explain, weights_bytes
+from vlmbatch.worker.engines.vllm_requests import classify_validation, completion, dead, render, sampling_params
+from vlmbatch.worker.engines.vllm_telemetry import Telemetry, stat_logger_factory
 
 log = logging.getLogger(__name__)
 
 # vLLM's parser for `<think>trace</think>answer` models (R1V3, DeepSeek-R1), chosen when the tokenizer has both.
 AUTO_REASONING_PARSER = "deepseek_r1"
-
-
-@dataclass
-class _Telemetry:
-    """What the engine's stat logger last saw. Written on the engine's loop, read from anywhere."""
-
-    running: int = 0
-    waiting: int = 0
-    kv_cache_usage: float | None = None
-    generated_tokens: int = 0
-    prompt_tokens: int = 0
-    max_running: int = 0
-    preemptions: int = 0
 
 
 class VllmEngine:
@@ -71,7 +48,7 @@ class VllmEngine:
         self._llm: Any = None
         self._think_close_id: int | None = None
         self._opens_trace = False
-        self.telemetry = _Telemetry()
+        self.telemetry = Telemetry()
         self.effective_engine_args: dict[str, Any] = {}
 
     @property
@@ -93,7 +70,7 @@ class VllmEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        cpu = _cpu_build()
+        cpu = is_cpu_build()
         s, warnings = apply_engine_args(s, s.engine_args)
         for warning in warnings:
             log.warning("%s", warning)
@@ -135,7 +112,7 @@ class VllmEngine:
         try:
             with stderr_into(quiet):
                 self._llm = AsyncLLM.from_engine_args(
-                    args, usage_context=usage, stat_loggers=[_stat_logger_factory(self.telemetry)]
+                    args, usage_context=usage, stat_loggers=[stat_logger_factory(self.telemetry)]
                 )
         except Exception as exc:
             raise self._start_failure(exc, cpu, refused=False) from exc
@@ -257,20 +234,20 @@ class VllmEngine:
             raise EngineDead(f"the engine died earlier: {self._llm.dead_error}")
         started = time.perf_counter()
         try:
-            engine_input = await self._render(request)
+            engine_input = await render(self._llm, request)
             final = None
-            async for output in self._llm.generate(engine_input, self._sampling(request), request.request_id):
+            async for output in self._llm.generate(engine_input, sampling_params(request), request.request_id):
                 final = output
         except EngineDeadError as exc:
-            raise _dead(exc) from exc
+            raise dead(exc) from exc
         except asyncio.CancelledError:
             await self.abort(request.request_id)
             raise
         except (VLLMValidationError, ValueError) as exc:  # 0.32's VLLMValidationError is no ValueError
-            raise _classify_validation(exc) from exc
+            raise classify_validation(exc) from exc
         if final is None:
             raise EngineDead(f"request {request.request_id} ended without output")
-        completions = [self._completion(c) for c in final.outputs]
+        completions = [completion(c, think_close_id=self._think_close_id) for c in final.outputs]
         if all(c.finish_reason == "abort" for c in completions):
             raise JobCancelled(f"request {request.request_id} was aborted")
         metrics = getattr(final, "metrics", None)
@@ -282,86 +259,12 @@ class VllmEngine:
             trace_opened_by_prompt=self._opens_trace,
         )
 
-    async def _render(self, request: GenerationRequest) -> Any:
-        from vllm.renderers import ChatParams
-
-        content: list[dict[str, Any]] = [
-            {"type": "text", "text": part}
-            if isinstance(part, str)
-            else {"type": "image_pil", "image_pil": request.images[part]}
-            for part in request.user_parts()
-        ]
-        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
-        if request.system is not None:
-            messages.insert(0, {"role": "system", "content": request.system})
-        mm_kwargs = {"max_dynamic_patch": request.max_tiles}
-        renderer = self._llm.renderer
-        chat_params = ChatParams(
-            chat_template_kwargs={"add_generation_prompt": True, "continue_final_message": False},
-            mm_processor_kwargs=mm_kwargs,
-        )
-        _, (engine_input,) = await renderer.render_chat_async(
-            [messages],
-            chat_params,
-            renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False),
-            prompt_extras={"mm_processor_kwargs": mm_kwargs},
-        )
-        return engine_input
-
-    def _sampling(self, request: GenerationRequest) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        s = request.sampling
-        extra: dict[str, Any] = {}
-        if request.seed is not None:
-            if _cpu_build():
-                # vLLM's CPU build kills the whole engine on a seeded request whose prefill is split.
-                raise InputUnsupported("per-request seeds are not supported by vLLM's CPU build")
-            extra["seed"] = request.seed
-        if request.constraint is not None:
-            extra["structured_outputs"] = _structured(request.constraint.choices, request.constraint.json_schema)
-        if s.repetition_detection is not None:
-            from vllm.sampling_params import RepetitionDetectionParams
-
-            extra["repetition_detection"] = RepetitionDetectionParams(**s.repetition_detection.model_dump())
-        if s.thinking_token_budget is not None:
-            extra["thinking_token_budget"] = s.thinking_token_budget
-        return SamplingParams(
-            n=s.samples,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            repetition_penalty=s.repetition_penalty,
-            max_tokens=s.max_tokens,
-            ignore_eos=s.ignore_eos,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-            **extra,
-        )
-
-    def _completion(self, output: Any) -> Completion:
-        token_ids = list(output.token_ids)
-        reasoning_tokens = None
-        if self._think_close_id is not None and self._think_close_id in token_ids:
-            reasoning_tokens = token_ids.index(self._think_close_id) + 1
-        return Completion(
-            text=output.text,
-            num_tokens=len(token_ids),
-            finish_reason=output.finish_reason,
-            reasoning_tokens=reasoning_tokens,
-        )
-
 
 def keep_vllm_offline(environ: MutableMapping[str, str]) -> None:
     """vLLM sends usage statistics to its authors' server from every engine unless told not to; a worker
     reaches no network a job did not ask for. A value the user set is kept."""
     environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     environ.setdefault("VLLM_DO_NOT_TRACK", "1")
-
-
-def _cpu_build() -> bool:
-    from vllm.platforms import current_platform
-
-    return bool(current_platform.is_cpu())
 
 
 def _reasoning_config() -> Any:
@@ -390,56 +293,3 @@ def _gpu_count(cpu: bool) -> int:
         return int(torch.cuda.device_count())
     except Exception:
         return 0
-
-
-def _structured(choices: tuple[str, ...] | None, json_schema: dict[str, Any] | None) -> Any:
-    from vllm.sampling_params import StructuredOutputsParams
-
-    if choices:
-        return StructuredOutputsParams(choice=list(choices))
-    return StructuredOutputsParams(json=json_schema)
-
-
-def _dead(exc: BaseException) -> Exception:
-    text = f"{exc} {exc.__cause__ or ''}".lower()
-    if "out of memory" in text:
-        return EngineOutOfMemory(f"engine ran out of memory: {exc}")
-    return EngineDead(f"engine died: {exc}")
-
-
-def _classify_validation(exc: Exception) -> Exception:
-    text = str(exc)
-    if is_prompt_too_long(text):
-        return PromptTooLong(text)
-    return InputUnsupported(f"the engine refused the request: {text}")
-
-
-def _stat_logger_factory(telemetry: _Telemetry) -> Any:
-    """A vLLM StatLoggerBase subclass that copies what it records into `telemetry`."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class TelemetryLogger(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self.engine_index = engine_index
-
-        def record(
-            self,
-            scheduler_stats: Any,
-            iteration_stats: Any,
-            mm_cache_stats: Any = None,
-            engine_idx: int = 0,
-        ) -> None:
-            if scheduler_stats is not None:
-                telemetry.running = scheduler_stats.num_running_reqs
-                telemetry.waiting = scheduler_stats.num_waiting_reqs
-                telemetry.kv_cache_usage = scheduler_stats.kv_cache_usage
-                telemetry.max_running = max(telemetry.max_running, telemetry.running)
-            if iteration_stats is not None:
-                telemetry.generated_tokens += iteration_stats.num_generation_tokens
-                telemetry.prompt_tokens += iteration_stats.num_prompt_tokens
-                telemetry.preemptions += getattr(iteration_stats, "num_preempted_reqs", 0)
-
-        def log_engine_initialized(self) -> None:
-            return None
-
-    return TelemetryLogger
