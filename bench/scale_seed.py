@@ -74,6 +74,7 @@ def submit_flags(manifest: Path, submit_args: Sequence[str]) -> dict[str, Any]:
 def create_run(sessions: Any, *, manifest: Path, submit_args: Sequence[str], queue: str) -> tuple[int, Any]:
     """The run that `vlmbatch submit MANIFEST SUBMIT_ARGS` will reuse (its --run name, the settings its
     flags give), and the manifest's first job spec, as submit reads it."""
+    from vlmbatch.media.stores import ObjectStores
     from vlmbatch.producer.cli.options import build_run_settings
     from vlmbatch.producer.sources.open import open_source
     from vlmbatch.schema.ledger.runs import get_or_create_run
@@ -81,7 +82,7 @@ def create_run(sessions: Any, *, manifest: Path, submit_args: Sequence[str], que
     flags = submit_flags(manifest, submit_args)
     assert flags["run_name"] and flags["model"], "the seeded run needs --run and --model"
     settings = build_run_settings(flags["model"], **flags)
-    source = open_source(str(manifest), question=None, questions=flags["question"], s3_endpoint_url=None)
+    source = open_source(str(manifest), question=None, questions=flags["question"], stores=ObjectStores())
     template = next(iter(source.specs()))
     with sessions() as session, session.begin():
         run = get_or_create_run(session, name=flags["run_name"], settings=settings, queue=queue, source=source.uri)

@@ -175,7 +175,7 @@ def run_pipeline(
     log(f"pipeline: engine ready in {start_s:.0f}s")
 
     def submit_run(folder: Path, name: str, sampling: SamplingSettings, **extra: Any) -> int:
-        source = open_source(str(folder), question=QUESTION, s3_endpoint_url=None)
+        source = open_source(str(folder), question=QUESTION, stores=ObjectStores())
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import CommandContext, load_context
 from vlmbatch.producer.cli.options import (
@@ -53,7 +54,7 @@ def _open(ctx: CommandContext, source_uri: str, flags: dict[str, Any]) -> tuple[
         question=None,
         questions=questions,
         prompt_template=template,
-        s3_endpoint_url=ctx.settings.s3_endpoint_url,
+        stores=ObjectStores.from_settings(ctx.settings),
         columns=column_choice(flags),
         stage_to=flags["stage_to"] or ctx.settings.resolved_stage_to(),
         local_roots=ctx.settings.resolved_local_roots(),

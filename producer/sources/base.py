@@ -5,11 +5,13 @@ module; only `sources.open` imports the sources."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Any, Protocol
 
-from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobSpec, RowReject
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -188,6 +190,36 @@ class RowSource:
             if isinstance(spec, ValueError):  # validate() runs first; this only guards a file changed meanwhile
                 raise SourceError(f"{self._uri}: {where}: {spec}")
             yield spec
+
+
+@contextmanager
+def rewound_text(reader: IO[bytes], **text: str | None) -> Iterator[IO[str]]:
+    """The file open in `reader` as text from its start (`text`: TextIOWrapper's encoding, errors,
+    newline). The reader stays open whatever is done with the text (a `yield from` over it closes it when
+    its generator is dropped): a source reads its one opened file again on its next pass."""
+    reader.seek(0)
+    with io.TextIOWrapper(_Lent(reader), **text) as wrapper:  # type: ignore[arg-type]
+        yield wrapper
+
+
+class _Lent(io.RawIOBase):
+    """A reader lent to a text wrapper: closing this leaves the reader open."""
+
+    def __init__(self, reader: IO[bytes]) -> None:
+        self._reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._reader.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def store_refusal(uri: str, doing: str, exc: JobError) -> SourceError:
+    """The SourceError for a store that failed while a source read it: `<uri>: cannot <doing> (<why>)`."""
+    return SourceError(f"{uri}: cannot {doing} ({exc.message.removeprefix(f'{uri}: ')})")
 
 
 def reject_of(where: str, error: ValueError) -> RowReject:

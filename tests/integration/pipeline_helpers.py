@@ -71,7 +71,7 @@ def submit_folder(
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(folder), question=question, s3_endpoint_url=None),
+        source=open_source(str(folder), question=question, stores=ObjectStores()),
         settings=settings,
         queue="q",
         question=question,

@@ -84,7 +84,7 @@ def test_an_mmmu_row_reaches_the_engine_with_its_images_at_the_placeholders_and_
     }
     manifest.write_text(json.dumps(row) + "\n")
     template = PromptTemplate("{{ question }}\n{{ options | options }}")
-    source = open_source(str(manifest), question=None, s3_endpoint_url=None, prompt_template=template)
+    source = open_source(str(manifest), question=None, stores=ObjectStores(), prompt_template=template)
     engine = _recording()
     (job,) = _run(database_url, source, engine, system_prompt="You are a careful grader.")
     assert job.state == JobState.SUCCEEDED, job.error_message
@@ -108,7 +108,7 @@ QUESTIONS = ("Is there a person?", "Is it indoors?", "Is it day?")
 def test_several_questions_about_an_image_fetch_it_once_and_reach_the_engine_together(
     database_url: str, tmp_path: Path
 ) -> None:
-    source = open_source(str(_image_folder(tmp_path, 6)), question=None, questions=QUESTIONS, s3_endpoint_url=None)
+    source = open_source(str(_image_folder(tmp_path, 6)), question=None, questions=QUESTIONS, stores=ObjectStores())
     engine, store = _recording(), CountingStore()
     jobs = _run(database_url, source, engine, store, slots=16)  # all 18 jobs fit one claim
     assert len(jobs) == 18 and {j.state for j in jobs} == {JobState.SUCCEEDED}
@@ -121,7 +121,7 @@ def test_several_questions_about_an_image_fetch_it_once_and_reach_the_engine_tog
 
 
 def test_an_images_jobs_split_across_two_claims_still_fetch_it_once(database_url: str, tmp_path: Path) -> None:
-    source = open_source(str(_image_folder(tmp_path, 6)), question=None, questions=QUESTIONS, s3_endpoint_url=None)
+    source = open_source(str(_image_folder(tmp_path, 6)), question=None, questions=QUESTIONS, stores=ObjectStores())
     store = CountingStore()
     # 4 jobs claimed at a time and 3 per image: most claims end in the middle of an image's questions.
     jobs = _run(database_url, source, _recording(), store, slots=2)
@@ -135,7 +135,7 @@ def test_per_row_sampling_columns_reach_the_engine_for_their_job_only(database_u
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,question,max_tokens,temperature,top_p\na.jpg,A?,40,0.0,0.5\nb.jpg,B?,,,\n")
     engine = _recording()
-    _run(database_url, open_source(str(manifest), question=None, s3_endpoint_url=None), engine, store=None)
+    _run(database_url, open_source(str(manifest), question=None, stores=ObjectStores()), engine, store=None)
     by_question = {r.question: r.sampling for r in engine.requests}
     assert (by_question["A?"].max_tokens, by_question["A?"].temperature, by_question["A?"].top_p) == (40, 0.0, 0.5)
     default = RunSettings().sampling
@@ -171,7 +171,7 @@ def test_an_openai_batch_file_runs_with_its_system_prompt_per_line_budgets_and_a
         lines.append({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
     batch = tmp_path / "batch.jsonl"
     batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    source = open_source(str(batch), question=None, s3_endpoint_url=None, stage_to=str(tmp_path / "staged"))
+    source = open_source(str(batch), question=None, stores=ObjectStores(), stage_to=str(tmp_path / "staged"))
     engine = _recording()
     jobs = _run(database_url, source, engine)
     by_id = {job.meta["custom_id"]: job for job in jobs if job.meta}
@@ -192,7 +192,7 @@ def test_a_broken_image_asked_several_questions_is_fetched_once_and_fails_each_o
     folder.mkdir()
     (folder / "good.jpg").write_bytes(good_jpeg(seed=1))
     (folder / "broken.jpg").write_bytes(not_an_image())
-    source = open_source(str(folder), question=None, questions=("One?", "Two?"), s3_endpoint_url=None)
+    source = open_source(str(folder), question=None, questions=("One?", "Two?"), stores=ObjectStores())
     store = CountingStore()
     jobs = _run(sqlite_url, source, _recording(), store)
     outcomes = sorted((j.images[0].rsplit("/", 1)[-1], j.question, j.state, j.error_type) for j in jobs)

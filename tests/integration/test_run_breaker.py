@@ -66,7 +66,7 @@ def test_storage_credentials_refused_trip_the_breaker_and_resume_finishes_the_ru
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), question="What?", s3_endpoint_url=guarded_s3),
+            source=open_source(str(manifest), question="What?", stores=ObjectStores(s3_endpoint_url=guarded_s3)),
             settings=RunSettings(model="fake-model"),
             queue="q",
         )
@@ -140,7 +140,7 @@ def test_a_run_with_ten_percent_unreadable_images_never_trips(database_url: str,
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(folder), question="What?", s3_endpoint_url=None),
+            source=open_source(str(folder), question="What?", stores=ObjectStores()),
             settings=RunSettings(model="fake-model"),
             queue="q",
         )

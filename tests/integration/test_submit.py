@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
 from vlmbatch.schema.contracts.errors import SourceError
@@ -38,7 +39,7 @@ def _submit(database_url: str, manifest: Path, publisher: RecordingPublisher) ->
     report = submit(
         sessions=sessions,
         publisher=publisher,
-        source=open_source(str(manifest), question="What?", s3_endpoint_url=None),
+        source=open_source(str(manifest), question="What?", stores=ObjectStores()),
         settings=RunSettings(model="m"),
         queue="q",
         run_name="r",
