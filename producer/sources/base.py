@@ -9,7 +9,7 @@ import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobSpec, RowReject
@@ -193,28 +193,33 @@ class RowSource:
 
 
 @contextmanager
-def rewound_text(reader: IO[bytes], **text: str | None) -> Iterator[IO[str]]:
-    """The file open in `reader` as text from its start (`text`: TextIOWrapper's encoding, errors,
-    newline). The reader stays open whatever is done with the text (a `yield from` over it closes it when
-    its generator is dropped): a source reads its one opened file again on its next pass."""
+def rewound_text(reader: IO[bytes], *, errors: str | None = None, newline: str | None = None) -> Iterator[IO[str]]:
+    """The file open in `reader` as UTF-8 text from its start (`errors`, `newline`: TextIOWrapper's). The
+    reader stays open whatever is done with the text (a `yield from` over it closes it when its generator
+    is dropped): a source reads its one opened file again on its next pass."""
     reader.seek(0)
-    with io.TextIOWrapper(_Lent(reader), **text) as wrapper:  # type: ignore[arg-type]
+    with io.TextIOWrapper(_Lent(reader), encoding="utf-8", errors=errors, newline=newline) as wrapper:
         yield wrapper
 
 
-class _Lent(io.RawIOBase):
+class _Lent(io.BufferedIOBase):
     """A reader lent to a text wrapper: closing this leaves the reader open."""
 
     def __init__(self, reader: IO[bytes]) -> None:
         self._reader = reader
 
+    @property
+    def name(self) -> str:
+        return str(getattr(self._reader, "name", ""))
+
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        data = self._reader.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def read(self, size: int | None = -1) -> bytes:
+        return self._reader.read(-1 if size is None else size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
 
 
 def store_refusal(uri: str, doing: str, exc: JobError) -> SourceError:

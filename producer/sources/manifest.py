@@ -159,7 +159,7 @@ def _jsonl_records(lines: IO[bytes]) -> Iterator[tuple[str, Any]]:
 
 def _csv_records(lines: IO[bytes], uri: str) -> Iterator[tuple[str, Any]]:
     # surrogateescape: a line of invalid UTF-8 is reported with its number instead of ending the read.
-    with rewound_text(lines, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    with rewound_text(lines, errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
             raise SourceError(f"{uri}: the CSV header has no `image` column")

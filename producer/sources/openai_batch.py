@@ -92,7 +92,7 @@ def is_openai_batch(reader: IO[bytes]) -> bool:
     JSON lines carries `custom_id` and `body`, so a broken first line does not hide the format (its error
     then names the real problem)."""
     try:
-        with rewound_text(reader, encoding="utf-8") as lines:
+        with rewound_text(reader) as lines:
             for line in islice((line for line in lines if line.strip()), SNIFFED_LINES):
                 try:
                     record = json.loads(line)
@@ -153,14 +153,14 @@ class OpenAIBatchSource(RowSource):
     @contextmanager
     def _lines(self) -> Iterator[IO[str]]:
         if self._reader is not None:
-            with rewound_text(self._reader, encoding="utf-8") as lines:
+            with rewound_text(self._reader) as lines:
                 yield lines
             return
         try:
             handle = local_path(self._uri).open("rb")
         except OSError as exc:
             raise SourceError(f"{self._uri}: cannot read the batch file ({exc})") from exc
-        with handle, rewound_text(handle, encoding="utf-8") as lines:
+        with handle, rewound_text(handle) as lines:
             yield lines
 
     # -- one line --------------------------------------------------------------------------------------
