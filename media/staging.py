@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 # Digests this process staged recently: a row group often repeats an image (MMMU's shared figures) and
 # the second submit pass (validate, then insert) sees every image again. Bounded, so memory stays flat.
 _RECENT_DIGESTS = 4096
-# Concurrent uploads when staging to S3: one PUT's latency would otherwise bound submit.
+# Concurrent uploads when staging to S3: one PUT's latency would otherwise bound submit. The stores' S3
+# connection pool (VLMBATCH_FETCH_THREADS, 16 by default) serves them.
 _UPLOAD_THREADS = 16
 
 

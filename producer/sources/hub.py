@@ -222,10 +222,11 @@ def expand_pattern(uri: str, *, stores: ObjectStores) -> list[str]:
             bucket, key = split_s3_uri(expanded)
             prefix = re.split(r"[*?\[]", key, maxsplit=1)[0]
             pattern = re.compile(glob_translate(key))
+            listing = f"s3://{bucket}/{prefix}"
             try:
-                keys = list(stores.s3.list_keys(f"s3://{bucket}/{prefix}"))
+                keys = list(stores.s3.list_keys(listing))
             except JobError as exc:
-                raise store_refusal(expanded, "list", exc) from exc
+                raise store_refusal(listing, "list", exc) from exc
             files.extend(f"s3://{bucket}/{k}" for k in keys if pattern.fullmatch(k))
         else:
             path = local_path(expanded)
