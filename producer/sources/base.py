@@ -198,6 +198,13 @@ def rewound_text(reader: IO[bytes], *, errors: str | None = None, newline: str |
     reader stays open whatever is done with the text (a `yield from` over it closes it when its generator
     is dropped): a source reads its one opened file again on its next pass."""
     reader.seek(0)
+    with lent_text(reader, errors=errors, newline=newline) as wrapper:
+        yield wrapper
+
+
+@contextmanager
+def lent_text(reader: IO[bytes], *, errors: str | None = None, newline: str | None = None) -> Iterator[IO[str]]:
+    """`reader` as UTF-8 text from where it stands, leaving it open (see `rewound_text`)."""
     with io.TextIOWrapper(_Lent(reader), encoding="utf-8", errors=errors, newline=newline) as wrapper:
         yield wrapper
 

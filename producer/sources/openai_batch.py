@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import local_path
-from vlmbatch.producer.sources.base import Row, RowSource, rewound_text
+from vlmbatch.producer.sources.base import Row, RowSource, lent_text, rewound_text
 from vlmbatch.producer.sources.locations import resolve_image_ref
 from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobParams, JobSpec
@@ -160,7 +160,7 @@ class OpenAIBatchSource(RowSource):
             handle = local_path(self._uri).open("rb")
         except OSError as exc:
             raise SourceError(f"{self._uri}: cannot read the batch file ({exc})") from exc
-        with handle, rewound_text(handle) as lines:
+        with handle, lent_text(handle) as lines:  # opened for this pass: at its start, maybe a pipe
             yield lines
 
     # -- one line --------------------------------------------------------------------------------------
