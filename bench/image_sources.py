@@ -54,6 +54,7 @@ def _write_shards(folder: Path, images: list[bytes], per_shard: int) -> None:
 
 
 def _measure(label: str, uri: str, work: Path, endpoint: str | None, **open_args: Any) -> dict[str, Any]:
+    from vlmbatch.media.stores import ObjectStores
     from vlmbatch.producer.sources.open import open_source
     from vlmbatch.producer.sources.prompts import Prompting
     from vlmbatch.producer.submit import submit
@@ -69,7 +70,9 @@ def _measure(label: str, uri: str, work: Path, endpoint: str | None, **open_args
     )
     _, sessions = open_ledger(database)
     started = time.perf_counter()
-    source = open_source(uri, prompting=Prompting.of("What is shown?"), s3_endpoint_url=endpoint, **open_args)
+    source = open_source(
+        uri, prompting=Prompting.of("What is shown?"), stores=ObjectStores(s3_endpoint_url=endpoint), **open_args
+    )
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),

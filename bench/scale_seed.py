@@ -74,6 +74,7 @@ def submit_params(manifest: Path, submit_args: Sequence[str]) -> dict[str, Any]:
 def create_run(sessions: Any, *, manifest: Path, submit_args: Sequence[str], queue: str) -> tuple[int, Any]:
     """The run that `vlmbatch submit MANIFEST SUBMIT_ARGS` will reuse (its --run name, the settings its
     flags give), and the manifest's first job spec, as submit reads it."""
+    from vlmbatch.media.stores import ObjectStores
     from vlmbatch.producer.cli.asked_options import AskedOptions
     from vlmbatch.producer.cli.options import group_of
     from vlmbatch.producer.cli.run_options import RunOptions, SamplingOptions, build_run_settings
@@ -84,7 +85,7 @@ def create_run(sessions: Any, *, manifest: Path, submit_args: Sequence[str], que
     asked, run = group_of(AskedOptions, params), group_of(RunOptions, params)
     assert run.run_name and run.model, "the seeded run needs --run and --model"
     settings = build_run_settings(run.model, asked=asked, run=run, sampling=group_of(SamplingOptions, params))
-    source = open_source(str(manifest), prompting=asked.prompting(), s3_endpoint_url=None)
+    source = open_source(str(manifest), prompting=asked.prompting(), stores=ObjectStores())
     template = next(iter(source.specs()))
     with sessions() as session, session.begin():
         run_row = get_or_create_run(session, name=run.run_name, settings=settings, queue=queue, source=source.uri)

@@ -19,18 +19,17 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
+from vlmbatch.media.stores import ObjectStores, local_path, split_s3_uri
+from vlmbatch.schema.contracts.errors import JobError
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-    from mypy_boto3_s3 import S3Client
-
 # Digests this process staged recently: a row group often repeats an image (MMMU's shared figures) and
 # the second submit pass (validate, then insert) sees every image again. Bounded, so memory stays flat.
 _RECENT_DIGESTS = 4096
-_ALREADY_THERE = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
-# Concurrent uploads when staging to S3: one PUT's latency would otherwise bound submit.
+# Concurrent uploads when staging to S3: one PUT's latency would otherwise bound submit. The stores' S3
+# connection pool (VLMBATCH_FETCH_THREADS, 16 by default) serves them.
 _UPLOAD_THREADS = 16
 
 
@@ -41,13 +40,13 @@ class StagingError(Exception):
 class Stager:
     """Stages bytes under `root` and returns the staged object's URI (`file://…` or `s3://…`)."""
 
-    def __init__(self, root: str, *, s3_endpoint_url: str | None, max_bytes: int | None = None) -> None:
-        """`max_bytes`: the largest image staged (VLMBATCH_MAX_IMAGE_BYTES, the worker's own limit), so
-        that an oversize one fails its row at submit rather than its job later."""
+    def __init__(self, root: str, *, stores: ObjectStores, max_bytes: int | None = None) -> None:
+        """`stores`: what writes to an `s3://` root. `max_bytes`: the largest image staged
+        (VLMBATCH_MAX_IMAGE_BYTES, the worker's own limit), so that an oversize one fails its row at
+        submit rather than its job later."""
         self._root = root.rstrip("/")
         self._max_bytes = max_bytes
-        self._endpoint = s3_endpoint_url
-        self._client: S3Client | None = None
+        self._stores = stores
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -109,23 +108,14 @@ class Stager:
         return target.as_uri()
 
     def _stage_s3(self, relative: str, data: bytes) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         bucket, prefix = split_s3_uri(self._root + "/")
-        key = f"{prefix}{relative}"
-        with self._lock:
-            if self._client is None:
-                self._client = make_s3_client(self._endpoint, max_pool_connections=_UPLOAD_THREADS)
+        uri = f"s3://{bucket}/{prefix}{relative}"
         try:
-            # One request: a conditional PUT writes the object only if it is absent (412 if it exists). A
-            # store that ignores the condition rewrites identical bytes, which changes nothing.
-            self._client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in _ALREADY_THERE:
-                raise StagingError(f"cannot stage into {self._root}: {type(exc).__name__}: {exc}") from exc
-        except BotoCoreError as exc:
+            # One request: a conditional PUT writes the object only if it is absent.
+            self._stores.s3.put_if_absent(uri, data)
+        except JobError as exc:
             raise StagingError(f"cannot stage into {self._root}: {type(exc).__name__}: {exc}") from exc
-        return f"s3://{bucket}/{key}"
+        return uri
 
 
 def _write_atomically(target: Path, data: bytes) -> None:

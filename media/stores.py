@@ -1,69 +1,28 @@
 """The object store seam: fetch an input's bytes by URI (`s3://bucket/key`, `file:///path`, a plain path,
 an `http(s)://` URL, or a member of a tar shard, `tar+<shard URI>#offset=…&size=…`), mapping every
-failure onto the error taxonomy. boto3 clients are thread-safe; one is shared."""
+failure onto the error taxonomy; and, for the producer's sources, open a file to read (by ranges on S3)
+and list an S3 prefix. Every S3 call goes through `S3Objects` (media/s3.py); `ObjectStores` is the one
+value a command builds from its settings and hands to whatever reads."""
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 from vlmbatch.media.local_roots import local_path as local_path  # re-exported: sources import it from here
-from vlmbatch.schema.contracts.errors import (
-    InputNotFound,
-    InputTooLarge,
-    InputUnreadable,
-    InputUnsupported,
-    StorageDenied,
-    StorageTransient,
-)
+from vlmbatch.media.s3 import S3Objects as S3Objects  # re-exported: the seam's S3 half
+from vlmbatch.media.s3 import make_s3_client as make_s3_client
+from vlmbatch.media.s3 import split_s3_uri as split_s3_uri
+from vlmbatch.schema.contracts.errors import InputNotFound, InputTooLarge, InputUnreadable, InputUnsupported
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
     from vlmbatch.media.http import HttpImages, HttpOptions
     from vlmbatch.schema.contracts.settings import Settings
-
-# S3 error codes that mean "try again later" (throttling, server-side trouble).
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "InternalError",
-        "ServiceUnavailable",
-        "503",
-        "500",
-        "502",
-        "504",
-    }
-)
-_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
-# The store refused our credentials or their rights: a storage problem (fix access, then resubmit), not
-# a bad input.
-_DENIED_CODES = frozenset(
-    {
-        "AccessDenied",
-        "403",
-        "Forbidden",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "TokenRefreshRequired",
-        "InvalidToken",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AccountProblem",
-        "AllAccessDisabled",
-        "InvalidSecurity",
-    }
-)
 
 
 class ObjectStore(Protocol):
@@ -71,30 +30,6 @@ class ObjectStore(Protocol):
         """The object's bytes. Raises InputNotFound, InputTooLarge, InputUnreadable, InputUnsupported,
         StorageDenied, StorageTransient."""
         ...
-
-
-def make_s3_client(endpoint_url: str | None, *, max_pool_connections: int = 32) -> S3Client:
-    """A boto3 S3 client; credentials come only from boto3's standard chain (env, files, roles)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=10,
-        read_timeout=60,
-        max_pool_connections=max_pool_connections,
-    )
-    # A session of its own: boto3's default session resolves credentials once per process and is not
-    # thread-safe to create; a new store (a restarted worker, a test) then reads the current chain.
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/key` → (bucket, key)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
 
 
 class LocalFiles:
@@ -116,10 +51,21 @@ class LocalFiles:
             raise InputUnreadable(f"{uri}: truncated, {len(data)} of {size} bytes at offset {offset}")
         return data
 
+    def open_reader(self, uri: str) -> IO[bytes]:
+        """The regular file at `uri`, open for reading (the caller closes it)."""
+        handle, _info = _opened_regular(uri)
+        return handle
+
 
 @contextmanager
 def _open_regular(uri: str) -> Iterator[tuple[IO[bytes], os.stat_result]]:
     """The file at `uri`, opened only if it is a regular file (checked before and after the open)."""
+    handle, info = _opened_regular(uri)
+    with handle:
+        yield handle, info
+
+
+def _opened_regular(uri: str) -> tuple[IO[bytes], os.stat_result]:
     path = local_path(uri)
     try:
         # stat before open: opening a FIFO blocks until a writer comes, and a device never ends.
@@ -129,10 +75,14 @@ def _open_regular(uri: str) -> Iterator[tuple[IO[bytes], os.stat_result]]:
         raise InputNotFound(f"{uri}: no such file") from exc
     except PermissionError as exc:
         raise InputUnreadable(f"{uri}: permission denied") from exc
-    with os.fdopen(descriptor, "rb") as handle:
+    handle = os.fdopen(descriptor, "rb")
+    try:
         info = os.fstat(handle.fileno())  # the path may have been replaced since the stat
         _require_regular(uri, info)
-        yield handle, info
+    except BaseException:
+        handle.close()
+        raise
+    return handle, info
 
 
 _FILE_KINDS = (
@@ -152,148 +102,13 @@ def _require_regular(uri: str, info: os.stat_result) -> None:
     raise InputUnsupported(f"{uri}: {kind}, not a regular file")
 
 
-class S3Objects:
-    def __init__(self, endpoint_url: str | None, *, max_pool_connections: int = 32) -> None:
-        self._endpoint_url = endpoint_url
-        self._pool = max_pool_connections
-        self._client: S3Client | None = None
-        self._lock = threading.Lock()
-
-    def _s3(self) -> S3Client:
-        with self._lock:
-            if self._client is None:
-                self._client = make_s3_client(self._endpoint_url, max_pool_connections=self._pool)
-            return self._client
-
-    def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-        bucket, key = split_s3_uri(uri)
-        try:
-            response = self._s3().get_object(Bucket=bucket, Key=key)
-            size = response["ContentLength"]
-            body = response["Body"]
-            if size > max_bytes:
-                body.close()
-                raise InputTooLarge(f"{uri}: {size} bytes, over the {max_bytes}-byte limit")
-            data = body.read()
-        except ClientError as exc:
-            raise _classify_client_error(uri, exc) from exc
-        except NoCredentialsError as exc:
-            raise StorageDenied(f"{uri}: no S3 credentials found") from exc
-        except BotoCoreError as exc:  # timeouts, connection resets, incomplete reads
-            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
-        if len(data) != size:
-            raise StorageTransient(f"{uri}: read {len(data)} of {size} bytes")
-        return data
-
-    def fetch_range(self, uri: str, *, offset: int, size: int) -> bytes:
-        """`size` bytes at `offset` (a member of a tar shard) in one ranged GET."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        if size == 0:
-            return b""
-        bucket, key = split_s3_uri(uri)
-        try:
-            response = self._s3().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")
-            data = response["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                raise InputUnreadable(f"{uri}: truncated, no bytes at offset {offset}") from exc
-            raise _classify_client_error(uri, exc) from exc
-        except BotoCoreError as exc:
-            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
-        if len(data) != size:
-            raise InputUnreadable(f"{uri}: truncated, {len(data)} of {size} bytes at offset {offset}")
-        return data
-
-    def upload_file(self, path: str, uri: str, *, part_bytes: int = 16 << 20) -> None:
-        """Write the local file `path` to the object `uri`, in parts of `part_bytes` (a multipart upload
-        once the file is larger than one part; boto3's transfer manager, parts in parallel). Raises
-        StorageDenied or StorageTransient."""
-        from boto3.s3.transfer import TransferConfig
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-        bucket, key = split_s3_uri(uri)
-        config = TransferConfig(multipart_threshold=part_bytes, multipart_chunksize=part_bytes)
-        try:
-            self._s3().upload_file(path, bucket, key, Config=config)
-        except ClientError as exc:
-            raise _classify_client_error(uri, exc) from exc
-        except NoCredentialsError as exc:
-            raise StorageDenied(f"{uri}: no S3 credentials found") from exc
-        except BotoCoreError as exc:
-            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
-        except Exception as exc:  # the transfer manager wraps part failures (S3UploadFailedError)
-            raise StorageTransient(f"{uri}: upload failed: {exc}") from exc
-
-    def open_reader(self, uri: str, *, buffer_size: int = 1 << 20) -> io.BufferedReader:
-        """A seekable reader over the object that fetches only the ranges read (Parquet footers, row
-        groups). Raises the same errors as `fetch`."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, key = split_s3_uri(uri)
-        try:
-            size = self._s3().head_object(Bucket=bucket, Key=key)["ContentLength"]
-        except ClientError as exc:
-            raise _classify_client_error(uri, exc) from exc
-        except BotoCoreError as exc:
-            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
-        return io.BufferedReader(_S3RangeFile(self, uri, size), buffer_size=buffer_size)
-
-
-class _S3RangeFile(io.RawIOBase):
-    """A read-only, seekable file over one S3 object: every read is a ranged GET."""
-
-    def __init__(self, objects: S3Objects, uri: str, size: int) -> None:
-        self._objects = objects
-        self._uri = uri
-        self._size = size
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def readinto(self, buffer: Any) -> int:
-        wanted = min(len(buffer), self._size - self._position)
-        if wanted <= 0:
-            return 0
-        data = self._objects.fetch_range(self._uri, offset=self._position, size=wanted)
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)
-
-
-def _classify_client_error(uri: str, exc: Any) -> Exception:
-    error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in _MISSING_CODES or status == 404:
-        return InputNotFound(f"{uri}: no such object")
-    if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500) or status == 429:
-        return StorageTransient(f"{uri}: {code or status}")
-    if code in _DENIED_CODES or status == 403:
-        return StorageDenied(f"{uri}: {code or status}: the store refused our credentials or their rights")
-    return InputUnreadable(f"{uri}: {code or status}")
-
-
 class ObjectStores:
     """Routes each URI to the store of its scheme."""
 
     def __init__(
-        self, *, s3_endpoint_url: str | None, max_pool_connections: int = 32, http: HttpOptions | None = None
+        self, *, s3_endpoint_url: str | None = None, max_pool_connections: int = 32, http: HttpOptions | None = None
     ) -> None:
+        """`s3_endpoint_url`: an S3-compatible store's endpoint (None: AWS's, as boto3 resolves it)."""
         self._local = LocalFiles()
         self._s3 = S3Objects(s3_endpoint_url, max_pool_connections=max_pool_connections)
         self._http_options = http
@@ -314,6 +129,17 @@ class ObjectStores:
     @property
     def s3(self) -> S3Objects:
         return self._s3
+
+    def open_reader(self, uri: str, *, buffer_size: int = 1 << 20) -> IO[bytes]:
+        """A seekable reader over one file, local (a regular file) or on S3 (read by ranges of
+        `buffer_size`, never downloaded whole). Raises InputNotFound, InputUnsupported, InputUnreadable,
+        StorageDenied, StorageTransient; reads from S3 may raise them too."""
+        scheme = urlparse(uri).scheme
+        if scheme == "s3":
+            return self._s3.open_reader(uri, buffer_size=buffer_size)
+        if scheme in ("", "file"):
+            return self._local.open_reader(uri)
+        raise InputUnsupported(f"{uri}: unsupported URI scheme {scheme!r} (use s3:// or a local path)")
 
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
         from vlmbatch.media.shards import is_member_uri

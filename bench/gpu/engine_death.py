@@ -86,7 +86,7 @@ def main() -> int:
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(work / "death-images"), prompting=Prompting.of("Describe."), s3_endpoint_url=None),
+        source=open_source(str(work / "death-images"), prompting=Prompting.of("Describe."), stores=ObjectStores()),
         settings=RunSettings(
             model=str(model),
             max_images_per_prompt=1,

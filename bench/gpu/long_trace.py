@@ -336,7 +336,7 @@ def start_pipeline(args: argparse.Namespace, model: Path, work: Path, expected_c
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(work / "manifest.jsonl"), s3_endpoint_url=None),
+        source=open_source(str(work / "manifest.jsonl"), stores=ObjectStores()),
         settings=RunSettings(
             model=str(model), sampling=SamplingSettings(max_tokens=args.cap, temperature=0.6, top_p=0.95)
         ),

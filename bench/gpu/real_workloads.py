@@ -177,7 +177,7 @@ def _pipeline_longtail(
     database_url = f"sqlite:///{work / 'longtail.db'}"
     settings = pipeline_settings(args, model, database_url)
     _, sessions = open_ledger(database_url)
-    source = open_source(str(images[0].parent), prompting=Prompting.of(QUESTION), s3_endpoint_url=None)
+    source = open_source(str(images[0].parent), prompting=Prompting.of(QUESTION), stores=ObjectStores())
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),

@@ -176,7 +176,7 @@ def run_pipeline(
     log(f"pipeline: engine ready in {start_s:.0f}s")
 
     def submit_run(folder: Path, name: str, sampling: SamplingSettings, **extra: Any) -> int:
-        source = open_source(str(folder), prompting=Prompting.of(QUESTION), s3_endpoint_url=None)
+        source = open_source(str(folder), prompting=Prompting.of(QUESTION), stores=ObjectStores())
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),

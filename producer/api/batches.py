@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from vlmbatch.media.staging import Stager
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.api.batch_input import line_errors, metadata_pairs, metadata_schedule
 from vlmbatch.producer.api.batch_object import batch_object, completion_window
 from vlmbatch.producer.api.errors import ApiError, not_found
@@ -252,9 +253,9 @@ class BatchService:
 
     def _submit_once(self, row_id: int, upload: FileRow) -> None:
         settings = self.settings
-        stager = Stager(
-            settings.resolved_stage_to(), s3_endpoint_url=settings.s3_endpoint_url, max_bytes=settings.max_image_bytes
-        )
+        # Only the stager writes (to a local folder or S3): the upload itself is a local file.
+        stores = ObjectStores(s3_endpoint_url=settings.s3_endpoint_url)
+        stager = Stager(settings.resolved_stage_to(), stores=stores, max_bytes=settings.max_image_bytes)
         # The source remembers the `data:` images it staged: the submit that follows decodes none again.
         source = OpenAIBatchSource(upload.path, stager=stager)
         errors = line_errors(source)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vlmbatch.media.stores import ObjectStores, S3Objects
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import table, terminal_safe
@@ -213,7 +213,7 @@ def _export_joined(
     with ctx.sessions() as session:
         target = get_run(session, run)
     options = JoinOptions(extras=extras, shard_rows=shard_size or DEFAULT_SHARD_ROWS)
-    s3 = S3Objects(ctx.settings.s3_endpoint_url) if out.startswith("s3://") else None
+    s3 = ObjectStores.from_settings(ctx.settings).s3 if out.startswith("s3://") else None
     report = export_joined(ctx.sessions, run=target, out=out, selection=selection, options=options, s3=s3)
     if as_json:
         payload = {"run": target.id, "format": "parquet", "path": out, "rows": report.rows, "files": report.files}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.cli.asked_options import AskedOptions
 from vlmbatch.producer.cli.context import CommandContext, load_context
@@ -68,7 +69,7 @@ def _open(ctx: CommandContext, source_uri: str, given: SubmitOptions) -> tuple[S
     source = open_source(
         source_uri,
         prompting=prompting,
-        s3_endpoint_url=ctx.settings.s3_endpoint_url,
+        stores=ObjectStores.from_settings(ctx.settings),
         columns=reading.columns(),
         stage_to=reading.stage_to or ctx.settings.resolved_stage_to(),
         local_roots=ctx.settings.resolved_local_roots(),

@@ -5,11 +5,13 @@ module; only `sources.open` imports the sources."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol
 
-from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobSpec, RowReject
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -188,6 +190,48 @@ class RowSource:
             if isinstance(spec, ValueError):  # validate() runs first; this only guards a file changed meanwhile
                 raise SourceError(f"{self._uri}: {where}: {spec}")
             yield spec
+
+
+@contextmanager
+def rewound_text(reader: IO[bytes], *, errors: str | None = None, newline: str | None = None) -> Iterator[IO[str]]:
+    """The file open in `reader` as UTF-8 text from its start (`errors`, `newline`: TextIOWrapper's). The
+    reader stays open whatever is done with the text (a `yield from` over it closes it when its generator
+    is dropped): a source reads its one opened file again on its next pass."""
+    reader.seek(0)
+    with lent_text(reader, errors=errors, newline=newline) as wrapper:
+        yield wrapper
+
+
+@contextmanager
+def lent_text(reader: IO[bytes], *, errors: str | None = None, newline: str | None = None) -> Iterator[IO[str]]:
+    """`reader` as UTF-8 text from where it stands, leaving it open (see `rewound_text`)."""
+    with io.TextIOWrapper(_Lent(reader), encoding="utf-8", errors=errors, newline=newline) as wrapper:
+        yield wrapper
+
+
+class _Lent(io.BufferedIOBase):
+    """A reader lent to a text wrapper: closing this leaves the reader open."""
+
+    def __init__(self, reader: IO[bytes]) -> None:
+        self._reader = reader
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self._reader, "name", ""))
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._reader.read(-1 if size is None else size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
+def store_refusal(uri: str, doing: str, exc: JobError) -> SourceError:
+    """The SourceError for a store that failed while a source read it: `<uri>: cannot <doing> (<why>)`."""
+    return SourceError(f"{uri}: cannot {doing} ({exc.message.removeprefix(f'{uri}: ')})")
 
 
 def reject_of(where: str, error: ValueError) -> RowReject:

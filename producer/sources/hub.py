@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
-from vlmbatch.producer.sources.base import Row, RowSource, Source, source_notes
+from vlmbatch.media.stores import ObjectStores, local_path, split_s3_uri
+from vlmbatch.producer.sources.base import Row, RowSource, Source, source_notes, store_refusal
 from vlmbatch.producer.sources.images import looks_like_image
-from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.errors import JobError, SourceError
 
 DATA_SUFFIXES = (".parquet", ".arrow")
 DEFAULT_SPLIT = "train"
@@ -35,6 +35,8 @@ CARD = "README.md"
 SHOWN_FILE_NOTES = 5
 # Files a listing reads at most: a folder of more shards than this is not a dataset someone lists by hand.
 MAX_LISTED = 100_000
+# A dataset card is read whole; cards are a few kB, and this bounds a hostile one.
+MAX_CARD_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,12 @@ class HubLayout:
     note: str
 
 
-def list_data_files(uri: str, *, s3_endpoint_url: str | None) -> tuple[list[str], str | None, bool]:
+def list_data_files(uri: str, *, stores: ObjectStores) -> tuple[list[str], str | None, bool]:
     """The `.parquet`/`.arrow` files under `uri` (paths relative to it, sorted), its dataset card's text
     when it has one, and whether it holds an image (the listing stops there: a folder of images is not a
     dataset of files, and is listed again by its own source)."""
     if uri.startswith("s3://"):
-        return _list_s3(uri, s3_endpoint_url)
+        return _list_s3(uri, stores)
     root = local_path(uri)
     names: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -65,25 +67,21 @@ def list_data_files(uri: str, *, s3_endpoint_url: str | None) -> tuple[list[str]
     return sorted(names), card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None, False
 
 
-def _list_s3(uri: str, endpoint: str | None) -> tuple[list[str], str | None, bool]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
+def _list_s3(uri: str, stores: ObjectStores) -> tuple[list[str], str | None, bool]:
     bucket, prefix = split_s3_uri(uri)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-    client = make_s3_client(endpoint)
     names: list[str] = []
     card: str | None = None
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for entry in page.get("Contents", []):
-                relative = entry["Key"][len(prefix) :]
-                if looks_like_image(relative):
-                    return [], None, True
-                if relative.endswith(DATA_SUFFIXES):
-                    names.append(relative)
-                elif relative == CARD:
-                    card = client.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read().decode("utf-8", "replace")
-    except (ClientError, BotoCoreError):
+        for key in stores.s3.list_keys(f"s3://{bucket}/{prefix}"):
+            relative = key[len(prefix) :]
+            if looks_like_image(relative):
+                return [], None, True
+            if relative.endswith(DATA_SUFFIXES):
+                names.append(relative)
+            elif relative == CARD:
+                card = stores.s3.fetch(f"s3://{bucket}/{key}", max_bytes=MAX_CARD_BYTES).decode("utf-8", "replace")
+    except JobError:
         return [], None, False  # not a dataset then: S3PrefixSource reports the listing error
     return sorted(names), card, False
 
@@ -209,7 +207,7 @@ def save_to_disk_files(root: Path) -> list[str] | None:
         raise SourceError(f"{root}: state.json is not a `datasets` state file: {exc}") from exc
 
 
-def expand_pattern(uri: str, *, s3_endpoint_url: str | None) -> list[str]:
+def expand_pattern(uri: str, *, stores: ObjectStores) -> list[str]:
     """The files a glob (`data/train-*.parquet`) or brace pattern (`part-{0..3}.parquet`) names, in sorted
     order per brace alternative; S3 globs are matched against a listing of the prefix before the first
     wildcard."""
@@ -224,10 +222,12 @@ def expand_pattern(uri: str, *, s3_endpoint_url: str | None) -> list[str]:
             bucket, key = split_s3_uri(expanded)
             prefix = re.split(r"[*?\[]", key, maxsplit=1)[0]
             pattern = re.compile(glob_translate(key))
-            client = make_s3_client(s3_endpoint_url)
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                keys = (entry["Key"] for entry in page.get("Contents", []))
-                files.extend(f"s3://{bucket}/{k}" for k in keys if pattern.fullmatch(k))
+            listing = f"s3://{bucket}/{prefix}"
+            try:
+                keys = list(stores.s3.list_keys(listing))
+            except JobError as exc:
+                raise store_refusal(listing, "list", exc) from exc
+            files.extend(f"s3://{bucket}/{k}" for k in keys if pattern.fullmatch(k))
         else:
             path = local_path(expanded)
             anchor = Path(path.anchor or ".")

@@ -18,20 +18,19 @@ import datetime as dt
 import decimal
 import json
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from pydantic import ValidationError
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
-from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
-from vlmbatch.producer.sources.base import Row, RowSource
+from vlmbatch.media.stores import local_path
+from vlmbatch.producer.sources.base import Row, RowSource, rewound_text
 from vlmbatch.producer.sources.locations import resolve_image_ref
 from vlmbatch.producer.sources.parquet_batches import bounded_batches
-from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import SAMPLING_COLUMNS, JobParams, JobSpec
 
 CSV_IMAGE_SEPARATOR = ";"
@@ -49,10 +48,14 @@ class ManifestSource(RowSource):
         uri: str,
         *,
         question: str | None,
-        s3_endpoint_url: str | None,
+        reader: IO[bytes] | None = None,
+        parquet: Any = None,
         stager: Stager | None = None,
         local_roots: Sequence[Path] = (),
     ) -> None:
+        """The manifest comes opened (by `open_source`, which may have read some of it to tell what it
+        is): a .jsonl or .csv as `reader` (ObjectStores.open_reader: on S3 read by ranges), a .parquet
+        as `parquet` (a pyarrow ParquetFile). Each pass over the rows reads it from its start."""
         if not uri.startswith("s3://"):
             # Absolute, so that the run records where its local images may come from (media/local_roots.py).
             uri = str(local_path(uri).absolute())
@@ -62,13 +65,14 @@ class ManifestSource(RowSource):
         # Local images may come from the manifest's own folder and VLMBATCH_LOCAL_ROOTS, nowhere else.
         self._roots = LocalRoots.of([source_root(uri), *local_roots])
         self._question = question
-        self._endpoint = s3_endpoint_url
-        self._local: Path | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         suffix = PurePosixPath(uri.split("?", 1)[0]).suffix.lower()
         if suffix not in (".jsonl", ".csv", ".parquet"):
             raise SourceError(f"{uri}: a manifest must end in .jsonl, .csv or .parquet")
+        if (parquet is not None) != (suffix == ".parquet") or (reader is not None) == (suffix == ".parquet"):
+            raise ValueError(f"{uri}: a .parquet manifest comes as `parquet`, any other as `reader`")
         self._format = suffix
+        self._reader = reader
+        self._parquet = parquet
 
     def rows(self) -> Iterator[Row]:
         for where, record in self._records():
@@ -122,61 +126,44 @@ class ManifestSource(RowSource):
     # -- reading ---------------------------------------------------------------------------------------
 
     def _records(self) -> Iterator[tuple[str, Any]]:
-        path = self._path()
-        if self._format == ".jsonl":
-            yield from _jsonl_records(path)
-        elif self._format == ".csv":
-            yield from _csv_records(path)
-        else:
-            yield from _parquet_records(path)
-
-    def _path(self) -> Path:
-        if self._local is not None:
-            return self._local
-        if not self._uri.startswith("s3://"):
-            path = local_path(self._uri)
-            if not path.is_file():
-                raise SourceError(f"{self._uri}: no such manifest file")
-            self._local = path
-            return path
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, key = split_s3_uri(self._uri)
-        self._tmp = tempfile.TemporaryDirectory(prefix="vlmbatch-manifest-")
-        target = Path(self._tmp.name) / PurePosixPath(key).name
         try:
-            make_s3_client(self._endpoint).download_file(bucket, key, str(target))
-        except (ClientError, BotoCoreError) as exc:
-            raise SourceError(f"{self._uri}: cannot download the manifest ({type(exc).__name__})") from exc
-        self._local = target
-        return target
+            if self._parquet is not None:
+                yield from _parquet_records(self._parquet, self._uri)
+            elif self._format == ".jsonl":
+                assert self._reader is not None
+                self._reader.seek(0)
+                yield from _jsonl_records(self._reader)
+            else:
+                assert self._reader is not None
+                yield from _csv_records(self._reader, self._uri)
+        except JobError as exc:  # the S3 reader failed mid-file
+            raise SourceError(f"{self._uri}: cannot read the manifest ({exc.message})") from exc
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield f"line {number}", RowError(f"not valid UTF-8 (byte {exc.start + 1})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield f"line {number}", RowError(f"invalid JSON ({exc.msg})")
-            except RecursionError:
-                yield f"line {number}", RowError("nested too deeply")
+def _jsonl_records(lines: IO[bytes]) -> Iterator[tuple[str, Any]]:
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield f"line {number}", RowError(f"not valid UTF-8 (byte {exc.start + 1})")
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield f"line {number}", RowError(f"invalid JSON ({exc.msg})")
+        except RecursionError:
+            yield f"line {number}", RowError("nested too deeply")
 
 
-def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
+def _csv_records(lines: IO[bytes], uri: str) -> Iterator[tuple[str, Any]]:
     # surrogateescape: a line of invalid UTF-8 is reported with its number instead of ending the read.
-    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    with rewound_text(lines, errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
-            raise SourceError(f"{path}: the CSV header has no `image` column")
-        for row in _csv_rows(reader, path):
+            raise SourceError(f"{uri}: the CSV header has no `image` column")
+        for row in _csv_rows(reader, uri):
             where = f"line {reader.line_num}"
             if any(isinstance(v, str) and _SURROGATES.search(v) for v in row.values()):
                 yield where, RowError("not valid UTF-8")
@@ -193,7 +180,7 @@ def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
 _SURROGATES = re.compile("[\udc80-\udcff]")
 
 
-def _csv_rows(reader: csv.DictReader[str], path: Path) -> Iterator[dict[str, Any]]:
+def _csv_rows(reader: csv.DictReader[str], uri: str) -> Iterator[dict[str, Any]]:
     """The reader's rows; a row the csv module cannot parse (a cell over its size limit, say) refuses
     the manifest naming its line, since the reader cannot go on past it."""
     while True:
@@ -202,18 +189,12 @@ def _csv_rows(reader: csv.DictReader[str], path: Path) -> Iterator[dict[str, Any
         except StopIteration:
             return
         except csv.Error as exc:
-            raise SourceError(f"{path}: line {reader.line_num + 1}: {exc}") from exc
+            raise SourceError(f"{uri}: line {reader.line_num + 1}: {exc}") from exc
 
 
-def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:
-        raise SourceError(f"{path}: not a readable Parquet file ({exc})") from exc
+def _parquet_records(parquet: Any, uri: str) -> Iterator[tuple[str, Any]]:
     if "image" not in parquet.schema_arrow.names:
-        raise SourceError(f"{path}: the Parquet schema has no `image` column")
+        raise SourceError(f"{uri}: the Parquet schema has no `image` column")
     row = 0
     for batch in bounded_batches(parquet, max_rows=PARQUET_BATCH_ROWS):
         for record in batch.to_pylist():

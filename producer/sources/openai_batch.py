@@ -23,7 +23,6 @@ URI whose bytes are no image is staged like any other and fails its own job at t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -36,8 +35,8 @@ from pydantic import ValidationError
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
-from vlmbatch.media.stores import S3Objects, local_path
-from vlmbatch.producer.sources.base import Row, RowSource
+from vlmbatch.media.stores import local_path
+from vlmbatch.producer.sources.base import Row, RowSource, lent_text, rewound_text
 from vlmbatch.producer.sources.locations import resolve_image_ref
 from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobParams, JobSpec
@@ -88,19 +87,20 @@ class NotARequest(LineError):
     API refuses the whole file for it, as OpenAI does; the command line records it like any bad line."""
 
 
-def is_openai_batch(uri: str, *, s3_endpoint_url: str | None = None) -> bool:
-    """Whether the `.jsonl` file at `uri` (local or on S3, whose first lines are read through the object
-    store) reads as an OpenAI batch file: any of its first few JSON lines carries `custom_id` and `body`,
-    so a broken first line does not hide the format (its error then names the real problem). Only the
-    first SNIFFED_CHARS of a line are read: a line with a 140 MB `data:` image is judged by its keys
-    before the image, not parsed whole (the source reads it once, later); a key after a value longer
-    than that is not seen (OpenAI's own order puts `custom_id` first, `body` last)."""
+def is_openai_batch(reader: IO[bytes]) -> bool:
+    """Whether the `.jsonl` file open in `reader` (local, or on S3 read by ranges: the lines read here stay
+    in its buffer for the source that reads it next) reads as an OpenAI batch file: any of its first few
+    JSON lines carries `custom_id` and `body`, so a broken first line does not hide the format (its error
+    then names the real problem). Only the first SNIFFED_CHARS of a line are read: a line with a 140 MB
+    `data:` image is judged by its keys before the image, not parsed whole (the source reads it once,
+    later); a key after a value longer than that is not seen (OpenAI's own order puts `custom_id` first,
+    `body` last)."""
     try:
-        with open_lines(uri, s3_endpoint_url=s3_endpoint_url) as lines:
+        with rewound_text(reader) as lines:
             for line in islice(_line_heads(lines), SNIFFED_LINES):
                 if {"custom_id", "body"} <= _top_level_keys(line):
                     return True
-    except (SourceError, UnicodeDecodeError):
+    except (JobError, OSError, UnicodeDecodeError):
         return False
     return False
 
@@ -148,21 +148,6 @@ def _skip_space(text: str, at: int) -> int:
     return at
 
 
-@contextmanager
-def open_lines(uri: str, *, s3_endpoint_url: str | None) -> Iterator[IO[str]]:
-    """The file's lines as text, local or streamed from S3 (by ranges, never downloaded whole).
-    Raises SourceError when it cannot be opened."""
-    try:
-        if uri.startswith("s3://"):
-            raw: IO[bytes] = S3Objects(s3_endpoint_url).open_reader(uri)
-        else:
-            raw = local_path(uri).open("rb")
-    except (OSError, JobError) as exc:
-        raise SourceError(f"{uri}: cannot read the batch file ({getattr(exc, 'message', exc)})") from exc
-    with io.TextIOWrapper(raw, encoding="utf-8") as text:
-        yield text
-
-
 class OpenAIBatchSource(RowSource):
     def __init__(
         self,
@@ -170,10 +155,13 @@ class OpenAIBatchSource(RowSource):
         *,
         stager: Stager | None,
         local_roots: Sequence[Path] = (),
-        s3_endpoint_url: str | None = None,
+        reader: IO[bytes] | None = None,
     ) -> None:
+        """`reader`: the file, opened already (by `open_source`, which read its first lines through it;
+        an S3 file is read by ranges, never downloaded whole); without it, the local file at `uri` is
+        opened for each pass."""
         self._uri = uri
-        self._endpoint = s3_endpoint_url
+        self._reader = reader
         # Local images may come from the file's own folder and VLMBATCH_LOCAL_ROOTS, as for a manifest.
         self._roots = LocalRoots.of([source_root(uri), *local_roots])
         # Where `data:` images are staged, content-addressed (media/staging.py, `--stage-to`), and what
@@ -185,7 +173,7 @@ class OpenAIBatchSource(RowSource):
     def rows(self) -> Iterator[Row]:
         # 8-byte digests of the ids seen: duplicates are found in one pass, in ~60 bytes per line.
         seen: set[bytes] = set()
-        with open_lines(self._uri, s3_endpoint_url=self._endpoint) as lines:
+        with self._lines() as lines:
             for number, line in enumerate(_decoded(lines, self._uri), start=1):
                 if not line.strip():
                     continue
@@ -204,6 +192,19 @@ class OpenAIBatchSource(RowSource):
                     yield where, exc
                     continue
                 yield where, spec
+
+    @contextmanager
+    def _lines(self) -> Iterator[IO[str]]:
+        if self._reader is not None:
+            with rewound_text(self._reader) as lines:
+                yield lines
+            return
+        try:
+            handle = local_path(self._uri).open("rb")
+        except OSError as exc:
+            raise SourceError(f"{self._uri}: cannot read the batch file ({exc})") from exc
+        with handle, lent_text(handle) as lines:  # opened for this pass: at its start, maybe a pipe
+            yield lines
 
     # -- one line --------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from vlmbatch.media.local_roots import LocalRoots, source_root
 from vlmbatch.media.staging import Stager
-from vlmbatch.media.stores import S3Objects, local_path
+from vlmbatch.media.stores import ObjectStores, local_path
 from vlmbatch.producer.sources.base import Row, RowSource
 from vlmbatch.producer.sources.locations import resolve_image_ref, stage_bytes
 from vlmbatch.producer.sources.manifest import _jsonable
@@ -52,15 +52,15 @@ class ColumnChoice:
     reference_column: str = "reference"
 
 
-def open_parquet_file(uri: str, *, s3_endpoint_url: str | None) -> Any:
-    """A `pyarrow.parquet.ParquetFile` over a local file or an S3 object (read by ranges).
-    Raises SourceError."""
+def open_parquet_file(uri: str, *, stores: ObjectStores) -> Any:
+    """A `pyarrow.parquet.ParquetFile` over a local file or an S3 object (read by ranges), opened once:
+    what reads its rows is handed this one (its footer is parsed here, and only here). Raises SourceError."""
     import pyarrow.parquet as pq
 
     handle: IO[bytes] | str
     try:
         if uri.startswith("s3://"):
-            handle = S3Objects(s3_endpoint_url).open_reader(uri)
+            handle = stores.open_reader(uri)
         else:
             path = local_path(uri)
             if not path.is_file():

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from itertools import islice
 from pathlib import Path, PurePosixPath
 
-from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
+from vlmbatch.media.stores import ObjectStores, local_path
+from vlmbatch.schema.contracts.errors import JobError
 
 LOOKED_FOR = "no images, manifests (.jsonl, .csv), Parquet files or .tar shards"
 # Entries a survey reads at most.
@@ -16,10 +18,10 @@ SURVEY_LIMIT = 10_000
 _SHOWN_KINDS = 6
 
 
-def nothing_found(uri: str, *, s3_endpoint_url: str | None = None) -> str:
+def nothing_found(uri: str, *, stores: ObjectStores) -> str:
     """Why `uri` gave no job, in one line."""
     if uri.startswith("s3://"):
-        names = _s3_names(uri, s3_endpoint_url)
+        names = _s3_names(uri, stores)
     else:
         path = local_path(uri)
         if not path.is_dir():
@@ -52,12 +54,8 @@ def _local_names(root: Path) -> list[str]:
     return names
 
 
-def _s3_names(uri: str, endpoint: str | None) -> list[str]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, prefix = split_s3_uri(uri)
+def _s3_names(uri: str, stores: ObjectStores) -> list[str]:
     try:
-        listed = make_s3_client(endpoint).list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=SURVEY_LIMIT)
-    except (ClientError, BotoCoreError):
+        return list(islice(stores.s3.list_keys(uri), SURVEY_LIMIT))
+    except JobError:
         return []
-    return [entry["Key"] for entry in listed.get("Contents", [])]

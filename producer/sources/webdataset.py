@@ -19,8 +19,8 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,10 +28,10 @@ from braceexpand import braceexpand
 from pydantic import ValidationError
 
 from vlmbatch.media.shards import ScannedMember, TarMember, scan_members
-from vlmbatch.media.stores import local_path, make_s3_client, split_s3_uri
-from vlmbatch.producer.sources.base import Row, RowSource
+from vlmbatch.media.stores import ObjectStores, local_path, split_s3_uri
+from vlmbatch.producer.sources.base import Row, RowSource, store_refusal
 from vlmbatch.producer.sources.parquet import ColumnChoice
-from vlmbatch.schema.contracts.errors import SourceError
+from vlmbatch.schema.contracts.errors import JobError, SourceError
 from vlmbatch.schema.contracts.models import JobSpec
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"})
@@ -66,34 +66,40 @@ def folder_holds_shards(folder: Path) -> bool:
     return shards
 
 
-def prefix_holds_shards(uri: str, *, s3_endpoint_url: str | None) -> bool:
-    """True when the S3 prefix lists `.tar` shards and no image (pages until it meets an image)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+def prefix_shards(uri: str, *, stores: ObjectStores) -> tuple[str, ...]:
+    """The `.tar` shards an S3 prefix lists, in order, when it lists no image (pages until it meets one);
+    () otherwise. The listing is handed to WebDatasetSource, which then lists nothing again."""
     from vlmbatch.producer.sources.images import looks_like_image
 
-    bucket, prefix = split_s3_uri(uri)
-    shards = False
+    bucket, _prefix = split_s3_uri(uri)
+    shards: list[str] = []
     try:
-        for page in (
-            make_s3_client(s3_endpoint_url).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        ):
-            for entry in page.get("Contents", []):
-                if looks_like_image(entry["Key"]):
-                    return False
-                shards = shards or entry["Key"].lower().endswith(SHARD_SUFFIX)
-    except (ClientError, BotoCoreError):
-        return False  # S3PrefixSource reports the listing error
-    return shards
+        for key in stores.s3.list_keys(uri):
+            if looks_like_image(key):
+                return ()
+            if key.lower().endswith(SHARD_SUFFIX):
+                shards.append(f"s3://{bucket}/{key}")
+    except JobError:
+        return ()  # S3PrefixSource reports the listing error
+    return tuple(shards)
 
 
 class WebDatasetSource(RowSource):
-    def __init__(self, uri: str, *, question: str | None, columns: ColumnChoice, s3_endpoint_url: str | None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        question: str | None,
+        columns: ColumnChoice,
+        stores: ObjectStores,
+        shards: Sequence[str] | None = None,
+    ) -> None:
+        """`shards`: the shard URIs when the caller listed them already (`prefix_shards`)."""
         self._uri = uri
         self._question = question
         self._columns = columns
-        self._endpoint = s3_endpoint_url
-        self._client: Any = None
+        self._stores = stores
+        self._listed = tuple(shards) if shards else None
         self._without_image = 0
         self._without_image_keys: list[str] = []
 
@@ -128,17 +134,20 @@ class WebDatasetSource(RowSource):
 
     def shards(self) -> Iterator[str]:
         """The shard URIs (`file://…` or `s3://…`) in order."""
-        if is_brace_pattern(self._uri):
+        if self._listed is not None:
+            yield from self._listed
+        elif is_brace_pattern(self._uri):
             for uri in braceexpand(self._uri):
                 yield uri if uri.startswith("s3://") else local_path(uri).resolve().as_uri()
         elif self._uri.lower().endswith(SHARD_SUFFIX):
             yield self._uri if self._uri.startswith("s3://") else local_path(self._uri).resolve().as_uri()
         elif self._uri.startswith("s3://"):
-            bucket, prefix = split_s3_uri(self._uri)
-            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for entry in page.get("Contents", []):
-                    if entry["Key"].lower().endswith(SHARD_SUFFIX):
-                        yield f"s3://{bucket}/{entry['Key']}"
+            bucket, _prefix = split_s3_uri(self._uri)
+            try:
+                keys = list(self._stores.s3.list_keys(self._uri))
+            except JobError as exc:
+                raise store_refusal(self._uri, "list the shards", exc) from exc
+            yield from (f"s3://{bucket}/{key}" for key in keys if key.lower().endswith(SHARD_SUFFIX))
         else:
             root = local_path(self._uri).resolve()
             yield from (path.as_uri() for path in sorted(root.rglob(f"*{SHARD_SUFFIX}")) if path.is_file())
@@ -210,22 +219,12 @@ class WebDatasetSource(RowSource):
             with path.open("rb") as handle:
                 yield handle
             return
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, key = split_s3_uri(shard)
-        try:
-            body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
-        except (ClientError, BotoCoreError) as exc:
-            raise SourceError(f"{shard}: cannot read the shard ({type(exc).__name__})") from exc
-        try:
+        with ExitStack() as stack:
+            try:
+                body = stack.enter_context(self._stores.s3.open_stream(shard))
+            except JobError as exc:
+                raise store_refusal(shard, "read the shard", exc) from exc
             yield body
-        finally:
-            body.close()
-
-    def _s3(self) -> Any:
-        if self._client is None:
-            self._client = make_s3_client(self._endpoint)
-        return self._client
 
 
 def _small_content(extension: str, scanned: ScannedMember) -> bytes | None:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.engine.conftest import engine_settings
 from tests.fixtures.embedded import write_mmmu_parquet, write_shards
 from tests.integration.pipeline_helpers import running_pipeline
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.producer.sources.prompts import Prompting
@@ -32,7 +33,7 @@ def _run_source(
     sqlite_url: str, tiny_model: Path, engine: EngineThread, uri: str, **open_args: object
 ) -> tuple[int, sessionmaker[Session]]:
     settings = engine_settings(tiny_model, database_url=sqlite_url)
-    source = open_source(uri, s3_endpoint_url=None, **open_args)  # type: ignore[arg-type]
+    source = open_source(uri, stores=ObjectStores(), **open_args)  # type: ignore[arg-type]
     with running_pipeline(settings, engine=engine) as (pipeline, sessions):
         report = submit(
             sessions=sessions,

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from tests.engine.conftest import engine_settings
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting, PromptTemplate
 from vlmbatch.producer.submit import submit
@@ -124,7 +125,11 @@ def test_an_mmmu_row_through_a_template_runs_on_the_real_engine(
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), prompting=Prompting(template=template), s3_endpoint_url=None),
+            source=open_source(
+                str(manifest),
+                prompting=Prompting(template=template),
+                stores=ObjectStores(),
+            ),
             settings=RunSettings(
                 model=str(tiny_model), sampling=SamplingSettings(max_tokens=32), system_prompt="Think first."
             ),
@@ -151,7 +156,7 @@ def test_a_per_row_seed_fails_its_job_on_the_cpu_build_and_the_engine_lives_on(
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), s3_endpoint_url=None),
+            source=open_source(str(manifest), stores=ObjectStores()),
             settings=RunSettings(model=str(tiny_model)),
             queue="q",
         )

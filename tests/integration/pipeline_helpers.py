@@ -72,7 +72,7 @@ def submit_folder(
     report = submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(folder), prompting=Prompting.of(question), s3_endpoint_url=None),
+        source=open_source(str(folder), prompting=Prompting.of(question), stores=ObjectStores()),
         settings=settings,
         queue="q",
         name_basis=question,

@@ -16,6 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.fixtures.bad_images import good_jpeg
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.api.app import build_api
 from vlmbatch.producer.api.server import build_server_app
 from vlmbatch.producer.browser.app import build_app
@@ -162,7 +163,7 @@ def test_a_batch_does_not_take_over_a_cli_run_of_its_name(keyless: TestClient, t
     cli_run = submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(folder), prompting=Prompting.of("What?"), s3_endpoint_url=None),
+        source=open_source(str(folder), prompting=Prompting.of("What?"), stores=ObjectStores()),
         settings=RunSettings(model="m"),
         queue="q",
         run_name="batch_1",  # as a ledger from before the names were reserved may hold

@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.conftest import fill_bucket
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import vlmbatch
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource
 
@@ -94,7 +95,7 @@ def test_an_openai_batch_file_on_s3_is_recognised_even_with_a_broken_first_line(
     objects |= {f"sets/img/{n}.jpg": good_jpeg(20, 20, seed=i) for i, n in enumerate("ab")}
     fill_bucket(s3_endpoint, s3_bucket, objects)
     uri = f"s3://{s3_bucket}/sets/batch.jsonl"
-    source = open_source(uri, s3_endpoint_url=s3_endpoint)
+    source = open_source(uri, stores=ObjectStores(s3_endpoint_url=s3_endpoint))
     assert isinstance(source, OpenAIBatchSource)
     env = {"VLMBATCH_S3_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
     status, stderr = _run(tmp_path, uri, **env)

@@ -48,7 +48,7 @@ def _run(
     source = open_source(
         uri,
         prompting=Prompting.of(question),
-        s3_endpoint_url=settings.s3_endpoint_url,
+        stores=ObjectStores(s3_endpoint_url=settings.s3_endpoint_url),
         columns=columns,
         stage_to=stage_to,
     )
@@ -158,7 +158,7 @@ def test_a_broken_data_uri_is_a_malformed_row(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"image": "data:image/png;base64,%%%"}) + "\n")
     source = open_source(
-        str(manifest), prompting=Prompting.of("q?"), s3_endpoint_url=None, stage_to=str(tmp_path / "s")
+        str(manifest), prompting=Prompting.of("q?"), stores=ObjectStores(), stage_to=str(tmp_path / "s")
     )
     with pytest.raises(SourceError, match="line 1: a data: URI whose base64 payload is invalid"):
         source.validate()
@@ -169,7 +169,7 @@ def test_a_named_image_column_that_does_not_exist_refuses_the_source(tmp_path: P
     with pytest.raises(SourceError, match="no column image_9"):
         open_source(
             str(tmp_path / "mmmu.parquet"),
-            s3_endpoint_url=None,
+            stores=ObjectStores(),
             columns=ColumnChoice(image_columns=("image_1", "image_9")),
             stage_to=str(tmp_path / "s"),
         )
@@ -182,15 +182,15 @@ def test_column_flags_on_a_uri_manifest_are_refused_rather_than_ignored(tmp_path
         open_source(
             str(manifest),
             prompting=Prompting.of("q"),
-            s3_endpoint_url=None,
+            stores=ObjectStores(),
             columns=ColumnChoice(reference_column="answer"),
         )
 
 
 def test_staging_the_same_image_to_s3_again_keeps_the_first_object(s3_endpoint: str, s3_bucket: str) -> None:
     root = f"s3://{s3_bucket}/staged"
-    first = Stager(root, s3_endpoint_url=s3_endpoint).stage(b"figure bytes")
-    again = Stager(root, s3_endpoint_url=s3_endpoint)  # a fresh process: nothing remembered
+    first = Stager(root, stores=ObjectStores(s3_endpoint_url=s3_endpoint)).stage(b"figure bytes")
+    again = Stager(root, stores=ObjectStores(s3_endpoint_url=s3_endpoint))  # a fresh process: nothing remembered
     again.stage_ahead([b"figure bytes", b"other bytes"])
     assert again.stage(b"figure bytes") == first  # the conditional PUT was refused (412) and that is fine
     listing = make_s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="staged/")
@@ -203,8 +203,9 @@ def test_a_url_list_parquet_names_its_url_column_and_keeps_the_urls_for_the_work
     table = pa.table({"url": urls, "caption": [f"caption {i}" for i in range(3)], "width": [64, 65, 66]})
     pq.write_table(table, tmp_path / "laion.parquet")
     columns = ColumnChoice(image_columns=("url",), question_column="caption")
-    source = open_source(str(tmp_path / "laion.parquet"), s3_endpoint_url=None, columns=columns,
-                         stage_to=str(tmp_path / "s"))  # fmt: skip
+    source = open_source(
+        str(tmp_path / "laion.parquet"), stores=ObjectStores(), columns=columns, stage_to=str(tmp_path / "s")
+    )
     source.validate()
     specs = list(source.specs())
     assert [(s.images, s.question, s.meta) for s in specs] == [

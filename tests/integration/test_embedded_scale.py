@@ -24,6 +24,7 @@ MAX_GROWTH_PER_10X_MIB = 30
 _SUBMIT_CHILD = """
 import json, sys
 import pyarrow.parquet
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
@@ -38,7 +39,7 @@ def peak_mib():
 
 _, sessions = open_ledger(sys.argv[1])
 baseline = peak_mib()
-source = open_source(sys.argv[2], prompting=Prompting.of("What is shown?"), s3_endpoint_url=None, stage_to=sys.argv[3])
+source = open_source(sys.argv[2], prompting=Prompting.of("What is shown?"), stores=ObjectStores(), stage_to=sys.argv[3])
 report = submit(sessions=sessions, publisher=NullPublisher(), source=source,
                 settings=RunSettings(model="fake-model"), queue="q", name_basis="What is shown?")
 print(json.dumps({"submitted": report.submitted, "baseline_mib": baseline, "peak_mib": peak_mib()}))

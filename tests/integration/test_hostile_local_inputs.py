@@ -17,6 +17,7 @@ from tests.fixtures.bad_images import good_jpeg
 from tests.integration.ledger_helpers import make_run
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for
 from tests.processes import vlmbatch
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.browser.app import build_app
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting
@@ -59,7 +60,7 @@ def _submit(sessions: object, manifest: Path, *, local_roots: tuple[Path, ...] =
         sessions=sessions,  # type: ignore[arg-type]
         publisher=NullPublisher(),
         source=open_source(
-            str(manifest), prompting=Prompting.of("What?"), s3_endpoint_url=None, local_roots=local_roots
+            str(manifest), prompting=Prompting.of("What?"), stores=ObjectStores(), local_roots=local_roots
         ),
         settings=RunSettings(model="fake-model"),
         queue="q",
@@ -110,7 +111,7 @@ def test_a_manifest_naming_files_outside_its_folder_is_refused_with_each_row_num
     manifest = _manifest(
         folder, ["ok.jpg", str(outside / "secret.jpg"), (outside / "secret.jpg").as_uri(), "link.jpg", "/etc/hostname"]
     )
-    source = open_source(str(manifest), prompting=Prompting.of("q?"), s3_endpoint_url=None)
+    source = open_source(str(manifest), prompting=Prompting.of("q?"), stores=ObjectStores())
     with pytest.raises(SourceError) as refused:
         source.validate()
     message = refused.value.message
@@ -126,7 +127,7 @@ def test_a_manifest_naming_files_outside_its_folder_is_refused_with_each_row_num
 
     # A folder named in VLMBATCH_LOCAL_ROOTS is allowed (the system file still is not).
     allowed = _manifest(folder, ["ok.jpg", str(outside / "secret.jpg"), "link.jpg"])
-    open_source(str(allowed), prompting=Prompting.of("q?"), s3_endpoint_url=None, local_roots=(outside,)).validate()
+    open_source(str(allowed), prompting=Prompting.of("q?"), stores=ObjectStores(), local_roots=(outside,)).validate()
 
 
 def test_workers_and_the_browser_refuse_a_job_that_names_a_file_outside_the_roots(

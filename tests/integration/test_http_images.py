@@ -20,6 +20,7 @@ from sqlalchemy import select
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
 from vlmbatch.media.http import HttpImages, HttpOptions
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
@@ -316,7 +317,7 @@ def test_a_manifest_of_urls_runs_each_job_to_its_outcome(
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), prompting=Prompting.of("What is shown?"), s3_endpoint_url=None),
+            source=open_source(str(manifest), prompting=Prompting.of("What is shown?"), stores=ObjectStores()),
             settings=RunSettings(model="fake-model", max_transient_retries=0),
             queue="q",
         )

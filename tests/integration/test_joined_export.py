@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import vlmbatch.producer.cli.outputs  # noqa: F401  (registers export)
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.training_runs import mmmu_run, run_source, webdataset_run
-from vlmbatch.media.stores import S3Objects, make_s3_client
+from vlmbatch.media.stores import ObjectStores, S3Objects, make_s3_client
 from vlmbatch.producer.cli import cli
 from vlmbatch.producer.reports.export import ExportFilter, export_run
 from vlmbatch.producer.reports.joined import JoinOptions, export_joined
@@ -29,7 +29,7 @@ def _two_question_run(url: str, tmp: Path, images: int = 5) -> Any:
     folder.mkdir()
     for i in range(images):
         (folder / f"{i:02d}.jpg").write_bytes(good_jpeg(30 + i, 20, seed=i))
-    source = open_source(str(folder), prompting=Prompting(questions=("One?", "Two?")), s3_endpoint_url=None)
+    source = open_source(str(folder), prompting=Prompting(questions=("One?", "Two?")), stores=ObjectStores())
     return run_source(url, source, "two-questions", samples=2)
 
 
@@ -167,7 +167,7 @@ def test_adjacent_rows_of_one_image_with_their_own_questions_stay_two_rows(datab
     manifest = tmp_path / "vqa.jsonl"
     rows = [{"image": "a.jpg", "question": "Is it red?"}, {"image": "a.jpg", "question": "Is it round?"}]
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    source = open_source(str(manifest), s3_endpoint_url=None)
+    source = open_source(str(manifest), stores=ObjectStores())
     sessions, run = run_source(database_url, source, "vqa")
     report = export_joined(sessions, run=run, out=str(tmp_path / "j"), selection=ExportFilter(), options=JoinOptions())
     joined = _rows(report.files)

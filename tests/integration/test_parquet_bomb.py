@@ -31,14 +31,15 @@ _VALIDATE_CHILD = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[4]), int(sys.argv[4])))
 import pyarrow.parquet
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.contracts.errors import SourceError
 
-source = open_source(sys.argv[1], prompting=Prompting.of("What is shown?"), s3_endpoint_url=sys.argv[5] or None,
-                     stage_to=sys.argv[2], columns=ColumnChoice(image_columns=("image",)),
-                     max_image_bytes=int(sys.argv[3]))
+stores = ObjectStores(s3_endpoint_url=sys.argv[5] or None)
+source = open_source(sys.argv[1], prompting=Prompting.of("What is shown?"), stores=stores, stage_to=sys.argv[2],
+                     columns=ColumnChoice(image_columns=("image",)), max_image_bytes=int(sys.argv[3]))
 try:
     source.validate()
     refused = ""

@@ -84,7 +84,11 @@ def test_an_mmmu_row_reaches_the_engine_with_its_images_at_the_placeholders_and_
     }
     manifest.write_text(json.dumps(row) + "\n")
     template = PromptTemplate("{{ question }}\n{{ options | options }}")
-    source = open_source(str(manifest), prompting=Prompting(template=template), s3_endpoint_url=None)
+    source = open_source(
+        str(manifest),
+        prompting=Prompting(template=template),
+        stores=ObjectStores(),
+    )
     engine = _recording()
     (job,) = _run(database_url, source, engine, system_prompt="You are a careful grader.")
     assert job.state == JobState.SUCCEEDED, job.error_message
@@ -109,7 +113,7 @@ def test_several_questions_about_an_image_fetch_it_once_and_reach_the_engine_tog
     database_url: str, tmp_path: Path
 ) -> None:
     source = open_source(
-        str(_image_folder(tmp_path, 6)), prompting=Prompting(questions=QUESTIONS), s3_endpoint_url=None
+        str(_image_folder(tmp_path, 6)), prompting=Prompting(questions=QUESTIONS), stores=ObjectStores()
     )
     engine, store = _recording(), CountingStore()
     jobs = _run(database_url, source, engine, store, slots=16)  # all 18 jobs fit one claim
@@ -124,7 +128,7 @@ def test_several_questions_about_an_image_fetch_it_once_and_reach_the_engine_tog
 
 def test_an_images_jobs_split_across_two_claims_still_fetch_it_once(database_url: str, tmp_path: Path) -> None:
     source = open_source(
-        str(_image_folder(tmp_path, 6)), prompting=Prompting(questions=QUESTIONS), s3_endpoint_url=None
+        str(_image_folder(tmp_path, 6)), prompting=Prompting(questions=QUESTIONS), stores=ObjectStores()
     )
     store = CountingStore()
     # 4 jobs claimed at a time and 3 per image: most claims end in the middle of an image's questions.
@@ -139,7 +143,7 @@ def test_per_row_sampling_columns_reach_the_engine_for_their_job_only(database_u
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,question,max_tokens,temperature,top_p\na.jpg,A?,40,0.0,0.5\nb.jpg,B?,,,\n")
     engine = _recording()
-    _run(database_url, open_source(str(manifest), s3_endpoint_url=None), engine, store=None)
+    _run(database_url, open_source(str(manifest), stores=ObjectStores()), engine, store=None)
     by_question = {r.question: r.sampling for r in engine.requests}
     assert (by_question["A?"].max_tokens, by_question["A?"].temperature, by_question["A?"].top_p) == (40, 0.0, 0.5)
     default = RunSettings().sampling
@@ -175,7 +179,7 @@ def test_an_openai_batch_file_runs_with_its_system_prompt_per_line_budgets_and_a
         lines.append({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
     batch = tmp_path / "batch.jsonl"
     batch.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    source = open_source(str(batch), s3_endpoint_url=None, stage_to=str(tmp_path / "staged"))
+    source = open_source(str(batch), stores=ObjectStores(), stage_to=str(tmp_path / "staged"))
     engine = _recording()
     jobs = _run(database_url, source, engine)
     by_id = {job.meta["custom_id"]: job for job in jobs if job.meta}
@@ -196,7 +200,7 @@ def test_a_broken_image_asked_several_questions_is_fetched_once_and_fails_each_o
     folder.mkdir()
     (folder / "good.jpg").write_bytes(good_jpeg(seed=1))
     (folder / "broken.jpg").write_bytes(not_an_image())
-    source = open_source(str(folder), prompting=Prompting(questions=("One?", "Two?")), s3_endpoint_url=None)
+    source = open_source(str(folder), prompting=Prompting(questions=("One?", "Two?")), stores=ObjectStores())
     store = CountingStore()
     jobs = _run(sqlite_url, source, _recording(), store)
     outcomes = sorted((j.images[0].rsplit("/", 1)[-1], j.question, j.state, j.error_type) for j in jobs)

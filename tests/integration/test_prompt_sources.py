@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.fixtures.bad_images import good_jpeg, good_png
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting, PromptTemplate
 from vlmbatch.producer.submit import submit
@@ -64,7 +65,12 @@ def test_an_mmmu_row_set_renders_through_the_template_and_the_job_stores_the_ren
     )
     template = PromptTemplate(MMMU_TEMPLATE)
     (job,) = _submit_source(
-        database_url, open_source(str(manifest), prompting=Prompting(template=template), s3_endpoint_url=None)
+        database_url,
+        open_source(
+            str(manifest),
+            prompting=Prompting(template=template),
+            stores=ObjectStores(),
+        ),
     )
     assert job.question == (
         "Which of <image 1> and <image 2> shows a circuit?\nA. <image 1>\nB. <image 2>\nC. neither\n"
@@ -86,7 +92,9 @@ def test_a_template_error_or_a_missing_column_refuses_the_submit_naming_the_row(
         ],
     )
     source = open_source(
-        str(manifest), prompting=Prompting(template=PromptTemplate(MMMU_TEMPLATE)), s3_endpoint_url=None
+        str(manifest),
+        prompting=Prompting(template=PromptTemplate(MMMU_TEMPLATE)),
+        stores=ObjectStores(),
     )
     with pytest.raises(SourceError) as refused:
         _submit_source(database_url, source)
@@ -108,7 +116,7 @@ def test_several_questions_make_images_times_questions_jobs_with_an_images_jobs_
         (folder / f"{i}.jpg").write_bytes(good_jpeg(seed=i))
     questions = ("Is there a person?", "Is it indoors?")
     jobs = _submit_source(
-        database_url, open_source(str(folder), prompting=Prompting(questions=questions), s3_endpoint_url=None)
+        database_url, open_source(str(folder), prompting=Prompting(questions=questions), stores=ObjectStores())
     )
     assert [(j.images[0].rsplit("/", 1)[-1], j.question) for j in jobs] == [
         (f"{i}.jpg", q) for i in range(3) for q in questions
@@ -120,7 +128,7 @@ def test_per_row_sampling_columns_are_kept_on_the_job_and_validated_like_the_fla
 ) -> None:
     good = tmp_path / "m.csv"
     good.write_text("image,question,max_tokens,temperature,top_p,seed\na.jpg,q,64,0,,\nb.jpg,q,,,,\n")
-    jobs = _submit_source(database_url, open_source(str(good), s3_endpoint_url=None))
+    jobs = _submit_source(database_url, open_source(str(good), stores=ObjectStores()))
     assert [j.params for j in jobs] == [{"max_tokens": 64, "temperature": 0.0}, None]
     assert jobs[0].meta is None  # sampling columns are settings, not metadata
     bad = _jsonl(
@@ -132,7 +140,7 @@ def test_per_row_sampling_columns_are_kept_on_the_job_and_validated_like_the_fla
         ],
     )
     with pytest.raises(SourceError) as refused:
-        _submit_source(database_url, open_source(str(bad), prompting=Prompting.of("q"), s3_endpoint_url=None))
+        _submit_source(database_url, open_source(str(bad), prompting=Prompting.of("q"), stores=ObjectStores()))
     message = refused.value.message
     assert "line 1: `max_tokens`: Input should be greater than or equal to 1" in message
     assert "line 2: `top_p`: Input should be less than or equal to 1" in message
@@ -183,7 +191,7 @@ def test_an_openai_batch_file_becomes_one_job_per_line_with_data_images_staged_o
         ],
     )
     stage = tmp_path / "staged"
-    jobs = _submit_source(database_url, open_source(str(batch), s3_endpoint_url=None, stage_to=str(stage)))
+    jobs = _submit_source(database_url, open_source(str(batch), stores=ObjectStores(), stage_to=str(stage)))
     staged = sorted(p for p in stage.rglob("*") if p.is_file())
     assert len(staged) == 1 and staged[0].read_bytes() == png  # the same bytes are staged once
     first, second = jobs
@@ -213,7 +221,7 @@ def test_an_openai_batch_file_with_bad_lines_is_refused_whole_naming_every_bad_l
         _line("h", [image, _text("fine")]),
     ]
     batch = _jsonl(tmp_path / "batch.jsonl", lines)
-    source = open_source(str(batch), s3_endpoint_url=None, stage_to=str(tmp_path / "staged"))
+    source = open_source(str(batch), stores=ObjectStores(), stage_to=str(tmp_path / "staged"))
     with pytest.raises(SourceError) as refused:
         _submit_source(database_url, source)
     message = refused.value.message
@@ -237,7 +245,7 @@ def test_every_bad_line_is_named_even_past_the_detailed_ones(tmp_path: Path) -> 
     lines: list[object] = [_line(f"id-{i}", [image, _text("q")]) for i in range(40)]
     for bad in (*range(5, 30), 33, 35, 36):
         lines[bad] = "{broken"
-    source = open_source(str(_jsonl(tmp_path / "b.jsonl", lines)), s3_endpoint_url=None, stage_to=str(tmp_path))
+    source = open_source(str(_jsonl(tmp_path / "b.jsonl", lines)), stores=ObjectStores(), stage_to=str(tmp_path))
     with pytest.raises(SourceError) as refused:
         source.validate()
     assert refused.value.message.endswith("… and 8 more; all of them: 6-30, 34, 36-37")
@@ -246,7 +254,7 @@ def test_every_bad_line_is_named_even_past_the_detailed_ones(tmp_path: Path) -> 
 def test_a_question_or_template_with_an_openai_batch_file_is_refused(tmp_path: Path) -> None:
     batch = _jsonl(tmp_path / "b.jsonl", [_line("a", [_image("s3://b/x.jpg"), _text("q")])])
     with pytest.raises(SourceError, match="brings its own messages"):
-        open_source(str(batch), prompting=Prompting.of("q"), s3_endpoint_url=None)
+        open_source(str(batch), prompting=Prompting.of("q"), stores=ObjectStores())
 
 
 def test_a_batch_file_whose_first_line_is_broken_is_still_read_as_one_and_refused_for_that_line(
@@ -254,18 +262,18 @@ def test_a_batch_file_whose_first_line_is_broken_is_still_read_as_one_and_refuse
 ) -> None:
     batch = _jsonl(tmp_path / "b.jsonl", ["{broken", _line("a", [_image("s3://b/x.jpg"), _text("q")])])
     with pytest.raises(SourceError) as refused:
-        open_source(str(batch), s3_endpoint_url=None, stage_to=str(tmp_path)).validate()
+        open_source(str(batch), stores=ObjectStores(), stage_to=str(tmp_path)).validate()
     assert "1 malformed row;" in refused.value.message and "line 1: invalid JSON" in refused.value.message
 
 
 def test_a_run_stored_before_system_prompts_existed_is_reused_not_a_conflict(database_url: str, tmp_path: Path) -> None:
     manifest = _jsonl(tmp_path / "m.jsonl", [{"image": "s3://b/a.jpg"}])
-    source = open_source(str(manifest), prompting=Prompting.of("q"), s3_endpoint_url=None)
+    source = open_source(str(manifest), prompting=Prompting.of("q"), stores=ObjectStores())
     (job,) = _submit_source(database_url, source)
     _, sessions = open_ledger(database_url)
     with sessions() as session, session.begin():
         run = session.get(Run, job.run_id)
         assert run is not None
         run.settings = {k: v for k, v in run.settings.items() if k != "system_prompt"}
-    again = _submit_source(database_url, open_source(str(manifest), prompting=Prompting.of("q"), s3_endpoint_url=None))
+    again = _submit_source(database_url, open_source(str(manifest), prompting=Prompting.of("q"), stores=ObjectStores()))
     assert [j.id for j in again] == [job.id]

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from tests.fixtures.bad_images import good_jpeg
 from tests.processes import vlmbatch
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.base import RejectPolicy
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.submit import submit
@@ -58,7 +59,7 @@ def _submit(database_url: str, manifest: Path, policy: RejectPolicy) -> SubmitRe
     return submit(
         sessions=sessions,
         publisher=NullPublisher(),
-        source=open_source(str(manifest), s3_endpoint_url=None),
+        source=open_source(str(manifest), stores=ObjectStores()),
         settings=RunSettings(model="m"),
         queue="q",
         run_name="r",

@@ -67,7 +67,9 @@ def test_storage_credentials_refused_trip_the_breaker_and_resume_finishes_the_ru
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), prompting=Prompting.of("What?"), s3_endpoint_url=guarded_s3),
+            source=open_source(
+                str(manifest), prompting=Prompting.of("What?"), stores=ObjectStores(s3_endpoint_url=guarded_s3)
+            ),
             settings=RunSettings(model="fake-model"),
             queue="q",
         )
@@ -141,7 +143,7 @@ def test_a_run_with_ten_percent_unreadable_images_never_trips(database_url: str,
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(folder), prompting=Prompting.of("What?"), s3_endpoint_url=None),
+            source=open_source(str(folder), prompting=Prompting.of("What?"), stores=ObjectStores()),
             settings=RunSettings(model="fake-model"),
             queue="q",
         )

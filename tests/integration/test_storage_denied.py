@@ -22,7 +22,7 @@ from sqlalchemy import select
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import jobs_by_name, running_pipeline, settings_for
 from tests.processes import free_port, vlmbatch, vlmbatch_json
-from vlmbatch.media.stores import S3Objects
+from vlmbatch.media.stores import ObjectStores, S3Objects
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
@@ -94,7 +94,7 @@ def test_access_denied_and_unknown_keys_are_storage_denied_not_bad_input(
 
 
 def test_an_expired_token_is_storage_denied() -> None:
-    from vlmbatch.media.stores import _classify_client_error
+    from vlmbatch.media.s3 import _classify_client_error
 
     expired = ClientError(
         {"Error": {"Code": "ExpiredToken", "Message": "expired"}, "ResponseMetadata": {"HTTPStatusCode": 400}},
@@ -115,7 +115,9 @@ def test_a_denied_job_is_retried_a_few_times_then_failed_as_a_storage_problem_an
         report = submit(
             sessions=sessions,
             publisher=NullPublisher(),
-            source=open_source(str(manifest), prompting=Prompting.of("What?"), s3_endpoint_url=guarded_s3),
+            source=open_source(
+                str(manifest), prompting=Prompting.of("What?"), stores=ObjectStores(s3_endpoint_url=guarded_s3)
+            ),
             # One retry keeps the test short; the run's cap would allow more than storage.denied's own.
             settings=RunSettings(model="fake-model", max_transient_retries=1),
             queue="q",

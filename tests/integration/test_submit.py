@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
@@ -39,7 +40,7 @@ def _submit(database_url: str, manifest: Path, publisher: RecordingPublisher) ->
     report = submit(
         sessions=sessions,
         publisher=publisher,
-        source=open_source(str(manifest), prompting=Prompting.of("What?"), s3_endpoint_url=None),
+        source=open_source(str(manifest), prompting=Prompting.of("What?"), stores=ObjectStores()),
         settings=RunSettings(model="m"),
         queue="q",
         run_name="r",

@@ -14,6 +14,7 @@ import pytest
 
 from tests.fixtures.bad_images import good_jpeg
 from vlmbatch.media.http import HttpImages, HttpOptions
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.parquet import ColumnChoice
 from vlmbatch.schema.contracts.errors import InputUnsupported, SourceError
@@ -36,14 +37,14 @@ def test_an_openai_batch_line_may_not_name_a_local_file_outside_its_folder(tmp_p
         _batch_line("octal", OCTAL_URL),
     ]
     batch.write_text("".join(lines))
-    source = open_source(str(batch), s3_endpoint_url=None)
+    source = open_source(str(batch), stores=ObjectStores())
     with pytest.raises(SourceError) as refused:
         source.validate()
     message = str(refused.value)
     assert "3 malformed row(s)" in message
     assert "line 2" in message and "line 3" in message and "line 4" in message and "line 1:" not in message
     assert "VLMBATCH_LOCAL_ROOTS" in message and "not a valid URL" in message
-    allowed = open_source(str(batch), s3_endpoint_url=None, local_roots=[Path("/etc")])
+    allowed = open_source(str(batch), stores=ObjectStores(), local_roots=[Path("/etc")])
     with pytest.raises(SourceError, match="1 malformed row"):  # /etc allowed: only the bad URL is left
         allowed.validate()
 
@@ -59,7 +60,7 @@ def test_a_parquet_path_cell_outside_the_roots_and_a_bad_url_are_malformed_rows(
     pq.write_table(table, tmp_path / "rows.parquet")
     source = open_source(
         str(tmp_path / "rows.parquet"),
-        s3_endpoint_url=None,
+        stores=ObjectStores(),
         stage_to=str(tmp_path / "staged"),
         columns=ColumnChoice(image_columns=("image",)),
     )
@@ -73,7 +74,7 @@ def test_a_manifest_url_that_does_not_parse_is_a_malformed_row(tmp_path: Path) -
     manifest = tmp_path / "urls.jsonl"
     manifest.write_text(json.dumps({"image": OCTAL_URL, "question": "What?"}) + "\n")
     with pytest.raises(SourceError, match="not a valid URL"):
-        open_source(str(manifest), s3_endpoint_url=None).validate()
+        open_source(str(manifest), stores=ObjectStores()).validate()
 
 
 def test_the_worker_types_a_url_that_does_not_parse_as_unsupported() -> None:
@@ -93,14 +94,14 @@ def test_batch_line_fields_of_the_wrong_type_are_refused_not_coerced(tmp_path: P
     batch = tmp_path / "typed.jsonl"
     batch.write_text(json.dumps({"custom_id": "a", "body": body}) + "\n")
     with pytest.raises(SourceError, match=f"`{field}` must be"):
-        open_source(str(batch), s3_endpoint_url=None).validate()
+        open_source(str(batch), stores=ObjectStores()).validate()
 
 
 def test_huggingface_metadata_nested_too_deep_is_ignored_not_a_crash(tmp_path: Path) -> None:
     deep = json.dumps({"info": {"features": "X"}}).replace('"X"', "[" * 100_000 + "]" * 100_000)
     table = pa.table({"picture": [good_jpeg(8, 8, seed=4)], "question": ["What?"]})
     pq.write_table(table.replace_schema_metadata({"huggingface": deep}), tmp_path / "deep.parquet")
-    source = open_source(str(tmp_path / "deep.parquet"), s3_endpoint_url=None, stage_to=str(tmp_path))
+    source = open_source(str(tmp_path / "deep.parquet"), stores=ObjectStores(), stage_to=str(tmp_path))
     source.validate()  # the image column is found by its type; the metadata is not read
     assert [len(spec.images) for spec in source.specs()] == [1]
 
@@ -123,7 +124,7 @@ def test_a_batch_files_data_images_are_decoded_once_over_every_read(
         return real(uri)
 
     monkeypatch.setattr(locations, "decode_data_uri", counting)
-    source = open_source(str(batch), s3_endpoint_url=None, stage_to=str(tmp_path / "staged"))
+    source = open_source(str(batch), stores=ObjectStores(), stage_to=str(tmp_path / "staged"))
     source.validate()  # validation, as the Batch API's line check and a SQLite submit do
     specs = list(source.specs())  # then the insert's read
     assert len(specs) == 6 and len(decoded) == 3  # each distinct image once

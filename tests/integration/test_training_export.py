@@ -319,7 +319,9 @@ def test_s3_objects_are_copied_into_the_folder(
 
     images = {f"set/{i}.jpg": good_jpeg(30 + i, 20, seed=i) for i in range(3)}
     fill_bucket(s3_endpoint, s3_bucket, images)
-    source = open_source(f"s3://{s3_bucket}/set/", prompting=Prompting.of("What?"), s3_endpoint_url=s3_endpoint)
+    source = open_source(
+        f"s3://{s3_bucket}/set/", prompting=Prompting.of("What?"), stores=ObjectStores(s3_endpoint_url=s3_endpoint)
+    )
     sessions, run = run_source(sqlite_url, source, "s3", worker_settings={"s3_endpoint_url": s3_endpoint})
     report = export_run(
         sessions,
@@ -356,7 +358,7 @@ def test_http_images_are_copied_into_the_folder(sqlite_url: str, tmp_path: Path)
         base = f"http://127.0.0.1:{server.server_address[1]}"
         manifest = tmp_path / "urls.jsonl"
         manifest.write_text("".join(json.dumps({"image": f"{base}/{i}.jpg"}) + "\n" for i in range(2)))
-        source = open_source(str(manifest), prompting=Prompting.of("What?"), s3_endpoint_url=None)
+        source = open_source(str(manifest), prompting=Prompting.of("What?"), stores=ObjectStores())
         sessions, run = run_source(sqlite_url, source, "http", worker_settings={"http_allow_private": True})
         store = ObjectStores(s3_endpoint_url=None, http=HttpOptions(allow_private=True))
         report = export_run(sessions, run=run, fmt="sft", out=tmp_path / "sft", selection=ExportFilter(), store=store)

@@ -64,7 +64,7 @@ def _assert_samples_ran(jobs: list[Job], expected: dict[str, bytes | None], endp
 
 def test_a_folder_of_shards_runs_one_job_per_sample_with_an_image(database_url: str, tmp_path: Path) -> None:
     expected = write_shards(tmp_path / "shards")
-    source = open_source(str(tmp_path / "shards"), prompting=Prompting.of("What is shown?"), s3_endpoint_url=None)
+    source = open_source(str(tmp_path / "shards"), prompting=Prompting.of("What is shown?"), stores=ObjectStores())
     assert isinstance(getattr(source, "inner", source), WebDatasetSource)
     jobs = _submit_then_work(settings_for(database_url), source)
     _assert_samples_ran(jobs, expected)
@@ -76,7 +76,7 @@ def test_a_brace_pattern_names_the_shards_and_a_json_field_supplies_the_question
 ) -> None:
     expected = write_shards(tmp_path / "shards", shards=3)
     pattern = str(tmp_path / "shards" / "{00000..00001}.tar")  # the third shard is left out
-    source = open_source(pattern, s3_endpoint_url=None, columns=ColumnChoice(question_column="caption"))
+    source = open_source(pattern, stores=ObjectStores(), columns=ColumnChoice(question_column="caption"))
     jobs = _submit_then_work(settings_for(sqlite_url), source, question=None)
     assert len(jobs) == 7
     assert all(job.meta is not None and job.question == job.meta["caption"] for job in jobs)
@@ -85,7 +85,7 @@ def test_a_brace_pattern_names_the_shards_and_a_json_field_supplies_the_question
 
 def test_a_sample_without_a_question_is_a_malformed_row(tmp_path: Path) -> None:
     write_shards(tmp_path / "shards", shards=1)
-    source = open_source(str(tmp_path / "shards" / "00000.tar"), s3_endpoint_url=None)
+    source = open_source(str(tmp_path / "shards" / "00000.tar"), stores=ObjectStores())
     with pytest.raises(SourceError, match=r"00000.tar:000000001: no question"):
         source.validate()
 
@@ -119,7 +119,9 @@ def test_shards_on_s3_are_read_one_member_per_image_by_ranged_gets(
     )
     settings = settings_for(sqlite_url, s3_endpoint_url=s3_endpoint)
     source = open_source(
-        f"s3://{s3_bucket}/wds/", prompting=Prompting.of("What is shown?"), s3_endpoint_url=s3_endpoint
+        f"s3://{s3_bucket}/wds/",
+        prompting=Prompting.of("What is shown?"),
+        stores=ObjectStores(s3_endpoint_url=s3_endpoint),
     )
     assert isinstance(getattr(source, "inner", source), WebDatasetSource)
     _, sessions = open_ledger(settings.resolved_database_url())
@@ -152,6 +154,6 @@ def test_a_shard_that_is_not_an_uncompressed_tar_refuses_the_source(tmp_path: Pa
     folder = tmp_path / "shards"
     write_shards(folder, shards=1)
     (folder / "00001.tar").write_bytes(gzip.compress((folder / "00000.tar").read_bytes()))
-    source = open_source(str(folder), prompting=Prompting.of("q?"), s3_endpoint_url=None)
+    source = open_source(str(folder), prompting=Prompting.of("q?"), stores=ObjectStores())
     with pytest.raises(SourceError, match=r"00001.tar: not a readable \(uncompressed\) tar shard"):
         source.validate()

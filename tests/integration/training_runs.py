@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.fixtures.bad_images import exif_rotated_jpeg, good_jpeg, good_png
 from tests.fixtures.embedded import write_mmmu_parquet, write_shards
 from tests.integration.pipeline_helpers import running_pipeline, settings_for
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.prompts import Prompting
 from vlmbatch.producer.submit import submit
@@ -55,20 +56,20 @@ def folder_run(url: str, tmp: Path) -> tuple[sessionmaker[Session], Run]:
     (folder / "a.jpg").write_bytes(good_jpeg(40, 30, seed=1))
     (folder / "b.png").write_bytes(good_png(30, 30, seed=2))
     (folder / "rotated.jpg").write_bytes(exif_rotated_jpeg())
-    source = open_source(str(folder), prompting=Prompting.of(QUESTION), s3_endpoint_url=None)
+    source = open_source(str(folder), prompting=Prompting.of(QUESTION), stores=ObjectStores())
     return run_source(url, source, "folder")
 
 
 def mmmu_run(url: str, tmp: Path) -> tuple[sessionmaker[Session], Run]:
     path = tmp / "mmmu.parquet"
     write_mmmu_parquet(path)
-    source = open_source(str(path), s3_endpoint_url=None, stage_to=str(tmp / "staged"))
+    source = open_source(str(path), stores=ObjectStores(), stage_to=str(tmp / "staged"))
     return run_source(url, source, "mmmu")
 
 
 def webdataset_run(url: str, tmp: Path) -> tuple[sessionmaker[Session], Run]:
     write_shards(tmp / "shards")
-    source = open_source(str(tmp / "shards"), prompting=Prompting.of(QUESTION), s3_endpoint_url=None)
+    source = open_source(str(tmp / "shards"), prompting=Prompting.of(QUESTION), stores=ObjectStores())
     return run_source(url, source, "webdataset")
 
 
@@ -97,7 +98,7 @@ def openai_run(url: str, tmp: Path) -> tuple[sessionmaker[Session], Run]:
         lines.append({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
     batch = tmp / "batch.jsonl"
     batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    source = open_source(str(batch), s3_endpoint_url=None, stage_to=str(tmp / "staged-batch"))
+    source = open_source(str(batch), stores=ObjectStores(), stage_to=str(tmp / "staged-batch"))
     return run_source(url, source, "openai")
 
 
@@ -111,14 +112,14 @@ def _manifest(tmp: Path, name: str, rows: list[dict[str, Any]]) -> Path:
 
 def graded_run(url: str, tmp: Path) -> tuple[sessionmaker[Session], Run]:
     rows = [{"image": f"g{i}.jpg", "reference": "A", "id": f"q-{i}"} for i in range(3)]
-    source = open_source(str(_manifest(tmp, "graded", rows)), prompting=Prompting.of(QUESTION), s3_endpoint_url=None)
+    source = open_source(str(_manifest(tmp, "graded", rows)), prompting=Prompting.of(QUESTION), stores=ObjectStores())
     behaviour = FakeBehaviour(answer_cycle=("A", "B"))
     return run_source(url, source, "graded", behaviour=behaviour, samples=2, grader="choice")
 
 
 def system_run(url: str, tmp: Path) -> tuple[sessionmaker[Session], Run]:
     rows = [{"image": f"s{i}.jpg", "id": f"s-{i}"} for i in range(2)]
-    source = open_source(str(_manifest(tmp, "system", rows)), prompting=Prompting.of(QUESTION), s3_endpoint_url=None)
+    source = open_source(str(_manifest(tmp, "system", rows)), prompting=Prompting.of(QUESTION), stores=ObjectStores())
     return run_source(url, source, "system", system_prompt=SYSTEM_PROMPT)
 
 

@@ -14,6 +14,7 @@ import pytest
 from vlmbatch.media.http import is_public_address, opted_out
 from vlmbatch.media.shards import TarMember, parse_member_uri
 from vlmbatch.media.staging import Stager
+from vlmbatch.media.stores import ObjectStores
 from vlmbatch.producer.sources.locations import decode_data_uri, resolve_image_ref
 from vlmbatch.producer.sources.parquet import embedded_image_columns
 
@@ -67,10 +68,10 @@ def test_data_uris_decode_base64_and_percent_encoded_payloads() -> None:
 
 
 def test_a_data_uri_is_staged_by_its_content_hash_once(tmp_path: Path) -> None:
-    stager = Stager(str(tmp_path / "staged"), s3_endpoint_url=None)
+    stager = Stager(str(tmp_path / "staged"), stores=ObjectStores())
     uri = "data:image/png;base64," + base64.b64encode(b"image bytes").decode()
     first = resolve_image_ref(uri, base_uri=str(tmp_path / "m.jsonl"), stager=stager)
-    again = Stager(str(tmp_path / "staged"), s3_endpoint_url=None).stage(b"image bytes")
+    again = Stager(str(tmp_path / "staged"), stores=ObjectStores()).stage(b"image bytes")
     digest = hashlib.sha256(b"image bytes").hexdigest()
     assert first == again == (tmp_path / "staged" / "sha256" / digest[:2] / digest).as_uri()
     assert [p.name for p in (tmp_path / "staged").rglob("*") if p.is_file()] == [digest]
