@@ -9,7 +9,7 @@ tests); `thread` runs any of them on an event loop of its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PIL.Image import Image
@@ -30,6 +30,36 @@ class AnswerConstraint:
     json_schema: dict[str, Any] | None = None
 
 
+@dataclass
+class TraceProgress:
+    """A request's output so far, which the engine keeps current while it generates (one sample, n = 1):
+    the worker reads it to write checkpoints. Engines that cannot stream leave it empty. Appended to on
+    the engine's thread, read on the pipeline's: lists only grow, so a snapshot is at worst a step behind
+    (the text, for people, may be a step ahead of the ids)."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text_parts: list[str] = field(default_factory=list)
+
+    def add(self, token_ids: Sequence[int], text: str) -> None:
+        self.token_ids.extend(token_ids)
+        if text:
+            self.text_parts.append(text)
+
+    def snapshot(self) -> tuple[tuple[int, ...], str]:
+        """The token ids and text as they are now (the text read first: it never runs ahead of the ids)."""
+        parts = len(self.text_parts)
+        return tuple(self.token_ids), "".join(self.text_parts[:parts])
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The output an earlier attempt generated, which this request continues token for token: the
+    prompt, then these tokens as the assistant's unfinished turn; `max_tokens` counts them."""
+
+    token_ids: tuple[int, ...]
+    text: str
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
@@ -46,6 +76,10 @@ class GenerationRequest:
     layout: UserLayout | None = None
     # A per-request sampling seed (engines that cannot honour one refuse the request).
     seed: int | None = None
+    # Continue this output instead of starting the trace again (engines that cannot: `continued` 0).
+    continuation: Continuation | None = None
+    # Where the engine keeps the output so far, for checkpoints (None: not wanted, final output only).
+    progress: TraceProgress | None = None
 
     def user_parts(self) -> UserLayout:
         """The user turn in order, images as indexes into `images`."""
@@ -64,6 +98,8 @@ class Completion:
     finish_reason: str | None
     # Tokens up to and including the end-of-trace marker, when the engine could count them exactly.
     reasoning_tokens: int | None = None
+    # The output's token ids, when the engine has them (a continued request's include its continuation).
+    token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +110,9 @@ class Generation:
     first_token_s: float | None = None
     # The rendered prompt itself opened a `<think>` trace (R1V3's chat template does).
     trace_opened_by_prompt: bool = False
+    # Output tokens the request continued (GenerationRequest.continuation), counted in each completion;
+    # 0 when the engine started the trace again.
+    continued_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from vlmbatch.worker.engines.base import (
     EngineStats,
     Generation,
     GenerationRequest,
+    TraceProgress,
     is_prompt_too_long,
 )
 from vlmbatch.worker.engines.cpu_build import (
@@ -258,9 +259,9 @@ class VllmEngine:
         started = time.perf_counter()
         try:
             engine_input = await self._render(request)
-            final = None
-            async for output in self._llm.generate(engine_input, self._sampling(request), request.request_id):
-                final = output
+            continued = _continue(engine_input, request.continuation.token_ids) if request.continuation else 0
+            streams = _streams(request, continued)
+            final = await self._drain(request, engine_input, continued, streams)
         except EngineDeadError as exc:
             raise _dead(exc) from exc
         except asyncio.CancelledError:
@@ -270,17 +271,51 @@ class VllmEngine:
             raise _classify_validation(exc) from exc
         if final is None:
             raise EngineDead(f"request {request.request_id} ended without output")
-        completions = [self._completion(c) for c in final.outputs]
+        completions = self._completions(final, streams, continued)
         if all(c.finish_reason == "abort" for c in completions):
             raise JobCancelled(f"request {request.request_id} was aborted")
         metrics = getattr(final, "metrics", None)
         first_token = getattr(metrics, "first_token_latency", None)
         return Generation(
-            prompt_tokens=len(final.prompt_token_ids or []),
+            prompt_tokens=len(final.prompt_token_ids or []) - continued,
             completions=completions,
             first_token_s=first_token if first_token is not None else time.perf_counter() - started,
             trace_opened_by_prompt=self._opens_trace,
+            continued_tokens=continued,
         )
+
+    async def _drain(
+        self, request: GenerationRequest, engine_input: Any, continued: int, streams: dict[int, TraceProgress] | None
+    ) -> Any:
+        """Run the request to its end; the final output (None if there was none). Streamed outputs go
+        into `streams` as they come."""
+        final = None
+        sampling = self._sampling(request, continued=continued, streamed=streams is not None)
+        async for output in self._llm.generate(engine_input, sampling, request.request_id):
+            final = output
+            if streams is not None:
+                for sample in output.outputs:
+                    streams.setdefault(sample.index, TraceProgress()).add(sample.token_ids, sample.text)
+        return final
+
+    def _completions(self, final: Any, streams: dict[int, TraceProgress] | None, continued: int) -> list[Completion]:
+        if streams is None:
+            return [self._completion(c.token_ids, c.text, c.finish_reason) for c in final.outputs]
+        finished = {c.index: c.finish_reason for c in final.outputs}
+        return [
+            self._completion(
+                streams[i].token_ids,
+                # A continued trace's text is decoded from all its ids: the earlier attempt's text was a
+                # snapshot, and may end before its last token's characters.
+                self._decode(streams[i].token_ids) if continued else "".join(streams[i].text_parts),
+                finished.get(i),
+            )
+            for i in sorted(streams)
+        ]
+
+    def _decode(self, token_ids: list[int]) -> str:
+        # As vLLM's detokenizer does by default (SamplingParams.skip_special_tokens).
+        return str(self._llm.tokenizer.decode(token_ids, skip_special_tokens=True))
 
     async def _render(self, request: GenerationRequest) -> Any:
         from vllm.renderers import ChatParams
@@ -308,7 +343,7 @@ class VllmEngine:
         )
         return engine_input
 
-    def _sampling(self, request: GenerationRequest) -> Any:
+    def _sampling(self, request: GenerationRequest, *, continued: int = 0, streamed: bool = False) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -332,22 +367,26 @@ class VllmEngine:
             temperature=s.temperature,
             top_p=s.top_p,
             repetition_penalty=s.repetition_penalty,
-            max_tokens=s.max_tokens,
+            # A continuation's tokens count against the job's max_tokens (the pipeline continues only
+            # while some are left).
+            max_tokens=s.max_tokens - continued,
             ignore_eos=s.ignore_eos,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            # DELTA: each step's new tokens only (a cumulative output would copy the whole trace every step).
+            output_kind=RequestOutputKind.DELTA if streamed else RequestOutputKind.FINAL_ONLY,
             **extra,
         )
 
-    def _completion(self, output: Any) -> Completion:
-        token_ids = list(output.token_ids)
+    def _completion(self, output_ids: Any, text: str, finish_reason: str | None) -> Completion:
+        token_ids = list(output_ids)
         reasoning_tokens = None
         if self._think_close_id is not None and self._think_close_id in token_ids:
             reasoning_tokens = token_ids.index(self._think_close_id) + 1
         return Completion(
-            text=output.text,
+            text=text,
             num_tokens=len(token_ids),
-            finish_reason=output.finish_reason,
+            finish_reason=finish_reason,
             reasoning_tokens=reasoning_tokens,
+            token_ids=tuple(token_ids),
         )
 
 
@@ -356,6 +395,30 @@ def keep_vllm_offline(environ: MutableMapping[str, str]) -> None:
     reaches no network a job did not ask for. A value the user set is kept."""
     environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     environ.setdefault("VLLM_DO_NOT_TRACK", "1")
+
+
+def _streams(request: GenerationRequest, continued: int) -> dict[int, TraceProgress] | None:
+    """Where the streamed outputs go, by sample index; None: final outputs only, as before checkpoints.
+    Streamed only when someone reads the output so far (checkpoints) or a continuation must be put back
+    in front of it. A continued trace so far is the whole trace: its continuation comes first."""
+    if request.progress is None and not continued:
+        return None
+    progress = request.progress or TraceProgress()
+    if continued and request.continuation is not None:
+        progress.add(request.continuation.token_ids, request.continuation.text)
+    return {0: progress}
+
+
+def _continue(engine_input: Any, token_ids: tuple[int, ...]) -> int:
+    """Put an earlier attempt's output after the rendered prompt, as the assistant's unfinished turn: the
+    ids themselves, never their text tokenised again (the same tokens, so the same draw at temperature 0).
+    The images' placeholders lie before it, so the prompt's prefix (and its cached KV) is unchanged.
+    Returns the tokens added."""
+    prompt = engine_input.get("prompt_token_ids") if isinstance(engine_input, dict) else None
+    if prompt is None or not token_ids:
+        return 0
+    engine_input["prompt_token_ids"] = [*prompt, *token_ids]
+    return len(token_ids)
 
 
 def _cpu_build() -> bool:

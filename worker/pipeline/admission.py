@@ -9,9 +9,15 @@ for every job that could not be claimed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.settings import Settings
+from vlmbatch.schema.ledger.checkpoints import checkpoints_of
 from vlmbatch.schema.ledger.claims import ClaimedJob, QueueClaimer, claim_next
 from vlmbatch.schema.ledger.controls import run_paused
 from vlmbatch.schema.ledger.runs import run_drained
@@ -24,6 +30,14 @@ from vlmbatch.worker.pipeline.running import AttemptRunner
 CLAIM_BATCH = 1024
 # The embedded feed polls the database this often when it has nothing to claim.
 FEED_POLL_S = 0.25
+
+
+def claim_with_checkpoints(session: Session, claim: Callable[..., list[ClaimedJob]], **kwargs: Any) -> list[ClaimedJob]:
+    """`claim(session, **kwargs)`, each claimed job with its checkpoint (one more SELECT, in the claim's
+    transaction: the checkpoint is the one the fence now protects)."""
+    jobs = claim(session, **kwargs)
+    found = checkpoints_of(session, job_ids=[job.job_id for job in jobs])
+    return [replace(job, checkpoint=found[job.job_id]) if job.job_id in found else job for job in jobs]
 
 
 class WorkerStopping(Exception):
@@ -92,7 +106,8 @@ class Admission:
             try:
                 jobs = await self._db.transaction(
                     partial(
-                        self._claimer.claim,
+                        claim_with_checkpoints,
+                        claim=self._claimer.claim,
                         limit=sum(part for part, _ in batch),
                         worker=self._worker_id,
                         lease_seconds=self._settings.lease_seconds,
@@ -124,7 +139,8 @@ class Admission:
             if taken:
                 jobs = await self._db.transaction(
                     partial(
-                        claim_next,
+                        claim_with_checkpoints,
+                        claim=claim_next,
                         limit=taken,
                         worker=self._worker_id,
                         lease_seconds=self._settings.lease_seconds,

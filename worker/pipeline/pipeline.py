@@ -36,6 +36,7 @@ from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.admission import Admission, WorkerStopping
 from vlmbatch.worker.pipeline.attempt import RunContexts
 from vlmbatch.worker.pipeline.capacity import Capacity
+from vlmbatch.worker.pipeline.checkpointing import Checkpointer
 from vlmbatch.worker.pipeline.counters import Counters
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inflight import Attempts, StopState
@@ -95,6 +96,7 @@ class Pipeline:
             breakers=self._breakers,
         )
         self._writer = OutcomeWriter(self._outcomes)
+        self._checkpointer = Checkpointer(settings=settings, attempts=self._attempts, db=self._db)
         self._runner = AttemptRunner(
             settings=settings,
             engine=engine,
@@ -198,6 +200,7 @@ class Pipeline:
             self._writer_task,
             beating,
             asyncio.create_task(self._admission.claim_loop(), name="claimer"),
+            asyncio.create_task(self._checkpointer.run(), name="checkpointer"),
         ]
         for task in background:
             supervise(task, self._state)
@@ -233,7 +236,13 @@ class Pipeline:
             self.fatal_event.set()
 
     async def _give_up(self, *, reason: str) -> None:
-        """Hand the unfinished jobs back; outcomes the writer holds are still committed if it lives."""
+        """Checkpoint every unfinished attempt at once, then hand the jobs back (the next attempts continue
+        the traces); outcomes the writer holds are still committed if it lives."""
+        if self._checkpointer.enabled:
+            try:
+                await self._checkpointer.checkpoint(everything=True)
+            except Exception:  # the next attempts start from the last interval's checkpoints instead
+                log.warning("could not checkpoint the attempts in flight before handing them back", exc_info=True)
         try:
             await self._outcomes.hand_back_all(reason=reason)
             await self._drain_writer()
