@@ -74,7 +74,8 @@ def test_traces_stopped_mid_way_or_truncated_continue_token_identical_to_one_uni
     # The reference: final outputs only (no checkpoints, no streaming), in one go.
     plain = engine_settings(tiny_model, database_url=sqlite_url, checkpoint_seconds=0)
     with running_pipeline(plain, engine=shared_engine) as (pipeline, sessions):
-        reference_run = submit_folder(sessions, _folder(tmp_path, "reference"), model=model, max_tokens=TOKENS, **GREEDY)
+        folder = _folder(tmp_path, "reference")
+        reference_run = submit_folder(sessions, folder, model=model, max_tokens=TOKENS, **GREEDY)
         pipeline.feed_run(reference_run).result(timeout=300)
     reference_ids, reference_text = _whole_trace(sessions, _job(sessions, reference_run).id)
     assert len(reference_ids) == TOKENS
@@ -82,7 +83,8 @@ def test_traces_stopped_mid_way_or_truncated_continue_token_identical_to_one_uni
     # 1. A worker stops mid-trace (checkpoints every 16 tokens); a fresh one continues the job.
     checkpointing = engine_settings(tiny_model, database_url=sqlite_url, checkpoint_tokens=16)
     with running_pipeline(checkpointing, engine=shared_engine) as (pipeline, sessions):
-        stopped_run = submit_folder(sessions, _folder(tmp_path, "stopped"), model=model, max_tokens=TOKENS, **GREEDY)
+        folder = _folder(tmp_path, "stopped")
+        stopped_run = submit_folder(sessions, folder, model=model, max_tokens=TOKENS, **GREEDY)
         job_id = _job(sessions, stopped_run).id
         pipeline.feed_run(stopped_run)
         deadline = time.monotonic() + 240
@@ -105,7 +107,8 @@ def test_traces_stopped_mid_way_or_truncated_continue_token_identical_to_one_uni
 
     # 2. A job truncated at half the tokens, resubmitted with all of them, generates only the rest.
     with running_pipeline(checkpointing, engine=shared_engine) as (pipeline, sessions):
-        short_run = submit_folder(sessions, _folder(tmp_path, "short"), model=model, max_tokens=TOKENS // 2, **GREEDY)
+        folder = _folder(tmp_path, "short")
+        short_run = submit_folder(sessions, folder, model=model, max_tokens=TOKENS // 2, **GREEDY)
         pipeline.feed_run(short_run).result(timeout=300)
         short = _job(sessions, short_run)
         half_ids, _ = _whole_trace(sessions, short.id)
