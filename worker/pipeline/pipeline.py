@@ -208,6 +208,8 @@ class Pipeline:
 
     async def _stop(self, grace_s: float) -> None:
         self._state.stop()
+        # At once, before the grace: a spot instance's notice may end in a kill before the grace does.
+        await self._checkpoint_all()
         deadline = time.monotonic() + grace_s
         while len(self._attempts) and time.monotonic() < deadline and self._state.fatal is None:
             await asyncio.sleep(0.1)
@@ -238,16 +240,21 @@ class Pipeline:
     async def _give_up(self, *, reason: str) -> None:
         """Checkpoint every unfinished attempt at once, then hand the jobs back (the next attempts continue
         the traces); outcomes the writer holds are still committed if it lives."""
-        if self._checkpointer.enabled:
-            try:
-                await self._checkpointer.checkpoint(everything=True)
-            except Exception:  # the next attempts start from the last interval's checkpoints instead
-                log.warning("could not checkpoint the attempts in flight before handing them back", exc_info=True)
+        await self._checkpoint_all()
         try:
             await self._outcomes.hand_back_all(reason=reason)
             await self._drain_writer()
         except Exception:  # bounded database retries ran out: the leases expire and the reconciler acts
             log.exception("could not hand the jobs back; their leases will expire")
+
+    async def _checkpoint_all(self) -> None:
+        """Checkpoint every attempt in flight whose trace grew, in one transaction."""
+        if not self._checkpointer.enabled:
+            return
+        try:
+            await self._checkpointer.checkpoint(everything=True)
+        except Exception:  # the next attempts start from the last interval's checkpoints instead
+            log.warning("could not checkpoint the attempts in flight", exc_info=True)
 
     async def _drain_writer(self) -> None:
         """Commit every outcome already handed to the writer; if the writer is dead, hand those jobs back."""
