@@ -1,6 +1,7 @@
 """`vlmbatch.worker`: a GPU worker process, one engine, many jobs in flight.
 
-- `engines/`: the engine seam (`base`), in-process vLLM (`vllm_engine`, `vllm_compat` for the CPU build),
+- `engines/`: the engine seam (`base`), in-process vLLM (`vllm_engine`, its requests in `vllm_requests`, its
+  stat logger in `vllm_telemetry`, `vllm_compat` for the CPU build),
   a remote OpenAI-compatible vLLM server (`openai/`), the deterministic fake, and `thread` (an engine on a
   loop of its own).
 - `pipeline/`: claimed job → fetch → decode → engine → fenced write: `admission`, `attempt`, `writing`,

@@ -25,6 +25,7 @@ from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.tables import Attempt, Job
 from vlmbatch.worker.engines.base import GenerationRequest
 from vlmbatch.worker.engines.thread import EngineThread
+from vlmbatch.worker.engines.vllm_requests import render
 from vlmbatch.worker.transport.publisher import NullPublisher
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
@@ -60,7 +61,7 @@ def test_the_model_sees_each_image_at_its_placeholder_after_the_system_turn(shar
     )
     inner: Any = shared_engine.inner
     loop = shared_engine._loop  # the engine's own loop: vLLM's renderer lives there
-    engine_input = asyncio.run_coroutine_threadsafe(inner._render(request), loop).result(timeout=120)
+    engine_input = asyncio.run_coroutine_threadsafe(render(inner._llm, request), loop).result(timeout=120)
     token_ids = list(engine_input["prompt_token_ids"])
     tokenizer = inner._llm.tokenizer
     context_id = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
@@ -86,7 +87,7 @@ def test_a_text_only_job_and_an_unplaced_image_reach_the_model_as_laid_out(share
         sampling=SamplingSettings(max_tokens=4),
         max_tiles=12,
     )
-    engine_input = asyncio.run_coroutine_threadsafe(inner._render(text_only), loop).result(timeout=120)
+    engine_input = asyncio.run_coroutine_threadsafe(render(inner._llm, text_only), loop).result(timeout=120)
     token_ids = list(engine_input["prompt_token_ids"])
     assert context_id not in token_ids and "Name a prime." in tokenizer.decode(token_ids)
     generation = asyncio.run_coroutine_threadsafe(inner.generate(text_only), loop).result(timeout=300)
@@ -104,7 +105,7 @@ def test_a_text_only_job_and_an_unplaced_image_reach_the_model_as_laid_out(share
         max_tiles=12,
         layout=user_layout(question, 2),
     )
-    engine_input = asyncio.run_coroutine_threadsafe(inner._render(virl), loop).result(timeout=120)
+    engine_input = asyncio.run_coroutine_threadsafe(render(inner._llm, virl), loop).result(timeout=120)
     runs = _context_runs(list(engine_input["prompt_token_ids"]), context_id)
     assert runs == [3 * TOKENS_PER_TILE, TOKENS_PER_TILE]  # the wide (unplaced) one first, then the placed one
 

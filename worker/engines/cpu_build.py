@@ -78,3 +78,10 @@ def prepare_cpu_environment(environ: MutableMapping[str, str], *, ranks: int, co
     its ranks are spawned processes: they read it from the environment)."""
     if ranks > 1 and not environ.get("VLLM_CPU_OMP_THREADS_BIND"):
         environ["VLLM_CPU_OMP_THREADS_BIND"] = thread_binding(cores, ranks)
+
+
+def is_cpu_build() -> bool:
+    """Whether the vLLM installed is its CPU build (imports vLLM)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())

@@ -3,7 +3,8 @@
 Requests are rendered with vLLM's own chat renderer (so any vLLM-supported VLM gets its own image
 placeholder and chat template) and generated with `n` samples each; vLLM's scheduler batches them
 continuously. A stat logger plugged into the engine reports running/waiting requests, KV-cache use and
-generated tokens (the worker's hang watchdog and metrics read them).
+generated tokens (the worker's hang watchdog and metrics read them). A request's rendering, sampling and
+errors are in `vllm_requests`; the stat logger is in `vllm_telemetry`.
 """
 
 from __future__ import annotations
@@ -13,32 +14,18 @@ import logging
 import os
 import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
-from vlmbatch.schema.contracts.errors import (
-    ConfigurationError,
-    EngineDead,
-    EngineOutOfMemory,
-    InputUnsupported,
-    JobCancelled,
-    PromptTooLong,
-)
+from vlmbatch.schema.contracts.errors import ConfigurationError, EngineDead, JobCancelled
 from vlmbatch.schema.contracts.reasoning import THINK_CLOSE, THINK_OPEN
 from vlmbatch.schema.contracts.settings import Settings
-from vlmbatch.worker.engines.base import (
-    Completion,
-    EngineStats,
-    Generation,
-    GenerationRequest,
-    TraceProgress,
-    is_prompt_too_long,
-)
+from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest, TraceProgress
 from vlmbatch.worker.engines.cpu_build import (
     KV_CACHE_CAP_BYTES,
     KV_CACHE_FRACTION,
     available_memory_bytes,
     default_kv_cache_bytes,
+    is_cpu_build,
     prepare_cpu_environment,
     usable_cores,
 )
@@ -46,24 +33,21 @@ from vlmbatch.worker.engines.engine_args import apply_engine_args, check_engine_
 from vlmbatch.worker.engines.engine_args import engine_args as build_engine_args
 from vlmbatch.worker.engines.engine_logs import log_tail, route_vllm_logs, stderr_into
 from vlmbatch.worker.engines.start_failure import Machine, explain, weights_bytes
+from vlmbatch.worker.engines.vllm_requests import (
+    classify_validation,
+    completion,
+    continue_prompt,
+    dead,
+    render,
+    sampling_params,
+    streams,
+)
+from vlmbatch.worker.engines.vllm_telemetry import Telemetry, stat_logger_factory
 
 log = logging.getLogger(__name__)
 
 # vLLM's parser for `<think>trace</think>answer` models (R1V3, DeepSeek-R1), chosen when the tokenizer has both.
 AUTO_REASONING_PARSER = "deepseek_r1"
-
-
-@dataclass
-class _Telemetry:
-    """What the engine's stat logger last saw. Written on the engine's loop, read from anywhere."""
-
-    running: int = 0
-    waiting: int = 0
-    kv_cache_usage: float | None = None
-    generated_tokens: int = 0
-    prompt_tokens: int = 0
-    max_running: int = 0
-    preemptions: int = 0
 
 
 class VllmEngine:
@@ -72,7 +56,7 @@ class VllmEngine:
         self._llm: Any = None
         self._think_close_id: int | None = None
         self._opens_trace = False
-        self.telemetry = _Telemetry()
+        self.telemetry = Telemetry()
         self.effective_engine_args: dict[str, Any] = {}
 
     @property
@@ -94,7 +78,7 @@ class VllmEngine:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        cpu = _cpu_build()
+        cpu = is_cpu_build()
         s, warnings = apply_engine_args(s, s.engine_args)
         for warning in warnings:
             log.warning("%s", warning)
@@ -136,7 +120,7 @@ class VllmEngine:
         try:
             with stderr_into(quiet):
                 self._llm = AsyncLLM.from_engine_args(
-                    args, usage_context=usage, stat_loggers=[_stat_logger_factory(self.telemetry)]
+                    args, usage_context=usage, stat_loggers=[stat_logger_factory(self.telemetry)]
                 )
         except Exception as exc:
             raise self._start_failure(exc, cpu, refused=False) from exc
@@ -258,20 +242,20 @@ class VllmEngine:
             raise EngineDead(f"the engine died earlier: {self._llm.dead_error}")
         started = time.perf_counter()
         try:
-            engine_input = await self._render(request)
-            continued = _continue(engine_input, request.continuation.token_ids) if request.continuation else 0
-            streams = _streams(request, continued)
-            final = await self._drain(request, engine_input, continued, streams)
+            engine_input = await render(self._llm, request)
+            continued = continue_prompt(engine_input, request.continuation.token_ids) if request.continuation else 0
+            streamed = streams(request, continued)
+            final = await self._drain(request, engine_input, continued, streamed)
         except EngineDeadError as exc:
-            raise _dead(exc) from exc
+            raise dead(exc) from exc
         except asyncio.CancelledError:
             await self.abort(request.request_id)
             raise
         except (VLLMValidationError, ValueError) as exc:  # 0.32's VLLMValidationError is no ValueError
-            raise _classify_validation(exc) from exc
+            raise classify_validation(exc) from exc
         if final is None:
             raise EngineDead(f"request {request.request_id} ended without output")
-        completions = self._completions(final, streams, continued)
+        completions = self._completions(final, streamed, continued)
         if all(c.finish_reason == "abort" for c in completions):
             raise JobCancelled(f"request {request.request_id} was aborted")
         metrics = getattr(final, "metrics", None)
@@ -285,109 +269,39 @@ class VllmEngine:
         )
 
     async def _drain(
-        self, request: GenerationRequest, engine_input: Any, continued: int, streams: dict[int, TraceProgress] | None
+        self, request: GenerationRequest, engine_input: Any, continued: int, streamed: dict[int, TraceProgress] | None
     ) -> Any:
         """Run the request to its end; the final output (None if there was none). Streamed outputs go
-        into `streams` as they come."""
+        into `streamed` as they come."""
         final = None
-        sampling = self._sampling(request, continued=continued, streamed=streams is not None)
+        sampling = sampling_params(request, continued=continued, streamed=streamed is not None)
         async for output in self._llm.generate(engine_input, sampling, request.request_id):
             final = output
-            if streams is not None:
+            if streamed is not None:
                 for sample in output.outputs:
-                    streams.setdefault(sample.index, TraceProgress()).add(sample.token_ids, sample.text)
+                    streamed.setdefault(sample.index, TraceProgress()).add(sample.token_ids, sample.text)
         return final
 
-    def _completions(self, final: Any, streams: dict[int, TraceProgress] | None, continued: int) -> list[Completion]:
-        if streams is None:
-            return [self._completion(c.token_ids, c.text, c.finish_reason) for c in final.outputs]
+    def _completions(self, final: Any, streamed: dict[int, TraceProgress] | None, continued: int) -> list[Completion]:
+        close = self._think_close_id
+        if streamed is None:
+            return [completion(c.token_ids, c.text, c.finish_reason, think_close_id=close) for c in final.outputs]
         finished = {c.index: c.finish_reason for c in final.outputs}
         return [
-            self._completion(
-                streams[i].token_ids,
+            completion(
+                streamed[i].token_ids,
                 # A continued trace's text is decoded from all its ids: the earlier attempt's text was a
                 # snapshot, and may end before its last token's characters.
-                self._decode(streams[i].token_ids) if continued else "".join(streams[i].text_parts),
+                self._decode(streamed[i].token_ids) if continued else "".join(streamed[i].text_parts),
                 finished.get(i),
+                think_close_id=close,
             )
-            for i in sorted(streams)
+            for i in sorted(streamed)
         ]
 
     def _decode(self, token_ids: list[int]) -> str:
         # As vLLM's detokenizer does by default (SamplingParams.skip_special_tokens).
         return str(self._llm.tokenizer.decode(token_ids, skip_special_tokens=True))
-
-    async def _render(self, request: GenerationRequest) -> Any:
-        from vllm.renderers import ChatParams
-
-        content: list[dict[str, Any]] = [
-            {"type": "text", "text": part}
-            if isinstance(part, str)
-            else {"type": "image_pil", "image_pil": request.images[part]}
-            for part in request.user_parts()
-        ]
-        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
-        if request.system is not None:
-            messages.insert(0, {"role": "system", "content": request.system})
-        mm_kwargs = {"max_dynamic_patch": request.max_tiles}
-        renderer = self._llm.renderer
-        chat_params = ChatParams(
-            chat_template_kwargs={"add_generation_prompt": True, "continue_final_message": False},
-            mm_processor_kwargs=mm_kwargs,
-        )
-        _, (engine_input,) = await renderer.render_chat_async(
-            [messages],
-            chat_params,
-            renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False),
-            prompt_extras={"mm_processor_kwargs": mm_kwargs},
-        )
-        return engine_input
-
-    def _sampling(self, request: GenerationRequest, *, continued: int = 0, streamed: bool = False) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        s = request.sampling
-        extra: dict[str, Any] = {}
-        if request.seed is not None:
-            if _cpu_build():
-                # vLLM's CPU build kills the whole engine on a seeded request whose prefill is split.
-                raise InputUnsupported("per-request seeds are not supported by vLLM's CPU build")
-            extra["seed"] = request.seed
-        if request.constraint is not None:
-            extra["structured_outputs"] = _structured(request.constraint.choices, request.constraint.json_schema)
-        if s.repetition_detection is not None:
-            from vllm.sampling_params import RepetitionDetectionParams
-
-            extra["repetition_detection"] = RepetitionDetectionParams(**s.repetition_detection.model_dump())
-        if s.thinking_token_budget is not None:
-            extra["thinking_token_budget"] = s.thinking_token_budget
-        return SamplingParams(
-            n=s.samples,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            repetition_penalty=s.repetition_penalty,
-            # A continuation's tokens count against the job's max_tokens (the pipeline continues only
-            # while some are left).
-            max_tokens=s.max_tokens - continued,
-            ignore_eos=s.ignore_eos,
-            # DELTA: each step's new tokens only (a cumulative output would copy the whole trace every step).
-            output_kind=RequestOutputKind.DELTA if streamed else RequestOutputKind.FINAL_ONLY,
-            **extra,
-        )
-
-    def _completion(self, output_ids: Any, text: str, finish_reason: str | None) -> Completion:
-        token_ids = list(output_ids)
-        reasoning_tokens = None
-        if self._think_close_id is not None and self._think_close_id in token_ids:
-            reasoning_tokens = token_ids.index(self._think_close_id) + 1
-        return Completion(
-            text=text,
-            num_tokens=len(token_ids),
-            finish_reason=finish_reason,
-            reasoning_tokens=reasoning_tokens,
-            token_ids=tuple(token_ids),
-        )
 
 
 def keep_vllm_offline(environ: MutableMapping[str, str]) -> None:
@@ -395,36 +309,6 @@ def keep_vllm_offline(environ: MutableMapping[str, str]) -> None:
     reaches no network a job did not ask for. A value the user set is kept."""
     environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     environ.setdefault("VLLM_DO_NOT_TRACK", "1")
-
-
-def _streams(request: GenerationRequest, continued: int) -> dict[int, TraceProgress] | None:
-    """Where the streamed outputs go, by sample index; None: final outputs only, as before checkpoints.
-    Streamed only when someone reads the output so far (checkpoints) or a continuation must be put back
-    in front of it. A continued trace so far is the whole trace: its continuation comes first."""
-    if request.progress is None and not continued:
-        return None
-    progress = request.progress or TraceProgress()
-    if continued and request.continuation is not None:
-        progress.add(request.continuation.token_ids, request.continuation.text)
-    return {0: progress}
-
-
-def _continue(engine_input: Any, token_ids: tuple[int, ...]) -> int:
-    """Put an earlier attempt's output after the rendered prompt, as the assistant's unfinished turn: the
-    ids themselves, never their text tokenised again (the same tokens, so the same draw at temperature 0).
-    The images' placeholders lie before it, so the prompt's prefix (and its cached KV) is unchanged.
-    Returns the tokens added."""
-    prompt = engine_input.get("prompt_token_ids") if isinstance(engine_input, dict) else None
-    if prompt is None or not token_ids:
-        return 0
-    engine_input["prompt_token_ids"] = [*prompt, *token_ids]
-    return len(token_ids)
-
-
-def _cpu_build() -> bool:
-    from vllm.platforms import current_platform
-
-    return bool(current_platform.is_cpu())
 
 
 def _reasoning_config() -> Any:
@@ -453,56 +337,3 @@ def _gpu_count(cpu: bool) -> int:
         return int(torch.cuda.device_count())
     except Exception:
         return 0
-
-
-def _structured(choices: tuple[str, ...] | None, json_schema: dict[str, Any] | None) -> Any:
-    from vllm.sampling_params import StructuredOutputsParams
-
-    if choices:
-        return StructuredOutputsParams(choice=list(choices))
-    return StructuredOutputsParams(json=json_schema)
-
-
-def _dead(exc: BaseException) -> Exception:
-    text = f"{exc} {exc.__cause__ or ''}".lower()
-    if "out of memory" in text:
-        return EngineOutOfMemory(f"engine ran out of memory: {exc}")
-    return EngineDead(f"engine died: {exc}")
-
-
-def _classify_validation(exc: Exception) -> Exception:
-    text = str(exc)
-    if is_prompt_too_long(text):
-        return PromptTooLong(text)
-    return InputUnsupported(f"the engine refused the request: {text}")
-
-
-def _stat_logger_factory(telemetry: _Telemetry) -> Any:
-    """A vLLM StatLoggerBase subclass that copies what it records into `telemetry`."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class TelemetryLogger(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self.engine_index = engine_index
-
-        def record(
-            self,
-            scheduler_stats: Any,
-            iteration_stats: Any,
-            mm_cache_stats: Any = None,
-            engine_idx: int = 0,
-        ) -> None:
-            if scheduler_stats is not None:
-                telemetry.running = scheduler_stats.num_running_reqs
-                telemetry.waiting = scheduler_stats.num_waiting_reqs
-                telemetry.kv_cache_usage = scheduler_stats.kv_cache_usage
-                telemetry.max_running = max(telemetry.max_running, telemetry.running)
-            if iteration_stats is not None:
-                telemetry.generated_tokens += iteration_stats.num_generation_tokens
-                telemetry.prompt_tokens += iteration_stats.num_prompt_tokens
-                telemetry.preemptions += getattr(iteration_stats, "num_preempted_reqs", 0)
-
-        def log_engine_initialized(self) -> None:
-            return None
-
-    return TelemetryLogger
