@@ -16,6 +16,7 @@ a table into memory. *Standing* samples are the results of each finished job's c
      "truncation": {"samples": 1, "sample_rate": 0.125, "jobs": 1, "finished_jobs": 6, "job_rate": 0.167,
                     "by_finish": {"length": 1, "context": 0, "repetition": 0}},
      "thinking_capped": {"samples": 0, "jobs": 0},
+     "checkpoints": {"resumed_attempts": 1, "reused_tokens": 800, "jobs_with_tokens": 1},
      "cost": {"all_attempts": {"attempts": 8, "prompt_tokens": 550, "completion_tokens": 1410,
                                "reasoning_tokens": 1380, "answer_tokens": 30, "gpu_seconds": 21.5},
               "standing": {...the same keys, over the current attempts of finished jobs...}}}
@@ -29,10 +30,15 @@ a table into memory. *Standing* samples are the results of each finished job's c
   truncated jobs over finished jobs.
 - `thinking_capped`: standing samples (and their jobs) whose thinking budget ran out, so vLLM closed the
   trace and the model answered: they succeeded, and are not truncation.
+- `checkpoints`: attempts that continued a checkpoint instead of starting again, the tokens they reused
+  (not generated again: `cost.completion_tokens` counts only tokens generated), and the jobs holding
+  kept tokens now (schema.ledger.checkpoints.token_reuse).
 - Rates and trace statistics are null when there is nothing to divide by or measure.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, and_, case, distinct, func, select
@@ -41,6 +47,7 @@ from sqlalchemy.orm import Session
 from vlmbatch.producer.reports.records import standing_results
 from vlmbatch.schema.contracts.finish import CONTEXT, LENGTH, REPETITION
 from vlmbatch.schema.contracts.states import TERMINAL_STATES, JobState
+from vlmbatch.schema.ledger.checkpoints import token_reuse
 from vlmbatch.schema.ledger.standing import attempt_stands
 from vlmbatch.schema.ledger.status import run_status
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
@@ -118,6 +125,12 @@ class ThinkingCapped(_Frozen):
     jobs: int
 
 
+class CheckpointTokens(_Frozen):
+    resumed_attempts: int
+    reused_tokens: int
+    jobs_with_tokens: int
+
+
 class RunStats(_Frozen):
     """`vlmbatch stats --json`: exactly these keys (module docstring)."""
 
@@ -129,6 +142,7 @@ class RunStats(_Frozen):
     trace_tokens: TraceTokens
     truncation: Truncation
     thinking_capped: ThinkingCapped
+    checkpoints: CheckpointTokens
     cost: Accounting
 
 
@@ -155,6 +169,7 @@ def run_stats(session: Session, run: Run) -> RunStats:
             by_finish=by_finish,
         ),
         thinking_capped=capped,
+        checkpoints=CheckpointTokens(**asdict(token_reuse(session, run_id=run.id))),
         cost=run_accounting(session, run.id),
     )
 

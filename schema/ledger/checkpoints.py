@@ -20,15 +20,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.finish import LENGTH
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.dialect import lock_for_update
+from vlmbatch.schema.ledger.tables import Attempt, Job
 from vlmbatch.schema.ledger.tables import Checkpoint as CheckpointRow
-from vlmbatch.schema.ledger.tables import Job
 
 # The finish kind a checkpoint keeps after its attempt ended: only a `length` stop can be continued.
 CONTINUABLE_FINISH = LENGTH
@@ -131,6 +131,34 @@ def final_checkpoint_tokens(session: Session, *, job_ids: Sequence[int]) -> dict
         )
     )
     return {job_id: tokens for job_id, tokens in rows}
+
+
+@dataclass(frozen=True)
+class TokenReuse:
+    """What checkpoints saved a run: attempts that continued one, the tokens they did not generate again,
+    and the jobs that hold tokens now (running ones' checkpoints, `length`-truncated ones' outputs)."""
+
+    resumed_attempts: int
+    reused_tokens: int
+    jobs_with_tokens: int
+
+
+def token_reuse(session: Session, *, run_id: int) -> TokenReuse:
+    """The run's TokenReuse: one aggregate over its attempts (as `stats`' cost totals), one over its
+    checkpoints."""
+    resumed, reused = session.execute(
+        select(func.count(Attempt.resumed_from_attempt_id), func.sum(Attempt.reused_tokens))
+        .select_from(Attempt)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Job.run_id == run_id)
+    ).one()
+    holding = session.scalar(
+        select(func.count())
+        .select_from(CheckpointRow)
+        .join(Job, Job.id == CheckpointRow.job_id)
+        .where(Job.run_id == run_id)
+    )
+    return TokenReuse(resumed_attempts=int(resumed), reused_tokens=int(reused or 0), jobs_with_tokens=int(holding or 0))
 
 
 def _holding(session: Session, pairs: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:

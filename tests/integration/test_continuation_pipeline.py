@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
 from vlmbatch.schema.contracts.states import JobState
-from vlmbatch.schema.ledger.checkpoints import checkpoints_of
+from vlmbatch.schema.ledger.checkpoints import TokenReuse, checkpoints_of, token_reuse
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 from vlmbatch.worker.engines.fake import FakeBehaviour
 
@@ -66,6 +66,8 @@ def test_a_worker_stopped_mid_trace_hands_back_a_checkpoint_and_the_next_generat
         first, second = session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number))
         resumed = (second.resumed_from_attempt_id, second.reused_tokens, second.completion_tokens)
         assert checkpoints_of(session, job_ids=[job_id]) == {}  # it succeeded: its checkpoint went with it
+        reuse = token_reuse(session, run_id=stopped)
     assert texts[stopped] == texts[whole]
     assert first.outcome == "abandoned"
     assert resumed == (first.id, handed_back, TRACE + 2 - handed_back)
+    assert reuse == TokenReuse(resumed_attempts=1, reused_tokens=handed_back, jobs_with_tokens=0)
