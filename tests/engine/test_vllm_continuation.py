@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 # Greedy, and long enough to stop in the middle of; R1V3's repetition penalty stays on (vLLM applies it
 # to prompt and output tokens alike, so moving the checkpoint into the prompt changes nothing).
-TOKENS = 480
+TOKENS = 1024
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 
 
@@ -80,18 +80,19 @@ def test_traces_stopped_mid_way_or_truncated_continue_token_identical_to_one_uni
     reference_ids, reference_text = _whole_trace(sessions, _job(sessions, reference_run).id)
     assert len(reference_ids) == TOKENS
 
-    # 1. A worker stops mid-trace (checkpoints every 16 tokens); a fresh one continues the job.
-    checkpointing = engine_settings(tiny_model, database_url=sqlite_url, checkpoint_tokens=16)
+    # 1. A worker stops mid-trace (checkpoints every 0.1 s: many while the trace runs); a fresh one continues.
+    checkpointing = engine_settings(tiny_model, database_url=sqlite_url, checkpoint_seconds=0.1)
     with running_pipeline(checkpointing, engine=shared_engine) as (pipeline, sessions):
         folder = _folder(tmp_path, "stopped")
         stopped_run = submit_folder(sessions, folder, model=model, max_tokens=TOKENS, **GREEDY)
         job_id = _job(sessions, stopped_run).id
         pipeline.feed_run(stopped_run)
         deadline = time.monotonic() + 240
-        while (_kept(sessions, job_id) or Checkpoint(job_id, 0, (), "")).tokens < 48:
-            assert time.monotonic() < deadline, "no checkpoint of 48 tokens was written"
-            time.sleep(0.05)
         written_while_running = _kept(sessions, job_id)
+        while written_while_running is None or written_while_running.tokens < 64:
+            assert time.monotonic() < deadline, "no checkpoint of 64 tokens was written"
+            time.sleep(0.02)
+            written_while_running = _kept(sessions, job_id)
         pipeline.stop(grace_s=0)  # hands the job back, its last tokens checkpointed
     assert written_while_running is not None and written_while_running.finish_reason is None
     assert written_while_running.token_ids == reference_ids[: written_while_running.tokens]

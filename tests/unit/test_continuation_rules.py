@@ -15,7 +15,8 @@ from vlmbatch.schema.contracts.models import RepetitionDetection, SamplingSettin
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.checkpoints import Checkpoint
 from vlmbatch.schema.ledger.claims import ClaimedJob
-from vlmbatch.worker.engines.base import AnswerConstraint, Continuation, TraceProgress
+from vlmbatch.worker.engines.base import AnswerConstraint, Continuation, GenerationRequest, TraceProgress
+from vlmbatch.worker.engines.vllm_requests import streams
 from vlmbatch.worker.pipeline.checkpointing import Checkpointer
 from vlmbatch.worker.pipeline.inflight import Attempts
 from vlmbatch.worker.pipeline.resume import continuation
@@ -157,3 +158,16 @@ def test_a_continued_checkpoint_is_not_written_again_until_the_trace_grows() -> 
     entry.progress.add([9], "z")  # type: ignore[union-attr]
     assert asyncio.run(checkpointer.checkpoint(everything=True)) == 1
     assert ledger.batches == [[Checkpoint(1, 101, (5, 6, 7, 9), "abcz")]]
+
+
+def test_the_engine_streams_into_the_workers_progress_and_puts_a_continuation_first() -> None:
+    progress = TraceProgress()
+    request = GenerationRequest("r", images=[], question="q", sampling=GREEDY, max_tiles=1, progress=progress)
+    assert streams(request, 0) == {0: progress}  # the worker's own (still empty) progress, not a copy
+    continued = GenerationRequest(
+        "r", images=[], question="q", sampling=GREEDY, max_tiles=1, continuation=Continuation((5, 6), "ab")
+    )
+    (mine,) = streams(continued, 2).values()  # type: ignore[union-attr]
+    assert mine.snapshot() == ((5, 6), "ab")
+    plain = GenerationRequest("r", images=[], question="q", sampling=GREEDY, max_tiles=1)
+    assert streams(plain, 0) is None  # final outputs only

@@ -292,7 +292,7 @@ class VllmEngine:
                 streamed[i].token_ids,
                 # A continued trace's text is decoded from all its ids: the earlier attempt's text was a
                 # snapshot, and may end before its last token's characters.
-                self._decode(streamed[i].token_ids) if continued else "".join(streamed[i].text_parts),
+                self._decode(streamed[i].token_ids) if continued else streamed[i].text,
                 finished.get(i),
                 think_close_id=close,
             )

@@ -60,7 +60,7 @@ def streams(request: GenerationRequest, continued: int) -> dict[int, TraceProgre
     in front of it. A continued trace so far is the whole trace: its continuation comes first."""
     if request.progress is None and not continued:
         return None
-    progress = request.progress or TraceProgress()
+    progress = request.progress if request.progress is not None else TraceProgress()  # empty is falsy
     if continued and request.continuation is not None:
         progress.add(request.continuation.token_ids, request.continuation.text)
     return {0: progress}

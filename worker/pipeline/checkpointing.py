@@ -81,7 +81,7 @@ class Checkpointer:
         progress = entry.progress
         if progress is None or entry.reported:
             return False
-        grown = len(progress.token_ids) - entry.checkpointed_tokens
+        grown = len(progress) - entry.checkpointed_tokens
         if grown <= 0:
             return False
         if everything or now - entry.checkpointed_at >= self._every_s:
