@@ -5,6 +5,8 @@ tests/engine/test_vllm_continuation.py."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fixtures.bad_images import good_jpeg
 from tests.integration.pipeline_helpers import running_pipeline, settings_for, submit_folder
+from tests.processes import vlmbatch, vlmbatch_json
 from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.checkpoints import TokenReuse, checkpoints_of, token_reuse
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result
@@ -71,3 +74,43 @@ def test_a_worker_stopped_mid_trace_hands_back_a_checkpoint_and_the_next_generat
     assert first.outcome == "abandoned"
     assert resumed == (first.id, handed_back, TRACE + 2 - handed_back)
     assert reuse == TokenReuse(resumed_attempts=1, reused_tokens=handed_back, jobs_with_tokens=0)
+
+
+def _cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLMBATCH_")}
+    env.update(VLMBATCH_ENGINE="fake", VLMBATCH_FAKE_TRACE_TOKENS="30", VLMBATCH_HOME=str(tmp_path / "home"))
+    return env
+
+
+def _exported(env: dict[str, str], run: str, out: Path) -> dict[str, tuple[str, int]]:
+    done = vlmbatch(["export", run, "--format", "jsonl", "--out", str(out)], env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    return {r["images"][0].rsplit("/", 1)[-1]: (r["raw_text"], r["completion_tokens"]) for r in records}
+
+
+def test_resubmit_continues_a_truncated_run_from_its_tokens_through_the_commands_a_user_types(
+    tmp_path: Path,
+) -> None:
+    env = _cli_env(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{i}.jpg").write_bytes(good_jpeg(64, 48, seed=i))
+    short = ["run", str(folder), "-q", "Why?", "--max-tokens", "10", "--run", "short", "--json"]
+    status = vlmbatch_json(short, env)
+    assert isinstance(status, dict) and status["counts"]["truncated"] == 2
+    # Each kept its 10 tokens: continuing needs more than that, said in one line.
+    refused = vlmbatch(["resubmit", "short", "--status", "truncated", "--max-tokens", "10"], env)
+    assert refused.returncode == 2 and "up to 10 tokens" in refused.stderr and "Traceback" not in refused.stderr
+    again = vlmbatch_json(["resubmit", "short", "--status", "truncated", "--max-tokens", "64", "--json"], env)
+    assert isinstance(again, dict) and again["resubmitted"] == 2
+    status = vlmbatch_json(short, env)  # the embedded ledger: `run` works the re-queued jobs
+    assert isinstance(status, dict) and status["counts"]["succeeded"] == 2
+    stats = vlmbatch_json(["stats", "short", "--json"], env)
+    assert isinstance(stats, dict)
+    assert stats["checkpoints"] == {"resumed_attempts": 2, "reused_tokens": 20, "jobs_with_tokens": 0}
+    # The new attempts generated only the rest: 2 x 30 + 2 trace-and-answer tokens, less the 20 reused.
+    assert stats["cost"]["all_attempts"]["completion_tokens"] == 2 * 10 + 2 * 32 - 20
+    vlmbatch_json(["run", str(folder), "-q", "Why?", "--max-tokens", "64", "--run", "whole", "--json"], env)
+    assert _exported(env, "short", tmp_path / "short.jsonl") == _exported(env, "whole", tmp_path / "whole.jsonl")
