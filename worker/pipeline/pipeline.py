@@ -240,6 +240,7 @@ class Pipeline:
     async def _give_up(self, *, reason: str) -> None:
         """Checkpoint every unfinished attempt at once, then hand the jobs back (the next attempts continue
         the traces); outcomes the writer holds are still committed if it lives."""
+        await self._admission.quiesce()  # a claim in flight commits `running` jobs: they are handed back too
         await self._checkpoint_all()
         try:
             await self._outcomes.hand_back_all(reason=reason)
