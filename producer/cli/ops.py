@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import click
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from vlmbatch.producer.cli.context import load_context
 from vlmbatch.producer.cli.render import table
 from vlmbatch.schema.contracts.errors import RETRYABLE_ERRORS, ErrorType
 from vlmbatch.schema.contracts.states import JobState
-from vlmbatch.schema.ledger.resubmit import cancel_run, resubmit_jobs, select_for_resubmit
+from vlmbatch.schema.ledger.resubmit import Truncated, cancel_run, resubmit_jobs, select_for_resubmit, truncated_jobs
 from vlmbatch.schema.ledger.runs import get_run
 from vlmbatch.schema.ledger.shares import rejoin
 
@@ -39,14 +40,27 @@ def _states(value: str) -> list[JobState]:
     help="Only failed jobs with this error type (repeatable); any type may be named.",
 )
 @click.option("--max-tokens", type=click.IntRange(1), help="A new max_tokens for the new attempts.")
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Start the new attempts from token 0 instead of continuing the tokens kept (truncated at max_tokens, "
+    "or a failed attempt's last checkpoint); needed for jobs stopped by repetition detection.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be resubmitted, change nothing.")
 @click.option("--json", "as_json", is_flag=True)
 def resubmit_command(
-    run: str, statuses: str | None, error_types: tuple[str, ...], max_tokens: int | None, dry_run: bool, as_json: bool
+    run: str,
+    statuses: str | None,
+    error_types: tuple[str, ...],
+    max_tokens: int | None,
+    restart: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Queue new attempts for RUN's jobs in the given states (and error types), keeping all history. Bare,
     only failed jobs whose error may pass on another attempt (storage.transient, timeout, engine.oom,
-    engine.dead, internal); it lists what it left out and why."""
+    engine.dead, internal); it lists what it left out and why. Truncated jobs (`--status truncated`)
+    continue from their tokens with a larger --max-tokens; --restart regenerates them."""
     ctx = load_context()
     bare = statuses is None and not error_types
     states = _states(statuses or JobState.FAILED.value)
@@ -58,10 +72,16 @@ def resubmit_command(
         target = get_run(session, run)
         selection = select_for_resubmit(session, run_id=target.id, states=states, error_types=error_types)
         left_out = _left_out(session, target.id) if bare else []
+        if JobState.TRUNCATED in states:
+            truncated = truncated_jobs(session, job_ids=selection.job_ids)
+            _check_continuation(truncated, max_tokens=max_tokens, restart=restart)
+            left_out += _truncated_left_out(truncated, restart=restart)
+            skipped = truncated.refused | (set() if restart else set(truncated.repetition))
+            selection = replace(selection, job_ids=[j for j in selection.job_ids if j not in skipped])
     queued: list[int] = []
     if not dry_run and selection.job_ids:
         with ctx.sessions() as session, session.begin():
-            queued = resubmit_jobs(session, job_ids=selection.job_ids, max_tokens=max_tokens)
+            queued = resubmit_jobs(session, job_ids=selection.job_ids, max_tokens=max_tokens, restart=restart)
             rejoin(session, run_id=target.id)  # back among the active runs: level with them, not owed
         ctx.publisher().publish(target.queue, len(queued))
     groups = [
@@ -90,6 +110,30 @@ def resubmit_command(
             f"embedded ledger: the re-queued jobs run when `vlmbatch run` works run {target.id} again (the same "
             "SOURCE and flags), or a `vlmbatch worker` on this ledger takes them"
         )
+
+
+def _check_continuation(truncated: Truncated, *, max_tokens: int | None, restart: bool) -> None:
+    """Continuing `length`-truncated jobs needs a budget larger than the tokens they hold (one line)."""
+    if restart or not truncated.length:
+        return
+    if max_tokens is None or max_tokens <= truncated.kept:
+        given = "none" if max_tokens is None else str(max_tokens)
+        raise click.BadParameter(
+            f"{len(truncated.length)} truncated jobs continue from up to {truncated.kept} tokens: give a larger "
+            f"--max-tokens (given: {given}), or --restart to regenerate them",
+            param_hint="--max-tokens",
+        )
+
+
+def _truncated_left_out(truncated: Truncated, *, restart: bool) -> list[tuple[str, str | None, int, str]]:
+    rows: list[tuple[str, str | None, int, str]] = []
+    if truncated.context:
+        why = "hit the model's context limit: more tokens cannot fit, not resubmitted"
+        rows.append((JobState.TRUNCATED.value, "context", len(truncated.context), why))
+    if truncated.repetition and not restart:
+        why = "stopped as a loop: a continuation would loop again; `--restart` regenerates them"
+        rows.append((JobState.TRUNCATED.value, "repetition", len(truncated.repetition), why))
+    return rows
 
 
 def _left_out(session: Session, run_id: int) -> list[tuple[str, str | None, int, str]]:

@@ -17,6 +17,7 @@ jobs count only towards cost.
      "truncation": {"samples": 1, "sample_rate": 0.125, "jobs": 1, "finished_jobs": 6, "job_rate": 0.167,
                     "by_finish": {"length": 1, "context": 0, "repetition": 0}},
      "thinking_capped": {"samples": 0, "jobs": 0},
+     "checkpoints": {"resumed_attempts": 1, "reused_tokens": 800, "jobs_with_tokens": 1},
      "cost": {"all_attempts": {"attempts": 8, "prompt_tokens": 550, "completion_tokens": 1410,
                                "reasoning_tokens": 1380, "answer_tokens": 30, "gpu_seconds": 21.5},
               "standing": {...the same keys, over the current attempts of finished jobs...}}}
@@ -30,16 +31,22 @@ jobs count only towards cost.
   truncated jobs over finished jobs.
 - `thinking_capped`: standing samples (and their jobs) whose thinking budget ran out, so vLLM closed the
   trace and the model answered: they succeeded, and are not truncation.
+- `checkpoints`: attempts that continued a checkpoint instead of starting again, the tokens they reused
+  (not generated again: `cost.completion_tokens` counts only tokens generated), and the jobs holding
+  kept tokens now (schema.ledger.checkpoints.token_reuse).
 - Rates and trace statistics are null when there is nothing to divide by or measure.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.finish import CONTEXT, LENGTH, REPETITION
 from vlmbatch.schema.contracts.states import TERMINAL_STATES, JobState
+from vlmbatch.schema.ledger.checkpoints import token_reuse
 from vlmbatch.schema.ledger.run_tallies import (
     AttemptSums,
     attempt_errors,
@@ -124,6 +131,12 @@ class ThinkingCapped(_Frozen):
     jobs: int
 
 
+class CheckpointTokens(_Frozen):
+    resumed_attempts: int
+    reused_tokens: int
+    jobs_with_tokens: int
+
+
 class RunStats(_Frozen):
     """`vlmbatch stats --json`: exactly these keys (module docstring)."""
 
@@ -135,6 +148,7 @@ class RunStats(_Frozen):
     trace_tokens: TraceTokens
     truncation: Truncation
     thinking_capped: ThinkingCapped
+    checkpoints: CheckpointTokens
     cost: Accounting
 
 
@@ -161,6 +175,7 @@ def run_stats(session: Session, run: RunView) -> RunStats:
             by_finish=by_finish,
         ),
         thinking_capped=capped,
+        checkpoints=CheckpointTokens(**asdict(token_reuse(session, run_id=run.id))),
         cost=run_accounting(session, run.id),
     )
 

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
 
     # Seconds a stopping worker lets in-flight jobs finish before handing the rest back.
     shutdown_grace_seconds: float = Field(20.0, ge=0.0)
+    # A running attempt's output so far is written to the ledger at least this often (0: never), and
+    # whenever it grew by `checkpoint_tokens`: a new attempt of the job continues it (issue 26). One
+    # batched write per interval for all attempts in flight; a worker that dies loses one interval.
+    checkpoint_seconds: float = Field(30.0, ge=0.0)
+    checkpoint_tokens: int | None = Field(None, ge=1)
     # An engine that generates no token for this long while requests are in flight is declared hung:
     # the worker hands its jobs back and exits for restart.
     engine_hang_seconds: float = Field(300.0, gt=0.0)

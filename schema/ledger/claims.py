@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, aliased
 
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading.choice import parse_options
+from vlmbatch.schema.ledger.checkpoints import Checkpoint
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
 from vlmbatch.schema.ledger.dialect import claims_runs_at_once, lock_for_claim
@@ -68,6 +69,8 @@ class ClaimedJob:
     params: dict[str, Any] | None = None
     # The question's options, from the job's `options` metadata column (the choice grader reads them).
     options: tuple[str, ...] | None = None
+    # The job's checkpoint, which this attempt may continue (schema.ledger.checkpoints.checkpoints_of).
+    checkpoint: Checkpoint | None = None
 
 
 def _claimable(now: datetime) -> Any:

@@ -10,12 +10,14 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from vlmbatch.schema.contracts.finish import CONTEXT, REPETITION
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
+from vlmbatch.schema.ledger.checkpoints import drop_checkpoints, final_checkpoint_tokens
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
 from vlmbatch.schema.ledger.dialect import lock_for_update
 from vlmbatch.schema.ledger.locks import jobs_locked_in_order
-from vlmbatch.schema.ledger.tables import Attempt, Job, Run
+from vlmbatch.schema.ledger.tables import Attempt, Job, Result, Run
 
 RESUBMITTABLE = (JobState.FAILED, JobState.TRUNCATED, JobState.CANCELLED, JobState.SUCCEEDED)
 # Rows changed per statement, so that a million-job resubmit never builds one giant IN list.
@@ -53,9 +55,51 @@ def select_for_resubmit(
     return Selection(job_ids=job_ids, groups=groups)
 
 
-def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int | None = None) -> list[int]:
+@dataclass(frozen=True)
+class Truncated:
+    """The truncated jobs of a selection by how they ended (docs/ARCHITECTURE.md, "Outcome contract"):
+    `length` ones continue from their kept tokens (`kept`: the most any of them holds), `context` ones
+    cannot be continued, `repetition` ones only restart."""
+
+    length: list[int]
+    context: list[int]
+    repetition: list[int]
+    kept: int
+
+    @property
+    def refused(self) -> set[int]:
+        return set(self.context)
+
+
+def truncated_jobs(session: Session, *, job_ids: Sequence[int]) -> Truncated:
+    """Sort the truncated ones of `job_ids` by their last attempt's finish kind (a job any of whose
+    samples hit the context counts as `context`, then `repetition`, else `length`)."""
+    kinds: dict[int, set[str]] = {}
+    for start in range(0, len(job_ids), _CHUNK):
+        rows = session.execute(
+            select(Job.id, Result.finish_reason)
+            .join(Result, Result.attempt_id == Job.current_attempt_id)
+            .where(Job.id.in_(list(job_ids[start : start + _CHUNK])), Job.state == JobState.TRUNCATED.value)
+        )
+        for job_id, finish in rows:
+            kinds.setdefault(job_id, set()).add(finish or "")
+    context = sorted(j for j, k in kinds.items() if CONTEXT in k)
+    repetition = sorted(j for j, k in kinds.items() if REPETITION in k and CONTEXT not in k)
+    length = sorted(set(kinds) - set(context) - set(repetition))
+    kept = 0
+    for start in range(0, len(length), _CHUNK):
+        tokens = final_checkpoint_tokens(session, job_ids=length[start : start + _CHUNK])
+        kept = max([kept, *tokens.values()])
+    return Truncated(length=length, context=context, repetition=repetition, kept=kept)
+
+
+def resubmit_jobs(
+    session: Session, *, job_ids: Sequence[int], max_tokens: int | None = None, restart: bool = False
+) -> list[int]:
     """Queue the given jobs again (those still in a terminal state); return the ids queued. A new
-    `max_tokens` is recorded on the job and copied onto its next attempt."""
+    `max_tokens` is recorded on the job and copied onto its next attempt. The next attempt continues a
+    job's kept tokens (a `length`-truncated job's output, a failed attempt's last checkpoint); with
+    `restart`, they are dropped and it starts from token 0."""
     now = database_now(session)
     overrides = {"max_tokens": max_tokens} if max_tokens is not None else None
     queued: list[int] = []
@@ -83,6 +127,8 @@ def resubmit_jobs(session: Session, *, job_ids: Sequence[int], max_tokens: int |
                 .execution_options(synchronize_session=False)
             )
         )
+        if restart:
+            drop_checkpoints(session, job_ids=chunk)
     deltas.apply(session)
     return sorted(queued)
 

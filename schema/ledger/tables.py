@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -269,6 +270,31 @@ class Attempt(Base):
     # SHA-256 of each image's bytes as the worker read them, in the job's image order (None: not read,
     # or before this column): an export checks that the bytes it writes are the ones the model saw.
     image_hashes: Mapped[list[str] | None] = mapped_column(JSON)
+    # The attempt continued a checkpoint (schema.ledger.checkpoints): the attempt that wrote it, and how
+    # many of the trace's tokens came from it (`completion_tokens` counts only what this attempt generated).
+    resumed_from_attempt_id: Mapped[int | None] = mapped_column(BigInteger)
+    reused_tokens: Mapped[int | None] = mapped_column(Integer)
+
+
+class Checkpoint(Base):
+    """The partial output of a job's running attempt (one row per job; n = 1 only), rewritten every
+    checkpoint interval by the attempt that holds the job, so that a new attempt continues it instead of
+    starting again. Kept after a `length`-truncated attempt (its whole output: `resubmit --status truncated`
+    continues it); dropped in the result's transaction when the job succeeds (schema.ledger.checkpoints)."""
+
+    __tablename__ = "checkpoints"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # The attempt that wrote it: a resumed attempt names it as `resumed_from_attempt_id`.
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("attempts.id", ondelete="CASCADE"), index=True)
+    tokens: Mapped[int] = mapped_column(Integer)
+    # The output token ids, packed little-endian int32 (4 bytes a token, not a JSON list's ~7).
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    # The output as text, for people (a resumed request is built from the ids, never from this).
+    text: Mapped[str] = mapped_column(Text)
+    # None while the attempt ran; `length` once it ended at its max_tokens.
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Result(Base):

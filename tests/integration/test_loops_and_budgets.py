@@ -74,7 +74,11 @@ def test_a_stopped_loop_is_truncated_repetition_counted_exported_and_resubmittab
     kinds = sorted((c["finish_reason"], c["vlmbatch_finish_reason"]) for c in choices)
     assert kinds == [("length", "repetition")] * 3 + [("stop", "stop")] * 3
 
-    again = vlmbatch_json(["resubmit", "r", "--status", "truncated", "--json"], env)
+    # A loop would loop again if continued: left out, unless regenerated from token 0 (--restart).
+    kept = vlmbatch_json(["resubmit", "r", "--status", "truncated", "--json"], env)
+    assert isinstance(kept, dict) and kept["resubmitted"] == 0
+    assert [(row["error_type"], row["jobs"]) for row in kept["left_out"]] == [("repetition", 3)]
+    again = vlmbatch_json(["resubmit", "r", "--status", "truncated", "--restart", "--json"], env)
     assert isinstance(again, dict) and again["resubmitted"] == 3
 
 
@@ -85,6 +89,9 @@ def test_without_detection_a_loop_runs_to_max_tokens_and_a_context_stop_is_told_
     stats = vlmbatch_json(["stats", "plain", "--json"], env)
     assert isinstance(stats, dict)
     assert stats["truncation"]["by_finish"] == {"length": 2, "context": 0, "repetition": 0}
+    # Continuing a `length` truncation needs a larger budget, said in one line before anything changes.
+    refused = vlmbatch(["resubmit", "plain", "--status", "truncated"], env)
+    assert refused.returncode == 2 and "--max-tokens" in refused.stderr and "Traceback" not in refused.stderr
     # A context of 600 tokens: the fake's prompt (a 256-token tile and the question) leaves ~340 of 4000.
     vlmbatch_json(
         [
@@ -105,6 +112,10 @@ def test_without_detection_a_loop_runs_to_max_tokens_and_a_context_stop_is_told_
     stats = vlmbatch_json(["stats", "ctx", "--json"], env)
     assert isinstance(stats, dict)
     assert stats["truncation"]["by_finish"] == {"length": 0, "context": 2, "repetition": 0}
+    # More tokens cannot fit the context: listed, not resubmitted, whatever the budget.
+    again = vlmbatch_json(["resubmit", "ctx", "--status", "truncated", "--max-tokens", "8000", "--json"], env)
+    assert isinstance(again, dict) and again["resubmitted"] == 0
+    assert [(row["error_type"], row["jobs"]) for row in again["left_out"]] == [("context", 2)]
 
 
 def test_a_capped_thinking_budget_answers_succeeds_and_is_counted_apart(tmp_path: Path) -> None:

@@ -163,6 +163,7 @@ GRADED_RUN_STATS = {
         "by_finish": {"length": 1, "context": 0, "repetition": 0},
     },
     "thinking_capped": {"samples": 0, "jobs": 0},
+    "checkpoints": {"resumed_attempts": 0, "reused_tokens": 0, "jobs_with_tokens": 0},
     "cost": {
         # attempts: A1 A2 B C D E F1 F2 (G never ran).
         "all_attempts": {

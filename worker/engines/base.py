@@ -8,6 +8,8 @@ tests); `thread` runs any of them on an event loop of its own.
 
 from __future__ import annotations
 
+import threading
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +32,56 @@ class AnswerConstraint:
     json_schema: dict[str, Any] | None = None
 
 
+class TraceProgress:
+    """A request's output so far, which the engine keeps current while it generates (one sample, n = 1):
+    the worker reads it to write checkpoints. Engines that cannot stream leave it empty. Appended to on
+    the engine's thread, read on the pipeline's (a lock: one step's ids and text go together). Compact for
+    long traces: 4 bytes a token id, and the text's pieces joined whenever it is read."""
+
+    def __init__(self) -> None:
+        self._ids = array("i")
+        self._pieces: list[str] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, token_ids: Sequence[int], text: str) -> None:
+        with self._lock:
+            self._ids.extend(token_ids)
+            if text:
+                self._pieces.append(text)
+
+    def snapshot(self) -> tuple[tuple[int, ...], str]:
+        """The token ids and text as they are now."""
+        with self._lock:
+            return tuple(self._ids), self._text()
+
+    @property
+    def token_ids(self) -> list[int]:
+        with self._lock:
+            return self._ids.tolist()
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return self._text()
+
+    def _text(self) -> str:
+        text = "".join(self._pieces)
+        self._pieces[:] = [text] if text else []  # one piece from now on: a step's text is a few characters
+        return text
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The output an earlier attempt generated, which this request continues token for token: the
+    prompt, then these tokens as the assistant's unfinished turn; `max_tokens` counts them."""
+
+    token_ids: tuple[int, ...]
+    text: str
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
@@ -46,6 +98,10 @@ class GenerationRequest:
     layout: UserLayout | None = None
     # A per-request sampling seed (engines that cannot honour one refuse the request).
     seed: int | None = None
+    # Continue this output instead of starting the trace again (engines that cannot: `continued` 0).
+    continuation: Continuation | None = None
+    # Where the engine keeps the output so far, for checkpoints (None: not wanted, final output only).
+    progress: TraceProgress | None = None
 
     def user_parts(self) -> UserLayout:
         """The user turn in order, images as indexes into `images`."""
@@ -64,6 +120,8 @@ class Completion:
     finish_reason: str | None
     # Tokens up to and including the end-of-trace marker, when the engine could count them exactly.
     reasoning_tokens: int | None = None
+    # The output's token ids, when the engine has them (a continued request's include its continuation).
+    token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +132,9 @@ class Generation:
     first_token_s: float | None = None
     # The rendered prompt itself opened a `<think>` trace (R1V3's chat template does).
     trace_opened_by_prompt: bool = False
+    # Output tokens the request continued (GenerationRequest.continuation), counted in each completion;
+    # 0 when the engine started the trace again.
+    continued_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ It answers `<think>…</think>answer` with word-level token counts, honours max_
 cut and reported as `length`) and its context (cut there, reported as `length`, as vLLM does), refuses
 prompts over its context like vLLM does, and can take time per request so that concurrency is observable.
 A question holding `loop_marker` loops (one phrase forever): it runs to its limit, or stops `repetition`
-where vLLM's repetition detection would; a thinking budget caps the trace and forces `</think>`. Never the
-only proof of a feature (STYLE.md).
+where vLLM's repetition detection would; a thinking budget caps the trace and forces `</think>`. Its
+tokens are words with stable ids: it fills a request's `progress` as it "generates" (checkpoints) and
+continues a request's continuation when that is the start of the completion it would give (a resumed
+trace waits only for the rest). Never the only proof of a feature (STYLE.md).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from vlmbatch.schema.contracts.errors import JobCancelled, PromptTooLong
 from vlmbatch.schema.contracts.models import RepetitionDetection
-from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest
+from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest, TraceProgress
 
 # Prompt tokens the fake charges per image tile (InternVL: 256 per 448 px tile).
 TOKENS_PER_TILE = 256
@@ -42,6 +45,9 @@ class FakeBehaviour:
     # A question holding this text makes its samples loop (tests of repetition detection); None: never.
     loop_marker: str | None = None
 
+
+# A request with a delay fills its progress in this many steps.
+PROGRESS_STEPS = 20
 
 # The phrase a looping sample repeats: LOOP_PERIOD distinct words.
 LOOP_PHRASE = tuple(f"again{i}" for i in range(20))
@@ -101,25 +107,48 @@ class FakeEngine:
         started = time.perf_counter()
         try:
             room = b.max_model_len - prompt_tokens
-            completions = [self._complete(request, i, room) for i in range(request.sampling.samples)]
-            longest = max(c.num_tokens for c in completions)
+            completions = [_with_ids(self._complete(request, i, room)) for i in range(request.sampling.samples)]
+            continued = _continued(request, completions)
+            longest = max(c.num_tokens for c in completions) - continued
             delay = b.latency_s + (longest / b.tokens_per_second if b.tokens_per_second else 0.0)
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(aborted.wait(), timeout=delay)
+                await self._wait(aborted, delay, request, completions[0], continued)
             else:
                 await asyncio.sleep(0)
             if aborted.is_set():
                 raise JobCancelled(f"request {request.request_id} was aborted")
         finally:
             self._in_flight.pop(request.request_id, None)
-        self._tokens += sum(c.num_tokens for c in completions)
+        self._tokens += sum(c.num_tokens for c in completions) - continued
         return Generation(
             prompt_tokens=prompt_tokens,
             completions=completions,
             first_token_s=b.latency_s if b.latency_s else time.perf_counter() - started,
             trace_opened_by_prompt=True,
+            continued_tokens=continued,
         )
+
+    async def _wait(
+        self, aborted: asyncio.Event, delay: float, request: GenerationRequest, first: Completion, continued: int
+    ) -> None:
+        """Wait `delay` (or until aborted), filling the request's progress with the first sample's tokens
+        step by step, as a streaming engine would."""
+        progress = request.progress if request.sampling.samples == 1 else None
+        ids = first.token_ids or ()
+        words = first.text.split(" ")
+        if progress is not None and continued:
+            progress.add(ids[:continued], " ".join(words[:continued]))
+        steps = PROGRESS_STEPS if progress is not None else 1
+        done = continued
+        for step in range(1, steps + 1):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(aborted.wait(), timeout=delay / steps)
+            if aborted.is_set():
+                return
+            if progress is not None:
+                upto = continued + (len(ids) - continued) * step // steps
+                _fill(progress, ids[done:upto], words[done:upto])
+                done = upto
 
     def _complete(self, request: GenerationRequest, sample: int, room: int) -> Completion:
         size = "x".join(f"{im.width}x{im.height}" for im in request.images)
@@ -150,6 +179,36 @@ class FakeEngine:
             answer = f"answer-{digest[:8]}"
         text = " ".join(words) + "</think>" + answer
         return Completion(text=text, num_tokens=len(words) + 2, finish_reason="stop", reasoning_tokens=len(words) + 1)
+
+
+@lru_cache(maxsize=4096)
+def _token_id(word: str) -> int:
+    """A word's stable token id (31 bits: it packs as int32)."""
+    return int(hashlib.sha256(word.encode()).hexdigest()[:7], 16)
+
+
+def _with_ids(completion: Completion) -> Completion:
+    """The completion with its words' token ids (`</think>` and the answer are a token each)."""
+    trace, closed, answer = completion.text.partition("</think>")
+    words = trace.split(" ") if trace else []
+    if closed:
+        words += [closed, answer]
+    return replace(completion, token_ids=tuple(_token_id(w) for w in words))
+
+
+def _continued(request: GenerationRequest, completions: list[Completion]) -> int:
+    """The continuation's tokens, when they begin the one sample's completion (else 0: start again)."""
+    continuation = request.continuation
+    if continuation is None or len(completions) != 1:
+        return 0
+    ids = completions[0].token_ids or ()
+    prefix = continuation.token_ids
+    return len(prefix) if 0 < len(prefix) <= len(ids) and ids[: len(prefix)] == prefix else 0
+
+
+def _fill(progress: TraceProgress, ids: tuple[int, ...], words: list[str]) -> None:
+    if ids:
+        progress.add(ids, " ".join(words) + " ")
 
 
 def _loop(limit: int, detection: RepetitionDetection | None) -> Completion:

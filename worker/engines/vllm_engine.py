@@ -19,7 +19,7 @@ from typing import Any
 from vlmbatch.schema.contracts.errors import ConfigurationError, EngineDead, JobCancelled
 from vlmbatch.schema.contracts.reasoning import THINK_CLOSE, THINK_OPEN
 from vlmbatch.schema.contracts.settings import Settings
-from vlmbatch.worker.engines.base import EngineStats, Generation, GenerationRequest
+from vlmbatch.worker.engines.base import Completion, EngineStats, Generation, GenerationRequest, TraceProgress
 from vlmbatch.worker.engines.cpu_build import (
     KV_CACHE_CAP_BYTES,
     KV_CACHE_FRACTION,
@@ -33,7 +33,15 @@ from vlmbatch.worker.engines.engine_args import apply_engine_args, check_engine_
 from vlmbatch.worker.engines.engine_args import engine_args as build_engine_args
 from vlmbatch.worker.engines.engine_logs import log_tail, route_vllm_logs, stderr_into
 from vlmbatch.worker.engines.start_failure import Machine, explain, weights_bytes
-from vlmbatch.worker.engines.vllm_requests import classify_validation, completion, dead, render, sampling_params
+from vlmbatch.worker.engines.vllm_requests import (
+    classify_validation,
+    completion,
+    continue_prompt,
+    dead,
+    render,
+    sampling_params,
+    streams,
+)
 from vlmbatch.worker.engines.vllm_telemetry import Telemetry, stat_logger_factory
 
 log = logging.getLogger(__name__)
@@ -235,9 +243,9 @@ class VllmEngine:
         started = time.perf_counter()
         try:
             engine_input = await render(self._llm, request)
-            final = None
-            async for output in self._llm.generate(engine_input, sampling_params(request), request.request_id):
-                final = output
+            continued = continue_prompt(engine_input, request.continuation.token_ids) if request.continuation else 0
+            streamed = streams(request, continued)
+            final = await self._drain(request, engine_input, continued, streamed)
         except EngineDeadError as exc:
             raise dead(exc) from exc
         except asyncio.CancelledError:
@@ -247,17 +255,53 @@ class VllmEngine:
             raise classify_validation(exc) from exc
         if final is None:
             raise EngineDead(f"request {request.request_id} ended without output")
-        completions = [completion(c, think_close_id=self._think_close_id) for c in final.outputs]
+        completions = self._completions(final, streamed, continued)
         if all(c.finish_reason == "abort" for c in completions):
             raise JobCancelled(f"request {request.request_id} was aborted")
         metrics = getattr(final, "metrics", None)
         first_token = getattr(metrics, "first_token_latency", None)
         return Generation(
-            prompt_tokens=len(final.prompt_token_ids or []),
+            prompt_tokens=len(final.prompt_token_ids or []) - continued,
             completions=completions,
             first_token_s=first_token if first_token is not None else time.perf_counter() - started,
             trace_opened_by_prompt=self._opens_trace,
+            continued_tokens=continued,
         )
+
+    async def _drain(
+        self, request: GenerationRequest, engine_input: Any, continued: int, streamed: dict[int, TraceProgress] | None
+    ) -> Any:
+        """Run the request to its end; the final output (None if there was none). Streamed outputs go
+        into `streamed` as they come."""
+        final = None
+        sampling = sampling_params(request, continued=continued, streamed=streamed is not None)
+        async for output in self._llm.generate(engine_input, sampling, request.request_id):
+            final = output
+            if streamed is not None:
+                for sample in output.outputs:
+                    streamed.setdefault(sample.index, TraceProgress()).add(sample.token_ids, sample.text)
+        return final
+
+    def _completions(self, final: Any, streamed: dict[int, TraceProgress] | None, continued: int) -> list[Completion]:
+        close = self._think_close_id
+        if streamed is None:
+            return [completion(c.token_ids, c.text, c.finish_reason, think_close_id=close) for c in final.outputs]
+        finished = {c.index: c.finish_reason for c in final.outputs}
+        return [
+            completion(
+                streamed[i].token_ids,
+                # A continued trace's text is decoded from all its ids: the earlier attempt's text was a
+                # snapshot, and may end before its last token's characters.
+                self._decode(streamed[i].token_ids) if continued else streamed[i].text,
+                finished.get(i),
+                think_close_id=close,
+            )
+            for i in sorted(streamed)
+        ]
+
+    def _decode(self, token_ids: list[int]) -> str:
+        # As vLLM's detokenizer does by default (SamplingParams.skip_special_tokens).
+        return str(self._llm.tokenizer.decode(token_ids, skip_special_tokens=True))
 
 
 def keep_vllm_offline(environ: MutableMapping[str, str]) -> None:

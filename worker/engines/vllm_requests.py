@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmbatch.schema.contracts.errors import EngineDead, EngineOutOfMemory, InputUnsupported, PromptTooLong
-from vlmbatch.worker.engines.base import Completion, GenerationRequest, is_prompt_too_long
+from vlmbatch.worker.engines.base import Completion, GenerationRequest, TraceProgress, is_prompt_too_long
 from vlmbatch.worker.engines.cpu_build import is_cpu_build
 
 
@@ -42,8 +42,34 @@ async def render(llm: Any, request: GenerationRequest) -> Any:
     return engine_input
 
 
-def sampling_params(request: GenerationRequest) -> Any:
-    """vLLM's SamplingParams for `request`. Raises InputUnsupported for a seed on vLLM's CPU build."""
+def continue_prompt(engine_input: Any, token_ids: tuple[int, ...]) -> int:
+    """Put an earlier attempt's output after the rendered prompt, as the assistant's unfinished turn: the
+    ids themselves, never their text tokenised again (the same tokens, so the same draw at temperature 0).
+    The images' placeholders lie before it, so the prompt's prefix (and its cached KV) is unchanged.
+    Returns the tokens added."""
+    prompt = engine_input.get("prompt_token_ids") if isinstance(engine_input, dict) else None
+    if prompt is None or not token_ids:
+        return 0
+    engine_input["prompt_token_ids"] = [*prompt, *token_ids]
+    return len(token_ids)
+
+
+def streams(request: GenerationRequest, continued: int) -> dict[int, TraceProgress] | None:
+    """Where the streamed outputs go, by sample index; None: final outputs only, as before checkpoints.
+    Streamed only when someone reads the output so far (checkpoints) or a continuation must be put back
+    in front of it. A continued trace so far is the whole trace: its continuation comes first."""
+    if request.progress is None and not continued:
+        return None
+    progress = request.progress if request.progress is not None else TraceProgress()  # empty is falsy
+    if continued and request.continuation is not None:
+        progress.add(request.continuation.token_ids, request.continuation.text)
+    return {0: progress}
+
+
+def sampling_params(request: GenerationRequest, *, continued: int = 0, streamed: bool = False) -> Any:
+    """vLLM's SamplingParams for `request`, which continues `continued` output tokens already generated;
+    `streamed`: each step's new tokens (DELTA), else the final output only. Raises InputUnsupported for a
+    seed on vLLM's CPU build."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -67,24 +93,28 @@ def sampling_params(request: GenerationRequest) -> Any:
         temperature=s.temperature,
         top_p=s.top_p,
         repetition_penalty=s.repetition_penalty,
-        max_tokens=s.max_tokens,
+        # A continuation's tokens count against the job's max_tokens (the pipeline continues only while
+        # some are left).
+        max_tokens=s.max_tokens - continued,
         ignore_eos=s.ignore_eos,
-        output_kind=RequestOutputKind.FINAL_ONLY,
+        # DELTA: each step's new tokens only (a cumulative output would copy the whole trace every step).
+        output_kind=RequestOutputKind.DELTA if streamed else RequestOutputKind.FINAL_ONLY,
         **extra,
     )
 
 
-def completion(output: Any, *, think_close_id: int | None) -> Completion:
-    """One of vLLM's completion outputs; the trace's tokens counted up to `think_close_id` when it shows."""
-    token_ids = list(output.token_ids)
+def completion(output_ids: Any, text: str, finish_reason: str | None, *, think_close_id: int | None) -> Completion:
+    """One sample of vLLM's output; the trace's tokens counted up to `think_close_id` when it shows."""
+    token_ids = list(output_ids)
     reasoning_tokens = None
     if think_close_id is not None and think_close_id in token_ids:
         reasoning_tokens = token_ids.index(think_close_id) + 1
     return Completion(
-        text=output.text,
+        text=text,
         num_tokens=len(token_ids),
-        finish_reason=output.finish_reason,
+        finish_reason=finish_reason,
         reasoning_tokens=reasoning_tokens,
+        token_ids=tuple(token_ids),
     )
 
 

@@ -25,7 +25,7 @@ from vlmbatch.schema.contracts.states import AttemptOutcome
 from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.schema.ledger.outcomes import AttemptReport, Timings, retry_delay
 from vlmbatch.schema.ledger.runs import run_facts
-from vlmbatch.worker.engines.base import Engine, Generation
+from vlmbatch.worker.engines.base import Engine, Generation, TraceProgress
 from vlmbatch.worker.pipeline.answers import JobPlan, needs_more_samples, review
 from vlmbatch.worker.pipeline.capacity import TimeShare
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
@@ -81,6 +81,8 @@ def generation_report(
     )
     accepted = sum(1 for s in samples if s.correct)
     outcome = attempt_outcome(samples)
+    completions = generation.completions
+    resumed = job.checkpoint if generation.continued_tokens and job.checkpoint is not None else None
     resample = outcome is AttemptOutcome.SUCCEEDED and needs_more_samples(
         run, accepted_before=job.accepted_samples, accepted_now=accepted, attempts_used=job.attempts_used
     )
@@ -93,6 +95,9 @@ def generation_report(
         resample=resample,
         prompt_tokens=generation.prompt_tokens,
         timings=timings,
+        output_token_ids=completions[0].token_ids if len(completions) == 1 else None,
+        resumed_from=resumed.attempt_id if resumed is not None else None,
+        reused_tokens=generation.continued_tokens if resumed is not None else None,
     )
 
 
@@ -128,6 +133,7 @@ async def run_attempt(
     time_share: TimeShare,
     tensor_parallel_size: int,
     worker_max_tiles: int,
+    progress: TraceProgress | None = None,
 ) -> AttemptReport:
     """Load the job's images (concurrently), generate, and report. Raises what loading and the engine
     raise (job errors, EngineDead); `clock` holds the timings measured so far either way."""
@@ -143,6 +149,7 @@ async def run_attempt(
         images=images,
         worker_max_tiles=worker_max_tiles,
         plan=plan,
+        progress=progress,
     )
     started = time.perf_counter()
     share = time_share.enter()

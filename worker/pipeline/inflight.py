@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from vlmbatch.schema.contracts.errors import EngineDead
 from vlmbatch.schema.ledger.claims import ClaimedJob
+from vlmbatch.worker.engines.base import TraceProgress
 
 
 @dataclass
@@ -26,6 +27,10 @@ class InFlight:
     request_id: str
     task: asyncio.Task[None] | None = None
     reported: bool = False
+    # The engine's output so far (checkpoints), and how many of its tokens the ledger holds, since when.
+    progress: TraceProgress | None = None
+    checkpointed_tokens: int = 0
+    checkpointed_at: float = 0.0
 
 
 class Attempts:
@@ -34,8 +39,11 @@ class Attempts:
     def __init__(self) -> None:
         self._by_attempt: dict[int, InFlight] = {}
 
-    def add(self, job: ClaimedJob) -> InFlight:
-        entry = InFlight(job=job, request_id=f"job-{job.job_id}-attempt-{job.attempt_id}")
+    def add(self, job: ClaimedJob, *, progress: TraceProgress | None = None, now: float = 0.0) -> InFlight:
+        entry = InFlight(job=job, request_id=f"job-{job.job_id}-attempt-{job.attempt_id}", progress=progress)
+        # What the ledger holds already: a continued checkpoint is not written again until it grew.
+        entry.checkpointed_tokens = job.checkpoint.tokens if job.checkpoint is not None else 0
+        entry.checkpointed_at = now
         self._by_attempt[job.attempt_id] = entry
         return entry
 
@@ -50,6 +58,9 @@ class Attempts:
 
     def __len__(self) -> int:
         return len(self._by_attempt)
+
+    def all(self) -> list[InFlight]:
+        return list(self._by_attempt.values())
 
     def holds_jobs_of(self, run_id: int) -> bool:
         return any(entry.job.run_id == run_id for entry in self._by_attempt.values())

@@ -19,8 +19,9 @@ from vlmbatch.schema.contracts.models import RunSettings
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.claims import ClaimedJob
-from vlmbatch.worker.engines.base import GenerationRequest
+from vlmbatch.worker.engines.base import GenerationRequest, TraceProgress
 from vlmbatch.worker.pipeline.answers import JobPlan
+from vlmbatch.worker.pipeline.resume import continuation, restart_reason
 from vlmbatch.worker.telemetry.metrics import WorkerMetrics
 
 
@@ -134,10 +135,13 @@ def build_request(
     images: list[Image],
     worker_max_tiles: int,
     plan: JobPlan | None = None,
+    progress: TraceProgress | None = None,
 ) -> GenerationRequest:
     """The engine request for one attempt: the run's settings under the job's own (`params`), under the
-    attempt's overrides (a resubmit's max_tokens). Raises InputUnsupported for more images than the run
-    allows, or a question whose image placeholders do not match its images."""
+    attempt's overrides (a resubmit's max_tokens); continuing the job's checkpoint where its sampling
+    allows (worker/pipeline/resume.py), and keeping its output so far in `progress` where a later attempt
+    could continue it. Raises InputUnsupported for more images than the run allows, or a question whose
+    image placeholders do not match its images."""
     plan = plan or JobPlan.of(job, settings)
     params = plan.params
     sampling = params.sampling(settings.sampling) if params is not None else settings.sampling
@@ -151,6 +155,8 @@ def build_request(
         layout = user_layout(job.question, len(images)) if has_placeholders(job.question) else None
     except PlaceholderMismatch as exc:
         raise InputUnsupported(str(exc)) from exc
+    seed = params.seed if params is not None else None
+    resumable = restart_reason(sampling, seed=seed, constraint=plan.constraint) is None
     return GenerationRequest(
         request_id=request_id,
         images=images,
@@ -160,5 +166,7 @@ def build_request(
         constraint=plan.constraint,
         system=params.system if params is not None and params.system else settings.system_prompt,
         layout=layout,
-        seed=params.seed if params is not None else None,
+        seed=seed,
+        continuation=continuation(job.checkpoint, sampling, seed=seed, constraint=plan.constraint),
+        progress=progress if resumable else None,
     )

@@ -36,6 +36,7 @@ from vlmbatch.worker.engines.base import Engine
 from vlmbatch.worker.pipeline.admission import Admission, WorkerStopping
 from vlmbatch.worker.pipeline.attempt import RunContexts
 from vlmbatch.worker.pipeline.capacity import Capacity
+from vlmbatch.worker.pipeline.checkpointing import Checkpointer
 from vlmbatch.worker.pipeline.counters import Counters
 from vlmbatch.worker.pipeline.db_pool import DatabasePool
 from vlmbatch.worker.pipeline.inflight import Attempts, StopState
@@ -95,6 +96,7 @@ class Pipeline:
             breakers=self._breakers,
         )
         self._writer = OutcomeWriter(self._outcomes)
+        self._checkpointer = Checkpointer(settings=settings, attempts=self._attempts, db=self._db)
         self._runner = AttemptRunner(
             settings=settings,
             engine=engine,
@@ -198,6 +200,7 @@ class Pipeline:
             self._writer_task,
             beating,
             asyncio.create_task(self._admission.claim_loop(), name="claimer"),
+            asyncio.create_task(self._checkpointer.run(), name="checkpointer"),
         ]
         for task in background:
             supervise(task, self._state)
@@ -205,6 +208,8 @@ class Pipeline:
 
     async def _stop(self, grace_s: float) -> None:
         self._state.stop()
+        # At once, before the grace: a spot instance's notice may end in a kill before the grace does.
+        await self._checkpoint_all()
         deadline = time.monotonic() + grace_s
         while len(self._attempts) and time.monotonic() < deadline and self._state.fatal is None:
             await asyncio.sleep(0.1)
@@ -233,12 +238,24 @@ class Pipeline:
             self.fatal_event.set()
 
     async def _give_up(self, *, reason: str) -> None:
-        """Hand the unfinished jobs back; outcomes the writer holds are still committed if it lives."""
+        """Checkpoint every unfinished attempt at once, then hand the jobs back (the next attempts continue
+        the traces); outcomes the writer holds are still committed if it lives."""
+        await self._admission.quiesce()  # a claim in flight commits `running` jobs: they are handed back too
+        await self._checkpoint_all()
         try:
             await self._outcomes.hand_back_all(reason=reason)
             await self._drain_writer()
         except Exception:  # bounded database retries ran out: the leases expire and the reconciler acts
             log.exception("could not hand the jobs back; their leases will expire")
+
+    async def _checkpoint_all(self) -> None:
+        """Checkpoint every attempt in flight whose trace grew, in one transaction."""
+        if not self._checkpointer.enabled:
+            return
+        try:
+            await self._checkpointer.checkpoint(everything=True)
+        except Exception:  # the next attempts start from the last interval's checkpoints instead
+            log.warning("could not checkpoint the attempts in flight", exc_info=True)
 
     async def _drain_writer(self) -> None:
         """Commit every outcome already handed to the writer; if the writer is dead, hand those jobs back."""

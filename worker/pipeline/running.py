@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -16,7 +17,7 @@ from vlmbatch.schema.contracts.errors import EngineDead, InternalError, JobError
 from vlmbatch.schema.contracts.settings import Settings
 from vlmbatch.schema.ledger.claims import ClaimedJob
 from vlmbatch.schema.ledger.outcomes import AttemptReport
-from vlmbatch.worker.engines.base import Engine
+from vlmbatch.worker.engines.base import Engine, TraceProgress
 from vlmbatch.worker.pipeline.attempt import AttemptClock, RunContexts, failure_report, run_attempt
 from vlmbatch.worker.pipeline.capacity import TimeShare
 from vlmbatch.worker.pipeline.counters import Counters
@@ -57,7 +58,8 @@ class AttemptRunner:
     async def launch(self, job: ClaimedJob) -> None:
         """Start the attempt of a job just claimed."""
         self._counters.claimed += 1
-        entry = self._attempts.add(job)
+        progress = TraceProgress() if self._settings.checkpoint_seconds > 0 else None
+        entry = self._attempts.add(job, progress=progress, now=time.monotonic())
         entry.task = asyncio.create_task(self._run(entry))
 
     async def _run(self, entry: InFlight) -> None:
@@ -89,6 +91,7 @@ class AttemptRunner:
                 time_share=self._time_share,
                 tensor_parallel_size=self._settings.tensor_parallel_size,
                 worker_max_tiles=self._settings.max_tiles,
+                progress=entry.progress,
             )
         except asyncio.CancelledError:
             raise
