@@ -28,7 +28,8 @@ def peak_mib():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
 
 baseline = peak_mib()
-found = is_openai_batch(sys.argv[1])
+with open(sys.argv[1], 'rb') as reader:
+    found = is_openai_batch(reader)
 print(json.dumps({"batch": found, "growth_mib": peak_mib() - baseline}))
 """
 
@@ -91,4 +92,5 @@ def test_a_manifest_whose_first_line_holds_a_huge_data_image_is_no_batch_file(tm
 def test_the_sniff_reads_the_top_level_keys_of_the_first_lines(tmp_path: Path, lines: list[str], batch: bool) -> None:
     path = tmp_path / "f.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert is_openai_batch(str(path)) is batch
+    with path.open("rb") as reader:
+        assert is_openai_batch(reader) is batch
