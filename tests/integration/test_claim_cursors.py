@@ -36,7 +36,8 @@ def _succeed(sessions: sessionmaker[Session], claimed: list[ClaimedJob]) -> None
 
 def _attempts_per_job(sessions: sessionmaker[Session]) -> Counter[int]:
     with sessions() as session:
-        return Counter(dict(session.execute(select(Attempt.job_id, func.count()).group_by(Attempt.job_id)).tuples().all()))
+        rows = session.execute(select(Attempt.job_id, func.count()).group_by(Attempt.job_id)).tuples().all()
+        return Counter(dict(rows))
 
 
 def test_a_job_requeued_behind_the_cursor_is_claimed_at_the_next_claim(database_url: str) -> None:
