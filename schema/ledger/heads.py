@@ -18,8 +18,9 @@ never-claimed job it took, and a claim reads three kinds of range:
 Why a cursor and not the maintenance pass vacuuming `jobs` when `n_dead_tup` says so: a VACUUM reads the
 table's changed pages and every index of `jobs` whole, a cost that grows with the ledger (1.7 s at 10^6
 jobs 90% finished, 620 MB, measured; ten times that at 10^7), and between two of them the walk grows with
-what finished since; the cursor keeps each claim's walk to what the fleet claimed since its last claim. Nothing here changes what a claim locks or writes: the
-fence, the attempt numbers and the counters stay claims.py's.
+what finished since; the cursor keeps each claim's walk to what the fleet claimed since its last claim.
+Nothing here changes what a claim locks or writes: the fence, the attempt numbers and the counters stay
+claims.py's.
 """
 
 from __future__ import annotations
