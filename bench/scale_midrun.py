@@ -6,7 +6,8 @@ leaves them, then finished oldest first by SQL as workers leave them (attempts a
 failed, ~3% truncated), in three steps. At each step, without a statistics refresh: every browser page
 and JSON summary (rendered in-process by the browser app), `status`, and a claim of one token's jobs
 (rolled back), each as its median wall time and the shared buffers its statements read (EXPLAIN
-(ANALYZE, BUFFERS), summed): flat means the buffers do not grow with N.
+(ANALYZE, BUFFERS), summed): flat means the buffers do not grow with N. The claim is a worker's claimer,
+which claimed before (its cursors: schema/ledger/heads.py); "new claimer" is a worker's first claim.
 
   python bench/scale_midrun.py --quick     # 10^5 and 10^6 jobs
   python bench/scale_midrun.py             # 10^6 and 10^7
@@ -98,7 +99,7 @@ def drop(url: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[-1]}" WITH (FORCE)')
 
 
-def measure(n: int) -> dict[str, float]:
+def measure(n: int, only: str | None = None) -> dict[str, float]:
     from tests.integration.ledger_helpers import make_run
     from vlmbatch.producer.browser.app import build_app
     from vlmbatch.schema.contracts.settings import Settings
@@ -155,13 +156,30 @@ def measure(n: int) -> dict[str, float]:
                 with sessions() as session:
                     run_progress(session, run_id)
 
-            def claim() -> None:
-                with sessions() as session, session.begin():
-                    assert QueueClaimer(queue="q").claim(session, limit=16, worker="w", lease_seconds=60)
-                    session.rollback()
+            # A worker keeps its claimer (and the claimer its cursors) for its life: one claim committed
+            # first, then the claims measured roll back (and put the cursors back).
+            warm = QueueClaimer(queue="q")
+            with sessions() as session, session.begin():
+                assert warm.claim(session, limit=16, worker="w", lease_seconds=60)
 
-            actions = {**{name: get(target) for name, target in pages.items()}, "status": status, "claim": claim}
+            def claimer(kept: QueueClaimer | None) -> Callable[[], None]:
+                def claim() -> None:
+                    with sessions() as session, session.begin():
+                        taker = kept or QueueClaimer(queue="q")
+                        assert taker.claim(session, limit=16, worker="w", lease_seconds=60)
+                        session.rollback()
+
+                return claim
+
+            actions = {
+                **{name: get(target) for name, target in pages.items()},
+                "status": status,
+                "claim": claimer(warm),
+                "claim, new claimer": claimer(None),
+            }
             for name, action in actions.items():
+                if only is not None and not name.startswith(only):
+                    continue
                 row[f"{at} {name}, ms"] = median_ms(action)
                 with buffers_read() as counted:
                     action()
@@ -189,11 +207,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10^5 and 10^6 jobs instead of 10^6 and 10^7")
     parser.add_argument("--sizes", help="comma-separated job counts instead")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--only", help="measure only the requests whose name starts with this (e.g. claim)")
     args = parser.parse_args()
     sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000]
     if args.sizes:
         sizes = [int(size) for size in args.sizes.split(",")]
-    rows = [measure(n) for n in sizes]
+    rows = [measure(n, args.only) for n in sizes]
     print(table(sizes, rows))
     print(f"\n{os.cpu_count()} cores; medians of {REPEATS} in-process calls; buffers: shared hit + read, summed.")
     if args.json:

@@ -11,31 +11,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import (
-    ARRAY,
-    BigInteger,
-    Select,
-    Table,
-    and_,
-    bindparam,
-    exists,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    true,
-    tuple_,
-    update,
-)
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Select, Table, and_, event, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from vlmbatch.schema.contracts.states import AttemptOutcome, JobState
 from vlmbatch.schema.grading.choice import parse_options
 from vlmbatch.schema.ledger.checkpoints import Checkpoint
 from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.counters import Bucket, CountDeltas
-from vlmbatch.schema.ledger.dialect import claims_runs_at_once, lock_for_claim
+from vlmbatch.schema.ledger.dialect import lock_for_claim
+from vlmbatch.schema.ledger.heads import SWEEP_SECONDS, ClaimWalk, Cursors, claimable_run, past_backoff
 from vlmbatch.schema.ledger.keyset import Keyset
 from vlmbatch.schema.ledger.shares import ActiveRun, active_runs, allocate, join, serves, store_offsets
 from vlmbatch.schema.ledger.tables import Attempt, Job, Run
@@ -74,11 +59,7 @@ class ClaimedJob:
 
 
 def _claimable(now: datetime) -> Any:
-    return and_(Job.state == JobState.QUEUED.value, _past_backoff(now))
-
-
-def _past_backoff(now: datetime) -> Any:
-    return or_(Job.not_before.is_(None), Job.not_before <= now)
+    return and_(Job.state == JobState.QUEUED.value, past_backoff(now))
 
 
 def _lock(stmt: Select[Any], session: Session) -> Select[Any]:
@@ -125,16 +106,11 @@ def claim_next(
         stmt = stmt.where(serves(model, fingerprint))
     if run_id is not None:  # the run's queued jobs in id order, on ix_jobs_run_state_id (schema.ledger.keyset)
         queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-        stmt = queued.page(stmt.where(_past_backoff(now), _claimable_run(run_id)), session=session)
+        stmt = queued.page(stmt.where(past_backoff(now), claimable_run(run_id)), session=session)
     else:
         stmt = stmt.where(_claimable(now)).order_by(Job.id)
     jobs = list(session.scalars(_lock(stmt.limit(limit), session)))
     return _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
-
-
-def _claimable_run(run_id: int) -> Any:
-    # The run may still be claimed from: a pause takes effect at the next claim, whatever a claimer cached.
-    return exists().where(Run.id == run_id, Run.held.is_(False), Run.paused_at.is_(None))
 
 
 @dataclass
@@ -144,8 +120,10 @@ class QueueClaimer:
 
     It keeps the queue's active runs from their counters and reads them again every REFRESH_CLAIMS claims,
     when a run came up short, or when a run was created since; in between it advances the shares by its
-    own claims. A claim costs one index range per run it takes from (ix_jobs_run_state_id), at most
-    RUNS_PER_CLAIM of them while they have jobs."""
+    own claims. A claim costs two short index ranges per run it takes from (its requeued jobs, and its
+    never-claimed jobs after this claimer's cursor: schema.ledger.heads), at most RUNS_PER_CLAIM of them
+    while they have jobs. Keep one claimer for the worker's life: its cursors are what keeps a claim's
+    walk short; a new one walks each run from the head once."""
 
     queue: str
     model: str | None = None
@@ -153,8 +131,8 @@ class QueueClaimer:
     runs: list[ActiveRun] = field(default_factory=list)
     _claims_since_read: int = REFRESH_CLAIMS
     _newest_run: int | None = None
-    # The last job id each run gave to the claim in progress.
-    _taken_up_to: dict[int, int] = field(default_factory=dict)
+    sweep_seconds: float = SWEEP_SECONDS
+    _cursors: Cursors = field(default_factory=Cursors)
 
     @property
     def open_runs(self) -> list[int]:
@@ -169,19 +147,24 @@ class QueueClaimer:
         if self._claims_since_read >= REFRESH_CLAIMS or newest != self._newest_run:
             joined = self._read(session, newest)
         self._claims_since_read += 1
-        self._taken_up_to = {}
-        jobs, short = self._take(session, allocate(self.runs, limit), now)
-        if len(jobs) < limit and (short or not self.runs):
-            # Runs ran dry or their jobs back off: read them again and fill up from the others, in turn.
+        saved = self._cursors.copy()
+        walk = ClaimWalk(self._cursors, now, self.sweep_seconds)
+        jobs, short = self._take(session, walk, allocate(self.runs, limit))
+        if len(jobs) < limit and (short or all(r.queued <= 0 for r in self.runs)):
+            # Runs ran dry (or the claimer took all it knew of) or their jobs back off: read them again and
+            # fill up from the others, in turn.
             joined += self._read(session, newest)
             rest = [r for r in self.runs if r.run_id not in short]
             for run, _ in allocate(rest, sum(r.queued for r in rest)):
                 if len(jobs) >= limit:
                     break
-                more, _ = self._take(session, [(run, min(run.queued, limit - len(jobs)))], now)
+                more, _ = self._take(session, walk, [(run, min(run.queued, limit - len(jobs)))])
                 jobs += more
         claimed = _open_attempts(session, jobs, worker=worker, lease_seconds=lease_seconds, now=now)
         store_offsets(session, joined)
+        walk.advance_cursors()
+        # Should the transaction roll back, the jobs passed are queued again: the cursors go back too.
+        event.listen(session, "after_rollback", lambda _session: self._cursors.restore(saved), once=True)
         return claimed
 
     def _read(self, session: Session, newest: int | None) -> list[ActiveRun]:
@@ -190,72 +173,21 @@ class QueueClaimer:
         self._claims_since_read, self._newest_run = 0, newest
         return join(self.runs)
 
-    def _take(
-        self, session: Session, plan: Sequence[tuple[ActiveRun, int]], now: datetime
-    ) -> tuple[list[Job], set[int]]:
+    @staticmethod
+    def _take(session: Session, walk: ClaimWalk, plan: Sequence[tuple[ActiveRun, int]]) -> tuple[list[Job], set[int]]:
         """Up to the planned number of claimable jobs of each run, locked; and the runs found short."""
         jobs: list[Job] = []
         short: set[int] = set()
         wanted = {run.run_id: n for run, n in plan if n > 0}
-        if len(wanted) > 1 and claims_runs_at_once(session):
-            taken = _heads_at_once(session, wanted, self._taken_up_to, now)
-        else:
-            taken = [job for run_id, n in wanted.items() for job in self._head(session, run_id, n, now)]
-        by_run: dict[int, list[Job]] = {}
-        for job in taken:
-            by_run.setdefault(job.run_id, []).append(job)
+        by_run = walk.take(session, wanted)
         for run, _ in plan:
             mine = sorted(by_run.get(run.run_id, []), key=lambda job: job.id)
-            if mine:
-                self._taken_up_to[run.run_id] = mine[-1].id
             if len(mine) < wanted.get(run.run_id, 0):
                 short.add(run.run_id)
             run.served += len(mine)
             run.queued -= len(mine)
             jobs += mine
         return jobs, short
-
-    def _head(self, session: Session, run_id: int, wanted: int, now: datetime) -> list[Job]:
-        """The run's next `wanted` claimable jobs, locked: one range of ix_jobs_run_state_id."""
-        queued = Keyset([(Job.run_id, run_id), (Job.state, JobState.QUEUED.value)])
-        stmt = select(Job).where(_past_backoff(now), _claimable_run(run_id))
-        # After the jobs this claim took already: they are still `queued` (and locked by us) until the
-        # claim's UPDATE.
-        stmt = queued.page(stmt, session=session, after=self._taken_up_to.get(run_id))
-        return list(session.scalars(_lock(stmt.limit(wanted), session)))
-
-
-def _heads_at_once(session: Session, wanted: dict[int, int], after: dict[int, int], now: datetime) -> list[Job]:
-    """PostgreSQL: the next claimable jobs of several runs in one statement (a claim shared among runs
-    costs one round trip, not one per run): a LATERAL range of ix_jobs_run_state_id per run, each bounded
-    on both sides as schema.ledger.keyset explains, locked with SKIP LOCKED."""
-    # The plan as three arrays (unnest), not a VALUES list: one statement text for any plan, compiled once.
-    runs = sorted(wanted)
-    arrays = {
-        "plan_runs": runs,
-        "plan_wanted": [wanted[r] for r in runs],
-        "plan_after": [after.get(r, 0) for r in runs],
-    }
-    plan = (
-        func.unnest(*(bindparam(name, type_=ARRAY(BigInteger)) for name in arrays))
-        .table_valued("run_id", "wanted", "after")
-        .render_derived(name="plan")
-    )
-    queued = literal(JobState.QUEUED.value)
-    head = (
-        select(Job)
-        .where(
-            tuple_(Job.run_id, Job.state, Job.id) >= tuple_(plan.c.run_id, queued, plan.c.after + 1),
-            tuple_(Job.run_id, Job.state) <= tuple_(plan.c.run_id, queued),
-            _past_backoff(now),
-            exists().where(Run.id == plan.c.run_id, Run.held.is_(False), Run.paused_at.is_(None)).correlate_except(Run),
-        )
-        .order_by(Job.run_id, Job.state, Job.id)
-        .limit(plan.c.wanted)
-        .with_for_update(skip_locked=True)
-        .lateral("head")
-    )
-    return list(session.scalars(select(aliased(Job, head)).select_from(plan).join(head, true()), arrays))
 
 
 def _open_attempts(

@@ -35,20 +35,33 @@ class Keyset:
     prefix: Sequence[tuple[Any, Any]]
 
     def page(
-        self, stmt: Select[Any], *, session: Session, after: int | None = None, before: int | None = None
+        self,
+        stmt: Select[Any],
+        *,
+        session: Session,
+        after: int | None = None,
+        before: int | None = None,
+        up_to: int | None = None,
     ) -> Select[Any]:
-        """`stmt` narrowed to the jobs after the key `after` in id order or, with `before`, those before
-        it in descending id order (the caller reverses them). The caller adds the LIMIT."""
+        """`stmt` narrowed to the jobs after the key `after` (and at most `up_to`) in id order or, with
+        `before`, those before it in descending id order (the caller reverses them). The caller adds the
+        LIMIT."""
         columns = [column for column, _ in self.prefix]
         values = [value for _, value in self.prefix]
         if not pages_by_row_values(session):
             stmt = stmt.where(*(column == value for column, value in self.prefix))
             if before is not None:
                 return stmt.where(Job.id < before).order_by(Job.id.desc())
-            return stmt.where(Job.id > (after or 0)).order_by(Job.id)
+            stmt = stmt.where(Job.id > (after or 0)).order_by(Job.id)
+            return stmt if up_to is None else stmt.where(Job.id <= up_to)
         if before is not None:
             bounds = and_(tuple_(*columns, Job.id) <= tuple_(*values, before - 1), tuple_(*columns) >= tuple_(*values))
             return stmt.where(bounds).order_by(*(c.desc() for c in columns), Job.id.desc())
         start = (after or 0) + 1
-        bounds = and_(tuple_(*columns, Job.id) >= tuple_(*values, start), tuple_(*columns) <= tuple_(*values))
+        # The upper bound as a row value too, so that the index scan stops there (a separate `id <=` would
+        # only filter, and the scan would go on to the end of the range).
+        end = tuple_(*columns) <= tuple_(*values)
+        if up_to is not None:
+            end = tuple_(*columns, Job.id) <= tuple_(*values, up_to)
+        bounds = and_(tuple_(*columns, Job.id) >= tuple_(*values, start), end)
         return stmt.where(bounds).order_by(*columns, Job.id)

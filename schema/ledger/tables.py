@@ -42,6 +42,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+# Queued jobs that were claimed before (a retry, a resample, a lease taken back, a resubmit): the claim
+# finds them through ix_jobs_run_requeued, wherever their ids are (schema/ledger/heads.py).
+REQUEUED = "state = 'queued' AND attempt_count > 0"
+
+
 def _in(values: list[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
@@ -133,6 +138,9 @@ class Job(Base):
             postgresql_where=text("state = 'running'"),
             sqlite_where=text("state = 'running'"),
         ),
+        # A run's requeued jobs in id order: a claim takes them wherever its cursor is (schema/ledger/heads.py).
+        # Partial: a job enters it only when it goes back to the queue, so it stays small.
+        Index("ix_jobs_run_requeued", "run_id", "id", postgresql_where=text(REQUEUED), sqlite_where=text(REQUEUED)),
         # Throughput over the last minutes (status, browser) without reading the run's whole history.
         Index(
             "ix_jobs_run_finished",

@@ -36,12 +36,14 @@ JOBS = 300_000
 RUN_JOBS = 100_000
 ERROR_TYPES = ("input.not_found", "input.unreadable", "storage.transient")
 
+# Queued jobs as submit leaves them: never claimed (attempt_count 0); a claim reads requeued ones elsewhere.
 _FILL = f"""
 INSERT INTO jobs (run_id, input_key, images, question, state, attempt_count, attempt_base,
                   transient_failures, accepted_samples, created_at, queued_at, finished_at,
                   current_attempt_id, lease_owner, lease_expires_at, error_type)
 SELECT CASE WHEN i <= {RUN_JOBS} THEN :other1 WHEN i <= 2 * {RUN_JOBS} THEN :other2 ELSE :target END,
-       md5(i::text), json_build_array('file:///img/' || i || '.jpg'), 'what?', s.state, 1, 0, 0, 0,
+       md5(i::text), json_build_array('file:///img/' || i || '.jpg'), 'what?', s.state,
+       CASE WHEN s.state = 'queued' THEN 0 ELSE 1 END, 0, 0, 0,
        now() - interval '2 hours', now() - interval '2 hours',
        CASE WHEN s.state IN ('queued', 'running') THEN NULL ELSE now() - (i % 7200) * interval '1 second' END,
        CASE WHEN s.state = 'running' THEN i END,
