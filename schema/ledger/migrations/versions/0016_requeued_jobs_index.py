@@ -1,7 +1,7 @@
 """ix_jobs_run_requeued: a run's queued jobs that were claimed before, for claims that walk on from a cursor
 
 Revision ID: 0016_requeued_jobs_index
-Revises: 0014_thinking_capped
+Revises: 0015_checkpoints
 Create Date: 2026-12-07 22:00:00
 
 A claimer walks a run's never-claimed jobs on from the last one it took (schema/ledger/heads.py), past the
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0016_requeued_jobs_index"
-down_revision = "0014_thinking_capped"
+down_revision = "0015_checkpoints"
 branch_labels = None
 depends_on = None
 
