@@ -6,8 +6,9 @@ leaves them, then finished oldest first by SQL as workers leave them (attempts a
 failed, ~3% truncated), in three steps. At each step, without a statistics refresh: every browser page
 and JSON summary (rendered in-process by the browser app), the run page's charts' read alone, `status`,
 and a claim of one token's jobs (rolled back), each as its median wall time and the shared buffers its
-statements read (EXPLAIN (ANALYZE, BUFFERS), summed): flat means the buffers do not grow with N. The claim is a worker's claimer,
-which claimed before (its cursors: schema/ledger/heads.py); "new claimer" is a worker's first claim.
+statements read (EXPLAIN (ANALYZE, BUFFERS), summed): flat means the buffers do not grow with N. The
+claim is a worker's claimer, which claimed before (its cursors: schema/ledger/heads.py); "new claimer" is
+a worker's first claim.
 
   python bench/scale_midrun.py --quick     # 10^5 and 10^6 jobs
   python bench/scale_midrun.py             # 10^6 and 10^7
