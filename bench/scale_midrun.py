@@ -4,10 +4,11 @@ that submit left (no ANALYZE after the load, autovacuum off), two sizes side by 
 At each size, into a fresh PostgreSQL database: N queued jobs inserted and analysed as `vlmbatch submit`
 leaves them, then finished oldest first by SQL as workers leave them (attempts and results written; 2%
 failed, ~3% truncated), in three steps. At each step, without a statistics refresh: every browser page
-and JSON summary (rendered in-process by the browser app), `status`, and a claim of one token's jobs
-(rolled back), each as its median wall time and the shared buffers its statements read (EXPLAIN
-(ANALYZE, BUFFERS), summed): flat means the buffers do not grow with N. The claim is a worker's claimer,
-which claimed before (its cursors: schema/ledger/heads.py); "new claimer" is a worker's first claim.
+and JSON summary (rendered in-process by the browser app), the run page's charts' read alone, `status`,
+and a claim of one token's jobs (rolled back), each as its median wall time and the shared buffers its
+statements read (EXPLAIN (ANALYZE, BUFFERS), summed): flat means the buffers do not grow with N. The
+claim is a worker's claimer, which claimed before (its cursors: schema/ledger/heads.py); "new claimer" is
+a worker's first claim.
 
   python bench/scale_midrun.py --quick     # 10^5 and 10^6 jobs
   python bench/scale_midrun.py             # 10^6 and 10^7
@@ -105,6 +106,7 @@ def measure(n: int, only: str | None = None) -> dict[str, float]:
     from vlmbatch.schema.contracts.settings import Settings
     from vlmbatch.schema.ledger.claims import QueueClaimer
     from vlmbatch.schema.ledger.enqueue import refresh_statistics
+    from vlmbatch.schema.ledger.recent import recent_finishes
     from vlmbatch.schema.ledger.status import run_progress
 
     url, engine, sessions = fresh_ledger()
@@ -152,6 +154,10 @@ def measure(n: int, only: str | None = None) -> dict[str, float]:
 
                 return page
 
+            def charts() -> None:  # the run page's charts' read alone (every run page above includes it)
+                with sessions() as session:
+                    recent_finishes(session, run_id)
+
             def status() -> None:
                 with sessions() as session:
                     run_progress(session, run_id)
@@ -173,6 +179,7 @@ def measure(n: int, only: str | None = None) -> dict[str, float]:
 
             actions = {
                 **{name: get(target) for name, target in pages.items()},
+                "page charts (recent finishes)": charts,
                 "status": status,
                 "claim": claimer(warm),
                 "claim, new claimer": claimer(None),

@@ -33,9 +33,10 @@ def recent_finishes(session: Session, run_id: int, *, limit: int = RECENT_SAMPLE
         .limit(limit)
         .subquery()
     )
+    # Newest first, as the index walk reads them (no Sort node over the joined rows); reversed here.
     rows = session.execute(
         select(latest.c.finished_at, Attempt.completion_tokens, Attempt.reasoning_tokens)
         .join(Attempt, Attempt.id == latest.c.current_attempt_id)
-        .order_by(latest.c.finished_at)
-    )
-    return [Finish(at, tokens or 0, reasoning) for at, tokens, reasoning in rows]
+        .order_by(latest.c.finished_at.desc())
+    ).all()
+    return [Finish(at, tokens or 0, reasoning) for at, tokens, reasoning in reversed(rows)]

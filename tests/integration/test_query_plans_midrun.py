@@ -27,6 +27,7 @@ from vlmbatch.schema.contracts.states import JobState
 from vlmbatch.schema.ledger.claims import QueueClaimer
 from vlmbatch.schema.ledger.database import make_engine, make_session_factory
 from vlmbatch.schema.ledger.enqueue import refresh_midrun_statistics, refresh_statistics
+from vlmbatch.schema.ledger.recent import RECENT_SAMPLE, recent_finishes
 
 JOBS = 60_000
 
@@ -205,6 +206,42 @@ def test_a_claim_reads_the_same_buffers_at_six_times_the_jobs_90pct_finished(pos
     small, large = buffers
     # A B-tree one level deeper at the larger size costs a buffer per index descent, not hundreds.
     assert large <= small + 10, buffers
+
+
+def test_the_run_page_charts_read_the_latest_finishes_on_their_index(midrun: MidRun) -> None:
+    """The charts' read (schema.ledger.recent) is most of a run page's buffers: RECENT_SAMPLE jobs off
+    ix_jobs_run_finished, each with its current attempt by primary key, and nothing sorted after."""
+    with explained(midrun.engine) as plans, midrun.sessions() as session:
+        finishes = recent_finishes(session, midrun.run_id)
+    assert len(finishes) == min(RECENT_SAMPLE, int(JOBS * midrun.finished))
+    assert [f.finished_at for f in finishes] == sorted(f.finished_at for f in finishes)
+    assert_flat(plans)
+    (plan,) = plans
+    assert {"Index Scan:ix_jobs_run_finished"} == set(plan.scans())
+    attempts = [node for node in plan.nodes() if node.get("Relation Name") == "attempts"]
+    assert [node.get("Index Name") for node in attempts] == ["attempts_pkey"], plan.sql
+    assert not [node for node in plan.nodes() if node["Node Type"] in ("Sort", "Incremental Sort")]
+
+
+def _charts_buffers(state: MidRun) -> int:
+    with buffers_read(state.engine) as counted, state.sessions() as session:
+        assert len(recent_finishes(session, state.run_id)) == RECENT_SAMPLE
+    return sum(counted)
+
+
+def test_the_run_page_charts_read_the_same_buffers_at_six_times_the_jobs_90pct_finished(
+    postgres_template: str,
+) -> None:
+    """A fixed sample: about three buffers per finish (an attempts_pkey descent and its heap page) at any
+    size; a read of the run's finished jobs or attempts would grow with them."""
+    buffers = []
+    for jobs in (10_000, 60_000):
+        with midrun_ledger(postgres_template, jobs=jobs, finished=0.9) as state:
+            buffers.append(_charts_buffers(state))
+    small, large = buffers
+    # A deeper attempts_pkey at the larger size costs a buffer per probe at most.
+    assert small <= 4 * RECENT_SAMPLE + 100, buffers
+    assert large <= small + RECENT_SAMPLE, buffers
 
 
 def test_the_maintenance_pass_refreshes_what_the_workers_changed(midrun: MidRun) -> None:
