@@ -23,6 +23,7 @@ from tests.chaos.tokens import InFlightAtKill, TokenFigures, at_kill, figures
 from tests.chaos.workload import build_workload
 from tests.ledger_invariants import running_attempts_on_terminal_jobs
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.database import open_ledger
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 from vlmbatch.worker.pipeline.checkpointing import TICK_SECONDS
@@ -311,11 +312,15 @@ def _inject(
             index = rng.randrange(len(fleet.slots))
             worker_id = fleet.slots[index].worker_id
             record.affected = _leased_by(sessions, worker_id)
-            fleet.signal(index, signal.SIGKILL)
-            record.detail = worker_id
-            if seen is not None:  # before the leases lapse: what the ledger kept of each trace in flight
+            if seen is None:
+                fleet.signal(index, signal.SIGKILL)
+            else:  # the kill's moment on the ledger's clock; before the leases lapse, what it kept of each trace
                 with sessions() as session:  # type: ignore[operator]
-                    seen.extend(at_kill(session, worker=worker_id, job_ids=_leased_by(sessions, worker_id)))
+                    killed_at = database_now(session)
+                    fleet.signal(index, signal.SIGKILL)
+                    leased = _leased_by(sessions, worker_id)
+                    seen.extend(at_kill(session, worker=worker_id, job_ids=leased, killed_at=killed_at))
+            record.detail = worker_id
         elif name == "SIGSTOP past lease":
             index = rng.randrange(len(fleet.slots))
             worker_id = fleet.signal(index, signal.SIGSTOP)

@@ -22,7 +22,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vlmbatch.schema.ledger.checkpoints import unpack_tokens
-from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result
 from vlmbatch.schema.ledger.tables import Checkpoint as CheckpointRow
 from vlmbatch.worker.engines.fake import token_ids_of
@@ -80,11 +79,11 @@ class TokenFigures:
         )
 
 
-def at_kill(session: Session, *, worker: str, job_ids: set[int]) -> list[InFlightAtKill]:
-    """What the ledger holds of the jobs `worker` ran, read right after it was killed."""
+def at_kill(session: Session, *, worker: str, job_ids: set[int], killed_at: datetime) -> list[InFlightAtKill]:
+    """What the ledger holds of the jobs `worker` ran, read right after it was killed at `killed_at` (the
+    ledger's clock, read just before the signal)."""
     if not job_ids:
         return []
-    killed_at = database_now(session)
     attempts = session.execute(
         select(Attempt.job_id, Attempt.id, Attempt.started_at).where(
             Attempt.job_id.in_(job_ids), Attempt.worker == worker
