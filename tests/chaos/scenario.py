@@ -51,7 +51,9 @@ class ChaosConfig:
     output_tokens: int | None = None
     # Checkpoints (issue 26): how often a worker writes its traces' output, and the fake engine's pace,
     # which makes a trace of `output_tokens` last long enough for a kill to land in it.
-    checkpoint_seconds: float = 0.25
+    # 0.5 s: the checkpointer's cadence (interval plus its tick, 1 s) stays well above a checkpoint
+    # write's time on a loaded machine, so that the bound is the checkpointer's and not the machine's.
+    checkpoint_seconds: float = 0.5
     fake_tokens_per_second: float = 200.0
     keep: bool = False
 
@@ -400,6 +402,7 @@ def _token_figures(config: ChaosConfig) -> TokenFigures | None:
     cadence = config.checkpoint_seconds + min(TICK_SECONDS, config.checkpoint_seconds)
     return TokenFigures(
         pace=config.fake_tokens_per_second,
+        cadence_s=cadence,
         interval_tokens=config.fake_tokens_per_second * cadence,
         max_tokens=config.output_tokens,
     )

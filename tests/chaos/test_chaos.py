@@ -24,8 +24,9 @@ def test_every_job_ends_exactly_once_through_every_fault() -> None:
         lease_seconds=6.0,
         fault_window_s=20.0,
         finish_within_s=120.0,
-        # Traces of 400 tokens at 200 tok/s, checkpointed every 0.25 s: a kill lands mid-trace.
-        output_tokens=400,
+        # Traces of 800 tokens at 200 tok/s (4 s), checkpointed every 0.5 s: a kill lands mid-trace, and
+        # the bound (one interval, 200 tokens) is a quarter of a trace.
+        output_tokens=800,
     )
     lines: list[str] = []
     report = run_chaos(config, log=lines.append)
@@ -45,6 +46,7 @@ def test_every_job_ends_exactly_once_through_every_fault() -> None:
     # continued trace is the uninterrupted one, token for token.
     tokens = report.tokens
     assert tokens is not None
+    print("killed traces (job[* before its first checkpoint]:tokens kept+lost):", tokens.per_job())
     assert tokens.lost_per_job, "no kill landed on a trace in flight"
     assert tokens.over_bound == 0, tokens.render()
     assert tokens.resumed_attempts > 0 and tokens.reused_tokens > 0, tokens.render()

@@ -36,12 +36,15 @@ class InFlightAtKill:
     checkpoint_ids: tuple[int, ...]
     durable_since: datetime
     killed_at: datetime
+    # Whether the killed attempt had written a checkpoint (else `durable_since` is its start).
+    own: bool = True
 
 
 @dataclass
 class TokenFigures:
     pace: float  # tokens per second of the fake engine
-    interval_tokens: float  # the bound per job: the checkpointer's cadence at that pace
+    cadence_s: float  # the longest a trace goes unsaved: `checkpoint_seconds` plus the checkpointer's tick
+    interval_tokens: float  # the bound per job: that cadence at the engine's pace
     max_tokens: int
     in_flight: list[InFlightAtKill] = field(default_factory=list)
     # After the run:
@@ -53,6 +56,7 @@ class TokenFigures:
     traces_checked: int = 0
     mismatched_traces: list[str] = field(default_factory=list)
     mismatched_checkpoints: list[str] = field(default_factory=list)
+    _good: set[int] = field(default_factory=set)
 
     @property
     def lost(self) -> float:
@@ -68,14 +72,24 @@ class TokenFigures:
 
     def render(self) -> str:
         worst = max(self.lost_per_job, default=0.0)
+        early = sum(1 for s in self.in_flight if not s.own)
         return (
             f"tokens lost to {len(self.lost_per_job)} in-flight jobs of killed workers: {self.lost:.0f} "
-            f"(worst job {worst:.0f}, bound one checkpoint interval = {self.interval_tokens:.0f} at "
-            f"{self.pace:.0f} tok/s; {self.over_bound} over it); {self.resumed_attempts} attempts continued a "
+            f"({early} before their first checkpoint; worst job {worst:.0f}, "
+            f"bound {self.interval_tokens:.0f} = {self.pace:.0f} tok/s x {self.cadence_s:.2f} s, one checkpoint "
+            f"interval and the tick that notices it; {self.over_bound} over it); "
+            f"{self.resumed_attempts} attempts continued a "
             f"checkpoint, reusing {self.reused_tokens} tokens; attempts generated {self.generated_tokens} "
             f"tokens for {self.final_tokens} in final traces; {self.traces_checked} traces equal the "
             f"uninterrupted one, {len(self.mismatched_traces)} do not; checkpoints not a prefix of it "
             f"{len(self.mismatched_checkpoints)}"
+        )
+
+    def per_job(self) -> str:
+        """Each killed trace: its job, whether it had checkpointed, the tokens kept and the tokens lost."""
+        return ", ".join(
+            f"{s.job_id}{'' if s.own else '*'}:{len(s.checkpoint_ids)}+{lost:.0f}"
+            for s, lost in zip([s for s in self.in_flight if s.job_id in self._good], self.lost_per_job, strict=True)
         )
 
 
@@ -99,8 +113,9 @@ def at_kill(session: Session, *, worker: str, job_ids: set[int], killed_at: date
     found = []
     for job_id, (attempt_id, started_at) in started.items():
         own, data, written = checkpoints.get(job_id, (None, b"", None))
-        since = written if own == attempt_id and written is not None else started_at
-        found.append(InFlightAtKill(job_id, worker, unpack_tokens(data), since, killed_at))
+        own_write = own == attempt_id and written is not None
+        since = written if own_write and written is not None else started_at
+        found.append(InFlightAtKill(job_id, worker, unpack_tokens(data), since, killed_at, own=own_write))
     return found
 
 
@@ -136,6 +151,7 @@ def figures(session: Session, tokens: TokenFigures, *, good_jobs: set[int]) -> T
     tokens.traces_checked = sum(1 for text in finals.values() if text == reference)
     tokens.mismatched_traces = [f"job {j}" for j, text in finals.items() if text != reference]
     whole = token_ids_of(reference or "")
+    tokens._good = good_jobs
     for seen in tokens.in_flight:
         if seen.job_id not in good_jobs:
             continue
