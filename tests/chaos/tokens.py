@@ -3,9 +3,11 @@
 At each kill the harness reads, right after the kill (the dead worker writes nothing more, and its
 leases have not lapsed yet), what the ledger holds of each job the worker had in flight: the job's
 checkpoint, which attempt wrote it and when (the database's clock), and the attempt's start. The fake
-engine generates at a known pace (`tokens_per_second`), so the tokens an attempt had past its durable
-checkpoint at the kill are at most pace x (kill - that checkpoint's write, or the attempt's start when it
-wrote none): the tokens lost, which must stay within one checkpoint interval's tokens per job.
+engine generates at a known pace (its progress never outruns `tokens_per_second`), so the tokens an
+attempt had past its durable checkpoint at the kill are about pace x (kill - that checkpoint's write, or
+the attempt's start when it wrote none): the tokens lost, which must stay within what the pace makes in
+one checkpoint interval plus the tick at which the checkpointer notices it is due. An estimate: the
+write's stamp comes a little after the snapshot it saves, and the fake spreads its latency over the trace.
 
 After the run the ledger says the rest exactly: every good job's final trace (all good jobs ask the same
 question of the same image size, so the fake engine's uninterrupted output is the same for all: the
