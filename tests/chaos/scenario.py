@@ -19,11 +19,14 @@ from sqlalchemy import func, select, text
 
 from tests.chaos.fleet import VLMBATCH, Fleet
 from tests.chaos.services import PrivatePostgres, PrivateRedis, free_port
+from tests.chaos.tokens import InFlightAtKill, TokenFigures, at_kill, figures
 from tests.chaos.workload import build_workload
 from tests.ledger_invariants import running_attempts_on_terminal_jobs
 from vlmbatch.schema.contracts.states import JobState
+from vlmbatch.schema.ledger.clock import database_now
 from vlmbatch.schema.ledger.database import open_ledger
 from vlmbatch.schema.ledger.tables import Attempt, Job, Result
+from vlmbatch.worker.pipeline.checkpointing import TICK_SECONDS
 
 QUEUE = "vlmbatch-chaos"
 
@@ -46,6 +49,12 @@ class ChaosConfig:
     # Fixed output length (ignore_eos): keeps a real engine busy through the fault window; good jobs then
     # end `truncated` (at max_tokens) instead of `succeeded`. None: the model decides.
     output_tokens: int | None = None
+    # Checkpoints (issue 26): how often a worker writes its traces' output, and the fake engine's pace,
+    # which makes a trace of `output_tokens` last long enough for a kill to land in it.
+    # 0.5 s: the checkpointer's cadence (interval plus its tick, 1 s) stays well above a checkpoint
+    # write's time on a loaded machine, so that the bound is the checkpointer's and not the machine's.
+    checkpoint_seconds: float = 0.5
+    fake_tokens_per_second: float = 200.0
     keep: bool = False
 
 
@@ -71,6 +80,8 @@ class ChaosReport:
     table: list[tuple[str, int, int, str]]
     # Attempts still `running` on a job that already ended (a lock-order or fence bug).
     running_on_terminal: int = 0
+    # The "tokens lost" figure (fake engine with fixed-length traces only; tests/chaos/tokens.py).
+    tokens: TokenFigures | None = None
 
     @property
     def passed(self) -> bool:
@@ -80,6 +91,7 @@ class ChaosReport:
             and not self.wrong_outcome
             and self.running_on_terminal == 0
             and self.finished_after_last_fault_s <= self.config.finish_within_s
+            and (self.tokens is None or self.tokens.passed)
         )
 
     def render(self) -> str:
@@ -97,6 +109,10 @@ class ChaosReport:
             f"{self.restarts} worker restarts; zombie writes refused {self.zombie_writes_refused}; "
             f"finished {self.finished_after_last_fault_s:.0f}s after the last fault"
         )
+        if self.tokens is not None:
+            lines.append(self.tokens.render())
+            lines.extend(f"  trace differs: {w}" for w in self.tokens.mismatched_traces[:10])
+            lines.extend(f"  checkpoint not a prefix: {w}" for w in self.tokens.mismatched_checkpoints[:10])
         lines.extend(f"  wrong: {w}" for w in self.wrong_outcome[:20])
         return "\n".join(lines)
 
@@ -146,7 +162,9 @@ def run_chaos(config: ChaosConfig, *, log: Callable[[str], None] = print) -> Cha
         fleet.start()
         fleet.wait_started(timeout=300 if config.engine == "vllm" else 60)
         started = time.monotonic()
-        faults = _inject(config, rng, fleet, sessions, postgres, broker, started, log)
+        tokens = _token_figures(config)
+        seen = tokens.in_flight if tokens is not None else None
+        faults = _inject(config, rng, fleet, sessions, postgres, broker, started, log, seen=seen)
         last_fault = max((f.at for f in faults), default=started)
         _wait_done(sessions, timeout=config.finish_within_s + config.fault_window_s + 600, log=log)
         finished_after = time.monotonic() - last_fault
@@ -154,7 +172,9 @@ def run_chaos(config: ChaosConfig, *, log: Callable[[str], None] = print) -> Cha
         exit_codes = fleet.stop()
         fleet = None
         log(f"workers exited during the run with {restarts} (restarted each time); stopped with {exit_codes}")
-        return _verdict(config, sessions, workload.expected, faults, finished_after, restarts=len(restarts))
+        return _verdict(
+            config, sessions, workload.expected, faults, finished_after, restarts=len(restarts), tokens=tokens
+        )
     finally:
         if fleet is not None:
             fleet.stop()
@@ -186,6 +206,7 @@ def _environment(config: ChaosConfig, work: Path, *, database: str, broker: str,
         VLMBATCH_UNACKED_STALE_SECONDS=str(3 * config.lease_seconds),
         VLMBATCH_SHUTDOWN_GRACE_SECONDS="5",
         VLMBATCH_ENGINE=config.engine,
+        VLMBATCH_CHECKPOINT_SECONDS=str(config.checkpoint_seconds),
         AWS_ACCESS_KEY_ID="chaos",
         AWS_SECRET_ACCESS_KEY="chaos",
         AWS_DEFAULT_REGION="us-east-1",
@@ -194,8 +215,11 @@ def _environment(config: ChaosConfig, work: Path, *, database: str, broker: str,
     if config.engine == "fake":
         env.update(
             VLMBATCH_MODEL="fake-model",
-            VLMBATCH_FAKE_LATENCY_S="1.0",
-            VLMBATCH_MAX_NUM_SEQS="8",
+            VLMBATCH_FAKE_LATENCY_S="0.5" if config.output_tokens else "1.0",
+            VLMBATCH_FAKE_TOKENS_PER_SECOND=str(config.fake_tokens_per_second),
+            VLMBATCH_MAX_NUM_SEQS="16",
+            # Every job a worker holds is in its engine: an attempt's start is its trace's (tokens.py).
+            VLMBATCH_INFLIGHT_JOBS="16",
             VLMBATCH_MAX_MODEL_LEN="4096",
         )
     else:
@@ -270,6 +294,8 @@ def _inject(
     broker: PrivateRedis,
     started: float,
     log: Callable[[str], None],
+    *,
+    seen: list[InFlightAtKill] | None = None,
 ) -> list[FaultRecord]:
     plan = (
         ["kill -9 worker"] * config.kills
@@ -288,7 +314,14 @@ def _inject(
             index = rng.randrange(len(fleet.slots))
             worker_id = fleet.slots[index].worker_id
             record.affected = _leased_by(sessions, worker_id)
-            fleet.signal(index, signal.SIGKILL)
+            if seen is None:
+                fleet.signal(index, signal.SIGKILL)
+            else:  # the kill's moment on the ledger's clock; before the leases lapse, what it kept of each trace
+                with sessions() as session:  # type: ignore[operator]
+                    killed_at = database_now(session)
+                    fleet.signal(index, signal.SIGKILL)
+                    leased = _leased_by(sessions, worker_id)
+                    seen.extend(at_kill(session, worker=worker_id, job_ids=leased, killed_at=killed_at))
             record.detail = worker_id
         elif name == "SIGSTOP past lease":
             index = rng.randrange(len(fleet.slots))
@@ -360,6 +393,21 @@ def _wait_done(sessions: object, *, timeout: float, log: Callable[[str], None]) 
     raise TimeoutError("the chaos run did not finish")
 
 
+def _token_figures(config: ChaosConfig) -> TokenFigures | None:
+    """The tokens-lost figure's frame: only where the pace is known (the fake engine) and traces have a
+    fixed length; the bound is the checkpointer's cadence (due after `checkpoint_seconds`, looked at every
+    tick) at that pace."""
+    if config.engine != "fake" or not config.output_tokens or config.checkpoint_seconds <= 0:
+        return None
+    cadence = config.checkpoint_seconds + min(TICK_SECONDS, config.checkpoint_seconds)
+    return TokenFigures(
+        pace=config.fake_tokens_per_second,
+        cadence_s=cadence,
+        interval_tokens=config.fake_tokens_per_second * cadence,
+        max_tokens=config.output_tokens,
+    )
+
+
 def _restarts(work: Path) -> int:
     return max(
         0,
@@ -378,6 +426,7 @@ def _verdict(
     finished_after: float,
     *,
     restarts: int,
+    tokens: TokenFigures | None = None,
 ) -> ChaosReport:
     with sessions() as session:  # type: ignore[operator]
         jobs = session.scalars(select(Job)).all()
@@ -399,7 +448,10 @@ def _verdict(
             select(func.count()).select_from(Result).where(Result.attempt_id.in_(zombie_attempts))
         )
         running_on_terminal = running_attempts_on_terminal_jobs(session)
-    by_key = {(job.images[0], job.question): job for job in jobs}
+        by_key = {(job.images[0], job.question): job for job in jobs}
+        if tokens is not None:
+            good = {by_key[k].id for k, w in expected.items() if k in by_key and w.state != "failed"}  # type: ignore[attr-defined]
+            figures(session, tokens, good_jobs=good)
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.state] = counts.get(job.state, 0) + 1
@@ -435,4 +487,5 @@ def _verdict(
         zombie_writes_refused=len(zombie_attempts),
         table=table,
         running_on_terminal=running_on_terminal,
+        tokens=tokens,
     )

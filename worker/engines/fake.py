@@ -187,13 +187,19 @@ def _token_id(word: str) -> int:
     return int(hashlib.sha256(word.encode()).hexdigest()[:7], 16)
 
 
-def _with_ids(completion: Completion) -> Completion:
-    """The completion with its words' token ids (`</think>` and the answer are a token each)."""
-    trace, closed, answer = completion.text.partition("</think>")
+def token_ids_of(text: str) -> tuple[int, ...]:
+    """The token ids of a text this engine wrote (`</think>` and the answer are a token each): what a
+    test compares a checkpoint's ids with."""
+    trace, closed, answer = text.partition("</think>")
     words = trace.split(" ") if trace else []
     if closed:
         words += [closed, answer]
-    return replace(completion, token_ids=tuple(_token_id(w) for w in words))
+    return tuple(_token_id(w) for w in words)
+
+
+def _with_ids(completion: Completion) -> Completion:
+    """The completion with its words' token ids."""
+    return replace(completion, token_ids=token_ids_of(completion.text))
 
 
 def _continued(request: GenerationRequest, completions: list[Completion]) -> int:
