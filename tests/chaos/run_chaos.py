@@ -34,7 +34,7 @@ def main() -> int:
         "--output-tokens",
         type=int,
         default=None,
-        help="fixed output length (ignore_eos); default 300 (vllm), 400 (fake)",
+        help="fixed output length (ignore_eos); default 300 (vllm), 200 (fake: 1 s a trace)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, manifest)")
     args = parser.parse_args()
@@ -52,7 +52,7 @@ def main() -> int:
         lease_seconds=30.0 if vllm else 8.0,
         fault_window_s=args.window or (240.0 if vllm else 40.0),
         finish_within_s=900.0 if vllm else 180.0,
-        output_tokens=args.output_tokens or (300 if vllm else 400),
+        output_tokens=args.output_tokens or (300 if vllm else 200),
         keep=args.keep,
     )
     report = run_chaos(config)
