@@ -20,6 +20,7 @@ from tests.fixtures.embedded import write_shards
 from vlmbatch.media.stores import ObjectStores, S3Objects
 from vlmbatch.producer.sources.open import open_source
 from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource
+from vlmbatch.producer.sources.prompts import Prompting
 
 ROWS = [{"image": "imgs/a.jpg", "id": 1}, {"image": "imgs/b.jpg", "id": 2}]
 
@@ -78,7 +79,7 @@ def test_a_manifest_on_s3_is_opened_once_and_every_pass_reads_that_reader(
     fill_bucket(s3_endpoint, s3_bucket, {f"sets/m.{kind}": _manifest_bytes(kind)})
     uri = f"s3://{s3_bucket}/sets/m.{kind}"
     stores = CountingStores(s3_endpoint_url=s3_endpoint)
-    source = open_source(uri, question="q?", stores=stores)
+    source = open_source(uri, prompting=Prompting.of("q?"), stores=stores)
     source.validate()
     images = [spec.images for spec in source.specs()]
     assert images == [(f"s3://{s3_bucket}/sets/imgs/a.jpg",), (f"s3://{s3_bucket}/sets/imgs/b.jpg",)]
@@ -96,7 +97,7 @@ def test_a_local_parquet_manifest_has_its_footer_read_once(tmp_path: Path, monke
         return real(source, *args, **kwargs)
 
     monkeypatch.setattr(pq, "ParquetFile", counting)
-    source = open_source(str(path), question="q?", stores=ObjectStores())
+    source = open_source(str(path), prompting=Prompting.of("q?"), stores=ObjectStores())
     source.validate()
     assert [spec.meta for spec in source.specs()] == [{"id": 1}, {"id": 2}]
     assert opened == [str(path)]
@@ -112,7 +113,7 @@ def test_an_openai_batch_file_on_s3_is_sniffed_and_read_through_one_reader_even_
     fill_bucket(s3_endpoint, s3_bucket, {"b.jsonl": "\n".join(line(c) for c in "abc").encode() + b"\n"})
     uri = f"s3://{s3_bucket}/b.jsonl"
     stores = CountingStores(s3_endpoint_url=s3_endpoint)
-    source = open_source(uri, question=None, stores=stores)
+    source = open_source(uri, stores=stores)
     assert isinstance(source, OpenAIBatchSource)
     assert next(iter(source.rows()))[0] == "line 1"  # the CLI's one-row peek, its pass dropped half-read
     source.validate()
@@ -126,7 +127,7 @@ def test_a_prefix_of_shards_is_listed_once_and_its_listing_handed_to_the_source(
     write_shards(tmp_path / "shards")
     fill_bucket(s3_endpoint, s3_bucket, {f"wds/{p.name}": p.read_bytes() for p in (tmp_path / "shards").iterdir()})
     stores = CountingStores(s3_endpoint_url=s3_endpoint)
-    source = open_source(f"s3://{s3_bucket}/wds/", question="What is shown?", stores=stores)
+    source = open_source(f"s3://{s3_bucket}/wds/", prompting=Prompting.of("What is shown?"), stores=stores)
     source.validate()
     specs = list(source.specs())
     assert [spec.meta["key"] for spec in specs if spec.meta] == ["000000001", "000000002", "000000003", "000000004",
