@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from vlmbatch.producer.api.ids import is_batch_id
-
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -85,6 +83,9 @@ def run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> s
         raise click.BadParameter("is empty", ctx, param)
     if value.isdigit():
         raise click.BadParameter("may not be all digits (it would read as a run id)", ctx, param)
+    # Imported here: the Batch API's package brings Starlette, which no other command needs.
+    from vlmbatch.producer.api.ids import is_batch_id
+
     if is_batch_id(value):
         raise click.BadParameter("batch_<number> names the runs of the Batch API's batches", ctx, param)
     if len(value) > MAX_RUN_NAME_CHARS:

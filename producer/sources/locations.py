@@ -9,7 +9,6 @@ import binascii
 from pathlib import PurePosixPath
 from urllib.parse import unquote_to_bytes
 
-from vlmbatch.media.http import parsed_http_url
 from vlmbatch.media.local_roots import LocalRoots
 from vlmbatch.media.staging import Stager, StagingError
 from vlmbatch.media.stores import local_path, split_s3_uri
@@ -54,6 +53,9 @@ def resolve_image_ref(ref: str, *, base_uri: str, stager: Stager | None, roots: 
 def checked_remote(uri: str) -> str:
     """`uri` (s3:// or http(s)://) as given, once an http(s) one is known to parse. Raises ValueError."""
     if uri.lower().startswith(("http://", "https://")):
+        # Imported here: httpx and tenacity cost ~150 ms at every command's start, and only http(s) rows need them.
+        from vlmbatch.media.http import parsed_http_url
+
         try:
             parsed_http_url(uri)
         except InputUnsupported as exc:
