@@ -37,6 +37,7 @@ vLLM 0.26 runs the V1 model runner (its V2 runner takes no custom logits process
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -134,8 +135,12 @@ def run_row(args: argparse.Namespace, row: str, work: Path, row_deadline: float)
         try:
             child.wait(timeout=max(1.0, row_deadline - time.time() + 20))
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)  # the child's engine processes too
+            child.kill()
             child.wait()
+        # The child's engine processes too, whether it timed out or ended: an engine core or worker that
+        # outlives its row (seen on the CPU build) would hold the next row's memory.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
     path = args.out / f"{row}.json"
     result = json.loads(path.read_text()) if path.exists() else {"error": f"no result (exit {child.returncode})"}
     log(f"{row}: {json.dumps({k: v for k, v in result.items() if not isinstance(v, list)})}")
