@@ -17,6 +17,7 @@ from typing import IO
 from vlmbatch.media.staging import Stager
 from vlmbatch.media.stores import ObjectStores, local_path
 from vlmbatch.producer.sources.base import MANIFEST_SUFFIXES, Source, store_refusal
+from vlmbatch.producer.sources.batch_sniff import is_openai_batch
 from vlmbatch.producer.sources.folder import FolderSource
 from vlmbatch.producer.sources.hub import (
     ChainedSource,
@@ -27,7 +28,7 @@ from vlmbatch.producer.sources.hub import (
     save_to_disk_layout,
 )
 from vlmbatch.producer.sources.manifest import ManifestSource
-from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource, is_openai_batch
+from vlmbatch.producer.sources.openai_batch import OpenAIBatchSource
 from vlmbatch.producer.sources.parquet import (
     ArrowStreamFile,
     ColumnChoice,

@@ -27,7 +27,6 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,8 +42,6 @@ from vlmbatch.schema.contracts.models import JobParams, JobSpec
 from vlmbatch.schema.contracts.placement import PlaceholderMismatch, has_placeholders, user_layout
 
 # Lines read to tell a batch file from a manifest, and how much of each.
-SNIFFED_LINES = 10
-SNIFFED_CHARS = 1 << 20
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 # Body fields read, and those accepted without effect (the run decides the model; nothing streams).
 _READ = {
@@ -85,67 +82,6 @@ class LineError(ValueError):
 class NotARequest(LineError):
     """A line that is no request at all (not JSON, no `custom_id`, no `body`, another endpoint): the Batch
     API refuses the whole file for it, as OpenAI does; the command line records it like any bad line."""
-
-
-def is_openai_batch(reader: IO[bytes]) -> bool:
-    """Whether the `.jsonl` file open in `reader` (local, or on S3 read by ranges: the lines read here stay
-    in its buffer for the source that reads it next) reads as an OpenAI batch file: any of its first few
-    JSON lines carries `custom_id` and `body`, so a broken first line does not hide the format (its error
-    then names the real problem). Only the first SNIFFED_CHARS of a line are read: a line with a 140 MB
-    `data:` image is judged by its keys before the image, not parsed whole (the source reads it once,
-    later); a key after a value longer than that is not seen (OpenAI's own order puts `custom_id` first,
-    `body` last)."""
-    try:
-        with rewound_text(reader) as lines:
-            for line in islice(_line_heads(lines), SNIFFED_LINES):
-                if {"custom_id", "body"} <= _top_level_keys(line):
-                    return True
-    except (JobError, OSError, UnicodeDecodeError):
-        return False
-    return False
-
-
-def _line_heads(lines: IO[str]) -> Iterator[str]:
-    """The first SNIFFED_CHARS of each non-blank line; the rest of a longer line is skipped unread."""
-    while head := lines.readline(SNIFFED_CHARS):
-        rest = head
-        while not rest.endswith("\n") and (rest := lines.readline(SNIFFED_CHARS)):
-            pass
-        if head.strip():
-            yield head
-
-
-def _top_level_keys(text: str) -> set[str]:
-    """The keys of the JSON object that `text` begins, as far as `text` reaches (a key whose value is cut
-    off counts): each key, then its whole value skipped by the JSON decoder."""
-    decoder, keys = json.JSONDecoder(), set[str]()
-    at = _skip_space(text, 0)
-    if not text.startswith("{", at):
-        return keys
-    at += 1
-    try:
-        while True:
-            at = _skip_space(text, at)
-            if not text.startswith('"', at):
-                return keys
-            key, at = decoder.raw_decode(text, at)
-            keys.add(key)
-            at = _skip_space(text, at)
-            if not text.startswith(":", at):
-                return keys
-            _, at = decoder.raw_decode(text, _skip_space(text, at + 1))
-            at = _skip_space(text, at)
-            if not text.startswith(",", at):
-                return keys
-            at += 1
-    except (ValueError, RecursionError):  # cut off, or not JSON
-        return keys
-
-
-def _skip_space(text: str, at: int) -> int:
-    while at < len(text) and text[at] in " \t\r\n":
-        at += 1
-    return at
 
 
 class OpenAIBatchSource(RowSource):

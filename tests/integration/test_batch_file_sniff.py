@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmbatch.producer.sources.openai_batch import is_openai_batch
+from vlmbatch.producer.sources.batch_sniff import is_openai_batch
 
 IMAGE_CHARS = 100 * 1024 * 1024
 ADDRESS_SPACE = 2 * 1024**3
@@ -22,7 +22,7 @@ MAX_GROWTH_MIB = 64
 _SNIFF_CHILD = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
-from vlmbatch.producer.sources.openai_batch import is_openai_batch
+from vlmbatch.producer.sources.batch_sniff import is_openai_batch
 
 def peak_mib():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
