@@ -103,10 +103,8 @@ class S3Objects:
             return self._client
 
     def fetch(self, uri: str, *, max_bytes: int) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
         bucket, key = split_s3_uri(uri)
-        try:
+        with store_errors(uri):
             response = self._s3().get_object(Bucket=bucket, Key=key)
             size = response["ContentLength"]
             body = response["Body"]
@@ -114,12 +112,6 @@ class S3Objects:
                 body.close()
                 raise InputTooLarge(f"{uri}: {size} bytes, over the {max_bytes}-byte limit")
             data = body.read()
-        except ClientError as exc:
-            raise _classify_client_error(uri, exc) from exc
-        except NoCredentialsError as exc:
-            raise StorageDenied(f"{uri}: no S3 credentials found") from exc
-        except BotoCoreError as exc:  # timeouts, connection resets, incomplete reads
-            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
         if len(data) != size:
             raise StorageTransient(f"{uri}: read {len(data)} of {size} bytes")
         return data
@@ -167,52 +159,30 @@ class S3Objects:
     def open_reader(self, uri: str, *, buffer_size: int = 1 << 20) -> io.BufferedReader:
         """A seekable reader over the object that fetches only the ranges read (Parquet footers, row
         groups). Raises the same errors as `fetch`."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         bucket, key = split_s3_uri(uri)
-        try:
+        with store_errors(uri):
             size = self._s3().head_object(Bucket=bucket, Key=key)["ContentLength"]
-        except ClientError as exc:
-            raise _classify_client_error(uri, exc) from exc
-        except BotoCoreError as exc:
-            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
         return io.BufferedReader(_S3RangeFile(self, uri, size), buffer_size=buffer_size)
 
     def list_keys(self, uri: str, *, page_size: int = LIST_PAGE) -> Iterator[str]:
         """The keys under the prefix `s3://bucket/prefix`, in S3's (lexicographic) order, a page at a time.
         Raises InputNotFound (no such bucket), StorageDenied, StorageTransient or InputUnreadable, when the
         page that fails is asked for."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
         bucket, prefix = split_s3_uri(uri)
-        try:
+        with store_errors(uri):
             paginator = self._s3().get_paginator("list_objects_v2")
             pages = paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size})
             for page in pages:
                 for entry in page.get("Contents", []):
                     yield entry["Key"]
-        except ClientError as exc:
-            raise _classify_client_error(uri, exc) from exc
-        except NoCredentialsError as exc:
-            raise StorageDenied(f"{uri}: no S3 credentials found") from exc
-        except BotoCoreError as exc:
-            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
 
     @contextmanager
     def open_stream(self, uri: str) -> Iterator[IO[bytes]]:
         """The object's bytes as one streamed GET, read front to back (a tar shard scanned once). Raises
         the same errors as `fetch` when the object cannot be opened."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
         bucket, key = split_s3_uri(uri)
-        try:
+        with store_errors(uri):
             body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
-        except ClientError as exc:
-            raise _classify_client_error(uri, exc) from exc
-        except NoCredentialsError as exc:
-            raise StorageDenied(f"{uri}: no S3 credentials found") from exc
-        except BotoCoreError as exc:
-            raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
         try:
             yield body  # type: ignore[misc]  # a StreamingBody reads like a binary file
         finally:
@@ -267,6 +237,22 @@ class _S3RangeFile(io.RawIOBase):
         buffer[: len(data)] = data
         self._position += len(data)
         return len(data)
+
+
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """botocore's failures as the error taxonomy: a client error by its code, missing credentials as
+    StorageDenied, any other (timeouts, connection resets, incomplete reads) as StorageTransient."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        yield
+    except ClientError as exc:
+        raise _classify_client_error(uri, exc) from exc
+    except NoCredentialsError as exc:
+        raise StorageDenied(f"{uri}: no S3 credentials found") from exc
+    except BotoCoreError as exc:
+        raise StorageTransient(f"{uri}: {type(exc).__name__}") from exc
 
 
 def _classify_client_error(uri: str, exc: Any) -> Exception:
